@@ -1,0 +1,136 @@
+// The only place that spells a subject, a bucket, a stream or a KV key.
+// Every id used as a subject token must pass `isSubjectToken`.
+
+export const DEFAULT_PREFIX = "mcpgw";
+
+const TOKEN = /^[A-Za-z0-9_-]{1,128}$/;
+
+/** True when `s` can stand as one subject token (no `.`, `*`, `>` or whitespace). */
+export function isSubjectToken(s: string): boolean {
+  return TOKEN.test(s);
+}
+
+function token(s: string, what: string): string {
+  if (!isSubjectToken(s)) throw new Error(`${what} is not a valid subject token: ${JSON.stringify(s)}`);
+  return s;
+}
+
+export const GATEWAY_EVENT_KINDS = ["added", "updated", "removed", "list_changed"] as const;
+export type GatewayEventKind = (typeof GATEWAY_EVENT_KINDS)[number];
+
+export const ADMIN_GATEWAY_OPS = ["add", "update", "remove", "get", "list", "refresh"] as const;
+export type AdminGatewayOp = (typeof ADMIN_GATEWAY_OPS)[number];
+
+export const UPSTREAM_OPS = [
+  "call", // one MCP request forwarded as-is: tools/call, prompts/get, resources/read, ...
+  "notify", // a client notification (cancelled) forwarded to the upstream
+  "close",
+] as const;
+export type UpstreamOp = (typeof UPSTREAM_OPS)[number];
+
+/** Queue groups: a request on these subjects is answered by exactly one worker. */
+export const QUEUE = {
+  registry: "mcpgw-registry",
+  admin: "mcpgw-admin",
+  spawn: "mcpgw-spawn",
+} as const;
+
+export type Subjects = ReturnType<typeof subjects>;
+
+/** Builds every subject under `prefix` (default `mcpgw`). */
+export function subjects(prefix: string = DEFAULT_PREFIX) {
+  token(prefix, "subject prefix");
+  const p = prefix;
+  return {
+    prefix: p,
+    all: `${p}.>`,
+    admin: {
+      all: `${p}.admin.>`,
+      gateway: (op: AdminGatewayOp) => `${p}.admin.gateway.${op}`,
+      sessionList: `${p}.admin.session.list`,
+      sessionEvict: `${p}.admin.session.evict`,
+      classificationGet: `${p}.admin.classification.get`,
+      drain: `${p}.admin.drain`,
+      status: `${p}.admin.status`,
+    },
+    upstream: {
+      /** the address of the upstream session actor for (sid, gid) */
+      op: (sid: string, gid: string, op: UpstreamOp) =>
+        `${p}.upstream.${token(sid, "session id")}.${token(gid, "gateway id")}.${op}`,
+      /** every op of one actor, for the actor's own subscription */
+      actor: (sid: string, gid: string) => `${p}.upstream.${token(sid, "session id")}.${token(gid, "gateway id")}.*`,
+      /** ask any worker to host the actor for a key (queue group) */
+      spawn: `${p}.internal.upstream.spawn`,
+      /** per-worker fan-out: list live actors */
+      snapshot: `${p}.internal.upstream.snapshot`,
+      /** per-worker fan-out: evict matching actors */
+      evict: `${p}.internal.upstream.evict`,
+      /** notifications from an upstream meant for a downstream session */
+      clientNotification: (sid: string) => `${p}.internal.session.${token(sid, "session id")}.notify`,
+    },
+    evt: {
+      all: `${p}.evt.>`,
+      gateway: (gid: string, kind: GatewayEventKind) => `${p}.evt.gateway.${token(gid, "gateway id")}.${kind}`,
+      gatewayAll: `${p}.evt.gateway.>`,
+      catalogChanged: (gid: string) => `${p}.evt.catalog.${token(gid, "gateway id")}.changed`,
+      catalogAll: `${p}.evt.catalog.>`,
+      sessionClosed: (sid: string) => `${p}.evt.session.${token(sid, "session id")}.closed`,
+      sessionAll: `${p}.evt.session.>`,
+      usage: `${p}.evt.usage`,
+    },
+    /** parse `<p>.evt.gateway.<gid>.<kind>` */
+    parseGatewayEvent(subject: string): { gid: string; kind: GatewayEventKind } | null {
+      const parts = subject.split(".");
+      if (parts.length !== 5 || parts[0] !== p || parts[1] !== "evt" || parts[2] !== "gateway") return null;
+      const kind = parts[4] as GatewayEventKind;
+      if (!GATEWAY_EVENT_KINDS.includes(kind)) return null;
+      return { gid: parts[3]!, kind };
+    },
+    /** parse `<p>.upstream.<sid>.<gid>.<op>` */
+    parseUpstream(subject: string): { sid: string; gid: string; op: UpstreamOp } | null {
+      const parts = subject.split(".");
+      if (parts.length !== 5 || parts[0] !== p || parts[1] !== "upstream") return null;
+      const op = parts[4] as UpstreamOp;
+      if (!UPSTREAM_OPS.includes(op)) return null;
+      return { sid: parts[2]!, gid: parts[3]!, op };
+    },
+  };
+}
+
+/** JetStream stream that keeps the durable events (everything under `<p>.evt.` except usage). */
+export function eventStream(prefix: string = DEFAULT_PREFIX) {
+  const s = subjects(prefix);
+  return {
+    name: `${prefix.toUpperCase().replace(/-/g, "_")}_EVENTS`,
+    subjects: [s.evt.gatewayAll, s.evt.catalogAll, s.evt.sessionAll],
+  };
+}
+
+/** KV bucket names; with the default prefix: mcpgw_state, mcpgw_gateways, mcpgw_catalog, mcpgw_sessions. */
+export function buckets(prefix: string = DEFAULT_PREFIX) {
+  return {
+    state: `${prefix}_state`,
+    gateways: `${prefix}_gateways`,
+    catalog: `${prefix}_catalog`,
+    sessions: `${prefix}_sessions`,
+  } as const;
+}
+export type Buckets = ReturnType<typeof buckets>;
+
+export const KEYS = {
+  gateway: (gid: string) => `gw.${token(gid, "gateway id")}`,
+  gatewayPrefix: "gw.",
+  gatewayName: (name: string) => `name.${token(name, "gateway name")}`,
+  catalog: (gid: string) => `cat.${token(gid, "gateway id")}`,
+  catalogPrefix: "cat.",
+  leaderClassifier: "leader.classifier",
+  classification: "classification",
+  pollHealth: (gid: string) => `poll.${token(gid, "gateway id")}.health`,
+  pollDiscovery: (gid: string) => `poll.${token(gid, "gateway id")}.discovery`,
+  pollOwner: (gid: string) => `owner.${token(gid, "gateway id")}`,
+  usage: (gid: string) => `usage.${token(gid, "gateway id")}`,
+  /** ownership claim of the upstream session actor for (sid, gid) */
+  upstreamClaim: (sid: string, gid: string) => `up.${token(sid, "session id")}.${token(gid, "gateway id")}`,
+  /** a downstream (edge) session record */
+  downstreamSession: (sid: string) => `ds.${token(sid, "session id")}`,
+} as const;

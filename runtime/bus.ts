@@ -1,0 +1,85 @@
+import type { Msg, NatsConnection, Subscription } from "@nats-io/transport-node";
+import { errors } from "@nats-io/transport-node";
+import type { z } from "zod";
+import { AnyEnvelopeSchema, ProtocolError, fail, ok, type Envelope } from "../protocol/envelope.ts";
+import type { Logger } from "./logger.ts";
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+export function encodeJson(value: unknown): Uint8Array {
+  return encoder.encode(JSON.stringify(value));
+}
+
+/** Parses a message body as JSON; an empty body is `{}`. Throws `invalid_request` on bad JSON. */
+export function decodeJson(data: Uint8Array): unknown {
+  if (data.length === 0) return {};
+  try {
+    return JSON.parse(decoder.decode(data));
+  } catch {
+    throw new ProtocolError("invalid_request", "request body is not valid JSON");
+  }
+}
+
+export type Handler = (payload: unknown, msg: Msg) => Promise<unknown> | unknown;
+
+/**
+ * Answers requests on `subject` with the reply envelope. Every failure becomes an
+ * error envelope; nothing a client sends can throw out of the handler.
+ */
+export function serve(nc: NatsConnection, subject: string, handler: Handler, opts: { queue?: string; log: Logger }): Subscription {
+  return nc.subscribe(subject, {
+    queue: opts.queue,
+    callback: (err, msg) => {
+      if (err) {
+        opts.log.error({ err, subject }, "subscription failed");
+        return;
+      }
+      void answer(msg, handler, opts.log);
+    },
+  });
+}
+
+async function answer(msg: Msg, handler: Handler, log: Logger): Promise<void> {
+  let reply: Envelope<unknown>;
+  try {
+    reply = ok(await handler(decodeJson(msg.data), msg));
+  } catch (err) {
+    if (err instanceof ProtocolError) {
+      reply = { ok: false, error: err.toBody() };
+    } else {
+      log.error({ err, subject: msg.subject }, "request handler failed");
+      reply = fail("internal", "internal error; see the worker's log");
+    }
+  }
+  if (msg.reply) msg.respond(encodeJson(reply));
+}
+
+export function isNoResponders(err: unknown): boolean {
+  return (
+    err instanceof errors.NoRespondersError ||
+    (err instanceof errors.RequestError && err.isNoResponders()) ||
+    (err instanceof Error && err.cause instanceof errors.NoRespondersError)
+  );
+}
+
+export function isTimeout(err: unknown): boolean {
+  return err instanceof errors.TimeoutError || (err instanceof Error && err.cause instanceof errors.TimeoutError);
+}
+
+/**
+ * Sends a request and returns the envelope's data parsed with `schema`; an error
+ * envelope becomes a `ProtocolError`. NATS errors (no responders, timeout) pass through.
+ */
+export async function request<T extends z.ZodType>(
+  nc: NatsConnection,
+  subject: string,
+  payload: unknown,
+  schema: T,
+  timeoutMs: number,
+): Promise<z.infer<T>> {
+  const msg = await nc.request(subject, encodeJson(payload), { timeout: timeoutMs });
+  const env = AnyEnvelopeSchema.parse(decodeJson(msg.data));
+  if (!env.ok) throw new ProtocolError(env.error.code, env.error.message, env.error.issues);
+  return schema.parse(env.data);
+}

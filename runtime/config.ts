@@ -1,0 +1,138 @@
+import { randomBytes } from "node:crypto";
+import { z } from "zod";
+import { DEFAULT_PREFIX, isSubjectToken } from "../protocol/subjects.ts";
+
+const UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
+
+/** `1500`, `500ms`, `15s`, `5m`, `1h` → milliseconds. */
+export function parseDuration(text: string): number | null {
+  const m = /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$/.exec(text);
+  if (!m) return null;
+  return Math.round(Number(m[1]) * UNITS[m[2] ?? "ms"]!);
+}
+
+const duration = (fallback: string, min = 1) =>
+  z
+    .string()
+    .default(fallback)
+    .transform((v, ctx) => {
+      const ms = parseDuration(v);
+      if (ms === null) {
+        ctx.addIssue({ code: "custom", message: `not a duration (use e.g. 500ms, 15s, 5m): ${JSON.stringify(v)}` });
+        return z.NEVER;
+      }
+      if (ms < min) {
+        ctx.addIssue({ code: "custom", message: `must be at least ${min} ms` });
+        return z.NEVER;
+      }
+      return ms;
+    });
+
+const int = (fallback: number, min: number, max: number) =>
+  z.coerce.number().int().min(min).max(max).default(fallback);
+
+const blankIsUnset = (v: unknown) => (v === "" ? undefined : v);
+const opt = <T extends z.ZodType>(t: T) => z.preprocess(blankIsUnset, t.optional());
+
+export const EnvSchema = z.object({
+  NATS_URL: opt(z.string()),
+  NATS_USER: opt(z.string()),
+  NATS_PASSWORD: opt(z.string()),
+  NATS_CREDS: opt(z.string()),
+  NATS_SERVER_BIN: opt(z.string()),
+  MCPGW_DATA_DIR: z.preprocess(blankIsUnset, z.string().default("./data")),
+  MCPGW_NATS_HOST: z.preprocess(blankIsUnset, z.string().default("127.0.0.1")),
+  MCPGW_NATS_PORT: z.preprocess(blankIsUnset, int(4222, 1, 65535)),
+  MCPGW_SECRET_KEY: opt(z.string().regex(/^[0-9a-fA-F]{64}$/, "must be 64 hex characters (32 bytes)")),
+  MCPGW_WORKER_ID: opt(z.string().refine(isSubjectToken, "must be 1-128 of A-Z a-z 0-9 _ -")),
+  MCPGW_SUBJECT_PREFIX: z.preprocess(
+    blankIsUnset,
+    z.string().regex(/^[a-z][a-z0-9-]{0,31}$/, "must be 1-32 of a-z 0-9 -, starting with a letter").default(DEFAULT_PREFIX),
+  ),
+  MCPGW_EDGE_HOST: z.preprocess(blankIsUnset, z.string().default("127.0.0.1")),
+  MCPGW_EDGE_PORT: z.preprocess(blankIsUnset, int(4444, 0, 65535)),
+  MCPGW_EDGE_TOKENS: opt(z.string()),
+  MCPGW_EDGE_AUTH: z.preprocess(blankIsUnset, z.enum(["token", "none"]).default("token")),
+  MCPGW_TOOL_SEPARATOR: z.preprocess(blankIsUnset, z.string().regex(/^[A-Za-z0-9_.-]{1,4}$/).default("__")),
+  MCPGW_HEALTH_INTERVAL: z.preprocess(blankIsUnset, duration("60s", 100)),
+  MCPGW_DISCOVERY_INTERVAL: z.preprocess(blankIsUnset, duration("300s", 100)),
+  MCPGW_CLASSIFICATION_INTERVAL: z.preprocess(blankIsUnset, duration("60s", 100)),
+  MCPGW_LEADER_TTL: z.preprocess(blankIsUnset, duration("15s", 300)),
+  MCPGW_IDLE_VALIDATION: z.preprocess(blankIsUnset, duration("60s")),
+  MCPGW_SESSION_IDLE_TTL: z.preprocess(blankIsUnset, duration("30m")),
+  MCPGW_SHUTDOWN_TIMEOUT: z.preprocess(blankIsUnset, duration("5s", 10)),
+  MCPGW_CALL_TIMEOUT: z.preprocess(blankIsUnset, duration("60s", 10)),
+  MCPGW_MAX_CONCURRENT_POLLS: z.preprocess(blankIsUnset, int(16, 1, 10_000)),
+  MCPGW_UNHEALTHY_THRESHOLD: z.preprocess(blankIsUnset, int(3, 1, 1000)),
+  MCPGW_LOG_LEVEL: z.preprocess(blankIsUnset, z.enum(["trace", "debug", "info", "warn", "error", "fatal", "silent"]).default("info")),
+});
+export type Env = z.infer<typeof EnvSchema>;
+
+export type Config = {
+  nats: { url?: string; user?: string; password?: string; credsFile?: string };
+  natsServerBin?: string;
+  dataDir: string;
+  embeddedNats: { host: string; port: number };
+  secretKey?: string;
+  workerId: string;
+  prefix: string;
+  edge: { host: string; port: number; auth: "token" | "none"; tokens: string[]; toolSeparator: string };
+  intervals: {
+    health: number;
+    discovery: number;
+    classification: number;
+    leaderTtl: number;
+    idleValidation: number;
+    sessionIdleTtl: number;
+    shutdownTimeout: number;
+    callTimeout: number;
+  };
+  maxConcurrentPolls: number;
+  unhealthyThreshold: number;
+  logLevel: string;
+};
+
+export class ConfigError extends Error {
+  override name = "ConfigError";
+}
+
+/** Reads the configuration from environment variables; a bad value throws naming the variable. */
+export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
+  const r = EnvSchema.safeParse(env);
+  if (!r.success) {
+    const lines = r.error.issues.map((i) => `${String(i.path[0] ?? "(environment)")}: ${i.message}`);
+    throw new ConfigError(`invalid configuration: ${lines.join("; ")}`);
+  }
+  const e = r.data;
+  if (e.MCPGW_DISCOVERY_INTERVAL < 10_000 && env.MCPGW_ALLOW_SHORT_INTERVALS !== "1") {
+    throw new ConfigError("invalid configuration: MCPGW_DISCOVERY_INTERVAL: must be at least 10s");
+  }
+  const tokens = (e.MCPGW_EDGE_TOKENS ?? "")
+    .split(",")
+    .map((t) => t.trim())
+    .filter(Boolean);
+  if (tokens.some((t) => t.length < 16)) throw new ConfigError("invalid configuration: MCPGW_EDGE_TOKENS: each token must be at least 16 characters");
+  return {
+    nats: { url: e.NATS_URL, user: e.NATS_USER, password: e.NATS_PASSWORD, credsFile: e.NATS_CREDS },
+    natsServerBin: e.NATS_SERVER_BIN,
+    dataDir: e.MCPGW_DATA_DIR,
+    embeddedNats: { host: e.MCPGW_NATS_HOST, port: e.MCPGW_NATS_PORT },
+    secretKey: e.MCPGW_SECRET_KEY,
+    workerId: e.MCPGW_WORKER_ID ?? `w-${randomBytes(4).toString("hex")}`,
+    prefix: e.MCPGW_SUBJECT_PREFIX,
+    edge: { host: e.MCPGW_EDGE_HOST, port: e.MCPGW_EDGE_PORT, auth: e.MCPGW_EDGE_AUTH, tokens, toolSeparator: e.MCPGW_TOOL_SEPARATOR },
+    intervals: {
+      health: e.MCPGW_HEALTH_INTERVAL,
+      discovery: e.MCPGW_DISCOVERY_INTERVAL,
+      classification: e.MCPGW_CLASSIFICATION_INTERVAL,
+      leaderTtl: e.MCPGW_LEADER_TTL,
+      idleValidation: e.MCPGW_IDLE_VALIDATION,
+      sessionIdleTtl: e.MCPGW_SESSION_IDLE_TTL,
+      shutdownTimeout: e.MCPGW_SHUTDOWN_TIMEOUT,
+      callTimeout: e.MCPGW_CALL_TIMEOUT,
+    },
+    maxConcurrentPolls: e.MCPGW_MAX_CONCURRENT_POLLS,
+    unhealthyThreshold: e.MCPGW_UNHEALTHY_THRESHOLD,
+    logLevel: e.MCPGW_LOG_LEVEL,
+  };
+}

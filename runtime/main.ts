@@ -1,0 +1,91 @@
+// Process entry of a gateway worker: `npm start`.
+import { join, resolve } from "node:path";
+import { ConfigError, loadConfig, type Config } from "./config.ts";
+import { localSecrets, secretsDir, startEmbeddedNats, type EmbeddedNats } from "./embeddedNats.ts";
+import { createLogger } from "./logger.ts";
+import { connectNats, type NatsOptions } from "./nats.ts";
+import { locateNatsServer } from "./natsServerBinary.ts";
+import { startWorker } from "./worker.ts";
+
+function die(line: string): never {
+  process.stderr.write(`mcpgw: ${line}\n`);
+  process.exit(1);
+}
+
+async function main(): Promise<void> {
+  let config: Config;
+  try {
+    config = loadConfig();
+  } catch (err) {
+    die(err instanceof ConfigError ? err.message : String(err));
+  }
+  const log = createLogger({ level: config.logLevel, name: "mcpgw" });
+
+  let embedded: EmbeddedNats | undefined;
+  let natsOptions: NatsOptions;
+  if (config.nats.url) {
+    if (!config.secretKey) die("MCPGW_SECRET_KEY is required when NATS_URL is set (64 hex characters; e.g. `openssl rand -hex 32`)");
+    natsOptions = { url: config.nats.url, user: config.nats.user, password: config.nats.password, credsFile: config.nats.credsFile };
+  } else {
+    let bin: string;
+    try {
+      bin = locateNatsServer(config.natsServerBin, (line) => log.info(line));
+    } catch (err) {
+      die((err as Error).message);
+    }
+    const secrets = localSecrets(config.dataDir);
+    config = {
+      ...config,
+      secretKey: config.secretKey ?? secrets.secretKey,
+      edge: { ...config.edge, tokens: config.edge.tokens.length ? config.edge.tokens : [secrets.edgeToken] },
+    };
+    try {
+      embedded = await startEmbeddedNats({
+        bin,
+        host: config.embeddedNats.host,
+        port: config.embeddedNats.port,
+        storeDir: join(resolve(config.dataDir), "jetstream"),
+        passwords: secrets.natsPasswords,
+        pidFile: join(resolve(config.dataDir), "nats-server.pid"),
+      });
+    } catch (err) {
+      die((err as Error).message);
+    }
+    natsOptions = { url: embedded.url, user: "runtime", password: secrets.natsPasswords.runtime };
+    const dir = secretsDir(config.dataDir);
+    log.info(
+      { url: embedded.url, secrets: dir },
+      `embedded nats-server is up. Use the nats CLI as admin: nats context save mcpgw --server ${embedded.url} --user admin --password "$(cat ${join(dir, "nats-admin.password")})" && nats context select mcpgw  (read-only: user viewer, ${join(dir, "nats-viewer.password")})`,
+    );
+  }
+
+  const nc = await connectNats({ ...natsOptions, name: `mcpgw-${config.workerId}` }).catch((err) =>
+    die(`cannot connect to NATS at ${natsOptions.url}: ${(err as Error).message}`),
+  );
+  const worker = await startWorker(config, nc, log);
+
+  let stopping = false;
+  const shutdown = async (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    log.info({ signal }, "shutting down");
+    try {
+      await worker.stop();
+      await nc.drain();
+    } catch (err) {
+      log.error({ err }, "error while shutting down");
+    }
+    await embedded?.stop();
+    process.exit(0);
+  };
+  process.on("SIGINT", () => void shutdown("SIGINT"));
+  process.on("SIGTERM", () => void shutdown("SIGTERM"));
+  nc.closed().then((err) => {
+    if (!stopping) {
+      log.fatal({ err }, "NATS connection closed");
+      void embedded?.stop().finally(() => process.exit(1));
+    }
+  });
+}
+
+await main();

@@ -1,0 +1,63 @@
+import { randomBytes } from "node:crypto";
+import { mkdtempSync, rmSync } from "node:fs";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import type { NatsConnection } from "@nats-io/transport-node";
+import { startEmbeddedNats, type NatsUser } from "../../runtime/embeddedNats.ts";
+import { connectNats } from "../../runtime/nats.ts";
+import { locateNatsServer } from "../../runtime/natsServerBinary.ts";
+
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.unref();
+    srv.on("error", reject);
+    srv.listen(0, "127.0.0.1", () => {
+      const port = (srv.address() as { port: number }).port;
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+export type TestNats = {
+  url: string;
+  dir: string;
+  passwords: Record<NatsUser, string>;
+  connect(user?: NatsUser): Promise<NatsConnection>;
+  /** stops the server, closes every connection made through `connect`, removes the store */
+  stop(): Promise<void>;
+};
+
+/** A real nats-server with the project's nats.conf, on a free port with a temporary store. */
+export async function startNats(): Promise<TestNats> {
+  const dir = mkdtempSync(join(tmpdir(), "mcpgw-test-"));
+  const passwords = {
+    runtime: randomBytes(12).toString("hex"),
+    admin: randomBytes(12).toString("hex"),
+    viewer: randomBytes(12).toString("hex"),
+  };
+  const server = await startEmbeddedNats({
+    bin: locateNatsServer(process.env.NATS_SERVER_BIN),
+    host: "127.0.0.1",
+    port: await freePort(),
+    storeDir: join(dir, "jetstream"),
+    passwords,
+  });
+  const conns: NatsConnection[] = [];
+  return {
+    url: server.url,
+    dir,
+    passwords,
+    async connect(user: NatsUser = "runtime") {
+      const nc = await connectNats({ url: server.url, user, password: passwords[user], name: `test-${user}` });
+      conns.push(nc);
+      return nc;
+    },
+    async stop() {
+      await Promise.allSettled(conns.map((c) => c.close()));
+      await server.stop();
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
