@@ -128,6 +128,8 @@ export const KEYS = {
   pollHealth: (gid: string) => `poll.${token(gid, "gateway id")}.health`,
   pollDiscovery: (gid: string) => `poll.${token(gid, "gateway id")}.discovery`,
   pollOwner: (gid: string) => `owner.${token(gid, "gateway id")}`,
+  /** a gateway's live status (health, counts, next poll), kept by its poller */
+  gatewayStatus: (gid: string) => `status.${token(gid, "gateway id")}`,
   usage: (gid: string) => `usage.${token(gid, "gateway id")}`,
   /** ownership claim of the upstream session actor for (sid, gid) */
   upstreamClaim: (sid: string, gid: string) => `up.${token(sid, "session id")}.${token(gid, "gateway id")}`,

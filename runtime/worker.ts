@@ -1,6 +1,6 @@
-import type { NatsConnection, Subscription } from "@nats-io/transport-node";
+import type { NatsConnection } from "@nats-io/transport-node";
 import { Registry } from "../actors/registry.ts";
-import { subjects } from "../protocol/subjects.ts";
+import { subjects, type Subjects } from "../protocol/subjects.ts";
 import type { Config } from "./config.ts";
 import { publishEvent } from "./events.ts";
 import type { Logger } from "./logger.ts";
@@ -8,8 +8,23 @@ import { openStores, type Stores } from "./nats.ts";
 import { serveRegistry } from "./registryService.ts";
 import { SecretBox } from "./secretBox.ts";
 
+/** What every host of an actor kind gets from the worker. */
+export type WorkerContext = {
+  config: Config;
+  nc: NatsConnection;
+  log: Logger;
+  s: Subjects;
+  stores: Stores;
+  box: SecretBox;
+  registry: Registry;
+};
+
+/** A running part of a worker; stopped in reverse start order. */
+export type Hosted = { stop(): Promise<void> };
+
 export type Worker = {
   id: string;
+  ctx: WorkerContext;
   stores: Stores;
   registry: Registry;
   stop(): Promise<void>;
@@ -30,17 +45,26 @@ export async function startWorker(config: Config, nc: NatsConnection, log: Logge
     seal: (plain, gid) => box.seal(plain, gid),
     open: (sealed, gid) => box.open(sealed, gid),
   });
-  const subs: Subscription[] = [...serveRegistry(nc, registry, s, log)];
+  const ctx: WorkerContext = { config, nc, log: log.child({ worker: config.workerId }), s, stores, box, registry };
+
+  const hosted: Hosted[] = [];
+  const subs = serveRegistry(nc, registry, s, ctx.log);
+  hosted.push({ stop: async () => subs.forEach((sub) => sub.unsubscribe()) });
+  // Each actor kind's host is started here, in dependency order.
+
   await nc.flush();
-  log.info({ worker: config.workerId, prefix: config.prefix }, "worker started");
+  ctx.log.info({ prefix: config.prefix }, "worker started");
   return {
     id: config.workerId,
+    ctx,
     stores,
     registry,
     async stop() {
-      for (const sub of subs) sub.unsubscribe();
+      for (const h of hosted.reverse()) {
+        await h.stop().catch((err) => ctx.log.error({ err }, "error while stopping"));
+      }
       await nc.flush().catch(() => {});
-      log.info({ worker: config.workerId }, "worker stopped");
+      ctx.log.info("worker stopped");
     },
   };
 }

@@ -148,7 +148,7 @@ describe("gateway registry", () => {
   it("answers each admin request exactly once with two workers", async () => {
     const inbox = `_INBOX.once.${Date.now()}`;
     const replies: string[] = [];
-    const sub = nc.subscribe(inbox, { callback: (_e, m) => replies.push(m.string()) });
+    const sub = nc.subscribe(inbox, { callback: (_e, m) => void replies.push(m.string()) });
     for (let i = 0; i < 10; i++) nc.publish(s.admin.gateway("list"), encodeJson({}), { reply: inbox });
     nc.publish(s.admin.gateway("add"), encodeJson({ ...HTTP_GATEWAY, name: "once" }), { reply: inbox });
     await new Promise((r) => setTimeout(r, 750));
@@ -159,7 +159,7 @@ describe("gateway registry", () => {
 
   it("publishes mutation events with a correct connectChanged", async () => {
     const seen: any[] = [];
-    const sub = nc.subscribe(s.evt.gatewayAll, { callback: (_e, m) => seen.push({ subject: m.subject, ...m.json<any>() }) });
+    const sub = nc.subscribe(s.evt.gatewayAll, { callback: (_e, m) => void seen.push({ subject: m.subject, ...m.json<any>() }) });
     const g = data(await admin(nc, "add", { ...HTTP_GATEWAY, name: "evts" }));
     data(await admin(nc, "update", { id: g.id, patch: { description: "cosmetic", tags: ["x"] } }));
     data(await admin(nc, "update", { id: g.id, patch: { url: "https://elsewhere.example.com/mcp" } }));
@@ -194,7 +194,7 @@ describe("gateway registry", () => {
       env: "env-SECRET-stdio-0006",
     };
     const events: string[] = [];
-    const sub = nc.subscribe(s.evt.all, { callback: (_e, m) => events.push(m.string()) });
+    const sub = nc.subscribe(s.evt.all, { callback: (_e, m) => void events.push(m.string()) });
     const replies: string[] = [];
     const send = async (op: AdminGatewayOp, p: unknown) => {
       const r = await admin(nc, op, p);

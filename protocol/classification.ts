@@ -1,0 +1,35 @@
+import { z } from "zod";
+import { GatewayIdSchema } from "./gateway.ts";
+
+export const TierSchema = z.enum(["hot", "cold", "unclassified"]);
+export type Tier = z.infer<typeof TierSchema>;
+
+/** Value of `leader.classifier`: for people reading it; correctness rests on its revision only. */
+export const LeaderLeaseSchema = z.object({ holder: z.string(), since: z.string(), renewedAt: z.string(), ttlMs: z.number().int().positive() });
+export type LeaderLease = z.infer<typeof LeaderLeaseSchema>;
+
+/** Value of `classification` in the state bucket. */
+export const ClassificationSchema = z.object({
+  hot: z.array(GatewayIdSchema),
+  cold: z.array(GatewayIdSchema),
+  computedAt: z.string(),
+  /** readers treat the classification as absent after this instant */
+  validUntil: z.string(),
+  leader: z.string(),
+  leaseRevision: z.number().int().positive(),
+  meta: z.object({
+    total: z.number().int().nonnegative(),
+    hotCap: z.number().int().nonnegative(),
+    hotActual: z.number().int().nonnegative(),
+    eligible: z.number().int().nonnegative(),
+    belowCapReason: z.string().nullable(),
+  }),
+});
+export type Classification = z.infer<typeof ClassificationSchema>;
+
+/** Reply of `mcpgw.admin.classification.get`. */
+export const ClassificationGetReplySchema = z.object({
+  leader: LeaderLeaseSchema.extend({ revision: z.number().int() }).nullable(),
+  classification: ClassificationSchema.nullable(),
+  valid: z.boolean(),
+});

@@ -1,0 +1,104 @@
+import { z } from "zod";
+import { GatewayIdSchema } from "./gateway.ts";
+
+/** Downstream session ids are subject tokens. */
+export const SessionIdSchema = z.string().regex(/^[A-Za-z0-9_-]{1,128}$/, "must be 1-128 of A-Z a-z 0-9 _ -");
+
+/** MCP requests an upstream session actor forwards. */
+export const UPSTREAM_METHODS = [
+  "ping",
+  "tools/list",
+  "tools/call",
+  "prompts/list",
+  "prompts/get",
+  "resources/list",
+  "resources/templates/list",
+  "resources/read",
+  "completion/complete",
+] as const;
+export const UpstreamMethodSchema = z.enum(UPSTREAM_METHODS);
+export type UpstreamMethod = z.infer<typeof UpstreamMethodSchema>;
+
+/** `mcpgw.upstream.<sid>.<gid>.call`: one MCP request, forwarded as it is. */
+export const UpstreamCallRequestSchema = z
+  .object({
+    method: UpstreamMethodSchema,
+    params: z.record(z.string(), z.unknown()).optional(),
+    /** an id unique within the downstream session; `notifications/cancelled` names it */
+    requestId: z.string().min(1).max(128),
+    /** the downstream request's headers; the actor forwards only the gateway's passthroughHeaders */
+    headers: z.record(z.string(), z.string().max(8192)).default({}),
+    /** per-call timeout; the actor's default applies when absent */
+    timeoutMs: z.number().int().positive().max(3_600_000).optional(),
+  })
+  .strict();
+export type UpstreamCallRequest = z.input<typeof UpstreamCallRequestSchema>;
+
+/** The upstream's JSON-RPC error, unchanged. */
+export const JsonRpcErrorSchema = z.object({ code: z.number().int(), message: z.string(), data: z.unknown().optional() });
+export type JsonRpcError = z.infer<typeof JsonRpcErrorSchema>;
+
+/** Reply data of `call`: the upstream's result, or its JSON-RPC error. */
+export const UpstreamCallReplySchema = z.union([
+  z.object({ result: z.record(z.string(), z.unknown()) }).strict(),
+  z.object({ rpcError: JsonRpcErrorSchema }).strict(),
+]);
+export type UpstreamCallReply = z.infer<typeof UpstreamCallReplySchema>;
+
+/** `mcpgw.upstream.<sid>.<gid>.notify`: a client notification for the upstream (cancellation). */
+export const UpstreamNotifyRequestSchema = z
+  .object({
+    method: z.literal("notifications/cancelled"),
+    params: z.object({ requestId: z.string().min(1).max(128), reason: z.string().max(1024).optional() }).strict(),
+  })
+  .strict();
+
+/** `mcpgw.internal.upstream.spawn` (queue group): host the actor for a key. */
+export const SpawnRequestSchema = z.object({ sid: SessionIdSchema, gid: GatewayIdSchema }).strict();
+export const SpawnReplySchema = z.object({ worker: z.string(), created: z.boolean() });
+
+/** Value of `up.<sid>.<gid>` in the sessions bucket: who hosts the actor. */
+export const UpstreamClaimSchema = z.object({ worker: z.string(), since: z.string() });
+
+export const UpstreamSessionInfoSchema = z.object({
+  sid: SessionIdSchema,
+  gid: GatewayIdSchema,
+  gatewayName: z.string(),
+  state: z.string(),
+  worker: z.string(),
+  createdAt: z.string(),
+  lastUsedAt: z.string().nullable(),
+  useCount: z.number().int().nonnegative(),
+  ageMs: z.number().int().nonnegative(),
+});
+export type UpstreamSessionInfo = z.infer<typeof UpstreamSessionInfoSchema>;
+
+/** `mcpgw.admin.session.list` → every live actor in the cluster. */
+export const SessionListRequestSchema = z.object({ sid: SessionIdSchema.optional(), gid: GatewayIdSchema.optional() }).strict().default({});
+export const SessionListReplySchema = z.object({ workers: z.array(z.string()), sessions: z.array(UpstreamSessionInfoSchema) });
+
+/** `mcpgw.admin.session.evict`: by downstream session id and/or gateway id (at least one). */
+export const SessionEvictRequestSchema = z
+  .object({ sid: SessionIdSchema.optional(), gid: GatewayIdSchema.optional() })
+  .strict()
+  .refine((r) => r.sid !== undefined || r.gid !== undefined, { message: "give sid, gid or both", path: ["sid"] });
+export const SessionEvictReplySchema = z.object({ evicted: z.number().int().nonnegative(), workers: z.array(z.string()) });
+
+/** `mcpgw.admin.drain`: close every upstream session on every worker (credential / TLS reload). */
+export const DrainRequestSchema = z.object({ reason: z.string().max(256).optional() }).strict().default({});
+export const DrainReplySchema = SessionEvictReplySchema;
+
+/**
+ * `mcpgw.internal.session.<sid>.notify`: a server-to-client notification from an upstream
+ * (progress, logging, resources/updated) for the downstream session to deliver.
+ */
+export const ClientNotificationSchema = z.object({
+  gid: GatewayIdSchema,
+  /** set for notifications tied to one downstream request (progress) */
+  requestId: z.string().optional(),
+  notification: z.object({ method: z.string(), params: z.record(z.string(), z.unknown()).optional() }),
+});
+export type ClientNotification = z.infer<typeof ClientNotificationSchema>;
+
+/** `mcpgw.evt.session.<sid>.closed` */
+export const SessionClosedEventSchema = z.object({ sid: SessionIdSchema, at: z.string(), reason: z.string() });

@@ -1,0 +1,44 @@
+import { existsSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import type { NatsConnection } from "@nats-io/transport-node";
+import type { z } from "zod";
+import { subjects, type Subjects } from "../../protocol/subjects.ts";
+import { request } from "../bus.ts";
+import { secretsDir } from "../embeddedNats.ts";
+import { connectNats } from "../nats.ts";
+
+export type CliOptions = { server?: string; user?: string; password?: string; creds?: string; prefix?: string; timeout: string; json?: boolean };
+
+export type Admin = {
+  s: Subjects;
+  nc: NatsConnection;
+  call<T extends z.ZodType>(subject: string, payload: unknown, schema: T): Promise<z.infer<T>>;
+  close(): Promise<void>;
+};
+
+/**
+ * Connects as an operator: --server / NATS_URL with NATS_USER, NATS_PASSWORD or NATS_CREDS;
+ * without a server, the embedded default's admin user from the data directory.
+ */
+export async function connectAdmin(opts: CliOptions): Promise<Admin> {
+  const env = process.env;
+  let url = opts.server ?? env.NATS_URL;
+  let user = opts.user ?? env.NATS_USER;
+  let password = opts.password ?? env.NATS_PASSWORD;
+  if (!url) {
+    url = `nats://127.0.0.1:${env.MCPGW_NATS_PORT ?? 4222}`;
+    const file = join(secretsDir(env.MCPGW_DATA_DIR ?? "./data"), "nats-admin.password");
+    if (!user && existsSync(file)) {
+      user = "admin";
+      password = readFileSync(file, "utf8").trim();
+    }
+  }
+  const nc = await connectNats({ url, user, password, credsFile: opts.creds ?? env.NATS_CREDS, name: "mcpgw-cli" });
+  const timeoutMs = Number.parseInt(opts.timeout, 10) || 10_000;
+  return {
+    s: subjects(opts.prefix ?? env.MCPGW_SUBJECT_PREFIX ?? undefined),
+    nc,
+    call: (subject, payload, schema) => request(nc, subject, payload, schema, timeoutMs),
+    close: () => nc.close(),
+  };
+}

@@ -1,0 +1,215 @@
+import { readFileSync } from "node:fs";
+import { Command, Option } from "commander";
+import { GatewayListReplySchema, GatewayRemoveReplySchema, GatewayViewSchema, type GatewayView } from "../../protocol/gateway.ts";
+import { RefreshReplySchema } from "../../protocol/catalog.ts";
+import type { Admin } from "./connection.ts";
+import { ago, fields, table } from "./output.ts";
+
+type Run = (fn: (admin: Admin, print: (human: string, json: unknown) => void) => Promise<void>) => Promise<void>;
+
+const collect = (v: string, prev: string[] = []) => [...prev, v];
+
+function pairs(list: string[] | undefined, what: string): Record<string, string> | undefined {
+  if (!list) return undefined;
+  return Object.fromEntries(
+    list.map((kv) => {
+      const i = kv.indexOf("=");
+      if (i <= 0) throw new Error(`${what} must be KEY=VALUE: ${kv}`);
+      return [kv.slice(0, i), kv.slice(i + 1)];
+    }),
+  );
+}
+
+type SpecOptions = {
+  url?: string;
+  transport?: string;
+  command?: string;
+  arg?: string[];
+  env?: string[];
+  bearer?: string;
+  basic?: string;
+  authHeader?: string[];
+  authQuery?: string[];
+  noAuth?: boolean;
+  header?: string[];
+  ca?: string;
+  cert?: string;
+  key?: string;
+  insecure?: boolean;
+  passthrough?: string[];
+  tag?: string[];
+  description?: string;
+  enable?: boolean;
+  disable?: boolean;
+};
+
+/** Builds a spec or patch from command-line options; only what was given is set. */
+function specFrom(o: SpecOptions): Record<string, unknown> {
+  const spec: Record<string, unknown> = {};
+  if (o.url !== undefined) spec.url = o.url;
+  if (o.transport !== undefined) spec.transport = o.transport;
+  if (o.command !== undefined) spec.stdio = { command: o.command, args: o.arg ?? [], env: pairs(o.env, "--env") ?? {} };
+  if (o.noAuth) spec.auth = { type: "none" };
+  if (o.bearer !== undefined) spec.auth = { type: "bearer", token: o.bearer };
+  if (o.basic !== undefined) {
+    const i = o.basic.indexOf(":");
+    if (i <= 0) throw new Error("--basic must be USER:PASSWORD");
+    spec.auth = { type: "basic", username: o.basic.slice(0, i), password: o.basic.slice(i + 1) };
+  }
+  if (o.authHeader) spec.auth = { type: "headers", headers: pairs(o.authHeader, "--auth-header") };
+  if (o.authQuery) spec.auth = { type: "query", params: pairs(o.authQuery, "--auth-query") };
+  if (o.header) spec.headers = pairs(o.header, "--header");
+  if (o.ca || o.cert || o.key || o.insecure) {
+    spec.tls = {
+      ...(o.ca ? { ca: readFileSync(o.ca, "utf8") } : {}),
+      ...(o.cert ? { cert: readFileSync(o.cert, "utf8") } : {}),
+      ...(o.key ? { key: readFileSync(o.key, "utf8") } : {}),
+      ...(o.insecure ? { rejectUnauthorized: false } : {}),
+    };
+  }
+  if (o.passthrough) spec.passthroughHeaders = o.passthrough;
+  if (o.tag) spec.tags = o.tag;
+  if (o.description !== undefined) spec.description = o.description;
+  if (o.enable) spec.enabled = true;
+  if (o.disable) spec.enabled = false;
+  return spec;
+}
+
+function specOptions(cmd: Command): Command {
+  return cmd
+    .option("--url <url>", "upstream MCP endpoint (streamable-http or sse)")
+    .addOption(new Option("--transport <kind>", "streamable-http | sse | stdio"))
+    .option("--command <cmd>", "stdio: the command to run")
+    .option("--arg <arg>", "stdio: an argument (repeat)", collect)
+    .option("--env <KEY=VALUE>", "stdio: an environment variable, stored encrypted (repeat)", collect)
+    .option("--bearer <token>", "auth: bearer token")
+    .option("--basic <user:password>", "auth: basic")
+    .option("--auth-header <NAME=VALUE>", "auth: a secret header (repeat)", collect)
+    .option("--auth-query <NAME=VALUE>", "auth: a secret query parameter (repeat)", collect)
+    .option("--no-auth", "auth: none")
+    .option("--header <NAME=VALUE>", "a static header (repeat)", collect)
+    .option("--ca <file>", "TLS: CA bundle (PEM)")
+    .option("--cert <file>", "TLS: client certificate for mTLS (PEM)")
+    .option("--key <file>", "TLS: client key for mTLS (PEM), stored encrypted")
+    .option("--insecure", "TLS: do not verify the upstream certificate")
+    .option("--passthrough <header>", "a client header allowed through to the upstream (repeat)", collect)
+    .option("--tag <tag>", "a tag (repeat)", collect)
+    .option("--description <text>", "description");
+}
+
+const ref = (nameOrId: string) => (/^[a-f0-9]{16}$/.test(nameOrId) ? { id: nameOrId } : { name: nameOrId });
+
+function target(g: GatewayView): string {
+  return g.transport === "stdio" ? `${g.stdio?.command ?? ""} ${(g.stdio?.args ?? []).join(" ")}`.trim() : (g.url ?? "");
+}
+
+export function gatewayDetail(g: GatewayView): string {
+  const st = g.status;
+  return fields([
+    ["id", g.id],
+    ["name", g.name],
+    ["transport", g.transport],
+    ["target", target(g)],
+    ["auth", g.auth.type],
+    ["enabled", String(g.enabled)],
+    ["tags", g.tags.join(", ") || "-"],
+    ["description", g.description || "-"],
+    ["passthrough", g.passthroughHeaders.join(", ") || "-"],
+    ["revision", String(g.revision)],
+    ["updated", g.updatedAt],
+    ["health", st?.health ?? "unknown"],
+    ["tier", st?.tier ?? "unclassified"],
+    ["tools/prompts/resources", st ? `${st.tools}/${st.prompts}/${st.resources}` : "-"],
+    ["last success", st?.lastSuccessAt ?? "-"],
+    ["last error", st?.lastError ?? "-"],
+    ["next poll", st?.nextPollAt ?? "-"],
+  ]);
+}
+
+export function gatewayCommands(run: Run): Command {
+  const gw = new Command("gateway").alias("gw").description("administer upstream MCP servers");
+
+  specOptions(gw.command("add <name>").description("register a gateway"))
+    .option("--disabled", "register it disabled")
+    .action((name: string, o: SpecOptions & { disabled?: boolean }) =>
+      run(async (a, print) => {
+        const spec = { name, transport: o.transport ?? (o.command ? "stdio" : "streamable-http"), ...specFrom(o), ...(o.disabled ? { enabled: false } : {}) };
+        const g = await a.call(a.s.admin.gateway("add"), spec, GatewayViewSchema);
+        print(`added ${g.name} (${g.id}) at revision ${g.revision}`, g);
+      }),
+    );
+
+  specOptions(gw.command("update <name>").description("change a gateway (only the options given)"))
+    .option("--rename <new-name>", "a new name")
+    .option("--enable", "enable")
+    .option("--disable", "disable")
+    .option("--expected-revision <n>", "refuse if the gateway changed since this revision", (v) => Number.parseInt(v, 10))
+    .action((name: string, o: SpecOptions & { rename?: string; expectedRevision?: number }) =>
+      run(async (a, print) => {
+        const patch = { ...specFrom(o), ...(o.rename ? { name: o.rename } : {}) };
+        const body = { ...ref(name), patch, ...(o.expectedRevision ? { expectedRevision: o.expectedRevision } : {}) };
+        const g = await a.call(a.s.admin.gateway("update"), body, GatewayViewSchema);
+        print(`updated ${g.name} (${g.id}), now at revision ${g.revision}`, g);
+      }),
+    );
+
+  gw.command("rm <name>")
+    .alias("remove")
+    .description("remove a gateway")
+    .option("--expected-revision <n>", "refuse if the gateway changed since this revision", (v) => Number.parseInt(v, 10))
+    .action((name: string, o: { expectedRevision?: number }) =>
+      run(async (a, print) => {
+        const r = await a.call(a.s.admin.gateway("remove"), { ...ref(name), ...(o.expectedRevision ? { expectedRevision: o.expectedRevision } : {}) }, GatewayRemoveReplySchema);
+        print(`removed ${r.name} (${r.id})`, r);
+      }),
+    );
+
+  gw.command("get <name>")
+    .description("show one gateway")
+    .action((name: string) =>
+      run(async (a, print) => {
+        const g = await a.call(a.s.admin.gateway("get"), ref(name), GatewayViewSchema);
+        print(gatewayDetail(g), g);
+      }),
+    );
+
+  gw.command("ls")
+    .alias("list")
+    .description("list gateways")
+    .option("--tag <tag>", "only gateways with this tag")
+    .action((o: { tag?: string }) =>
+      run(async (a, print) => {
+        const r = await a.call(a.s.admin.gateway("list"), o.tag ? { tag: o.tag } : {}, GatewayListReplySchema);
+        const rows = r.gateways.map((g) => [
+          g.name,
+          g.id,
+          g.transport,
+          g.enabled ? "yes" : "no",
+          g.status?.health ?? "unknown",
+          g.status?.tier ?? "unclassified",
+          g.status ? `${g.status.tools}/${g.status.prompts}/${g.status.resources}` : "-",
+          ago(g.status?.lastSuccessAt),
+          ago(g.status?.nextPollAt),
+          g.status?.lastError ?? "",
+        ]);
+        print(
+          rows.length ? table(["NAME", "ID", "TRANSPORT", "ENABLED", "HEALTH", "TIER", "T/P/R", "LAST OK", "NEXT POLL", "LAST ERROR"], rows) : "no gateways",
+          r,
+        );
+      }),
+    );
+
+  gw.command("refresh <name>")
+    .description("run a discovery now and show what changed")
+    .action((name: string) =>
+      run(async (a, print) => {
+        const r = await a.call(a.s.admin.gateway("refresh"), ref(name), RefreshReplySchema);
+        const lines = (["added", "updated", "removed"] as const).flatMap((kind) =>
+          (["tools", "prompts", "resources", "resourceTemplates"] as const).flatMap((list) => r.diff[kind][list].map((n) => `${kind.padEnd(8)} ${list.padEnd(18)} ${n}`)),
+        );
+        print(r.changed ? lines.join("\n") : "no change", r);
+      }),
+    );
+  return gw;
+}
+
