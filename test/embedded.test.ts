@@ -1,0 +1,80 @@
+import assert from "node:assert/strict";
+import { mkdtempSync, readFileSync, rmSync, statSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, describe, it } from "node:test";
+import { freePort } from "./helpers/nats.ts";
+import { runTs, type Proc } from "./helpers/processes.ts";
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+describe("embedded default (npm start)", () => {
+  const dataDir = mkdtempSync(join(tmpdir(), "mcpgw-embedded-"));
+  const procs: Proc[] = [];
+  after(() => {
+    for (const p of procs) p.child.kill("SIGKILL");
+    rmSync(dataDir, { recursive: true, force: true });
+  });
+
+  it("starts its own nats-server, serves admin commands, and stops it on SIGTERM", async () => {
+    const env = { MCPGW_DATA_DIR: dataDir, MCPGW_NATS_PORT: String(await freePort()), MCPGW_EDGE_PORT: String(await freePort()), MCPGW_LOG_LEVEL: "info" };
+    const worker = runTs("runtime/main.ts", [], env);
+    procs.push(worker);
+    await worker.waitFor(/worker started/);
+    assert.match(worker.output(), /nats context save/, "tells the operator how to use the nats CLI");
+
+    const secrets = join(dataDir, "secrets");
+    assert.equal(statSync(secrets).mode & 0o777, 0o700);
+    for (const f of ["nats-runtime.password", "nats-admin.password", "nats-viewer.password", "secret-key.hex", "edge-token"]) {
+      assert.equal(statSync(join(secrets, f)).mode & 0o777, 0o600, f);
+      assert.ok(!worker.output().includes(readFileSync(join(secrets, f), "utf8").trim()), `${f} is not printed`);
+    }
+
+    // the CLI finds the embedded server and its admin password by itself
+    const add = runTs("runtime/cli/main.ts", ["gateway", "add", "first", "--url", "http://127.0.0.1:1/mcp", "--bearer", "tok-embedded-secret"], env);
+    assert.equal((await add.exited).code, 0, add.output());
+    assert.match(add.output(), /^added first \([0-9a-f]{16}\)/);
+    const dup = runTs("runtime/cli/main.ts", ["gateway", "add", "first", "--url", "http://127.0.0.1:1/mcp"], env);
+    assert.equal((await dup.exited).code, 1);
+    assert.equal(dup.output().trim(), "error: conflict: a gateway named first already exists");
+
+    const natsPid = Number(readFileSync(join(dataDir, "nats-server.pid"), "utf8"));
+    assert.ok(alive(natsPid));
+    worker.child.kill("SIGTERM");
+    assert.deepEqual(await worker.exited, { code: 0, signal: null });
+    await new Promise((r) => setTimeout(r, 200));
+    assert.ok(!alive(natsPid), "the embedded nats-server is stopped with the worker");
+
+    // a second start keeps its state and its secrets
+    const again = runTs("runtime/main.ts", [], env);
+    procs.push(again);
+    await again.waitFor(/worker started/);
+    const ls = runTs("runtime/cli/main.ts", ["gateway", "ls"], env);
+    assert.equal((await ls.exited).code, 0, ls.output());
+    assert.match(ls.output(), /^first\s+[0-9a-f]{16}\s+streamable-http/m);
+    again.child.kill("SIGTERM");
+    assert.equal((await again.exited).code, 0);
+  });
+
+  it("exits with one clear line when it cannot start", async () => {
+    const noKey = runTs("runtime/main.ts", [], { NATS_URL: "nats://127.0.0.1:1" });
+    assert.equal((await noKey.exited).code, 1);
+    assert.match(noKey.output().trim(), /^mcpgw: MCPGW_SECRET_KEY is required when NATS_URL is set/);
+
+    const noBin = runTs("runtime/main.ts", [], { MCPGW_DATA_DIR: dataDir, NATS_SERVER_BIN: "/nonexistent/nats-server" });
+    assert.equal((await noBin.exited).code, 1);
+    assert.equal(noBin.output().trim().split("\n").length, 1);
+    assert.match(noBin.output(), /NATS_SERVER_BIN=\/nonexistent\/nats-server is not an executable/);
+
+    const badVar = runTs("runtime/main.ts", [], { MCPGW_DATA_DIR: dataDir, MCPGW_LEADER_TTL: "forever" });
+    assert.equal((await badVar.exited).code, 1);
+    assert.match(badVar.output().trim(), /^mcpgw: invalid configuration: MCPGW_LEADER_TTL: not a duration/);
+  });
+});

@@ -1,0 +1,58 @@
+import { spawn, type ChildProcess } from "node:child_process";
+import { dirname, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+
+export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..");
+
+export type Proc = {
+  child: ChildProcess;
+  output(): string;
+  /** resolves with the first output line matching `pattern`; rejects when the process exits first or after `ms` */
+  waitFor(pattern: RegExp, ms?: number): Promise<string>;
+  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+};
+
+/** Runs a TypeScript entry of this repository through tsx, collecting stdout and stderr. */
+export function runTs(entry: string, args: string[], env: NodeJS.ProcessEnv): Proc {
+  const child = spawn(process.execPath, ["--import", "tsx", resolve(ROOT, entry), ...args], {
+    cwd: ROOT,
+    env: { PATH: process.env.PATH, HOME: process.env.HOME, ...env },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  let out = "";
+  const waiters = new Set<() => void>();
+  const onData = (chunk: Buffer) => {
+    out += chunk.toString("utf8");
+    for (const w of waiters) w();
+  };
+  child.stdout!.on("data", onData);
+  child.stderr!.on("data", onData);
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((r) =>
+    child.once("exit", (code, signal) => {
+      r({ code, signal });
+      for (const w of waiters) w();
+    }),
+  );
+  return {
+    child,
+    output: () => out,
+    exited,
+    waitFor(pattern, ms = 30_000) {
+      return new Promise((resolveLine, reject) => {
+        const check = () => {
+          const line = out.split("\n").find((l) => pattern.test(l));
+          if (line !== undefined) return done(() => resolveLine(line));
+          if (child.exitCode !== null || child.signalCode !== null) return done(() => reject(new Error(`exited before ${pattern}: ${out.slice(-2000)}`)));
+        };
+        const timer = setTimeout(() => done(() => reject(new Error(`no ${pattern} within ${ms} ms: ${out.slice(-2000)}`))), ms);
+        const done = (f: () => void) => {
+          clearTimeout(timer);
+          waiters.delete(check);
+          f();
+        };
+        waiters.add(check);
+        check();
+      });
+    },
+  };
+}
