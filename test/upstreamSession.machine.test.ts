@@ -1,0 +1,214 @@
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import { createActor, fromPromise, SimulatedClock } from "xstate";
+import { stateName, upstreamSessionMachine, type ProbeMethod, type ProbeOutcome } from "../actors/upstreamSession.machine.ts";
+
+const IDLE_VALIDATION = 60_000;
+const IDLE_TTL = 30 * 60_000;
+const SHUTDOWN = 5_000;
+
+type ProbeScript = Partial<Record<ProbeMethod, ProbeOutcome | "transport_error" | "hang">>;
+
+/** The machine with fake effects that record what they were asked to do. */
+function harness(opts: { probes?: ProbeScript; closeHangs?: boolean; forceHangs?: boolean } = {}) {
+  const log = { connects: 0, probes: [] as ProbeMethod[], started: [] as string[], failed: [] as string[], gaveUp: 0, stopped: 0, forced: 0 };
+  const never = new Promise<never>(() => {});
+  const machine = upstreamSessionMachine.provide({
+    actors: {
+      connect: fromPromise(async () => {
+        log.connects += 1;
+      }),
+      probe: fromPromise<ProbeOutcome, { method: ProbeMethod }>(async ({ input }) => {
+        log.probes.push(input.method);
+        const outcome = opts.probes?.[input.method] ?? "ok";
+        if (outcome === "transport_error") throw new Error("socket hang up");
+        if (outcome === "hang") return never;
+        return outcome;
+      }),
+      closeGracefully: fromPromise(async () => {
+        if (opts.closeHangs) await never;
+      }),
+      forceClose: fromPromise(async () => {
+        log.forced += 1;
+        if (opts.forceHangs) await never;
+      }),
+    },
+    actions: {
+      startCalls: (_, p) => void log.started.push(...p.callIds),
+      failCalls: (_, p) => void log.failed.push(...p.callIds),
+      stopAccepting: () => void (log.stopped += 1),
+      giveUp: () => void (log.gaveUp += 1),
+    },
+    delays: { idleValidation: IDLE_VALIDATION, sessionIdleTtl: IDLE_TTL, probeTimeout: 5_000, shutdownTimeout: SHUTDOWN },
+  });
+  const clock = new SimulatedClock();
+  const actor = createActor(machine, { clock }).start();
+  return { actor, clock, log, state: () => stateName(actor.getSnapshot().value) };
+}
+
+/** lets promise actors settle */
+const settle = () => new Promise((r) => setImmediate(r));
+
+describe("upstream session machine", () => {
+  it("queues calls while connecting, then serves them; calls before idleValidation skip the probe", async () => {
+    const h = harness();
+    h.actor.send({ type: "CALL", callId: "c1" });
+    assert.equal(h.state(), "connecting");
+    assert.deepEqual(h.log.started, []);
+    await settle();
+    assert.equal(h.state(), "ready");
+    assert.deepEqual(h.log.started, ["c1"]);
+    h.clock.increment(IDLE_VALIDATION - 1);
+    h.actor.send({ type: "CALL", callId: "c2" });
+    assert.deepEqual(h.log.started, ["c1", "c2"]);
+    assert.deepEqual(h.log.probes, []);
+    assert.equal(h.log.connects, 1);
+  });
+
+  it("healthy probe after idleValidation reuses the session", async () => {
+    const h = harness();
+    await settle();
+    h.clock.increment(IDLE_VALIDATION);
+    h.actor.send({ type: "CALL", callId: "c1" });
+    assert.equal(h.state(), "validating");
+    assert.deepEqual(h.log.started, [], "the call waits for the probe");
+    await settle();
+    assert.deepEqual(h.log.probes, ["ping"]);
+    assert.deepEqual(h.log.started, ["c1"]);
+    assert.equal(h.log.connects, 1, "no new upstream session");
+    assert.equal(h.state(), "ready");
+  });
+
+  it("method-not-found falls through ping → tools/list → prompts/list", async () => {
+    const h = harness({ probes: { ping: "method_not_found", "tools/list": "method_not_found" } });
+    await settle();
+    h.clock.increment(IDLE_VALIDATION);
+    h.actor.send({ type: "CALL", callId: "c1" });
+    for (let i = 0; i < 5; i++) await settle();
+    assert.deepEqual(h.log.probes, ["ping", "tools/list", "prompts/list"]);
+    assert.deepEqual(h.log.started, ["c1"]);
+    assert.equal(h.log.connects, 1);
+  });
+
+  it("every step method-not-found stops probing and serves the call on the same session", async () => {
+    const all: ProbeScript = { ping: "method_not_found", "tools/list": "method_not_found", "prompts/list": "method_not_found", "resources/list": "method_not_found" };
+    const h = harness({ probes: all });
+    await settle();
+    h.clock.increment(IDLE_VALIDATION);
+    h.actor.send({ type: "CALL", callId: "c1" });
+    for (let i = 0; i < 6; i++) await settle();
+    assert.deepEqual(h.log.probes, ["ping", "tools/list", "prompts/list", "resources/list"]);
+    assert.deepEqual(h.log.started, ["c1"]);
+    assert.equal(h.log.connects, 1);
+  });
+
+  it("a failed probe (transport error) recreates the session before serving the call", async () => {
+    const h = harness({ probes: { ping: "transport_error" } });
+    await settle();
+    h.clock.increment(IDLE_VALIDATION);
+    h.actor.send({ type: "CALL", callId: "c1" });
+    for (let i = 0; i < 4; i++) await settle();
+    assert.equal(h.log.connects, 2);
+    assert.deepEqual(h.log.started, ["c1"]);
+    assert.equal(h.state(), "ready");
+  });
+
+  it("a probe that times out (5 s) recreates the session", async () => {
+    const h = harness({ probes: { ping: "hang" } });
+    await settle();
+    h.clock.increment(IDLE_VALIDATION);
+    h.actor.send({ type: "CALL", callId: "c1" });
+    await settle();
+    h.clock.increment(4_999);
+    assert.equal(h.state(), "validating");
+    h.clock.increment(1);
+    await settle();
+    assert.equal(h.log.connects, 2);
+    assert.deepEqual(h.log.started, ["c1"]);
+  });
+
+  it("expires after sessionIdleTtl without calls; a call restarts the idle timer", async () => {
+    const h = harness();
+    await settle();
+    h.clock.increment(IDLE_TTL - 1000);
+    h.actor.send({ type: "CALL", callId: "c1" }); // stale → probe → ready, timers restart
+    await settle();
+    assert.deepEqual(h.log.started, ["c1"]);
+    h.actor.send({ type: "CALL_DONE", callId: "c1", transportFailed: false });
+    h.clock.increment(IDLE_TTL - 1);
+    assert.equal(h.state(), "ready");
+    h.clock.increment(1);
+    await settle();
+    assert.equal(h.state(), "closed");
+    assert.equal(h.log.stopped, 1);
+  });
+
+  it("does not expire while a call is in flight", async () => {
+    const h = harness();
+    h.actor.send({ type: "CALL", callId: "c1" });
+    await settle();
+    h.clock.increment(IDLE_TTL);
+    assert.equal(h.state(), "ready");
+    h.actor.send({ type: "CALL_DONE", callId: "c1", transportFailed: false });
+    h.clock.increment(IDLE_TTL);
+    await settle();
+    assert.equal(h.state(), "closed");
+  });
+
+  it("a transport error during a call closes the session; a tool error does not", async () => {
+    const h = harness();
+    h.actor.send({ type: "CALL", callId: "c1" });
+    h.actor.send({ type: "CALL", callId: "c2" });
+    await settle();
+    h.actor.send({ type: "CALL_DONE", callId: "c1", transportFailed: false });
+    assert.equal(h.state(), "ready");
+    h.actor.send({ type: "CALL_DONE", callId: "c2", transportFailed: true });
+    await settle();
+    assert.equal(h.state(), "closed");
+    assert.equal(h.actor.getSnapshot().context.closeReason, "transport error during a call");
+  });
+
+  it("a failed connect fails the queued calls and closes", async () => {
+    const h = harness();
+    const machine = upstreamSessionMachine.provide({
+      actors: {
+        connect: fromPromise(async () => {
+          throw new Error("ECONNREFUSED");
+        }),
+        closeGracefully: fromPromise(async () => {}),
+      },
+      actions: { failCalls: (_, p) => void h.log.failed.push(...p.callIds) },
+    });
+    const actor = createActor(machine, { clock: new SimulatedClock() }).start();
+    actor.send({ type: "CALL", callId: "c1" });
+    await settle();
+    await settle();
+    assert.deepEqual(h.log.failed, ["c1"]);
+    assert.equal(stateName(actor.getSnapshot().value), "closed");
+    assert.match(actor.getSnapshot().context.closeReason, /ECONNREFUSED/);
+  });
+
+  it("close is bounded: grace window, then force, then give up — 2× shutdownTimeout at most", async () => {
+    const h = harness({ closeHangs: true, forceHangs: true });
+    await settle();
+    h.actor.send({ type: "CLOSE", reason: "evicted" });
+    assert.equal(h.state(), "closing");
+    h.clock.increment(SHUTDOWN);
+    assert.equal(h.state(), "forcing");
+    assert.equal(h.log.forced, 1);
+    h.clock.increment(SHUTDOWN - 1);
+    assert.equal(h.state(), "forcing");
+    h.clock.increment(1);
+    assert.equal(h.state(), "closed");
+    assert.equal(h.log.gaveUp, 1);
+  });
+
+  it("calls arriving while closing are failed, not started", async () => {
+    const h = harness({ closeHangs: true });
+    await settle();
+    h.actor.send({ type: "CLOSE", reason: "evicted" });
+    h.actor.send({ type: "CALL", callId: "late" });
+    assert.deepEqual(h.log.failed, ["late"]);
+    assert.deepEqual(h.log.started, []);
+  });
+});
