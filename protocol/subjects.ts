@@ -68,6 +68,10 @@ export function subjects(prefix: string = DEFAULT_PREFIX) {
       /** notifications from an upstream meant for a downstream session */
       clientNotification: (sid: string) => `${p}.internal.session.${token(sid, "session id")}.notify`,
     },
+    poller: {
+      /** per-worker: run a discovery of a gateway this worker polls (refresh forwarded to its owner) */
+      refresh: (workerId: string) => `${p}.internal.poller.${token(workerId, "worker id")}.refresh`,
+    },
     evt: {
       all: `${p}.evt.>`,
       gateway: (gid: string, kind: GatewayEventKind) => `${p}.evt.gateway.${token(gid, "gateway id")}.${kind}`,
@@ -128,6 +132,10 @@ export const KEYS = {
   pollHealth: (gid: string) => `poll.${token(gid, "gateway id")}.health`,
   pollDiscovery: (gid: string) => `poll.${token(gid, "gateway id")}.discovery`,
   pollOwner: (gid: string) => `owner.${token(gid, "gateway id")}`,
+  pollOwnerPrefix: "owner.",
+  /** a worker's poller heartbeat: its live-worker-set membership */
+  pollerWorker: (workerId: string) => `worker.${token(workerId, "worker id")}`,
+  pollerWorkerPrefix: "worker.",
   /** a gateway's live status (health, counts, next poll), kept by its poller */
   gatewayStatus: (gid: string) => `status.${token(gid, "gateway id")}`,
   usage: (gid: string) => `usage.${token(gid, "gateway id")}`,

@@ -1,0 +1,137 @@
+// Pure discovery logic: hashing, diffing, reconcile, tiers, stamps, slots.
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import {
+  canonicalJson,
+  catalogHash,
+  delayToSlot,
+  diffCatalogs,
+  lastPollAt,
+  phaseOf,
+  reconcile,
+  slotAlreadyPolled,
+  tierOf,
+  type CatalogLists,
+} from "../actors/discovery.ts";
+
+const GID = "0123456789abcdef";
+const lists = (over: Partial<CatalogLists> = {}): CatalogLists => ({
+  tools: [
+    { name: "echo", description: "echoes", inputSchema: { type: "object", properties: { text: { type: "string" } } } },
+    { name: "sleep", description: "sleeps" },
+  ],
+  prompts: [{ name: "greet" }],
+  resources: [{ uri: "fixture://info", name: "info" }],
+  resourceTemplates: [{ uriTemplate: "fixture://items/{id}", name: "item" }],
+  ...over,
+});
+
+describe("catalog hash", () => {
+  it("is stable under key order and item order, and changes with content", () => {
+    const a = lists();
+    const reordered = lists({ tools: [{ description: "sleeps", name: "sleep" }, a.tools[0]!] });
+    assert.equal(catalogHash(a), catalogHash(reordered));
+    assert.notEqual(catalogHash(a), catalogHash(lists({ tools: [a.tools[0]!, { name: "sleep", description: "naps" }] })));
+    assert.notEqual(catalogHash(a), catalogHash(lists({ prompts: [] })));
+    assert.match(catalogHash(a), /^[0-9a-f]{64}$/);
+  });
+
+  it("canonical JSON sorts keys at every depth", () => {
+    assert.equal(canonicalJson({ b: 1, a: { d: [2, { f: 1, e: 0 }], c: null } }), '{"a":{"c":null,"d":[2,{"e":0,"f":1}]},"b":1}');
+  });
+});
+
+describe("catalog diff and reconcile", () => {
+  it("names added, updated and removed items per list", () => {
+    const before = lists();
+    const after = lists({
+      tools: [{ name: "echo", description: "echoes louder" }, { name: "fresh" }],
+      resources: [],
+    });
+    const d = diffCatalogs(before, after);
+    assert.deepEqual(d.added.tools, ["fresh"]);
+    assert.deepEqual(d.updated.tools, ["echo"]);
+    assert.deepEqual(d.removed.tools, ["sleep"]);
+    assert.deepEqual(d.removed.resources, ["fixture://info"]);
+    assert.deepEqual(d.added.prompts, []);
+    assert.deepEqual(d.updated.resourceTemplates, []);
+  });
+
+  it("everything is added against no catalog", () => {
+    const d = diffCatalogs(null, lists());
+    assert.deepEqual(d.added.tools, ["echo", "sleep"]);
+    assert.deepEqual(d.added.resourceTemplates, ["fixture://items/{id}"]);
+  });
+
+  it("reconcile reports no change for the same content and a full catalog otherwise", () => {
+    const first = reconcile(GID, null, lists(), "2026-01-01T00:00:00.000Z");
+    assert.equal(first.changed, true);
+    assert.equal(first.catalog.hash, catalogHash(lists()));
+    const again = reconcile(GID, first.catalog, lists(), "2026-01-02T00:00:00.000Z");
+    assert.equal(again.changed, false);
+    assert.equal(again.catalog.discoveredAt, "2026-01-01T00:00:00.000Z");
+    const next = reconcile(GID, first.catalog, lists({ prompts: [] }), "2026-01-03T00:00:00.000Z");
+    assert.equal(next.changed, true);
+    assert.deepEqual(next.diff.removed.prompts, ["greet"]);
+    assert.equal(next.catalog.discoveredAt, "2026-01-03T00:00:00.000Z");
+  });
+});
+
+describe("tiers and stamps", () => {
+  const now = Date.parse("2026-05-01T12:00:00Z");
+  const cls = (validUntil: string) => ({
+    hot: [GID],
+    cold: ["fedcba9876543210"],
+    computedAt: "2026-05-01T11:59:00Z",
+    validUntil,
+    leader: "w1",
+    leaseRevision: 3,
+    meta: { total: 2, hotCap: 0, hotActual: 1, eligible: 1, belowCapReason: null },
+  });
+
+  it("fails open: missing, unparsable and expired classification is unclassified", () => {
+    assert.equal(tierOf(cls("2026-05-01T12:05:00Z"), GID, now), "hot");
+    assert.equal(tierOf(cls("2026-05-01T12:05:00Z"), "fedcba9876543210", now), "cold");
+    assert.equal(tierOf(cls("2026-05-01T12:05:00Z"), "aaaaaaaaaaaaaaaa", now), "unclassified");
+    assert.equal(tierOf(cls("2026-05-01T11:00:00Z"), "fedcba9876543210", now), "unclassified");
+    assert.equal(tierOf(cls("not a date"), "fedcba9876543210", now), "unclassified");
+    assert.equal(tierOf(undefined, GID, now), "unclassified");
+    assert.equal(tierOf({ hot: "all" }, GID, now), "unclassified");
+  });
+
+  it("a future or malformed stamp counts as absent", () => {
+    assert.equal(lastPollAt({ at: "2026-05-01T11:59:00.000Z", nextAt: null, worker: "w" }, now), now - 60_000);
+    assert.equal(lastPollAt({ at: "2026-05-01T13:00:00.000Z", nextAt: null, worker: "w" }, now), null);
+    assert.equal(lastPollAt({ at: "garbage", nextAt: null, worker: "w" }, now), null);
+    assert.equal(lastPollAt("2026-05-01T11:59:00.000Z", now), null);
+    assert.equal(lastPollAt(undefined, now), null);
+  });
+
+  it("a slot counts as polled only within half a period", () => {
+    assert.equal(slotAlreadyPolled(now - 10_000, now, 60_000), true);
+    assert.equal(slotAlreadyPolled(now - 50_000, now, 60_000), false);
+    assert.equal(slotAlreadyPolled(null, now, 60_000), false);
+  });
+});
+
+describe("slots", () => {
+  it("puts each gateway at a stable phase of a shared grid", () => {
+    assert.equal(phaseOf(GID), phaseOf(GID));
+    const p = phaseOf(GID);
+    const period = 60_000;
+    const d = delayToSlot(now(), period, p);
+    assert.ok(d >= 0 && d < period);
+    assert.equal((now() + d) % period, Math.floor(p * period));
+    assert.ok(delayToSlot(now(), period, p, period / 2) >= period / 2);
+  });
+
+  it("phases of many gateways are spread evenly", () => {
+    const buckets = new Array(10).fill(0);
+    for (let i = 0; i < 10_000; i++) buckets[Math.floor(phaseOf(i.toString(16).padStart(16, "0")) * 10)]++;
+    for (const b of buckets) assert.ok(b > 800 && b < 1200, `bucket ${b} of a mean 1000`);
+  });
+});
+
+function now(): number {
+  return 1_700_000_123_456;
+}

@@ -1,0 +1,237 @@
+// The poller machine on a SimulatedClock with fake effects: timing, health state, tiers, stamps.
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import { createActor, fromPromise, SimulatedClock } from "xstate";
+import { pollerMachine, type DiscoveryOutcome, type PollKind, type PollState, type RefreshResponder } from "../actors/poller.machine.ts";
+import type { GatewayStatus } from "../protocol/gateway.ts";
+
+const GID = "0123456789abcdef";
+const S = 1000;
+const H = 60 * S;
+const D = 300 * S;
+const EMPTY = { tools: [], prompts: [], resources: [], resourceTemplates: [] };
+
+type Options = { classification?: unknown; discoverNow?: boolean; discoveryInterval?: number };
+
+/** One poller with an in-memory upstream (a tool set) and in-memory KV (stamps, catalog, status). */
+function harness(opts: Options = {}) {
+  const clock = new SimulatedClock();
+  const upstream = { tools: new Set(["echo"]), up: true, discoveryFails: false };
+  const stamps = new Map<PollKind, { at: string; nextAt: string | null; worker: string }>();
+  const catalog = { tools: [] as string[] };
+  const healthChecks: number[] = [];
+  const discoveries: number[] = [];
+  const recorded: Array<{ kind: PollKind; at: string }> = [];
+  const statuses: GatewayStatus[] = [];
+  const machine = pollerMachine.provide({
+    actors: {
+      readPollState: fromPromise<PollState, { gid: string }>(async () => ({
+        health: stamps.get("health"),
+        discovery: stamps.get("discovery"),
+        classification: opts.classification,
+      })),
+      checkHealth: fromPromise<void, { gid: string }>(async () => {
+        healthChecks.push(clock.now());
+        if (!upstream.up) throw new Error("connect ECONNREFUSED");
+      }),
+      discover: fromPromise<DiscoveryOutcome, { gid: string }>(async () => {
+        discoveries.push(clock.now());
+        if (!upstream.up || upstream.discoveryFails) throw new Error("tools/list failed");
+        const tools = [...upstream.tools].sort();
+        const changed = tools.join() !== catalog.tools.join();
+        catalog.tools = tools;
+        return { changed, hash: tools.join(), diff: { added: EMPTY, updated: EMPTY, removed: EMPTY }, counts: { tools: tools.length, prompts: 0, resources: 0 } };
+      }),
+    },
+    actions: {
+      recordPoll: (_, p) => {
+        recorded.push({ kind: p.kind, at: p.at });
+        stamps.set(p.kind, { at: p.at, nextAt: p.nextAt, worker: "w1" });
+      },
+      writeStatus: (_, status) => {
+        statuses.push(status);
+      },
+    },
+  });
+  const actor = createActor(machine, {
+    clock,
+    input: {
+      gid: GID,
+      timings: { health: H, discovery: opts.discoveryInterval ?? D, listChangedDebounce: 2 * S, backoffMax: 10 * 60 * S },
+      unhealthyThreshold: 3,
+      now: () => clock.now(),
+      random: () => 0,
+      discoverNow: opts.discoverNow,
+    },
+  });
+  actor.start();
+  /** advances simulated time in 1 s steps, letting promise effects settle after each */
+  const advance = async (ms: number) => {
+    for (let t = 0; t < ms; t += S) {
+      clock.increment(S);
+      for (let i = 0; i < 4; i++) await new Promise((r) => setImmediate(r));
+    }
+  };
+  const lastStatus = () => statuses.at(-1);
+  return { clock, actor, upstream, stamps, catalog, healthChecks, discoveries, recorded, statuses, lastStatus, advance };
+}
+
+const gaps = (times: number[]) => times.slice(1).map((t, i) => t - times[i]!);
+/** every gap is `period`, give or take the 1 s step of the simulated clock */
+const assertGaps = (times: number[], period: number, what: string) => {
+  assert.ok(times.length >= 2, `${what}: at least two polls`);
+  for (const g of gaps(times)) assert.ok(Math.abs(g - period) <= S, `${what}: gap ${g} ms, expected ${period} ms`);
+};
+
+const classification = (now: number, hot: string[], cold: string[], validForMs: number) => ({
+  hot,
+  cold,
+  computedAt: new Date(now).toISOString(),
+  validUntil: new Date(now + validForMs).toISOString(),
+  leader: "w1",
+  leaseRevision: 1,
+  meta: { total: 1, hotCap: 0, hotActual: hot.length, eligible: 1, belowCapReason: null },
+});
+
+describe("poller machine", () => {
+  it("puts a new tool in the catalog within one discovery interval and drops a removed one", async () => {
+    const h = harness();
+    await h.advance(D);
+    assert.equal(h.discoveries.length, 1, "first discovery at the gateway's slot within the first interval");
+    assert.deepEqual(h.catalog.tools, ["echo"]);
+    h.upstream.tools.add("new_tool");
+    await h.advance(D);
+    assert.deepEqual(h.catalog.tools, ["echo", "new_tool"]);
+    assert.equal(h.lastStatus()?.tools, 2);
+    h.upstream.tools.delete("echo");
+    await h.advance(D);
+    assert.deepEqual(h.catalog.tools, ["new_tool"]);
+    assert.equal(h.lastStatus()?.tools, 1);
+    h.actor.stop();
+  });
+
+  it("discovers at once when started for a just-added gateway", async () => {
+    const h = harness({ discoverNow: true });
+    await h.advance(S);
+    assert.equal(h.discoveries.length, 1);
+    assert.equal(h.discoveries[0], 0);
+    h.actor.stop();
+  });
+
+  it("turns unhealthy after 3 failures, backs off, and is healthy again on the first success", async () => {
+    // discovery once at the start, then not for 12 h: only health checks count here
+    const h = harness({ discoverNow: true, discoveryInterval: 24 * 3600 * S });
+    await h.advance(H); // first check, healthy
+    assert.equal(h.lastStatus()?.health, "healthy");
+    h.upstream.up = false;
+    const firstFailureIndex = h.healthChecks.length;
+    await h.advance(3 * H);
+    assert.equal(h.healthChecks.length - firstFailureIndex, 3);
+    assert.equal(h.lastStatus()?.health, "unhealthy");
+    assert.equal(h.lastStatus()?.consecutiveFailures, 3);
+    assert.match(h.lastStatus()?.lastError ?? "", /ECONNREFUSED/);
+    const discoveriesWhenUnhealthy = h.discoveries.length;
+    await h.advance(2 * H + 4 * H + 8 * H);
+    const failing = h.healthChecks.slice(firstFailureIndex);
+    // 1× 1× between the first three failures, then 2×, 4×, 8× once unhealthy
+    const g = gaps(failing);
+    assert.ok(Math.abs(g[0]! - H) <= S && Math.abs(g[1]! - H) <= S, `gaps before unhealthy: ${g}`);
+    assert.ok(Math.abs(g[2]! - 2 * H) <= S && Math.abs(g[3]! - 4 * H) <= S && Math.abs(g[4]! - 8 * H) <= S, `backoff gaps: ${g}`);
+    assert.equal(h.discoveries.length, discoveriesWhenUnhealthy, "no discovery of an unhealthy gateway");
+    h.upstream.up = true;
+    const checks = h.healthChecks.length;
+    await h.advance(10 * H);
+    assert.equal(h.healthChecks.length, checks + 1, "the next check after 16× the interval (capped at 10 min)");
+    assert.equal(h.lastStatus()?.health, "healthy");
+    assert.equal(h.lastStatus()?.consecutiveFailures, 0);
+    assert.equal(h.lastStatus()?.lastError, null);
+    h.actor.stop();
+  });
+
+  for (const [name, make, multiplier, tier] of [
+    ["hot", (now: number) => classification(now, [GID], [], 3_600_000), 1, "hot"],
+    ["cold", (now: number) => classification(now, [], [GID], 3_600_000), 3, "cold"],
+    ["missing", () => undefined, 1, "unclassified"],
+    ["stale", (now: number) => classification(now - 7_200_000, [], [GID], 3_600_000), 1, "unclassified"],
+    ["unparsable", () => ({ hot: "everything" }), 1, "unclassified"],
+  ] as const) {
+    it(`classification ${name}: discovery every ${multiplier}× the interval, health at its own interval`, async () => {
+      const h = harness({ classification: make(0) });
+      await h.advance(10 * D);
+      assertGaps(h.discoveries.slice(1), multiplier * D, "discovery");
+      assertGaps(h.healthChecks, H, "health");
+      assert.equal(h.healthChecks.length, 50);
+      assert.equal(h.lastStatus()?.tier, tier);
+      h.actor.stop();
+    });
+  }
+
+  it("a failed discovery does not advance poll.<gid>.discovery", async () => {
+    const h = harness();
+    await h.advance(D);
+    const stamp = h.stamps.get("discovery");
+    assert.ok(stamp, "the successful discovery wrote its stamp");
+    h.upstream.discoveryFails = true;
+    await h.advance(D);
+    assert.equal(h.discoveries.length, 2, "the second discovery ran");
+    assert.equal(h.stamps.get("discovery"), stamp, "and failed without writing a stamp");
+    assert.ok(h.statuses.some((st) => st.consecutiveFailures === 1 && /tools\/list failed/.test(st.lastError ?? "")), "the failure is in the status");
+    h.upstream.discoveryFails = false;
+    await h.advance(D);
+    assert.notEqual(h.stamps.get("discovery"), stamp);
+    h.actor.stop();
+  });
+
+  it("skips a slot another worker just polled, and treats a future stamp as absent", async () => {
+    const h = harness();
+    // another worker discovered a moment ago: this slot is skipped, without writing anything
+    h.stamps.set("discovery", { at: new Date(0).toISOString(), nextAt: null, worker: "w2" });
+    await h.advance(D / 2 - S);
+    h.stamps.set("discovery", { at: new Date(h.clock.now()).toISOString(), nextAt: null, worker: "w2" });
+    const before = h.discoveries.length;
+    await h.advance(D / 2 + S);
+    assert.equal(h.recorded.filter((r) => r.kind === "discovery").length, 0);
+    // a stamp far in the future must not stop polling
+    h.stamps.set("discovery", { at: new Date(h.clock.now() + 100 * D).toISOString(), nextAt: null, worker: "w2" });
+    await h.advance(2 * D);
+    assert.ok(h.discoveries.length > before, "discovered despite the future stamp");
+    assert.ok(h.recorded.some((r) => r.kind === "discovery"));
+    h.actor.stop();
+  });
+
+  it("debounces list_changed notices into one discovery", async () => {
+    const h = harness();
+    await h.advance(D); // past the first slot
+    const before = h.discoveries.length;
+    const at = h.clock.now();
+    h.actor.send({ type: "LIST_CHANGED" });
+    await h.advance(S);
+    h.actor.send({ type: "LIST_CHANGED" });
+    await h.advance(3 * S);
+    assert.equal(h.discoveries.length, before + 1);
+    assert.ok(h.discoveries.at(-1)! - at <= 2 * S + S, "within the debounce window");
+    h.actor.stop();
+  });
+
+  it("answers a refresh with the discovery's outcome", async () => {
+    const h = harness();
+    h.upstream.tools.add("fresh");
+    const outcome = new Promise<DiscoveryOutcome>((resolve, reject) => {
+      const responder: RefreshResponder = { resolve, reject };
+      h.actor.send({ type: "REFRESH", responder });
+    });
+    await h.advance(S);
+    const r = await outcome;
+    assert.equal(r.counts.tools, 2);
+    assert.equal(h.discoveries.length, 1);
+    h.actor.stop();
+  });
+
+  it("writes the status only when a field readers act on changes", async () => {
+    const h = harness();
+    await h.advance(2 * D);
+    assert.ok(h.healthChecks.length >= 10 && h.discoveries.length === 2);
+    assert.equal(h.statuses.length, 2, `first health check (healthy), first discovery (counts): ${JSON.stringify(h.statuses)}`);
+    h.actor.stop();
+  });
+});
