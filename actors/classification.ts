@@ -1,0 +1,47 @@
+// Hot/cold classification: a pure, deterministic function of the enabled gateways and
+// their cluster-wide usage (lesson 11). Keyed by gateway id only, never by URL (lesson 4).
+import type { Classification } from "../protocol/classification.ts";
+
+/** One gateway's cluster-wide usage as the classifier sees it. */
+export type UsageStats = { lastUsedAt: number | null; liveSessions: number; uses: number };
+
+export type ClassificationResult = Pick<Classification, "hot" | "cold" | "meta">;
+
+/** Share of the enabled gateways that may be hot: floor(N / 5) = floor(20% of N), in integers. */
+export function hotCapOf(total: number): number {
+  return Math.floor(total / 5);
+}
+
+function hasRecordedUse(u: UsageStats | undefined): u is UsageStats {
+  return !!u && (u.lastUsedAt !== null || u.uses > 0 || u.liveSessions > 0);
+}
+
+/** Last used desc, live sessions desc, use count desc, id asc (code-unit order, locale-free). */
+function byRank(a: { gid: string; u: UsageStats }, b: { gid: string; u: UsageStats }): number {
+  return (
+    (b.u.lastUsedAt ?? -1) - (a.u.lastUsedAt ?? -1) ||
+    b.u.liveSessions - a.u.liveSessions ||
+    b.u.uses - a.u.uses ||
+    (a.gid < b.gid ? -1 : a.gid > b.gid ? 1 : 0)
+  );
+}
+
+/**
+ * hot = the first min(cap, eligible) of the eligible gateways by rank; cold = every other
+ * enabled gateway, in id order. No backfill: a gateway without recorded use is never hot.
+ */
+export function classify(enabledGids: readonly string[], usageOf: (gid: string) => UsageStats | undefined): ClassificationResult {
+  const gids = [...new Set(enabledGids)].sort();
+  const total = gids.length;
+  const hotCap = hotCapOf(total);
+  const eligible = gids.flatMap((gid) => {
+    const u = usageOf(gid);
+    return hasRecordedUse(u) ? [{ gid, u }] : [];
+  });
+  const hot = eligible.sort(byRank).slice(0, hotCap).map((e) => e.gid);
+  const hotSet = new Set(hot);
+  const cold = gids.filter((gid) => !hotSet.has(gid));
+  const belowCapReason =
+    hot.length < hotCap ? `only ${eligible.length} of ${total} enabled gateways have recorded use, below the hot cap of ${hotCap}` : null;
+  return { hot, cold, meta: { total, hotCap, hotActual: hot.length, eligible: eligible.length, belowCapReason } };
+}
