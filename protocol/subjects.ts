@@ -25,6 +25,7 @@ export const UPSTREAM_OPS = [
   "call", // one MCP request forwarded as-is: tools/call, prompts/get, resources/read, ...
   "notify", // a client notification (cancelled) forwarded to the upstream
   "close",
+  "status", // liveness and snapshot of one actor (a claim's owner is alive when it answers)
 ] as const;
 export type UpstreamOp = (typeof UPSTREAM_OPS)[number];
 
@@ -68,6 +69,11 @@ export function subjects(prefix: string = DEFAULT_PREFIX) {
       /** notifications from an upstream meant for a downstream session */
       clientNotification: (sid: string) => `${p}.internal.session.${token(sid, "session id")}.notify`,
     },
+    edge: {
+      /** a client's cancellation, for whichever worker has the request in flight */
+      cancel: (sid: string) => `${p}.internal.edge.${token(sid, "session id")}.cancel`,
+      cancelAll: `${p}.internal.edge.*.cancel`,
+    },
     poller: {
       /** per-worker: run a discovery of a gateway this worker polls (refresh forwarded to its owner) */
       refresh: (workerId: string) => `${p}.internal.poller.${token(workerId, "worker id")}.refresh`,
@@ -89,6 +95,11 @@ export function subjects(prefix: string = DEFAULT_PREFIX) {
       const kind = parts[4] as GatewayEventKind;
       if (!GATEWAY_EVENT_KINDS.includes(kind)) return null;
       return { gid: parts[3]!, kind };
+    },
+    /** parse `<p>.internal.edge.<sid>.cancel` → sid */
+    parseEdgeCancel(subject: string): string | null {
+      const parts = subject.split(".");
+      return parts.length === 5 && parts[0] === p && parts[2] === "edge" && parts[4] === "cancel" ? parts[3]! : null;
     },
     /** parse `<p>.upstream.<sid>.<gid>.<op>` */
     parseUpstream(subject: string): { sid: string; gid: string; op: UpstreamOp } | null {
@@ -138,9 +149,11 @@ export const KEYS = {
   pollerWorkerPrefix: "worker.",
   /** a gateway's live status (health, counts, next poll), kept by its poller */
   gatewayStatus: (gid: string) => `status.${token(gid, "gateway id")}`,
+  gatewayStatusPrefix: "status.",
   usage: (gid: string) => `usage.${token(gid, "gateway id")}`,
   /** ownership claim of the upstream session actor for (sid, gid) */
   upstreamClaim: (sid: string, gid: string) => `up.${token(sid, "session id")}.${token(gid, "gateway id")}`,
   /** a downstream (edge) session record */
   downstreamSession: (sid: string) => `ds.${token(sid, "session id")}`,
+  downstreamSessionPrefix: "ds.",
 } as const;

@@ -84,6 +84,17 @@ export const SessionEvictRequestSchema = z
   .refine((r) => r.sid !== undefined || r.gid !== undefined, { message: "give sid, gid or both", path: ["sid"] });
 export const SessionEvictReplySchema = z.object({ evicted: z.number().int().nonnegative(), workers: z.array(z.string()) });
 
+/** `mcpgw.internal.upstream.snapshot` (every worker answers): a worker's live actors. */
+export const WorkerSnapshotRequestSchema = z.object({ sid: SessionIdSchema.optional(), gid: GatewayIdSchema.optional() }).strict().default({});
+export const WorkerSnapshotReplySchema = z.object({ worker: z.string(), sessions: z.array(UpstreamSessionInfoSchema) });
+
+/** `mcpgw.internal.upstream.evict` (every worker answers): close matching actors; `all` for a drain. */
+export const WorkerEvictRequestSchema = z
+  .object({ sid: SessionIdSchema.optional(), gid: GatewayIdSchema.optional(), all: z.literal(true).optional(), reason: z.string().max(256).optional() })
+  .strict()
+  .refine((r) => r.all === true || r.sid !== undefined || r.gid !== undefined, { message: "give sid, gid or all", path: ["sid"] });
+export const WorkerEvictReplySchema = z.object({ worker: z.string(), evicted: z.number().int().nonnegative() });
+
 /** `mcpgw.admin.drain`: close every upstream session on every worker (credential / TLS reload). */
 export const DrainRequestSchema = z.object({ reason: z.string().max(256).optional() }).strict().default({});
 export const DrainReplySchema = SessionEvictReplySchema;

@@ -54,6 +54,11 @@ export const EnvSchema = z.object({
   MCPGW_EDGE_TOKENS: opt(z.string()),
   MCPGW_EDGE_AUTH: z.preprocess(blankIsUnset, z.enum(["token", "none"]).default("token")),
   MCPGW_TOOL_SEPARATOR: z.preprocess(blankIsUnset, z.string().regex(/^[A-Za-z0-9_.-]{1,4}$/).default("__")),
+  MCPGW_EDGE_ALLOWED_HOSTS: opt(z.string()),
+  MCPGW_EDGE_ALLOWED_ORIGINS: opt(z.string()),
+  MCPGW_EDGE_MAX_BODY: z.preprocess(blankIsUnset, int(4 * 1024 * 1024, 1024, 1024 * 1024 * 1024)),
+  MCPGW_EDGE_SESSION_IDLE_TTL: z.preprocess(blankIsUnset, duration("30m", 1000)),
+  MCPGW_EDGE_PAGE_SIZE: z.preprocess(blankIsUnset, int(500, 1, 100_000)),
   MCPGW_HEALTH_INTERVAL: z.preprocess(blankIsUnset, duration("60s", 100)),
   MCPGW_DISCOVERY_INTERVAL: z.preprocess(blankIsUnset, duration("300s", 100)),
   MCPGW_CLASSIFICATION_INTERVAL: z.preprocess(blankIsUnset, duration("60s", 100)),
@@ -76,7 +81,21 @@ export type Config = {
   secretKey?: string;
   workerId: string;
   prefix: string;
-  edge: { host: string; port: number; auth: "token" | "none"; tokens: string[]; toolSeparator: string };
+  edge: {
+    host: string;
+    port: number;
+    auth: "token" | "none";
+    tokens: string[];
+    toolSeparator: string;
+    /** extra Host header values (host or host:port) accepted besides the bind address and loopback */
+    allowedHosts: string[];
+    /** Origin header values accepted besides loopback origins */
+    allowedOrigins: string[];
+    maxBodyBytes: number;
+    /** a downstream session unused this long is closed */
+    sessionIdleTtl: number;
+    pageSize: number;
+  };
   intervals: {
     health: number;
     discovery: number;
@@ -91,6 +110,12 @@ export type Config = {
   unhealthyThreshold: number;
   logLevel: string;
 };
+
+const list = (text: string | undefined) =>
+  (text ?? "")
+    .split(",")
+    .map((t) => t.trim())
+    .filter(Boolean);
 
 export class ConfigError extends Error {
   override name = "ConfigError";
@@ -107,10 +132,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   if (e.MCPGW_DISCOVERY_INTERVAL < 10_000 && env.MCPGW_ALLOW_SHORT_INTERVALS !== "1") {
     throw new ConfigError("invalid configuration: MCPGW_DISCOVERY_INTERVAL: must be at least 10s");
   }
-  const tokens = (e.MCPGW_EDGE_TOKENS ?? "")
-    .split(",")
-    .map((t) => t.trim())
-    .filter(Boolean);
+  const tokens = list(e.MCPGW_EDGE_TOKENS);
   if (tokens.some((t) => t.length < 16)) throw new ConfigError("invalid configuration: MCPGW_EDGE_TOKENS: each token must be at least 16 characters");
   return {
     nats: { url: e.NATS_URL, user: e.NATS_USER, password: e.NATS_PASSWORD, credsFile: e.NATS_CREDS },
@@ -120,7 +142,18 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     secretKey: e.MCPGW_SECRET_KEY,
     workerId: e.MCPGW_WORKER_ID ?? `w-${randomBytes(4).toString("hex")}`,
     prefix: e.MCPGW_SUBJECT_PREFIX,
-    edge: { host: e.MCPGW_EDGE_HOST, port: e.MCPGW_EDGE_PORT, auth: e.MCPGW_EDGE_AUTH, tokens, toolSeparator: e.MCPGW_TOOL_SEPARATOR },
+    edge: {
+      host: e.MCPGW_EDGE_HOST,
+      port: e.MCPGW_EDGE_PORT,
+      auth: e.MCPGW_EDGE_AUTH,
+      tokens,
+      toolSeparator: e.MCPGW_TOOL_SEPARATOR,
+      allowedHosts: list(e.MCPGW_EDGE_ALLOWED_HOSTS),
+      allowedOrigins: list(e.MCPGW_EDGE_ALLOWED_ORIGINS),
+      maxBodyBytes: e.MCPGW_EDGE_MAX_BODY,
+      sessionIdleTtl: e.MCPGW_EDGE_SESSION_IDLE_TTL,
+      pageSize: e.MCPGW_EDGE_PAGE_SIZE,
+    },
     intervals: {
       health: e.MCPGW_HEALTH_INTERVAL,
       discovery: e.MCPGW_DISCOVERY_INTERVAL,

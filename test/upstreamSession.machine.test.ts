@@ -172,7 +172,7 @@ describe("upstream session machine", () => {
     const h = harness();
     const machine = upstreamSessionMachine.provide({
       actors: {
-        connect: fromPromise(async () => {
+        connect: fromPromise<void>(async () => {
           throw new Error("ECONNREFUSED");
         }),
         closeGracefully: fromPromise(async () => {}),

@@ -1,0 +1,151 @@
+import type { KV, KvEntry } from "@nats-io/kv";
+import { buildView, changedLists, type CatalogView, type GatewayFacts, type ViewList } from "../../actors/catalogView.ts";
+import { CatalogSchema, type Catalog } from "../../protocol/catalog.ts";
+import { GatewayRecordSchema, GatewayStatusSchema } from "../../protocol/gateway.ts";
+import { KEYS } from "../../protocol/subjects.ts";
+import type { Logger } from "../logger.ts";
+
+type Watched<T> = { value: T; revision: number };
+
+/** A view changed: the scope (null = federated) and which of its lists differ. */
+export type ViewChange = { scope: string | null; lists: ViewList[] };
+
+/**
+ * This worker's copy of what clients can see: gateway records, catalogs and poller health,
+ * kept current by watching the three KV buckets. Views are built on demand per scope and
+ * rebuilt after any change; `onChange` hears which scopes' lists differ.
+ */
+export class CatalogCache {
+  readonly #gateways = new Map<string, Watched<{ name: string; enabled: boolean }>>();
+  readonly #catalogs = new Map<string, Watched<Catalog>>();
+  readonly #unhealthy = new Map<string, Watched<boolean>>();
+  readonly #views = new Map<string | null, CatalogView>();
+  readonly #listeners = new Set<(change: ViewChange) => void>();
+  readonly #loggedClashes = new Set<string>();
+  readonly #stops: Array<() => void> = [];
+  #dirty: NodeJS.Immediate | undefined;
+
+  constructor(
+    private readonly kv: { gateways: KV; catalog: KV; state: KV },
+    private readonly separator: string,
+    private readonly log: Logger,
+  ) {}
+
+  /** Loads the current values, then follows changes. */
+  async start(): Promise<void> {
+    await Promise.all([
+      this.#follow(this.kv.gateways, `${KEYS.gatewayPrefix}>`, (e) => this.#applyGateway(e)),
+      this.#follow(this.kv.catalog, `${KEYS.catalogPrefix}>`, (e) => this.#applyCatalog(e)),
+      this.#follow(this.kv.state, `${KEYS.gatewayStatusPrefix}>`, (e) => this.#applyStatus(e)),
+    ]);
+  }
+
+  stop(): void {
+    for (const s of this.#stops) s();
+    if (this.#dirty) clearImmediate(this.#dirty);
+  }
+
+  onChange(listener: (change: ViewChange) => void): () => void {
+    this.#listeners.add(listener);
+    return () => this.#listeners.delete(listener);
+  }
+
+  gatewayName(gid: string): string | undefined {
+    return this.#gateways.get(gid)?.value.name;
+  }
+
+  /** The enabled gateway with this name, if any. */
+  gatewayByName(name: string): string | undefined {
+    for (const [gid, g] of this.#gateways) if (g.value.name === name && g.value.enabled) return gid;
+    return undefined;
+  }
+
+  view(scope: string | null): CatalogView {
+    let v = this.#views.get(scope);
+    if (!v) {
+      v = buildView(this.#facts(), new Map([...this.#catalogs].map(([gid, c]) => [gid, c.value])), scope, this.separator);
+      this.#views.set(scope, v);
+      for (const clash of v.clashes) {
+        if (this.#loggedClashes.has(clash)) continue;
+        this.#loggedClashes.add(clash);
+        this.log.warn({ scope }, `catalog clash: ${clash}`);
+      }
+    }
+    return v;
+  }
+
+  #facts(): GatewayFacts[] {
+    return [...this.#gateways].map(([gid, g]) => ({ gid, name: g.value.name, enabled: g.value.enabled, healthy: this.#unhealthy.get(gid)?.value !== true }));
+  }
+
+  async #follow(kv: KV, key: string, apply: (e: KvEntry) => boolean): Promise<void> {
+    const safeApply = (e: KvEntry) => {
+      try {
+        return apply(e);
+      } catch (err) {
+        this.log.warn({ err, key: e.key }, "ignoring an unreadable KV value");
+        return false;
+      }
+    };
+    // Initial values are loaded before start() returns; the watch (which repeats them) keeps them current.
+    for await (const k of await kv.keys(key)) {
+      const e = await kv.get(k);
+      if (e) safeApply(e);
+    }
+    const iter = await kv.watch({ key });
+    this.#stops.push(() => iter.stop());
+    void (async () => {
+      for await (const e of iter) if (safeApply(e)) this.#changed();
+    })();
+  }
+
+  /** Stores `value` under `id` unless what we hold is newer; true when something changed. */
+  #put<T>(map: Map<string, Watched<T>>, id: string, e: KvEntry, value: () => T | undefined): boolean {
+    const held = map.get(id);
+    if (held && held.revision >= e.revision) return false;
+    const v = e.operation === "PUT" ? value() : undefined;
+    if (v === undefined) return map.delete(id);
+    map.set(id, { value: v, revision: e.revision });
+    return true;
+  }
+
+  #applyGateway(e: KvEntry): boolean {
+    const gid = e.key.slice(KEYS.gatewayPrefix.length);
+    return this.#put(this.#gateways, gid, e, () => {
+      const r = GatewayRecordSchema.safeParse(e.json());
+      return r.success ? { name: r.data.name, enabled: r.data.enabled } : undefined;
+    });
+  }
+
+  #applyCatalog(e: KvEntry): boolean {
+    const gid = e.key.slice(KEYS.catalogPrefix.length);
+    return this.#put(this.#catalogs, gid, e, () => {
+      const r = CatalogSchema.safeParse(e.json());
+      if (!r.success) this.log.warn({ gid }, "ignoring a catalog that does not match the schema");
+      return r.success ? r.data : undefined;
+    });
+  }
+
+  #applyStatus(e: KvEntry): boolean {
+    const gid = e.key.slice(KEYS.gatewayStatusPrefix.length);
+    return this.#put(this.#unhealthy, gid, e, () => {
+      const r = GatewayStatusSchema.safeParse(e.json());
+      return r.success ? r.data.health === "unhealthy" : undefined;
+    });
+  }
+
+  /** Coalesces a burst of KV updates into one rebuild and one round of change notices. */
+  #changed(): void {
+    if (this.#dirty) return;
+    this.#dirty = setImmediate(() => {
+      this.#dirty = undefined;
+      const before = new Map(this.#views);
+      this.#views.clear();
+      for (const [scope, old] of before) {
+        const lists = changedLists(old, this.view(scope));
+        if (lists.length === 0) continue;
+        for (const l of this.#listeners) l({ scope, lists });
+      }
+    });
+  }
+}

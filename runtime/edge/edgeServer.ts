@@ -1,0 +1,271 @@
+import { randomBytes } from "node:crypto";
+import { createServer, type IncomingMessage, type Server as HttpServer, type ServerResponse } from "node:http";
+import type { AddressInfo } from "node:net";
+import { StreamableHTTPServerTransport } from "@modelcontextprotocol/sdk/server/streamableHttp.js";
+import {
+  ErrorCode,
+  InitializeRequestSchema,
+  isJSONRPCNotification,
+  JSONRPCMessageSchema,
+  LATEST_PROTOCOL_VERSION,
+  SUPPORTED_PROTOCOL_VERSIONS,
+  type JSONRPCMessage,
+} from "@modelcontextprotocol/sdk/types.js";
+import type { DownstreamSession } from "../../protocol/edge.ts";
+import { SessionIdSchema } from "../../protocol/upstream.ts";
+import type { Hosted, WorkerContext } from "../worker.ts";
+import { CatalogCache } from "./catalogCache.ts";
+import { forwardableHeaders, sessionServer, type UpstreamCaller } from "./mcpServer.ts";
+import { bearerMatches, HostGuard, tokenDigests } from "./security.ts";
+import { SessionLinks, wireKey } from "./sessionLinks.ts";
+import { SessionStore, type LoadedSession } from "./sessionStore.ts";
+
+export type Edge = Hosted & { url: string; port: number; cache: CatalogCache; sessions: SessionStore };
+
+const LIST_CHANGED = { tools: "notifications/tools/list_changed", prompts: "notifications/prompts/list_changed", resources: "notifications/resources/list_changed" } as const;
+
+class HttpError extends Error {
+  constructor(
+    readonly status: number,
+    readonly rpcCode: number,
+    message: string,
+    readonly headers: Record<string, string> = {},
+  ) {
+    super(message);
+  }
+}
+
+/**
+ * The edge actor of one worker: the MCP Streamable HTTP endpoint for clients. `/mcp` serves
+ * the federated catalog, `/gateways/<name>/mcp` one gateway's catalog under its own names.
+ * Sessions live in KV, so any worker answers any request of any session.
+ */
+export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Promise<Edge> {
+  const { config, log: workerLog } = ctx;
+  const log = workerLog.child({ actor: "edge" });
+  const edge = config.edge;
+  if (edge.auth === "token" && edge.tokens.length === 0) throw new Error("MCPGW_EDGE_TOKENS is required unless MCPGW_EDGE_AUTH=none");
+  if (edge.auth === "none") log.warn("client authentication is OFF (MCPGW_EDGE_AUTH=none): anyone who can reach the endpoint can use every gateway");
+  const tokens = tokenDigests(edge.tokens);
+
+  const cache = new CatalogCache(ctx.stores, edge.toolSeparator, log);
+  await cache.start();
+  const sessions = new SessionStore({ kv: ctx.stores.sessions, js: ctx.stores.js, s: ctx.s, log, idleTtlMs: edge.sessionIdleTtl });
+  sessions.startSweeping();
+  const links = new SessionLinks(ctx.nc, ctx.s, log);
+  const stopNotices = cache.onChange(({ scope, lists }) => {
+    for (const stream of links.streams()) {
+      if (stream.gid !== scope) continue;
+      for (const l of lists) void stream.notify({ method: LIST_CHANGED[l] }).catch(() => {});
+    }
+  });
+
+  let guard: HostGuard;
+
+  /** The gateway a path addresses: null for `/mcp`, a gid, or undefined when the path is not an MCP endpoint. */
+  const scopeOf = (path: string): string | null | undefined => {
+    if (path === "/mcp") return null;
+    const m = /^\/gateways\/([a-z0-9-]{1,32})\/mcp$/.exec(path);
+    if (!m) return undefined;
+    const gid = cache.gatewayByName(m[1]!);
+    if (!gid) throw new HttpError(404, ErrorCode.InvalidRequest, `no enabled gateway named ${m[1]}`);
+    return gid;
+  };
+
+  const readBody = (req: IncomingMessage): Promise<Buffer> => {
+    const tooLarge = () => new HttpError(413, ErrorCode.InvalidRequest, `request body larger than ${edge.maxBodyBytes} bytes`, { connection: "close" });
+    if (Number(req.headers["content-length"] ?? 0) > edge.maxBodyBytes) return Promise.reject(tooLarge());
+    return new Promise((resolve, reject) => {
+      const chunks: Buffer[] = [];
+      let size = 0;
+      req.on("data", (c: Buffer) => {
+        size += c.length;
+        if (size <= edge.maxBodyBytes) return void chunks.push(c);
+        // Stop buffering; the 413 goes out with `connection: close`, which ends the upload.
+        req.removeAllListeners("data");
+        req.pause();
+        reject(tooLarge());
+      });
+      req.on("end", () => resolve(Buffer.concat(chunks)));
+      req.on("error", reject);
+    });
+  };
+
+  const parseMessages = (body: Buffer): JSONRPCMessage[] => {
+    let raw: unknown;
+    try {
+      raw = JSON.parse(body.toString("utf8"));
+    } catch {
+      throw new HttpError(400, ErrorCode.ParseError, "Parse error: the body is not valid JSON");
+    }
+    const list = Array.isArray(raw) ? raw : [raw];
+    if (list.length === 0) throw new HttpError(400, ErrorCode.InvalidRequest, "Invalid Request: empty batch");
+    return list.map((m) => {
+      const r = JSONRPCMessageSchema.safeParse(m);
+      if (!r.success) throw new HttpError(400, ErrorCode.InvalidRequest, "Invalid Request: not a JSON-RPC 2.0 message");
+      const id = (r.data as { id?: unknown }).id;
+      if (typeof id === "string" && id.length > 120) throw new HttpError(400, ErrorCode.InvalidRequest, "Invalid Request: request id longer than 120 characters");
+      return r.data;
+    });
+  };
+
+  const loadSession = async (req: IncomingMessage, scope: string | null): Promise<LoadedSession> => {
+    const header = req.headers["mcp-session-id"];
+    if (typeof header !== "string" || header === "") throw new HttpError(400, ErrorCode.ConnectionClosed, "Bad Request: Mcp-Session-Id header is required");
+    const s = SessionIdSchema.safeParse(header).success ? await sessions.load(header) : null;
+    if (!s || s.record.gid !== scope) throw new HttpError(404, -32001, "Session not found");
+    return s;
+  };
+
+  /** Answers one HTTP request through a fresh SDK server bound to the session. */
+  const serveWithSdk = async (req: IncomingMessage, res: ServerResponse, sid: string, scope: string | null, body?: JSONRPCMessage[]) => {
+    const transport = new StreamableHTTPServerTransport({ sessionIdGenerator: undefined });
+    const server = sessionServer({
+      sid,
+      gid: scope,
+      gatewayName: scope === null ? undefined : cache.gatewayName(scope),
+      headers: forwardableHeaders(req.headers),
+      view: () => cache.view(scope),
+      caller,
+      links,
+      deliver: (m) => transport.onmessage?.(m),
+      pageSize: edge.pageSize,
+      callTimeoutMs: config.intervals.callTimeout,
+      log,
+    });
+    res.on("close", () => {
+      void transport.close().catch(() => {});
+      void server.close().catch(() => {});
+    });
+    res.setHeader("mcp-session-id", sid);
+    await server.connect(transport);
+    return { server, transport, handled: transport.handleRequest(req, res, body === undefined ? undefined : body.length === 1 ? body[0] : body) };
+  };
+
+  const handlePost = async (req: IncomingMessage, res: ServerResponse, scope: string | null) => {
+    const type = req.headers["content-type"] ?? "";
+    if (!type.toLowerCase().startsWith("application/json")) throw new HttpError(415, ErrorCode.InvalidRequest, "Unsupported Media Type: Content-Type must be application/json");
+    const messages = parseMessages(await readBody(req));
+    const init = messages.find((m) => InitializeRequestSchema.safeParse(m).success);
+    let sid: string;
+    if (init) {
+      if (messages.length > 1) throw new HttpError(400, ErrorCode.InvalidRequest, "Invalid Request: initialize must be sent alone");
+      const params = InitializeRequestSchema.parse(init).params;
+      sid = randomBytes(16).toString("base64url");
+      const now = new Date().toISOString();
+      const record: DownstreamSession = {
+        sid,
+        gid: scope,
+        protocolVersion: SUPPORTED_PROTOCOL_VERSIONS.includes(params.protocolVersion) ? params.protocolVersion : LATEST_PROTOCOL_VERSION,
+        clientInfo: params.clientInfo,
+        capabilities: params.capabilities as Record<string, unknown>,
+        createdAt: now,
+        lastSeenAt: now,
+      };
+      await sessions.create(record);
+      log.info({ sid, scope, client: params.clientInfo.name, protocolVersion: record.protocolVersion }, "downstream session started");
+    } else {
+      const s = await loadSession(req, scope);
+      sid = s.record.sid;
+      await sessions.touch(s);
+      for (const m of messages) {
+        if (isJSONRPCNotification(m) && m.method === "notifications/cancelled") {
+          const p = m.params as { requestId?: unknown; reason?: unknown } | undefined;
+          if (typeof p?.requestId === "string" || typeof p?.requestId === "number") {
+            links.cancel(sid, wireKey(p.requestId), typeof p.reason === "string" ? p.reason.slice(0, 1024) : undefined);
+          }
+        }
+      }
+    }
+    await (await serveWithSdk(req, res, sid, scope, messages)).handled;
+  };
+
+  const handleGet = async (req: IncomingMessage, res: ServerResponse, scope: string | null) => {
+    const s = await loadSession(req, scope);
+    await sessions.touch(s);
+    cache.view(scope); // built now, so later changes of it are noticed and pushed on this stream
+    const { server, transport, handled } = await serveWithSdk(req, res, s.record.sid, scope);
+    const release = links.setStream(s.record.sid, {
+      gid: scope,
+      notify: (n) => server.notification(n),
+      close: () => void transport.close().catch(() => {}),
+    });
+    res.on("close", release);
+    await handled;
+  };
+
+  const handleDelete = async (req: IncomingMessage, res: ServerResponse, scope: string | null) => {
+    const s = await loadSession(req, scope);
+    await sessions.end(s.record.sid, "deleted by client");
+    res.writeHead(200).end();
+  };
+
+  const handleMcp = async (req: IncomingMessage, res: ServerResponse, scope: string | null) => {
+    if (req.method === "POST") return handlePost(req, res, scope);
+    if (req.method === "GET") return handleGet(req, res, scope);
+    if (req.method === "DELETE") return handleDelete(req, res, scope);
+    throw new HttpError(405, ErrorCode.InvalidRequest, "Method Not Allowed", { allow: "GET, POST, DELETE" });
+  };
+
+  const ready = async (): Promise<boolean> => {
+    if (ctx.nc.isClosed()) return false;
+    try {
+      await Promise.race([ctx.stores.sessions.status(), new Promise((_, reject) => setTimeout(() => reject(new Error("timeout")), 2000).unref())]);
+      return true;
+    } catch {
+      return false;
+    }
+  };
+
+  const handle = async (req: IncomingMessage, res: ServerResponse) => {
+    const path = new URL(req.url ?? "/", "http://edge").pathname;
+    if (path === "/healthz") return void res.writeHead(200, { "content-type": "application/json" }).end('{"status":"ok"}');
+    if (path === "/readyz") {
+      const ok = await ready();
+      return void res.writeHead(ok ? 200 : 503, { "content-type": "application/json" }).end(JSON.stringify({ status: ok ? "ready" : "not ready" }));
+    }
+    const refusal = guard.refusal(req);
+    if (refusal) throw new HttpError(403, ErrorCode.InvalidRequest, refusal);
+    if (edge.auth === "token" && !bearerMatches(req.headers.authorization, tokens)) {
+      throw new HttpError(401, ErrorCode.InvalidRequest, "Unauthorized: a valid bearer token is required", { "www-authenticate": 'Bearer realm="mcpgw"' });
+    }
+    const scope = scopeOf(path);
+    if (scope === undefined) throw new HttpError(404, ErrorCode.InvalidRequest, `no MCP endpoint at ${path.slice(0, 256)}`);
+    await handleMcp(req, res, scope);
+  };
+
+  const http: HttpServer = createServer((req, res) => {
+    handle(req, res).catch((err) => {
+      const e = err instanceof HttpError ? err : null;
+      if (!e) log.error({ err, method: req.method }, "edge request failed");
+      if (res.headersSent) return void res.end();
+      const body = JSON.stringify({ jsonrpc: "2.0", error: { code: e?.rpcCode ?? ErrorCode.InternalError, message: e?.message ?? "internal error; see the worker's log" }, id: null });
+      res.writeHead(e?.status ?? 500, { "content-type": "application/json", ...e?.headers }).end(body);
+    });
+  });
+  http.on("clientError", (_err, socket) => socket.destroy());
+  await new Promise<void>((resolve, reject) => {
+    http.once("error", reject);
+    http.listen(edge.port, edge.host, () => resolve());
+  });
+  const port = (http.address() as AddressInfo).port;
+  guard = new HostGuard({ bindHost: edge.host, port, allowedHosts: edge.allowedHosts, allowedOrigins: edge.allowedOrigins });
+  const hostForUrl = edge.host === "0.0.0.0" || edge.host === "::" ? "127.0.0.1" : edge.host.includes(":") ? `[${edge.host}]` : edge.host;
+  const url = `http://${hostForUrl}:${port}/mcp`;
+  log.info({ url, auth: edge.auth }, "edge listening");
+
+  return {
+    url,
+    port,
+    cache,
+    sessions,
+    async stop() {
+      stopNotices();
+      links.stop();
+      sessions.stop();
+      cache.stop();
+      http.closeAllConnections();
+      await new Promise<void>((resolve) => http.close(() => resolve()));
+    },
+  };
+}

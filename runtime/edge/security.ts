@@ -1,0 +1,48 @@
+import { createHash, timingSafeEqual } from "node:crypto";
+import type { IncomingMessage } from "node:http";
+
+const digest = (s: string) => createHash("sha256").update(s).digest();
+
+/** Checks `Authorization: Bearer <token>` against every configured token in constant time. */
+export function bearerMatches(header: string | undefined, tokens: Buffer[]): boolean {
+  const m = /^Bearer\s+(\S+)\s*$/i.exec(header ?? "");
+  const presented = digest(m?.[1] ?? "");
+  let ok = false;
+  // Every token is compared (no early exit), each on equal-length digests.
+  for (const t of tokens) ok = timingSafeEqual(presented, t) || ok;
+  return ok && m !== null;
+}
+
+export function tokenDigests(tokens: string[]): Buffer[] {
+  return tokens.map(digest);
+}
+
+const LOOPBACK_HOSTS = ["localhost", "127.0.0.1", "[::1]"];
+
+/**
+ * Host and Origin checks against DNS rebinding: a browser page on another site may reach a
+ * loopback port, but it cannot make the Host header name our host nor hide its Origin.
+ */
+export class HostGuard {
+  readonly #hosts: Set<string>;
+  readonly #origins: Set<string>;
+
+  constructor(opts: { bindHost: string; port: number; allowedHosts: string[]; allowedOrigins: string[] }) {
+    const bind = opts.bindHost.includes(":") && !opts.bindHost.startsWith("[") ? `[${opts.bindHost}]` : opts.bindHost;
+    const names = new Set([...LOOPBACK_HOSTS, ...(bind === "0.0.0.0" || bind === "[::]" ? [] : [bind])]);
+    this.#hosts = new Set([...[...names].map((h) => `${h}:${opts.port}`), ...opts.allowedHosts.map((h) => h.toLowerCase())]);
+    this.#origins = new Set([
+      ...[...names].flatMap((h) => [`http://${h}:${opts.port}`, `https://${h}:${opts.port}`]),
+      ...opts.allowedOrigins.map((o) => o.toLowerCase()),
+    ]);
+  }
+
+  /** Why the request is refused, or null when its Host and Origin are acceptable. */
+  refusal(req: IncomingMessage): string | null {
+    const host = (req.headers.host ?? "").toLowerCase();
+    if (!this.#hosts.has(host)) return `Host header not allowed: ${JSON.stringify(host.slice(0, 256))}`;
+    const origin = req.headers.origin?.toLowerCase();
+    if (origin !== undefined && !this.#origins.has(origin)) return `Origin not allowed: ${JSON.stringify(origin.slice(0, 256))}`;
+    return null;
+  }
+}

@@ -1,0 +1,86 @@
+import type { JetStreamClient } from "@nats-io/jetstream";
+import type { KV } from "@nats-io/kv";
+import { getLive, isCasConflict } from "../../actors/kvStore.ts";
+import { DownstreamSessionSchema, type DownstreamSession } from "../../protocol/edge.ts";
+import { KEYS, type Subjects } from "../../protocol/subjects.ts";
+import { publishEvent } from "../events.ts";
+import type { Logger } from "../logger.ts";
+
+export type LoadedSession = { record: DownstreamSession; revision: number };
+
+/**
+ * Downstream session records in the sessions bucket (`ds.<sid>`): any worker serves any
+ * session from its record. Ending a session deletes the record and publishes
+ * `evt.session.<sid>.closed` exactly once (the delete is a compare-and-swap).
+ */
+export class SessionStore {
+  #sweeper: NodeJS.Timeout | undefined;
+
+  constructor(
+    private readonly deps: { kv: KV; js: JetStreamClient; s: Subjects; log: Logger; idleTtlMs: number; now?: () => Date },
+  ) {}
+
+  #now(): Date {
+    return this.deps.now?.() ?? new Date();
+  }
+
+  async create(record: DownstreamSession): Promise<void> {
+    await this.deps.kv.create(KEYS.downstreamSession(record.sid), JSON.stringify(record));
+  }
+
+  async load(sid: string): Promise<LoadedSession | null> {
+    const e = await getLive(this.deps.kv, KEYS.downstreamSession(sid));
+    if (!e) return null;
+    const r = DownstreamSessionSchema.safeParse(e.json());
+    return r.success ? { record: r.data, revision: e.revision } : null;
+  }
+
+  /** Records use, at most every tenth of the idle TTL (a write per request would be wasted). */
+  async touch(s: LoadedSession): Promise<void> {
+    const now = this.#now();
+    if (now.getTime() - Date.parse(s.record.lastSeenAt) < this.deps.idleTtlMs / 10) return;
+    const record = { ...s.record, lastSeenAt: now.toISOString() };
+    await this.deps.kv.update(KEYS.downstreamSession(s.record.sid), JSON.stringify(record), s.revision).catch((err) => {
+      if (!isCasConflict(err)) this.deps.log.warn({ err, sid: s.record.sid }, "could not record session use");
+    });
+  }
+
+  /** Ends a session; false when it was already gone (or changed under us, for `expectedRevision`). */
+  async end(sid: string, reason: string, expectedRevision?: number): Promise<boolean> {
+    try {
+      await this.deps.kv.delete(KEYS.downstreamSession(sid), expectedRevision === undefined ? undefined : { previousSeq: expectedRevision });
+    } catch (err) {
+      if (isCasConflict(err)) return false;
+      throw err;
+    }
+    await publishEvent(this.deps.js, this.deps.s.evt.sessionClosed(sid), { sid, at: this.#now().toISOString(), reason });
+    this.deps.log.info({ sid, reason }, "downstream session ended");
+    return true;
+  }
+
+  /** Ends every session idle longer than the TTL; each worker sweeps, the CAS delete picks one. */
+  async sweep(): Promise<number> {
+    let ended = 0;
+    const keys: string[] = [];
+    for await (const k of await this.deps.kv.keys(`${KEYS.downstreamSessionPrefix}>`)) keys.push(k);
+    for (const key of keys) {
+      const s = await this.load(key.slice(KEYS.downstreamSessionPrefix.length)).catch(() => null);
+      if (!s) continue;
+      if (this.#now().getTime() - Date.parse(s.record.lastSeenAt) <= this.deps.idleTtlMs) continue;
+      if (await this.end(s.record.sid, "idle", s.revision)) ended++;
+    }
+    return ended;
+  }
+
+  startSweeping(): void {
+    const every = Math.max(1000, Math.min(60_000, Math.floor(this.deps.idleTtlMs / 4)));
+    this.#sweeper = setInterval(() => {
+      this.sweep().catch((err) => this.deps.log.warn({ err }, "session sweep failed"));
+    }, every);
+    this.#sweeper.unref();
+  }
+
+  stop(): void {
+    clearInterval(this.#sweeper);
+  }
+}

@@ -1,0 +1,187 @@
+// Builds one MCP SDK client for one upstream session from a gateway record: transport,
+// auth, static and passthrough headers, TLS material. Nothing here is shared between
+// upstream sessions: each connection has its own HTTP agent (so closing one can abort
+// its sockets) or its own child process.
+import { AsyncLocalStorage } from "node:async_hooks";
+import { Client } from "@modelcontextprotocol/sdk/client/index.js";
+import { SSEClientTransport } from "@modelcontextprotocol/sdk/client/sse.js";
+import { getDefaultEnvironment, StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js";
+import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
+import type { FetchLike, Transport } from "@modelcontextprotocol/sdk/shared/transport.js";
+import { ErrorCode, McpError, type Notification } from "@modelcontextprotocol/sdk/types.js";
+import { Agent, fetch as undiciFetch } from "undici";
+import { GATEWAY_INTERNAL_HEADERS, mapGatewaySecrets, type GatewayRecord } from "../protocol/gateway.ts";
+import type { JsonRpcError } from "../protocol/upstream.ts";
+
+export const CLIENT_INFO = { name: "mcpgw", version: "0.1.0" } as const;
+
+export type UpstreamConnection = {
+  client: Client;
+  /**
+   * Runs `fn` with the passthrough headers of one downstream request: every HTTP request
+   * the SDK sends from inside it carries them.
+   */
+  withRequestHeaders<T>(headers: Record<string, string>, fn: () => Promise<T>): Promise<T>;
+  /** polite close: end the upstream session (HTTP DELETE), close the transport (stdio: end stdin, SIGTERM) */
+  close(): Promise<void>;
+  /** abort every socket / SIGKILL the child; returns at once */
+  forceClose(): void;
+};
+
+export type ConnectOptions = {
+  record: GatewayRecord;
+  /** opens a sealed secret of this gateway */
+  open: (sealed: string, gid: string) => string;
+  /** headers of the downstream request that caused this connection (for initialize and background requests) */
+  initialHeaders: Record<string, string>;
+  timeoutMs: number;
+  /** aborts the connect (the actor was closed meanwhile) */
+  signal?: AbortSignal;
+  onNotification: (n: Notification) => void;
+  /** the transport closed by itself (child exited, stream ended) */
+  onClosed: () => void;
+  onError: (err: Error) => void;
+};
+
+const isInternal = (name: string) => (GATEWAY_INTERNAL_HEADERS as readonly string[]).includes(name.toLowerCase());
+
+/** The request headers whose names the gateway allows through (case-insensitive), internal ones never. */
+export function passthroughHeaders(allowed: string[], headers: Record<string, string>): Record<string, string> {
+  const allow = new Set(allowed.map((h) => h.toLowerCase()));
+  const out: Record<string, string> = {};
+  for (const [name, value] of Object.entries(headers)) {
+    const lower = name.toLowerCase();
+    if (allow.has(lower) && !isInternal(lower)) out[lower] = value;
+  }
+  return out;
+}
+
+/** Static headers and auth of an HTTP gateway (secrets opened), plus the URL with auth query parameters. */
+export function httpTarget(record: GatewayRecord, open: (sealed: string, gid: string) => string): { url: URL; headers: Record<string, string> } {
+  const clear = mapGatewaySecrets(record, (sealed) => open(sealed, record.id));
+  const url = new URL(clear.url!);
+  const headers: Record<string, string> = {};
+  for (const [k, v] of Object.entries(clear.headers)) if (!isInternal(k)) headers[k.toLowerCase()] = v;
+  const a = clear.auth;
+  if (a.type === "bearer") headers.authorization = `Bearer ${a.token}`;
+  if (a.type === "basic") headers.authorization = `Basic ${Buffer.from(`${a.username}:${a.password}`).toString("base64")}`;
+  if (a.type === "headers") for (const [k, v] of Object.entries(a.headers)) headers[k.toLowerCase()] = v;
+  if (a.type === "query") for (const [k, v] of Object.entries(a.params)) url.searchParams.set(k, v);
+  return { url, headers };
+}
+
+/** Opens and initializes an upstream session. On failure nothing stays open. */
+export async function connectUpstream(opts: ConnectOptions): Promise<UpstreamConnection> {
+  const { record } = opts;
+  const client = new Client(CLIENT_INFO, { capabilities: {} });
+  client.fallbackNotificationHandler = async (n) => opts.onNotification(n);
+  client.onerror = (err) => opts.onError(err);
+
+  let transport: Transport;
+  let forceClose: () => void;
+  let politeEnd: () => Promise<void> = async () => {};
+  const requestHeaders = new AsyncLocalStorage<Record<string, string>>();
+  let latestHeaders = passthroughHeaders(record.passthroughHeaders, opts.initialHeaders);
+
+  if (record.transport === "stdio") {
+    const clear = mapGatewaySecrets(record, (sealed) => opts.open(sealed, record.id));
+    const stdio = new StdioClientTransport({
+      command: clear.stdio!.command,
+      args: clear.stdio!.args,
+      env: { ...getDefaultEnvironment(), ...clear.stdio!.env },
+      cwd: clear.stdio!.cwd,
+      stderr: "ignore",
+    });
+    transport = stdio;
+    forceClose = () => {
+      const pid = stdio.pid;
+      if (pid !== null) {
+        try {
+          process.kill(pid, "SIGKILL");
+        } catch {
+          // already gone
+        }
+      }
+    };
+  } else {
+    const { url, headers } = httpTarget(record, opts.open);
+    const tls = mapGatewaySecrets(record, (sealed) => opts.open(sealed, record.id)).tls;
+    const agent = new Agent({
+      connect: tls ? { ca: tls.ca, cert: tls.cert, key: tls.key, rejectUnauthorized: tls.rejectUnauthorized ?? true } : {},
+    });
+    const fetchUpstream: FetchLike = (input, init) => {
+      const h = new Headers(init?.headers);
+      // passthrough first, so neither static headers nor auth can be overridden by a client
+      for (const [k, v] of Object.entries(requestHeaders.getStore() ?? latestHeaders)) if (!h.has(k)) h.set(k, v);
+      for (const [k, v] of Object.entries(headers)) h.set(k, v);
+      const plain = Object.fromEntries(h.entries());
+      return undiciFetch(input, { ...(init as object), headers: plain, dispatcher: agent }) as unknown as Promise<Response>;
+    };
+    if (record.transport === "sse") {
+      transport = new SSEClientTransport(url, { fetch: fetchUpstream });
+    } else {
+      const streamable = new StreamableHTTPClientTransport(url, { fetch: fetchUpstream });
+      transport = streamable;
+      politeEnd = () => streamable.terminateSession();
+    }
+    forceClose = () => void agent.destroy().catch(() => {});
+  }
+
+  let closing = false;
+  client.onclose = () => {
+    if (!closing) opts.onClosed();
+  };
+  try {
+    await client.connect(transport, { timeout: opts.timeoutMs, signal: opts.signal });
+  } catch (err) {
+    closing = true;
+    forceClose();
+    await Promise.race([client.close().catch(() => {}), new Promise((r) => setTimeout(r, 100).unref())]);
+    throw err;
+  }
+
+  return {
+    client,
+    withRequestHeaders(headers, fn) {
+      latestHeaders = passthroughHeaders(record.passthroughHeaders, headers);
+      return requestHeaders.run(latestHeaders, fn);
+    },
+    async close() {
+      closing = true;
+      await politeEnd().catch(() => {});
+      await client.close();
+    },
+    forceClose() {
+      closing = true;
+      forceClose();
+      void client.close().catch(() => {});
+    },
+  };
+}
+
+export type CallFailure = "transport" | "timeout" | "rpc";
+
+/**
+ * What a failed upstream request means: the upstream's JSON-RPC error (session fine), a
+ * timeout (session fine), or a broken transport (the session must go).
+ */
+export function classifyFailure(err: unknown): CallFailure {
+  if (err instanceof McpError) {
+    if (err.code === ErrorCode.ConnectionClosed) return "transport";
+    if (err.code === ErrorCode.RequestTimeout) return "timeout";
+    return "rpc";
+  }
+  return "transport";
+}
+
+/** The upstream's JSON-RPC error as it was on the wire (the SDK prefixes the message). */
+export function rpcErrorOf(err: McpError): JsonRpcError {
+  const prefix = `MCP error ${err.code}: `;
+  const message = err.message.startsWith(prefix) ? err.message.slice(prefix.length) : err.message;
+  return err.data === undefined ? { code: err.code, message } : { code: err.code, message, data: err.data };
+}
+
+/** True when the upstream said "method not found" (the probe moves to its next step). */
+export function isMethodNotFound(err: unknown): boolean {
+  return err instanceof McpError && err.code === ErrorCode.MethodNotFound;
+}

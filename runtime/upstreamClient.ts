@@ -1,0 +1,93 @@
+// How anyone (the edge) talks to an upstream session actor: by its address. "No responders"
+// means nobody hosts it: ask a worker to, then retry. A timeout means the outcome is
+// unknown, so it is reported, never retried.
+import type { NatsConnection } from "@nats-io/transport-node";
+import { AnyEnvelopeSchema, ProtocolError, parseRequest } from "../protocol/envelope.ts";
+import {
+  SpawnReplySchema,
+  UpstreamCallReplySchema,
+  UpstreamCallRequestSchema,
+  type UpstreamCallReply,
+  type UpstreamCallRequest,
+} from "../protocol/upstream.ts";
+import type { Subjects } from "../protocol/subjects.ts";
+import { decodeJson, encodeJson, isNoResponders, isTimeout, request } from "./bus.ts";
+import type { Logger } from "./logger.ts";
+
+export type UpstreamCaller = {
+  call(sid: string, gid: string, req: UpstreamCallRequest, signal?: AbortSignal): Promise<UpstreamCallReply>;
+  /** forwards a client's cancellation of `requestId` to the actor (which aborts the upstream request) */
+  notify(sid: string, gid: string, requestId: string, reason?: string): Promise<void>;
+};
+
+/** Spawn-and-retry rounds before giving up (each round is a no-responders answer, well under a millisecond). */
+const MAX_ATTEMPTS = 5;
+/** Beyond the call's own timeout: the actor answers a timed-out call itself, so this is only for a lost worker. */
+const REPLY_MARGIN_MS = 2_000;
+const SPAWN_TIMEOUT_MS = 10_000;
+const NOTIFY_TIMEOUT_MS = 2_000;
+
+export function createUpstreamCaller(nc: NatsConnection, s: Subjects, opts: { callTimeoutMs: number; log: Logger }): UpstreamCaller {
+  async function spawn(sid: string, gid: string): Promise<void> {
+    try {
+      await request(nc, s.upstream.spawn, { sid, gid }, SpawnReplySchema, SPAWN_TIMEOUT_MS);
+    } catch (err) {
+      if (err instanceof ProtocolError) throw err;
+      if (isNoResponders(err)) throw new ProtocolError("unavailable", `no worker can host a session for gateway ${gid}`);
+      if (isTimeout(err)) throw new ProtocolError("timeout", `no worker started a session for gateway ${gid} in time`);
+      throw err;
+    }
+  }
+
+  async function notify(sid: string, gid: string, requestId: string, reason?: string): Promise<void> {
+    const body = { method: "notifications/cancelled", params: reason === undefined ? { requestId } : { requestId, reason } };
+    try {
+      await nc.request(s.upstream.op(sid, gid, "notify"), encodeJson(body), { timeout: NOTIFY_TIMEOUT_MS });
+    } catch (err) {
+      // nobody hosts the session: nothing to cancel
+      if (!isNoResponders(err)) opts.log.debug({ sid, gid, err }, "cancellation not confirmed");
+    }
+  }
+
+  async function call(sid: string, gid: string, input: UpstreamCallRequest, signal?: AbortSignal): Promise<UpstreamCallReply> {
+    const req = parseRequest(UpstreamCallRequestSchema, input, "upstream call");
+    const subject = s.upstream.op(sid, gid, "call");
+    const timeout = (req.timeoutMs ?? opts.callTimeoutMs) + REPLY_MARGIN_MS;
+    signal?.throwIfAborted();
+    const onAbort = () => void notify(sid, gid, req.requestId, String(signal?.reason ?? "cancelled"));
+    signal?.addEventListener("abort", onAbort, { once: true });
+    try {
+      for (let attempt = 1; ; attempt++) {
+        let data: Uint8Array;
+        try {
+          const pending = nc.request(subject, encodeJson(req), { timeout });
+          data = (await (signal ? raceAbort(pending, signal) : pending)).data;
+        } catch (err) {
+          if (isNoResponders(err) && attempt < MAX_ATTEMPTS) {
+            await spawn(sid, gid);
+            continue;
+          }
+          if (isNoResponders(err)) throw new ProtocolError("unavailable", `no upstream session for gateway ${gid} could be started`);
+          if (isTimeout(err)) throw new ProtocolError("timeout", `gateway ${gid} did not answer ${req.method} within ${timeout} ms`);
+          throw err;
+        }
+        const env = AnyEnvelopeSchema.parse(decodeJson(data));
+        if (!env.ok) throw new ProtocolError(env.error.code, env.error.message, env.error.issues);
+        return UpstreamCallReplySchema.parse(env.data);
+      }
+    } finally {
+      signal?.removeEventListener("abort", onAbort);
+    }
+  }
+
+  return { call, notify };
+}
+
+function raceAbort<T>(p: Promise<T>, signal: AbortSignal): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(signal.reason instanceof Error ? signal.reason : new DOMException(String(signal.reason ?? "aborted"), "AbortError"));
+    if (signal.aborted) return onAbort();
+    signal.addEventListener("abort", onAbort, { once: true });
+    p.then(resolve, reject).finally(() => signal.removeEventListener("abort", onAbort));
+  });
+}

@@ -1,0 +1,583 @@
+// Hosts upstream session actors on this worker: each actor is the address
+// `<p>.upstream.<sid>.<gid>.*`, activated on request (spawn, queue group), owned through a
+// claim in the sessions bucket, evicted on events and admin requests on every worker, and
+// closed in parallel when the worker stops.
+import type { Msg, NatsConnection, Subscription } from "@nats-io/transport-node";
+import { ResultSchema, type McpError, type Notification } from "@modelcontextprotocol/sdk/types.js";
+import { createActor, fromPromise, type Actor } from "xstate";
+import { z } from "zod";
+import { getLive, encodeValue, isCasConflict } from "../actors/kvStore.ts";
+import { stateName, upstreamSessionMachine, type ProbeMethod, type ProbeOutcome, type UpstreamSessionMachine } from "../actors/upstreamSession.machine.ts";
+import { AnyEnvelopeSchema, ProtocolError, fail, ok, parseRequest, type Envelope } from "../protocol/envelope.ts";
+import { GatewayEventSchema, GatewayRecordSchema, type GatewayRecord } from "../protocol/gateway.ts";
+import {
+  ClientNotificationSchema,
+  DrainRequestSchema,
+  SessionClosedEventSchema,
+  SessionEvictRequestSchema,
+  SessionListRequestSchema,
+  SpawnRequestSchema,
+  UpstreamCallRequestSchema,
+  UpstreamClaimSchema,
+  UpstreamNotifyRequestSchema,
+  WorkerEvictReplySchema,
+  WorkerEvictRequestSchema,
+  WorkerSnapshotReplySchema,
+  WorkerSnapshotRequestSchema,
+  type ClientNotification,
+  type UpstreamCallReply,
+  type UpstreamSessionInfo,
+} from "../protocol/upstream.ts";
+import type { GatewayUsage, UsageReport } from "../protocol/usage.ts";
+import { KEYS, QUEUE } from "../protocol/subjects.ts";
+import { decodeJson, encodeJson, isNoResponders, serve } from "./bus.ts";
+import { followEvents, publishCore, publishEvent } from "./events.ts";
+import { classifyFailure, connectUpstream, isMethodNotFound, rpcErrorOf, type UpstreamConnection } from "./mcpClient.ts";
+import type { Hosted, WorkerContext } from "./worker.ts";
+
+/** Each idle-probe step may take this long before the session is recreated (issue 3). */
+const PROBE_TIMEOUT_MS = 5_000;
+/** How long a fan-out (session list, evict, drain) waits for one more worker to answer. */
+const FANOUT_STALL_MS = 300;
+const FANOUT_MAX_MS = 3_000;
+const LIVENESS_TIMEOUT_MS = 1_000;
+/** Upstream list_changed notices of one gateway within this window become one event. */
+const LIST_CHANGED_COALESCE_MS = 1_000;
+
+type Call = {
+  id: string;
+  req: z.infer<typeof UpstreamCallRequestSchema>;
+  msg: Msg;
+  deadline: number;
+  timer: NodeJS.Timeout;
+  abort: AbortController;
+  cancelled: boolean;
+  settled: boolean;
+};
+
+type Session = {
+  sid: string;
+  gid: string;
+  key: string;
+  record: GatewayRecord;
+  createdAt: number;
+  lastUsedAt: number | null;
+  useCount: number;
+  /** claiming: subscribed, buffering; live: serving; closing: address gone */
+  phase: "claiming" | "live" | "closing";
+  buffered: Msg[];
+  sub: Subscription;
+  claimRevision: number;
+  conn: UpstreamConnection | null;
+  calls: Map<string, Call>;
+  latestHeaders: Record<string, string>;
+  actor: Actor<UpstreamSessionMachine>;
+  done: Promise<void>;
+};
+
+export type UpstreamHost = Hosted & {
+  /** live and closing actors of this worker */
+  sessions(): UpstreamSessionInfo[];
+};
+
+export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHost> {
+  const { nc, s, stores, config } = ctx;
+  const log = ctx.log.child({ actor: "upstream" });
+  const me = config.workerId;
+  const shutdownMs = config.intervals.shutdownTimeout;
+  /** the one live (or claiming) actor per key on this worker */
+  const live = new Map<string, Session>();
+  const closing = new Set<Session>();
+  const activating = new Map<string, Promise<{ worker: string; created: boolean }>>();
+  const usage = new Map<string, { uses: number; lastUsedAt: number | null }>();
+  const lastListChanged = new Map<string, number>();
+  let stopping = false;
+  let callSeq = 0;
+
+  const keyOf = (sid: string, gid: string) => `${sid}.${gid}`;
+  const gatewayLabel = (r: GatewayRecord) => `${r.name} (${r.id})`;
+
+  function infoOf(x: Session): UpstreamSessionInfo {
+    const snap = x.actor.getSnapshot();
+    return {
+      sid: x.sid,
+      gid: x.gid,
+      gatewayName: x.record.name,
+      state: x.phase === "claiming" ? "activating" : snap.status === "done" ? "closed" : stateName(snap.value),
+      worker: me,
+      createdAt: new Date(x.createdAt).toISOString(),
+      lastUsedAt: x.lastUsedAt === null ? null : new Date(x.lastUsedAt).toISOString(),
+      useCount: x.useCount,
+      ageMs: Math.max(0, Date.now() - x.createdAt),
+    };
+  }
+
+  function respond(msg: Msg, env: Envelope<unknown>): void {
+    if (msg.reply) msg.respond(encodeJson(env));
+  }
+
+  function errorEnvelope(err: unknown): Envelope<never> {
+    if (err instanceof ProtocolError) return { ok: false, error: err.toBody() };
+    log.error({ err }, "upstream request failed");
+    return fail("internal", "internal error; see the worker's log");
+  }
+
+  // ---- one actor ----
+
+  async function loadGateway(gid: string): Promise<GatewayRecord> {
+    const e = await getLive(stores.gateways, KEYS.gateway(gid));
+    const parsed = e ? GatewayRecordSchema.safeParse(e.json()) : null;
+    if (!parsed?.success) throw new ProtocolError("unavailable", `gateway ${gid} is not registered`);
+    if (!parsed.data.enabled) throw new ProtocolError("unavailable", `gateway ${gatewayLabel(parsed.data)} is disabled`);
+    return parsed.data;
+  }
+
+  function createSession(sid: string, gid: string, record: GatewayRecord): Session {
+    const x = { sid, gid, key: keyOf(sid, gid), record, createdAt: Date.now(), lastUsedAt: null, useCount: 0 } as Session;
+    x.phase = "claiming";
+    x.buffered = [];
+    x.claimRevision = 0;
+    x.conn = null;
+    x.calls = new Map();
+    x.latestHeaders = {};
+    x.sub = nc.subscribe(s.upstream.actor(sid, gid), { callback: (err, msg) => (err ? log.error({ err }, "actor subscription failed") : onActorMessage(x, msg)) });
+    x.actor = createActor(provideEffects(x));
+    x.done = new Promise<void>((resolve) => x.actor.subscribe({ complete: () => resolve(), error: () => resolve() }));
+    return x;
+  }
+
+  function provideEffects(x: Session) {
+    return upstreamSessionMachine.provide({
+      actors: {
+        connect: fromPromise<void>(async ({ signal }) => {
+          const previous = x.conn;
+          x.conn = null;
+          if (previous) void closeBounded(previous);
+          const conn = await connectUpstream({
+            record: x.record,
+            open: (sealed, gid) => ctx.box.open(sealed, gid),
+            initialHeaders: x.latestHeaders,
+            timeoutMs: config.intervals.callTimeout,
+            signal,
+            onNotification: (n) => onUpstreamNotification(x, n),
+            onClosed: () => {
+              if (x.conn === conn) x.actor.send({ type: "CLOSE", reason: "the upstream closed the connection" });
+            },
+            onError: (err) => log.debug({ gid: x.gid, err: err.message }, "upstream transport reported an error"),
+          });
+          if (signal.aborted) {
+            conn.forceClose();
+            throw new Error("closed while connecting");
+          }
+          x.conn = conn;
+          log.debug({ sid: x.sid, gid: x.gid }, "upstream session connected");
+        }),
+        probe: fromPromise<ProbeOutcome, { method: ProbeMethod }>(async ({ input }) => {
+          try {
+            await x.conn!.client.request({ method: input.method }, ResultSchema, { timeout: PROBE_TIMEOUT_MS });
+            return "ok";
+          } catch (err) {
+            if (isMethodNotFound(err)) return "method_not_found";
+            if (classifyFailure(err) === "rpc") return "ok"; // it answered: alive
+            throw err;
+          }
+        }),
+        closeGracefully: fromPromise<void>(async () => {
+          await x.conn?.close();
+        }),
+        forceClose: fromPromise<void>(async () => {
+          x.conn?.forceClose();
+        }),
+      },
+      actions: {
+        startCalls: (_, p) => p.callIds.forEach((id) => void runCall(x, id)),
+        failCalls: (_, p) => p.callIds.forEach((id) => failCall(x, id, p.reason)),
+        stopAccepting: () => retire(x),
+        giveUp: (_, p) => log.error({ sid: x.sid, gid: x.gid, reason: p.reason }, "upstream session did not close within 2× shutdownTimeout; abandoned"),
+      },
+      delays: {
+        idleValidation: config.intervals.idleValidation,
+        sessionIdleTtl: config.intervals.sessionIdleTtl,
+        probeTimeout: PROBE_TIMEOUT_MS,
+        shutdownTimeout: shutdownMs,
+      },
+    });
+  }
+
+  /** Grace, then force, for a connection replaced after a failed probe. */
+  async function closeBounded(conn: UpstreamConnection): Promise<void> {
+    const graceful = conn.close().then(
+      () => true,
+      () => false,
+    );
+    const inTime = await Promise.race([graceful, new Promise<boolean>((r) => setTimeout(() => r(false), shutdownMs).unref())]);
+    if (!inTime) conn.forceClose();
+  }
+
+  /** The address goes away at once; the close runs on. */
+  function retire(x: Session): void {
+    if (x.phase === "closing") return;
+    x.phase = "closing";
+    x.sub.unsubscribe();
+    if (live.get(x.key) === x) live.delete(x.key);
+    closing.add(x);
+  }
+
+  async function afterClosed(x: Session): Promise<void> {
+    retire(x);
+    for (const call of x.calls.values()) settle(x, call, fail("unavailable", `upstream session to gateway ${gatewayLabel(x.record)} closed`));
+    closing.delete(x);
+    x.actor.stop();
+    // only our own claim: a successor may already hold the key
+    await stores.sessions.delete(KEYS.upstreamClaim(x.sid, x.gid), { previousSeq: x.claimRevision }).catch(() => {});
+    log.debug({ sid: x.sid, gid: x.gid }, "upstream session closed");
+  }
+
+  function onActorMessage(x: Session, msg: Msg): void {
+    const op = s.parseUpstream(msg.subject)?.op;
+    if (op === "status") return respond(msg, ok(infoOf(x)));
+    if (x.phase === "claiming") return void x.buffered.push(msg);
+    if (x.phase === "closing") return; // a successor (or no-responders) answers
+    try {
+      const payload = decodeJson(msg.data);
+      if (op === "call") return receiveCall(x, msg, parseRequest(UpstreamCallRequestSchema, payload, "upstream call"));
+      if (op === "notify") {
+        const n = parseRequest(UpstreamNotifyRequestSchema, payload, "upstream notification");
+        for (const call of x.calls.values()) {
+          if (call.req.requestId === n.params.requestId && !call.cancelled) {
+            call.cancelled = true;
+            call.abort.abort(n.params.reason ?? "cancelled by the client");
+          }
+        }
+        return respond(msg, ok({}));
+      }
+      if (op === "close") {
+        x.actor.send({ type: "CLOSE", reason: "closed on request" });
+        void x.done.then(() => respond(msg, ok({ closed: true })));
+        return;
+      }
+      respond(msg, fail("invalid_request", `unknown upstream operation ${String(op)}`));
+    } catch (err) {
+      respond(msg, errorEnvelope(err));
+    }
+  }
+
+  function receiveCall(x: Session, msg: Msg, req: z.infer<typeof UpstreamCallRequestSchema>): void {
+    const id = String(++callSeq);
+    const timeoutMs = req.timeoutMs ?? config.intervals.callTimeout;
+    const call: Call = { id, req, msg, deadline: Date.now() + timeoutMs, abort: new AbortController(), cancelled: false, settled: false } as Call;
+    // Every call is answered by its deadline, whatever the upstream does.
+    call.timer = setTimeout(() => settle(x, call, timeoutReply(x, req.method, timeoutMs)), timeoutMs + 50);
+    x.calls.set(id, call);
+    x.useCount += 1;
+    x.lastUsedAt = Date.now();
+    x.latestHeaders = req.headers;
+    const u = usage.get(x.gid) ?? { uses: 0, lastUsedAt: null };
+    usage.set(x.gid, { uses: u.uses + 1, lastUsedAt: x.lastUsedAt });
+    x.actor.send({ type: "CALL", callId: id });
+  }
+
+  function timeoutReply(x: Session, method: string, ms: number): Envelope<never> {
+    return fail("timeout", `gateway ${gatewayLabel(x.record)} did not answer ${method} within ${ms} ms`);
+  }
+
+  function settle(x: Session, call: Call, env: Envelope<UpstreamCallReply>): void {
+    if (call.settled) return;
+    call.settled = true;
+    clearTimeout(call.timer);
+    x.calls.delete(call.id);
+    respond(call.msg, env);
+  }
+
+  function failCall(x: Session, id: string, reason: string): void {
+    const call = x.calls.get(id);
+    if (call) settle(x, call, fail("unavailable", `gateway ${gatewayLabel(x.record)}: ${reason}`));
+  }
+
+  async function runCall(x: Session, id: string): Promise<void> {
+    const call = x.calls.get(id);
+    let transportFailed = false;
+    try {
+      if (!call || call.settled) return;
+      if (call.cancelled) return settle(x, call, fail("unavailable", "cancelled by the client"));
+      const conn = x.conn;
+      if (!conn) return settle(x, call, fail("unavailable", `gateway ${gatewayLabel(x.record)}: not connected`));
+      const { params, progressToken } = splitProgressToken(call.req.params);
+      const remaining = Math.max(1, call.deadline - Date.now());
+      try {
+        const result = await conn.withRequestHeaders(call.req.headers, () =>
+          conn.client.request({ method: call.req.method, params } as never, ResultSchema, {
+            signal: call.abort.signal,
+            timeout: remaining,
+            onprogress:
+              progressToken === undefined
+                ? undefined
+                : (p) =>
+                    publishClientNotification(x.sid, {
+                      gid: x.gid,
+                      requestId: call.req.requestId,
+                      notification: { method: "notifications/progress", params: { ...p, progressToken } },
+                    }),
+          }),
+        );
+        settle(x, call, ok({ result: result as Record<string, unknown> }));
+      } catch (err) {
+        if (call.cancelled) return settle(x, call, fail("unavailable", "cancelled by the client"));
+        const kind = classifyFailure(err);
+        if (kind === "rpc") return settle(x, call, ok({ rpcError: rpcErrorOf(err as McpError) }));
+        if (kind === "timeout") return settle(x, call, timeoutReply(x, call.req.method, call.req.timeoutMs ?? config.intervals.callTimeout));
+        transportFailed = true;
+        log.warn({ sid: x.sid, gid: x.gid, err: (err as Error).message }, "upstream transport error; the session will be recreated");
+        settle(x, call, fail("unavailable", `gateway ${gatewayLabel(x.record)}: upstream transport error: ${(err as Error).message}`));
+      }
+    } finally {
+      x.actor.send({ type: "CALL_DONE", callId: id, transportFailed });
+    }
+  }
+
+  function publishClientNotification(sid: string, n: ClientNotification): void {
+    publishCore(nc, s.upstream.clientNotification(sid), ClientNotificationSchema.parse(n));
+  }
+
+  function onUpstreamNotification(x: Session, n: Notification): void {
+    const listChanged = /^notifications\/(tools|prompts|resources)\/list_changed$/.exec(n.method);
+    if (listChanged) {
+      const list = listChanged[1] as "tools" | "prompts" | "resources";
+      const key = `${x.gid}.${list}`;
+      const now = Date.now();
+      if (now - (lastListChanged.get(key) ?? 0) < LIST_CHANGED_COALESCE_MS) return;
+      lastListChanged.set(key, now);
+      const event = { type: "list_changed", gid: x.gid, at: new Date(now).toISOString(), lists: [list] };
+      publishEvent(stores.js, s.evt.gateway(x.gid, "list_changed"), event).catch((err) => log.warn({ err, gid: x.gid }, "cannot publish list_changed"));
+      return;
+    }
+    if (n.method === "notifications/message" || n.method === "notifications/resources/updated") {
+      publishClientNotification(x.sid, { gid: x.gid, notification: { method: n.method, params: n.params as Record<string, unknown> | undefined } });
+    }
+  }
+
+  // ---- activation and ownership ----
+
+  /** Hosts the actor for (sid, gid) here unless it is alive somewhere; exactly one wins. */
+  function activate(sid: string, gid: string): Promise<{ worker: string; created: boolean }> {
+    const key = keyOf(sid, gid);
+    const existing = live.get(key);
+    if (existing && existing.phase === "live") return Promise.resolve({ worker: me, created: false });
+    const pending = activating.get(key);
+    if (pending) return pending;
+    const p = claimAndStart(sid, gid).finally(() => activating.delete(key));
+    activating.set(key, p);
+    return p;
+  }
+
+  async function claimAndStart(sid: string, gid: string): Promise<{ worker: string; created: boolean }> {
+    if (stopping) throw new ProtocolError("unavailable", `worker ${me} is shutting down`);
+    const record = await loadGateway(gid);
+    const claimKey = KEYS.upstreamClaim(sid, gid);
+    const claim = () => encodeValue(UpstreamClaimSchema.parse({ worker: me, since: new Date().toISOString() }));
+
+    // Subscribe before claiming, so whoever sees the claim also finds the address.
+    let x = createSession(sid, gid, record);
+    live.set(x.key, x);
+    await nc.flush();
+    try {
+      x.claimRevision = await stores.sessions.create(claimKey, claim());
+      return start(x);
+    } catch (err) {
+      abandon(x);
+      if (!isCasConflict(err)) throw err;
+    }
+    // Claimed by someone: alive (answers status) or gone (no responders → take over by CAS).
+    const entry = await stores.sessions.get(claimKey);
+    const holder = entry?.operation === "PUT" ? UpstreamClaimSchema.safeParse(entry.json()) : null;
+    const alive = await isAlive(sid, gid);
+    if (alive) return { worker: holder?.success ? holder.data.worker : "unknown", created: false };
+    x = createSession(sid, gid, record);
+    live.set(x.key, x);
+    await nc.flush();
+    try {
+      x.claimRevision =
+        entry && entry.operation === "PUT"
+          ? await stores.sessions.update(claimKey, claim(), entry.revision)
+          : await stores.sessions.create(claimKey, claim()).catch(async (e) => {
+              // a deleted key is re-created by update at its delete revision
+              if (entry && isCasConflict(e)) return stores.sessions.update(claimKey, claim(), entry.revision);
+              throw e;
+            });
+      log.info({ sid, gid, previous: holder?.success ? holder.data.worker : null }, "took over an upstream session claim whose owner is gone");
+      return start(x);
+    } catch (err) {
+      abandon(x);
+      if (isCasConflict(err)) return { worker: "unknown", created: false };
+      throw err;
+    }
+  }
+
+  async function isAlive(sid: string, gid: string): Promise<boolean> {
+    try {
+      await nc.request(s.upstream.op(sid, gid, "status"), encodeJson({}), { timeout: LIVENESS_TIMEOUT_MS });
+      return true;
+    } catch (err) {
+      // a timeout means someone is subscribed (activating): treat as alive, never steal
+      return !isNoResponders(err);
+    }
+  }
+
+  /** A losing claimant drops its address and whatever it buffered (the winner got the same messages). */
+  function abandon(x: Session): void {
+    x.sub.unsubscribe();
+    if (live.get(x.key) === x) live.delete(x.key);
+  }
+
+  function start(x: Session): { worker: string; created: boolean } {
+    x.phase = "live";
+    x.actor.start();
+    void x.done.then(() => afterClosed(x));
+    for (const msg of x.buffered.splice(0)) onActorMessage(x, msg);
+    if (stopping) x.actor.send({ type: "CLOSE", reason: "worker shutting down" });
+    log.debug({ sid: x.sid, gid: x.gid }, "upstream session actor started");
+    return { worker: me, created: true };
+  }
+
+  // ---- eviction ----
+
+  function evictWhere(match: (x: Session) => boolean, reason: string): Session[] {
+    const picked = [...live.values()].filter((x) => x.phase === "live" && match(x));
+    for (const x of picked) x.actor.send({ type: "CLOSE", reason });
+    if (picked.length) log.info({ count: picked.length, reason }, "evicting upstream sessions");
+    return picked;
+  }
+
+  async function onEvent(subject: string, payload: unknown): Promise<void> {
+    if (s.parseGatewayEvent(subject)) {
+      const e = GatewayEventSchema.safeParse(payload);
+      if (!e.success) return;
+      const ev = e.data;
+      if (ev.type === "removed") evictWhere((x) => x.gid === ev.gid, "gateway removed");
+      if (ev.type === "updated" && ev.connectChanged) evictWhere((x) => x.gid === ev.gid, `gateway connection changed (${ev.changedFields.join(", ")})`);
+      if (ev.type === "updated" && !ev.connectChanged && ev.changedFields.includes("enabled")) {
+        const disabled = await loadGateway(ev.gid).then(
+          () => false,
+          () => true,
+        );
+        if (disabled) evictWhere((x) => x.gid === ev.gid, "gateway disabled");
+      }
+      return;
+    }
+    if (subject.endsWith(".closed")) {
+      const e = SessionClosedEventSchema.safeParse(payload);
+      if (e.success) evictWhere((x) => x.sid === e.data.sid, `downstream session closed (${e.data.reason})`);
+    }
+  }
+
+  // ---- usage ----
+
+  function usageReport(): UsageReport | null {
+    const liveBy = new Map<string, number>();
+    for (const x of live.values()) if (x.phase === "live") liveBy.set(x.gid, (liveBy.get(x.gid) ?? 0) + 1);
+    const gids = new Set([...usage.keys(), ...liveBy.keys()]);
+    if (gids.size === 0) return null;
+    const gateways: GatewayUsage[] = [...gids].sort().map((gid) => ({
+      gid,
+      lastUsedAt: usage.get(gid)?.lastUsedAt ?? null,
+      uses: usage.get(gid)?.uses ?? 0,
+      liveSessions: liveBy.get(gid) ?? 0,
+    }));
+    usage.clear();
+    return { worker: me, at: Date.now(), gateways };
+  }
+
+  const usageTimer = setInterval(() => {
+    const report = usageReport();
+    if (report) publishCore(nc, s.evt.usage, report);
+  }, config.intervals.usageReport);
+  usageTimer.unref();
+
+  // ---- subscriptions ----
+
+  const snapshot = (filter: { sid?: string | undefined; gid?: string | undefined }) =>
+    [...live.values(), ...closing]
+      .filter((x) => x.phase !== "claiming" && (!filter.sid || x.sid === filter.sid) && (!filter.gid || x.gid === filter.gid))
+      .map(infoOf);
+
+  /** Asks every worker; gathers answers until none has come for a short while. */
+  async function fanOut<T extends z.ZodType>(subject: string, payload: unknown, schema: T): Promise<z.infer<T>[]> {
+    const out: z.infer<T>[] = [];
+    const replies = await nc.requestMany(subject, encodeJson(payload), { strategy: "stall", stall: FANOUT_STALL_MS, maxWait: FANOUT_MAX_MS });
+    for await (const m of replies) {
+      const env = AnyEnvelopeSchema.safeParse(decodeJson(m.data));
+      if (env.success && env.data.ok) {
+        const d = schema.safeParse(env.data.data);
+        if (d.success) out.push(d.data);
+      }
+    }
+    return out;
+  }
+
+  const opts = { log };
+  const admin = { queue: QUEUE.admin, log };
+  const subs: Subscription[] = [
+    serve(nc, s.upstream.spawn, (p) => {
+      const req = parseRequest(SpawnRequestSchema, p, "spawn request");
+      return activate(req.sid, req.gid);
+    }, { queue: QUEUE.spawn, log }),
+    serve(nc, s.upstream.snapshot, (p) => ({ worker: me, sessions: snapshot(parseRequest(WorkerSnapshotRequestSchema, p, "snapshot request")) }), opts),
+    serve(nc, s.upstream.evict, (p) => {
+      const req = parseRequest(WorkerEvictRequestSchema, p, "evict request");
+      const picked = evictWhere(
+        (x) => req.all === true || ((!req.sid || x.sid === req.sid) && (!req.gid || x.gid === req.gid)),
+        req.reason ?? (req.all ? "drain" : "evicted by an operator"),
+      );
+      return { worker: me, evicted: picked.length };
+    }, opts),
+    serve(nc, s.admin.sessionList, async (p) => {
+      const req = parseRequest(SessionListRequestSchema, p ?? {}, "session list request");
+      const replies = await fanOut(s.upstream.snapshot, req, WorkerSnapshotReplySchema);
+      const sessions = replies.flatMap((r) => r.sessions).sort((a, b) => a.gatewayName.localeCompare(b.gatewayName) || a.sid.localeCompare(b.sid));
+      return { workers: replies.map((r) => r.worker).sort(), sessions };
+    }, admin),
+    serve(nc, s.admin.sessionEvict, async (p) => {
+      const req = parseRequest(SessionEvictRequestSchema, p, "session evict request");
+      const replies = await fanOut(s.upstream.evict, req, WorkerEvictReplySchema);
+      return { evicted: replies.reduce((n, r) => n + r.evicted, 0), workers: replies.map((r) => r.worker).sort() };
+    }, admin),
+    serve(nc, s.admin.drain, async (p) => {
+      const req = parseRequest(DrainRequestSchema, p ?? {}, "drain request");
+      const replies = await fanOut(s.upstream.evict, { all: true, reason: req.reason ? `drain: ${req.reason}` : "drain" }, WorkerEvictReplySchema);
+      return { evicted: replies.reduce((n, r) => n + r.evicted, 0), workers: replies.map((r) => r.worker).sort() };
+    }, admin),
+  ];
+  const events = await followEvents(stores.js, stores.streamName, [s.evt.gatewayAll, s.evt.sessionAll], onEvent, log);
+
+  return {
+    sessions: () => snapshot({}),
+    async stop() {
+      stopping = true;
+      subs.forEach((sub) => sub.unsubscribe());
+      clearInterval(usageTimer);
+      await events.stop();
+      await Promise.allSettled([...activating.values()]);
+      const all = [...live.values(), ...closing];
+      for (const x of live.values()) if (x.phase === "live") x.actor.send({ type: "CLOSE", reason: "worker shutting down" });
+      // Every close is bounded by the machine (2× shutdownTimeout); this only guards against a bug.
+      const bound = new Promise<void>((r) => setTimeout(r, 2 * shutdownMs + 250).unref());
+      await Promise.race([Promise.allSettled(all.map((x) => x.done)), bound]);
+      const report = usageReport();
+      if (report) publishCore(nc, s.evt.usage, report);
+      log.info({ closed: all.length }, "upstream sessions closed");
+    },
+  };
+}
+
+/**
+ * Takes the downstream progress token out of a request's `_meta`: the SDK puts its own
+ * there, and progress is re-labelled with the downstream token on the way back.
+ */
+export function splitProgressToken(params: Record<string, unknown> | undefined): { params: Record<string, unknown> | undefined; progressToken: string | number | undefined } {
+  const meta = params?._meta as Record<string, unknown> | undefined;
+  const token = meta?.progressToken;
+  if (!params || (typeof token !== "string" && typeof token !== "number")) return { params, progressToken: undefined };
+  const { progressToken: _dropped, ...restMeta } = meta!;
+  const { _meta: _old, ...rest } = params;
+  return { params: Object.keys(restMeta).length ? { ...rest, _meta: restMeta } : rest, progressToken: token };
+}
