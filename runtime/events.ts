@@ -13,6 +13,8 @@ export type EventHandler = (subject: string, payload: unknown) => Promise<void> 
 /**
  * Follows the event stream from now on with an ordered consumer: after a disconnect it
  * resumes where it left off, so a worker that was briefly away still sees every event.
+ * nats-server 2.9 has no multi-subject filters, so each filter gets its own consumer
+ * (events of one filter stay in order; across filters there is no order).
  */
 export async function followEvents(
   js: JetStreamClient,
@@ -21,8 +23,17 @@ export async function followEvents(
   handler: EventHandler,
   log: Logger,
 ): Promise<{ stop(): Promise<void> }> {
+  const followers = await Promise.all(filter.map((f) => followOne(js, stream, f, handler, log)));
+  return {
+    async stop() {
+      await Promise.all(followers.map((m) => m.close().catch(() => {})));
+    },
+  };
+}
+
+async function followOne(js: JetStreamClient, stream: string, filter: string, handler: EventHandler, log: Logger): Promise<ConsumerMessages> {
   const consumer = await js.consumers.get(stream, { filter_subjects: filter, deliver_policy: DeliverPolicy.New });
-  const messages: ConsumerMessages = await consumer.consume({
+  return consumer.consume({
     callback: (m) => {
       let payload: unknown;
       try {
@@ -36,11 +47,6 @@ export async function followEvents(
         .catch((err) => log.error({ err, subject: m.subject }, "event handler failed"));
     },
   });
-  return {
-    async stop() {
-      await messages.close().catch(() => {});
-    },
-  };
 }
 
 /** Core-NATS publish for high-volume, loss-tolerant events (usage). */
