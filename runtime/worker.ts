@@ -7,6 +7,8 @@ import type { Logger } from "./logger.ts";
 import { openStores, type Stores } from "./nats.ts";
 import { serveRegistry } from "./registryService.ts";
 import { SecretBox } from "./secretBox.ts";
+import { startEdge, type Edge } from "./edge/edgeServer.ts";
+import { createUpstreamCaller } from "./upstreamClient.ts";
 
 /** What every host of an actor kind gets from the worker. */
 export type WorkerContext = {
@@ -27,6 +29,7 @@ export type Worker = {
   ctx: WorkerContext;
   stores: Stores;
   registry: Registry;
+  edge: Edge;
   stop(): Promise<void>;
 };
 
@@ -51,6 +54,8 @@ export async function startWorker(config: Config, nc: NatsConnection, log: Logge
   const subs = serveRegistry(nc, registry, s, ctx.log);
   hosted.push({ stop: async () => subs.forEach((sub) => sub.unsubscribe()) });
   // Each actor kind's host is started here, in dependency order.
+  const edge = await startEdge(ctx, createUpstreamCaller(nc, s, { callTimeoutMs: config.intervals.callTimeout, log: ctx.log }));
+  hosted.push(edge);
 
   await nc.flush();
   ctx.log.info({ prefix: config.prefix }, "worker started");
@@ -59,6 +64,7 @@ export async function startWorker(config: Config, nc: NatsConnection, log: Logge
     ctx,
     stores,
     registry,
+    edge,
     async stop() {
       for (const h of hosted.reverse()) {
         await h.stop().catch((err) => ctx.log.error({ err }, "error while stopping"));

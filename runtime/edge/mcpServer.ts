@@ -16,16 +16,11 @@ import {
 } from "@modelcontextprotocol/sdk/types.js";
 import { InvalidCursorError, paginate, routeResource, routeTemplate, type CatalogView, type Route } from "../../actors/catalogView.ts";
 import { ProtocolError } from "../../protocol/envelope.ts";
-import type { UpstreamCallReply, UpstreamCallRequest, UpstreamMethod } from "../../protocol/upstream.ts";
+import type { UpstreamMethod } from "../../protocol/upstream.ts";
 import type { Logger } from "../logger.ts";
+import type { UpstreamCaller } from "../upstreamClient.ts";
 import type { SessionLinks } from "./sessionLinks.ts";
 import { wireKey } from "./sessionLinks.ts";
-
-/** How the edge reaches the upstream session actor of (downstream session, gateway). */
-export type UpstreamCaller = {
-  call(sid: string, gid: string, req: UpstreamCallRequest, signal?: AbortSignal): Promise<UpstreamCallReply>;
-  notify(sid: string, gid: string, requestId: string, reason?: string): Promise<void>;
-};
 
 /** A JSON-RPC error whose code, message and data reach the client exactly as given. */
 export class RpcError extends Error {

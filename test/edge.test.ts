@@ -1,0 +1,223 @@
+import assert from "node:assert/strict";
+import { request as httpRequest } from "node:http";
+import { after, before, describe, it } from "node:test";
+import { ToolListChangedNotificationSchema, type Tool } from "@modelcontextprotocol/sdk/types.js";
+import { SessionClosedEventSchema } from "../protocol/upstream.ts";
+import { KEYS, subjects } from "../protocol/subjects.ts";
+import { connectClient, putCatalog, putHealth, until } from "./helpers/edge.ts";
+import { startNats, type TestNats } from "./helpers/nats.ts";
+import { startTestWorker, type TestWorker } from "./helpers/worker.ts";
+
+const s = subjects();
+const TOKEN = "edge-test-token-0123456789";
+
+type Raw = { status: number; headers: Record<string, string | string[] | undefined>; body: string };
+
+/** One raw HTTP request to the edge (the SDK client would refuse to send most of these). */
+function raw(port: number, opts: { method?: string; path?: string; headers?: Record<string, string>; body?: string | Buffer }): Promise<Raw> {
+  return new Promise((resolve, reject) => {
+    const req = httpRequest(
+      { host: "127.0.0.1", port, method: opts.method ?? "POST", path: opts.path ?? "/mcp", headers: { "content-type": "application/json", accept: "application/json, text/event-stream", ...opts.headers } },
+      (res) => {
+        let body = "";
+        res.setEncoding("utf8");
+        res.on("data", (c) => (body += c));
+        res.on("end", () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body }));
+      },
+    );
+    req.on("error", reject);
+    req.end(opts.body);
+  });
+}
+
+const INIT = JSON.stringify({
+  jsonrpc: "2.0",
+  id: 1,
+  method: "initialize",
+  params: { protocolVersion: "2025-06-18", capabilities: {}, clientInfo: { name: "raw", version: "1" } },
+});
+
+describe("edge: federated catalog, sessions and HTTP hardening", () => {
+  let nats: TestNats;
+  let w: TestWorker;
+  let secured: TestWorker;
+  let gidA: string;
+  let gidB: string;
+
+  before(async () => {
+    nats = await startNats();
+    w = await startTestWorker(nats, { MCPGW_WORKER_ID: "edge-w1", MCPGW_EDGE_MAX_BODY: "65536" });
+    secured = await startTestWorker(nats, { MCPGW_WORKER_ID: "edge-w2", MCPGW_EDGE_AUTH: "token", MCPGW_EDGE_TOKENS: `other-token-abcdefghijkl,${TOKEN}` });
+    gidA = (await w.registry.add({ name: "alpha", transport: "streamable-http", url: "http://127.0.0.1:1/mcp" })).id;
+    gidB = (await w.registry.add({ name: "beta", transport: "streamable-http", url: "http://127.0.0.1:2/mcp" })).id;
+    await putCatalog(w, gidA, {
+      tools: [{ name: "echo", description: "a", inputSchema: { type: "object" } }],
+      prompts: [{ name: "greet" }],
+      resources: [{ uri: "fixture://info", name: "info" }],
+      resourceTemplates: [{ uriTemplate: "fixture://items/{id}", name: "item" }],
+    });
+    await putCatalog(w, gidB, {
+      tools: [{ name: "echo", description: "b", inputSchema: { type: "object" } }, { name: "add", inputSchema: { type: "object" } }],
+      resources: [{ uri: "fixture://info", name: "info-b" }],
+    });
+  });
+  after(async () => {
+    await w?.stop();
+    await secured?.stop();
+    await nats?.stop();
+  });
+
+  it("lists the federated tools of two gateways under gateway-prefixed names (gateways by name, each in upstream order), and one gateway under its own names", async () => {
+    const { client } = await connectClient(w.edge.url);
+    await until("both catalogs", async () => (await client.listTools()).tools.length === 3);
+    const tools = (await client.listTools()).tools;
+    assert.deepEqual(
+      tools.map((t) => [t.name, t.description]),
+      [
+        ["alpha__echo", "a"],
+        ["beta__echo", "b"],
+        ["beta__add", undefined],
+      ],
+    );
+    assert.deepEqual((await client.listPrompts()).prompts.map((p) => p.name), ["alpha__greet"]);
+    // the URI both offer is served by the first gateway by name, once, and the clash is logged
+    assert.deepEqual((await client.listResources()).resources.map((r) => r.name), ["info"]);
+    assert.ok(w.lines.some((l) => l.includes("resource fixture://info is offered by gateways alpha and beta; alpha serves it")));
+    assert.deepEqual((await client.listResourceTemplates()).resourceTemplates.map((t) => t.uriTemplate), ["fixture://items/{id}"]);
+    await client.close();
+
+    const one = await connectClient(w.edge.url.replace("/mcp", "/gateways/beta/mcp"));
+    assert.deepEqual((await one.client.listTools()).tools.map((t) => t.name), ["echo", "add"]);
+    assert.equal(one.client.getServerVersion()?.name, "mcpgw/beta");
+    await one.client.close();
+  });
+
+  it("pages through a catalog of 10,000 tools with cursors", async () => {
+    const big = (await w.registry.add({ name: "big", transport: "streamable-http", url: "http://127.0.0.1:3/mcp" })).id;
+    await putCatalog(w, big, { tools: Array.from({ length: 10_000 }, (_, i) => ({ name: `t${i}`, inputSchema: { type: "object" } })) });
+    const { client } = await connectClient(w.edge.url.replace("/mcp", "/gateways/big/mcp"));
+    await until("the big catalog", async () => (await client.listTools()).tools.length > 0);
+    const seen: Tool[] = [];
+    let cursor: string | undefined;
+    let pages = 0;
+    do {
+      const r = await client.listTools(cursor ? { cursor } : {});
+      seen.push(...r.tools);
+      cursor = r.nextCursor;
+      pages++;
+    } while (cursor);
+    assert.equal(seen.length, 10_000);
+    assert.equal(new Set(seen.map((t) => t.name)).size, 10_000);
+    assert.equal(pages, 20, "default page size 500");
+    await assert.rejects(client.listTools({ cursor: "bm9wZQ" }), /invalid cursor/);
+    await client.close();
+    await w.registry.remove({ id: big });
+  });
+
+  it("answers an unknown tool, and a tool of an unhealthy gateway, with a JSON-RPC error naming it", async () => {
+    const { client } = await connectClient(w.edge.url);
+    await assert.rejects(client.callTool({ name: "alpha__nope" }), (err: any) => err.code === -32602 && /unknown tool: alpha__nope/.test(err.message));
+    await putHealth(w, gidB, "unhealthy");
+    await until("beta hidden", async () => !(await client.listTools()).tools.some((t) => t.name.startsWith("beta")));
+    const t0 = Date.now();
+    await assert.rejects(client.callTool({ name: "beta__echo", arguments: {} }), (err: any) => /gateway beta unavailable/.test(err.message));
+    assert.ok(Date.now() - t0 < 5000, "no hang");
+    await putHealth(w, gidB, "healthy");
+    await until("beta back", async () => (await client.listTools()).tools.some((t) => t.name === "beta__add"));
+    await client.close();
+  });
+
+  it("pushes tools/list_changed to connected clients whose view changed, and they see the new tool", async () => {
+    const fed = await connectClient(w.edge.url);
+    const other = await connectClient(w.edge.url.replace("/mcp", "/gateways/beta/mcp"));
+    let fedNotices = 0;
+    let otherNotices = 0;
+    fed.client.setNotificationHandler(ToolListChangedNotificationSchema, () => void fedNotices++);
+    other.client.setNotificationHandler(ToolListChangedNotificationSchema, () => void otherNotices++);
+    // the SDK client opens its GET stream after initialization; wait until the edge holds it
+    await new Promise((r) => setTimeout(r, 300));
+    await putCatalog(w, gidA, {
+      tools: [{ name: "echo", description: "a", inputSchema: { type: "object" } }, { name: "fresh", inputSchema: { type: "object" } }],
+      prompts: [{ name: "greet" }],
+      resources: [{ uri: "fixture://info", name: "info" }],
+      resourceTemplates: [{ uriTemplate: "fixture://items/{id}", name: "item" }],
+    });
+    await until("list_changed on the federated session", () => fedNotices > 0);
+    assert.ok((await fed.client.listTools()).tools.some((t) => t.name === "alpha__fresh"));
+    assert.equal(otherNotices, 0, "a session that only sees beta was not told");
+    await fed.client.close();
+    await other.client.close();
+  });
+
+  it("ends a session on DELETE, publishing its closed event; the session id is then unknown", async () => {
+    const { client, transport } = await connectClient(w.edge.url);
+    const sid = transport.sessionId!;
+    assert.match(sid, /^[A-Za-z0-9_-]+$/);
+    assert.ok(await w.stores.sessions.get(KEYS.downstreamSession(sid)));
+    const closed = new Promise<unknown>((resolve) => {
+      const sub = w.nc.subscribe(s.evt.sessionClosed(sid), { max: 1, callback: (_e, m) => resolve(m.json()) });
+      void sub;
+    });
+    await w.nc.flush();
+    await transport.terminateSession();
+    const event = SessionClosedEventSchema.parse(await closed);
+    assert.equal(event.sid, sid);
+    const after = await raw(w.edge.port, { headers: { "mcp-session-id": sid }, body: JSON.stringify({ jsonrpc: "2.0", id: 2, method: "tools/list" }) });
+    assert.equal(after.status, 404);
+    await client.close();
+  });
+
+  it("refuses what it must: 401, DNS rebinding, 413, malformed JSON-RPC, missing and unknown sessions", async () => {
+    const noToken = await raw(secured.edge.port, { body: INIT });
+    assert.equal(noToken.status, 401);
+    assert.match(String(noToken.headers["www-authenticate"]), /^Bearer/);
+    const wrong = await raw(secured.edge.port, { body: INIT, headers: { authorization: `Bearer ${TOKEN.replace(/.$/, "X")}` } });
+    assert.equal(wrong.status, 401);
+    const good = await raw(secured.edge.port, { body: INIT, headers: { authorization: `Bearer ${TOKEN}` } });
+    assert.equal(good.status, 200, good.body);
+    assert.match(String(good.headers["mcp-session-id"]), /^[A-Za-z0-9_-]+$/);
+    const viaSdk = await connectClient(secured.edge.url, { token: TOKEN });
+    assert.ok((await viaSdk.client.listTools()).tools.length > 0);
+    await viaSdk.client.close();
+
+    const rebound = await raw(w.edge.port, { body: INIT, headers: { host: `evil.example:${w.edge.port}` } });
+    assert.equal(rebound.status, 403);
+    assert.match(rebound.body, /Host header not allowed/);
+    const badOrigin = await raw(w.edge.port, { body: INIT, headers: { origin: "http://evil.example" } });
+    assert.equal(badOrigin.status, 403);
+    const goodOrigin = await raw(w.edge.port, { body: INIT, headers: { host: `localhost:${w.edge.port}`, origin: `http://localhost:${w.edge.port}` } });
+    assert.equal(goodOrigin.status, 200);
+
+    const large = await raw(w.edge.port, { body: Buffer.alloc(70_000, 0x20) });
+    assert.equal(large.status, 413);
+
+    const notJson = await raw(w.edge.port, { body: "{nope" });
+    assert.equal(notJson.status, 400);
+    assert.equal(JSON.parse(notJson.body).error.code, -32700);
+    const notRpc = await raw(w.edge.port, { body: JSON.stringify({ hello: "world" }) });
+    assert.equal(JSON.parse(notRpc.body).error.code, -32600);
+    const emptyBatch = await raw(w.edge.port, { body: "[]" });
+    assert.equal(JSON.parse(emptyBatch.body).error.code, -32600);
+
+    const noSession = await raw(w.edge.port, { body: JSON.stringify({ jsonrpc: "2.0", id: 2, method: "tools/list" }) });
+    assert.equal(noSession.status, 400);
+    const unknown = await raw(w.edge.port, { headers: { "mcp-session-id": "no-such-session" }, body: JSON.stringify({ jsonrpc: "2.0", id: 2, method: "tools/list" }) });
+    assert.equal(unknown.status, 404);
+    const badId = await raw(w.edge.port, { headers: { "mcp-session-id": "a.b*c" }, body: JSON.stringify({ jsonrpc: "2.0", id: 2, method: "tools/list" }) });
+    assert.equal(badId.status, 404);
+    const noGateway = await raw(w.edge.port, { path: "/gateways/nope/mcp", body: INIT });
+    assert.equal(noGateway.status, 404);
+
+    // still serving after all that
+    const ok = await raw(w.edge.port, { body: INIT });
+    assert.equal(ok.status, 200);
+  });
+
+  it("answers /healthz and /readyz", async () => {
+    assert.equal((await raw(w.edge.port, { method: "GET", path: "/healthz" })).status, 200);
+    const ready = await raw(secured.edge.port, { method: "GET", path: "/readyz" });
+    assert.equal(ready.status, 200, "no token needed for probes");
+    assert.equal(JSON.parse(ready.body).status, "ready");
+  });
+});
+

@@ -1,0 +1,120 @@
+import assert from "node:assert/strict";
+import { createRequire } from "node:module";
+import { after, before, describe, it } from "node:test";
+import { Client } from "@modelcontextprotocol/sdk/client/index.js";
+import { StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js";
+import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
+import type { Transport } from "@modelcontextprotocol/sdk/shared/transport.js";
+import { startFixtureHttp, type FixtureHttp } from "./fixtures/fixtureHttp.ts";
+import { connectClient, putCatalog } from "./helpers/edge.ts";
+import { startNats, type TestNats } from "./helpers/nats.ts";
+import { startTestWorker, type TestWorker } from "./helpers/worker.ts";
+
+const EVERYTHING = createRequire(import.meta.url).resolve("@modelcontextprotocol/server-everything/dist/index.js");
+
+/**
+ * One-shot discovery into the catalog bucket: lists the upstream with a real SDK client and
+ * stores what it answered (the poller's discovery does this in production).
+ */
+async function discover(w: TestWorker, gid: string, transport: Transport): Promise<void> {
+  const client = new Client({ name: "discovery", version: "1" });
+  await client.connect(transport);
+  const caps = client.getServerCapabilities() ?? {};
+  const tools = (await client.listTools()).tools;
+  const prompts = caps.prompts ? (await client.listPrompts()).prompts : [];
+  const resources = caps.resources ? (await client.listResources()).resources : [];
+  const resourceTemplates = caps.resources ? (await client.listResourceTemplates()).resourceTemplates : [];
+  await client.close();
+  await putCatalog(w, gid, { tools, prompts, resources, resourceTemplates } as never);
+}
+
+const text = (r: unknown) => ((r as { content: Array<{ text?: string }> }).content[0]?.text ?? "");
+
+describe("edge: calls through upstream session actors", () => {
+  let nats: TestNats;
+  let fixture: FixtureHttp;
+  let w1: TestWorker;
+  let w2: TestWorker;
+
+  before(async () => {
+    nats = await startNats();
+    fixture = await startFixtureHttp();
+    w1 = await startTestWorker(nats, { MCPGW_WORKER_ID: "up-w1", MCPGW_CALL_TIMEOUT: "5s" });
+    w2 = await startTestWorker(nats, { MCPGW_WORKER_ID: "up-w2", MCPGW_CALL_TIMEOUT: "5s" });
+    const counter = await w1.registry.add({ name: "counter", transport: "streamable-http", url: fixture.url("counter") });
+    await discover(w1, counter.id, new StreamableHTTPClientTransport(new URL(fixture.url("counter"))));
+    const everything = await w1.registry.add({ name: "everything", transport: "stdio", stdio: { command: process.execPath, args: [EVERYTHING, "stdio"] } });
+    await discover(w1, everything.id, new StdioClientTransport({ command: process.execPath, args: [EVERYTHING, "stdio"], stderr: "ignore" }));
+    const flaky = await w1.registry.add({ name: "flaky", transport: "streamable-http", url: fixture.url("flaky") });
+    await discover(w1, flaky.id, new StreamableHTTPClientTransport(new URL(fixture.url("flaky"))));
+  });
+  after(async () => {
+    await w1?.stop();
+    await w2?.stop();
+    await fixture?.close();
+    await nats?.stop();
+  });
+
+  it("lists the federated tools of two gateways, one being server-everything, and calls both", async () => {
+    const { client } = await connectClient(w1.edge.url);
+    const names = (await client.listTools()).tools.map((t) => t.name);
+    assert.ok(names.includes("counter__echo"), names.join(","));
+    assert.ok(names.includes("everything__echo"), names.join(","));
+    assert.equal(text(await client.callTool({ name: "counter__echo", arguments: { text: "from fixture" } })), "from fixture");
+    assert.match(text(await client.callTool({ name: "everything__echo", arguments: { message: "from everything" } })), /from everything/);
+    const progress: number[] = [];
+    const r = await client.callTool({ name: "counter__progress", arguments: { steps: 3 } }, undefined, { onprogress: (p) => void progress.push(p.progress) });
+    assert.equal(text(r), "done 3");
+    assert.deepEqual(progress, [1, 2, 3], "progress notifications reach the request they belong to");
+    await client.close();
+  });
+
+  it("keeps two clients' upstream sessions apart (isolation reproducer: 5 and 3)", async () => {
+    const a = await connectClient(w1.edge.url, { name: "a" });
+    const b = await connectClient(w1.edge.url, { name: "b" });
+    for (let i = 0; i < 5; i++) await a.client.callTool({ name: "counter__increment", arguments: {} });
+    for (let i = 0; i < 3; i++) await b.client.callTool({ name: "counter__increment", arguments: {} });
+    assert.equal(text(await a.client.callTool({ name: "counter__get_count", arguments: {} })), "5");
+    assert.equal(text(await b.client.callTool({ name: "counter__get_count", arguments: {} })), "3");
+    await a.client.close();
+    await b.client.close();
+  });
+
+  it("serves one session from two workers alternately, and goes on at one when the other is gone", async () => {
+    const w3 = await startTestWorker(nats, { MCPGW_WORKER_ID: "up-w3", MCPGW_CALL_TIMEOUT: "5s" });
+    const ports = [w3.edge.port, w2.edge.port];
+    const hits = new Map<number, number>();
+    let n = 0;
+    let onlyW2 = false;
+    const alternating: typeof fetch = (input, init) => {
+      const url = new URL(input instanceof Request ? input.url : String(input));
+      url.port = String(onlyW2 ? w2.edge.port : ports[n++ % 2]);
+      hits.set(Number(url.port), (hits.get(Number(url.port)) ?? 0) + 1);
+      return fetch(url, init);
+    };
+    const { client } = await connectClient(w2.edge.url, { fetch: alternating });
+    for (let i = 0; i < 4; i++) await client.callTool({ name: "counter__increment", arguments: {} });
+    assert.equal(text(await client.callTool({ name: "counter__get_count", arguments: {} })), "4");
+    assert.ok((hits.get(w3.edge.port) ?? 0) >= 3 && (hits.get(w2.edge.port) ?? 0) >= 3, JSON.stringify([...hits]));
+
+    await w3.stop();
+    await w3.nc.close();
+    onlyW2 = true;
+    // the session goes on: same session id, calls answered (the upstream session is respawned if it lived on w3)
+    const r = await client.callTool({ name: "counter__increment", arguments: {} });
+    assert.match(text(r), /^(1|5)$/);
+    assert.ok((await client.listTools()).tools.length > 0);
+    await client.close();
+  });
+
+  it("answers a call to a gateway that is down with a clear error naming it, without hanging", async () => {
+    const { client } = await connectClient(w1.edge.url);
+    fixture.setDown("flaky", true);
+    const t0 = Date.now();
+    await assert.rejects(client.callTool({ name: "flaky__echo", arguments: { text: "x" } }), (err: Error) => /gateway flaky/.test(err.message));
+    const took = Date.now() - t0;
+    assert.ok(took < 15_000, `bounded by the call timeout (took ${took} ms)`);
+    fixture.setDown("flaky", false);
+    await client.close();
+  });
+});
