@@ -54,7 +54,14 @@ export const UpstreamNotifyRequestSchema = z
   .strict();
 
 /** `mcpgw.internal.upstream.spawn` (queue group): host the actor for a key. */
-export const SpawnRequestSchema = z.object({ sid: SessionIdSchema, gid: GatewayIdSchema }).strict();
+export const SpawnRequestSchema = z
+  .object({
+    sid: SessionIdSchema,
+    gid: GatewayIdSchema,
+    /** headers of the downstream request that needs the actor: its initialize carries their passthrough subset */
+    headers: z.record(z.string(), z.string().max(8192)).optional(),
+  })
+  .strict();
 export const SpawnReplySchema = z.object({ worker: z.string(), created: z.boolean() });
 
 /** Value of `up.<sid>.<gid>` in the sessions bucket: who hosts the actor. */

@@ -32,8 +32,11 @@ export type ConnectOptions = {
   record: GatewayRecord;
   /** opens a sealed secret of this gateway */
   open: (sealed: string, gid: string) => string;
-  /** headers of the downstream request that caused this connection (for initialize and background requests) */
-  initialHeaders: Record<string, string>;
+  /**
+   * headers of the downstream request that caused this connection, for initialize and
+   * background requests (a function: read when the first request goes out)
+   */
+  initialHeaders: Record<string, string> | (() => Record<string, string>);
   timeoutMs: number;
   /** aborts the connect (the actor was closed meanwhile) */
   signal?: AbortSignal;
@@ -81,7 +84,9 @@ export async function connectUpstream(opts: ConnectOptions): Promise<UpstreamCon
   let forceClose: () => void;
   let politeEnd: () => Promise<void> = async () => {};
   const requestHeaders = new AsyncLocalStorage<Record<string, string>>();
-  let latestHeaders = passthroughHeaders(record.passthroughHeaders, opts.initialHeaders);
+  let latestHeaders: Record<string, string> | null = null;
+  const fallbackHeaders = () =>
+    latestHeaders ?? passthroughHeaders(record.passthroughHeaders, typeof opts.initialHeaders === "function" ? opts.initialHeaders() : opts.initialHeaders);
 
   if (record.transport === "stdio") {
     const clear = mapGatewaySecrets(record, (sealed) => opts.open(sealed, record.id));
@@ -112,7 +117,7 @@ export async function connectUpstream(opts: ConnectOptions): Promise<UpstreamCon
     const fetchUpstream: FetchLike = (input, init) => {
       const h = new Headers(init?.headers);
       // passthrough first, so neither static headers nor auth can be overridden by a client
-      for (const [k, v] of Object.entries(requestHeaders.getStore() ?? latestHeaders)) if (!h.has(k)) h.set(k, v);
+      for (const [k, v] of Object.entries(requestHeaders.getStore() ?? fallbackHeaders())) if (!h.has(k)) h.set(k, v);
       for (const [k, v] of Object.entries(headers)) h.set(k, v);
       const plain = Object.fromEntries(h.entries());
       return undiciFetch(input, { ...(init as object), headers: plain, dispatcher: agent }) as unknown as Promise<Response>;
@@ -143,8 +148,9 @@ export async function connectUpstream(opts: ConnectOptions): Promise<UpstreamCon
   return {
     client,
     withRequestHeaders(headers, fn) {
-      latestHeaders = passthroughHeaders(record.passthroughHeaders, headers);
-      return requestHeaders.run(latestHeaders, fn);
+      const allowed = passthroughHeaders(record.passthroughHeaders, headers);
+      latestHeaders = allowed;
+      return requestHeaders.run(allowed, fn);
     },
     async close() {
       closing = true;

@@ -28,9 +28,9 @@ const SPAWN_TIMEOUT_MS = 10_000;
 const NOTIFY_TIMEOUT_MS = 2_000;
 
 export function createUpstreamCaller(nc: NatsConnection, s: Subjects, opts: { callTimeoutMs: number; log: Logger }): UpstreamCaller {
-  async function spawn(sid: string, gid: string): Promise<void> {
+  async function spawn(sid: string, gid: string, headers: Record<string, string>): Promise<void> {
     try {
-      await request(nc, s.upstream.spawn, { sid, gid }, SpawnReplySchema, SPAWN_TIMEOUT_MS);
+      await request(nc, s.upstream.spawn, { sid, gid, headers }, SpawnReplySchema, SPAWN_TIMEOUT_MS);
     } catch (err) {
       if (err instanceof ProtocolError) throw err;
       if (isNoResponders(err)) throw new ProtocolError("unavailable", `no worker can host a session for gateway ${gid}`);
@@ -64,7 +64,7 @@ export function createUpstreamCaller(nc: NatsConnection, s: Subjects, opts: { ca
           data = (await (signal ? raceAbort(pending, signal) : pending)).data;
         } catch (err) {
           if (isNoResponders(err) && attempt < MAX_ATTEMPTS) {
-            await spawn(sid, gid);
+            await spawn(sid, gid, req.headers);
             continue;
           }
           if (isNoResponders(err)) throw new ProtocolError("unavailable", `no upstream session for gateway ${gid} could be started`);

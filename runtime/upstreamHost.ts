@@ -132,14 +132,14 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
     return parsed.data;
   }
 
-  function createSession(sid: string, gid: string, record: GatewayRecord): Session {
+  function createSession(sid: string, gid: string, record: GatewayRecord, headers: Record<string, string>): Session {
     const x = { sid, gid, key: keyOf(sid, gid), record, createdAt: Date.now(), lastUsedAt: null, useCount: 0 } as Session;
     x.phase = "claiming";
     x.buffered = [];
     x.claimRevision = 0;
     x.conn = null;
     x.calls = new Map();
-    x.latestHeaders = {};
+    x.latestHeaders = headers;
     x.sub = nc.subscribe(s.upstream.actor(sid, gid), { callback: (err, msg) => (err ? log.error({ err }, "actor subscription failed") : onActorMessage(x, msg)) });
     x.actor = createActor(provideEffects(x));
     x.done = new Promise<void>((resolve) => x.actor.subscribe({ complete: () => resolve(), error: () => resolve() }));
@@ -156,7 +156,7 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
           const conn = await connectUpstream({
             record: x.record,
             open: (sealed, gid) => ctx.box.open(sealed, gid),
-            initialHeaders: x.latestHeaders,
+            initialHeaders: () => x.latestHeaders,
             timeoutMs: config.intervals.callTimeout,
             signal,
             onNotification: (n) => onUpstreamNotification(x, n),
@@ -359,25 +359,25 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
   // ---- activation and ownership ----
 
   /** Hosts the actor for (sid, gid) here unless it is alive somewhere; exactly one wins. */
-  function activate(sid: string, gid: string): Promise<{ worker: string; created: boolean }> {
+  function activate(sid: string, gid: string, headers: Record<string, string>): Promise<{ worker: string; created: boolean }> {
     const key = keyOf(sid, gid);
     const existing = live.get(key);
     if (existing && existing.phase === "live") return Promise.resolve({ worker: me, created: false });
     const pending = activating.get(key);
     if (pending) return pending;
-    const p = claimAndStart(sid, gid).finally(() => activating.delete(key));
+    const p = claimAndStart(sid, gid, headers).finally(() => activating.delete(key));
     activating.set(key, p);
     return p;
   }
 
-  async function claimAndStart(sid: string, gid: string): Promise<{ worker: string; created: boolean }> {
+  async function claimAndStart(sid: string, gid: string, headers: Record<string, string>): Promise<{ worker: string; created: boolean }> {
     if (stopping) throw new ProtocolError("unavailable", `worker ${me} is shutting down`);
     const record = await loadGateway(gid);
     const claimKey = KEYS.upstreamClaim(sid, gid);
     const claim = () => encodeValue(UpstreamClaimSchema.parse({ worker: me, since: new Date().toISOString() }));
 
     // Subscribe before claiming, so whoever sees the claim also finds the address.
-    let x = createSession(sid, gid, record);
+    let x = createSession(sid, gid, record, headers);
     live.set(x.key, x);
     await nc.flush();
     try {
@@ -392,7 +392,7 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
     const holder = entry?.operation === "PUT" ? UpstreamClaimSchema.safeParse(entry.json()) : null;
     const alive = await isAlive(sid, gid);
     if (alive) return { worker: holder?.success ? holder.data.worker : "unknown", created: false };
-    x = createSession(sid, gid, record);
+    x = createSession(sid, gid, record, headers);
     live.set(x.key, x);
     await nc.flush();
     try {
@@ -519,7 +519,7 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
   const subs: Subscription[] = [
     serve(nc, s.upstream.spawn, (p) => {
       const req = parseRequest(SpawnRequestSchema, p, "spawn request");
-      return activate(req.sid, req.gid);
+      return activate(req.sid, req.gid, req.headers ?? {});
     }, { queue: QUEUE.spawn, log }),
     serve(nc, s.upstream.snapshot, (p) => ({ worker: me, sessions: snapshot(parseRequest(WorkerSnapshotRequestSchema, p, "snapshot request")) }), opts),
     serve(nc, s.upstream.evict, (p) => {

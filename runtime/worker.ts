@@ -7,6 +7,7 @@ import type { Logger } from "./logger.ts";
 import { openStores, type Stores } from "./nats.ts";
 import { serveRegistry } from "./registryService.ts";
 import { SecretBox } from "./secretBox.ts";
+import { startUpstreamHost } from "./upstreamHost.ts";
 import { startEdge, type Edge } from "./edge/edgeServer.ts";
 import { createUpstreamCaller } from "./upstreamClient.ts";
 
@@ -54,6 +55,7 @@ export async function startWorker(config: Config, nc: NatsConnection, log: Logge
   const subs = serveRegistry(nc, registry, s, ctx.log);
   hosted.push({ stop: async () => subs.forEach((sub) => sub.unsubscribe()) });
   // Each actor kind's host is started here, in dependency order.
+  hosted.push(await startUpstreamHost(ctx));
   const edge = await startEdge(ctx, createUpstreamCaller(nc, s, { callTimeoutMs: config.intervals.callTimeout, log: ctx.log }));
   hosted.push(edge);
 
