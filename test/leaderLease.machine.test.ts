@@ -57,7 +57,7 @@ function start(kv: FakeKv, opts: { firstDutyAt?: number } = {}) {
         kv.ops.push(`release@${input.revision}`);
         if (kv.lease.revision === input.revision) kv.lease = { revision: kv.write(), live: false };
       }),
-      prepareDuty: fromPromise(async () => {
+      prepareDuty: fromPromise<unknown, void>(async () => {
         kv.ops.push("prepare");
         return { readRevision: kv.data };
       }),
