@@ -12,6 +12,15 @@ function die(line: string): never {
   process.exit(1);
 }
 
+/**
+ * A ready-to-paste client configuration, printed once to stdout (not the log). The token is
+ * never printed: the header names where it is.
+ */
+function printClientConfig(url: string, tokenSource: string | null): void {
+  const server = tokenSource ? { type: "http", url, headers: { Authorization: `Bearer <the token in ${tokenSource}>` } } : { type: "http", url };
+  process.stdout.write(`\nmcpgw: MCP endpoint ${url}\nClient configuration:\n${JSON.stringify({ mcpServers: { mcpgw: server } }, null, 2)}\n\n`);
+}
+
 async function main(): Promise<void> {
   let config: Config;
   try {
@@ -63,6 +72,7 @@ async function main(): Promise<void> {
     die(`cannot connect to NATS at ${natsOptions.url}: ${(err as Error).message}`),
   );
   const worker = await startWorker(config, nc, log);
+  printClientConfig(worker.edge.url, config.edge.auth === "none" ? null : embedded ? join(secretsDir(config.dataDir), "edge-token") : "MCPGW_EDGE_TOKENS");
 
   let stopping = false;
   const shutdown = async (signal: string) => {

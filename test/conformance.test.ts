@@ -1,0 +1,18 @@
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { it } from "node:test";
+import { fileURLToPath } from "node:url";
+
+// The conformance suite through the edge; scenarios listed in
+// test/conformance/expected-failures.yaml are the known gaps, anything else failing fails this.
+it("passes the MCP conformance server scenarios through /gateways/<name>/mcp", { timeout: 120_000 }, async () => {
+  const runner = fileURLToPath(new URL("./conformance/run.ts", import.meta.url));
+  const child = spawn(process.execPath, ["--import", "tsx", runner], { stdio: ["ignore", "pipe", "pipe"] });
+  let out = "";
+  child.stdout.on("data", (c) => (out += c));
+  child.stderr.on("data", (c) => (out += c));
+  const code = await new Promise<number | null>((resolve) => child.on("exit", resolve));
+  assert.equal(code, 0, out.slice(-4000));
+  assert.match(out, /✓ tools-call-with-progress: 1 passed/);
+  assert.doesNotMatch(out, /Unexpected failures/);
+});
