@@ -6,7 +6,8 @@ import { StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js"
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
 import type { Transport } from "@modelcontextprotocol/sdk/shared/transport.js";
 import { startFixtureHttp, type FixtureHttp } from "./fixtures/fixtureHttp.ts";
-import { connectClient, putCatalog } from "./helpers/edge.ts";
+import { ToolListChangedNotificationSchema } from "@modelcontextprotocol/sdk/types.js";
+import { connectClient, putCatalog, until } from "./helpers/edge.ts";
 import { startNats, type TestNats } from "./helpers/nats.ts";
 import { startTestWorker, type TestWorker } from "./helpers/worker.ts";
 
@@ -39,7 +40,7 @@ describe("edge: calls through upstream session actors", () => {
   before(async () => {
     nats = await startNats();
     fixture = await startFixtureHttp();
-    w1 = await startTestWorker(nats, { MCPGW_WORKER_ID: "up-w1", MCPGW_CALL_TIMEOUT: "5s" });
+    w1 = await startTestWorker(nats, { MCPGW_WORKER_ID: "up-w1", MCPGW_CALL_TIMEOUT: "5s", MCPGW_LIST_CHANGED_DEBOUNCE: "100ms" });
     w2 = await startTestWorker(nats, { MCPGW_WORKER_ID: "up-w2", MCPGW_CALL_TIMEOUT: "5s" });
     const counter = await w1.registry.add({ name: "counter", transport: "streamable-http", url: fixture.url("counter") });
     await discover(w1, counter.id, new StreamableHTTPClientTransport(new URL(fixture.url("counter"))));
@@ -104,6 +105,18 @@ describe("edge: calls through upstream session actors", () => {
     const r = await client.callTool({ name: "counter__increment", arguments: {} });
     assert.match(text(r), /^(1|5)$/);
     assert.ok((await client.listTools()).tools.length > 0);
+    await client.close();
+  });
+
+  it("tells connected clients tools/list_changed when a tool is added upstream, and lists the new tool", async () => {
+    const { client } = await connectClient(w1.edge.url);
+    let notices = 0;
+    client.setNotificationHandler(ToolListChangedNotificationSchema, () => void notices++);
+    await client.callTool({ name: "counter__get_count", arguments: {} }); // an upstream session exists to hear the change
+    fixture.gateway("counter").toolbox.add("brand_new");
+    await until("tools/list_changed", () => notices > 0, 20_000);
+    assert.ok((await client.listTools()).tools.some((t) => t.name === "counter__brand_new"));
+    fixture.gateway("counter").toolbox.remove("brand_new");
     await client.close();
   });
 
