@@ -61,6 +61,8 @@ type Context = PollerInput & {
   refreshWaiting: RefreshResponder[];
   refreshInFlight: RefreshResponder[];
   pushPending: boolean;
+  /** when the last discovery ended (push-triggered ones are throttled by it) */
+  lastDiscoveryEndedAt: number | null;
 };
 
 export type PollerEvent = { type: "LIST_CHANGED" } | { type: "REFRESH"; responder: RefreshResponder };
@@ -156,6 +158,7 @@ const poller = setup({
     }),
     markPush: assign({ pushPending: true }),
     startDiscovery: assign(({ context }) => ({ refreshInFlight: context.refreshWaiting, refreshWaiting: [], pushPending: false })),
+    endDiscovery: assign({ lastDiscoveryEndedAt: ({ context }) => context.now() }),
     answerRefresh: ({ context }, params: { outcome?: DiscoveryOutcome; error?: unknown }) => {
       for (const r of context.refreshInFlight) {
         if (params.outcome) r.resolve(params.outcome);
@@ -170,6 +173,7 @@ const poller = setup({
     isUnhealthy: ({ context }) => context.health === "unhealthy",
     refreshWaiting: ({ context }) => context.refreshWaiting.length > 0,
     pushPending: ({ context }) => context.pushPending,
+    discoveredWithinDebounce: ({ context: c }) => c.lastDiscoveryEndedAt !== null && c.now() - c.lastDiscoveryEndedAt < c.timings.listChangedDebounce,
     healthSlotDone: ({ context: c }, params: { state: PollState }) =>
       c.health !== "unhealthy" && slotAlreadyPolled(lastPollAt(params.state.health, c.now()), c.now(), c.timings.health),
     discoverySlotDone: ({ context: c }, params: { state: PollState }) =>
@@ -205,6 +209,7 @@ export const pollerMachine = poller.createMachine({
     refreshWaiting: [],
     refreshInFlight: [],
     pushPending: false,
+    lastDiscoveryEndedAt: null,
   }),
   states: {
     health: {
@@ -288,6 +293,7 @@ export const pollerMachine = poller.createMachine({
             onDone: {
               target: "settling",
               actions: [
+                "endDiscovery",
                 "succeed",
                 assign({ counts: ({ event }) => event.output.counts }),
                 "scheduleDiscovery",
@@ -303,6 +309,7 @@ export const pollerMachine = poller.createMachine({
             onError: {
               target: "settling",
               actions: [
+                "endDiscovery",
                 { type: "fail", params: ({ event }) => ({ error: event.error }) },
                 "scheduleDiscovery",
                 { type: "answerRefresh", params: ({ event }) => ({ error: event.error }) },
@@ -318,11 +325,12 @@ export const pollerMachine = poller.createMachine({
         waiting: {
           on: {
             REFRESH: { target: "discovering", actions: "addRefresh" },
-            LIST_CHANGED: { target: "debouncing" },
+            // push beats poll: discover at once, unless one just ran (then at the end of the debounce window)
+            LIST_CHANGED: [{ guard: "discoveredWithinDebounce", target: "debouncing" }, { target: "discovering" }],
           },
           after: { discoveryDelay: "deciding" },
         },
-        // an upstream said its lists changed: collect a burst of notices into one discovery
+        // notices right after a discovery are collected into one discovery at the end of the window
         debouncing: {
           on: {
             REFRESH: { target: "discovering", actions: "addRefresh" },

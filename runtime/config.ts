@@ -68,6 +68,10 @@ export const EnvSchema = z.object({
   MCPGW_SHUTDOWN_TIMEOUT: z.preprocess(blankIsUnset, duration("5s", 10)),
   MCPGW_CALL_TIMEOUT: z.preprocess(blankIsUnset, duration("60s", 10)),
   MCPGW_MAX_CONCURRENT_POLLS: z.preprocess(blankIsUnset, int(16, 1, 10_000)),
+  MCPGW_LIST_CHANGED_DEBOUNCE: z.preprocess(blankIsUnset, duration("2s", 0)),
+  MCPGW_POLL_BACKOFF_MAX: z.preprocess(blankIsUnset, duration("10m", 100)),
+  MCPGW_POLL_TIMEOUT: z.preprocess(blankIsUnset, duration("30s", 100)),
+  MCPGW_POLL_OWNER_TTL: z.preprocess(blankIsUnset, duration("9s", 300)),
   MCPGW_UNHEALTHY_THRESHOLD: z.preprocess(blankIsUnset, int(3, 1, 1000)),
   MCPGW_LOG_LEVEL: z.preprocess(blankIsUnset, z.enum(["trace", "debug", "info", "warn", "error", "fatal", "silent"]).default("info")),
 });
@@ -108,6 +112,16 @@ export type Config = {
   };
   maxConcurrentPolls: number;
   unhealthyThreshold: number;
+  poller: {
+    /** a burst of upstream list_changed notices becomes one discovery after this long */
+    listChangedDebounce: number;
+    /** cap of an unhealthy gateway's health-check backoff */
+    backoffMax: number;
+    /** one health check or discovery, connect included */
+    timeout: number;
+    /** a worker whose heartbeat has not changed for this long is dead; its gateways move */
+    ownerTtl: number;
+  };
   logLevel: string;
 };
 
@@ -166,6 +180,12 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     },
     maxConcurrentPolls: e.MCPGW_MAX_CONCURRENT_POLLS,
     unhealthyThreshold: e.MCPGW_UNHEALTHY_THRESHOLD,
+    poller: {
+      listChangedDebounce: e.MCPGW_LIST_CHANGED_DEBOUNCE,
+      backoffMax: e.MCPGW_POLL_BACKOFF_MAX,
+      timeout: e.MCPGW_POLL_TIMEOUT,
+      ownerTtl: e.MCPGW_POLL_OWNER_TTL,
+    },
     logLevel: e.MCPGW_LOG_LEVEL,
   };
 }

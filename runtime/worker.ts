@@ -5,6 +5,8 @@ import type { Config } from "./config.ts";
 import { publishEvent } from "./events.ts";
 import type { Logger } from "./logger.ts";
 import { openStores, type Stores } from "./nats.ts";
+import { probeConnector, readGatewayStatus } from "./pollerEffects.ts";
+import { startPollerHost } from "./pollerHost.ts";
 import { serveRegistry } from "./registryService.ts";
 import { SecretBox } from "./secretBox.ts";
 import { startUpstreamHost } from "./upstreamHost.ts";
@@ -48,6 +50,7 @@ export async function startWorker(config: Config, nc: NatsConnection, log: Logge
     publish: (subject, event) => publishEvent(stores.js, subject, event),
     seal: (plain, gid) => box.seal(plain, gid),
     open: (sealed, gid) => box.open(sealed, gid),
+    statusOf: (gid) => readGatewayStatus(stores.state, gid),
   });
   const ctx: WorkerContext = { config, nc, log: log.child({ worker: config.workerId }), s, stores, box, registry };
 
@@ -55,6 +58,7 @@ export async function startWorker(config: Config, nc: NatsConnection, log: Logge
   const subs = serveRegistry(nc, registry, s, ctx.log);
   hosted.push({ stop: async () => subs.forEach((sub) => sub.unsubscribe()) });
   // Each actor kind's host is started here, in dependency order.
+  hosted.push(await startPollerHost(ctx, probeConnector((sealed, gid) => box.open(sealed, gid))));
   hosted.push(await startUpstreamHost(ctx));
   const edge = await startEdge(ctx, createUpstreamCaller(nc, s, { callTimeoutMs: config.intervals.callTimeout, log: ctx.log }));
   hosted.push(edge);

@@ -199,17 +199,20 @@ describe("poller machine", () => {
     h.actor.stop();
   });
 
-  it("debounces list_changed notices into one discovery", async () => {
+  it("discovers at once on list_changed and collects a burst of notices into one more discovery", async () => {
     const h = harness();
     await h.advance(D); // past the first slot
     const before = h.discoveries.length;
     const at = h.clock.now();
     h.actor.send({ type: "LIST_CHANGED" });
     await h.advance(S);
-    h.actor.send({ type: "LIST_CHANGED" });
+    assert.equal(h.discoveries.length, before + 1, "the first notice discovers at once");
+    assert.equal(h.discoveries.at(-1), at);
+    for (let i = 0; i < 5; i++) h.actor.send({ type: "LIST_CHANGED" });
     await h.advance(3 * S);
-    assert.equal(h.discoveries.length, before + 1);
-    assert.ok(h.discoveries.at(-1)! - at <= 2 * S + S, "within the debounce window");
+    assert.equal(h.discoveries.length, before + 2, "a burst inside the window costs one more discovery");
+    const gapsAfter = gaps(h.discoveries.slice(before));
+    for (const g of gapsAfter) assert.ok(g >= 2 * S, `push discoveries ${g} ms apart, at least the 2 s debounce`);
     h.actor.stop();
   });
 

@@ -1,0 +1,167 @@
+// The real effects of a gateway poller: MCP health checks and discovery against the upstream,
+// catalog reconciliation in KV with its change event, poll stamps and the gateway status.
+import type { Client } from "@modelcontextprotocol/sdk/client/index.js";
+import type { KV } from "@nats-io/kv";
+import type { JetStreamClient } from "@nats-io/jetstream";
+import { reconcile, type CatalogLists } from "../actors/discovery.ts";
+import { encodeValue, getLive, isCasConflict } from "../actors/kvStore.ts";
+import type { DiscoveryOutcome, PollState } from "../actors/poller.machine.ts";
+import { CatalogSchema, type Catalog } from "../protocol/catalog.ts";
+import { GatewayStatusSchema, MASK, mapGatewaySecrets, type GatewayRecord, type GatewayStatus } from "../protocol/gateway.ts";
+import { PollStampSchema } from "../protocol/poller.ts";
+import { KEYS, type Subjects } from "../protocol/subjects.ts";
+import { publishEvent } from "./events.ts";
+import { connectUpstream, isMethodNotFound } from "./mcpClient.ts";
+
+/** An initialized MCP client for one probe of a gateway; closed after the probe. */
+export type ProbeConnection = { client: Client; close(): Promise<void> };
+export type GatewayConnector = (record: GatewayRecord, timeoutMs: number) => Promise<ProbeConnection>;
+
+/** Probes use the same connection builder as upstream sessions, with no downstream headers. */
+export function probeConnector(open: (sealed: string, gid: string) => string): GatewayConnector {
+  return async (record, timeoutMs) => {
+    const conn = await connectUpstream({
+      record,
+      open,
+      initialHeaders: {},
+      timeoutMs,
+      onNotification: () => {},
+      onClosed: () => {},
+      onError: () => {},
+    });
+    return {
+      client: conn.client,
+      // bounded: an upstream that ignores the polite close is forced
+      close: async () => {
+        let timer: NodeJS.Timeout | undefined;
+        const polite = conn.close().then(() => true, () => false);
+        const done = await Promise.race([polite, new Promise<boolean>((r) => (timer = setTimeout(() => r(false), 2_000)))]);
+        clearTimeout(timer);
+        if (!done) conn.forceClose();
+      },
+    };
+  };
+}
+
+/** A paginated list; "method not found" (or an unadvertised capability) is an empty list. */
+async function listAll<T>(fetchPage: (cursor?: string) => Promise<{ items: T[]; nextCursor?: string | undefined }>): Promise<T[]> {
+  const out: T[] = [];
+  const seen = new Set<string>();
+  let cursor: string | undefined;
+  try {
+    do {
+      const page = await fetchPage(cursor);
+      out.push(...page.items);
+      cursor = page.nextCursor;
+      // a server that repeats a cursor would loop forever
+      if (cursor !== undefined && seen.has(cursor)) throw new Error("upstream repeated a pagination cursor");
+      if (cursor !== undefined) seen.add(cursor);
+    } while (cursor !== undefined);
+  } catch (err) {
+    if (isMethodNotFound(err)) return [];
+    throw err;
+  }
+  return out;
+}
+
+/** Every tool, prompt, resource and resource template the upstream offers, as it sent them. */
+export async function listCatalog(client: Client, timeoutMs: number): Promise<CatalogLists> {
+  const caps = client.getServerCapabilities() ?? {};
+  const opts = { timeout: timeoutMs };
+  const [tools, prompts, resources, resourceTemplates] = await Promise.all([
+    caps.tools ? listAll((cursor) => client.listTools({ cursor }, opts).then((r) => ({ items: r.tools, nextCursor: r.nextCursor }))) : [],
+    caps.prompts ? listAll((cursor) => client.listPrompts({ cursor }, opts).then((r) => ({ items: r.prompts, nextCursor: r.nextCursor }))) : [],
+    caps.resources ? listAll((cursor) => client.listResources({ cursor }, opts).then((r) => ({ items: r.resources, nextCursor: r.nextCursor }))) : [],
+    caps.resources
+      ? listAll((cursor) => client.listResourceTemplates({ cursor }, opts).then((r) => ({ items: r.resourceTemplates, nextCursor: r.nextCursor })))
+      : [],
+  ]);
+  return { tools, prompts, resources, resourceTemplates } as CatalogLists;
+}
+
+export type CatalogStore = { catalog: KV; js: JetStreamClient; s: Subjects; now: () => Date };
+
+/**
+ * Replaces `cat.<gid>` when the hash changed (one put: readers see the old or the new
+ * catalog, never a mix) and publishes what changed. Compare-and-swap on the entry read,
+ * so a concurrent refresh elsewhere cannot be overwritten with an older view.
+ */
+export async function reconcileCatalog(store: CatalogStore, gid: string, found: CatalogLists): Promise<DiscoveryOutcome> {
+  const key = KEYS.catalog(gid);
+  for (let attempt = 0; ; attempt++) {
+    const entry = await store.catalog.get(key);
+    const parsed = entry?.operation === "PUT" ? CatalogSchema.safeParse(entry.json()) : null;
+    const current: Catalog | null = parsed?.success ? parsed.data : null;
+    const at = store.now().toISOString();
+    const r = reconcile(gid, current, found, at);
+    const counts = { tools: found.tools.length, prompts: found.prompts.length, resources: found.resources.length };
+    if (!r.changed) return { changed: false, hash: r.catalog.hash, diff: r.diff, counts };
+    try {
+      if (entry) await store.catalog.update(key, encodeValue(r.catalog), entry.revision);
+      else await store.catalog.create(key, encodeValue(r.catalog));
+    } catch (err) {
+      if (isCasConflict(err) && attempt < 2) continue;
+      throw err;
+    }
+    await publishEvent(store.js, store.s.evt.catalogChanged(gid), { gid, hash: r.catalog.hash, at, diff: r.diff });
+    return { changed: true, hash: r.catalog.hash, diff: r.diff, counts };
+  }
+}
+
+/** The poll stamps and the classification, raw; the machine decides what they mean. */
+export async function readPollState(state: KV, gid: string): Promise<PollState> {
+  const json = async (key: string) => {
+    const e = await getLive(state, key);
+    if (!e) return undefined;
+    try {
+      return e.json();
+    } catch {
+      return undefined;
+    }
+  };
+  const [health, discovery, classification] = await Promise.all([json(KEYS.pollHealth(gid)), json(KEYS.pollDiscovery(gid)), json(KEYS.classification)]);
+  return { health, discovery, classification };
+}
+
+/**
+ * A gateway's status for `gateway get/ls`: the stored status, with last success and next
+ * poll taken from the health stamp when that is newer (stamps are written every poll,
+ * the status only when something in it changed).
+ */
+export async function readGatewayStatus(state: KV, gid: string): Promise<GatewayStatus | undefined> {
+  const [statusEntry, stampEntry] = await Promise.all([getLive(state, KEYS.gatewayStatus(gid)), getLive(state, KEYS.pollHealth(gid))]);
+  const status = statusEntry ? GatewayStatusSchema.safeParse(safeJson(statusEntry)) : null;
+  if (!status?.success) return undefined;
+  const stamp = stampEntry ? PollStampSchema.safeParse(safeJson(stampEntry)) : null;
+  if (!stamp?.success || (status.data.lastSuccessAt !== null && stamp.data.at <= status.data.lastSuccessAt)) return status.data;
+  return { ...status.data, lastSuccessAt: stamp.data.at, nextPollAt: stamp.data.nextAt };
+}
+
+function safeJson(e: { json(): unknown }): unknown {
+  try {
+    return e.json();
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * An error's text with the gateway's secrets masked, for status and logs (a URL in an
+ * error can carry query-parameter credentials).
+ */
+export function scrubbedError(err: unknown, record: GatewayRecord, open: (sealed: string, gid: string) => string): Error {
+  let text = (err instanceof Error ? err.message : String(err)).slice(0, 1000);
+  const secrets: string[] = [];
+  try {
+    mapGatewaySecrets(record, (sealed) => {
+      secrets.push(open(sealed, record.id));
+      return sealed;
+    });
+  } catch {
+    // a secret that cannot be opened cannot leak either
+  }
+  for (const secret of secrets.filter((x) => x.length >= 4)) {
+    text = text.split(secret).join(MASK).split(encodeURIComponent(secret)).join(MASK);
+  }
+  return new Error(text);
+}

@@ -1,0 +1,408 @@
+// Hosts gateway pollers on this worker. Which worker polls a gateway: rendezvous hashing
+// over the live workers (heartbeat keys `worker.<id>` in the state bucket, judged live on
+// this worker's own monotonic clock), made exclusive by a compare-and-swap claim on
+// `owner.<gid>`. A dead worker's gateways move after the owner TTL; a worker that cannot
+// renew its heartbeat steps down on its own before others take over.
+import { createHash } from "node:crypto";
+import { performance } from "node:perf_hooks";
+import type { KvEntry } from "@nats-io/kv";
+import type { Subscription } from "@nats-io/transport-node";
+import { createActor, fromPromise, type ActorRefFrom } from "xstate";
+import { encodeValue, getLive, isCasConflict } from "../actors/kvStore.ts";
+import { pollerMachine, type DiscoveryOutcome, type PollState } from "../actors/poller.machine.ts";
+import { RefreshReplySchema } from "../protocol/catalog.ts";
+import { ProtocolError, parseRequest } from "../protocol/envelope.ts";
+import {
+  GatewayEventSchema,
+  GatewayIdSchema,
+  GatewayRecordSchema,
+  GatewayRefreshRequestSchema,
+  type GatewayRecord,
+  type GatewayStatus,
+} from "../protocol/gateway.ts";
+import { PollOwnerSchema, type PollStamp } from "../protocol/poller.ts";
+import { KEYS, QUEUE } from "../protocol/subjects.ts";
+import { isNoResponders, request, serve } from "./bus.ts";
+import { followEvents } from "./events.ts";
+import { listCatalog, readGatewayStatus, readPollState, reconcileCatalog, scrubbedError, type GatewayConnector } from "./pollerEffects.ts";
+import type { Hosted, WorkerContext } from "./worker.ts";
+import { z } from "zod";
+
+type Poller = ActorRefFrom<typeof pollerMachine>;
+type Owned = { actor: Poller; revision: number };
+type OwnerView = { worker: string | null; revision: number };
+
+/** At most `limit` polls at once on this worker; the rest wait their turn. */
+class PollSlots {
+  #free: number;
+  readonly #queue: Array<() => void> = [];
+  constructor(limit: number) {
+    this.#free = limit;
+  }
+  async run<T>(fn: () => Promise<T>): Promise<T> {
+    if (this.#free > 0) this.#free--;
+    else await new Promise<void>((resolve) => this.#queue.push(resolve));
+    try {
+      return await fn();
+    } finally {
+      const next = this.#queue.shift();
+      if (next) next();
+      else this.#free++;
+    }
+  }
+}
+
+/** Rendezvous (highest random weight) hashing: the live worker a gateway belongs to. */
+export function ownerOf(gid: string, workers: Iterable<string>): string | null {
+  let best: string | null = null;
+  let bestScore = -1n;
+  for (const w of workers) {
+    const score = createHash("sha256").update(`${gid}/${w}`).digest().readBigUInt64BE(0);
+    if (score > bestScore || (score === bestScore && best !== null && w < best)) {
+      best = w;
+      bestScore = score;
+    }
+  }
+  return best;
+}
+
+const RefreshForwardSchema = z.object({ id: GatewayIdSchema }).strict();
+
+export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnector): Promise<Hosted> {
+  const { config, nc, s, stores, box } = ctx;
+  const log = ctx.log.child({ actor: "poller" });
+  const me = config.workerId;
+  const ttl = config.poller.ownerTtl;
+  const slots = new PollSlots(config.maxConcurrentPolls);
+  const open = (sealed: string, gid: string) => box.open(sealed, gid);
+
+  const gateways = new Map<string, GatewayRecord>();
+  /** gateways added or reconnected since this worker saw them: whoever claims them discovers at once */
+  const fresh = new Set<string>();
+  const owners = new Map<string, OwnerView>();
+  /** worker id → when this worker last saw its heartbeat change (monotonic ms) */
+  const heartbeats = new Map<string, { seen: number; revision: number }>();
+  const running = new Map<string, Owned>();
+  let lastHeartbeatOk = performance.now();
+  let stopped = false;
+
+  const liveWorkers = () => {
+    const now = performance.now();
+    const live = new Set([...heartbeats].filter(([, h]) => now - h.seen < ttl).map(([w]) => w));
+    live.add(me);
+    return live;
+  };
+
+  // ---- one poller ----
+
+  const probe = async <T>(gid: string, kind: string, fn: (conn: Awaited<ReturnType<GatewayConnector>>) => Promise<T>): Promise<T> => {
+    const record = gateways.get(gid);
+    if (!record) throw new Error("gateway is no longer registered");
+    return slots.run(async () => {
+      log.debug({ gid, kind }, "poll");
+      let conn;
+      try {
+        conn = await connect(record, config.poller.timeout);
+        return await fn(conn);
+      } catch (err) {
+        throw scrubbedError(err, record, open);
+      } finally {
+        await conn?.close().catch(() => {});
+      }
+    });
+  };
+
+  const putJson = (key: string, value: unknown, what: string) =>
+    void stores.state.put(key, encodeValue(value)).catch((err) => log.warn({ err, key }, `could not write ${what}`));
+
+  const machine = pollerMachine.provide({
+    actors: {
+      readPollState: fromPromise<PollState, { gid: string }>(({ input }) => readPollState(stores.state, input.gid)),
+      checkHealth: fromPromise<void, { gid: string }>(({ input }) =>
+        probe(input.gid, "health", async ({ client }) => {
+          await client.ping({ timeout: config.poller.timeout });
+        }),
+      ),
+      discover: fromPromise<DiscoveryOutcome, { gid: string }>(({ input }) =>
+        probe(input.gid, "discovery", async ({ client }) => {
+          const found = await listCatalog(client, config.poller.timeout);
+          return reconcileCatalog({ catalog: stores.catalog, js: stores.js, s, now: () => new Date() }, input.gid, found);
+        }),
+      ),
+    },
+    actions: {
+      recordPoll: ({ context }, p) => {
+        const stamp: PollStamp = { at: p.at, nextAt: p.nextAt, worker: me };
+        putJson(p.kind === "health" ? KEYS.pollHealth(context.gid) : KEYS.pollDiscovery(context.gid), stamp, "a poll stamp");
+      },
+      writeStatus: ({ context }, status) => putJson(KEYS.gatewayStatus(context.gid), status, "a gateway status"),
+    },
+  });
+
+  const startPoller = async (gid: string, revision: number) => {
+    const status = await readGatewayStatus(stores.state, gid).catch(() => undefined);
+    if (stopped || running.has(gid) || !gateways.has(gid)) return;
+    const actor = createActor(machine, {
+      input: {
+        gid,
+        timings: {
+          health: config.intervals.health,
+          discovery: config.intervals.discovery,
+          listChangedDebounce: config.poller.listChangedDebounce,
+          backoffMax: config.poller.backoffMax,
+        },
+        unhealthyThreshold: config.unhealthyThreshold,
+        now: () => Date.now(),
+        random: Math.random,
+        status: status satisfies GatewayStatus | undefined,
+        discoverNow: fresh.delete(gid),
+      },
+    });
+    running.set(gid, { actor, revision });
+    actor.start();
+    log.info({ gid }, "polling gateway");
+  };
+
+  const stopPoller = (gid: string) => {
+    const owned = running.get(gid);
+    if (!owned) return;
+    running.delete(gid);
+    owned.actor.stop();
+  };
+
+  /** Stops polling and gives the claim back (CAS: only while it is still ours). */
+  const release = async (gid: string) => {
+    const owned = running.get(gid);
+    stopPoller(gid);
+    if (owned) await stores.state.delete(KEYS.pollOwner(gid), { previousSeq: owned.revision }).catch(() => {});
+  };
+
+  // ---- ownership ----
+
+  const claim = async (gid: string, seen: OwnerView | undefined) => {
+    const value = encodeValue({ worker: me, since: new Date().toISOString() });
+    try {
+      const revision = seen ? await stores.state.update(KEYS.pollOwner(gid), value, seen.revision) : await stores.state.create(KEYS.pollOwner(gid), value);
+      owners.set(gid, { worker: me, revision });
+      await startPoller(gid, revision);
+    } catch (err) {
+      if (!isCasConflict(err)) log.warn({ err, gid }, "could not claim a gateway");
+    }
+  };
+
+  let reconciling = false;
+  const reconcileOwnership = async () => {
+    if (stopped || reconciling) return;
+    reconciling = true;
+    try {
+      // a worker that could not renew its heartbeat may already be replaced: step down first
+      if (performance.now() - lastHeartbeatOk > (ttl * 2) / 3) {
+        if (running.size > 0) log.warn({ gateways: running.size }, "heartbeat not renewed; stopping pollers");
+        for (const gid of [...running.keys()]) stopPoller(gid);
+        return;
+      }
+      const live = liveWorkers();
+      const work: Promise<void>[] = [];
+      for (const gid of [...running.keys()]) {
+        const o = owners.get(gid);
+        if (!gateways.has(gid)) work.push(release(gid));
+        else if (o && o.revision > running.get(gid)!.revision) {
+          log.info({ gid, by: o.worker }, "gateway taken over");
+          stopPoller(gid);
+        } else if (ownerOf(gid, live) !== me) work.push(release(gid));
+      }
+      for (const gid of gateways.keys()) {
+        if (running.has(gid) || ownerOf(gid, live) !== me) continue;
+        const o = owners.get(gid);
+        // free, left over from this worker's previous life, or held by a worker that stopped beating
+        if (!o || o.worker === null || o.worker === me || !live.has(o.worker)) work.push(claim(gid, o));
+      }
+      await Promise.all(work);
+      await forgetDeadWorkers();
+    } finally {
+      reconciling = false;
+    }
+  };
+
+  const heartbeat = async () => {
+    try {
+      await stores.state.put(KEYS.pollerWorker(me), encodeValue({ worker: me, at: new Date().toISOString() }));
+      lastHeartbeatOk = performance.now();
+    } catch (err) {
+      log.warn({ err }, "poller heartbeat failed");
+    }
+  };
+
+  const onOwnerEntry = (e: KvEntry) => {
+    const gid = e.key.slice(KEYS.pollOwnerPrefix.length);
+    // this worker's own claim may be known before the watch delivers older entries
+    if ((owners.get(gid)?.revision ?? 0) > e.revision) return;
+    if (e.operation !== "PUT") return void owners.set(gid, { worker: null, revision: e.revision });
+    const parsed = PollOwnerSchema.safeParse(safeJson(e));
+    owners.set(gid, { worker: parsed.success ? parsed.data.worker : null, revision: e.revision });
+    const owned = running.get(gid);
+    if (owned && (!parsed.success || parsed.data.worker !== me || e.revision !== owned.revision) && e.revision > owned.revision) {
+      log.info({ gid }, "gateway taken over");
+      stopPoller(gid);
+    }
+  };
+
+  const onHeartbeatEntry = (e: KvEntry) => {
+    const worker = e.key.slice(KEYS.pollerWorkerPrefix.length);
+    if (e.operation === "PUT") heartbeats.set(worker, { seen: performance.now(), revision: e.revision });
+    else heartbeats.delete(worker);
+  };
+
+  /** Heartbeat keys of workers gone for a long time are deleted (CAS: unless they came back). */
+  const forgetDeadWorkers = async () => {
+    const now = performance.now();
+    for (const [worker, { seen, revision }] of heartbeats) {
+      if (worker !== me && now - seen > 10 * ttl) {
+        heartbeats.delete(worker);
+        await stores.state.delete(KEYS.pollerWorker(worker), { previousSeq: revision }).catch(() => {});
+      }
+    }
+  };
+
+  const watch = async (key: string, onEntry: (e: KvEntry) => void) => {
+    const it = await stores.state.watch({ key });
+    void (async () => {
+      for await (const e of it) {
+        try {
+          onEntry(e);
+        } catch (err) {
+          log.error({ err, key: e.key }, "watch handler failed");
+        }
+      }
+    })().catch((err) => log.warn({ err, key }, "watch ended"));
+    return it;
+  };
+
+  // ---- gateways ----
+
+  const loadGateway = async (gid: string) => {
+    const e = await getLive(stores.gateways, KEYS.gateway(gid));
+    const parsed = e ? GatewayRecordSchema.safeParse(safeJson(e)) : null;
+    if (parsed?.success && parsed.data.enabled) gateways.set(gid, parsed.data);
+    else gateways.delete(gid);
+  };
+
+  const onGatewayEvent = async (subject: string, payload: unknown) => {
+    const parsed = GatewayEventSchema.safeParse(payload);
+    if (!parsed.success) return void log.warn({ subject }, "ignoring a malformed gateway event");
+    const ev = parsed.data;
+    if (ev.type === "list_changed") return void running.get(ev.gid)?.actor.send({ type: "LIST_CHANGED" });
+    if (ev.type === "removed") {
+      gateways.delete(ev.gid);
+      if (running.has(ev.gid)) {
+        await release(ev.gid);
+        await stores.state.delete(KEYS.gatewayStatus(ev.gid)).catch(() => {});
+      }
+      return;
+    }
+    await loadGateway(ev.gid);
+    const reconnect = ev.type === "added" || ev.connectChanged || ev.changedFields.includes("enabled");
+    if (reconnect && gateways.has(ev.gid)) {
+      fresh.add(ev.gid);
+      const owned = running.get(ev.gid);
+      // restart with the new connection settings, keeping the claim
+      if (owned) {
+        stopPoller(ev.gid);
+        await startPoller(ev.gid, owned.revision);
+      }
+    }
+    await reconcileOwnership();
+  };
+
+  // ---- manual refresh ----
+
+  const refreshHere = (gid: string): Promise<DiscoveryOutcome> => {
+    const owned = running.get(gid);
+    if (!owned) throw new ProtocolError("unavailable", "this worker does not poll that gateway");
+    return new Promise((resolve, reject) => owned.actor.send({ type: "REFRESH", responder: { resolve, reject } }));
+  };
+
+  /** A discovery outside any poller (nobody polls the gateway right now); reconciles all the same. */
+  const refreshOnce = async (gid: string): Promise<DiscoveryOutcome> =>
+    probe(gid, "discovery", async ({ client }) =>
+      reconcileCatalog({ catalog: stores.catalog, js: stores.js, s, now: () => new Date() }, gid, await listCatalog(client, config.poller.timeout)),
+    );
+
+  const reply = (gid: string, o: DiscoveryOutcome) => ({ gid, changed: o.changed, hash: o.hash, diff: o.diff });
+  const asUnavailable = (err: unknown): never => {
+    if (err instanceof ProtocolError) throw err;
+    throw new ProtocolError("unavailable", `discovery failed: ${err instanceof Error ? err.message : String(err)}`);
+  };
+
+  const refresh = async (payload: unknown) => {
+    const ref = parseRequest(GatewayRefreshRequestSchema, payload, "gateway reference");
+    const view = await ctx.registry.get(ref);
+    if (!view.enabled) throw new ProtocolError("conflict", `gateway ${view.name} is disabled`);
+    const gid = view.id;
+    if (!gateways.has(gid)) await loadGateway(gid);
+    const owner = owners.get(gid)?.worker;
+    if (owner === me && running.has(gid)) return reply(gid, await refreshHere(gid).catch(asUnavailable));
+    if (owner && owner !== me) {
+      try {
+        return await request(nc, s.poller.refresh(owner), { id: gid }, RefreshReplySchema, config.poller.timeout + 5_000);
+      } catch (err) {
+        if (!isNoResponders(err)) throw err;
+      }
+    }
+    return reply(gid, await refreshOnce(gid).catch(asUnavailable));
+  };
+
+  // ---- start ----
+
+  await heartbeat();
+  const watches = [await watch(`${KEYS.pollerWorkerPrefix}*`, onHeartbeatEntry), await watch(`${KEYS.pollOwnerPrefix}*`, onOwnerEntry)];
+  // follow events before listing, so a gateway added in between is not missed
+  const events = await followEvents(stores.js, stores.streamName, [s.evt.gatewayAll], onGatewayEvent, log);
+  for (const { record } of await ctx.registry.records()) if (record.enabled) gateways.set(record.id, record);
+
+  const subs: Subscription[] = [
+    serve(nc, s.admin.gateway("refresh"), refresh, { queue: QUEUE.admin, log }),
+    serve(
+      nc,
+      s.poller.refresh(me),
+      async (p) => {
+        const { id } = parseRequest(RefreshForwardSchema, p, "refresh");
+        return reply(id, await refreshHere(id).catch(asUnavailable));
+      },
+      { log },
+    ),
+  ];
+  const beat = setInterval(() => void heartbeat(), Math.max(100, Math.floor(ttl / 3)));
+  const tick = setInterval(() => void reconcileOwnership().catch((err) => log.error({ err }, "ownership reconcile failed")), Math.max(100, Math.floor(ttl / 6)));
+  await reconcileOwnership();
+
+  // a worker that lost its NATS connection for good stops polling: it can record nothing
+  void nc.closed().then(() => {
+    stopped = true;
+    clearInterval(beat);
+    clearInterval(tick);
+    for (const gid of [...running.keys()]) stopPoller(gid);
+  });
+
+  return {
+    async stop() {
+      stopped = true;
+      clearInterval(beat);
+      clearInterval(tick);
+      subs.forEach((sub) => sub.unsubscribe());
+      await events.stop();
+      for (const w of watches) w.stop();
+      // hand the gateways over now rather than after the TTL
+      await Promise.all([...running.keys()].map((gid) => release(gid)));
+      await stores.state.delete(KEYS.pollerWorker(me)).catch(() => {});
+    },
+  };
+}
+
+function safeJson(e: { json(): unknown }): unknown {
+  try {
+    return e.json();
+  } catch {
+    return undefined;
+  }
+}
