@@ -33,3 +33,7 @@ export const ClassificationGetReplySchema = z.object({
   classification: ClassificationSchema.nullable(),
   valid: z.boolean(),
 });
+
+/** Request of `mcpgw.admin.classification.get`: no fields. */
+export const ClassificationGetRequestSchema = z.object({}).strict();
+export type ClassificationGetReply = z.infer<typeof ClassificationGetReplySchema>;

@@ -150,7 +150,9 @@ export const KEYS = {
   /** a gateway's live status (health, counts, next poll), kept by its poller */
   gatewayStatus: (gid: string) => `status.${token(gid, "gateway id")}`,
   gatewayStatusPrefix: "status.",
+  /** a gateway's cluster-wide usage, kept by the classifier leader */
   usage: (gid: string) => `usage.${token(gid, "gateway id")}`,
+  usagePrefix: "usage.",
   /** ownership claim of the upstream session actor for (sid, gid) */
   upstreamClaim: (sid: string, gid: string) => `up.${token(sid, "session id")}.${token(gid, "gateway id")}`,
   /** a downstream (edge) session record */

@@ -1,6 +1,7 @@
 import type { NatsConnection } from "@nats-io/transport-node";
 import { Registry } from "../actors/registry.ts";
 import { subjects, type Subjects } from "../protocol/subjects.ts";
+import { startClassifierHost } from "./classifierHost.ts";
 import type { Config } from "./config.ts";
 import { publishEvent } from "./events.ts";
 import type { Logger } from "./logger.ts";
@@ -62,6 +63,8 @@ export async function startWorker(config: Config, nc: NatsConnection, log: Logge
   hosted.push(await startUpstreamHost(ctx));
   const edge = await startEdge(ctx, createUpstreamCaller(nc, s, { callTimeoutMs: config.intervals.callTimeout, log: ctx.log }));
   hosted.push(edge);
+  // last to start, first to stop: a clean shutdown hands the lease over before slower closes
+  hosted.push(await startClassifierHost(ctx));
 
   await nc.flush();
   ctx.log.info({ prefix: config.prefix }, "worker started");

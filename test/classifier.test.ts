@@ -1,0 +1,265 @@
+import assert from "node:assert/strict";
+import { spawn, type ChildProcess } from "node:child_process";
+import { after, before, describe, it } from "node:test";
+import type { NatsConnection } from "@nats-io/transport-node";
+import { Kvm, type KV } from "@nats-io/kv";
+import { createActor, toPromise, type AnyActorLogic, type InputFrom, type OutputFrom } from "xstate";
+import { UsageAggregate } from "../actors/usageAggregate.ts";
+import { ClassificationGetReplySchema, ClassificationSchema, LeaderLeaseSchema, type Classification } from "../protocol/classification.ts";
+import { GatewayViewSchema } from "../protocol/gateway.ts";
+import { KEYS, buckets, subjects } from "../protocol/subjects.ts";
+import type { UsageReport } from "../protocol/usage.ts";
+import { encodeJson, request } from "../runtime/bus.ts";
+import { createClassifierEffects } from "../runtime/classifierHost.ts";
+import { openStores } from "../runtime/nats.ts";
+import { startNats, type TestNats } from "./helpers/nats.ts";
+import { TEST_SECRET_KEY, memoryLogger, testConfig } from "./helpers/worker.ts";
+
+const s = subjects();
+const TTL_MS = 3000;
+
+async function run<L extends AnyActorLogic>(logic: L, input: InputFrom<L>): Promise<OutputFrom<L>> {
+  return toPromise(createActor(logic, { input }).start());
+}
+
+async function until<T>(what: string, check: () => T | undefined | null | false | Promise<T | undefined | null | false>, timeoutMs = 15_000): Promise<T> {
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await check();
+    if (v) return v;
+    if (Date.now() > end) assert.fail(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
+describe("classification fence (two workers' effects interleaved on a real server)", () => {
+  let nats: TestNats;
+  before(async () => {
+    nats = await startNats();
+  });
+  after(async () => {
+    await nats?.stop();
+  });
+
+  it("rejects the commit a deposed leader prepared before it was stopped", async () => {
+    const nc = await nats.connect("runtime");
+    const stores = await openStores(nc, "fence");
+    const gateways = ["a".repeat(16), "b".repeat(16), "c".repeat(16), "d".repeat(16), "e".repeat(16)];
+    const registry = { records: async () => gateways.map((id) => ({ record: { id, enabled: true }, revision: 1 })) } as never;
+    const effects = (worker: string) =>
+      createClassifierEffects({ config: testConfig({ MCPGW_WORKER_ID: worker }), log: memoryLogger().log, stores, registry }, new UsageAggregate(60_000));
+    const a = effects("a");
+    const b = effects("b");
+
+    // a leads and writes once
+    const a1 = (await run(a.actors.acquire, { revision: 0 }))!;
+    let prepared = await run(a.actors.prepareDuty, undefined);
+    const a2 = (await run(a.actors.renew, { revision: a1 }))!;
+    await run(a.actors.commitDuty, { prepared, revision: a2 });
+    assert.equal(a.stats.classificationsWritten, 1);
+
+    // a prepares and renews, then stops before committing; b sees the lease stand still and takes over
+    prepared = await run(a.actors.prepareDuty, undefined);
+    const a3 = (await run(a.actors.renew, { revision: a2 }))!;
+    assert.equal(await run(b.actors.fence, { revision: a3 }), true);
+    const b1 = await run(b.actors.acquire, { revision: a3 });
+    assert.ok(b1);
+    const before = await stores.state.get(KEYS.classification);
+
+    // a wakes up and commits: the fence refuses it, nothing changes
+    await run(a.actors.commitDuty, { prepared, revision: a3 });
+    assert.equal(a.stats.staleWritesRejected, 1);
+    assert.equal(a.stats.classificationsWritten, 1);
+    assert.equal((await stores.state.get(KEYS.classification))?.revision, before?.revision);
+    // ...and so are its renewal and its release
+    assert.equal(await run(a.actors.renew, { revision: a3 }), null);
+    await run(a.actors.release, { revision: a3 });
+    assert.equal(a.stats.staleWritesRejected, 3);
+    assert.equal(LeaderLeaseSchema.parse((await stores.state.get(KEYS.leaderClassifier))!.json()).holder, "b");
+
+    // the new leader writes normally
+    const bp = await run(b.actors.prepareDuty, undefined);
+    const b2 = (await run(b.actors.renew, { revision: b1! }))!;
+    await run(b.actors.commitDuty, { prepared: bp, revision: b2 });
+    const written = ClassificationSchema.parse((await stores.state.get(KEYS.classification))!.json());
+    assert.equal(written.leader, "b");
+    assert.equal(written.leaseRevision, b2);
+  });
+
+  it("a fence on a lease that moved does nothing", async () => {
+    const nc = await nats.connect("runtime");
+    const stores = await openStores(nc, "fence2");
+    const registry = { records: async () => [] } as never;
+    const c = createClassifierEffects({ config: testConfig({ MCPGW_WORKER_ID: "c" }), log: memoryLogger().log, stores, registry }, new UsageAggregate(1));
+    const r1 = (await run(c.actors.acquire, { revision: 0 }))!;
+    await run(c.actors.renew, { revision: r1 });
+    assert.equal(await run(c.actors.fence, { revision: r1 }), false);
+    assert.equal(await stores.state.get(KEYS.classification), null);
+  });
+});
+
+type Child = { id: string; proc: ChildProcess; lines: string[]; stopped: boolean };
+type Seen = { key: string; revision: number; op: string; value: unknown; at: number };
+
+describe("classifier across three worker processes", () => {
+  let nats: TestNats;
+  let nc: NatsConnection;
+  let state: KV;
+  const children = new Map<string, Child>();
+  const seen: Seen[] = [];
+  let gids: string[] = [];
+  let usageTimer: NodeJS.Timeout | undefined;
+
+  function startChild(id: string): Child {
+    const proc = spawn(process.execPath, ["--import", "tsx", "runtime/main.ts"], {
+      env: {
+        ...process.env,
+        NATS_URL: nats.url,
+        NATS_USER: "runtime",
+        NATS_PASSWORD: nats.passwords.runtime,
+        MCPGW_SECRET_KEY: TEST_SECRET_KEY,
+        MCPGW_WORKER_ID: id,
+        MCPGW_EDGE_PORT: "0",
+        MCPGW_EDGE_AUTH: "none",
+        MCPGW_LEADER_TTL: `${TTL_MS}ms`,
+        MCPGW_CLASSIFICATION_INTERVAL: "1s",
+        MCPGW_USAGE_REPORT_INTERVAL: "500ms",
+        MCPGW_HEALTH_INTERVAL: "60s",
+        MCPGW_LOG_LEVEL: "info",
+      },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    const child: Child = { id, proc, lines: [], stopped: false };
+    for (const stream of [proc.stdout!, proc.stderr!]) {
+      let buf = "";
+      stream.on("data", (d) => {
+        buf += String(d);
+        const parts = buf.split("\n");
+        buf = parts.pop()!;
+        child.lines.push(...parts);
+      });
+    }
+    children.set(id, child);
+    return child;
+  }
+
+  const logged = (c: Child, msg: string) => c.lines.some((l) => l.includes(`"msg":"${msg}`));
+  const exited = (c: Child) => new Promise<void>((r) => (c.proc.exitCode !== null || c.proc.signalCode !== null ? r() : c.proc.once("exit", () => r())));
+  const leases = () => seen.filter((e) => e.key === KEYS.leaderClassifier);
+  const classifications = () => seen.filter((e) => e.key === KEYS.classification && e.op === "PUT").map((e) => ({ ...e, c: e.value as Classification }));
+  const holderOf = (e: Seen | undefined) => (e?.op === "PUT" ? LeaderLeaseSchema.parse(e.value).holder : null);
+
+  before(async () => {
+    nats = await startNats();
+    nc = await nats.connect("runtime");
+    await openStores(nc, s.prefix);
+    state = await new Kvm(nc).open(buckets().state);
+    // every write of the two keys, in stream order
+    const watch = await state.watch({ key: ">" });
+    void (async () => {
+      for await (const e of watch) {
+        if (e.key !== KEYS.leaderClassifier && e.key !== KEYS.classification) continue;
+        let value: unknown = null;
+        try {
+          value = e.operation === "PUT" ? e.json() : null;
+        } catch {}
+        seen.push({ key: e.key, revision: e.revision, op: e.operation, value, at: performance.now() });
+      }
+    })();
+    for (const id of ["w1", "w2", "w3"]) startChild(id);
+    await until("three workers started", () => [...children.values()].every((c) => logged(c, "worker started")), 30_000);
+    for (let i = 0; i < 10; i++) {
+      const g = await request(nc, s.admin.gateway("add"), { name: `gw${i}`, transport: "streamable-http", url: "http://127.0.0.1:9/mcp" }, GatewayViewSchema, 5000);
+      gids.push(g.id);
+    }
+    // two gateways in use, as a worker's upstream sessions would report them
+    const report = (): UsageReport => ({
+      worker: "probe",
+      at: Date.now(),
+      gateways: [
+        { gid: gids[3]!, lastUsedAt: Date.now() - 1000, uses: 1, liveSessions: 1 },
+        { gid: gids[7]!, lastUsedAt: Date.now(), uses: 1, liveSessions: 0 },
+      ],
+    });
+    usageTimer = setInterval(() => nc.publish(s.evt.usage, encodeJson(report())), 250);
+  });
+
+  after(async () => {
+    clearInterval(usageTimer);
+    for (const c of children.values()) {
+      c.proc.kill("SIGCONT");
+      c.proc.kill("SIGKILL");
+    }
+    await Promise.all([...children.values()].map(exited));
+    await nats?.stop();
+  });
+
+  it("classifies from usage under exactly one leader, survives SIGKILL, SIGSTOP and SIGTERM of the leader", async () => {
+    const TTL = TTL_MS;
+    // 1. the first classification: the used gateways are hot (N = 10, cap 2), in rank order
+    const first = await until("a classification with the used gateways hot", () =>
+      classifications().find((e) => e.c.hot.length === 2 && e.c.meta.total === 10),
+    );
+    assert.deepEqual(first.c.hot, [gids[7], gids[3]]);
+    assert.equal(first.c.cold.length, 8);
+    const reply = await request(nc, s.admin.classificationGet, {}, ClassificationGetReplySchema, 5000);
+    assert.equal(reply.valid, true);
+    assert.equal(reply.leader?.holder, first.c.leader);
+    const bad = await nc.request(s.admin.classificationGet, encodeJson({ nope: 1 }), { timeout: 5000 });
+    assert.match(new TextDecoder().decode(bad.data), /"code":"invalid_request"/);
+
+    // 2. SIGKILL the leader: another classifies within TTL + 2 s
+    const l1 = children.get(first.c.leader)!;
+    const killedAt = performance.now();
+    l1.proc.kill("SIGKILL");
+    await exited(l1);
+    const second = await until("a classification by a new leader", () => classifications().find((e) => e.at > killedAt && e.c.leader !== l1.id));
+    const killTakeoverMs = second.at - killedAt;
+    console.log(`# SIGKILL of the leader → new leader's classification after ${Math.round(killTakeoverMs)} ms (TTL ${TTL} ms)`);
+    assert.ok(killTakeoverMs <= TTL + 2000, `took ${killTakeoverMs} ms`);
+
+    // 3. SIGSTOP the new leader past its TTL; the third worker takes over; SIGCONT: it steps down, its writes are refused
+    const l2 = children.get(second.c.leader)!;
+    const linesBefore = l2.lines.length;
+    const stoppedAt = performance.now();
+    l2.proc.kill("SIGSTOP");
+    l2.stopped = true;
+    const third = await until("a classification by the third worker", () => classifications().find((e) => e.at > stoppedAt && e.c.leader !== l2.id));
+    await new Promise((r) => setTimeout(r, Math.max(0, stoppedAt + TTL + 500 - performance.now())));
+    const contAt = performance.now();
+    l2.proc.kill("SIGCONT");
+    l2.stopped = false;
+    await until("the woken leader to step down", () => l2.lines.slice(linesBefore).some((l) => l.includes("classifier stepped down")));
+    await until("its stale write to be rejected", () => l2.lines.slice(linesBefore).some((l) => /stale .* rejected/.test(l)));
+    await new Promise((r) => setTimeout(r, 1500));
+    assert.ok(
+      classifications().every((e) => e.at < contAt || e.c.leader === third.c.leader),
+      "after waking, no classification was written by the deposed leader",
+    );
+    assert.equal(holderOf(leases().at(-1)), third.c.leader);
+
+    // 4. SIGTERM the leader: the survivor takes over at once (no TTL standstill wait)
+    const l3 = children.get(third.c.leader)!;
+    const termAt = performance.now();
+    l3.proc.kill("SIGTERM");
+    const handover = await until("a lease taken by the survivor", () => leases().find((e) => e.at > termAt && holderOf(e) === l2.id));
+    const handoverMs = handover.at - termAt;
+    const fourth = await until("a classification by the survivor", () => classifications().find((e) => e.at > termAt && e.c.leader === l2.id));
+    console.log(
+      `# SIGTERM of the leader → lease handed over after ${Math.round(handoverMs)} ms, first classification after ${Math.round(fourth.at - termAt)} ms`,
+    );
+    assert.ok(handoverMs < TTL, `a clean shutdown must not wait for the standstill (${handoverMs} ms)`);
+    await exited(l3);
+    assert.equal(l3.proc.exitCode, 0);
+    assert.ok(logged(l3, "classifier lease released"));
+
+    // Exactly one leader at any time: every classification write (fence bumps included) came
+    // right after a lease write by the same holder, or after a release, in stream order.
+    for (const cl of seen.filter((e) => e.key === KEYS.classification && e.op === "PUT")) {
+      const lease = leases().filter((l) => l.revision < cl.revision).at(-1);
+      if (lease?.op === "PUT") assert.equal(holderOf(lease), (cl.value as Classification).leader, `classification rev ${cl.revision}`);
+    }
+    const holders = leases().map(holderOf).filter((h, i, all) => h !== null && h !== all[i - 1]);
+    assert.deepEqual(holders.filter((h) => h !== null), [l1.id, l2.id, l3.id, l2.id]);
+  });
+});
