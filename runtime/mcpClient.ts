@@ -15,6 +15,13 @@ import type { JsonRpcError } from "../protocol/upstream.ts";
 
 export const CLIENT_INFO = { name: "mcpgw", version: "0.1.0" } as const;
 
+/**
+ * The downstream request an upstream HTTP request is sent for. One instance for the whole
+ * process on purpose: Node 20 pays for every live AsyncLocalStorage on every promise, so one
+ * per connection made 1,000 sessions quadratic. `owner` keeps connections apart.
+ */
+const requestContext = new AsyncLocalStorage<{ owner: object; headers: Record<string, string> }>();
+
 export type UpstreamConnection = {
   client: Client;
   /**
@@ -81,9 +88,11 @@ export async function connectUpstream(opts: ConnectOptions): Promise<UpstreamCon
   client.onerror = (err) => opts.onError(err);
 
   let transport: Transport;
+  /** the SDK forgets its child as soon as its own close starts; kept here for the force */
+  let childPid: number | null = null;
   let forceClose: () => void;
   let politeEnd: () => Promise<void> = async () => {};
-  const requestHeaders = new AsyncLocalStorage<Record<string, string>>();
+  const owner = {};
   let latestHeaders: Record<string, string> | null = null;
   const fallbackHeaders = () =>
     latestHeaders ?? passthroughHeaders(record.passthroughHeaders, typeof opts.initialHeaders === "function" ? opts.initialHeaders() : opts.initialHeaders);
@@ -99,7 +108,7 @@ export async function connectUpstream(opts: ConnectOptions): Promise<UpstreamCon
     });
     transport = stdio;
     forceClose = () => {
-      const pid = stdio.pid;
+      const pid = childPid ?? stdio.pid;
       if (pid !== null) {
         try {
           process.kill(pid, "SIGKILL");
@@ -114,10 +123,14 @@ export async function connectUpstream(opts: ConnectOptions): Promise<UpstreamCon
     const agent = new Agent({
       connect: tls ? { ca: tls.ca, cert: tls.cert, key: tls.key, rejectUnauthorized: tls.rejectUnauthorized ?? true } : {},
     });
+    const currentHeaders = () => {
+      const store = requestContext.getStore();
+      return store?.owner === owner ? store.headers : fallbackHeaders();
+    };
     const fetchUpstream: FetchLike = (input, init) => {
       const h = new Headers(init?.headers);
       // passthrough first, so neither static headers nor auth can be overridden by a client
-      for (const [k, v] of Object.entries(requestHeaders.getStore() ?? fallbackHeaders())) if (!h.has(k)) h.set(k, v);
+      for (const [k, v] of Object.entries(currentHeaders())) if (!h.has(k)) h.set(k, v);
       for (const [k, v] of Object.entries(headers)) h.set(k, v);
       const plain = Object.fromEntries(h.entries());
       return undiciFetch(input, { ...(init as object), headers: plain, dispatcher: agent }) as unknown as Promise<Response>;
@@ -138,6 +151,7 @@ export async function connectUpstream(opts: ConnectOptions): Promise<UpstreamCon
   };
   try {
     await client.connect(transport, { timeout: opts.timeoutMs, signal: opts.signal });
+    if (transport instanceof StdioClientTransport) childPid = transport.pid;
   } catch (err) {
     closing = true;
     forceClose();
@@ -150,7 +164,7 @@ export async function connectUpstream(opts: ConnectOptions): Promise<UpstreamCon
     withRequestHeaders(headers, fn) {
       const allowed = passthroughHeaders(record.passthroughHeaders, headers);
       latestHeaders = allowed;
-      return requestHeaders.run(allowed, fn);
+      return requestContext.run({ owner, headers: allowed }, fn);
     },
     async close() {
       closing = true;

@@ -145,3 +145,376 @@ describe("upstream sessions: isolation, reuse, concurrency", () => {
     assert.equal(JSON.parse(new TextDecoder().decode(claim!.value)).worker, list.sessions[0]!.worker);
   });
 });
+
+describe("upstream sessions: operations", () => {
+  it("forwards every MCP operation; JSON-RPC errors come back unchanged; only allowed headers pass", async () => {
+    const gid = await addGateway({
+      name: "ops",
+      url: fixture.url("ops"),
+      headers: { "x-static": "yes" },
+      auth: { type: "bearer", token: "upstream-secret" },
+      passthroughHeaders: [SESSION_HEADER, "X-Tenant"],
+    });
+    const a = sid("A");
+    const call = async (method: string, params?: Record<string, unknown>) => {
+      const r = await caller.call(a, gid, rpc(a, method, params));
+      assert.ok("result" in r, `${method}: ${JSON.stringify(r)}`);
+      return r.result as any;
+    };
+    assert.ok((await call("tools/list")).tools.some((t: { name: string }) => t.name === "increment"));
+    assert.deepEqual((await call("prompts/list")).prompts.map((p: { name: string }) => p.name), ["greet"]);
+    assert.equal((await call("prompts/get", { name: "greet", arguments: { who: "Ada" } })).messages[0].content.text, "Hello, Ada!");
+    assert.ok((await call("resources/list")).resources.some((r: { uri: string }) => r.uri === "fixture://info"));
+    assert.equal((await call("resources/read", { uri: "fixture://info" })).contents[0].text, "fixture ops");
+    assert.equal((await call("resources/templates/list")).resourceTemplates[0].uriTemplate, "fixture://items/{id}");
+    const completion = await call("completion/complete", { ref: { type: "ref/resource", uri: "fixture://items/{id}" }, argument: { name: "id", value: "ap" } });
+    assert.deepEqual(completion.completion.values, ["apple", "apricot"]);
+    assert.deepEqual(await call("ping"), {});
+
+    const missing = await caller.call(a, gid, rpc(a, "prompts/get", { name: "nope" }));
+    assert.ok("rpcError" in missing);
+    assert.equal(missing.rpcError.code, -32602);
+    // exactly what the fixture's SDK server put on the wire (the client SDK's own prefix is removed)
+    assert.equal(missing.rpcError.message, "MCP error -32602: Prompt nope not found");
+
+    const headers = { [SESSION_HEADER]: a, "X-Tenant": "t1", Authorization: "Bearer client-token", Cookie: "c=1", "x-other": "no" };
+    const seen = JSON.parse(text(await caller.call(a, gid, { ...tool(a, "whoami"), headers })));
+    assert.equal(seen["x-tenant"], "t1");
+    assert.equal(seen["x-static"], "yes");
+    assert.equal(seen.authorization, "Bearer upstream-secret");
+    assert.equal(seen.cookie, undefined);
+    assert.equal(seen["x-other"], undefined);
+    assert.equal(initializes("ops"), 1);
+  });
+
+  it("carries progress with the downstream token, cancellation to the upstream, list_changed as an event", async () => {
+    const gid = await addGateway({ name: "notes", url: fixture.url("notes") });
+    const a = sid("A");
+    const notes: any[] = [];
+    const sub = nc.subscribe(s.upstream.clientNotification(a), { callback: (_e, m) => void notes.push(decodeJson(m.data)) });
+    const listChanged: any[] = [];
+    const evSub = nc.subscribe(s.evt.gateway(gid, "list_changed"), { callback: (_e, m) => void listChanged.push(decodeJson(m.data)) });
+    try {
+      const req = tool(a, "progress", { steps: 3 });
+      const done = await caller.call(a, gid, { ...req, params: { ...req.params, _meta: { progressToken: "tok-1" } } });
+      assert.equal(text(done), "done 3");
+      await waitFor("three progress notifications", () => notes.length >= 3);
+      assert.deepEqual(
+        notes.map((n) => [n.gid, n.requestId, n.notification.method, n.notification.params.progressToken, n.notification.params.progress]),
+        [1, 2, 3].map((i) => [gid, req.requestId, "notifications/progress", "tok-1", i]),
+      );
+
+      const ac = new AbortController();
+      const sleeping = caller.call(a, gid, tool(a, "sleep", { ms: 10_000 }), ac.signal);
+      await waitFor("the sleep to start", () => (fixture.gateway("notes").stats.calls.sleep ?? 0) === 1);
+      ac.abort();
+      await assert.rejects(sleeping, { name: "AbortError" });
+      await waitFor("the upstream to see the cancellation", () => fixture.gateway("notes").stats.cancelled === 1);
+      assert.equal(text(await caller.call(a, gid, tool(a, "echo", { text: "still here" }))), "still here");
+
+      fixture.gateway("notes").toolbox.add("fresh");
+      await waitFor("a list_changed event", () => listChanged.length > 0);
+      assert.deepEqual([listChanged[0].type, listChanged[0].gid, listChanged[0].lists], ["list_changed", gid, ["tools"]]);
+      assert.equal(initializes("notes"), 1);
+    } finally {
+      sub.unsubscribe();
+      evSub.unsubscribe();
+    }
+  });
+
+  it("reports usage per gateway (batched, core NATS)", async () => {
+    const gid = await addGateway({ name: "usage", url: fixture.url("usage") });
+    const reports: any[] = [];
+    const sub = nc.subscribe(s.evt.usage, { callback: (_e, m) => void reports.push(UsageReportSchema.parse(decodeJson(m.data))) });
+    try {
+      const a = sid("A");
+      for (let i = 0; i < 3; i++) await caller.call(a, gid, tool(a, "echo", { text: "u" }));
+      await waitFor("usage with 3 uses and a live session", () => {
+        const mine = reports.flatMap((r) => r.gateways.filter((g: any) => g.gid === gid));
+        return mine.reduce((n: number, g: any) => n + g.uses, 0) === 3 && mine.some((g: any) => g.liveSessions === 1 && g.lastUsedAt !== null);
+      });
+    } finally {
+      sub.unsubscribe();
+    }
+  });
+});
+
+describe("upstream sessions: failures and eviction", () => {
+  it("a tool error keeps the session; a transport error recreates it on the next call", async () => {
+    const gid = await addGateway({ name: "flaky", url: fixture.url("flaky") });
+    const a = sid("A");
+    await caller.call(a, gid, tool(a, "increment"));
+    await caller.call(a, gid, tool(a, "increment"));
+    const failed = await caller.call(a, gid, tool(a, "fail"));
+    assert.ok("result" in failed && failed.result.isError === true);
+    assert.equal(text(await caller.call(a, gid, tool(a, "get_count"))), "2");
+    assert.equal(initializes("flaky"), 1);
+
+    fixture.setDown("flaky", true);
+    await assert.rejects(caller.call(a, gid, tool(a, "get_count")), (err: unknown) => {
+      assert.ok(err instanceof ProtocolError);
+      assert.equal(err.code, "unavailable");
+      assert.match(err.message, /flaky/);
+      return true;
+    });
+    fixture.setDown("flaky", false);
+    await waitFor("the broken session to go", async () => (await listSessions({ sid: a })).sessions.length === 0);
+    assert.equal(text(await caller.call(a, gid, tool(a, "get_count"))), "0", "a new upstream session");
+    assert.equal(initializes("flaky"), 2);
+  });
+
+  it("an unknown or disabled gateway is unavailable, naming it", async () => {
+    await assert.rejects(caller.call(sid("A"), "0123456789abcdef", rpc("x", "ping")), (err: unknown) => {
+      assert.ok(err instanceof ProtocolError && err.code === "unavailable" && err.message.includes("0123456789abcdef"));
+      return true;
+    });
+    const gid = await addGateway({ name: "off", url: fixture.url("off"), enabled: false });
+    await assert.rejects(caller.call(sid("A"), gid, rpc("x", "ping")), /off .*disabled/);
+    await assert.rejects(caller.call("bad.sid", gid, rpc("x", "ping")));
+  });
+
+  it("URL change → the next call reaches the new URL; a description edit keeps the session", async () => {
+    const gid = await addGateway({ name: "mover", url: fixture.url("m1") });
+    const a = sid("A");
+    assert.equal(text(await caller.call(a, gid, tool(a, "increment"))), "1");
+    await updateGateway(gid, { description: "cosmetic", tags: ["x"] });
+    await new Promise((r) => setTimeout(r, 300)); // the event reaches every worker well within this
+    assert.equal((await listSessions({ gid })).sessions.length, 1);
+    assert.equal(text(await caller.call(a, gid, tool(a, "increment"))), "2", "same upstream session");
+    await updateGateway(gid, { url: fixture.url("m2") });
+    await waitFor("the session to be evicted", async () => (await listSessions({ gid })).sessions.length === 0);
+    assert.equal(text(await caller.call(a, gid, tool(a, "increment"))), "1");
+    assert.equal(initializes("m1"), 1);
+    assert.equal(initializes("m2"), 1);
+  });
+
+  /** Opens sessions until both workers host at least one. */
+  async function sessionsOnBothWorkers(gid: string): Promise<string[]> {
+    const sids: string[] = [];
+    for (let i = 0; i < 40; i++) {
+      const x = sid("S");
+      sids.push(x);
+      await caller.call(x, gid, tool(x, "echo", { text: "hi" }));
+      if (new Set((await listSessions({ gid })).sessions.map((i) => i.worker)).size === 2) return sids;
+    }
+    assert.fail("sessions never spread over both workers");
+  }
+
+  it("gateway removed → its actors are gone on every worker and their claims deleted", async () => {
+    const gid = await addGateway({ name: "gone", url: fixture.url("gone") });
+    const sids = await sessionsOnBothWorkers(gid);
+    await request(nc, s.admin.gateway("remove"), { id: gid }, z.unknown(), 5000);
+    await waitFor("every actor of the gateway to go", async () => (await listSessions({ gid })).sessions.length === 0);
+    for (const x of sids) {
+      await waitFor("the claim to be deleted", async () => (await w1.stores.sessions.get(KEYS.upstreamClaim(x, gid)))?.operation !== "PUT");
+    }
+    await assert.rejects(caller.call(sids[0]!, gid, rpc(sids[0]!, "ping")), /not registered/);
+  });
+
+  it("downstream session end → its actors are gone; other sessions stay", async () => {
+    const gid = await addGateway({ name: "ending", url: fixture.url("ending") });
+    const a = sid("A");
+    const b = sid("B");
+    await caller.call(a, gid, tool(a, "echo", { text: "a" }));
+    await caller.call(b, gid, tool(b, "echo", { text: "b" }));
+    await publishEvent(w1.stores.js, s.evt.sessionClosed(a), { sid: a, at: new Date().toISOString(), reason: "client closed" });
+    await waitFor("A's actor to go", async () => (await listSessions({ sid: a })).sessions.length === 0);
+    assert.equal((await listSessions({ sid: b })).sessions.length, 1);
+  });
+
+  it("operators evict by session, by gateway, and drain — on every worker", async () => {
+    const gid = await addGateway({ name: "evictme", url: fixture.url("evictme") });
+    const sids = await sessionsOnBothWorkers(gid);
+    const bySid = await request(nc, s.admin.sessionEvict, { sid: sids[0] }, SessionEvictReplySchema, 5000);
+    assert.deepEqual(bySid, { evicted: 1, workers: ["w1", "w2"] });
+    const byGid = await request(nc, s.admin.sessionEvict, { gid }, SessionEvictReplySchema, 5000);
+    assert.equal(byGid.evicted, sids.length - 1);
+    await waitFor("evicted sessions to go", async () => (await listSessions({ gid })).sessions.length === 0);
+    await assert.rejects(request(nc, s.admin.sessionEvict, {}, SessionEvictReplySchema, 5000), (err: unknown) => {
+      assert.ok(err instanceof ProtocolError && err.code === "invalid_request" && err.issues?.[0]?.path === "sid");
+      return true;
+    });
+
+    const again = await sessionsOnBothWorkers(gid);
+    const drained = await request(nc, s.admin.drain, { reason: "new CA" }, SessionEvictReplySchema, 5000);
+    assert.ok(drained.evicted >= again.length);
+    await waitFor("a drained cluster", async () => (await listSessions()).sessions.length === 0);
+    assert.equal(text(await caller.call(again[0]!, gid, tool(again[0]!, "get_count"))), "0", "usable again after a drain");
+  });
+});
+
+describe("upstream sessions: stdio and a third-party server", () => {
+  it("stdio: one child process per session, isolated and reused, env secrets opened", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "mcpgw-stdio-"));
+    try {
+      const initLog = join(dir, "init.log");
+      const gid = await addGateway({
+        name: "stdio",
+        transport: "stdio",
+        stdio: { command: process.execPath, args: STDIO_FIXTURE, env: { FIXTURE_INIT_LOG: initLog, FIXTURE_SECRET: "s3cr3t" } },
+      });
+      const a = sid("A");
+      const b = sid("B");
+      for (let i = 0; i < 3; i++) await caller.call(a, gid, tool(a, "increment"));
+      await caller.call(b, gid, tool(b, "increment"));
+      assert.equal(text(await caller.call(a, gid, tool(a, "get_count"))), "3");
+      assert.equal(text(await caller.call(b, gid, tool(b, "get_count"))), "1");
+      const pidA = text(await caller.call(a, gid, tool(a, "pid")));
+      const pidB = text(await caller.call(b, gid, tool(b, "pid")));
+      assert.notEqual(pidA, pidB);
+      const lines = readFileSync(initLog, "utf8").trim().split("\n");
+      assert.ok(lines.some((l) => l === `${pidA} s3cr3t`) && lines.some((l) => l === `${pidB} s3cr3t`));
+      assert.equal(lines.filter((l) => l.startsWith(`${pidA} `)).length, 1, "A's child initialized once");
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("@modelcontextprotocol/server-everything over stdio", async () => {
+    const gid = await addGateway({ name: "everything", transport: "stdio", stdio: { command: process.execPath, args: [EVERYTHING, "stdio"] } });
+    const a = sid("A");
+    const tools = await caller.call(a, gid, rpc(a, "tools/list"));
+    assert.ok("result" in tools && (tools.result.tools as Array<{ name: string }>).some((t) => t.name === "echo"));
+    assert.match(text(await caller.call(a, gid, tool(a, "echo", { message: "hello everything" }))), /hello everything/);
+    const prompts = await caller.call(a, gid, rpc(a, "prompts/list"));
+    assert.ok("result" in prompts && Array.isArray(prompts.result.prompts));
+  });
+});
+
+describe("upstream sessions: bounded close", () => {
+  async function timedClose(a: string, gid: string): Promise<number> {
+    const t0 = performance.now();
+    const m = await nc.request(s.upstream.op(a, gid, "close"), encodeJson({}), { timeout: 10_000 });
+    assert.equal(AnyEnvelopeSchema.parse(decodeJson(m.data)).ok, true);
+    return performance.now() - t0;
+  }
+
+  it("an HTTP upstream that never answers: close returns within 2× shutdownTimeout", async () => {
+    const gid = await addGateway({ name: "frozen", url: fixture.url("frozen") });
+    const a = sid("A");
+    await caller.call(a, gid, tool(a, "echo", { text: "up" }));
+    fixture.setFrozen("frozen", true);
+    const stuck = caller.call(a, gid, tool(a, "echo", { text: "never" })).catch((e: unknown) => e);
+    await new Promise((r) => setTimeout(r, 100));
+    const ms = await timedClose(a, gid);
+    console.log(`# measured: close with a frozen HTTP upstream took ${ms.toFixed(0)} ms (bound ${2 * SHUTDOWN_MS} ms)`);
+    assert.ok(ms <= 2 * SHUTDOWN_MS, `close took ${ms} ms`);
+    assert.ok((await stuck) instanceof ProtocolError, "the in-flight call is answered with an error");
+    fixture.setFrozen("frozen", false);
+  });
+
+  it("a stdio child ignoring SIGTERM and stdin EOF: close returns within 2× shutdownTimeout and the child is killed", async () => {
+    const gid = await addGateway({
+      name: "stubborn",
+      transport: "stdio",
+      stdio: { command: process.execPath, args: [...STDIO_FIXTURE, "--ignore-sigterm", "--linger"] },
+    });
+    const a = sid("A");
+    const pid = Number(text(await caller.call(a, gid, tool(a, "pid"))));
+    const ms = await timedClose(a, gid);
+    console.log(`# measured: close of a stdio child ignoring SIGTERM took ${ms.toFixed(0)} ms (bound ${2 * SHUTDOWN_MS} ms)`);
+    assert.ok(ms <= 2 * SHUTDOWN_MS, `close took ${ms} ms`);
+    await waitFor("the child to be gone", () => !isRunning(pid), 1000);
+  });
+});
+
+function isRunning(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+describe("upstream sessions: worker processes", () => {
+  const children: ChildProcess[] = [];
+
+  function startWorkerProcess(prefix: string, id: string, env: Record<string, string> = {}): Promise<ChildProcess> {
+    const child = spawn(process.execPath, ["--import", "tsx", "runtime/main.ts"], {
+      env: {
+        ...process.env,
+        NATS_URL: nats.url,
+        NATS_USER: "runtime",
+        NATS_PASSWORD: nats.passwords.runtime,
+        MCPGW_SECRET_KEY: TEST_SECRET_KEY,
+        MCPGW_SUBJECT_PREFIX: prefix,
+        MCPGW_WORKER_ID: id,
+        MCPGW_EDGE_PORT: "0",
+        MCPGW_EDGE_AUTH: "none",
+        MCPGW_LOG_LEVEL: "warn",
+        ...env,
+      },
+      stdio: ["ignore", "ignore", "inherit"],
+    });
+    children.push(child);
+    return Promise.resolve(child);
+  }
+
+  async function waitForWorkers(on: Subjects, ids: string[]): Promise<void> {
+    await waitFor(`workers ${ids.join(", ")}`, async () => {
+      const r = await request(nc, on.admin.sessionList, {}, SessionListReplySchema, 2000).catch(() => null);
+      return ids.every((id) => r?.workers.includes(id));
+    }, 30_000);
+  }
+
+  const exited = (child: ChildProcess) => new Promise<void>((r) => (child.exitCode !== null || child.signalCode !== null ? r() : child.once("exit", () => r())));
+
+  after(async () => {
+    for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill("SIGKILL");
+    await Promise.all(children.map(exited));
+  });
+
+  it("SIGKILL of the hosting worker → the next call succeeds through the survivor within 1 s", async () => {
+    const ks = subjects("ktest");
+    const kcaller = createUpstreamCaller(nc, ks, { callTimeoutMs: 10_000, log: memoryLogger().log });
+    const k1 = await startWorkerProcess("ktest", "k1");
+    const k2 = await startWorkerProcess("ktest", "k2");
+    await waitForWorkers(ks, ["k1", "k2"]);
+    const gid = await addGateway({ name: "killme", url: fixture.url("killme") }, ks);
+    const a = sid("A");
+    assert.equal(text(await kcaller.call(a, gid, tool(a, "increment"))), "1");
+    const host = (await request(nc, ks.admin.sessionList, { sid: a }, SessionListReplySchema, 5000)).sessions[0]!.worker;
+    const [victim, survivor] = host === "k1" ? [k1, "k2"] : [k2, "k1"];
+    victim.kill("SIGKILL");
+    await exited(victim);
+    const t0 = performance.now();
+    assert.equal(text(await kcaller.call(a, gid, tool(a, "increment"))), "1", "a new upstream session");
+    const ms = performance.now() - t0;
+    console.log(`# measured: first call after SIGKILL of the hosting worker took ${ms.toFixed(0)} ms`);
+    assert.ok(ms < 1000, `took ${ms} ms`);
+    const now = await request(nc, ks.admin.sessionList, { sid: a }, SessionListReplySchema, 5000);
+    assert.deepEqual(now.sessions.map((x) => x.worker), [survivor]);
+  });
+
+  it("SIGTERM of a worker with many live sessions finishes within 2× shutdownTimeout", async () => {
+    const SESSIONS = Number(process.env.MCPGW_TEST_SESSIONS ?? 1000);
+    const shutdownMs = 2000;
+    const ts = subjects("ttest");
+    const tcaller = createUpstreamCaller(nc, ts, { callTimeoutMs: 30_000, log: memoryLogger().log });
+    const t1 = await startWorkerProcess("ttest", "t1", { MCPGW_SHUTDOWN_TIMEOUT: `${shutdownMs}ms` });
+    await waitForWorkers(ts, ["t1"]);
+    const gid = await addGateway({ name: "many", url: fixture.url("many") }, ts);
+    const t0 = performance.now();
+    let next = 0;
+    await Promise.all(
+      Array.from({ length: 50 }, async () => {
+        while (next < SESSIONS) {
+          const x = `many-${next++}`;
+          await tcaller.call(x, gid, tool(x, "echo", { text: "x" }));
+        }
+      }),
+    );
+    const live = await request(nc, ts.admin.sessionList, {}, SessionListReplySchema, 10_000);
+    console.log(`# measured: opened ${live.sessions.length} upstream sessions in ${(performance.now() - t0).toFixed(0)} ms`);
+    assert.equal(live.sessions.length, SESSIONS);
+    const stop0 = performance.now();
+    t1.kill("SIGTERM");
+    await exited(t1);
+    const ms = performance.now() - stop0;
+    console.log(`# measured: SIGTERM → exit with ${SESSIONS} live sessions took ${ms.toFixed(0)} ms (bound ${2 * shutdownMs} ms)`);
+    assert.equal(t1.exitCode, 0);
+    assert.ok(ms <= 2 * shutdownMs, `took ${ms} ms`);
+    await waitFor("the upstream sessions to be ended", () => fixture.gateway("many").sessions.size === 0, 5000);
+  });
+});

@@ -3,6 +3,7 @@ import { Command, Option } from "commander";
 import { connectAdmin, type Admin, type CliOptions } from "./connection.ts";
 import { gatewayCommands } from "./gatewayCommands.ts";
 import { errorLine } from "./output.ts";
+import { sessionCommands } from "./sessionCommands.ts";
 
 const program = new Command("mcpgw")
   .description("operate an mcpgw cluster over NATS")
@@ -29,5 +30,6 @@ async function run(fn: (admin: Admin, print: (human: string, json: unknown) => v
 }
 
 program.addCommand(gatewayCommands(run));
+sessionCommands(run).forEach((c) => program.addCommand(c));
 
 await program.parseAsync(process.argv);
