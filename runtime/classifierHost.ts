@@ -163,12 +163,21 @@ export function createClassifierEffects(
     }),
     release: fromPromise<void, { revision: number }>(async ({ input }) => {
       if (input.revision === 0) return;
-      const done = await cas(async () => {
-        await kv.delete(KEYS.leaderClassifier, { previousSeq: input.revision });
-        return input.revision;
-      });
+      const del = (revision: number) =>
+        cas(async () => {
+          await kv.delete(KEYS.leaderClassifier, { previousSeq: revision });
+          return revision;
+        });
+      let done = await del(input.revision);
+      if (done === null) {
+        // a renewal still in flight when we decided to let go may have moved the revision;
+        // only this worker writes its own id as holder, so that revision is still ours
+        const e = await getLive(kv, KEYS.leaderClassifier);
+        const v = e ? LeaderLeaseSchema.safeParse(safeJson(e)) : null;
+        if (e && v?.success && v.data.holder === me) done = await del(e.revision);
+      }
       if (done === null) rejected("lease release", input.revision);
-      else log.info({ revision: input.revision }, "classifier lease released");
+      else log.info({ revision: done }, "classifier lease released");
     }),
     prepareDuty: fromPromise<unknown, void>(async (): Promise<Prepared> => {
       // read first: the renewal that follows is what fences the write at this revision

@@ -143,6 +143,17 @@ describe("classifier across three worker processes", () => {
     return child;
   }
 
+  async function cliOutput(args: string[]): Promise<string> {
+    const proc = spawn(process.execPath, ["--import", "tsx", "runtime/cli/main.ts", "--server", nats.url, "--user", "admin", "--password", nats.passwords.admin, ...args], {
+      stdio: ["ignore", "pipe", "inherit"],
+    });
+    let out = "";
+    proc.stdout!.on("data", (d) => (out += String(d)));
+    const code = await new Promise((r) => proc.once("exit", r));
+    assert.equal(code, 0);
+    return out;
+  }
+
   const logged = (c: Child, msg: string) => c.lines.some((l) => l.includes(`"msg":"${msg}`));
   const exited = (c: Child) => new Promise<void>((r) => (c.proc.exitCode !== null || c.proc.signalCode !== null ? r() : c.proc.once("exit", () => r())));
   const leases = () => seen.filter((e) => e.key === KEYS.leaderClassifier);
@@ -205,6 +216,10 @@ describe("classifier across three worker processes", () => {
     const reply = await request(nc, s.admin.classificationGet, {}, ClassificationGetReplySchema, 5000);
     assert.equal(reply.valid, true);
     assert.equal(reply.leader?.holder, first.c.leader);
+    const cli = await cliOutput(["classification"]);
+    assert.match(cli, new RegExp(`leader\\s+${first.c.leader} \\(lease revision`));
+    assert.match(cli, new RegExp(`hot\\s+1\\s+${gids[7]}\\s+gw7\\nhot\\s+2\\s+${gids[3]}\\s+gw3\\n`));
+    assert.match(cli, /10 enabled, 2 with recorded use, hot 2 of cap 2/);
     const bad = await nc.request(s.admin.classificationGet, encodeJson({ nope: 1 }), { timeout: 5000 });
     assert.match(new TextDecoder().decode(bad.data), /"code":"invalid_request"/);
 
@@ -244,11 +259,12 @@ describe("classifier across three worker processes", () => {
     l3.proc.kill("SIGTERM");
     const handover = await until("a lease taken by the survivor", () => leases().find((e) => e.at > termAt && holderOf(e) === l2.id));
     const handoverMs = handover.at - termAt;
+    const classifierLog = (c: Child) => c.lines.filter((l) => /classif|lease/.test(l)).slice(-8).join("\n");
     const fourth = await until("a classification by the survivor", () => classifications().find((e) => e.at > termAt && e.c.leader === l2.id));
     console.log(
       `# SIGTERM of the leader → lease handed over after ${Math.round(handoverMs)} ms, first classification after ${Math.round(fourth.at - termAt)} ms`,
     );
-    assert.ok(handoverMs < TTL, `a clean shutdown must not wait for the standstill (${handoverMs} ms)`);
+    assert.ok(handoverMs < TTL, `a clean shutdown must not wait for the standstill (${handoverMs} ms)\n${classifierLog(l3)}\n${classifierLog(l2)}`);
     await exited(l3);
     assert.equal(l3.proc.exitCode, 0);
     assert.ok(logged(l3, "classifier lease released"));
