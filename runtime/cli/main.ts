@@ -1,5 +1,6 @@
 // `mcpgw`: the operator's command line over NATS.
 import { Command, Option } from "commander";
+import { classificationCommand } from "./classificationCommands.ts";
 import { connectAdmin, type Admin, type CliOptions } from "./connection.ts";
 import { gatewayCommands } from "./gatewayCommands.ts";
 import { errorLine } from "./output.ts";
@@ -30,6 +31,7 @@ async function run(fn: (admin: Admin, print: (human: string, json: unknown) => v
 }
 
 program.addCommand(gatewayCommands(run));
+program.addCommand(classificationCommand(run));
 sessionCommands(run).forEach((c) => program.addCommand(c));
 
 await program.parseAsync(process.argv);
