@@ -35,6 +35,7 @@ type OwnerView = { worker: string | null; revision: number };
 /** At most `limit` polls at once on this worker; the rest wait their turn. */
 class PollSlots {
   #free: number;
+  #closed = false;
   readonly #queue: Array<() => void> = [];
   constructor(limit: number) {
     this.#free = limit;
@@ -43,12 +44,17 @@ class PollSlots {
     if (this.#free > 0) this.#free--;
     else await new Promise<void>((resolve) => this.#queue.push(resolve));
     try {
+      if (this.#closed) throw new Error("the poller host is stopping");
       return await fn();
     } finally {
       const next = this.#queue.shift();
       if (next) next();
       else this.#free++;
     }
+  }
+  /** polls still waiting for a slot give up (the worker stops) */
+  close(): void {
+    this.#closed = true;
   }
 }
 
@@ -98,8 +104,9 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
   const probe = async <T>(gid: string, kind: string, fn: (conn: Awaited<ReturnType<GatewayConnector>>) => Promise<T>): Promise<T> => {
     const record = gateways.get(gid);
     if (!record) throw new Error("gateway is no longer registered");
+    // logged when due, before the concurrency cap may hold it back
+    log.debug({ gid, kind }, "poll");
     return slots.run(async () => {
-      log.debug({ gid, kind }, "poll");
       let conn;
       try {
         conn = await connect(record, config.poller.timeout);
@@ -379,6 +386,7 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
   // a worker that lost its NATS connection for good stops polling: it can record nothing
   void nc.closed().then(() => {
     stopped = true;
+    slots.close();
     clearInterval(beat);
     clearInterval(tick);
     for (const gid of [...running.keys()]) stopPoller(gid);
@@ -387,6 +395,7 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
   return {
     async stop() {
       stopped = true;
+      slots.close();
       clearInterval(beat);
       clearInterval(tick);
       subs.forEach((sub) => sub.unsubscribe());
