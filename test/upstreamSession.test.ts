@@ -14,7 +14,7 @@ import { ProtocolError } from "../protocol/envelope.ts";
 import { KEYS, subjects, type Subjects } from "../protocol/subjects.ts";
 import { SessionEvictReplySchema, SessionListReplySchema, type UpstreamCallReply } from "../protocol/upstream.ts";
 import { UsageReportSchema } from "../protocol/usage.ts";
-import { decodeJson, encodeJson, request } from "../runtime/bus.ts";
+import { decodeJson, encodeJson, isNoResponders, request } from "../runtime/bus.ts";
 import { publishEvent } from "../runtime/events.ts";
 import { createUpstreamCaller, type UpstreamCaller } from "../runtime/upstreamClient.ts";
 import { startFixtureHttp, type FixtureHttp } from "./fixtures/fixtureHttp.ts";
@@ -476,23 +476,33 @@ describe("upstream sessions: worker processes", () => {
     assert.equal(text(await kcaller.call(a, gid, tool(a, "increment"))), "1");
     const host = (await request(nc, ks.admin.sessionList, { sid: a }, SessionListReplySchema, 5000)).sessions[0]!.worker;
     const [victim, survivor] = host === "k1" ? [k1, "k2"] : [k2, "k1"];
-    victim.kill("SIGKILL");
-    await exited(victim);
     const t0 = performance.now();
+    victim.kill("SIGKILL");
+    // A request that reaches the dead worker before nats-server has seen its socket close has
+    // an unknown outcome and is never retried; callers see "no responders" once the server knows.
+    const gone = async () =>
+      nc.request(ks.upstream.op(a, gid, "status"), encodeJson({}), { timeout: 100 }).then(
+        () => false,
+        (err: unknown) => isNoResponders(err),
+      );
+    await waitFor("nats-server to drop the killed worker", gone, 1000);
+    const detectedMs = performance.now() - t0;
     assert.equal(text(await kcaller.call(a, gid, tool(a, "increment"))), "1", "a new upstream session");
     const ms = performance.now() - t0;
-    console.log(`# measured: first call after SIGKILL of the hosting worker took ${ms.toFixed(0)} ms`);
+    console.log(`# measured: SIGKILL → dead worker's address gone ${detectedMs.toFixed(0)} ms → next call answered by the survivor ${ms.toFixed(0)} ms after the kill`);
+    await exited(victim);
     assert.ok(ms < 1000, `took ${ms} ms`);
     const now = await request(nc, ks.admin.sessionList, { sid: a }, SessionListReplySchema, 5000);
     assert.deepEqual(now.sessions.map((x) => x.worker), [survivor]);
   });
 
   it("SIGTERM of a worker with many live sessions finishes within 2× shutdownTimeout", async () => {
-    const SESSIONS = Number(process.env.MCPGW_TEST_SESSIONS ?? 1000);
-    const shutdownMs = 2000;
+    // 200 by default: opening 1,000 takes ~35 s on a shared 2-core machine (MCPGW_TEST_SESSIONS=1000 for the full figure)
+    const SESSIONS = Number(process.env.MCPGW_TEST_SESSIONS ?? 200);
+    const shutdownMs = Number(process.env.MCPGW_TEST_SHUTDOWN_MS ?? 2000);
     const ts = subjects("ttest");
     const tcaller = createUpstreamCaller(nc, ts, { callTimeoutMs: 30_000, log: memoryLogger().log });
-    const t1 = await startWorkerProcess("ttest", "t1", { MCPGW_SHUTDOWN_TIMEOUT: `${shutdownMs}ms` });
+    const t1 = await startWorkerProcess("ttest", "t1", { MCPGW_SHUTDOWN_TIMEOUT: `${shutdownMs}ms`, });
     await waitForWorkers(ts, ["t1"]);
     const gid = await addGateway({ name: "many", url: fixture.url("many") }, ts);
     const t0 = performance.now();
