@@ -67,6 +67,7 @@ export const EnvSchema = z.object({
   MCPGW_SESSION_IDLE_TTL: z.preprocess(blankIsUnset, duration("30m")),
   MCPGW_SHUTDOWN_TIMEOUT: z.preprocess(blankIsUnset, duration("5s", 10)),
   MCPGW_CALL_TIMEOUT: z.preprocess(blankIsUnset, duration("60s", 10)),
+  MCPGW_USAGE_REPORT_INTERVAL: z.preprocess(blankIsUnset, duration("5s", 100)),
   MCPGW_MAX_CONCURRENT_POLLS: z.preprocess(blankIsUnset, int(16, 1, 10_000)),
   MCPGW_LIST_CHANGED_DEBOUNCE: z.preprocess(blankIsUnset, duration("2s", 0)),
   MCPGW_POLL_BACKOFF_MAX: z.preprocess(blankIsUnset, duration("10m", 100)),
@@ -109,6 +110,7 @@ export type Config = {
     sessionIdleTtl: number;
     shutdownTimeout: number;
     callTimeout: number;
+    usageReport: number;
   };
   maxConcurrentPolls: number;
   unhealthyThreshold: number;
@@ -177,6 +179,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       sessionIdleTtl: e.MCPGW_SESSION_IDLE_TTL,
       shutdownTimeout: e.MCPGW_SHUTDOWN_TIMEOUT,
       callTimeout: e.MCPGW_CALL_TIMEOUT,
+      usageReport: e.MCPGW_USAGE_REPORT_INTERVAL,
     },
     maxConcurrentPolls: e.MCPGW_MAX_CONCURRENT_POLLS,
     unhealthyThreshold: e.MCPGW_UNHEALTHY_THRESHOLD,
