@@ -153,7 +153,9 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
           const previous = x.conn;
           x.conn = null;
           if (previous) void closeBounded(previous);
-          const conn = await connectUpstream({
+          // declared before the connect: the transport may report a close while it is still connecting
+          let conn: Awaited<ReturnType<typeof connectUpstream>> | null = null;
+          conn = await connectUpstream({
             record: x.record,
             open: (sealed, gid) => ctx.box.open(sealed, gid),
             initialHeaders: () => x.latestHeaders,
@@ -161,7 +163,7 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
             signal,
             onNotification: (n) => onUpstreamNotification(x, n),
             onClosed: () => {
-              if (x.conn === conn) x.actor.send({ type: "CLOSE", reason: "the upstream closed the connection" });
+              if (conn !== null && x.conn === conn) x.actor.send({ type: "CLOSE", reason: "the upstream closed the connection" });
             },
             onError: (err) => log.debug({ gid: x.gid, err: err.message }, "upstream transport reported an error"),
           });

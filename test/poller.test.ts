@@ -17,6 +17,9 @@ const ENV = {
   MCPGW_ALLOW_SHORT_INTERVALS: "1",
   MCPGW_HEALTH_INTERVAL: "400ms",
   MCPGW_DISCOVERY_INTERVAL: "1s",
+  // The worker's classifier first classifies one usage-report window after start; with fewer
+  // than 5 gateways it would mark them all cold (3× discovery) in the middle of these tests.
+  MCPGW_USAGE_REPORT_INTERVAL: "10m",
 };
 
 async function waitFor<T>(what: string, fn: () => Promise<T | undefined | null | false>, timeoutMs = 10_000): Promise<T> {
@@ -83,9 +86,12 @@ describe("gateway pollers (one worker)", () => {
     assert.ok(changes().some((c) => c.diff.added.tools.includes("dynamic_tool")), "an event names the added tool");
     sub.unsubscribe();
 
-    const view = await worker.registry.get({ name: "alpha" });
+    // the status follows the catalog write
+    const view = await waitFor("the status counting the tools again", async () => {
+      const v = await worker.registry.get({ name: "alpha" });
+      return v.status?.tools === first.value.tools.length ? v : null;
+    });
     assert.equal(view.status?.health, "healthy");
-    assert.equal(view.status?.tools, first.value.tools.length);
     assert.equal(view.status?.prompts, 1);
     assert.equal(view.status?.tier, "unclassified");
     assert.ok(view.status?.lastSuccessAt);
