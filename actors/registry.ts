@@ -157,10 +157,10 @@ export class Registry {
       throw err;
     }
     await this.#releaseName(record.name, record.id);
+    // What other actors keep about the gateway goes with it, also when no poller is running.
     await Promise.allSettled([
       this.#d.catalog.delete(KEYS.catalog(record.id)),
-      this.#d.state.delete(KEYS.pollHealth(record.id)),
-      this.#d.state.delete(KEYS.pollDiscovery(record.id)),
+      ...[KEYS.pollHealth, KEYS.pollDiscovery, KEYS.pollOwner, KEYS.gatewayStatus, KEYS.usage].map((key) => this.#d.state.delete(key(record.id))),
     ]);
     await this.#emit(record.id, { type: "removed", gid: record.id, name: record.name, at: this.#now().toISOString() });
     return { id: record.id, name: record.name, removed: true };

@@ -4,7 +4,7 @@ import type { NatsConnection } from "@nats-io/transport-node";
 import { Kvm } from "@nats-io/kv";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { AnyEnvelopeSchema, type Envelope } from "../protocol/envelope.ts";
-import { buckets, eventStream, subjects, type AdminGatewayOp } from "../protocol/subjects.ts";
+import { buckets, eventStream, KEYS, subjects, type AdminGatewayOp } from "../protocol/subjects.ts";
 import { decodeJson, encodeJson } from "../runtime/bus.ts";
 import { startNats, type TestNats } from "./helpers/nats.ts";
 import { startTestWorker, type TestWorker } from "./helpers/worker.ts";
@@ -86,7 +86,17 @@ describe("gateway registry", () => {
     assert.equal((await admin(nc, "get", { name: "crud" })).ok, false, "old name released");
     assert.equal(data(await admin(nc, "get", { name: "crud2" })).id, added.id);
 
+    // what other actors keep about a gateway is removed with it
+    const state = await new Kvm(nc).open(B.state);
+    const catalogKv = await new Kvm(w1.nc).open(B.catalog);
+    const runtimeState = await new Kvm(w1.nc).open(B.state);
+    await runtimeState.put(KEYS.usage(added.id), JSON.stringify({ lastUsedAt: 1, uses: 1 }));
+    await catalogKv.put(KEYS.catalog(added.id), "{}");
     assert.deepEqual(data(await admin(nc, "remove", { name: "crud2" })), { id: added.id, name: "crud2", removed: true });
+    for (const key of [KEYS.usage(added.id), KEYS.gatewayStatus(added.id), KEYS.pollOwner(added.id), KEYS.pollHealth(added.id)]) {
+      assert.notEqual((await state.get(key))?.operation ?? "absent", "PUT", `${key} removed`);
+    }
+    assert.notEqual((await catalogKv.get(KEYS.catalog(added.id)))?.operation ?? "absent", "PUT", "catalog removed");
     const gone = await admin(nc, "get", { id: added.id });
     assert.equal(!gone.ok && gone.error.code, "not_found");
     // the name is free again
