@@ -79,6 +79,14 @@ async function main(): Promise<void> {
     if (stopping) return;
     stopping = true;
     log.info({ signal }, "shutting down");
+    // The close bound holds even when something ignores cancellation or the event loop is
+    // saturated: at twice the shutdown timeout the process gives up, says so, and exits.
+    const bound = 2 * config.intervals.shutdownTimeout;
+    setTimeout(() => {
+      log.error({ boundMs: bound }, "shutdown did not finish within its bound; exiting anyway");
+      embedded?.process.kill("SIGKILL");
+      process.exit(1);
+    }, bound).unref();
     try {
       await worker.stop();
       await nc.drain();
