@@ -113,8 +113,10 @@ export function delayToSlot(nowMs: number, periodMs: number, phase: number, minG
 
 /**
  * True when the stamp shows this slot's poll was already done (by any worker): the last
- * success is less than half a period old. Anything older, absent or in the future means poll.
+ * success is less than `periodMs` minus half a slot old. Slots sit `slotMs` apart (the
+ * period itself unless a poll is due only every few slots, as cold discovery is).
+ * Anything older, absent or in the future means poll.
  */
-export function slotAlreadyPolled(last: number | null, nowMs: number, periodMs: number): boolean {
-  return last !== null && nowMs - last < periodMs / 2;
+export function slotAlreadyPolled(last: number | null, nowMs: number, periodMs: number, slotMs = periodMs): boolean {
+  return last !== null && nowMs - last < periodMs - slotMs / 2;
 }

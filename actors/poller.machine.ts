@@ -1,6 +1,8 @@
 // The gateway poller: one per enabled gateway in the cluster, hosted by the worker that owns
 // the gateway's poll lease. Two parallel regions: health checks on their own interval (never
 // gated by classification) and discovery at the base interval scaled by the gateway's tier.
+// Discovery wakes at every slot of the base interval and reads the classification then, so a
+// cold gateway whose classification is deleted or expires is back at 1× on the next slot.
 // Effects (MCP client, KV, clock) are provided by the runtime.
 import { assign, enqueueActions, fromPromise, setup } from "xstate";
 import type { CatalogDiff } from "../protocol/catalog.ts";
@@ -141,8 +143,9 @@ const poller = setup({
           : delayToSlot(now, p, c.phase, params?.first ? 0 : p / 2) + jitter(c, p);
       return { healthDelay, nextHealthAt: now + healthDelay };
     }),
+    /** next slot of the base interval (whether it is due for the gateway's tier is decided then) */
     scheduleDiscovery: assign(({ context: c }, params: { first?: boolean } | undefined) => {
-      const p = discoveryPeriod(c);
+      const p = c.timings.discovery;
       return { discoveryDelay: delayToSlot(c.now(), p, c.phase, params?.first ? 0 : p / 2) + jitter(c, p) };
     }),
     /** hands the status to `writeStatus` only when a field readers act on changed */
@@ -167,6 +170,8 @@ const poller = setup({
     },
     clearRefresh: assign({ refreshInFlight: [] }),
     readTier: assign({ tier: ({ context }, params: { state: PollState }) => tierOf(params.state.classification, context.gid, context.now()) }),
+    /** the classification could not be read: fail open */
+    unclassified: assign({ tier: "unclassified" as const }),
   },
   guards: {
     discoverNow: ({ context }) => context.discoverNow === true,
@@ -176,8 +181,14 @@ const poller = setup({
     discoveredWithinDebounce: ({ context: c }) => c.lastDiscoveryEndedAt !== null && c.now() - c.lastDiscoveryEndedAt < c.timings.listChangedDebounce,
     healthSlotDone: ({ context: c }, params: { state: PollState }) =>
       c.health !== "unhealthy" && slotAlreadyPolled(lastPollAt(params.state.health, c.now()), c.now(), c.timings.health),
+    /** judged by the tier in the state just read, not the one of the previous slot */
     discoverySlotDone: ({ context: c }, params: { state: PollState }) =>
-      slotAlreadyPolled(lastPollAt(params.state.discovery, c.now()), c.now(), discoveryPeriod(c)),
+      slotAlreadyPolled(
+        lastPollAt(params.state.discovery, c.now()),
+        c.now(),
+        c.timings.discovery * DISCOVERY_MULTIPLIER[tierOf(params.state.classification, c.gid, c.now())],
+        c.timings.discovery,
+      ),
   },
   delays: {
     healthDelay: ({ context }) => context.healthDelay,
@@ -282,7 +293,8 @@ export const pollerMachine = poller.createMachine({
               },
               { target: "discovering", actions: [{ type: "readTier", params: ({ event }) => ({ state: event.output }) }] },
             ],
-            onError: { target: "discovering" },
+            // state unreadable: discover anyway, at the base interval (fail open)
+            onError: { target: "discovering", actions: "unclassified" },
           },
         },
         discovering: {
@@ -299,7 +311,12 @@ export const pollerMachine = poller.createMachine({
                 "scheduleDiscovery",
                 {
                   type: "recordPoll",
-                  params: ({ context }) => ({ kind: "discovery" as const, at: context.lastSuccessAt!, nextAt: iso(context.now() + context.discoveryDelay) }),
+                  // the slot at which the next discovery falls due for the current tier
+                  params: ({ context: c }) => ({
+                    kind: "discovery" as const,
+                    at: c.lastSuccessAt!,
+                    nextAt: iso(c.now() + c.discoveryDelay + discoveryPeriod(c) - c.timings.discovery),
+                  }),
                 },
                 { type: "answerRefresh", params: ({ event }) => ({ outcome: event.output }) },
                 "clearRefresh",

@@ -112,6 +112,11 @@ describe("tiers and stamps", () => {
     assert.equal(slotAlreadyPolled(now - 50_000, now, 60_000), false);
     assert.equal(slotAlreadyPolled(null, now, 60_000), false);
   });
+
+  it("a poll due every third slot counts as done until half a slot before its period", () => {
+    assert.equal(slotAlreadyPolled(now - 120_000, now, 180_000, 60_000), true, "two slots later: not due");
+    assert.equal(slotAlreadyPolled(now - 170_000, now, 180_000, 60_000), false, "third slot: due");
+  });
 });
 
 describe("slots", () => {

@@ -17,6 +17,8 @@ type Options = { classification?: unknown; discoverNow?: boolean; discoveryInter
 function harness(opts: Options = {}) {
   const clock = new SimulatedClock();
   const upstream = { tools: new Set(["echo"]), up: true, discoveryFails: false };
+  /** what readPollState finds besides the stamps; tests change it while the poller runs */
+  const kv = { classification: opts.classification, readFails: false };
   const stamps = new Map<PollKind, { at: string; nextAt: string | null; worker: string }>();
   const catalog = { tools: [] as string[] };
   const healthChecks: number[] = [];
@@ -25,11 +27,10 @@ function harness(opts: Options = {}) {
   const statuses: GatewayStatus[] = [];
   const machine = pollerMachine.provide({
     actors: {
-      readPollState: fromPromise<PollState, { gid: string }>(async () => ({
-        health: stamps.get("health"),
-        discovery: stamps.get("discovery"),
-        classification: opts.classification,
-      })),
+      readPollState: fromPromise<PollState, { gid: string }>(async () => {
+        if (kv.readFails) throw new Error("state bucket unreachable");
+        return { health: stamps.get("health"), discovery: stamps.get("discovery"), classification: kv.classification };
+      }),
       checkHealth: fromPromise<void, { gid: string }>(async () => {
         healthChecks.push(clock.now());
         if (!upstream.up) throw new Error("connect ECONNREFUSED");
@@ -73,7 +74,7 @@ function harness(opts: Options = {}) {
     }
   };
   const lastStatus = () => statuses.at(-1);
-  return { clock, actor, upstream, stamps, catalog, healthChecks, discoveries, recorded, statuses, lastStatus, advance };
+  return { clock, actor, upstream, kv, stamps, catalog, healthChecks, discoveries, recorded, statuses, lastStatus, advance };
 }
 
 const gaps = (times: number[]) => times.slice(1).map((t, i) => t - times[i]!);
@@ -162,6 +163,27 @@ describe("poller machine", () => {
       assertGaps(h.healthChecks, H, "health");
       assert.equal(h.healthChecks.length, 50);
       assert.equal(h.lastStatus()?.tier, tier);
+      h.actor.stop();
+    });
+  }
+
+  for (const [name, lose] of [
+    ["deleted", (kv: { classification: unknown }) => void (kv.classification = undefined)],
+    ["unreadable", (kv: { readFails: boolean }) => void (kv.readFails = true)],
+  ] as const) {
+    it(`a cold gateway whose classification is ${name} discovers at 1× from the next slot on`, async () => {
+      const h = harness({ classification: classification(0, [], [GID], 24 * 3_600_000) });
+      await h.advance(4 * D);
+      assert.equal(h.discoveries.length, 2, "cold: the first slot, then 3 intervals later");
+      const lastCold = h.discoveries.at(-1)!;
+      lose(h.kv as never);
+      const lostAt = h.clock.now();
+      await h.advance(3 * D);
+      const after = h.discoveries.filter((t) => t > lostAt);
+      assert.ok(after.length >= 2, `discoveries after the loss: ${after.map((t) => t - lastCold)}`);
+      assert.ok(after[0]! - lostAt <= D + S, `first discovery ${after[0]! - lostAt} ms after the loss, not the 3× slot`);
+      assertGaps(after, D, "discovery at 1×");
+      assert.equal(h.lastStatus()?.tier, "unclassified");
       h.actor.stop();
     });
   }
