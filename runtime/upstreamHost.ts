@@ -328,8 +328,10 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
         const kind = classifyFailure(err);
         if (kind === "rpc") return settle(x, call, ok({ rpcError: rpcErrorOf(err as McpError) }));
         if (kind === "timeout") return settle(x, call, timeoutReply(x, call.req.method, call.req.timeoutMs ?? config.intervals.callTimeout));
-        transportFailed = true;
-        log.warn({ sid: x.sid, gid: x.gid, err: (err as Error).message }, "upstream transport error; the session will be recreated");
+        // Only a failure of the current connection evicts: one replaced after a failed idle
+        // probe fails its leftover calls, and must not take the fresh connection down with it.
+        transportFailed = x.conn === conn;
+        if (transportFailed) log.warn({ sid: x.sid, gid: x.gid, err: (err as Error).message }, "upstream transport error; the session will be recreated");
         settle(x, call, fail("unavailable", `gateway ${gatewayLabel(x.record)}: upstream transport error: ${(err as Error).message}`));
       }
     } finally {

@@ -343,6 +343,40 @@ describe("upstream sessions: failures and eviction", () => {
   });
 });
 
+describe("upstream sessions: idle validation against a real upstream", () => {
+  let iw: TestWorker;
+  const is = subjects("itest");
+  let icaller: UpstreamCaller;
+
+  before(async () => {
+    iw = await startTestWorker(nats, { ...WORKER_ENV, MCPGW_SUBJECT_PREFIX: "itest", MCPGW_WORKER_ID: "i1", MCPGW_IDLE_VALIDATION: "300ms" });
+    icaller = createUpstreamCaller(nc, is, { callTimeoutMs: 10_000, log: memoryLogger().log });
+  });
+  after(async () => {
+    await iw?.stop();
+  });
+
+  it("a failed probe recreates the session and serves the waiting call, even with a call still running on the old one", async () => {
+    const gid = await addGateway({ name: "reprobe", url: fixture.url("reprobe") }, is);
+    const a = sid("A");
+    assert.equal(text(await icaller.call(a, gid, tool(a, "increment"))), "1");
+    const long = icaller.call(a, gid, tool(a, "sleep", { ms: 20_000 })).catch((e: unknown) => e);
+    await waitFor("the long call to start", () => (fixture.gateway("reprobe").stats.calls.sleep ?? 0) === 1);
+    await new Promise((r) => setTimeout(r, 500)); // longer than idleValidation: the next call probes first
+    const g = fixture.gateway("reprobe");
+    const seen = g.stats.headers.length;
+    fixture.setFrozen("reprobe", true);
+    const next = icaller.call(a, gid, tool(a, "get_count"));
+    await waitFor("the probe to reach the upstream", () => g.stats.headers.length > seen);
+    fixture.setFrozen("reprobe", false);
+    // the probe times out (5 s), the old connection is closed under the long call, a new one serves get_count
+    assert.equal(text(await next), "0", "served by a new upstream session");
+    assert.ok((await long) instanceof ProtocolError, "the call on the replaced connection fails");
+    assert.equal(initializes("reprobe"), 2);
+    assert.equal((await request(nc, is.admin.sessionList, { sid: a }, SessionListReplySchema, 5000)).sessions.length, 1, "the new session stays");
+  });
+});
+
 describe("upstream sessions: stdio and a third-party server", () => {
   it("stdio: one child process per session, isolated and reused, env secrets opened", async () => {
     const dir = mkdtempSync(join(tmpdir(), "mcpgw-stdio-"));
