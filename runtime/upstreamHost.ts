@@ -41,7 +41,10 @@ const PROBE_TIMEOUT_MS = 5_000;
 const FANOUT_STALL_MS = 300;
 const FANOUT_MAX_MS = 3_000;
 const LIVENESS_TIMEOUT_MS = 1_000;
-/** Upstream list_changed notices of one gateway within this window become one event. */
+/**
+ * Upstream list_changed notices of one gateway list: the first is published at once, any
+ * more within this window become one event at its end (a change right after the first is not lost).
+ */
 const LIST_CHANGED_COALESCE_MS = 1_000;
 
 type Call = {
@@ -90,7 +93,8 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
   const closing = new Set<Session>();
   const activating = new Map<string, Promise<{ worker: string; created: boolean }>>();
   const usage = new Map<string, { uses: number; lastUsedAt: number | null }>();
-  const lastListChanged = new Map<string, number>();
+  /** open coalescing windows per `<gid>.<list>`; `again` when a notice came during the window */
+  const listChangedWindows = new Map<string, { timer: NodeJS.Timeout; again: boolean; publish: () => void }>();
   let stopping = false;
   let callSeq = 0;
 
@@ -348,11 +352,28 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
     if (listChanged) {
       const list = listChanged[1] as "tools" | "prompts" | "resources";
       const key = `${x.gid}.${list}`;
-      const now = Date.now();
-      if (now - (lastListChanged.get(key) ?? 0) < LIST_CHANGED_COALESCE_MS) return;
-      lastListChanged.set(key, now);
-      const event = { type: "list_changed", gid: x.gid, at: new Date(now).toISOString(), lists: [list] };
-      publishEvent(stores.js, s.evt.gateway(x.gid, "list_changed"), event).catch((err) => log.warn({ err, gid: x.gid }, "cannot publish list_changed"));
+      const open = listChangedWindows.get(key);
+      if (open) return void (open.again = true);
+      const gid = x.gid;
+      const publish = () => {
+        const event = { type: "list_changed", gid, at: new Date().toISOString(), lists: [list] };
+        publishEvent(stores.js, s.evt.gateway(gid, "list_changed"), event).catch((err) => log.warn({ err, gid }, "cannot publish list_changed"));
+      };
+      const openWindow = () => {
+        const w = {
+          again: false,
+          publish,
+          timer: setTimeout(() => {
+            listChangedWindows.delete(key);
+            if (!w.again) return;
+            publish();
+            openWindow();
+          }, LIST_CHANGED_COALESCE_MS),
+        };
+        listChangedWindows.set(key, w);
+      };
+      publish();
+      openWindow();
       return;
     }
     if (n.method === "notifications/message" || n.method === "notifications/resources/updated") {
@@ -559,6 +580,11 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
       stopping = true;
       subs.forEach((sub) => sub.unsubscribe());
       clearInterval(usageTimer);
+      for (const w of listChangedWindows.values()) {
+        clearTimeout(w.timer);
+        if (w.again) w.publish();
+      }
+      listChangedWindows.clear();
       await events.stop();
       await Promise.allSettled([...activating.values()]);
       const all = [...live.values(), ...closing];

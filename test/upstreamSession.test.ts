@@ -222,6 +222,24 @@ describe("upstream sessions: operations", () => {
     }
   });
 
+  it("a list change right after another is still published (coalesced, not dropped)", async () => {
+    const gid = await addGateway({ name: "notes2", url: fixture.url("notes2") });
+    const a = sid("A");
+    await caller.call(a, gid, rpc(a, "ping"));
+    const events: any[] = [];
+    const evSub = nc.subscribe(s.evt.gateway(gid, "list_changed"), { callback: (_e, m) => void events.push(decodeJson(m.data)) });
+    try {
+      fixture.gateway("notes2").toolbox.add("first");
+      await waitFor("the first list_changed event", () => events.length === 1);
+      fixture.gateway("notes2").toolbox.add("second");
+      fixture.gateway("notes2").toolbox.add("third");
+      await waitFor("one more event for the changes that followed", () => events.length === 2);
+      assert.deepEqual(events[1].lists, ["tools"]);
+    } finally {
+      evSub.unsubscribe();
+    }
+  });
+
   it("reports usage per gateway (batched, core NATS)", async () => {
     const gid = await addGateway({ name: "usage", url: fixture.url("usage") });
     const reports: any[] = [];
