@@ -65,9 +65,9 @@ async function listAll<T>(fetchPage: (cursor?: string) => Promise<{ items: T[]; 
 }
 
 /** Every tool, prompt, resource and resource template the upstream offers, as it sent them. */
-export async function listCatalog(client: Client, timeoutMs: number): Promise<CatalogLists> {
+export async function listCatalog(client: Client, timeoutMs: number, signal?: AbortSignal): Promise<CatalogLists> {
   const caps = client.getServerCapabilities() ?? {};
-  const opts = { timeout: timeoutMs };
+  const opts = { timeout: timeoutMs, signal };
   const [tools, prompts, resources, resourceTemplates] = await Promise.all([
     caps.tools ? listAll((cursor) => client.listTools({ cursor }, opts).then((r) => ({ items: r.tools, nextCursor: r.nextCursor }))) : [],
     caps.prompts ? listAll((cursor) => client.listPrompts({ cursor }, opts).then((r) => ({ items: r.prompts, nextCursor: r.nextCursor }))) : [],

@@ -101,12 +101,19 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
 
   // ---- one poller ----
 
-  const probe = async <T>(gid: string, kind: string, fn: (conn: Awaited<ReturnType<GatewayConnector>>) => Promise<T>): Promise<T> => {
+  /** `signal`: the poller stopped (gateway moved, removed or changed); a poll still waiting for a slot never starts */
+  const probe = async <T>(
+    gid: string,
+    kind: string,
+    fn: (conn: Awaited<ReturnType<GatewayConnector>>) => Promise<T>,
+    signal?: AbortSignal,
+  ): Promise<T> => {
     const record = gateways.get(gid);
     if (!record) throw new Error("gateway is no longer registered");
     // logged when due, before the concurrency cap may hold it back
     log.debug({ gid, kind }, "poll");
     return slots.run(async () => {
+      if (signal?.aborted) throw new Error("poll cancelled: the poller stopped");
       let conn;
       try {
         conn = await connect(record, config.poller.timeout);
@@ -125,16 +132,26 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
   const machine = pollerMachine.provide({
     actors: {
       readPollState: fromPromise<PollState, { gid: string }>(({ input }) => readPollState(stores.state, input.gid)),
-      checkHealth: fromPromise<void, { gid: string }>(({ input }) =>
-        probe(input.gid, "health", async ({ client }) => {
-          await client.ping({ timeout: config.poller.timeout });
-        }),
+      checkHealth: fromPromise<void, { gid: string }>(({ input, signal }) =>
+        probe(
+          input.gid,
+          "health",
+          async ({ client }) => {
+            await client.ping({ timeout: config.poller.timeout, signal });
+          },
+          signal,
+        ),
       ),
-      discover: fromPromise<DiscoveryOutcome, { gid: string }>(({ input }) =>
-        probe(input.gid, "discovery", async ({ client }) => {
-          const found = await listCatalog(client, config.poller.timeout);
-          return reconcileCatalog({ catalog: stores.catalog, js: stores.js, s, now: () => new Date() }, input.gid, found);
-        }),
+      discover: fromPromise<DiscoveryOutcome, { gid: string }>(({ input, signal }) =>
+        probe(
+          input.gid,
+          "discovery",
+          async ({ client }) => {
+            const found = await listCatalog(client, config.poller.timeout, signal);
+            return reconcileCatalog({ catalog: stores.catalog, js: stores.js, s, now: () => new Date() }, input.gid, found);
+          },
+          signal,
+        ),
       ),
     },
     actions: {

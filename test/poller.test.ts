@@ -185,6 +185,36 @@ describe("gateway pollers (one worker)", () => {
     await assert.rejects(request(admin, worker.ctx.s.admin.gateway("refresh"), { name: "nobody" }, RefreshReplySchema, 5_000), /no gateway/);
   });
 
+  it("a stopped poller's queued poll never starts", async () => {
+    // one poll at a time and a frozen upstream holding it: the other gateway's polls queue up
+    const one = await startTestWorker(nats, { ...ENV, MCPGW_MAX_CONCURRENT_POLLS: "1", MCPGW_POLL_TIMEOUT: "3s" });
+    try {
+      await worker.stop();
+      const hog = await one.registry.add({ name: "hog", transport: "streamable-http", url: fixture.url("hog") });
+      const queued = await one.registry.add({ name: "queued", transport: "streamable-http", url: fixture.url("queued") });
+      for (const g of [hog, queued]) await waitFor("first discovery", async () => (await getLive(one.stores.catalog, KEYS.catalog(g.id))) ?? null);
+      await waitFor("queued's status", () => getLive(one.stores.state, KEYS.gatewayStatus(queued.id)));
+
+      const hogRequests = fixture.gateway("hog").stats.headers.length;
+      fixture.setFrozen("hog", true);
+      await waitFor("a poll of the frozen gateway holding the only slot", async () => fixture.gateway("hog").stats.headers.length > hogRequests);
+      const frozenAt = Date.now();
+      const pollLines = () => one.lines.map((l) => JSON.parse(l) as { msg?: string; gid?: string; time: number });
+      await waitFor("a poll of the other gateway waiting for the slot", async () => pollLines().some((l) => l.msg === "poll" && l.gid === queued.id && l.time >= frozenAt));
+      await one.registry.remove({ id: queued.id });
+      await waitFor("its poller stopped", async () => (await getLive(one.stores.state, KEYS.gatewayStatus(queued.id))) === null);
+      const queuedRequests = fixture.gateway("queued").stats.headers.length;
+      // the frozen poll times out (3 s) and frees the slot: the stopped poller's poll must not take it
+      await new Promise((r) => setTimeout(r, 4_000));
+      assert.equal(fixture.gateway("queued").stats.headers.length, queuedRequests, "no request to the removed gateway after its poller stopped");
+
+    } finally {
+      fixture.setFrozen("hog", false);
+      await one.stop();
+      worker = await startTestWorker(nats, ENV);
+    }
+  });
+
   it("stops polling a removed gateway", async () => {
     const gw = await add("gone");
     await waitFor("first discovery", () => catalog(gw.id));
