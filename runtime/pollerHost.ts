@@ -187,11 +187,15 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
     log.info({ gid }, "polling gateway");
   };
 
+  /** Stops a poller; manual refreshes it had not answered yet are told so rather than left waiting. */
   const stopPoller = (gid: string) => {
     const owned = running.get(gid);
     if (!owned) return;
     running.delete(gid);
+    const { refreshWaiting, refreshInFlight } = owned.actor.getSnapshot().context;
     owned.actor.stop();
+    const gone = new ProtocolError("unavailable", "the gateway's poller stopped during the refresh (gateway changed, removed or moved); try again");
+    for (const r of [...refreshWaiting, ...refreshInFlight]) r.reject(gone);
   };
 
   /** Stops polling and gives the claim back (CAS: only while it is still ours). */

@@ -185,7 +185,7 @@ describe("gateway pollers (one worker)", () => {
     await assert.rejects(request(admin, worker.ctx.s.admin.gateway("refresh"), { name: "nobody" }, RefreshReplySchema, 5_000), /no gateway/);
   });
 
-  it("a stopped poller's queued poll never starts", async () => {
+  it("a stopped poller's queued poll never starts, and its pending refresh is answered", async () => {
     // one poll at a time and a frozen upstream holding it: the other gateway's polls queue up
     const one = await startTestWorker(nats, { ...ENV, MCPGW_MAX_CONCURRENT_POLLS: "1", MCPGW_POLL_TIMEOUT: "3s" });
     try {
@@ -208,6 +208,13 @@ describe("gateway pollers (one worker)", () => {
       await new Promise((r) => setTimeout(r, 4_000));
       assert.equal(fixture.gateway("queued").stats.headers.length, queuedRequests, "no request to the removed gateway after its poller stopped");
 
+      // a refresh waiting on the frozen gateway's poller, which stops: answered at once, not left to time out
+      const admin = await nats.connect("admin");
+      const pending = request(admin, one.ctx.s.admin.gateway("refresh"), { id: hog.id }, RefreshReplySchema, 20_000);
+      await new Promise((r) => setTimeout(r, 300));
+      await one.registry.remove({ id: hog.id });
+      await assert.rejects(pending, /poller stopped/);
+      await admin.close();
     } finally {
       fixture.setFrozen("hog", false);
       await one.stop();
