@@ -43,6 +43,9 @@ export function probeConnector(open: (sealed: string, gid: string) => string): G
   };
 }
 
+/** Pages of one list a discovery follows at most: an upstream handing out new cursors forever must not hold a poll slot forever. */
+export const MAX_PAGES = 1_000;
+
 /** A paginated list; "method not found" (or an unadvertised capability) is an empty list. */
 async function listAll<T>(fetchPage: (cursor?: string) => Promise<{ items: T[]; nextCursor?: string | undefined }>): Promise<T[]> {
   const out: T[] = [];
@@ -56,6 +59,7 @@ async function listAll<T>(fetchPage: (cursor?: string) => Promise<{ items: T[]; 
       // a server that repeats a cursor would loop forever
       if (cursor !== undefined && seen.has(cursor)) throw new Error("upstream repeated a pagination cursor");
       if (cursor !== undefined) seen.add(cursor);
+      if (cursor !== undefined && seen.size >= MAX_PAGES) throw new Error(`upstream list has more than ${MAX_PAGES} pages`);
     } while (cursor !== undefined);
   } catch (err) {
     if (isMethodNotFound(err)) return [];

@@ -1,6 +1,7 @@
-// Pure discovery logic: hashing, diffing, reconcile, tiers, stamps, slots.
+// Pure discovery logic: hashing, diffing, reconcile, tiers, stamps, slots; and how an upstream is listed.
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
+import { MAX_PAGES, listCatalog } from "../runtime/pollerEffects.ts";
 import {
   canonicalJson,
   catalogHash,
@@ -140,3 +141,18 @@ describe("slots", () => {
 function now(): number {
   return 1_700_000_123_456;
 }
+
+describe("listing an upstream", () => {
+  it("gives up on an upstream that hands out new cursors forever", async () => {
+    let pages = 0;
+    const endless = {
+      getServerCapabilities: () => ({ tools: {} }),
+      listTools: async (params: { cursor?: string }) => {
+        pages++;
+        return { tools: [{ name: `t${pages}`, inputSchema: { type: "object" } }], nextCursor: `${Number(params.cursor ?? 0) + 1}` };
+      },
+    };
+    await assert.rejects(listCatalog(endless as never, 1_000), /more than 1000 pages/);
+    assert.equal(pages, MAX_PAGES);
+  });
+});
