@@ -68,6 +68,8 @@ type Session = {
   useCount: number;
   /** claiming: subscribed, buffering; live: serving; closing: address gone */
   phase: "claiming" | "live" | "closing";
+  /** an eviction matched while claiming (its record may already be stale): closed as soon as it starts */
+  evictedWhileClaiming: string | null;
   buffered: Msg[];
   sub: Subscription;
   claimRevision: number;
@@ -139,6 +141,7 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
   function createSession(sid: string, gid: string, record: GatewayRecord, headers: Record<string, string>): Session {
     const x = { sid, gid, key: keyOf(sid, gid), record, createdAt: Date.now(), lastUsedAt: null, useCount: 0 } as Session;
     x.phase = "claiming";
+    x.evictedWhileClaiming = null;
     x.buffered = [];
     x.claimRevision = 0;
     x.conn = null;
@@ -417,7 +420,9 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
     const holder = entry?.operation === "PUT" ? UpstreamClaimSchema.safeParse(entry.json()) : null;
     const alive = await isAlive(sid, gid);
     if (alive) return { worker: holder?.success ? holder.data.worker : "unknown", created: false };
+    const evicted = x.evictedWhileClaiming;
     x = createSession(sid, gid, record, headers);
+    x.evictedWhileClaiming = evicted;
     live.set(x.key, x);
     await nc.flush();
     try {
@@ -460,6 +465,7 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
     void x.done.then(() => afterClosed(x));
     for (const msg of x.buffered.splice(0)) onActorMessage(x, msg);
     if (stopping) x.actor.send({ type: "CLOSE", reason: "worker shutting down" });
+    else if (x.evictedWhileClaiming !== null) x.actor.send({ type: "CLOSE", reason: x.evictedWhileClaiming });
     log.debug({ sid: x.sid, gid: x.gid }, "upstream session actor started");
     return { worker: me, created: true };
   }
@@ -467,8 +473,11 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
   // ---- eviction ----
 
   function evictWhere(match: (x: Session) => boolean, reason: string): Session[] {
-    const picked = [...live.values()].filter((x) => x.phase === "live" && match(x));
-    for (const x of picked) x.actor.send({ type: "CLOSE", reason });
+    const picked = [...live.values()].filter((x) => x.phase !== "closing" && match(x));
+    for (const x of picked) {
+      if (x.phase === "live") x.actor.send({ type: "CLOSE", reason });
+      else x.evictedWhileClaiming = reason;
+    }
     if (picked.length) log.info({ count: picked.length, reason }, "evicting upstream sessions");
     return picked;
   }
