@@ -166,6 +166,14 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
   const startPoller = async (gid: string, revision: number) => {
     const status = await readGatewayStatus(stores.state, gid).catch(() => undefined);
     if (stopped || running.has(gid) || !gateways.has(gid)) return;
+    // the claim may have moved while the status was read: taken over (do not start), or
+    // renewed by this worker's own reconcile (start with the newer revision, or the next
+    // reconcile would take it for a takeover and restart the poller)
+    const claimNow = owners.get(gid);
+    if (claimNow && claimNow.revision > revision) {
+      if (claimNow.worker !== me) return;
+      revision = claimNow.revision;
+    }
     const actor = createActor(machine, {
       input: {
         gid,
@@ -213,6 +221,9 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
       const revision = seen ? await stores.state.update(KEYS.pollOwner(gid), value, seen.revision) : await stores.state.create(KEYS.pollOwner(gid), value);
       owners.set(gid, { worker: me, revision });
       await startPoller(gid, revision);
+      // a poller this worker started meanwhile (restart after a gateway update) runs under this claim now
+      const owned = running.get(gid);
+      if (owned && owned.revision < revision) owned.revision = revision;
     } catch (err) {
       if (!isCasConflict(err)) log.warn({ err, gid }, "could not claim a gateway");
     }
