@@ -113,6 +113,8 @@ describe("edge: calls through upstream session actors", () => {
     let notices = 0;
     client.setNotificationHandler(ToolListChangedNotificationSchema, () => void notices++);
     await client.callTool({ name: "counter__get_count", arguments: {} }); // an upstream session exists to hear the change
+    // its GET stream opens just after initialize; a notice sent before it is lost (the poll would catch it later)
+    await until("the upstream session's GET stream", () => fixture.gateway("counter").stats.openGetStreams > 0);
     fixture.gateway("counter").toolbox.add("brand_new");
     await until("tools/list_changed", () => notices > 0, 20_000);
     assert.ok((await client.listTools()).tools.some((t) => t.name === "counter__brand_new"));
