@@ -36,6 +36,7 @@ export type ClassifierHost = Hosted & { stats(): ClassifierStats };
 
 type Prepared = { readRevision: number; result: ClassificationResult; computedAt: number; known: string[] };
 
+/** KV round trips in flight at once when usage is loaded or kept */
 const USAGE_LOAD_CONCURRENCY = 64;
 
 /**
@@ -91,19 +92,27 @@ export function createClassifierEffects(
     return loaded;
   }
 
-  /** Keeps `usage.<gid>` current for known gateways; a read-merge-CAS, so a late writer never lowers it. */
+  /**
+   * Keeps `usage.<gid>` current for known gateways; a read-merge-CAS, so a late writer never
+   * lowers it. Runs while the lease is not being renewed, so gateways go in parallel batches
+   * (one after another, a thousand used gateways cost two thousand round trips of the term).
+   */
   async function persistUsage(known: string[]): Promise<void> {
-    if (!persisted) return;
-    for (const gid of known) {
+    const last = persisted;
+    if (!last) return;
+    const changed = known.filter((gid) => {
       const mine = usage.stored(gid);
-      const last = persisted.get(gid);
-      if (!mine || (last && last.lastUsedAt === mine.lastUsedAt && last.uses === mine.uses)) continue;
+      const was = last.get(gid);
+      return mine && !(was && was.lastUsedAt === mine.lastUsedAt && was.uses === mine.uses);
+    });
+    const persistOne = async (gid: string) => {
       const e = await kv.get(KEYS.usage(gid));
       const theirs = e?.operation === "PUT" ? StoredUsageSchema.safeParse(safeJson(e)) : null;
       if (theirs?.success) usage.adopt(gid, theirs.data);
       const merged = usage.stored(gid)!;
-      if ((await cas(() => kv.put(KEYS.usage(gid), encodeValue(merged), { previousSeq: e?.revision ?? 0 }))) !== null) persisted.set(gid, merged);
-    }
+      if ((await cas(() => kv.put(KEYS.usage(gid), encodeValue(merged), { previousSeq: e?.revision ?? 0 }))) !== null) last.set(gid, merged);
+    };
+    for (let i = 0; i < changed.length; i += USAGE_LOAD_CONCURRENCY) await Promise.all(changed.slice(i, i + USAGE_LOAD_CONCURRENCY).map(persistOne));
   }
 
   return {

@@ -8,7 +8,8 @@ import { UsageAggregate } from "../actors/usageAggregate.ts";
 import { ClassificationGetReplySchema, ClassificationSchema, LeaderLeaseSchema, type Classification } from "../protocol/classification.ts";
 import { GatewayViewSchema } from "../protocol/gateway.ts";
 import { KEYS, buckets, subjects } from "../protocol/subjects.ts";
-import type { UsageReport } from "../protocol/usage.ts";
+import { StoredUsageSchema, type UsageReport } from "../protocol/usage.ts";
+import { getLive } from "../actors/kvStore.ts";
 import { encodeJson, request } from "../runtime/bus.ts";
 import { createClassifierEffects } from "../runtime/classifierHost.ts";
 import { openStores } from "../runtime/nats.ts";
@@ -84,6 +85,39 @@ describe("classification fence (two workers' effects interleaved on a real serve
     const written = ClassificationSchema.parse((await stores.state.get(KEYS.classification))!.json());
     assert.equal(written.leader, "b");
     assert.equal(written.leaseRevision, b2);
+  });
+
+  it("keeps usage in KV for every used gateway, and a new leader with no reports of its own classifies from it", async () => {
+    const nc = await nats.connect("runtime");
+    const stores = await openStores(nc, "usagekv");
+    const gateways = Array.from({ length: 200 }, (_, i) => i.toString(16).padStart(16, "0"));
+    const registry = { records: async () => gateways.map((id) => ({ record: { id, enabled: true }, revision: 1 })) } as never;
+    const heard = new UsageAggregate(60_000);
+    // 150 used gateways, the later ones more recently
+    heard.ingest({ worker: "w", at: 0, gateways: gateways.slice(0, 150).map((gid, i) => ({ gid, lastUsedAt: 1_000 + i, uses: i + 1, liveSessions: 0 })) }, performance.now());
+    const effects = (worker: string, usage: UsageAggregate) =>
+      createClassifierEffects({ config: testConfig({ MCPGW_WORKER_ID: worker }), log: memoryLogger().log, stores, registry }, usage);
+    const a = effects("a", heard);
+    const a1 = (await run(a.actors.acquire, { revision: 0 }))!;
+    const prepared = await run(a.actors.prepareDuty, undefined);
+    const a2 = (await run(a.actors.renew, { revision: a1 }))!;
+    await run(a.actors.commitDuty, { prepared, revision: a2 });
+    for (const [i, gid] of gateways.slice(0, 150).entries()) {
+      const e = await getLive(stores.state, KEYS.usage(gid));
+      assert.deepEqual(e && StoredUsageSchema.parse(e.json()), { lastUsedAt: 1_000 + i, uses: i + 1 }, `usage.${gid}`);
+    }
+    assert.equal(await getLive(stores.state, KEYS.usage(gateways[199]!)), null, "no key for a gateway without use");
+
+    // b heard nothing: it takes over and classifies from what a kept
+    const b = effects("b", new UsageAggregate(60_000));
+    await run(a.actors.release, { revision: a2 });
+    const b1 = (await run(b.actors.acquire, { revision: (await stores.state.get(KEYS.leaderClassifier))!.revision }))!;
+    const bp = await run(b.actors.prepareDuty, undefined);
+    const b2 = (await run(b.actors.renew, { revision: b1 }))!;
+    await run(b.actors.commitDuty, { prepared: bp, revision: b2 });
+    const written = ClassificationSchema.parse((await stores.state.get(KEYS.classification))!.json());
+    assert.equal(written.leader, "b");
+    assert.deepEqual(written.hot, gateways.slice(110, 150).reverse(), "hot cap 40: the most recently used");
   });
 
   it("a fence on a lease that moved does nothing", async () => {
