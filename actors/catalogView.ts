@@ -111,13 +111,34 @@ export function changedLists(before: CatalogView, after: CatalogView): ViewList[
   return VIEW_LISTS.filter((l) => before.fingerprints[l] !== after.fingerprints[l]);
 }
 
-/** Matches a URI against an RFC 6570 level-1 template (`{var}` matches one path segment's worth of text). */
+/**
+ * Matches a URI against an RFC 6570 template: `{var}` stands for text without `/`, `?` or `#`,
+ * `{+var}` and `{#var}` for any text. Linear in the URI per template part (no regular
+ * expression: a template with several wildcards would backtrack for ages on a long URI a
+ * client sends).
+ */
 export function matchesTemplate(uriTemplate: string, uri: string): boolean {
-  const pattern = uriTemplate
-    .split(/(\{[^}]*\})/)
-    .map((part) => (part.startsWith("{") ? (part.startsWith("{+") || part.startsWith("{#") ? ".*" : "[^/?#]*") : part.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")))
-    .join("");
-  return new RegExp(`^${pattern}$`).test(uri);
+  const n = uri.length;
+  // reach[i]: the parts so far can match exactly uri[0, i)
+  let reach = new Uint8Array(n + 1);
+  reach[0] = 1;
+  for (const part of uriTemplate.split(/(\{[^}]*\})/)) {
+    if (part === "") continue;
+    const next = new Uint8Array(n + 1);
+    if (!part.startsWith("{")) {
+      for (let i = 0; i + part.length <= n; i++) if (reach[i] && uri.startsWith(part, i)) next[i + part.length] = 1;
+    } else {
+      const anyText = part.startsWith("{+") || part.startsWith("{#");
+      let open = false;
+      for (let i = 0; i <= n; i++) {
+        if (reach[i]) open = true;
+        if (open) next[i] = 1;
+        if (!anyText && i < n && "/?#".includes(uri[i]!)) open = false;
+      }
+    }
+    reach = next;
+  }
+  return reach[n] === 1;
 }
 
 /** Where `resources/read` of `uri` goes: an exact resource first, then the first matching template. */
