@@ -167,6 +167,29 @@ describe("edge: federated catalog, sessions and HTTP hardening", () => {
     await client.close();
   });
 
+  it("ends an idle session with its closed event, but not one whose client listens on the GET stream", async () => {
+    // its own prefix (buckets, subjects): a 1 s idle TTL must not sweep the other tests' sessions
+    const idle = await startTestWorker(nats, { MCPGW_WORKER_ID: "edge-idle", MCPGW_SUBJECT_PREFIX: "idle", MCPGW_EDGE_SESSION_IDLE_TTL: "1s" });
+    const si = subjects("idle");
+    try {
+      const closed: string[] = [];
+      idle.nc.subscribe(si.evt.sessionAll, { callback: (_e, m) => void closed.push(SessionClosedEventSchema.parse(m.json()).sid) });
+      const init = await raw(idle.edge.port, { body: INIT });
+      const quiet = String(init.headers["mcp-session-id"]);
+      const { client, transport } = await connectClient(idle.edge.url);
+      const listening = transport.sessionId!;
+      await until("the quiet session ended", () => closed.includes(quiet), 10_000);
+      await new Promise((r) => setTimeout(r, 2_500)); // more than twice the TTL without a request
+      assert.ok(!closed.includes(listening), "a listening client's session is kept");
+      assert.ok(Array.isArray((await client.listTools()).tools));
+      const gone = await raw(idle.edge.port, { headers: { "mcp-session-id": quiet }, body: JSON.stringify({ jsonrpc: "2.0", id: 2, method: "tools/list" }) });
+      assert.equal(gone.status, 404);
+      await client.close();
+    } finally {
+      await idle.stop();
+    }
+  });
+
   it("refuses what it must: 401, DNS rebinding, 413, malformed JSON-RPC, missing and unknown sessions", async () => {
     const noToken = await raw(secured.edge.port, { body: INIT });
     assert.equal(noToken.status, 401);

@@ -52,8 +52,8 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
   const cache = new CatalogCache(ctx.stores, edge.toolSeparator, log);
   await cache.start();
   const sessions = new SessionStore({ kv: ctx.stores.sessions, js: ctx.stores.js, s: ctx.s, log, idleTtlMs: edge.sessionIdleTtl });
-  sessions.startSweeping();
   const links = new SessionLinks(ctx.nc, ctx.s, log);
+  sessions.startSweeping(() => links.streamSessionIds());
   const stopNotices = cache.onChange(({ scope, lists }) => {
     for (const stream of links.streams()) {
       if (stream.gid !== scope) continue;

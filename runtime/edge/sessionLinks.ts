@@ -92,6 +92,11 @@ export class SessionLinks {
     };
   }
 
+  /** Sessions whose GET stream this worker holds: a client listening there is not idle. */
+  streamSessionIds(): string[] {
+    return [...this.#sessions.entries()].flatMap(([sid, l]) => (l.stream ? [sid] : []));
+  }
+
   /** Every GET stream held here, for change notices. */
   streams(): GetStream[] {
     return [...this.#sessions.values()].flatMap((l) => (l.stream ? [l.stream] : []));

@@ -72,10 +72,21 @@ export class SessionStore {
     return ended;
   }
 
-  startSweeping(): void {
+  /**
+   * Sweeps every quarter TTL (at most every minute). Sessions whose GET stream this worker
+   * holds (`listening`) are touched first: a client that only listens is still there.
+   */
+  startSweeping(listening: () => string[] = () => []): void {
     const every = Math.max(1000, Math.min(60_000, Math.floor(this.deps.idleTtlMs / 4)));
+    const round = async () => {
+      for (const sid of listening()) {
+        const s = await this.load(sid).catch(() => null);
+        if (s) await this.touch(s);
+      }
+      await this.sweep();
+    };
     this.#sweeper = setInterval(() => {
-      this.sweep().catch((err) => this.deps.log.warn({ err }, "session sweep failed"));
+      round().catch((err) => this.deps.log.warn({ err }, "session sweep failed"));
     }, every);
     this.#sweeper.unref();
   }
