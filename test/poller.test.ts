@@ -10,6 +10,7 @@ import { KEYS } from "../protocol/subjects.ts";
 import { request } from "../runtime/bus.ts";
 import { publishEvent } from "../runtime/events.ts";
 import { startFixtureHttp, type FixtureHttp } from "./fixtures/fixtureHttp.ts";
+import { until } from "./helpers/wait.ts";
 import { startNats, type TestNats } from "./helpers/nats.ts";
 import { startTestWorker, type TestWorker } from "./helpers/worker.ts";
 
@@ -22,15 +23,6 @@ const ENV = {
   MCPGW_USAGE_REPORT_INTERVAL: "10m",
 };
 
-async function waitFor<T>(what: string, fn: () => Promise<T | undefined | null | false>, timeoutMs = 10_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
-}
 
 describe("gateway pollers (one worker)", () => {
   let nats: TestNats;
@@ -60,7 +52,7 @@ describe("gateway pollers (one worker)", () => {
     const events: unknown[] = [];
     const sub = worker.nc.subscribe(worker.ctx.s.evt.catalogAll, { callback: (_e, m) => void events.push(m.json()) });
     const gw = await add("alpha");
-    const first = await waitFor("the first discovery", () => catalog(gw.id));
+    const first = await until("the first discovery", () => catalog(gw.id));
     assert.ok(first.value.tools.some((t) => t.name === "echo"));
     assert.deepEqual(first.value.prompts.map((p) => p.name), ["greet"]);
     assert.deepEqual(first.value.resources.map((r) => r.uri), ["fixture://info"]);
@@ -69,25 +61,25 @@ describe("gateway pollers (one worker)", () => {
     // steady state: wait for a scheduled discovery to end, then change the upstream (the worst case)
     const stamp = async () => (await getLive(worker.stores.state, KEYS.pollDiscovery(gw.id)))?.revision ?? 0;
     const seen = await stamp();
-    await waitFor("a scheduled discovery", async () => (await stamp()) > seen, 5_000);
+    await until("a scheduled discovery", async () => (await stamp()) > seen, 5_000);
     fixture.gateway("alpha").toolbox.add("dynamic_tool");
     const addedAt = Date.now();
-    await waitFor("the new tool in the catalog", async () => (await toolNames(gw.id)).includes("dynamic_tool"), 5_000);
+    await until("the new tool in the catalog", async () => (await toolNames(gw.id)).includes("dynamic_tool"), 5_000);
     const addLatency = Date.now() - addedAt;
     // the issue's bound: one discovery interval (1 s), plus the slot jitter (≤ 5%) and the discovery round trip itself
     assert.ok(addLatency < 1_000 * 1.05 + 500, `new tool after ${addLatency} ms`);
 
     fixture.gateway("alpha").toolbox.remove("dynamic_tool");
-    await waitFor("the removed tool gone", async () => !(await toolNames(gw.id)).includes("dynamic_tool"), 5_000);
+    await until("the removed tool gone", async () => !(await toolNames(gw.id)).includes("dynamic_tool"), 5_000);
 
     // the event follows the catalog write
     const changes = () => events.map((e) => CatalogChangedEventSchema.parse(e)).filter((e) => e.gid === gw.id);
-    await waitFor("an event naming the removed tool", async () => changes().some((c) => c.diff.removed.tools.includes("dynamic_tool")), 5_000);
+    await until("an event naming the removed tool", async () => changes().some((c) => c.diff.removed.tools.includes("dynamic_tool")), 5_000);
     assert.ok(changes().some((c) => c.diff.added.tools.includes("dynamic_tool")), "an event names the added tool");
     sub.unsubscribe();
 
     // the status follows the catalog write
-    const view = await waitFor("the status counting the tools again", async () => {
+    const view = await until("the status counting the tools again", async () => {
       const v = await worker.registry.get({ name: "alpha" });
       return v.status?.tools === first.value.tools.length ? v : null;
     });
@@ -100,17 +92,17 @@ describe("gateway pollers (one worker)", () => {
 
   it("writes neither catalog nor status when an unchanged gateway is polled; stamps advance", async () => {
     const gw = await add("steady");
-    await waitFor("first discovery", () => catalog(gw.id));
-    const statusEntry = await waitFor("status", () => getLive(worker.stores.state, KEYS.gatewayStatus(gw.id)));
+    await until("first discovery", () => catalog(gw.id));
+    const statusEntry = await until("status", () => getLive(worker.stores.state, KEYS.gatewayStatus(gw.id)));
     const cat = (await catalog(gw.id))!;
     const stamp = async () => {
       const e = await getLive(worker.stores.state, KEYS.pollDiscovery(gw.id));
       return e ? PollStampSchema.parse(e.json()).at : null;
     };
-    const firstStamp = await waitFor("discovery stamp", stamp);
+    const firstStamp = await until("discovery stamp", stamp);
     // two more discoveries (each a full poll of the unchanged upstream)
-    const secondStamp = await waitFor("a later discovery", async () => ((await stamp()) !== firstStamp ? await stamp() : null), 5_000);
-    await waitFor("yet another discovery", async () => ((await stamp()) !== secondStamp ? true : null), 5_000);
+    const secondStamp = await until("a later discovery", async () => ((await stamp()) !== firstStamp ? await stamp() : null), 5_000);
+    await until("yet another discovery", async () => ((await stamp()) !== secondStamp ? true : null), 5_000);
     assert.equal((await catalog(gw.id))!.revision, cat.revision, "catalog not rewritten");
     const statusNow = await getLive(worker.stores.state, KEYS.gatewayStatus(gw.id));
     assert.equal(statusNow?.revision, statusEntry.revision, "status not rewritten");
@@ -123,14 +115,14 @@ describe("gateway pollers (one worker)", () => {
       await worker.stop();
       // only the slow worker polls now: a change can reach the catalog only through the push
       const gw = await slow.registry.add({ name: "pushy", transport: "streamable-http", url: fixture.url("pushy") });
-      await waitFor("first discovery", async () => (await getLive(slow.stores.catalog, KEYS.catalog(gw.id))) ?? null);
+      await until("first discovery", async () => (await getLive(slow.stores.catalog, KEYS.catalog(gw.id))) ?? null);
       // past the debounce window of that first discovery, so the push is not held back by it
       await new Promise((r) => setTimeout(r, 2_100));
       fixture.gateway("pushy").toolbox.add("pushed_tool");
       const t0 = Date.now();
       // what an upstream session actor publishes when its upstream sends notifications/tools/list_changed
       await publishEvent(slow.stores.js, slow.ctx.s.evt.gateway(gw.id, "list_changed"), { type: "list_changed", gid: gw.id, at: new Date().toISOString(), lists: ["tools"] });
-      await waitFor(
+      await until(
         "the pushed tool",
         async () => {
           const e = await getLive(slow.stores.catalog, KEYS.catalog(gw.id));
@@ -153,23 +145,23 @@ describe("gateway pollers (one worker)", () => {
       const e = await getLive(worker.stores.state, KEYS.gatewayStatus(gw.id));
       return e ? GatewayStatusSchema.parse(e.json()) : null;
     };
-    await waitFor("healthy", async () => (await status())?.health === "healthy");
+    await until("healthy", async () => (await status())?.health === "healthy");
     fixture.setDown("flaky", true);
-    const down = await waitFor("unhealthy", async () => ((await status())?.health === "unhealthy" ? await status() : null), 10_000);
+    const down = await until("unhealthy", async () => ((await status())?.health === "unhealthy" ? await status() : null), 10_000);
     assert.ok(down!.consecutiveFailures >= 3);
     assert.match(down!.lastError ?? "", /503|down/i);
     const view = await worker.registry.get({ id: gw.id });
     assert.equal(view.status?.health, "unhealthy");
     fixture.setDown("flaky", false);
     // backoff after 3 failures at 400 ms: the next check is at most 2-4 intervals away
-    const up = await waitFor("healthy again", async () => ((await status())?.health === "healthy" ? await status() : null), 10_000);
+    const up = await until("healthy again", async () => ((await status())?.health === "healthy" ? await status() : null), 10_000);
     assert.equal(up!.consecutiveFailures, 0);
     assert.equal(up!.lastError, null);
   });
 
   it("refreshes on request and replies with the diff", async () => {
     const gw = await add("manual", { enabled: true });
-    await waitFor("first discovery", () => catalog(gw.id));
+    await until("first discovery", () => catalog(gw.id));
     const admin = await nats.connect("admin");
     fixture.gateway("manual").toolbox.add("by_hand");
     const r = await request(admin, worker.ctx.s.admin.gateway("refresh"), { name: "manual" }, RefreshReplySchema, 10_000);
@@ -192,17 +184,17 @@ describe("gateway pollers (one worker)", () => {
       await worker.stop();
       const hog = await one.registry.add({ name: "hog", transport: "streamable-http", url: fixture.url("hog") });
       const queued = await one.registry.add({ name: "queued", transport: "streamable-http", url: fixture.url("queued") });
-      for (const g of [hog, queued]) await waitFor("first discovery", async () => (await getLive(one.stores.catalog, KEYS.catalog(g.id))) ?? null);
-      await waitFor("queued's status", () => getLive(one.stores.state, KEYS.gatewayStatus(queued.id)));
+      for (const g of [hog, queued]) await until("first discovery", async () => (await getLive(one.stores.catalog, KEYS.catalog(g.id))) ?? null);
+      await until("queued's status", () => getLive(one.stores.state, KEYS.gatewayStatus(queued.id)));
 
       const hogRequests = fixture.gateway("hog").stats.headers.length;
       fixture.setFrozen("hog", true);
-      await waitFor("a poll of the frozen gateway holding the only slot", async () => fixture.gateway("hog").stats.headers.length > hogRequests);
+      await until("a poll of the frozen gateway holding the only slot", async () => fixture.gateway("hog").stats.headers.length > hogRequests);
       const frozenAt = Date.now();
       const pollLines = () => one.lines.map((l) => JSON.parse(l) as { msg?: string; gid?: string; time: number });
-      await waitFor("a poll of the other gateway waiting for the slot", async () => pollLines().some((l) => l.msg === "poll" && l.gid === queued.id && l.time >= frozenAt));
+      await until("a poll of the other gateway waiting for the slot", async () => pollLines().some((l) => l.msg === "poll" && l.gid === queued.id && l.time >= frozenAt));
       await one.registry.remove({ id: queued.id });
-      await waitFor("its poller stopped", async () => (await getLive(one.stores.state, KEYS.gatewayStatus(queued.id))) === null);
+      await until("its poller stopped", async () => (await getLive(one.stores.state, KEYS.gatewayStatus(queued.id))) === null);
       const queuedRequests = fixture.gateway("queued").stats.headers.length;
       // the frozen poll times out (3 s) and frees the slot: the stopped poller's poll must not take it
       await new Promise((r) => setTimeout(r, 4_000));
@@ -224,7 +216,7 @@ describe("gateway pollers (one worker)", () => {
 
   it("stops polling a removed gateway", async () => {
     const gw = await add("gone");
-    await waitFor("first discovery", () => catalog(gw.id));
+    await until("first discovery", () => catalog(gw.id));
     await worker.registry.remove({ id: gw.id });
     await new Promise((r) => setTimeout(r, 300));
     const before = fixture.gateway("gone").stats.initializes;

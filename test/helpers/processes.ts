@@ -56,3 +56,17 @@ export function runTs(entry: string, args: string[], env: NodeJS.ProcessEnv): Pr
     },
   };
 }
+
+/** The environment of a worker process joining the test's nats-server (as user `runtime`). */
+export function workerEnv(nats: { url: string; passwords: { runtime: string } }, secretKey: string, env: Record<string, string> = {}): NodeJS.ProcessEnv {
+  return {
+    ...process.env,
+    NATS_URL: nats.url,
+    NATS_USER: "runtime",
+    NATS_PASSWORD: nats.passwords.runtime,
+    MCPGW_SECRET_KEY: secretKey,
+    MCPGW_EDGE_PORT: "0",
+    MCPGW_EDGE_AUTH: "none",
+    ...env,
+  };
+}

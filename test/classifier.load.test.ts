@@ -13,6 +13,7 @@ import { getLive } from "../actors/kvStore.ts";
 import { encodeJson, request } from "../runtime/bus.ts";
 import { createClassifierEffects } from "../runtime/classifierHost.ts";
 import { openStores } from "../runtime/nats.ts";
+import { workerEnv } from "./helpers/processes.ts";
 import { startNats, type TestNats } from "./helpers/nats.ts";
 import { TEST_SECRET_KEY, memoryLogger, testConfig } from "./helpers/worker.ts";
 
@@ -146,21 +147,14 @@ describe("classifier across three worker processes", () => {
 
   function startChild(id: string): Child {
     const proc = spawn(process.execPath, ["--import", "tsx", "runtime/main.ts"], {
-      env: {
-        ...process.env,
-        NATS_URL: nats.url,
-        NATS_USER: "runtime",
-        NATS_PASSWORD: nats.passwords.runtime,
-        MCPGW_SECRET_KEY: TEST_SECRET_KEY,
+      env: workerEnv(nats, TEST_SECRET_KEY, {
         MCPGW_WORKER_ID: id,
-        MCPGW_EDGE_PORT: "0",
-        MCPGW_EDGE_AUTH: "none",
         MCPGW_LEADER_TTL: `${TTL_MS}ms`,
         MCPGW_CLASSIFICATION_INTERVAL: "1s",
         MCPGW_USAGE_REPORT_INTERVAL: "500ms",
         MCPGW_HEALTH_INTERVAL: "60s",
         MCPGW_LOG_LEVEL: "info",
-      },
+      }),
       stdio: ["ignore", "pipe", "pipe"],
     });
     const child: Child = { id, proc, lines: [], stopped: false };

@@ -1,0 +1,132 @@
+// Upstream sessions in worker processes: SIGKILL of the hosting worker, and SIGTERM of a
+// worker with 1,000 live sessions. Run one file at a time (the `*.load.test.ts` phase):
+// both state bounds in time.
+import assert from "node:assert/strict";
+import { spawn, type ChildProcess } from "node:child_process";
+import { after, before, describe, it } from "node:test";
+import type { NatsConnection } from "@nats-io/transport-node";
+import { z } from "zod";
+import { subjects, type Subjects } from "../protocol/subjects.ts";
+import { SessionListReplySchema, type UpstreamCallReply } from "../protocol/upstream.ts";
+import { encodeJson, isNoResponders, request } from "../runtime/bus.ts";
+import { createUpstreamCaller } from "../runtime/upstreamClient.ts";
+import { startFixtureHttp, type FixtureHttp } from "./fixtures/fixtureHttp.ts";
+import { until } from "./helpers/wait.ts";
+import { startNats, type TestNats } from "./helpers/nats.ts";
+import { ROOT, workerEnv } from "./helpers/processes.ts";
+import { memoryLogger, TEST_SECRET_KEY } from "./helpers/worker.ts";
+
+let nats: TestNats;
+let fixture: FixtureHttp;
+let nc: NatsConnection;
+const children: ChildProcess[] = [];
+
+before(async () => {
+  nats = await startNats();
+  fixture = await startFixtureHttp();
+  nc = await nats.connect("runtime");
+});
+after(async () => {
+  for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill("SIGKILL");
+  await Promise.all(children.map(exited));
+  await fixture?.close();
+  await nats?.stop();
+});
+
+function startWorkerProcess(prefix: string, id: string, env: Record<string, string> = {}): ChildProcess {
+  const child = spawn(process.execPath, ["--import", "tsx", "runtime/main.ts"], {
+    cwd: ROOT,
+    env: workerEnv(nats, TEST_SECRET_KEY, { MCPGW_SUBJECT_PREFIX: prefix, MCPGW_WORKER_ID: id, MCPGW_LOG_LEVEL: "warn", ...env }),
+    stdio: ["ignore", "ignore", "inherit"],
+  });
+  children.push(child);
+  return child;
+}
+
+const exited = (child: ChildProcess) => new Promise<void>((r) => (child.exitCode !== null || child.signalCode !== null ? r() : child.once("exit", () => r())));
+
+async function waitForWorkers(on: Subjects, ids: string[]): Promise<void> {
+  await until(
+    `workers ${ids.join(", ")}`,
+    async () => {
+      const r = await request(nc, on.admin.sessionList, {}, SessionListReplySchema, 2000).catch(() => null);
+      return ids.every((id) => r?.workers.includes(id));
+    },
+    30_000,
+  );
+}
+
+async function addGateway(on: Subjects, name: string): Promise<string> {
+  return (await request(nc, on.admin.gateway("add"), { name, transport: "streamable-http", url: fixture.url(name) }, z.object({ id: z.string() }), 5000)).id;
+}
+
+const call = (name: string, args: Record<string, unknown> = {}) => ({ method: "tools/call" as const, params: { name, arguments: args }, requestId: `r${Math.random()}`, headers: {} });
+
+function text(reply: UpstreamCallReply): string {
+  assert.ok("result" in reply, `expected a result, got ${JSON.stringify(reply)}`);
+  return (reply.result.content as Array<{ text: string }>)[0]!.text;
+}
+
+describe("upstream sessions in worker processes", () => {
+  it("SIGKILL of the hosting worker → the next call succeeds through the survivor within 1 s", async () => {
+    const ks = subjects("ktest");
+    const caller = createUpstreamCaller(nc, ks, { callTimeoutMs: 10_000, log: memoryLogger().log });
+    const k1 = startWorkerProcess("ktest", "k1");
+    const k2 = startWorkerProcess("ktest", "k2");
+    await waitForWorkers(ks, ["k1", "k2"]);
+    const gid = await addGateway(ks, "killme");
+    const a = "session-a";
+    assert.equal(text(await caller.call(a, gid, call("increment"))), "1");
+    const host = (await request(nc, ks.admin.sessionList, { sid: a }, SessionListReplySchema, 5000)).sessions[0]!.worker;
+    const [victim, survivor] = host === "k1" ? [k1, "k2"] : [k2, "k1"];
+    const t0 = performance.now();
+    victim.kill("SIGKILL");
+    // A request that reaches the dead worker before nats-server has seen its socket close has
+    // an unknown outcome and is never retried; callers see "no responders" once the server knows.
+    const gone = async () =>
+      nc.request(ks.upstream.op(a, gid, "status"), encodeJson({}), { timeout: 100 }).then(
+        () => false,
+        (err: unknown) => isNoResponders(err),
+      );
+    await until("nats-server to drop the killed worker", gone, 1000);
+    const detectedMs = performance.now() - t0;
+    assert.equal(text(await caller.call(a, gid, call("increment"))), "1", "a new upstream session");
+    const ms = performance.now() - t0;
+    console.log(`# measured: SIGKILL → dead worker's address gone ${detectedMs.toFixed(0)} ms → next call answered by the survivor ${ms.toFixed(0)} ms after the kill`);
+    await exited(victim);
+    assert.ok(ms < 1000, `took ${ms} ms`);
+    const now = await request(nc, ks.admin.sessionList, { sid: a }, SessionListReplySchema, 5000);
+    assert.deepEqual(now.sessions.map((x) => x.worker), [survivor]);
+  });
+
+  it("SIGTERM of a worker with 1,000 live sessions finishes within 2× shutdownTimeout", async () => {
+    const SESSIONS = 1_000;
+    const shutdownMs = 5_000; // the default MCPGW_SHUTDOWN_TIMEOUT
+    const ts = subjects("ttest");
+    const caller = createUpstreamCaller(nc, ts, { callTimeoutMs: 30_000, log: memoryLogger().log });
+    const t1 = startWorkerProcess("ttest", "t1", { MCPGW_SHUTDOWN_TIMEOUT: `${shutdownMs}ms` });
+    await waitForWorkers(ts, ["t1"]);
+    const gid = await addGateway(ts, "many");
+    const t0 = performance.now();
+    let next = 0;
+    await Promise.all(
+      Array.from({ length: 50 }, async () => {
+        while (next < SESSIONS) {
+          const x = `many-${next++}`;
+          await caller.call(x, gid, call("echo", { text: "x" }));
+        }
+      }),
+    );
+    const live = await request(nc, ts.admin.sessionList, {}, SessionListReplySchema, 10_000);
+    console.log(`# measured: opened ${live.sessions.length} upstream sessions in ${(performance.now() - t0).toFixed(0)} ms`);
+    assert.equal(live.sessions.length, SESSIONS);
+    const stop0 = performance.now();
+    t1.kill("SIGTERM");
+    await exited(t1);
+    const ms = performance.now() - stop0;
+    console.log(`# measured: SIGTERM → exit with ${SESSIONS} live sessions took ${ms.toFixed(0)} ms (bound ${2 * shutdownMs} ms)`);
+    assert.equal(t1.exitCode, 0);
+    assert.ok(ms <= 2 * shutdownMs, `took ${ms} ms`);
+    await until("the upstream sessions to be ended", () => fixture.gateway("many").sessions.size === 0, 5000);
+  });
+});
