@@ -73,12 +73,24 @@ export function reconcile(gid: string, current: Catalog | null, found: CatalogLi
 export const DISCOVERY_MULTIPLIER: Record<Tier, number> = { hot: 1, cold: 3, unclassified: 1 };
 
 /**
+ * How far a classification's `computedAt` may lie ahead of this worker's clock and still be
+ * trusted: covers ordinary skew between machines, while a leader whose clock runs further
+ * ahead can stretch its result's validity by at most this much (seconds, against a window of
+ * two classification periods).
+ */
+export const CLASSIFICATION_CLOCK_SKEW_MS = 5_000;
+
+/**
  * The gateway's tier from the stored classification. Missing, unparsable or expired
- * classification is "unclassified" (fail open: polled at the base interval, never as cold).
+ * classification is "unclassified" (fail open: polled at the base interval, never as cold),
+ * and so is one computed in the future (beyond the skew allowance): like a future poll stamp,
+ * its `validUntil` cannot be trusted.
  */
 export function tierOf(classification: unknown, gid: string, nowMs: number): Tier {
   const c = ClassificationSchema.safeParse(classification);
   if (!c.success) return "unclassified";
+  const computedAt = Date.parse(c.data.computedAt);
+  if (!(computedAt <= nowMs + CLASSIFICATION_CLOCK_SKEW_MS)) return "unclassified";
   const validUntil = Date.parse(c.data.validUntil);
   if (!(validUntil > nowMs)) return "unclassified";
   if (c.data.hot.includes(gid)) return "hot";

@@ -3,6 +3,7 @@ import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { MAX_PAGES, listCatalog } from "../runtime/pollerEffects.ts";
 import {
+  CLASSIFICATION_CLOCK_SKEW_MS,
   canonicalJson,
   catalogHash,
   delayToSlot,
@@ -80,10 +81,10 @@ describe("catalog diff and reconcile", () => {
 
 describe("tiers and stamps", () => {
   const now = Date.parse("2026-05-01T12:00:00Z");
-  const cls = (validUntil: string) => ({
+  const cls = (validUntil: string, computedAt = "2026-05-01T11:59:00Z") => ({
     hot: [GID],
     cold: ["fedcba9876543210"],
-    computedAt: "2026-05-01T11:59:00Z",
+    computedAt,
     validUntil,
     leader: "w1",
     leaseRevision: 3,
@@ -98,6 +99,16 @@ describe("tiers and stamps", () => {
     assert.equal(tierOf(cls("not a date"), "fedcba9876543210", now), "unclassified");
     assert.equal(tierOf(undefined, GID, now), "unclassified");
     assert.equal(tierOf({ hot: "all" }, GID, now), "unclassified");
+  });
+
+  it("a classification computed in the future (leader's clock ahead) is unclassified, within a few seconds' skew it counts", () => {
+    const cold = "fedcba9876543210";
+    const at = (msFromNow: number) => new Date(now + msFromNow).toISOString();
+    assert.equal(tierOf(cls(at(3_600_000), at(3_000_000)), cold, now), "unclassified");
+    assert.equal(tierOf(cls(at(3_600_000), at(CLASSIFICATION_CLOCK_SKEW_MS + 1)), cold, now), "unclassified");
+    assert.equal(tierOf(cls(at(120_000), at(CLASSIFICATION_CLOCK_SKEW_MS)), cold, now), "cold");
+    assert.equal(tierOf(cls(at(120_000), at(1_000)), GID, now), "hot");
+    assert.equal(tierOf(cls(at(120_000), "not a date"), cold, now), "unclassified");
   });
 
   it("a future or malformed stamp counts as absent", () => {
