@@ -83,3 +83,32 @@ export async function request<T extends z.ZodType>(
   if (!env.ok) throw new ProtocolError(env.error.code, env.error.message, env.error.issues);
   return schema.parse(env.data);
 }
+
+/**
+ * Asks every subscriber of `subject` (no queue group) and gathers the answers that parse,
+ * until none has come for `stallMs` (at most `maxMs` in all).
+ */
+export async function gather<T extends z.ZodType>(
+  nc: NatsConnection,
+  subject: string,
+  payload: unknown,
+  schema: T,
+  opts: { stallMs?: number; maxMs?: number } = {},
+): Promise<z.infer<T>[]> {
+  const out: z.infer<T>[] = [];
+  const replies = await nc.requestMany(subject, encodeJson(payload), { strategy: "stall", stall: opts.stallMs ?? 300, maxWait: opts.maxMs ?? 3_000 });
+  for await (const m of replies) {
+    let body: unknown;
+    try {
+      body = decodeJson(m.data);
+    } catch {
+      continue;
+    }
+    const env = AnyEnvelopeSchema.safeParse(body);
+    if (env.success && env.data.ok) {
+      const d = schema.safeParse(env.data.data);
+      if (d.success) out.push(d.data);
+    }
+  }
+  return out;
+}

@@ -10,6 +10,7 @@ import { probeConnector, readGatewayStatus } from "./pollerEffects.ts";
 import { startPollerHost } from "./pollerHost.ts";
 import { serveRegistry } from "./registryService.ts";
 import { SecretBox } from "./secretBox.ts";
+import { serveStatus } from "./statusService.ts";
 import { startUpstreamHost } from "./upstreamHost.ts";
 import { startEdge, type Edge } from "./edge/edgeServer.ts";
 import { createUpstreamCaller } from "./upstreamClient.ts";
@@ -56,7 +57,7 @@ export async function startWorker(config: Config, nc: NatsConnection, log: Logge
   const ctx: WorkerContext = { config, nc, log: log.child({ worker: config.workerId }), s, stores, box, registry };
 
   const hosted: Hosted[] = [];
-  const subs = serveRegistry(nc, registry, s, ctx.log);
+  const subs = [...serveRegistry(nc, registry, s, ctx.log), serveStatus(ctx)];
   hosted.push({ stop: async () => subs.forEach((sub) => sub.unsubscribe()) });
   // Each actor kind's host is started here, in dependency order.
   hosted.push(await startPollerHost(ctx, probeConnector((sealed, gid) => box.open(sealed, gid))));

@@ -1,10 +1,8 @@
 import { Command } from "commander";
 import { ClassificationGetReplySchema } from "../../protocol/classification.ts";
 import { GatewayListReplySchema } from "../../protocol/gateway.ts";
-import type { Admin } from "./connection.ts";
+import type { Run } from "./connection.ts";
 import { ago, fields, table } from "./output.ts";
-
-type Run = (fn: (admin: Admin, print: (human: string, json: unknown) => void) => Promise<void>) => Promise<void>;
 
 /** `mcpgw classification`: the classifier leader, the hot and cold lists and how they were chosen. */
 export function classificationCommand(run: Run): Command {

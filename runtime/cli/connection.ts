@@ -9,6 +9,9 @@ import { connectNats } from "../nats.ts";
 
 export type CliOptions = { server?: string; user?: string; password?: string; creds?: string; prefix?: string; timeout: string; json?: boolean };
 
+/** Runs one command against a connected admin; `print` writes the human text, or the JSON with --json. */
+export type Run = (fn: (admin: Admin, print: (human: string, json: unknown) => void) => Promise<void>) => Promise<void>;
+
 export type Admin = {
   s: Subjects;
   nc: NatsConnection;

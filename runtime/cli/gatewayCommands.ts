@@ -2,10 +2,8 @@ import { readFileSync } from "node:fs";
 import { Command, Option } from "commander";
 import { GatewayListReplySchema, GatewayRemoveReplySchema, GatewayViewSchema, type GatewayView } from "../../protocol/gateway.ts";
 import { RefreshReplySchema } from "../../protocol/catalog.ts";
-import type { Admin } from "./connection.ts";
+import type { Run } from "./connection.ts";
 import { ago, fields, table } from "./output.ts";
-
-type Run = (fn: (admin: Admin, print: (human: string, json: unknown) => void) => Promise<void>) => Promise<void>;
 
 const collect = (v: string, prev: string[] = []) => [...prev, v];
 

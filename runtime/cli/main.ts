@@ -3,6 +3,7 @@ import { Command, Option } from "commander";
 import { classificationCommand } from "./classificationCommands.ts";
 import { connectAdmin, type Admin, type CliOptions } from "./connection.ts";
 import { gatewayCommands } from "./gatewayCommands.ts";
+import { statusCommand } from "./statusCommand.ts";
 import { errorLine } from "./output.ts";
 import { sessionCommands } from "./sessionCommands.ts";
 
@@ -32,6 +33,7 @@ async function run(fn: (admin: Admin, print: (human: string, json: unknown) => v
 
 program.addCommand(gatewayCommands(run));
 program.addCommand(classificationCommand(run));
+program.addCommand(statusCommand(run));
 sessionCommands(run).forEach((c) => program.addCommand(c));
 
 await program.parseAsync(process.argv);

@@ -1,10 +1,8 @@
 // `mcpgw session ls|evict` and `mcpgw drain`: upstream session actors across the cluster.
 import { Command } from "commander";
 import { DrainReplySchema, SessionEvictReplySchema, SessionListReplySchema } from "../../protocol/upstream.ts";
-import type { Admin } from "./connection.ts";
+import type { Run } from "./connection.ts";
 import { ago, table } from "./output.ts";
-
-type Run = (fn: (admin: Admin, print: (human: string, json: unknown) => void) => Promise<void>) => Promise<void>;
 
 function duration(ms: number): string {
   return ms < 60_000 ? `${Math.round(ms / 1000)}s` : ms < 3_600_000 ? `${Math.round(ms / 60_000)}m` : `${(ms / 3_600_000).toFixed(1)}h`;

@@ -1,0 +1,77 @@
+import type { Subscription } from "@nats-io/transport-node";
+import { getLive, listKeys } from "../actors/kvStore.ts";
+import { ClassificationSchema, LeaderLeaseSchema } from "../protocol/classification.ts";
+import { parseRequest } from "../protocol/envelope.ts";
+import { GatewayStatusSchema } from "../protocol/gateway.ts";
+import { PollOwnerSchema } from "../protocol/poller.ts";
+import { StatusRequestSchema, type StatusReply } from "../protocol/status.ts";
+import { KEYS, QUEUE } from "../protocol/subjects.ts";
+import { WorkerSnapshotReplySchema } from "../protocol/upstream.ts";
+import { gather, serve } from "./bus.ts";
+import type { WorkerContext } from "./worker.ts";
+
+function parsed<T>(schema: { safeParse(v: unknown): { success: true; data: T } | { success: false } }, entry: { json(): unknown } | null): T | null {
+  if (!entry) return null;
+  try {
+    const r = schema.safeParse(entry.json());
+    return r.success ? r.data : null;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * `mcpgw.admin.status`: the cluster at a glance. Workers are the ones that answer the
+ * upstream snapshot fan-out now; everything else is read from KV.
+ */
+export async function clusterStatus(ctx: Pick<WorkerContext, "nc" | "s" | "stores" | "registry">): Promise<StatusReply> {
+  const { nc, s, stores, registry } = ctx;
+  const [snapshots, records, ownerKeys, sessionKeys, leaseEntry, classificationEntry] = await Promise.all([
+    gather(nc, s.upstream.snapshot, {}, WorkerSnapshotReplySchema),
+    registry.records(),
+    listKeys(stores.state, `${KEYS.pollOwnerPrefix}*`),
+    listKeys(stores.sessions, `${KEYS.downstreamSessionPrefix}*`),
+    getLive(stores.state, KEYS.leaderClassifier),
+    getLive(stores.state, KEYS.classification),
+  ]);
+  const owners = await Promise.all(ownerKeys.map(async (k) => parsed(PollOwnerSchema, await getLive(stores.state, k))?.worker));
+  const enabled = records.filter((r) => r.record.enabled);
+  const health = await Promise.all(enabled.map(async (r) => parsed(GatewayStatusSchema, await getLive(stores.state, KEYS.gatewayStatus(r.record.id)))?.health ?? "unknown"));
+  const lease = parsed(LeaderLeaseSchema, leaseEntry);
+  const classification = parsed(ClassificationSchema, classificationEntry);
+  return {
+    workers: snapshots
+      .map((w) => ({
+        worker: w.worker,
+        pollers: owners.filter((o) => o === w.worker).length,
+        upstreamSessions: w.sessions.length,
+        leader: lease?.holder === w.worker,
+      }))
+      .sort((a, b) => a.worker.localeCompare(b.worker)),
+    gateways: {
+      total: records.length,
+      enabled: enabled.length,
+      healthy: health.filter((h) => h === "healthy").length,
+      unhealthy: health.filter((h) => h === "unhealthy").length,
+      unknown: health.filter((h) => h === "unknown").length,
+    },
+    clientSessions: sessionKeys.length,
+    leader: lease && leaseEntry ? { holder: lease.holder, revision: leaseEntry.revision } : null,
+    classification: classification
+      ? { valid: Date.now() <= Date.parse(classification.validUntil), hot: classification.hot.length, cold: classification.cold.length, computedAt: classification.computedAt }
+      : null,
+  };
+}
+
+export function serveStatus(ctx: WorkerContext): Subscription {
+  return serve(
+    ctx.nc,
+    ctx.s.admin.status,
+    (payload) => {
+      parseRequest(StatusRequestSchema, payload, "status request");
+      return clusterStatus(ctx);
+    },
+    { queue: QUEUE.admin, log: ctx.log },
+  );
+}
+
