@@ -6,7 +6,8 @@ type WorkerView = { heardAt: number; liveSessions: Map<string, number> };
 /**
  * Cluster-wide usage from the workers' usage reports: last used = max, use count =
  * cumulative, live sessions = sum of each worker's latest report. A worker whose reports
- * stopped for `staleAfterMs` (on this process's monotonic clock) no longer counts.
+ * stopped for `staleAfterMs` (on this process's monotonic clock) no longer counts and is
+ * forgotten; a removed gateway's totals are forgotten when the host says so.
  */
 export class UsageAggregate {
   readonly #staleAfterMs: number;
@@ -19,6 +20,9 @@ export class UsageAggregate {
 
   /** `heardAt`: this process's monotonic time of receipt (never the sender's clock). */
   ingest(report: UsageReport, heardAt: number): void {
+    // every worker ingests but only the leader takes snapshots: prune here too, or a
+    // follower keeps every worker id it ever heard from
+    this.#dropStaleWorkers(heardAt);
     const liveSessions = new Map<string, number>();
     for (const g of report.gateways) {
       const t = this.#totals.get(g.gid) ?? { lastUsedAt: null, uses: 0 };
@@ -43,9 +47,24 @@ export class UsageAggregate {
     return [...this.#totals.keys()];
   }
 
+  /** Drops a removed gateway's totals. */
+  forget(gid: string): void {
+    this.#totals.delete(gid);
+  }
+
+  /** Drops the totals of every gateway not in `known`: a report sent after a gateway's removal would otherwise bring it back. */
+  keepOnly(known: ReadonlySet<string>): void {
+    for (const gid of this.#totals.keys()) if (!known.has(gid)) this.#totals.delete(gid);
+  }
+
+  /** How many workers' latest reports are held (stale ones go at every report and snapshot). */
+  workerCount(): number {
+    return this.#workers.size;
+  }
+
   /** Each gateway's usage at monotonic time `now`; reports older than the stale bound are dropped first. */
   snapshot(now: number): Map<string, UsageStats> {
-    for (const [worker, view] of this.#workers) if (now - view.heardAt > this.#staleAfterMs) this.#workers.delete(worker);
+    this.#dropStaleWorkers(now);
     const out = new Map<string, UsageStats>();
     for (const [gid, t] of this.#totals) out.set(gid, { ...t, liveSessions: 0 });
     for (const view of this.#workers.values()) {
@@ -55,6 +74,10 @@ export class UsageAggregate {
       }
     }
     return out;
+  }
+
+  #dropStaleWorkers(now: number): void {
+    for (const [worker, view] of this.#workers) if (now - view.heardAt > this.#staleAfterMs) this.#workers.delete(worker);
   }
 }
 

@@ -10,6 +10,7 @@ import { leaderLeaseMachine, type LeaseEvent } from "../actors/leaderLease.machi
 import type { Registry } from "../actors/registry.ts";
 import { UsageAggregate } from "../actors/usageAggregate.ts";
 import { parseRequest } from "../protocol/envelope.ts";
+import { GatewayEventSchema } from "../protocol/gateway.ts";
 import {
   ClassificationGetRequestSchema,
   ClassificationSchema,
@@ -21,6 +22,7 @@ import {
 import { KEYS, QUEUE } from "../protocol/subjects.ts";
 import { StoredUsageSchema, UsageReportSchema, type StoredUsage } from "../protocol/usage.ts";
 import { decodeJson, serve } from "./bus.ts";
+import { followEvents } from "./events.ts";
 import type { Stores } from "./nats.ts";
 import type { Hosted, WorkerContext } from "./worker.ts";
 
@@ -34,7 +36,7 @@ export type ClassifierStats = {
 
 export type ClassifierHost = Hosted & { stats(): ClassifierStats };
 
-type Prepared = { readRevision: number; result: ClassificationResult; computedAt: number; known: string[] };
+type Prepared = { readRevision: number; result: ClassificationResult; computedAt: number; known: string[]; workersReporting: number };
 
 /** KV round trips in flight at once when usage is loaded or kept */
 const USAGE_LOAD_CONCURRENCY = 64;
@@ -193,10 +195,13 @@ export function createClassifierEffects(
       const readRevision = (await kv.get(KEYS.classification))?.revision ?? 0;
       persisted ??= await loadStoredUsage();
       const records = await registry.records();
+      const known = records.map((r) => r.record.id);
+      // a usage report sent just after a gateway's removal re-adds its totals after the removed event
+      usage.keepOnly(new Set(known));
       const enabled = records.filter((r) => r.record.enabled).map((r) => r.record.id);
       const snapshot = usage.snapshot(performance.now());
       const result = classify(enabled, (gid) => snapshot.get(gid));
-      return { readRevision, result, computedAt: Date.now(), known: records.map((r) => r.record.id) };
+      return { readRevision, result, computedAt: Date.now(), known, workersReporting: usage.workerCount() };
     }),
     commitDuty: fromPromise<void, { prepared: unknown; revision: number }>(async ({ input }) => {
       const p = input.prepared as Prepared;
@@ -210,7 +215,7 @@ export function createClassifierEffects(
       const revision = await cas(() => kv.put(KEYS.classification, encodeValue(value), { previousSeq: p.readRevision }));
       if (revision === null) return rejected("classification write", p.readRevision);
       stats.classificationsWritten++;
-      log.info({ revision, leaseRevision: input.revision, ...value.meta }, "classification written");
+      log.info({ revision, leaseRevision: input.revision, workersReporting: p.workersReporting, ...value.meta }, "classification written");
       await persistUsage(p.known);
     }),
     },
@@ -236,6 +241,18 @@ export async function startClassifierHost(ctx: WorkerContext): Promise<Classifie
       }
     },
   });
+  // every worker forgets a removed gateway's totals, so whoever leads next does not carry them
+  const events = await followEvents(
+    ctx.stores.js,
+    ctx.stores.streamName,
+    [s.evt.gatewayAll],
+    (subject, payload) => {
+      const ev = GatewayEventSchema.safeParse(payload);
+      if (!ev.success) return void log.warn({ subject }, "ignoring a malformed gateway event");
+      if (ev.data.type === "removed") usage.forget(ev.data.gid);
+    },
+    log,
+  );
   const effects = createClassifierEffects(ctx, usage);
   const stats = effects.stats;
   const machine = leaderLeaseMachine.provide({ actors: effects.actors });
@@ -277,6 +294,7 @@ export async function startClassifierHost(ctx: WorkerContext): Promise<Classifie
     async stop() {
       adminSub.unsubscribe();
       usageSub.unsubscribe();
+      await events.stop();
       actor.send({ type: "STOP" });
       await waitFor(actor, (snap) => snap.status === "done", { timeout: config.intervals.shutdownTimeout }).catch((err) =>
         log.warn({ err }, "classifier did not release its lease in time"),

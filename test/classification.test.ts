@@ -98,6 +98,27 @@ describe("usage aggregate", () => {
     assert.deepEqual(a.snapshot(1001).get("g1"), { lastUsedAt: 100, uses: 2, liveSessions: 0 });
   });
 
+  it("forgets workers whose reports stopped as reports arrive, without waiting for a snapshot", () => {
+    const a = new UsageAggregate(1000);
+    for (let i = 0; i < 50; i++) a.ingest(report(`old${i}`, [["g1", 100, 1, 1]]), 0);
+    a.ingest(report("w1", [["g1", 200, 1, 2]]), 500);
+    assert.equal(a.workerCount(), 51);
+    a.ingest(report("w1", [["g1", 300, 1, 2]]), 1500); // a follower: reports only, no snapshot
+    assert.equal(a.workerCount(), 1);
+    assert.deepEqual(a.snapshot(1500).get("g1"), { lastUsedAt: 300, uses: 52, liveSessions: 2 });
+  });
+
+  it("forgets a removed gateway's totals, and every gateway not among the known ones", () => {
+    const a = new UsageAggregate(1000);
+    a.ingest(report("w1", [["g1", 100, 2, 0], ["g2", 200, 3, 0], ["g3", 300, 4, 0]]), 0);
+    a.forget("g1");
+    assert.equal(a.stored("g1"), undefined);
+    assert.equal(a.snapshot(1).has("g1"), false);
+    a.keepOnly(new Set(["g3"]));
+    assert.deepEqual(a.gids(), ["g3"]);
+    assert.deepEqual(a.stored("g3"), { lastUsedAt: 300, uses: 4 });
+  });
+
   it("adopts usage kept in KV without counting twice", () => {
     const a = new UsageAggregate(1000);
     a.ingest(report("w1", [["g1", 100, 2, 0]]), 0);
