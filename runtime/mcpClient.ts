@@ -16,6 +16,12 @@ import type { JsonRpcError } from "../protocol/upstream.ts";
 export const CLIENT_INFO = { name: "mcpgw", version: "0.1.0" } as const;
 
 /**
+ * How long a polite close waits for the connection's HTTP agent to close its sockets. The
+ * client's own close has already ended every request; past this the sockets are destroyed.
+ */
+const AGENT_CLOSE_GRACE_MS = 1_000;
+
+/**
  * The downstream request an upstream HTTP request is sent for. One instance for the whole
  * process on purpose: Node 20 pays for every live AsyncLocalStorage on every promise, so one
  * per connection made 1,000 sessions quadratic. `owner` keeps connections apart.
@@ -92,6 +98,8 @@ export async function connectUpstream(opts: ConnectOptions): Promise<UpstreamCon
   let childPid: number | null = null;
   let forceClose: () => void;
   let politeEnd: () => Promise<void> = async () => {};
+  /** after a polite close: keep-alive sockets would otherwise stay open until the upstream drops them */
+  let releaseSockets: () => Promise<void> = async () => {};
   const owner = {};
   let latestHeaders: Record<string, string> | null = null;
   const fallbackHeaders = () =>
@@ -143,6 +151,15 @@ export async function connectUpstream(opts: ConnectOptions): Promise<UpstreamCon
       politeEnd = () => streamable.terminateSession();
     }
     forceClose = () => void agent.destroy().catch(() => {});
+    releaseSockets = async () => {
+      let timer: NodeJS.Timeout | undefined;
+      const closed = await Promise.race([
+        agent.close().then(() => true, () => true),
+        new Promise<boolean>((r) => (timer = setTimeout(() => r(false), AGENT_CLOSE_GRACE_MS))),
+      ]);
+      clearTimeout(timer);
+      if (!closed) await agent.destroy().catch(() => {});
+    };
   }
 
   let closing = false;
@@ -168,8 +185,12 @@ export async function connectUpstream(opts: ConnectOptions): Promise<UpstreamCon
     },
     async close() {
       closing = true;
-      await politeEnd().catch(() => {});
-      await client.close();
+      try {
+        await politeEnd().catch(() => {});
+        await client.close();
+      } finally {
+        await releaseSockets();
+      }
     },
     forceClose() {
       closing = true;

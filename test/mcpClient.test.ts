@@ -1,0 +1,52 @@
+// One upstream connection against a real MCP server over HTTP: what a close leaves behind.
+import assert from "node:assert/strict";
+import { after, before, describe, it } from "node:test";
+import { GatewayRecordSchema, type GatewayRecord } from "../protocol/gateway.ts";
+import { connectUpstream } from "../runtime/mcpClient.ts";
+import { startFixtureHttp, type FixtureHttp } from "./fixtures/fixtureHttp.ts";
+import { until } from "./helpers/wait.ts";
+
+let fixture: FixtureHttp;
+
+before(async () => {
+  fixture = await startFixtureHttp();
+});
+
+after(async () => {
+  await fixture?.close();
+});
+
+const record = (transport: "streamable-http" | "sse", url: string): GatewayRecord =>
+  GatewayRecordSchema.parse({
+    id: "0123456789abcdef",
+    name: `close-${transport}`,
+    transport,
+    url,
+    tags: [],
+    description: "",
+    enabled: true,
+    createdAt: new Date().toISOString(),
+    updatedAt: new Date().toISOString(),
+  });
+
+describe("upstream connection close", () => {
+  for (const transport of ["streamable-http", "sse"] as const) {
+    it(`${transport}: a polite close leaves no socket open at the upstream`, async () => {
+      const url = transport === "sse" ? fixture.sseUrl(`close-${transport}`) : fixture.url(`close-${transport}`);
+      const conn = await connectUpstream({
+        record: record(transport, url),
+        open: () => assert.fail("this gateway has no secrets"),
+        initialHeaders: {},
+        timeoutMs: 5_000,
+        onNotification: () => {},
+        onClosed: () => {},
+        onError: () => {},
+      });
+      await conn.client.listTools();
+      assert.ok((await fixture.openConnections()) > 0, "the connection holds sockets while open");
+      await conn.close();
+      // the fixture keeps idle sockets for 60 s: only the client closing them ends them sooner
+      await until("the upstream's sockets to close", async () => (await fixture.openConnections()) === 0);
+    });
+  }
+});
