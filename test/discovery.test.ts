@@ -1,7 +1,8 @@
 // Pure discovery logic: hashing, diffing, reconcile, tiers, stamps, slots; and how an upstream is listed.
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { MAX_PAGES, listCatalog } from "../runtime/pollerEffects.ts";
+import { MAX_PAGES, listCatalog, scrubbedError } from "../runtime/pollerEffects.ts";
+import { GatewayRecordSchema, MASK } from "../protocol/gateway.ts";
 import {
   CLASSIFICATION_CLOCK_SKEW_MS,
   canonicalJson,
@@ -165,5 +166,38 @@ describe("listing an upstream", () => {
     };
     await assert.rejects(listCatalog(endless as never, 1_000), /more than 1000 pages/);
     assert.equal(pages, MAX_PAGES);
+  });
+});
+
+describe("poll errors", () => {
+  /** a sealed secret whose clear text the fake `open` below returns */
+  const sealed = (clear: string) => `enc:v1:k:${Buffer.from(clear).toString("base64url")}:tag`;
+  const open = (s: string) => Buffer.from(s.split(":")[3]!, "base64url").toString();
+  const record = (url: string, auth: Record<string, unknown>) =>
+    GatewayRecordSchema.parse({
+      id: GID,
+      name: "scrub",
+      transport: "streamable-http",
+      url,
+      auth,
+      tags: [],
+      description: "",
+      enabled: true,
+      createdAt: "2026-01-01T00:00:00Z",
+      updatedAt: "2026-01-01T00:00:00Z",
+    });
+
+  it("masks secrets however short, and longer ones whole", () => {
+    const r = record("https://up.example/mcp", { type: "headers", headers: { "x-k": sealed("k9"), "x-long": sealed("k9-long-secret") } });
+    const text = scrubbedError(new Error("refused k9 and k9-long-secret"), r, open).message;
+    assert.equal(text, `refused ${MASK} and ${MASK}`);
+  });
+
+  it("masks query values typed into the gateway URL, raw and decoded", () => {
+    const r = record("https://up.example/mcp?api_key=a%2Bb%20c&v=xyz", { type: "none" });
+    const err = new Error("fetch https://up.example/mcp?api_key=a%2Bb%20c&v=xyz failed; key a+b c, param xyz");
+    const text = scrubbedError(err, r, open).message;
+    for (const leaked of ["a%2Bb%20c", "a+b c", "xyz"]) assert.ok(!text.includes(leaked), `${leaked} leaked in ${text}`);
+    assert.ok(text.includes("up.example/mcp?api_key="), "the rest of the message stays readable");
   });
 });
