@@ -64,6 +64,7 @@ export const EnvSchema = z.object({
   MCPGW_CLASSIFICATION_INTERVAL: z.preprocess(blankIsUnset, duration("60s", 100)),
   MCPGW_LEADER_TTL: z.preprocess(blankIsUnset, duration("15s", 300)),
   MCPGW_IDLE_VALIDATION: z.preprocess(blankIsUnset, duration("60s")),
+  MCPGW_PROBE_TIMEOUT: z.preprocess(blankIsUnset, duration("5s", 10)),
   MCPGW_SESSION_IDLE_TTL: z.preprocess(blankIsUnset, duration("30m")),
   MCPGW_SHUTDOWN_TIMEOUT: z.preprocess(blankIsUnset, duration("5s", 10)),
   MCPGW_CALL_TIMEOUT: z.preprocess(blankIsUnset, duration("60s", 10)),
@@ -107,6 +108,8 @@ export type Config = {
     classification: number;
     leaderTtl: number;
     idleValidation: number;
+    /** each step of the idle probe (ping, then the lists) */
+    probeTimeout: number;
     sessionIdleTtl: number;
     shutdownTimeout: number;
     callTimeout: number;
@@ -176,6 +179,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       classification: e.MCPGW_CLASSIFICATION_INTERVAL,
       leaderTtl: e.MCPGW_LEADER_TTL,
       idleValidation: e.MCPGW_IDLE_VALIDATION,
+      probeTimeout: e.MCPGW_PROBE_TIMEOUT,
       sessionIdleTtl: e.MCPGW_SESSION_IDLE_TTL,
       shutdownTimeout: e.MCPGW_SHUTDOWN_TIMEOUT,
       callTimeout: e.MCPGW_CALL_TIMEOUT,

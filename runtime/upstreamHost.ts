@@ -35,8 +35,6 @@ import { followEvents, publishCore, publishEvent } from "./events.ts";
 import { classifyFailure, connectUpstream, isMethodNotFound, rpcErrorOf, type UpstreamConnection } from "./mcpClient.ts";
 import type { Hosted, WorkerContext } from "./worker.ts";
 
-/** Each idle-probe step may take this long before the session is recreated (issue 3). */
-const PROBE_TIMEOUT_MS = 5_000;
 /** How long a fan-out (session list, evict, drain) waits for one more worker to answer. */
 const FANOUT_STALL_MS = 300;
 const FANOUT_MAX_MS = 3_000;
@@ -183,7 +181,7 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
         }),
         probe: fromPromise<ProbeOutcome, { method: ProbeMethod }>(async ({ input }) => {
           try {
-            await x.conn!.client.request({ method: input.method }, ResultSchema, { timeout: PROBE_TIMEOUT_MS });
+            await x.conn!.client.request({ method: input.method }, ResultSchema, { timeout: config.intervals.probeTimeout });
             return "ok";
           } catch (err) {
             if (isMethodNotFound(err)) return "method_not_found";
@@ -207,7 +205,7 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
       delays: {
         idleValidation: config.intervals.idleValidation,
         sessionIdleTtl: config.intervals.sessionIdleTtl,
-        probeTimeout: PROBE_TIMEOUT_MS,
+        probeTimeout: config.intervals.probeTimeout,
         shutdownTimeout: shutdownMs,
       },
     });

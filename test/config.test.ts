@@ -26,6 +26,7 @@ describe("configuration", () => {
       classification: 60_000,
       leaderTtl: 15_000,
       idleValidation: 60_000,
+      probeTimeout: 5_000,
       sessionIdleTtl: 1_800_000,
       shutdownTimeout: 5_000,
       callTimeout: 60_000,

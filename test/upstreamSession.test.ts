@@ -366,7 +366,7 @@ describe("upstream sessions: idle validation against a real upstream", () => {
   let icaller: UpstreamCaller;
 
   before(async () => {
-    iw = await startTestWorker(nats, { ...WORKER_ENV, MCPGW_SUBJECT_PREFIX: "itest", MCPGW_WORKER_ID: "i1", MCPGW_IDLE_VALIDATION: "300ms" });
+    iw = await startTestWorker(nats, { ...WORKER_ENV, MCPGW_SUBJECT_PREFIX: "itest", MCPGW_WORKER_ID: "i1", MCPGW_IDLE_VALIDATION: "300ms", MCPGW_PROBE_TIMEOUT: "500ms" });
     icaller = createUpstreamCaller(nc, is, { callTimeoutMs: 10_000, log: memoryLogger().log });
   });
   after(async () => {
@@ -386,7 +386,7 @@ describe("upstream sessions: idle validation against a real upstream", () => {
     const next = icaller.call(a, gid, tool(a, "get_count"));
     await waitFor("the probe to reach the upstream", () => g.stats.headers.length > seen);
     fixture.setFrozen("reprobe", false);
-    // the probe times out (5 s), the old connection is closed under the long call, a new one serves get_count
+    // the probe times out (MCPGW_PROBE_TIMEOUT), the old connection is closed under the long call, a new one serves get_count
     assert.equal(text(await next), "0", "served by a new upstream session");
     assert.ok((await long) instanceof ProtocolError, "the call on the replaced connection fails");
     assert.equal(initializes("reprobe"), 2);
