@@ -7,6 +7,8 @@ import type { Logger } from "../logger.ts";
 
 type Watched<T> = { value: T; revision: number };
 
+const WATCH_RETRY_MS = 1_000;
+
 /** A view changed: the scope (null = federated) and which of its lists differ. */
 export type ViewChange = { scope: string | null; lists: ViewList[] };
 
@@ -22,7 +24,9 @@ export class CatalogCache {
   readonly #views = new Map<string | null, CatalogView>();
   readonly #listeners = new Set<(change: ViewChange) => void>();
   readonly #loggedClashes = new Set<string>();
-  readonly #stops: Array<() => void> = [];
+  /** the watches running now, stopped with the cache */
+  readonly #watches = new Set<{ stop(): void }>();
+  #stopping = false;
   #dirty: NodeJS.Immediate | undefined;
 
   constructor(
@@ -41,7 +45,8 @@ export class CatalogCache {
   }
 
   stop(): void {
-    for (const s of this.#stops) s();
+    this.#stopping = true;
+    for (const w of this.#watches) w.stop();
     if (this.#dirty) clearImmediate(this.#dirty);
   }
 
@@ -92,11 +97,32 @@ export class CatalogCache {
       const e = await kv.get(k);
       if (e) safeApply(e);
     }
-    const iter = await kv.watch({ key });
-    this.#stops.push(() => iter.stop());
-    void (async () => {
-      for await (const e of iter) if (safeApply(e)) this.#changed();
-    })();
+    void this.#keepWatching(kv, key, safeApply, await kv.watch({ key }));
+  }
+
+  /**
+   * Applies a watch's updates; when the watch ends or fails while the cache is running, watches
+   * again after a pause (the new watch repeats each key's latest value; older ones are ignored),
+   * so a worker never goes on serving a catalog that stopped changing.
+   */
+  async #keepWatching(kv: KV, key: string, apply: (e: KvEntry) => boolean, first: Awaited<ReturnType<KV["watch"]>>): Promise<void> {
+    let iter: Awaited<ReturnType<KV["watch"]>> | null = first;
+    while (!this.#stopping) {
+      try {
+        iter ??= await kv.watch({ key });
+        this.#watches.add(iter);
+        if (this.#stopping) iter.stop();
+        for await (const e of iter) if (apply(e)) this.#changed();
+      } catch (err) {
+        this.log.warn({ err, key }, "catalog watch failed");
+      } finally {
+        if (iter) this.#watches.delete(iter);
+        iter = null;
+      }
+      if (this.#stopping) return;
+      this.log.warn({ key }, "catalog watch ended; watching again");
+      await new Promise((r) => setTimeout(r, WATCH_RETRY_MS).unref());
+    }
   }
 
   /** Stores `value` under `id` unless what we hold is newer; true when something changed. */

@@ -1,0 +1,73 @@
+import assert from "node:assert/strict";
+import { after, before, describe, it } from "node:test";
+import type { KV } from "@nats-io/kv";
+import { Registry } from "../actors/registry.ts";
+import { subjects } from "../protocol/subjects.ts";
+import { CatalogCache } from "../runtime/edge/catalogCache.ts";
+import { openStores, type Stores } from "../runtime/nats.ts";
+import { SecretBox } from "../runtime/secretBox.ts";
+import { putCatalog } from "./helpers/edge.ts";
+import { startNats, type TestNats } from "./helpers/nats.ts";
+import { until } from "./helpers/wait.ts";
+import { memoryLogger, TEST_SECRET_KEY } from "./helpers/worker.ts";
+
+/** The bucket, with every watch it hands out kept in `watches` (so a test can end one). */
+function watched(kv: KV, watches: Array<{ stop(): void }>): KV {
+  return new Proxy(kv, {
+    get(target, prop) {
+      if (prop === "watch") {
+        return async (opts: Parameters<KV["watch"]>[0]) => {
+          const iter = await target.watch(opts);
+          watches.push(iter);
+          return iter;
+        };
+      }
+      const v = Reflect.get(target, prop);
+      return typeof v === "function" ? v.bind(target) : v;
+    },
+  });
+}
+
+describe("edge catalog cache", () => {
+  let nats: TestNats;
+  let stores: Stores;
+  before(async () => {
+    nats = await startNats();
+    stores = await openStores(await nats.connect(), "cc");
+  });
+  after(async () => nats?.stop());
+
+  it("watches again when a KV watch ends, and goes on seeing catalog changes", async () => {
+    const box = new SecretBox(TEST_SECRET_KEY);
+    const registry = new Registry({
+      gateways: stores.gateways,
+      catalog: stores.catalog,
+      state: stores.state,
+      subjects: subjects("cc"),
+      publish: async () => {},
+      seal: (p, gid) => box.seal(p, gid),
+      open: (sealed, gid) => box.open(sealed, gid),
+    });
+    const gw = await registry.add({ name: "alpha", transport: "streamable-http", url: "http://127.0.0.1:1/mcp" });
+    const catalogWatches: Array<{ stop(): void }> = [];
+    const { log, lines } = memoryLogger();
+    const cache = new CatalogCache({ gateways: stores.gateways, catalog: watched(stores.catalog, catalogWatches), state: stores.state }, "__", log);
+    await cache.start();
+    try {
+      const w = { stores } as never;
+      const tools = () => cache.view(null).tools.map((t) => t.name);
+      await putCatalog(w, gw.id, { tools: [{ name: "one", inputSchema: { type: "object" } }] });
+      await until("the first tool", () => tools().includes("alpha__one"));
+
+      assert.equal(catalogWatches.length, 1);
+      catalogWatches[0]!.stop(); // the watch ends (as after a stream or consumer failure)
+      await putCatalog(w, gw.id, { tools: [{ name: "two", inputSchema: { type: "object" } }] });
+      await until("the tool written after the watch ended", () => tools().includes("alpha__two"), 10_000);
+      assert.deepEqual(tools(), ["alpha__two"]);
+      assert.equal(catalogWatches.length, 2, "a new watch");
+      assert.ok(lines.some((l) => l.includes("catalog watch ended; watching again")));
+    } finally {
+      cache.stop();
+    }
+  });
+});
