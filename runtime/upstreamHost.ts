@@ -8,7 +8,7 @@ import { createActor, fromPromise, type Actor } from "xstate";
 import { z } from "zod";
 import { getLive, encodeValue, isCasConflict } from "../actors/kvStore.ts";
 import { stateName, upstreamSessionMachine, type ProbeMethod, type ProbeOutcome, type UpstreamSessionMachine } from "../actors/upstreamSession.machine.ts";
-import { AnyEnvelopeSchema, ProtocolError, fail, ok, parseRequest, type Envelope } from "../protocol/envelope.ts";
+import { ProtocolError, fail, ok, parseRequest, type Envelope } from "../protocol/envelope.ts";
 import { GatewayEventSchema, GatewayRecordSchema, type GatewayRecord } from "../protocol/gateway.ts";
 import {
   ClientNotificationSchema,
@@ -30,7 +30,7 @@ import {
 } from "../protocol/upstream.ts";
 import type { GatewayUsage, UsageReport } from "../protocol/usage.ts";
 import { KEYS, QUEUE } from "../protocol/subjects.ts";
-import { decodeJson, encodeJson, isNoResponders, serve } from "./bus.ts";
+import { decodeJson, encodeJson, gather, isNoResponders, serve } from "./bus.ts";
 import { followEvents, publishCore, publishEvent } from "./events.ts";
 import { classifyFailure, connectUpstream, isMethodNotFound, rpcErrorOf, type UpstreamConnection } from "./mcpClient.ts";
 import type { Hosted, WorkerContext } from "./worker.ts";
@@ -533,18 +533,8 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
       .map(infoOf);
 
   /** Asks every worker; gathers answers until none has come for a short while. */
-  async function fanOut<T extends z.ZodType>(subject: string, payload: unknown, schema: T): Promise<z.infer<T>[]> {
-    const out: z.infer<T>[] = [];
-    const replies = await nc.requestMany(subject, encodeJson(payload), { strategy: "stall", stall: FANOUT_STALL_MS, maxWait: FANOUT_MAX_MS });
-    for await (const m of replies) {
-      const env = AnyEnvelopeSchema.safeParse(decodeJson(m.data));
-      if (env.success && env.data.ok) {
-        const d = schema.safeParse(env.data.data);
-        if (d.success) out.push(d.data);
-      }
-    }
-    return out;
-  }
+  const fanOut = <T extends z.ZodType>(subject: string, payload: unknown, schema: T) =>
+    gather(nc, subject, payload, schema, { stallMs: FANOUT_STALL_MS, maxMs: FANOUT_MAX_MS });
 
   const opts = { log };
   const admin = { queue: QUEUE.admin, log };
