@@ -7,6 +7,7 @@ import { createHash } from "node:crypto";
 import { performance } from "node:perf_hooks";
 import type { KvEntry } from "@nats-io/kv";
 import type { Subscription } from "@nats-io/transport-node";
+import { jetstreamManager } from "@nats-io/jetstream";
 import { createActor, fromPromise, type ActorRefFrom } from "xstate";
 import { encodeValue, getLive, isCasConflict } from "../actors/kvStore.ts";
 import { pollerMachine, type DiscoveryOutcome, type PollState } from "../actors/poller.machine.ts";
@@ -81,6 +82,7 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
   const ttl = config.poller.ownerTtl;
   const slots = new PollSlots(config.maxConcurrentPolls);
   const open = (sealed: string, gid: string) => box.open(sealed, gid);
+  const jsm = await jetstreamManager(nc);
 
   const gateways = new Map<string, GatewayRecord>();
   /** gateways added or reconnected since this worker saw them: whoever claims them discovers at once */
@@ -163,8 +165,21 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
     },
   });
 
+  /**
+   * Whether the gateway's latest list_changed event came after its latest discovery: one that
+   * arrived while nobody polled it (its owner had died) must not wait for the next slot. Both
+   * times are the server's (stream message and KV write), not a worker's clock.
+   */
+  const missedPush = async (gid: string): Promise<boolean> => {
+    const [notice, stamp] = await Promise.all([
+      jsm.streams.getMessage(stores.streamName, { last_by_subj: s.evt.gateway(gid, "list_changed") }).catch(() => null),
+      getLive(stores.state, KEYS.pollDiscovery(gid)).catch(() => null),
+    ]);
+    return notice !== null && (stamp === null || notice.time > stamp.created);
+  };
+
   const startPoller = async (gid: string, revision: number) => {
-    const status = await readGatewayStatus(stores.state, gid).catch(() => undefined);
+    const [status, pushMissed] = await Promise.all([readGatewayStatus(stores.state, gid).catch(() => undefined), missedPush(gid)]);
     if (stopped || running.has(gid) || !gateways.has(gid)) return;
     // the claim may have moved while the status was read: taken over (do not start), or
     // renewed by this worker's own reconcile (start with the newer revision, or the next
@@ -187,7 +202,7 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
         now: () => Date.now(),
         random: Math.random,
         status: status satisfies GatewayStatus | undefined,
-        discoverNow: fresh.delete(gid),
+        discoverNow: fresh.delete(gid) || pushMissed,
       },
     });
     running.set(gid, { actor, revision });

@@ -2,7 +2,14 @@
 // one worker, a killed worker's gateways polled again within the bound, never twice an interval.
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
+import { getLive } from "../actors/kvStore.ts";
+import { CatalogSchema } from "../protocol/catalog.ts";
+import { PollOwnerSchema } from "../protocol/poller.ts";
+import { KEYS, subjects } from "../protocol/subjects.ts";
+import { publishEvent } from "../runtime/events.ts";
+import { openStores } from "../runtime/nats.ts";
 import { startFixtureHttp, type FixtureHttp } from "./fixtures/fixtureHttp.ts";
+import { until } from "./helpers/wait.ts";
 import { startNats, type TestNats } from "./helpers/nats.ts";
 import { startTestWorker, type TestWorker } from "./helpers/worker.ts";
 
@@ -97,4 +104,37 @@ describe("gateway pollers across workers", () => {
       }
     });
   }
+
+  it("a list_changed published while a gateway has no poller is discovered by the worker that takes it over", async () => {
+    const prefix = "lc";
+    const env = { ...ENV, MCPGW_SUBJECT_PREFIX: prefix, MCPGW_POLL_OWNER_TTL: "2s" };
+    const workers = [await startTestWorker(nats, { ...env, MCPGW_WORKER_ID: "lc-w0" })];
+    try {
+      const gid = (await workers[0]!.registry.add({ name: "lc-g", transport: "streamable-http", url: fixture.url("lc-g") })).id;
+      const stores = await openStores(await nats.connect(), prefix); // outlives the killed worker's connection
+      const tools = async () => {
+        const e = await getLive(stores.catalog, KEYS.catalog(gid));
+        return e ? CatalogSchema.parse(e.json()).tools.map((t) => t.name) : [];
+      };
+      await until("the first discovery", async () => (await tools()).includes("echo"));
+      // a second worker that never saw the gateway added: to it the gateway is not new
+      workers.push(await startTestWorker(nats, { ...env, MCPGW_WORKER_ID: "lc-w1" }));
+      await sleep(1_000);
+      const owner = await until("an owner", async () => {
+        const e = await getLive(stores.state, KEYS.pollOwner(gid));
+        return e ? PollOwnerSchema.parse(e.json()).worker : null;
+      });
+      const victim = workers.find((w) => w.id === owner)!;
+      await victim.nc.close();
+      // the upstream changes and says so while nobody polls it (discovery interval: 10 minutes)
+      fixture.gateway("lc-g").toolbox.add("late_tool");
+      const subject = subjects(prefix).evt.gateway(gid, "list_changed");
+      await publishEvent(stores.js, subject, { type: "list_changed", gid, at: new Date().toISOString(), lists: ["tools"] });
+      const t0 = Date.now();
+      await until("the tool in the catalog after the takeover", async () => (await tools()).includes("late_tool"), TAKEOVER_BOUND_MS + 5_000);
+      console.log(`# list_changed during an ownership gap reached the catalog ${Date.now() - t0} ms later (owner TTL 2 s, discovery interval 10 min)`);
+    } finally {
+      for (const w of workers) await w.stop();
+    }
+  });
 });
