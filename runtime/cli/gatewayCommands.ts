@@ -19,6 +19,7 @@ function pairs(list: string[] | undefined, what: string): Record<string, string>
 }
 
 type SpecOptions = {
+  spec?: string;
   url?: string;
   transport?: string;
   command?: string;
@@ -73,8 +74,26 @@ function specFrom(o: SpecOptions): Record<string, unknown> {
   return spec;
 }
 
+/**
+ * Spec fields from a JSON file (`-` for standard input), so secrets need not be on the command
+ * line where `ps` shows them. Options given as well override the file's fields.
+ */
+function specFile(path: string | undefined): Record<string, unknown> {
+  if (path === undefined) return {};
+  const text = readFileSync(path === "-" ? 0 : path, "utf8");
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch {
+    throw new Error(`--spec ${path} is not valid JSON`);
+  }
+  if (typeof value !== "object" || value === null || Array.isArray(value)) throw new Error(`--spec ${path} must hold a JSON object`);
+  return value as Record<string, unknown>;
+}
+
 function specOptions(cmd: Command): Command {
   return cmd
+    .option("--spec <file>", "gateway fields as JSON from a file, or - for standard input (keeps secrets off the command line)")
     .option("--url <url>", "upstream MCP endpoint (streamable-http or sse)")
     .addOption(new Option("--transport <kind>", "streamable-http | sse | stdio"))
     .option("--command <cmd>", "stdio: the command to run")
@@ -131,7 +150,9 @@ export function gatewayCommands(run: Run): Command {
     .option("--disabled", "register it disabled")
     .action((name: string, o: SpecOptions & { disabled?: boolean }) =>
       run(async (a, print) => {
-        const spec = { name, transport: o.transport ?? (o.command ? "stdio" : "streamable-http"), ...specFrom(o), ...(o.disabled ? { enabled: false } : {}) };
+        const fromFile = specFile(o.spec);
+        const transport = o.transport ?? fromFile.transport ?? (o.command ? "stdio" : "streamable-http");
+        const spec = { ...fromFile, name, transport, ...specFrom(o), ...(o.disabled ? { enabled: false } : {}) };
         const g = await a.call(a.s.admin.gateway("add"), spec, GatewayViewSchema);
         print(`added ${g.name} (${g.id}) at revision ${g.revision}`, g);
       }),
@@ -144,7 +165,7 @@ export function gatewayCommands(run: Run): Command {
     .option("--expected-revision <n>", "refuse if the gateway changed since this revision", (v) => Number.parseInt(v, 10))
     .action((name: string, o: SpecOptions & { rename?: string; expectedRevision?: number }) =>
       run(async (a, print) => {
-        const patch = { ...specFrom(o), ...(o.rename ? { name: o.rename } : {}) };
+        const patch = { ...specFile(o.spec), ...specFrom(o), ...(o.rename ? { name: o.rename } : {}) };
         const body = { ...ref(name), patch, ...(o.expectedRevision ? { expectedRevision: o.expectedRevision } : {}) };
         const g = await a.call(a.s.admin.gateway("update"), body, GatewayViewSchema);
         print(`updated ${g.name} (${g.id}), now at revision ${g.revision}`, g);

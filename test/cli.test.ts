@@ -1,0 +1,70 @@
+import assert from "node:assert/strict";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { startNats, type TestNats } from "./helpers/nats.ts";
+import { runTs } from "./helpers/processes.ts";
+import { startTestWorker, type TestWorker } from "./helpers/worker.ts";
+
+describe("mcpgw CLI", () => {
+  let nats: TestNats;
+  let worker: TestWorker;
+  const dir = mkdtempSync(join(tmpdir(), "mcpgw-cli-"));
+  before(async () => {
+    nats = await startNats();
+    worker = await startTestWorker(nats);
+  });
+  after(async () => {
+    await worker?.stop();
+    await nats?.stop();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  const cli = async (...args: string[]) => {
+    const p = runTs("runtime/cli/main.ts", ["--server", nats.url, "--user", "admin", "--password", nats.passwords.admin, ...args], {});
+    const { code } = await p.exited;
+    return { code, out: p.output() };
+  };
+
+  it("adds from a spec file (secrets off the command line), shows, updates, lists and removes", async () => {
+    const spec = join(dir, "weather.json");
+    writeFileSync(spec, JSON.stringify({ url: "https://weather.example.com/mcp", auth: { type: "bearer", token: "cli-SECRET-token" }, tags: ["prod"] }));
+    const added = await cli("gateway", "add", "weather", "--spec", spec, "--description", "from flags");
+    assert.equal(added.code, 0, added.out);
+    assert.match(added.out, /^added weather \([0-9a-f]{16}\) at revision \d+/);
+
+    const shown = await cli("--json", "gateway", "get", "weather");
+    const g = JSON.parse(shown.out);
+    assert.deepEqual([g.url, g.auth, g.tags, g.description], ["https://weather.example.com/mcp", { type: "bearer", token: "********" }, ["prod"], "from flags"]);
+    assert.ok(!shown.out.includes("cli-SECRET-token"));
+
+    const updated = await cli("gateway", "update", "weather", "--tag", "staging", "--expected-revision", String(g.revision));
+    assert.equal(updated.code, 0, updated.out);
+    const stale = await cli("gateway", "update", "weather", "--description", "x", "--expected-revision", String(g.revision));
+    assert.equal(stale.code, 1);
+    assert.match(stale.out, /^error: conflict: gateway weather is at revision \d+, not \d+/);
+
+    const ls = await cli("gateway", "ls");
+    assert.match(ls.out, /^NAME\s+ID\s+TRANSPORT/);
+    assert.match(ls.out, /^weather\s+[0-9a-f]{16}\s+streamable-http\s+yes/m);
+
+    const removed = await cli("gateway", "rm", "weather");
+    assert.match(removed.out, /^removed weather/);
+    assert.match((await cli("gateway", "get", "weather")).out, /^error: not_found: no gateway named weather/);
+  });
+
+  it("says what is wrong in one line", async () => {
+    const bad = join(dir, "bad.json");
+    writeFileSync(bad, "{ not json");
+    const r = await cli("gateway", "add", "x", "--spec", bad);
+    assert.equal(r.code, 1);
+    assert.equal(r.out.trim(), `error: --spec ${bad} is not valid JSON`);
+    const invalid = await cli("gateway", "add", "Bad_Name", "--url", "ftp://x");
+    assert.equal(invalid.code, 1);
+    assert.match(invalid.out.trim(), /^error: invalid_request: invalid gateway \(name: must be a slug[^)]*; url: must be an http or https URL\)$/);
+    const nobody = runTs("runtime/cli/main.ts", ["--server", "nats://127.0.0.1:1", "gateway", "ls"], {});
+    assert.equal((await nobody.exited).code, 1);
+    assert.equal(nobody.output().trim().split("\n").length, 1);
+  });
+});
