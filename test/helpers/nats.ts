@@ -20,6 +20,22 @@ export async function freePort(): Promise<number> {
   });
 }
 
+/**
+ * Servers still running, killed when the test process ends however it ends (an aborted or
+ * killed test file must not leave a nats-server behind: it runs in its own process group).
+ */
+const running = new Set<{ kill(signal: NodeJS.Signals): unknown }>();
+const killAll = () => {
+  for (const p of running) p.kill("SIGKILL");
+};
+process.once("exit", killAll);
+for (const signal of ["SIGINT", "SIGTERM"] as const) {
+  process.once(signal, () => {
+    killAll();
+    process.kill(process.pid, signal);
+  });
+}
+
 export type TestNats = {
   url: string;
   dir: string;
@@ -44,6 +60,7 @@ export async function startNats(): Promise<TestNats> {
     storeDir: join(dir, "jetstream"),
     passwords,
   });
+  running.add(server.process);
   const conns: NatsConnection[] = [];
   return {
     url: server.url,
@@ -57,6 +74,7 @@ export async function startNats(): Promise<TestNats> {
     async stop() {
       await Promise.allSettled(conns.map((c) => c.close()));
       await server.stop();
+      running.delete(server.process);
       rmSync(dir, { recursive: true, force: true });
     },
   };
