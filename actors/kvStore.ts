@@ -15,6 +15,15 @@ export async function listKeys(kv: Pick<KV, "keys">, filter: string): Promise<st
   return out;
 }
 
+/** An entry's value as JSON; undefined when it is not JSON (the caller's schema then rejects it). */
+export function entryJson(e: { json(): unknown }): unknown {
+  try {
+    return e.json();
+  } catch {
+    return undefined;
+  }
+}
+
 export function encodeValue(value: unknown): string {
   return JSON.stringify(value);
 }

@@ -2,10 +2,9 @@
 // classification as the leader's fenced duty, cluster-wide usage from `evt.usage`, and
 // `admin.classification.get` (answered from KV by any worker).
 import { performance } from "node:perf_hooks";
-import type { KvEntry } from "@nats-io/kv";
 import { createActor, fromCallback, fromPromise, waitFor } from "xstate";
 import { classify, type ClassificationResult } from "../actors/classification.ts";
-import { encodeValue, getLive, isCasConflict, listKeys } from "../actors/kvStore.ts";
+import { encodeValue, entryJson, getLive, isCasConflict, listKeys } from "../actors/kvStore.ts";
 import { leaderLeaseMachine, type LeaseEvent } from "../actors/leaderLease.machine.ts";
 import type { Registry } from "../actors/registry.ts";
 import { UsageAggregate } from "../actors/usageAggregate.ts";
@@ -84,7 +83,7 @@ export function createClassifierEffects(
     for (let i = 0; i < keys.length; i += USAGE_LOAD_CONCURRENCY) {
       const entries = await Promise.all(keys.slice(i, i + USAGE_LOAD_CONCURRENCY).map((k) => getLive(kv, k)));
       for (const e of entries) {
-        const v = e ? StoredUsageSchema.safeParse(safeJson(e)) : null;
+        const v = e ? StoredUsageSchema.safeParse(entryJson(e)) : null;
         if (!e || !v?.success) continue;
         const gid = e.key.slice(KEYS.usagePrefix.length);
         usage.adopt(gid, v.data);
@@ -109,7 +108,7 @@ export function createClassifierEffects(
     });
     const persistOne = async (gid: string) => {
       const e = await kv.get(KEYS.usage(gid));
-      const theirs = e?.operation === "PUT" ? StoredUsageSchema.safeParse(safeJson(e)) : null;
+      const theirs = e?.operation === "PUT" ? StoredUsageSchema.safeParse(entryJson(e)) : null;
       if (theirs?.success) usage.adopt(gid, theirs.data);
       const merged = usage.stored(gid)!;
       if ((await cas(() => kv.put(KEYS.usage(gid), encodeValue(merged), { previousSeq: e?.revision ?? 0 }))) !== null) last.set(gid, merged);
@@ -184,7 +183,7 @@ export function createClassifierEffects(
         // a renewal still in flight when we decided to let go may have moved the revision;
         // only this worker writes its own id as holder, so that revision is still ours
         const e = await getLive(kv, KEYS.leaderClassifier);
-        const v = e ? LeaderLeaseSchema.safeParse(safeJson(e)) : null;
+        const v = e ? LeaderLeaseSchema.safeParse(entryJson(e)) : null;
         if (e && v?.success && v.data.holder === me) done = await del(e.revision);
       }
       if (done === null) rejected("lease release", input.revision);
@@ -277,8 +276,8 @@ export async function startClassifierHost(ctx: WorkerContext): Promise<Classifie
     async (payload): Promise<ClassificationGetReply> => {
       parseRequest(ClassificationGetRequestSchema, payload, "classification request");
       const [lease, current] = await Promise.all([getLive(kv, KEYS.leaderClassifier), getLive(kv, KEYS.classification)]);
-      const leader = lease ? LeaderLeaseSchema.safeParse(safeJson(lease)) : null;
-      const classification = current ? ClassificationSchema.safeParse(safeJson(current)) : null;
+      const leader = lease ? LeaderLeaseSchema.safeParse(entryJson(lease)) : null;
+      const classification = current ? ClassificationSchema.safeParse(entryJson(current)) : null;
       const c = classification?.success ? classification.data : null;
       return {
         leader: lease && leader?.success ? { ...leader.data, revision: lease.revision } : null,
@@ -303,12 +302,4 @@ export async function startClassifierHost(ctx: WorkerContext): Promise<Classifie
       stats.leader = false;
     },
   };
-}
-
-function safeJson(e: KvEntry): unknown {
-  try {
-    return e.json();
-  } catch {
-    return undefined;
-  }
 }

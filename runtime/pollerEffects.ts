@@ -4,7 +4,7 @@ import type { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import type { KV } from "@nats-io/kv";
 import type { JetStreamClient } from "@nats-io/jetstream";
 import { reconcile, type CatalogLists } from "../actors/discovery.ts";
-import { encodeValue, getLive, isCasConflict } from "../actors/kvStore.ts";
+import { encodeValue, entryJson, getLive, isCasConflict } from "../actors/kvStore.ts";
 import type { DiscoveryOutcome, PollState } from "../actors/poller.machine.ts";
 import { CatalogSchema, type Catalog } from "../protocol/catalog.ts";
 import { GatewayStatusSchema, MASK, mapGatewaySecrets, type GatewayRecord, type GatewayStatus } from "../protocol/gateway.ts";
@@ -116,12 +116,7 @@ export async function reconcileCatalog(store: CatalogStore, gid: string, found: 
 export async function readPollState(state: KV, gid: string): Promise<PollState> {
   const json = async (key: string) => {
     const e = await getLive(state, key);
-    if (!e) return undefined;
-    try {
-      return e.json();
-    } catch {
-      return undefined;
-    }
+    return e ? entryJson(e) : undefined;
   };
   const [health, discovery, classification] = await Promise.all([json(KEYS.pollHealth(gid)), json(KEYS.pollDiscovery(gid)), json(KEYS.classification)]);
   return { health, discovery, classification };
@@ -134,19 +129,11 @@ export async function readPollState(state: KV, gid: string): Promise<PollState> 
  */
 export async function readGatewayStatus(state: KV, gid: string): Promise<GatewayStatus | undefined> {
   const [statusEntry, stampEntry] = await Promise.all([getLive(state, KEYS.gatewayStatus(gid)), getLive(state, KEYS.pollHealth(gid))]);
-  const status = statusEntry ? GatewayStatusSchema.safeParse(safeJson(statusEntry)) : null;
+  const status = statusEntry ? GatewayStatusSchema.safeParse(entryJson(statusEntry)) : null;
   if (!status?.success) return undefined;
-  const stamp = stampEntry ? PollStampSchema.safeParse(safeJson(stampEntry)) : null;
+  const stamp = stampEntry ? PollStampSchema.safeParse(entryJson(stampEntry)) : null;
   if (!stamp?.success || (status.data.lastSuccessAt !== null && stamp.data.at <= status.data.lastSuccessAt)) return status.data;
   return { ...status.data, lastSuccessAt: stamp.data.at, nextPollAt: stamp.data.nextAt };
-}
-
-function safeJson(e: { json(): unknown }): unknown {
-  try {
-    return e.json();
-  } catch {
-    return undefined;
-  }
 }
 
 /**

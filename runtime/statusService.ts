@@ -1,5 +1,5 @@
 import type { Subscription } from "@nats-io/transport-node";
-import { getLive, listKeys } from "../actors/kvStore.ts";
+import { entryJson, getLive, listKeys } from "../actors/kvStore.ts";
 import { ClassificationSchema, LeaderLeaseSchema } from "../protocol/classification.ts";
 import { parseRequest } from "../protocol/envelope.ts";
 import { GatewayStatusSchema } from "../protocol/gateway.ts";
@@ -12,12 +12,8 @@ import type { WorkerContext } from "./worker.ts";
 
 function parsed<T>(schema: { safeParse(v: unknown): { success: true; data: T } | { success: false } }, entry: { json(): unknown } | null): T | null {
   if (!entry) return null;
-  try {
-    const r = schema.safeParse(entry.json());
-    return r.success ? r.data : null;
-  } catch {
-    return null;
-  }
+  const r = schema.safeParse(entryJson(entry));
+  return r.success ? r.data : null;
 }
 
 /**
