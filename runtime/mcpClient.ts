@@ -200,6 +200,18 @@ export async function connectUpstream(opts: ConnectOptions): Promise<UpstreamCon
   };
 }
 
+/** Polite close, forced when it has not finished within `graceMs` (an upstream that ignores it). */
+export async function closeWithin(conn: Pick<UpstreamConnection, "close" | "forceClose">, graceMs: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  const polite = conn.close().then(
+    () => true,
+    () => false,
+  );
+  const inTime = await Promise.race([polite, new Promise<boolean>((r) => (timer = setTimeout(() => r(false), graceMs).unref()))]);
+  clearTimeout(timer);
+  if (!inTime) conn.forceClose();
+}
+
 export type CallFailure = "transport" | "timeout" | "rpc";
 
 /**

@@ -11,7 +11,7 @@ import { GatewayStatusSchema, MASK, mapGatewaySecrets, type GatewayRecord, type 
 import { PollStampSchema } from "../protocol/poller.ts";
 import { KEYS, type Subjects } from "../protocol/subjects.ts";
 import { publishEvent } from "./events.ts";
-import { connectUpstream, isMethodNotFound } from "./mcpClient.ts";
+import { closeWithin, connectUpstream, isMethodNotFound } from "./mcpClient.ts";
 
 /** An initialized MCP client for one probe of a gateway; closed after the probe. */
 export type ProbeConnection = { client: Client; close(): Promise<void> };
@@ -32,13 +32,7 @@ export function probeConnector(open: (sealed: string, gid: string) => string): G
     return {
       client: conn.client,
       // bounded: an upstream that ignores the polite close is forced
-      close: async () => {
-        let timer: NodeJS.Timeout | undefined;
-        const polite = conn.close().then(() => true, () => false);
-        const done = await Promise.race([polite, new Promise<boolean>((r) => (timer = setTimeout(() => r(false), 2_000)))]);
-        clearTimeout(timer);
-        if (!done) conn.forceClose();
-      },
+      close: () => closeWithin(conn, 2_000),
     };
   };
 }

@@ -32,7 +32,7 @@ import type { GatewayUsage, UsageReport } from "../protocol/usage.ts";
 import { KEYS, QUEUE } from "../protocol/subjects.ts";
 import { decodeJson, encodeJson, gather, isNoResponders, serve } from "./bus.ts";
 import { followEvents, publishCore, publishEvent } from "./events.ts";
-import { classifyFailure, connectUpstream, isMethodNotFound, rpcErrorOf, type UpstreamConnection } from "./mcpClient.ts";
+import { classifyFailure, closeWithin, connectUpstream, isMethodNotFound, rpcErrorOf, type UpstreamConnection } from "./mcpClient.ts";
 import type { Hosted, WorkerContext } from "./worker.ts";
 
 /** How long a fan-out (session list, evict, drain) waits for one more worker to answer. */
@@ -157,7 +157,8 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
         connect: fromPromise<void>(async ({ signal }) => {
           const previous = x.conn;
           x.conn = null;
-          if (previous) void closeBounded(previous);
+          // grace, then force, for a connection replaced after a failed probe
+          if (previous) void closeWithin(previous, shutdownMs);
           // declared before the connect: the transport may report a close while it is still connecting
           let conn: Awaited<ReturnType<typeof connectUpstream>> | null = null;
           conn = await connectUpstream({
@@ -209,16 +210,6 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
         shutdownTimeout: shutdownMs,
       },
     });
-  }
-
-  /** Grace, then force, for a connection replaced after a failed probe. */
-  async function closeBounded(conn: UpstreamConnection): Promise<void> {
-    const graceful = conn.close().then(
-      () => true,
-      () => false,
-    );
-    const inTime = await Promise.race([graceful, new Promise<boolean>((r) => setTimeout(() => r(false), shutdownMs).unref())]);
-    if (!inTime) conn.forceClose();
   }
 
   /** The address goes away at once; the close runs on. */
