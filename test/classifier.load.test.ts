@@ -1,5 +1,4 @@
 import assert from "node:assert/strict";
-import { spawn, type ChildProcess } from "node:child_process";
 import { after, before, describe, it } from "node:test";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { Kvm, type KV } from "@nats-io/kv";
@@ -13,25 +12,18 @@ import { getLive } from "../actors/kvStore.ts";
 import { encodeJson, request } from "../runtime/bus.ts";
 import { createClassifierEffects } from "../runtime/classifierHost.ts";
 import { openStores } from "../runtime/nats.ts";
-import { workerEnv } from "./helpers/processes.ts";
+import { runCli, runTs, workerEnv, type Proc } from "./helpers/processes.ts";
 import { startNats, type TestNats } from "./helpers/nats.ts";
+import { until } from "./helpers/wait.ts";
 import { TEST_SECRET_KEY, memoryLogger, testConfig } from "./helpers/worker.ts";
 
 const s = subjects();
 const TTL_MS = 3000;
+/** how long the process test waits for each step */
+const WAIT_MS = 15_000;
 
 async function run<L extends AnyActorLogic>(logic: L, input: InputFrom<L>): Promise<OutputFrom<L>> {
   return toPromise(createActor(logic, { input }).start());
-}
-
-async function until<T>(what: string, check: () => T | undefined | null | false | Promise<T | undefined | null | false>, timeoutMs = 15_000): Promise<T> {
-  const end = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await check();
-    if (v) return v;
-    if (Date.now() > end) assert.fail(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
 }
 
 describe("classification fence (two workers' effects interleaved on a real server)", () => {
@@ -133,7 +125,7 @@ describe("classification fence (two workers' effects interleaved on a real serve
   });
 });
 
-type Child = { id: string; proc: ChildProcess; lines: string[]; stopped: boolean };
+type Child = Proc & { id: string };
 type Seen = { key: string; revision: number; op: string; value: unknown; at: number };
 
 describe("classifier across three worker processes", () => {
@@ -146,44 +138,26 @@ describe("classifier across three worker processes", () => {
   let usageTimer: NodeJS.Timeout | undefined;
 
   function startChild(id: string): Child {
-    const proc = spawn(process.execPath, ["--import", "tsx", "runtime/main.ts"], {
-      env: workerEnv(nats, TEST_SECRET_KEY, {
-        MCPGW_WORKER_ID: id,
-        MCPGW_LEADER_TTL: `${TTL_MS}ms`,
-        MCPGW_CLASSIFICATION_INTERVAL: "1s",
-        MCPGW_USAGE_REPORT_INTERVAL: "500ms",
-        MCPGW_HEALTH_INTERVAL: "60s",
-        MCPGW_LOG_LEVEL: "info",
-      }),
-      stdio: ["ignore", "pipe", "pipe"],
+    const env = workerEnv(nats, TEST_SECRET_KEY, {
+      MCPGW_WORKER_ID: id,
+      MCPGW_LEADER_TTL: `${TTL_MS}ms`,
+      MCPGW_CLASSIFICATION_INTERVAL: "1s",
+      MCPGW_USAGE_REPORT_INTERVAL: "500ms",
+      MCPGW_HEALTH_INTERVAL: "60s",
+      MCPGW_LOG_LEVEL: "info",
     });
-    const child: Child = { id, proc, lines: [], stopped: false };
-    for (const stream of [proc.stdout!, proc.stderr!]) {
-      let buf = "";
-      stream.on("data", (d) => {
-        buf += String(d);
-        const parts = buf.split("\n");
-        buf = parts.pop()!;
-        child.lines.push(...parts);
-      });
-    }
+    const child: Child = { id, ...runTs("runtime/main.ts", [], env) };
     children.set(id, child);
     return child;
   }
 
   async function cliOutput(args: string[]): Promise<string> {
-    const proc = spawn(process.execPath, ["--import", "tsx", "runtime/cli/main.ts", "--server", nats.url, "--user", "admin", "--password", nats.passwords.admin, ...args], {
-      stdio: ["ignore", "pipe", "inherit"],
-    });
-    let out = "";
-    proc.stdout!.on("data", (d) => (out += String(d)));
-    const code = await new Promise((r) => proc.once("exit", r));
-    assert.equal(code, 0);
-    return out;
+    const cli = runCli(nats, args);
+    assert.equal((await cli.exited).code, 0, cli.output());
+    return cli.output();
   }
 
-  const logged = (c: Child, msg: string) => c.lines.some((l) => l.includes(`"msg":"${msg}`));
-  const exited = (c: Child) => new Promise<void>((r) => (c.proc.exitCode !== null || c.proc.signalCode !== null ? r() : c.proc.once("exit", () => r())));
+  const logged = (c: Child, msg: string) => c.output().includes(`"msg":"${msg}`);
   const leases = () => seen.filter((e) => e.key === KEYS.leaderClassifier);
   const classifications = () => seen.filter((e) => e.key === KEYS.classification && e.op === "PUT").map((e) => ({ ...e, c: e.value as Classification }));
   const holderOf = (e: Seen | undefined) => (e?.op === "PUT" ? LeaderLeaseSchema.parse(e.value).holder : null);
@@ -226,10 +200,10 @@ describe("classifier across three worker processes", () => {
   after(async () => {
     clearInterval(usageTimer);
     for (const c of children.values()) {
-      c.proc.kill("SIGCONT");
-      c.proc.kill("SIGKILL");
+      c.child.kill("SIGCONT");
+      c.child.kill("SIGKILL");
     }
-    await Promise.all([...children.values()].map(exited));
+    await Promise.all([...children.values()].map((c) => c.exited));
     await nats?.stop();
   });
 
@@ -238,6 +212,7 @@ describe("classifier across three worker processes", () => {
     // 1. the first classification: the used gateways are hot (N = 10, cap 2), in rank order
     const first = await until("a classification with the used gateways hot", () =>
       classifications().find((e) => e.c.hot.length === 2 && e.c.meta.total === 10),
+      WAIT_MS,
     );
     assert.deepEqual(first.c.hot, [gids[7], gids[3]]);
     assert.equal(first.c.cold.length, 8);
@@ -254,26 +229,24 @@ describe("classifier across three worker processes", () => {
     // 2. SIGKILL the leader: another classifies within TTL + 2 s
     const l1 = children.get(first.c.leader)!;
     const killedAt = performance.now();
-    l1.proc.kill("SIGKILL");
-    await exited(l1);
-    const second = await until("a classification by a new leader", () => classifications().find((e) => e.at > killedAt && e.c.leader !== l1.id));
+    l1.child.kill("SIGKILL");
+    await l1.exited;
+    const second = await until("a classification by a new leader", () => classifications().find((e) => e.at > killedAt && e.c.leader !== l1.id), WAIT_MS);
     const killTakeoverMs = second.at - killedAt;
     console.log(`# SIGKILL of the leader → new leader's classification after ${Math.round(killTakeoverMs)} ms (TTL ${TTL} ms)`);
     assert.ok(killTakeoverMs <= TTL + 2000, `took ${killTakeoverMs} ms`);
 
     // 3. SIGSTOP the new leader past its TTL; the third worker takes over; SIGCONT: it steps down, its writes are refused
     const l2 = children.get(second.c.leader)!;
-    const linesBefore = l2.lines.length;
+    const outputBefore = l2.output().length;
     const stoppedAt = performance.now();
-    l2.proc.kill("SIGSTOP");
-    l2.stopped = true;
-    const third = await until("a classification by the third worker", () => classifications().find((e) => e.at > stoppedAt && e.c.leader !== l2.id));
+    l2.child.kill("SIGSTOP");
+    const third = await until("a classification by the third worker", () => classifications().find((e) => e.at > stoppedAt && e.c.leader !== l2.id), WAIT_MS);
     await new Promise((r) => setTimeout(r, Math.max(0, stoppedAt + TTL + 500 - performance.now())));
     const contAt = performance.now();
-    l2.proc.kill("SIGCONT");
-    l2.stopped = false;
-    await until("the woken leader to step down", () => l2.lines.slice(linesBefore).some((l) => l.includes("classifier stepped down")));
-    await until("its stale write to be rejected", () => l2.lines.slice(linesBefore).some((l) => /stale .* rejected/.test(l)));
+    l2.child.kill("SIGCONT");
+    await until("the woken leader to step down", () => l2.output().slice(outputBefore).includes("classifier stepped down"), WAIT_MS);
+    await until("its stale write to be rejected", () => /stale .* rejected/.test(l2.output().slice(outputBefore)), WAIT_MS);
     await new Promise((r) => setTimeout(r, 1500));
     assert.ok(
       classifications().every((e) => e.at < contAt || e.c.leader === third.c.leader),
@@ -284,17 +257,16 @@ describe("classifier across three worker processes", () => {
     // 4. SIGTERM the leader: the survivor takes over at once (no TTL standstill wait)
     const l3 = children.get(third.c.leader)!;
     const termAt = performance.now();
-    l3.proc.kill("SIGTERM");
-    const handover = await until("a lease taken by the survivor", () => leases().find((e) => e.at > termAt && holderOf(e) === l2.id));
+    l3.child.kill("SIGTERM");
+    const handover = await until("a lease taken by the survivor", () => leases().find((e) => e.at > termAt && holderOf(e) === l2.id), WAIT_MS);
     const handoverMs = handover.at - termAt;
-    const classifierLog = (c: Child) => c.lines.filter((l) => /classif|lease/.test(l)).slice(-8).join("\n");
-    const fourth = await until("a classification by the survivor", () => classifications().find((e) => e.at > termAt && e.c.leader === l2.id));
+    const classifierLog = (c: Child) => c.output().split("\n").filter((l) => /classif|lease/.test(l)).slice(-8).join("\n");
+    const fourth = await until("a classification by the survivor", () => classifications().find((e) => e.at > termAt && e.c.leader === l2.id), WAIT_MS);
     console.log(
       `# SIGTERM of the leader → lease handed over after ${Math.round(handoverMs)} ms, first classification after ${Math.round(fourth.at - termAt)} ms`,
     );
     assert.ok(handoverMs < TTL, `a clean shutdown must not wait for the standstill (${handoverMs} ms)\n${classifierLog(l3)}\n${classifierLog(l2)}`);
-    await exited(l3);
-    assert.equal(l3.proc.exitCode, 0);
+    assert.equal((await l3.exited).code, 0);
     assert.ok(logged(l3, "classifier lease released"));
 
     // Exactly one leader at any time: every classification a leader computed came right after a

@@ -4,7 +4,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { startNats, type TestNats } from "./helpers/nats.ts";
-import { runTs } from "./helpers/processes.ts";
+import { runCli, runTs } from "./helpers/processes.ts";
 import { startTestWorker, type TestWorker } from "./helpers/worker.ts";
 
 describe("mcpgw CLI", () => {
@@ -22,7 +22,7 @@ describe("mcpgw CLI", () => {
   });
 
   const cli = async (...args: string[]) => {
-    const p = runTs("runtime/cli/main.ts", ["--server", nats.url, "--user", "admin", "--password", nats.passwords.admin, ...args], {});
+    const p = runCli(nats, args);
     const { code } = await p.exited;
     return { code, out: p.output() };
   };

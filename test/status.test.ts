@@ -6,7 +6,7 @@ import { request } from "../runtime/bus.ts";
 import { createUpstreamCaller } from "../runtime/upstreamClient.ts";
 import { startFixtureHttp, type FixtureHttp } from "./fixtures/fixtureHttp.ts";
 import { startNats, type TestNats } from "./helpers/nats.ts";
-import { runTs } from "./helpers/processes.ts";
+import { runCli } from "./helpers/processes.ts";
 import { until } from "./helpers/wait.ts";
 import { memoryLogger, startTestWorker, type TestWorker } from "./helpers/worker.ts";
 
@@ -55,7 +55,7 @@ describe("cluster status", () => {
     const bad = await request(admin, s.admin.status, { verbose: true }, StatusReplySchema, 5000).catch((e: Error) => e);
     assert.match(String(bad), /invalid_request|invalid status request/);
 
-    const cli = runTs("runtime/cli/main.ts", ["--server", nats.url, "--user", "admin", "--password", nats.passwords.admin, "status"], {});
+    const cli = runCli(nats, ["status"]);
     assert.equal((await cli.exited).code, 0, cli.output());
     assert.match(cli.output(), /^s1\s+\d+\s+\d+/m);
     assert.match(cli.output(), /gateways\s+3 \(2 enabled: 1 healthy, 1 unhealthy, 0 not yet polled\)/);

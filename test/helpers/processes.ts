@@ -70,3 +70,8 @@ export function workerEnv(nats: { url: string; passwords: { runtime: string } },
     ...env,
   };
 }
+
+/** The `mcpgw` CLI run against the test's nats-server as its `admin` user. */
+export function runCli(nats: { url: string; passwords: { admin: string } }, args: string[]): Proc {
+  return runTs("runtime/cli/main.ts", ["--server", nats.url, "--user", "admin", "--password", nats.passwords.admin, ...args], {});
+}
