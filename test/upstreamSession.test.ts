@@ -18,6 +18,7 @@ import { publishEvent } from "../runtime/events.ts";
 import { createUpstreamCaller, type UpstreamCaller } from "../runtime/upstreamClient.ts";
 import { startFixtureHttp, type FixtureHttp } from "./fixtures/fixtureHttp.ts";
 import { startNats, type TestNats } from "./helpers/nats.ts";
+import { until } from "./helpers/wait.ts";
 import { memoryLogger, startTestWorker, type TestWorker } from "./helpers/worker.ts";
 
 const s = subjects();
@@ -74,13 +75,8 @@ async function listSessions(filter: { sid?: string; gid?: string } = {}) {
   return request(nc, s.admin.sessionList, filter, SessionListReplySchema, 5000);
 }
 
-async function waitFor(what: string, check: () => Promise<boolean> | boolean, ms = 5000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!(await check())) {
-    if (Date.now() > end) assert.fail(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
-}
+/** `until` with this file's bound of 5 s */
+const waitFor = (what: string, check: () => Promise<boolean> | boolean, ms = 5000) => until(what, check, ms);
 
 before(async () => {
   nats = await startNats();
