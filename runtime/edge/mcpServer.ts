@@ -80,22 +80,15 @@ export function sessionServer(ctx: SessionContext): Server {
     }
   };
 
-  server.setRequestHandler(ListToolsRequestSchema, (req) => {
-    const { page: tools, nextCursor } = page(ctx.view().tools, req.params?.cursor);
-    return { tools: tools as never, ...(nextCursor ? { nextCursor } : {}) };
-  });
-  server.setRequestHandler(ListPromptsRequestSchema, (req) => {
-    const { page: prompts, nextCursor } = page(ctx.view().prompts, req.params?.cursor);
-    return { prompts: prompts as never, ...(nextCursor ? { nextCursor } : {}) };
-  });
-  server.setRequestHandler(ListResourcesRequestSchema, (req) => {
-    const { page: resources, nextCursor } = page(ctx.view().resources, req.params?.cursor);
-    return { resources: resources as never, ...(nextCursor ? { nextCursor } : {}) };
-  });
-  server.setRequestHandler(ListResourceTemplatesRequestSchema, (req) => {
-    const { page: resourceTemplates, nextCursor } = page(ctx.view().resourceTemplates, req.params?.cursor);
-    return { resourceTemplates: resourceTemplates as never, ...(nextCursor ? { nextCursor } : {}) };
-  });
+  /** One page of a list of this session's view, under the list's own key. */
+  const list = (key: "tools" | "prompts" | "resources" | "resourceTemplates", cursor: string | undefined) => {
+    const { page: items, nextCursor } = page(ctx.view()[key], cursor);
+    return { [key]: items, ...(nextCursor ? { nextCursor } : {}) } as never;
+  };
+  server.setRequestHandler(ListToolsRequestSchema, (req) => list("tools", req.params?.cursor));
+  server.setRequestHandler(ListPromptsRequestSchema, (req) => list("prompts", req.params?.cursor));
+  server.setRequestHandler(ListResourcesRequestSchema, (req) => list("resources", req.params?.cursor));
+  server.setRequestHandler(ListResourceTemplatesRequestSchema, (req) => list("resourceTemplates", req.params?.cursor));
 
   server.setRequestHandler(CallToolRequestSchema, async (req, extra) => {
     const route = ctx.view().toolRoutes.get(req.params.name);
