@@ -45,14 +45,16 @@ async function answer(msg: Msg, handler: Handler, log: Logger): Promise<void> {
   try {
     reply = ok(await handler(decodeJson(msg.data), msg));
   } catch (err) {
-    if (err instanceof ProtocolError) {
-      reply = { ok: false, error: err.toBody() };
-    } else {
-      log.error({ err, subject: msg.subject }, "request handler failed");
-      reply = fail("internal", "internal error; see the worker's log");
-    }
+    reply = errorReply(err, log, msg.subject);
   }
   if (msg.reply) msg.respond(encodeJson(reply));
+}
+
+/** The reply to a failed request: a `ProtocolError` as it is; anything else is logged and answered as `internal`. */
+export function errorReply(err: unknown, log: Logger, subject: string): Envelope<never> {
+  if (err instanceof ProtocolError) return { ok: false, error: err.toBody() };
+  log.error({ err, subject }, "request handler failed");
+  return fail("internal", "internal error; see the worker's log");
 }
 
 export function isNoResponders(err: unknown): boolean {
@@ -79,7 +81,12 @@ export async function request<T extends z.ZodType>(
   timeoutMs: number,
 ): Promise<z.infer<T>> {
   const msg = await nc.request(subject, encodeJson(payload), { timeout: timeoutMs });
-  const env = AnyEnvelopeSchema.parse(decodeJson(msg.data));
+  return unwrapReply(msg.data, schema);
+}
+
+/** A reply envelope's data parsed with `schema`; an error envelope becomes a `ProtocolError`. */
+export function unwrapReply<T extends z.ZodType>(data: Uint8Array, schema: T): z.infer<T> {
+  const env = AnyEnvelopeSchema.parse(decodeJson(data));
   if (!env.ok) throw new ProtocolError(env.error.code, env.error.message, env.error.issues);
   return schema.parse(env.data);
 }

@@ -2,7 +2,7 @@
 // means nobody hosts it: ask a worker to, then retry. A timeout means the outcome is
 // unknown, so it is reported, never retried.
 import type { NatsConnection } from "@nats-io/transport-node";
-import { AnyEnvelopeSchema, ProtocolError, parseRequest } from "../protocol/envelope.ts";
+import { ProtocolError, parseRequest } from "../protocol/envelope.ts";
 import {
   SpawnReplySchema,
   UpstreamCallReplySchema,
@@ -11,7 +11,7 @@ import {
   type UpstreamCallRequest,
 } from "../protocol/upstream.ts";
 import type { Subjects } from "../protocol/subjects.ts";
-import { decodeJson, encodeJson, isNoResponders, isTimeout, request } from "./bus.ts";
+import { encodeJson, isNoResponders, isTimeout, request, unwrapReply } from "./bus.ts";
 import type { Logger } from "./logger.ts";
 
 export type UpstreamCaller = {
@@ -71,9 +71,7 @@ export function createUpstreamCaller(nc: NatsConnection, s: Subjects, opts: { ca
           if (isTimeout(err)) throw new ProtocolError("timeout", `gateway ${gid} did not answer ${req.method} within ${timeout} ms`);
           throw err;
         }
-        const env = AnyEnvelopeSchema.parse(decodeJson(data));
-        if (!env.ok) throw new ProtocolError(env.error.code, env.error.message, env.error.issues);
-        return UpstreamCallReplySchema.parse(env.data);
+        return unwrapReply(data, UpstreamCallReplySchema);
       }
     } finally {
       signal?.removeEventListener("abort", onAbort);

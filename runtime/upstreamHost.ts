@@ -30,7 +30,7 @@ import {
 } from "../protocol/upstream.ts";
 import type { GatewayUsage, UsageReport } from "../protocol/usage.ts";
 import { KEYS, QUEUE } from "../protocol/subjects.ts";
-import { decodeJson, encodeJson, gather, isNoResponders, serve } from "./bus.ts";
+import { decodeJson, encodeJson, errorReply, gather, isNoResponders, serve } from "./bus.ts";
 import { followEvents, publishCore, publishEvent } from "./events.ts";
 import { classifyFailure, closeWithin, connectUpstream, isMethodNotFound, rpcErrorOf, type UpstreamConnection } from "./mcpClient.ts";
 import type { Hosted, WorkerContext } from "./worker.ts";
@@ -118,12 +118,6 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
 
   function respond(msg: Msg, env: Envelope<unknown>): void {
     if (msg.reply) msg.respond(encodeJson(env));
-  }
-
-  function errorEnvelope(err: unknown): Envelope<never> {
-    if (err instanceof ProtocolError) return { ok: false, error: err.toBody() };
-    log.error({ err }, "upstream request failed");
-    return fail("internal", "internal error; see the worker's log");
   }
 
   // ---- one actor ----
@@ -256,7 +250,7 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
       }
       respond(msg, fail("invalid_request", `unknown upstream operation ${String(op)}`));
     } catch (err) {
-      respond(msg, errorEnvelope(err));
+      respond(msg, errorReply(err, log, msg.subject));
     }
   }
 
