@@ -5,6 +5,7 @@ import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js";
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
 import type { Transport } from "@modelcontextprotocol/sdk/shared/transport.js";
+import { listCatalog } from "../runtime/pollerEffects.ts";
 import { startFixtureHttp, type FixtureHttp } from "./fixtures/fixtureHttp.ts";
 import { ToolListChangedNotificationSchema } from "@modelcontextprotocol/sdk/types.js";
 import { connectClient, putCatalog, until } from "./helpers/edge.ts";
@@ -20,13 +21,9 @@ const EVERYTHING = createRequire(import.meta.url).resolve("@modelcontextprotocol
 async function discover(w: TestWorker, gid: string, transport: Transport): Promise<void> {
   const client = new Client({ name: "discovery", version: "1" });
   await client.connect(transport);
-  const caps = client.getServerCapabilities() ?? {};
-  const tools = (await client.listTools()).tools;
-  const prompts = caps.prompts ? (await client.listPrompts()).prompts : [];
-  const resources = caps.resources ? (await client.listResources()).resources : [];
-  const resourceTemplates = caps.resources ? (await client.listResourceTemplates()).resourceTemplates : [];
+  const lists = await listCatalog(client, 10_000);
   await client.close();
-  await putCatalog(w, gid, { tools, prompts, resources, resourceTemplates } as never);
+  await putCatalog(w, gid, lists);
 }
 
 const text = (r: unknown) => ((r as { content: Array<{ text?: string }> }).content[0]?.text ?? "");

@@ -1,6 +1,6 @@
-import { createHash } from "node:crypto";
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
+import { catalogHash } from "../../actors/discovery.ts";
 import type { Catalog } from "../../protocol/catalog.ts";
 import type { GatewayStatus } from "../../protocol/gateway.ts";
 import { KEYS } from "../../protocol/subjects.ts";
@@ -14,8 +14,7 @@ type Lists = Partial<Pick<Catalog, "tools" | "prompts" | "resources" | "resource
  */
 export async function putCatalog(w: Worker, gid: string, lists: Lists): Promise<void> {
   const body = { tools: [], prompts: [], resources: [], resourceTemplates: [], ...lists };
-  const hash = createHash("sha256").update(JSON.stringify(body)).digest("hex");
-  const catalog: Catalog = { gid, hash, discoveredAt: new Date().toISOString(), ...body };
+  const catalog: Catalog = { gid, hash: catalogHash(body), discoveredAt: new Date().toISOString(), ...body };
   await w.stores.catalog.put(KEYS.catalog(gid), JSON.stringify(catalog));
 }
 
