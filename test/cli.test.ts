@@ -41,6 +41,9 @@ describe("mcpgw CLI", () => {
 
     const updated = await cli("gateway", "update", "weather", "--tag", "staging", "--expected-revision", String(g.revision));
     assert.equal(updated.code, 0, updated.out);
+    const noAuth = await cli("--json", "gateway", "update", "weather", "--no-auth");
+    assert.equal(noAuth.code, 0, noAuth.out);
+    assert.deepEqual(JSON.parse(noAuth.out).auth, { type: "none" });
     const stale = await cli("gateway", "update", "weather", "--description", "x", "--expected-revision", String(g.revision));
     assert.equal(stale.code, 1);
     assert.match(stale.out, /^error: conflict: gateway weather is at revision \d+, not \d+/);

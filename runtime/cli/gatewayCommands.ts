@@ -29,7 +29,8 @@ type SpecOptions = {
   basic?: string;
   authHeader?: string[];
   authQuery?: string[];
-  noAuth?: boolean;
+  /** false when --no-auth was given (commander's negated option) */
+  auth?: boolean;
   header?: string[];
   ca?: string;
   cert?: string;
@@ -48,7 +49,7 @@ function specFrom(o: SpecOptions): Record<string, unknown> {
   if (o.url !== undefined) spec.url = o.url;
   if (o.transport !== undefined) spec.transport = o.transport;
   if (o.command !== undefined) spec.stdio = { command: o.command, args: o.arg ?? [], env: pairs(o.env, "--env") ?? {} };
-  if (o.noAuth) spec.auth = { type: "none" };
+  if (o.auth === false) spec.auth = { type: "none" };
   if (o.bearer !== undefined) spec.auth = { type: "bearer", token: o.bearer };
   if (o.basic !== undefined) {
     const i = o.basic.indexOf(":");
