@@ -25,7 +25,7 @@ import { PollOwnerSchema, type PollStamp } from "../protocol/poller.ts";
 import { KEYS, QUEUE } from "../protocol/subjects.ts";
 import { isNoResponders, request, serve } from "./bus.ts";
 import { followEvents } from "./events.ts";
-import { listCatalog, readGatewayStatus, readPollState, reconcileCatalog, scrubbedError, type GatewayConnector } from "./pollerEffects.ts";
+import { listCatalog, readGatewayStatus, readPollState, reconcileCatalog, scrubbedError, type GatewayConnector, type ProbeConnection } from "./pollerEffects.ts";
 import type { Hosted, WorkerContext } from "./worker.ts";
 import { z } from "zod";
 
@@ -107,7 +107,7 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
   const probe = async <T>(
     gid: string,
     kind: string,
-    fn: (conn: Awaited<ReturnType<GatewayConnector>>) => Promise<T>,
+    fn: (conn: ProbeConnection) => Promise<T>,
     signal?: AbortSignal,
   ): Promise<T> => {
     const record = gateways.get(gid);
@@ -128,6 +128,13 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
     });
   };
 
+  const catalogStore = { catalog: stores.catalog, js: stores.js, s, now: () => new Date() };
+  /** a discovery over a probe connection: list the upstream's catalog, reconcile it into KV */
+  const discoverOver =
+    (gid: string, signal?: AbortSignal) =>
+    async ({ client }: ProbeConnection): Promise<DiscoveryOutcome> =>
+      reconcileCatalog(catalogStore, gid, await listCatalog(client, config.poller.timeout, signal));
+
   const putJson = (key: string, value: unknown, what: string) =>
     void stores.state.put(key, encodeValue(value)).catch((err) => log.warn({ err, key }, `could not write ${what}`));
 
@@ -144,17 +151,7 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
           signal,
         ),
       ),
-      discover: fromPromise<DiscoveryOutcome, { gid: string }>(({ input, signal }) =>
-        probe(
-          input.gid,
-          "discovery",
-          async ({ client }) => {
-            const found = await listCatalog(client, config.poller.timeout, signal);
-            return reconcileCatalog({ catalog: stores.catalog, js: stores.js, s, now: () => new Date() }, input.gid, found);
-          },
-          signal,
-        ),
-      ),
+      discover: fromPromise<DiscoveryOutcome, { gid: string }>(({ input, signal }) => probe(input.gid, "discovery", discoverOver(input.gid, signal), signal)),
     },
     actions: {
       recordPoll: ({ context }, p) => {
@@ -377,10 +374,7 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
   };
 
   /** A discovery outside any poller (nobody polls the gateway right now); reconciles all the same. */
-  const refreshOnce = async (gid: string): Promise<DiscoveryOutcome> =>
-    probe(gid, "discovery", async ({ client }) =>
-      reconcileCatalog({ catalog: stores.catalog, js: stores.js, s, now: () => new Date() }, gid, await listCatalog(client, config.poller.timeout)),
-    );
+  const refreshOnce = (gid: string): Promise<DiscoveryOutcome> => probe(gid, "discovery", discoverOver(gid));
 
   const reply = (gid: string, o: DiscoveryOutcome) => ({ gid, changed: o.changed, hash: o.hash, diff: o.diff });
   const asUnavailable = (err: unknown): never => {
