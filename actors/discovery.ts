@@ -2,7 +2,7 @@
 // tiers, poll timestamps and the per-gateway poll phase. No I/O.
 import { createHash } from "node:crypto";
 import { CATALOG_LISTS, type Catalog, type CatalogDiff, type CatalogList, type CatalogListDiff } from "../protocol/catalog.ts";
-import { ClassificationSchema, type Tier } from "../protocol/classification.ts";
+import { ClassificationSchema, isClassificationValid, type Tier } from "../protocol/classification.ts";
 import { PollStampSchema } from "../protocol/poller.ts";
 
 /** The four lists discovery fetches, MCP objects as the upstream sent them. */
@@ -73,14 +73,6 @@ export function reconcile(gid: string, current: Catalog | null, found: CatalogLi
 export const DISCOVERY_MULTIPLIER: Record<Tier, number> = { hot: 1, cold: 3, unclassified: 1 };
 
 /**
- * How far a classification's `computedAt` may lie ahead of this worker's clock and still be
- * trusted: covers ordinary skew between machines, while a leader whose clock runs further
- * ahead can stretch its result's validity by at most this much (seconds, against a window of
- * two classification periods).
- */
-export const CLASSIFICATION_CLOCK_SKEW_MS = 5_000;
-
-/**
  * The gateway's tier from the stored classification. Missing, unparsable or expired
  * classification is "unclassified" (fail open: polled at the base interval, never as cold),
  * and so is one computed in the future (beyond the skew allowance): like a future poll stamp,
@@ -88,11 +80,7 @@ export const CLASSIFICATION_CLOCK_SKEW_MS = 5_000;
  */
 export function tierOf(classification: unknown, gid: string, nowMs: number): Tier {
   const c = ClassificationSchema.safeParse(classification);
-  if (!c.success) return "unclassified";
-  const computedAt = Date.parse(c.data.computedAt);
-  if (!(computedAt <= nowMs + CLASSIFICATION_CLOCK_SKEW_MS)) return "unclassified";
-  const validUntil = Date.parse(c.data.validUntil);
-  if (!(validUntil > nowMs)) return "unclassified";
+  if (!c.success || !isClassificationValid(c.data, nowMs)) return "unclassified";
   if (c.data.hot.includes(gid)) return "hot";
   if (c.data.cold.includes(gid)) return "cold";
   return "unclassified";

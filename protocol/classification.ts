@@ -37,3 +37,20 @@ export const ClassificationGetReplySchema = z.object({
 /** Request of `mcpgw.admin.classification.get`: no fields. */
 export const ClassificationGetRequestSchema = z.object({}).strict();
 export type ClassificationGetReply = z.infer<typeof ClassificationGetReplySchema>;
+
+/**
+ * How far a classification's `computedAt` may lie ahead of the reader's clock and still be
+ * trusted: covers ordinary skew between machines, while a leader whose clock runs further
+ * ahead can stretch its result's validity by at most this much (seconds, against a window of
+ * two classification periods).
+ */
+export const CLASSIFICATION_CLOCK_SKEW_MS = 5_000;
+
+/**
+ * Whether readers may act on a classification now: not expired, and not computed in the
+ * future beyond the skew allowance (like a future poll stamp, its window cannot be trusted).
+ * Everything else is "unclassified": fail open.
+ */
+export function isClassificationValid(c: Pick<Classification, "computedAt" | "validUntil">, nowMs: number): boolean {
+  return Date.parse(c.computedAt) <= nowMs + CLASSIFICATION_CLOCK_SKEW_MS && Date.parse(c.validUntil) > nowMs;
+}

@@ -13,6 +13,7 @@ import { GatewayEventSchema } from "../protocol/gateway.ts";
 import {
   ClassificationGetRequestSchema,
   ClassificationSchema,
+  isClassificationValid,
   LeaderLeaseSchema,
   type Classification,
   type ClassificationGetReply,
@@ -282,7 +283,7 @@ export async function startClassifierHost(ctx: WorkerContext): Promise<Classifie
       return {
         leader: lease && leader?.success ? { ...leader.data, revision: lease.revision } : null,
         classification: c,
-        valid: c !== null && Date.parse(c.validUntil) >= Date.now(),
+        valid: c !== null && isClassificationValid(c, Date.now()),
       };
     },
     { queue: QUEUE.admin, log },

@@ -1,6 +1,6 @@
 import type { Subscription } from "@nats-io/transport-node";
 import { entryJson, getLive, listKeys } from "../actors/kvStore.ts";
-import { ClassificationSchema, LeaderLeaseSchema } from "../protocol/classification.ts";
+import { ClassificationSchema, isClassificationValid, LeaderLeaseSchema } from "../protocol/classification.ts";
 import { parseRequest } from "../protocol/envelope.ts";
 import { GatewayStatusSchema } from "../protocol/gateway.ts";
 import { PollOwnerSchema } from "../protocol/poller.ts";
@@ -54,7 +54,7 @@ export async function clusterStatus(ctx: Pick<WorkerContext, "nc" | "s" | "store
     clientSessions: sessionKeys.length,
     leader: lease && leaseEntry ? { holder: lease.holder, revision: leaseEntry.revision } : null,
     classification: classification
-      ? { valid: Date.now() <= Date.parse(classification.validUntil), hot: classification.hot.length, cold: classification.cold.length, computedAt: classification.computedAt }
+      ? { valid: isClassificationValid(classification, Date.now()), hot: classification.hot.length, cold: classification.cold.length, computedAt: classification.computedAt }
       : null,
   };
 }

@@ -1,10 +1,10 @@
 // Pure discovery logic: hashing, diffing, reconcile, tiers, stamps, slots; and how an upstream is listed.
 import assert from "node:assert/strict";
+import { CLASSIFICATION_CLOCK_SKEW_MS } from "../protocol/classification.ts";
 import { describe, it } from "node:test";
 import { MAX_PAGES, listCatalog, scrubbedError } from "../runtime/pollerEffects.ts";
 import { GatewayRecordSchema, MASK } from "../protocol/gateway.ts";
 import {
-  CLASSIFICATION_CLOCK_SKEW_MS,
   canonicalJson,
   catalogHash,
   delayToSlot,
