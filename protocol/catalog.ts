@@ -33,7 +33,6 @@ export type CatalogDiff = z.infer<typeof CatalogDiffSchema>;
 
 /** `mcpgw.evt.catalog.<gid>.changed` */
 export const CatalogChangedEventSchema = z.object({ gid: GatewayIdSchema, hash: z.string(), at: z.string(), diff: CatalogDiffSchema });
-export type CatalogChangedEvent = z.infer<typeof CatalogChangedEventSchema>;
 
 /** Reply of `mcpgw.admin.gateway.refresh`. */
 export const RefreshReplySchema = z.object({ gid: GatewayIdSchema, changed: z.boolean(), hash: z.string(), diff: CatalogDiffSchema });

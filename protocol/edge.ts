@@ -20,4 +20,3 @@ export type DownstreamSession = z.infer<typeof DownstreamSessionSchema>;
 
 /** `mcpgw.internal.edge.<sid>.cancel`: a client cancelled a request that may be in flight on another worker. */
 export const EdgeCancelSchema = z.object({ requestId: z.string().min(1).max(128), reason: z.string().max(1024).optional() });
-export type EdgeCancel = z.infer<typeof EdgeCancelSchema>;

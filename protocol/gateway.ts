@@ -166,7 +166,6 @@ export type GatewaySpec = z.infer<typeof GatewaySpecSchema>;
 
 /** Every field may be left out of a patch; the merged result is validated as a whole spec. */
 export const GatewayPatchSchema = z.object(gatewayPatchShape(ClearSecret)).partial().strict();
-export type GatewayPatch = Partial<GatewaySpecInput>;
 
 const recordMeta = {
   id: GatewayIdSchema,
@@ -232,9 +231,6 @@ export const GatewayListRequestSchema = z
 export const GatewayRefreshRequestSchema = GatewayGetRequestSchema;
 
 export type GatewayRef = z.infer<typeof GatewayGetRequestSchema>;
-export type GatewayUpdateRequest = z.infer<typeof GatewayUpdateRequestSchema>;
-export type GatewayRemoveRequest = z.infer<typeof GatewayRemoveRequestSchema>;
-export type GatewayListRequest = z.infer<typeof GatewayListRequestSchema>;
 
 export const GatewayListReplySchema = z.object({ gateways: z.array(GatewayViewSchema) });
 export const GatewayRemoveReplySchema = z.object({ id: GatewayIdSchema, name: GatewayNameSchema, removed: z.literal(true) });

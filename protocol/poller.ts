@@ -11,7 +11,6 @@ export type PollStamp = z.infer<typeof PollStampSchema>;
 
 /** Value of `owner.<gid>`: which worker polls a gateway; its KV revision is the claim. */
 export const PollOwnerSchema = z.object({ worker: z.string(), since: z.string() });
-export type PollOwner = z.infer<typeof PollOwnerSchema>;
 
 /**
  * Value of `worker.<id>`: a poller heartbeat. Liveness is judged by each reader on its own

@@ -77,7 +77,6 @@ export const EnvSchema = z.object({
   MCPGW_UNHEALTHY_THRESHOLD: z.preprocess(blankIsUnset, int(3, 1, 1000)),
   MCPGW_LOG_LEVEL: z.preprocess(blankIsUnset, z.enum(["trace", "debug", "info", "warn", "error", "fatal", "silent"]).default("info")),
 });
-export type Env = z.infer<typeof EnvSchema>;
 
 export type Config = {
   nats: { url?: string; user?: string; password?: string; credsFile?: string };

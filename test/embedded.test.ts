@@ -4,16 +4,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
 import { freePort } from "./helpers/nats.ts";
-import { runTs, type Proc } from "./helpers/processes.ts";
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
+import { isRunning, runTs, type Proc } from "./helpers/processes.ts";
 
 describe("embedded default (npm start)", () => {
   const dataDir = mkdtempSync(join(tmpdir(), "mcpgw-embedded-"));
@@ -46,11 +37,11 @@ describe("embedded default (npm start)", () => {
     assert.equal(dup.output().trim(), "error: conflict: a gateway named first already exists");
 
     const natsPid = Number(readFileSync(join(dataDir, "nats-server.pid"), "utf8"));
-    assert.ok(alive(natsPid));
+    assert.ok(isRunning(natsPid));
     worker.child.kill("SIGTERM");
     assert.deepEqual(await worker.exited, { code: 0, signal: null });
     await new Promise((r) => setTimeout(r, 200));
-    assert.ok(!alive(natsPid), "the embedded nats-server is stopped with the worker");
+    assert.ok(!isRunning(natsPid), "the embedded nats-server is stopped with the worker");
 
     // a second start keeps its state and its secrets
     const again = runTs("runtime/main.ts", [], env);

@@ -18,6 +18,7 @@ import { publishEvent } from "../runtime/events.ts";
 import { createUpstreamCaller, type UpstreamCaller } from "../runtime/upstreamClient.ts";
 import { startFixtureHttp, type FixtureHttp } from "./fixtures/fixtureHttp.ts";
 import { startNats, type TestNats } from "./helpers/nats.ts";
+import { isRunning } from "./helpers/processes.ts";
 import { until } from "./helpers/wait.ts";
 import { memoryLogger, startTestWorker, type TestWorker } from "./helpers/worker.ts";
 
@@ -464,12 +465,3 @@ describe("upstream sessions: bounded close", () => {
     await waitFor("the child to be gone", () => !isRunning(pid), 1000);
   });
 });
-
-function isRunning(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}

@@ -75,3 +75,13 @@ export function workerEnv(nats: { url: string; passwords: { runtime: string } },
 export function runCli(nats: { url: string; passwords: { admin: string } }, args: string[]): Proc {
   return runTs("runtime/cli/main.ts", ["--server", nats.url, "--user", "admin", "--password", nats.passwords.admin, ...args], {});
 }
+
+/** Whether a process with this pid is still running. */
+export function isRunning(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
