@@ -105,16 +105,10 @@ export async function gather<T extends z.ZodType>(
   const out: z.infer<T>[] = [];
   const replies = await nc.requestMany(subject, encodeJson(payload), { strategy: "stall", stall: opts.stallMs ?? 300, maxWait: opts.maxMs ?? 3_000 });
   for await (const m of replies) {
-    let body: unknown;
     try {
-      body = decodeJson(m.data);
+      out.push(unwrapReply(m.data, schema));
     } catch {
-      continue;
-    }
-    const env = AnyEnvelopeSchema.safeParse(body);
-    if (env.success && env.data.ok) {
-      const d = schema.safeParse(env.data.data);
-      if (d.success) out.push(d.data);
+      // an error envelope or a reply that does not parse: that worker is left out
     }
   }
   return out;
