@@ -15,6 +15,13 @@ export async function listKeys(kv: Pick<KV, "keys">, filter: string): Promise<st
   return out;
 }
 
+/** An entry's value parsed with `schema`; null when there is no entry or its value does not fit. */
+export function parseEntry<T>(schema: { safeParse(v: unknown): { success: true; data: T } | { success: false } }, entry: { json(): unknown } | null | undefined): T | null {
+  if (!entry) return null;
+  const r = schema.safeParse(entryJson(entry));
+  return r.success ? r.data : null;
+}
+
 /** An entry's value as JSON; undefined when it is not JSON (the caller's schema then rejects it). */
 export function entryJson(e: { json(): unknown }): unknown {
   try {

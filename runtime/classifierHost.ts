@@ -4,7 +4,7 @@
 import { performance } from "node:perf_hooks";
 import { createActor, fromCallback, fromPromise, waitFor } from "xstate";
 import { classify, type ClassificationResult } from "../actors/classification.ts";
-import { encodeValue, entryJson, getLive, isCasConflict, listKeys } from "../actors/kvStore.ts";
+import { encodeValue, getLive, isCasConflict, listKeys, parseEntry } from "../actors/kvStore.ts";
 import { leaderLeaseMachine, type LeaseEvent } from "../actors/leaderLease.machine.ts";
 import type { Registry } from "../actors/registry.ts";
 import { UsageAggregate } from "../actors/usageAggregate.ts";
@@ -84,11 +84,11 @@ export function createClassifierEffects(
     for (let i = 0; i < keys.length; i += USAGE_LOAD_CONCURRENCY) {
       const entries = await Promise.all(keys.slice(i, i + USAGE_LOAD_CONCURRENCY).map((k) => getLive(kv, k)));
       for (const e of entries) {
-        const v = e ? StoredUsageSchema.safeParse(entryJson(e)) : null;
-        if (!e || !v?.success) continue;
+        const v = parseEntry(StoredUsageSchema, e);
+        if (!e || !v) continue;
         const gid = e.key.slice(KEYS.usagePrefix.length);
-        usage.adopt(gid, v.data);
-        loaded.set(gid, v.data);
+        usage.adopt(gid, v);
+        loaded.set(gid, v);
       }
     }
     return loaded;
@@ -109,8 +109,8 @@ export function createClassifierEffects(
     });
     const persistOne = async (gid: string) => {
       const e = await kv.get(KEYS.usage(gid));
-      const theirs = e?.operation === "PUT" ? StoredUsageSchema.safeParse(entryJson(e)) : null;
-      if (theirs?.success) usage.adopt(gid, theirs.data);
+      const theirs = e?.operation === "PUT" ? parseEntry(StoredUsageSchema, e) : null;
+      if (theirs) usage.adopt(gid, theirs);
       const merged = usage.stored(gid)!;
       if ((await cas(() => kv.put(KEYS.usage(gid), encodeValue(merged), { previousSeq: e?.revision ?? 0 }))) !== null) last.set(gid, merged);
     };
@@ -184,8 +184,7 @@ export function createClassifierEffects(
         // a renewal still in flight when we decided to let go may have moved the revision;
         // only this worker writes its own id as holder, so that revision is still ours
         const e = await getLive(kv, KEYS.leaderClassifier);
-        const v = e ? LeaderLeaseSchema.safeParse(entryJson(e)) : null;
-        if (e && v?.success && v.data.holder === me) done = await del(e.revision);
+        if (e && parseEntry(LeaderLeaseSchema, e)?.holder === me) done = await del(e.revision);
       }
       if (done === null) rejected("lease release", input.revision);
       else log.info({ revision: done }, "classifier lease released");
@@ -277,11 +276,10 @@ export async function startClassifierHost(ctx: WorkerContext): Promise<Classifie
     async (payload): Promise<ClassificationGetReply> => {
       parseRequest(ClassificationGetRequestSchema, payload, "classification request");
       const [lease, current] = await Promise.all([getLive(kv, KEYS.leaderClassifier), getLive(kv, KEYS.classification)]);
-      const leader = lease ? LeaderLeaseSchema.safeParse(entryJson(lease)) : null;
-      const classification = current ? ClassificationSchema.safeParse(entryJson(current)) : null;
-      const c = classification?.success ? classification.data : null;
+      const leader = parseEntry(LeaderLeaseSchema, lease);
+      const c = parseEntry(ClassificationSchema, current);
       return {
-        leader: lease && leader?.success ? { ...leader.data, revision: lease.revision } : null,
+        leader: lease && leader ? { ...leader, revision: lease.revision } : null,
         classification: c,
         valid: c !== null && isClassificationValid(c, Date.now()),
       };

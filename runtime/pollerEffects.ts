@@ -4,7 +4,7 @@ import type { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import type { KV } from "@nats-io/kv";
 import type { JetStreamClient } from "@nats-io/jetstream";
 import { reconcile, type CatalogLists } from "../actors/discovery.ts";
-import { encodeValue, entryJson, getLive, isCasConflict } from "../actors/kvStore.ts";
+import { encodeValue, entryJson, getLive, isCasConflict, parseEntry } from "../actors/kvStore.ts";
 import type { DiscoveryOutcome, PollState } from "../actors/poller.machine.ts";
 import { CatalogSchema, type Catalog } from "../protocol/catalog.ts";
 import { GatewayStatusSchema, MASK, mapGatewaySecrets, type GatewayRecord, type GatewayStatus } from "../protocol/gateway.ts";
@@ -123,11 +123,11 @@ export async function readPollState(state: KV, gid: string): Promise<PollState> 
  */
 export async function readGatewayStatus(state: KV, gid: string): Promise<GatewayStatus | undefined> {
   const [statusEntry, stampEntry] = await Promise.all([getLive(state, KEYS.gatewayStatus(gid)), getLive(state, KEYS.pollHealth(gid))]);
-  const status = statusEntry ? GatewayStatusSchema.safeParse(entryJson(statusEntry)) : null;
-  if (!status?.success) return undefined;
-  const stamp = stampEntry ? PollStampSchema.safeParse(entryJson(stampEntry)) : null;
-  if (!stamp?.success || (status.data.lastSuccessAt !== null && stamp.data.at <= status.data.lastSuccessAt)) return status.data;
-  return { ...status.data, lastSuccessAt: stamp.data.at, nextPollAt: stamp.data.nextAt };
+  const status = parseEntry(GatewayStatusSchema, statusEntry);
+  if (!status) return undefined;
+  const stamp = parseEntry(PollStampSchema, stampEntry);
+  if (!stamp || (status.lastSuccessAt !== null && stamp.at <= status.lastSuccessAt)) return status;
+  return { ...status, lastSuccessAt: stamp.at, nextPollAt: stamp.nextAt };
 }
 
 /**

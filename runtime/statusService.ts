@@ -1,5 +1,5 @@
 import type { Subscription } from "@nats-io/transport-node";
-import { entryJson, getLive, listKeys } from "../actors/kvStore.ts";
+import { getLive, listKeys, parseEntry } from "../actors/kvStore.ts";
 import { ClassificationSchema, isClassificationValid, LeaderLeaseSchema } from "../protocol/classification.ts";
 import { parseRequest } from "../protocol/envelope.ts";
 import { GatewayStatusSchema } from "../protocol/gateway.ts";
@@ -9,12 +9,6 @@ import { KEYS, QUEUE } from "../protocol/subjects.ts";
 import { WorkerSnapshotReplySchema } from "../protocol/upstream.ts";
 import { gather, serve } from "./bus.ts";
 import type { WorkerContext } from "./worker.ts";
-
-function parsed<T>(schema: { safeParse(v: unknown): { success: true; data: T } | { success: false } }, entry: { json(): unknown } | null): T | null {
-  if (!entry) return null;
-  const r = schema.safeParse(entryJson(entry));
-  return r.success ? r.data : null;
-}
 
 /**
  * `mcpgw.admin.status`: the cluster at a glance. Workers are the ones that answer the
@@ -30,11 +24,11 @@ export async function clusterStatus(ctx: Pick<WorkerContext, "nc" | "s" | "store
     getLive(stores.state, KEYS.leaderClassifier),
     getLive(stores.state, KEYS.classification),
   ]);
-  const owners = await Promise.all(ownerKeys.map(async (k) => parsed(PollOwnerSchema, await getLive(stores.state, k))?.worker));
+  const owners = await Promise.all(ownerKeys.map(async (k) => parseEntry(PollOwnerSchema, await getLive(stores.state, k))?.worker));
   const enabled = records.filter((r) => r.record.enabled);
-  const health = await Promise.all(enabled.map(async (r) => parsed(GatewayStatusSchema, await getLive(stores.state, KEYS.gatewayStatus(r.record.id)))?.health ?? "unknown"));
-  const lease = parsed(LeaderLeaseSchema, leaseEntry);
-  const classification = parsed(ClassificationSchema, classificationEntry);
+  const health = await Promise.all(enabled.map(async (r) => parseEntry(GatewayStatusSchema, await getLive(stores.state, KEYS.gatewayStatus(r.record.id)))?.health ?? "unknown"));
+  const lease = parseEntry(LeaderLeaseSchema, leaseEntry);
+  const classification = parseEntry(ClassificationSchema, classificationEntry);
   return {
     workers: snapshots
       .map((w) => ({
