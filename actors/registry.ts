@@ -21,7 +21,7 @@ import {
   type GatewayView,
 } from "../protocol/gateway.ts";
 import { KEYS, type Subjects } from "../protocol/subjects.ts";
-import { encodeValue, getLive, isCasConflict, listKeys, type KvStore } from "./kvStore.ts";
+import { encodeValue, getLive, isCasConflict, listKeys, parseEntry, type KvStore } from "./kvStore.ts";
 
 /** Effects the registry needs; the runtime provides NATS-backed ones. */
 export type RegistryDeps = {
@@ -171,9 +171,9 @@ export class Registry {
     let id = ref.id;
     if (!id) {
       const idx = await getLive(this.#d.gateways, KEYS.gatewayName(ref.name!));
-      const parsed = idx ? GatewayNameIndexSchema.safeParse(idx.json()) : null;
-      if (!parsed?.success) throw new ProtocolError("not_found", `no gateway named ${ref.name}`);
-      id = parsed.data.id;
+      const index = parseEntry(GatewayNameIndexSchema, idx);
+      if (!index) throw new ProtocolError("not_found", `no gateway named ${ref.name}`);
+      id = index.id;
     }
     const stored = await this.#read(KEYS.gateway(id));
     if (!stored) throw new ProtocolError("not_found", ref.name ? `no gateway named ${ref.name}` : `no gateway with id ${id}`);
@@ -182,9 +182,8 @@ export class Registry {
 
   async #read(key: string): Promise<Stored | null> {
     const e = await getLive(this.#d.gateways, key);
-    if (!e) return null;
-    const parsed = GatewayRecordSchema.safeParse(e.json());
-    return parsed.success ? { record: parsed.data, revision: e.revision } : null;
+    const record = parseEntry(GatewayRecordSchema, e);
+    return e && record ? { record, revision: e.revision } : null;
   }
 
   /**
@@ -201,8 +200,8 @@ export class Registry {
     }
     const existing = await this.#d.gateways.get(key);
     if (existing && existing.operation === "PUT") {
-      const owner = GatewayNameIndexSchema.safeParse(existing.json());
-      const alive = owner.success && (await getLive(this.#d.gateways, KEYS.gateway(owner.data.id)));
+      const owner = parseEntry(GatewayNameIndexSchema, existing);
+      const alive = owner && (await getLive(this.#d.gateways, KEYS.gateway(owner.id)));
       if (alive) throw new ProtocolError("conflict", `a gateway named ${name} already exists`);
     }
     try {
@@ -218,9 +217,7 @@ export class Registry {
   async #releaseName(name: string, id: string): Promise<void> {
     const key = KEYS.gatewayName(name);
     const e = await getLive(this.#d.gateways, key);
-    if (!e) return;
-    const owner = GatewayNameIndexSchema.safeParse(e.json());
-    if (owner.success && owner.data.id === id) await this.#d.gateways.delete(key, { previousSeq: e.revision }).catch(() => {});
+    if (e && parseEntry(GatewayNameIndexSchema, e)?.id === id) await this.#d.gateways.delete(key, { previousSeq: e.revision }).catch(() => {});
   }
 
   #seal(spec: GatewaySpec, meta: Pick<GatewayRecord, "id" | "createdAt" | "updatedAt">, keep?: Map<string, string>): GatewayRecord {

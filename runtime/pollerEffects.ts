@@ -88,8 +88,7 @@ export async function reconcileCatalog(store: CatalogStore, gid: string, found: 
   const key = KEYS.catalog(gid);
   for (let attempt = 0; ; attempt++) {
     const entry = await store.catalog.get(key);
-    const parsed = entry?.operation === "PUT" ? CatalogSchema.safeParse(entry.json()) : null;
-    const current: Catalog | null = parsed?.success ? parsed.data : null;
+    const current: Catalog | null = entry?.operation === "PUT" ? parseEntry(CatalogSchema, entry) : null;
     const at = store.now().toISOString();
     const r = reconcile(gid, current, found, at);
     const counts = { tools: found.tools.length, prompts: found.prompts.length, resources: found.resources.length };

@@ -6,7 +6,7 @@ import type { Msg, NatsConnection, Subscription } from "@nats-io/transport-node"
 import { ResultSchema, type McpError, type Notification } from "@modelcontextprotocol/sdk/types.js";
 import { createActor, fromPromise, type Actor } from "xstate";
 import { z } from "zod";
-import { getLive, encodeValue, isCasConflict } from "../actors/kvStore.ts";
+import { encodeValue, getLive, isCasConflict, parseEntry } from "../actors/kvStore.ts";
 import { stateName, upstreamSessionMachine, type ProbeMethod, type ProbeOutcome, type UpstreamSessionMachine } from "../actors/upstreamSession.machine.ts";
 import { ProtocolError, fail, ok, parseRequest, type Envelope } from "../protocol/envelope.ts";
 import { GatewayEventSchema, GatewayRecordSchema, type GatewayRecord } from "../protocol/gateway.ts";
@@ -124,10 +124,10 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
 
   async function loadGateway(gid: string): Promise<GatewayRecord> {
     const e = await getLive(stores.gateways, KEYS.gateway(gid));
-    const parsed = e ? GatewayRecordSchema.safeParse(e.json()) : null;
-    if (!parsed?.success) throw new ProtocolError("unavailable", `gateway ${gid} is not registered`);
-    if (!parsed.data.enabled) throw new ProtocolError("unavailable", `gateway ${gatewayLabel(parsed.data)} is disabled`);
-    return parsed.data;
+    const record = parseEntry(GatewayRecordSchema, e);
+    if (!record) throw new ProtocolError("unavailable", `gateway ${gid} is not registered`);
+    if (!record.enabled) throw new ProtocolError("unavailable", `gateway ${gatewayLabel(record)} is disabled`);
+    return record;
   }
 
   function createSession(sid: string, gid: string, record: GatewayRecord, headers: Record<string, string>): Session {

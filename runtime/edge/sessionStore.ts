@@ -1,6 +1,6 @@
 import type { JetStreamClient } from "@nats-io/jetstream";
 import type { KV } from "@nats-io/kv";
-import { getLive, isCasConflict } from "../../actors/kvStore.ts";
+import { getLive, isCasConflict, parseEntry } from "../../actors/kvStore.ts";
 import { DownstreamSessionSchema, type DownstreamSession } from "../../protocol/edge.ts";
 import { KEYS, type Subjects } from "../../protocol/subjects.ts";
 import { publishEvent } from "../events.ts";
@@ -30,9 +30,8 @@ export class SessionStore {
 
   async load(sid: string): Promise<LoadedSession | null> {
     const e = await getLive(this.deps.kv, KEYS.downstreamSession(sid));
-    if (!e) return null;
-    const r = DownstreamSessionSchema.safeParse(e.json());
-    return r.success ? { record: r.data, revision: e.revision } : null;
+    const record = parseEntry(DownstreamSessionSchema, e);
+    return e && record ? { record, revision: e.revision } : null;
   }
 
   /** Records use, at most every tenth of the idle TTL (a write per request would be wasted). */
