@@ -9,7 +9,7 @@ import type { KvEntry } from "@nats-io/kv";
 import type { Subscription } from "@nats-io/transport-node";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { createActor, fromPromise, type ActorRefFrom } from "xstate";
-import { encodeValue, entryJson, getLive, isCasConflict } from "../actors/kvStore.ts";
+import { encodeValue, getLive, isCasConflict, parseEntry } from "../actors/kvStore.ts";
 import { pollerMachine, type DiscoveryOutcome, type PollState } from "../actors/poller.machine.ts";
 import { RefreshReplySchema } from "../protocol/catalog.ts";
 import { ProtocolError, parseRequest } from "../protocol/envelope.ts";
@@ -289,10 +289,10 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
     // this worker's own claim may be known before the watch delivers older entries
     if ((owners.get(gid)?.revision ?? 0) > e.revision) return;
     if (e.operation !== "PUT") return void owners.set(gid, { worker: null, revision: e.revision });
-    const parsed = PollOwnerSchema.safeParse(entryJson(e));
-    owners.set(gid, { worker: parsed.success ? parsed.data.worker : null, revision: e.revision });
+    const worker = parseEntry(PollOwnerSchema, e)?.worker ?? null;
+    owners.set(gid, { worker, revision: e.revision });
     const owned = running.get(gid);
-    if (owned && (!parsed.success || parsed.data.worker !== me || e.revision !== owned.revision) && e.revision > owned.revision) {
+    if (owned && (worker !== me || e.revision !== owned.revision) && e.revision > owned.revision) {
       log.info({ gid }, "gateway taken over");
       stopPoller(gid);
     }
@@ -333,8 +333,8 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
 
   const loadGateway = async (gid: string) => {
     const e = await getLive(stores.gateways, KEYS.gateway(gid));
-    const parsed = e ? GatewayRecordSchema.safeParse(entryJson(e)) : null;
-    if (parsed?.success && parsed.data.enabled) gateways.set(gid, parsed.data);
+    const record = parseEntry(GatewayRecordSchema, e);
+    if (record?.enabled) gateways.set(gid, record);
     else gateways.delete(gid);
   };
 
