@@ -1,0 +1,24 @@
+// What every benchmark prints: a titled table of measured figures, with the context needed to
+// read them (the setup and, where one exists, the bound the figure is judged against).
+
+export type Stats = { n: number; min: number; p50: number; p95: number; max: number; mean: number };
+
+/** Order statistics of a sample (nearest-rank percentiles). */
+export function stats(sample: number[]): Stats {
+  if (sample.length === 0) throw new Error("no samples");
+  const s = [...sample].sort((a, b) => a - b);
+  const rank = (p: number) => s[Math.min(s.length - 1, Math.ceil(p * s.length) - 1)]!;
+  return { n: s.length, min: s[0]!, p50: rank(0.5), p95: rank(0.95), max: s.at(-1)!, mean: s.reduce((a, b) => a + b, 0) / s.length };
+}
+
+export const ms = (x: number) => `${Math.round(x)} ms`;
+export const ratio = (x: number) => x.toFixed(2);
+export const msStats = (x: Stats) => `p50 ${ms(x.p50)}, p95 ${ms(x.p95)}, max ${ms(x.max)} (n=${x.n})`;
+
+/** Prints one benchmark's results as a Markdown table. */
+export function report(title: string, setup: string, rows: Array<[figure: string, value: string]>): void {
+  const width = Math.max("figure".length, ...rows.map(([f]) => f.length));
+  const lines = [`\n## ${title}`, "", setup, "", `| ${"figure".padEnd(width)} | value |`, `| ${"-".repeat(width)} | ----- |`];
+  for (const [figure, value] of rows) lines.push(`| ${figure.padEnd(width)} | ${value} |`);
+  console.log(lines.join("\n"));
+}
