@@ -7,6 +7,7 @@ import { AnyEnvelopeSchema, type Envelope } from "../protocol/envelope.ts";
 import { buckets, eventStream, KEYS, subjects, type AdminGatewayOp } from "../protocol/subjects.ts";
 import { decodeJson, encodeJson } from "../runtime/bus.ts";
 import { startNats, type TestNats } from "./helpers/nats.ts";
+import { until } from "./helpers/wait.ts";
 import { startTestWorker, type TestWorker } from "./helpers/worker.ts";
 
 const s = subjects();
@@ -167,7 +168,9 @@ describe("gateway registry", () => {
     const sub = nc.subscribe(inbox, { callback: (_e, m) => void replies.push(m.string()) });
     for (let i = 0; i < 10; i++) nc.publish(s.admin.gateway("list"), encodeJson({}), { reply: inbox });
     nc.publish(s.admin.gateway("add"), encodeJson({ ...HTTP_GATEWAY, name: "once" }), { reply: inbox });
-    await new Promise((r) => setTimeout(r, 750));
+    await until("an answer to each request", () => replies.length >= 11, 30_000);
+    // a second answer, if any worker gave one, arrives close behind the first
+    await new Promise((r) => setTimeout(r, 500));
     sub.unsubscribe();
     assert.equal(replies.length, 11);
     assert.equal(data(await admin(nc, "list", {})).gateways.filter((g: any) => g.name === "once").length, 1);
@@ -183,12 +186,11 @@ describe("gateway registry", () => {
     data(await admin(nc, "update", { id: g.id, patch: { auth: { type: "bearer", token: "tok-1" } } })); // no change
     data(await admin(nc, "update", { id: g.id, patch: { auth: { type: "bearer", token: "tok-2" } } }));
     data(await admin(nc, "remove", { id: g.id }));
-    await nc.flush();
-    await new Promise((r) => setTimeout(r, 200));
+    const mine = () => seen.filter((e) => e.gid === g.id);
+    await until("the removed event", () => mine().some((e) => e.type === "removed"), 30_000);
     sub.unsubscribe();
-    const mine = seen.filter((e) => e.gid === g.id);
     assert.deepEqual(
-      mine.map((e) => [e.subject, e.type, e.connectChanged, e.changedFields]),
+      mine().map((e) => [e.subject, e.type, e.connectChanged, e.changedFields]),
       [
         [s.evt.gateway(g.id, "added"), "added", undefined, undefined],
         [s.evt.gateway(g.id, "updated"), "updated", false, ["description", "tags"]],
@@ -226,8 +228,8 @@ describe("gateway registry", () => {
     await send("update", { id: a.id, patch: { description: "still secret" } });
     await send("get", { id: a.id });
     await send("list", {});
-    await nc.flush();
-    await new Promise((r) => setTimeout(r, 200));
+    const updated = (e: string) => e.includes(a.id) && e.includes('"updated"');
+    await until("the events of those mutations", () => events.some(updated), 30_000);
     sub.unsubscribe();
     assert.equal(data(await admin(nc, "get", { id: a.id })).auth.token, "********");
 
