@@ -21,7 +21,14 @@ import { bearerMatches, HostGuard, tokenDigests } from "./security.ts";
 import { SessionLinks, wireKey } from "./sessionLinks.ts";
 import { SessionStore, type LoadedSession } from "./sessionStore.ts";
 
-export type Edge = Hosted & { url: string; port: number; cache: CatalogCache; sessions: SessionStore };
+export type Edge = Hosted & {
+  url: string;
+  port: number;
+  cache: CatalogCache;
+  sessions: SessionStore;
+  /** Client sessions whose GET stream this worker holds (they hear change notices from here). */
+  listeningSessions(): string[];
+};
 
 const LIST_CHANGED = { tools: "notifications/tools/list_changed", prompts: "notifications/prompts/list_changed", resources: "notifications/resources/list_changed" } as const;
 
@@ -260,6 +267,7 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
     port,
     cache,
     sessions,
+    listeningSessions: () => links.streamSessionIds(),
     async stop() {
       stopNotices();
       links.stop();
