@@ -2,10 +2,11 @@
 // idle ones cold at 3×; an expired or deleted classification puts everyone back at 1×.
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
-import { ClassificationSchema, type Classification } from "../protocol/classification.ts";
-import { PollStampSchema } from "../protocol/poller.ts";
+import { ClassificationSchema, type Classification, type Tier } from "../protocol/classification.ts";
+import { GatewayStatusSchema } from "../protocol/gateway.ts";
+import { PollStampSchema, type PollStamp } from "../protocol/poller.ts";
 import { KEYS } from "../protocol/subjects.ts";
-import { getLive } from "../actors/kvStore.ts";
+import { getLive, parseEntry } from "../actors/kvStore.ts";
 import { startFixtureHttp, type FixtureHttp } from "./fixtures/fixtureHttp.ts";
 import { connectClient, until } from "./helpers/edge.ts";
 import { startNats, type TestNats } from "./helpers/nats.ts";
@@ -16,28 +17,47 @@ const ENV = {
   MCPGW_ALLOW_SHORT_INTERVALS: "1",
   MCPGW_DISCOVERY_INTERVAL: `${BASE_MS}ms`,
   MCPGW_HEALTH_INTERVAL: "1s",
-  MCPGW_CLASSIFICATION_INTERVAL: "1s",
+  // a classification is valid for two intervals: 10 s leaves the leader 5 s of lag before the tiers lapse
+  MCPGW_CLASSIFICATION_INTERVAL: "5s",
   MCPGW_USAGE_REPORT_INTERVAL: "250ms",
   MCPGW_LEADER_TTL: "3s",
 };
+/** hang bound of each wait (the steps take a few seconds) */
+const WAIT_MS = 30_000;
 
-/** Lets the cycle planned under the previous classification (at most 3×) run out. */
-const settle = () => new Promise((r) => setTimeout(r, 2 * 3 * BASE_MS));
-
-/** Median gap between successive discovery stamps of a gateway, watched for `ms`. */
-async function discoveryGap(w: TestWorker, gid: string, ms: number): Promise<{ median: number; gaps: number[] }> {
-  const seen: number[] = [];
-  const end = Date.now() + ms;
-  while (Date.now() < end) {
-    const e = await getLive(w.stores.state, KEYS.pollDiscovery(gid));
-    const at = e ? Date.parse(PollStampSchema.parse(e.json()).at) : null;
-    if (at !== null && at !== seen.at(-1)) seen.push(at);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  const gaps = seen.slice(1).map((t, i) => t - seen[i]!);
-  const sorted = [...gaps].sort((a, b) => a - b);
-  return { median: sorted[Math.floor(sorted.length / 2)] ?? Number.NaN, gaps };
+/** The tier the gateway's poller last read (its stored status); null before it wrote one. */
+async function statusTier(w: TestWorker, gid: string): Promise<Tier | null> {
+  return parseEntry(GatewayStatusSchema, await getLive(w.stores.state, KEYS.gatewayStatus(gid)))?.tier ?? null;
 }
+
+async function discoveryStamp(w: TestWorker, gid: string): Promise<PollStamp | null> {
+  return parseEntry(PollStampSchema, await getLive(w.stores.state, KEYS.pollDiscovery(gid)));
+}
+
+/**
+ * Waits until the gateway's poller applies `tier` (its status says so), then for the next
+ * discovery it runs, and returns how far ahead that discovery planned the following one, in
+ * base intervals: the way to the gateway's next slot (at least half an interval, less than one
+ * and a half, plus jitter under 1/20) and m − 1 more intervals for a multiplier m. So a 1× plan
+ * lies in [½, 1.55), a 3× one in [2.5, 3.55); only the actual gaps depend on the machine's speed
+ * (measured by bench/tiers.bench.ts).
+ */
+async function plannedGapAt(w: TestWorker, gid: string, tier: Tier): Promise<number> {
+  await until(`${gid} polled as ${tier}`, async () => (await statusTier(w, gid)) === tier, WAIT_MS);
+  // the stamp of a discovery that ran before the tier changed may still be the latest
+  const before = (await discoveryStamp(w, gid))?.at;
+  const stamp = await until(`a discovery of ${gid} as ${tier}`, async () => {
+    const st = await discoveryStamp(w, gid);
+    return st && st.at !== before ? st : null;
+  }, WAIT_MS);
+  return (Date.parse(stamp.nextAt!) - Date.parse(stamp.at)) / BASE_MS;
+}
+
+// The bounds that tell the two plans apart are 2.5 intervals. A 3× plan is never under it; a 1×
+// plan would reach it only if the poller's transition itself stalled for almost an interval
+// between reading the clock for `at` and for `nextAt`.
+const assertOnce = (gap: number, what: string) => assert.ok(gap >= 0.5 && gap < 2.5, `${what}: next discovery planned ${gap} base intervals ahead, not at 1×`);
+const assertThrice = (gap: number, what: string) => assert.ok(gap >= 2.5, `${what}: next discovery planned ${gap} base intervals ahead, not at 3×`);
 
 describe("classification end to end", () => {
   let nats: TestNats;
@@ -62,49 +82,39 @@ describe("classification end to end", () => {
 
     // a client uses g0 through the edge
     const { client } = await connectClient(`${worker.edge.url}`);
-    await until("g0's tools offered", async () => (await client.listTools()).tools.some((t) => t.name === "g0__echo"), 15_000);
+    await until("g0's tools offered", async () => (await client.listTools()).tools.some((t) => t.name === "g0__echo"), WAIT_MS);
     for (let i = 0; i < 3; i++) await client.callTool({ name: "g0__echo", arguments: { text: "hi" } });
 
     // N = 5: hot cap 1, and g0 is the only one with any use
     const classified = await until(
       "g0 classified hot",
       async () => {
-        const e = await getLive(worker!.stores.state, KEYS.classification);
-        const c = e ? ClassificationSchema.parse(e.json()) : null;
+        const c = parseEntry(ClassificationSchema, await getLive(worker!.stores.state, KEYS.classification));
         return c && c.hot.length === 1 && c.hot[0] === used ? c : false;
       },
-      15_000,
+      WAIT_MS,
     );
     assert.deepEqual([...classified.cold].sort(), ids.slice(1).sort());
     assert.deepEqual(classified.meta, { total: 5, hotCap: 1, hotActual: 1, eligible: 1, belowCapReason: null });
 
-    const [hot, cold] = await Promise.all([discoveryGap(worker, used, 7_000), discoveryGap(worker, idle, 7_000)]);
-    console.log(`# discovery gaps (base ${BASE_MS} ms): hot median ${hot.median} ms ${JSON.stringify(hot.gaps)}, cold median ${cold.median} ms ${JSON.stringify(cold.gaps)}`);
-    assert.ok(hot.median < 2 * BASE_MS, `hot gateway discovered every ${hot.median} ms`);
-    assert.ok(cold.median > 2 * BASE_MS, `cold gateway discovered every ${cold.median} ms`);
+    const [hot, cold] = await Promise.all([plannedGapAt(worker, used, "hot"), plannedGapAt(worker, idle, "cold")]);
+    assertOnce(hot, "hot");
+    assertThrice(cold, "cold");
     await client.close();
 
-    // Without a classifier the classification expires (valid for 2 × 1 s): cold becomes 1×.
+    // Without a classifier the classification expires: cold becomes 1×.
     // The next worker's classifier waits a 10-minute report window before its first write.
     await worker.stop();
     worker = await startTestWorker(nats, { ...ENV, MCPGW_USAGE_REPORT_INTERVAL: "10m" });
-    const stale = ClassificationSchema.parse((await getLive(worker.stores.state, KEYS.classification))!.json());
-    await until("the classification to expire", () => Date.now() > Date.parse(stale.validUntil) + 100, 10_000);
-    await settle();
-    const expired = await discoveryGap(worker, idle, 5_000);
-    console.log(`# expired classification: formerly cold gateway discovered every ${expired.median} ms ${JSON.stringify(expired.gaps)}`);
-    assert.ok(expired.median < 2 * BASE_MS, `expired: ${expired.median} ms`);
+    const stale = parseEntry(ClassificationSchema, await getLive(worker.stores.state, KEYS.classification))!;
+    assertOnce(await plannedGapAt(worker, idle, "unclassified"), "expired");
+    assert.ok(Date.now() > Date.parse(stale.validUntil), "unclassified only once the classification expired");
 
     // A valid classification naming it cold slows it to 3× again; deleting the key ends that.
     const valid: Classification = { ...stale, hot: [], cold: ids, computedAt: new Date().toISOString(), validUntil: new Date(Date.now() + 3_600_000).toISOString() };
     await worker.stores.state.put(KEYS.classification, JSON.stringify(valid));
-    await settle();
-    const coldAgain = await discoveryGap(worker, idle, 6_000);
-    assert.ok(coldAgain.median > 2 * BASE_MS, `cold again: ${coldAgain.median} ms`);
+    assertThrice(await plannedGapAt(worker, idle, "cold"), "cold again");
     await worker.stores.state.delete(KEYS.classification);
-    await settle();
-    const deleted = await discoveryGap(worker, idle, 5_000);
-    console.log(`# deleted classification: discovered every ${deleted.median} ms ${JSON.stringify(deleted.gaps)} (valid cold: ${coldAgain.median} ms)`);
-    assert.ok(deleted.median < 2 * BASE_MS, `deleted: ${deleted.median} ms`);
+    assertOnce(await plannedGapAt(worker, idle, "unclassified"), "deleted");
   });
 });
