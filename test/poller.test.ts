@@ -48,7 +48,35 @@ describe("gateway pollers (one worker)", () => {
   const add = (name: string, extra: Record<string, unknown> = {}) =>
     worker.registry.add({ name, transport: "streamable-http", url: fixture.url(name), ...extra });
 
-  it("discovers a new gateway at once, then picks up a tool added and removed upstream within one interval", async () => {
+  /** The discovery stamps of a gateway as they are written (one per successful discovery), from a KV watch. */
+  const watchDiscoveries = async (gid: string) => {
+    const stamps: number[] = [];
+    const w = await worker.stores.state.watch({ key: KEYS.pollDiscovery(gid) });
+    void (async () => {
+      for await (const e of w) if (e.operation === "PUT") stamps.push(Date.parse(PollStampSchema.parse(e.json()).at));
+    })();
+    return { stamps, stop: () => w.stop() };
+  };
+
+  /**
+   * Waits for the catalog to satisfy `ok` after an upstream change made at `changedAt`, and
+   * checks that the first discovery to start after the change put it there: of the discoveries
+   * that ended between the change and that catalog write, at most one (the one in flight when
+   * the upstream changed) missed it.
+   */
+  const pickedUpByNextDiscovery = async (gid: string, what: string, changedAt: number, stamps: number[], ok: (c: Catalog) => boolean) => {
+    const written = await until(what, async () => {
+      const c = await catalog(gid);
+      return c && ok(c.value) ? c.value : null;
+    }, 30_000);
+    const writtenAt = Date.parse(written.discoveredAt);
+    // that discovery's own stamp follows its catalog write; every earlier stamp has arrived by then
+    await until("the stamp of the discovery that wrote it", () => stamps.some((at) => at >= writtenAt), 30_000);
+    const missed = stamps.filter((at) => at >= changedAt && at < writtenAt);
+    assert.ok(missed.length <= 1, `${missed.length} discoveries ended after the change without picking it up`);
+  };
+
+  it("discovers a new gateway at once, then picks up a tool added and removed upstream at the next scheduled discovery", async () => {
     const events: unknown[] = [];
     const sub = worker.nc.subscribe(worker.ctx.s.evt.catalogAll, { callback: (_e, m) => void events.push(m.json()) });
     const gw = await add("alpha");
@@ -58,23 +86,27 @@ describe("gateway pollers (one worker)", () => {
     assert.deepEqual(first.value.resources.map((r) => r.uri), ["fixture://info"]);
     assert.deepEqual(first.value.resourceTemplates.map((r) => r.uriTemplate), ["fixture://items/{id}"]);
 
-    // steady state: wait for a scheduled discovery to end, then change the upstream (the worst case)
-    const stamp = async () => (await getLive(worker.stores.state, KEYS.pollDiscovery(gw.id)))?.revision ?? 0;
-    const seen = await stamp();
-    await until("a scheduled discovery", async () => (await stamp()) > seen, 5_000);
-    fixture.gateway("alpha").toolbox.add("dynamic_tool");
-    const addedAt = Date.now();
-    await until("the new tool in the catalog", async () => (await toolNames(gw.id)).includes("dynamic_tool"), 5_000);
-    const addLatency = Date.now() - addedAt;
-    // the issue's bound: one discovery interval (1 s), plus the slot jitter (≤ 5%) and the discovery round trip itself
-    assert.ok(addLatency < 1_000 * 1.05 + 500, `new tool after ${addLatency} ms`);
+    // steady state: wait for a scheduled discovery to end, then change the upstream (the worst
+    // case). Nothing pushes here (the poller's probe connections are not upstream sessions),
+    // so only the scheduled discoveries can carry the change.
+    const discoveries = await watchDiscoveries(gw.id);
+    try {
+      const seen = await until("the first discovery's stamp", () => discoveries.stamps.length);
+      await until("a scheduled discovery", () => discoveries.stamps.length > seen, 30_000);
+      const addedAt = Date.now();
+      fixture.gateway("alpha").toolbox.add("dynamic_tool");
+      await pickedUpByNextDiscovery(gw.id, "the new tool in the catalog", addedAt, discoveries.stamps, (c) => c.tools.some((t) => t.name === "dynamic_tool"));
 
-    fixture.gateway("alpha").toolbox.remove("dynamic_tool");
-    await until("the removed tool gone", async () => !(await toolNames(gw.id)).includes("dynamic_tool"), 5_000);
+      const removedAt = Date.now();
+      fixture.gateway("alpha").toolbox.remove("dynamic_tool");
+      await pickedUpByNextDiscovery(gw.id, "the removed tool gone", removedAt, discoveries.stamps, (c) => !c.tools.some((t) => t.name === "dynamic_tool"));
+    } finally {
+      discoveries.stop();
+    }
 
     // the event follows the catalog write
     const changes = () => events.map((e) => CatalogChangedEventSchema.parse(e)).filter((e) => e.gid === gw.id);
-    await until("an event naming the removed tool", async () => changes().some((c) => c.diff.removed.tools.includes("dynamic_tool")), 5_000);
+    await until("an event naming the removed tool", async () => changes().some((c) => c.diff.removed.tools.includes("dynamic_tool")), 30_000);
     assert.ok(changes().some((c) => c.diff.added.tools.includes("dynamic_tool")), "an event names the added tool");
     sub.unsubscribe();
 
@@ -82,57 +114,66 @@ describe("gateway pollers (one worker)", () => {
     const view = await until("the status counting the tools again", async () => {
       const v = await worker.registry.get({ name: "alpha" });
       return v.status?.tools === first.value.tools.length ? v : null;
-    });
+    }, 30_000);
     assert.equal(view.status?.health, "healthy");
     assert.equal(view.status?.prompts, 1);
     assert.equal(view.status?.tier, "unclassified");
     assert.ok(view.status?.lastSuccessAt);
-    console.log(`# new tool reached the catalog ${addLatency} ms after it appeared upstream (discovery interval 1 s)`);
   });
 
   it("writes neither catalog nor status when an unchanged gateway is polled; stamps advance", async () => {
     const gw = await add("steady");
-    await until("first discovery", () => catalog(gw.id));
-    const statusEntry = await until("status", () => getLive(worker.stores.state, KEYS.gatewayStatus(gw.id)));
-    const cat = (await catalog(gw.id))!;
+    const cat = await until("first discovery", () => catalog(gw.id));
+    // the status as the first discovery leaves it (a health check may have written one before, without the counts)
+    const statusEntry = await until("the status with the discovered counts", async () => {
+      const e = await getLive(worker.stores.state, KEYS.gatewayStatus(gw.id));
+      return e && GatewayStatusSchema.parse(e.json()).tools === cat.value.tools.length ? e : null;
+    }, 30_000);
     const stamp = async () => {
       const e = await getLive(worker.stores.state, KEYS.pollDiscovery(gw.id));
       return e ? PollStampSchema.parse(e.json()).at : null;
     };
-    const firstStamp = await until("discovery stamp", stamp);
+    const firstStamp = await until("discovery stamp", stamp, 30_000);
     // two more discoveries (each a full poll of the unchanged upstream)
-    const secondStamp = await until("a later discovery", async () => ((await stamp()) !== firstStamp ? await stamp() : null), 5_000);
-    await until("yet another discovery", async () => ((await stamp()) !== secondStamp ? true : null), 5_000);
+    const secondStamp = await until("a later discovery", async () => ((await stamp()) !== firstStamp ? await stamp() : null), 30_000);
+    await until("yet another discovery", async () => ((await stamp()) !== secondStamp ? true : null), 30_000);
     assert.equal((await catalog(gw.id))!.revision, cat.revision, "catalog not rewritten");
     const statusNow = await getLive(worker.stores.state, KEYS.gatewayStatus(gw.id));
     assert.equal(statusNow?.revision, statusEntry.revision, "status not rewritten");
     assert.ok(Date.parse(secondStamp!) > Date.parse(firstStamp!));
   });
 
-  it("an upstream list_changed puts the change in the catalog within 3 s", async () => {
+  it("an upstream list_changed puts the change in the catalog before any scheduled discovery is due", async () => {
     const slow = await startTestWorker(nats, { ...ENV, MCPGW_DISCOVERY_INTERVAL: "10m" });
     try {
       await worker.stop();
-      // only the slow worker polls now: a change can reach the catalog only through the push
+      // only the slow worker polls now
       const gw = await slow.registry.add({ name: "pushy", transport: "streamable-http", url: fixture.url("pushy") });
-      await until("first discovery", async () => (await getLive(slow.stores.catalog, KEYS.catalog(gw.id))) ?? null);
-      // past the debounce window of that first discovery, so the push is not held back by it
-      await new Promise((r) => setTimeout(r, 2_100));
+      await until("first discovery", async () => (await getLive(slow.stores.catalog, KEYS.catalog(gw.id))) ?? null, 30_000);
+      const first = await until("the first discovery's stamp", async () => {
+        const e = await getLive(slow.stores.state, KEYS.pollDiscovery(gw.id));
+        return e ? PollStampSchema.parse(e.json()) : null;
+      }, 30_000);
+      // a scheduled discovery comes at least half an interval (5 min) after the first: the only
+      // way the change below can reach the catalog before then is the push
+      const scheduledAt = Date.parse(first.nextAt!);
+      assert.ok(scheduledAt - Date.parse(first.at) >= 5 * 60_000, `next scheduled discovery planned at ${first.nextAt}, after ${first.at}`);
+      // past the debounce window of that first discovery (on the worker's own clock), so the push is not held back by it
+      const debounceOver = Date.parse(first.at) + slow.ctx.config.poller.listChangedDebounce + 1;
+      await new Promise((r) => setTimeout(r, Math.max(0, debounceOver - Date.now())));
       fixture.gateway("pushy").toolbox.add("pushed_tool");
-      const t0 = Date.now();
       // what an upstream session actor publishes when its upstream sends notifications/tools/list_changed
       await publishEvent(slow.stores.js, slow.ctx.s.evt.gateway(gw.id, "list_changed"), { type: "list_changed", gid: gw.id, at: new Date().toISOString(), lists: ["tools"] });
-      await until(
+      const pushed = await until(
         "the pushed tool",
         async () => {
           const e = await getLive(slow.stores.catalog, KEYS.catalog(gw.id));
-          return e && CatalogSchema.parse(e.json()).tools.some((t) => t.name === "pushed_tool");
+          const c = e ? CatalogSchema.parse(e.json()) : null;
+          return c?.tools.some((t) => t.name === "pushed_tool") ? c : null;
         },
-        5_000,
+        30_000,
       );
-      const latency = Date.now() - t0;
-      assert.ok(latency < 3_000, `list_changed → catalog took ${latency} ms`);
-      console.log(`# list_changed reached the catalog after ${latency} ms`);
+      assert.ok(Date.parse(pushed.discoveredAt) < scheduledAt, "discovered before the scheduled discovery was due");
     } finally {
       await slow.stop();
       worker = await startTestWorker(nats, ENV);
@@ -145,65 +186,86 @@ describe("gateway pollers (one worker)", () => {
       const e = await getLive(worker.stores.state, KEYS.gatewayStatus(gw.id));
       return e ? GatewayStatusSchema.parse(e.json()) : null;
     };
-    await until("healthy", async () => (await status())?.health === "healthy");
+    await until("healthy", async () => (await status())?.health === "healthy", 30_000);
     fixture.setDown("flaky", true);
-    const down = await until("unhealthy", async () => ((await status())?.health === "unhealthy" ? await status() : null), 10_000);
+    const down = await until("unhealthy", async () => ((await status())?.health === "unhealthy" ? await status() : null), 30_000);
     assert.ok(down!.consecutiveFailures >= 3);
     assert.match(down!.lastError ?? "", /503|down/i);
     const view = await worker.registry.get({ id: gw.id });
     assert.equal(view.status?.health, "unhealthy");
     fixture.setDown("flaky", false);
     // backoff after 3 failures at 400 ms: the next check is at most 2-4 intervals away
-    const up = await until("healthy again", async () => ((await status())?.health === "healthy" ? await status() : null), 10_000);
+    const up = await until("healthy again", async () => ((await status())?.health === "healthy" ? await status() : null), 30_000);
     assert.equal(up!.consecutiveFailures, 0);
     assert.equal(up!.lastError, null);
   });
 
   it("refreshes on request and replies with the diff", async () => {
     const gw = await add("manual", { enabled: true });
-    await until("first discovery", () => catalog(gw.id));
+    await until("first discovery", () => catalog(gw.id), 30_000);
     const admin = await nats.connect("admin");
     fixture.gateway("manual").toolbox.add("by_hand");
-    const r = await request(admin, worker.ctx.s.admin.gateway("refresh"), { name: "manual" }, RefreshReplySchema, 10_000);
+    const r = await request(admin, worker.ctx.s.admin.gateway("refresh"), { name: "manual" }, RefreshReplySchema, 30_000);
     assert.equal(r.gid, gw.id);
     assert.equal(r.changed, true);
     assert.deepEqual(r.diff.added.tools, ["by_hand"]);
     assert.ok((await toolNames(gw.id)).includes("by_hand"));
-    const again = await request(admin, worker.ctx.s.admin.gateway("refresh"), { id: gw.id }, RefreshReplySchema, 10_000);
+    const again = await request(admin, worker.ctx.s.admin.gateway("refresh"), { id: gw.id }, RefreshReplySchema, 30_000);
     assert.equal(again.changed, false);
     assert.equal(again.hash, r.hash);
     // a refused request: bad input, unknown gateway
-    await assert.rejects(request(admin, worker.ctx.s.admin.gateway("refresh"), { name: "NOT A NAME" }, RefreshReplySchema, 5_000), /invalid/);
-    await assert.rejects(request(admin, worker.ctx.s.admin.gateway("refresh"), { name: "nobody" }, RefreshReplySchema, 5_000), /no gateway/);
+    await assert.rejects(request(admin, worker.ctx.s.admin.gateway("refresh"), { name: "NOT A NAME" }, RefreshReplySchema, 30_000), /invalid/);
+    await assert.rejects(request(admin, worker.ctx.s.admin.gateway("refresh"), { name: "nobody" }, RefreshReplySchema, 30_000), /no gateway/);
   });
 
   it("a stopped poller's queued poll never starts, and its pending refresh is answered", async () => {
-    // one poll at a time and a frozen upstream holding it: the other gateway's polls queue up
-    const one = await startTestWorker(nats, { ...ENV, MCPGW_MAX_CONCURRENT_POLLS: "1", MCPGW_POLL_TIMEOUT: "3s" });
+    // one poll at a time and a frozen upstream holding it: the other gateway's polls queue up.
+    // Discovery only when asked (10 min interval), so a discovery of hog below is the refresh's.
+    const one = await startTestWorker(nats, { ...ENV, MCPGW_MAX_CONCURRENT_POLLS: "1", MCPGW_POLL_TIMEOUT: "3s", MCPGW_DISCOVERY_INTERVAL: "10m" });
+    type Line = { msg?: string; gid?: string; kind?: string; time: number };
+    /** "poll" lines (logged as a poll falls due, before it waits for the slot), in log order: the slot queue's order */
+    const polls = (from = 0) =>
+      one.lines
+        .slice(from)
+        .map((l) => JSON.parse(l) as Line)
+        .filter((l) => l.msg === "poll");
     try {
       await worker.stop();
       const hog = await one.registry.add({ name: "hog", transport: "streamable-http", url: fixture.url("hog") });
       const queued = await one.registry.add({ name: "queued", transport: "streamable-http", url: fixture.url("queued") });
-      for (const g of [hog, queued]) await until("first discovery", async () => (await getLive(one.stores.catalog, KEYS.catalog(g.id))) ?? null);
-      await until("queued's status", () => getLive(one.stores.state, KEYS.gatewayStatus(queued.id)));
+      for (const g of [hog, queued]) await until("first discovery", async () => (await getLive(one.stores.catalog, KEYS.catalog(g.id))) ?? null, 30_000);
+      await until("queued's status", () => getLive(one.stores.state, KEYS.gatewayStatus(queued.id)), 30_000);
 
       const hogRequests = fixture.gateway("hog").stats.headers.length;
       fixture.setFrozen("hog", true);
-      await until("a poll of the frozen gateway holding the only slot", async () => fixture.gateway("hog").stats.headers.length > hogRequests);
-      const frozenAt = Date.now();
-      const pollLines = () => one.lines.map((l) => JSON.parse(l) as { msg?: string; gid?: string; time: number });
-      await until("a poll of the other gateway waiting for the slot", async () => pollLines().some((l) => l.msg === "poll" && l.gid === queued.id && l.time >= frozenAt));
+      await until("a poll of the frozen gateway holding the only slot", async () => fixture.gateway("hog").stats.headers.length > hogRequests, 30_000);
+      const heldFrom = one.lines.length;
+      await until("a poll of the other gateway waiting for the slot", async () => polls(heldFrom).some((l) => l.gid === queued.id), 30_000);
       await one.registry.remove({ id: queued.id });
-      await until("its poller stopped", async () => (await getLive(one.stores.state, KEYS.gatewayStatus(queued.id))) === null);
+      await until("its poller stopped", async () => (await getLive(one.stores.state, KEYS.gatewayStatus(queued.id))) === null, 30_000);
       const queuedRequests = fixture.gateway("queued").stats.headers.length;
-      // the frozen poll times out (3 s) and frees the slot: the stopped poller's poll must not take it
-      await new Promise((r) => setTimeout(r, 4_000));
+      // the frozen poll times out (3 s) and frees the slot; hog answers again. Polls take the slot
+      // in the order they fell due: once a hog poll that fell due after the stopped poller's last
+      // one has ended (the next of its kind is due), every poll queued before it has had its turn.
+      const lastQueued = one.lines.length - 1 - [...one.lines].reverse().findIndex((l) => (JSON.parse(l) as Line).msg === "poll" && (JSON.parse(l) as Line).gid === queued.id);
+      fixture.setFrozen("hog", false);
+      await until(
+        "a poll of hog queued behind the stopped poller's, and ended",
+        () => polls(lastQueued + 1).filter((l) => l.gid === hog.id && l.kind === "health").length >= 2,
+        30_000,
+      );
       assert.equal(fixture.gateway("queued").stats.headers.length, queuedRequests, "no request to the removed gateway after its poller stopped");
 
       // a refresh waiting on the frozen gateway's poller, which stops: answered at once, not left to time out
+      const hogRequestsAgain = fixture.gateway("hog").stats.headers.length;
+      fixture.setFrozen("hog", true);
+      await until("a poll of the frozen gateway holding the slot again", async () => fixture.gateway("hog").stats.headers.length > hogRequestsAgain, 30_000);
       const admin = await nats.connect("admin");
-      const pending = request(admin, one.ctx.s.admin.gateway("refresh"), { id: hog.id }, RefreshReplySchema, 20_000);
-      await new Promise((r) => setTimeout(r, 300));
+      const asked = one.lines.length;
+      const pending = request(admin, one.ctx.s.admin.gateway("refresh"), { id: hog.id }, RefreshReplySchema, 30_000);
+      pending.catch(() => {}); // judged below
+      // the refresh reached the poller: it started a discovery (which waits behind the frozen poll)
+      await until("the refresh's discovery of hog", () => polls(asked).some((l) => l.gid === hog.id && l.kind === "discovery"), 30_000);
       await one.registry.remove({ id: hog.id });
       await assert.rejects(pending, /poller stopped/);
       await admin.close();
@@ -216,12 +278,18 @@ describe("gateway pollers (one worker)", () => {
 
   it("stops polling a removed gateway", async () => {
     const gw = await add("gone");
-    await until("first discovery", () => catalog(gw.id));
+    await until("first discovery", () => catalog(gw.id), 30_000);
     await worker.registry.remove({ id: gw.id });
-    await new Promise((r) => setTimeout(r, 300));
-    const before = fixture.gateway("gone").stats.initializes;
+    // the status is deleted after the poller stopped (and the gateway was forgotten, so no poll can start)
+    await until("its poller stopped", async () => (await getLive(worker.stores.state, KEYS.gatewayStatus(gw.id))) === null, 30_000);
+    const pollsOf = () => worker.lines.filter((l) => {
+      const p = JSON.parse(l) as { msg?: string; gid?: string };
+      return p.msg === "poll" && p.gid === gw.id;
+    }).length;
+    const before = pollsOf();
+    // several health intervals (400 ms) and a discovery interval (1 s) later
     await new Promise((r) => setTimeout(r, 1_500));
-    assert.equal(fixture.gateway("gone").stats.initializes, before, "no more polls");
-    assert.equal(await getLive(worker.stores.state, KEYS.gatewayStatus(gw.id)), null);
+    assert.equal(pollsOf(), before, "no poll of the removed gateway after its poller stopped");
+    assert.equal(await getLive(worker.stores.state, KEYS.gatewayStatus(gw.id)), null, "its status stays deleted");
   });
 });
