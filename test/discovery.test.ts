@@ -1,5 +1,6 @@
 // Pure discovery logic: hashing, diffing, reconcile, tiers, stamps, slots; and how an upstream is listed.
 import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
 import { CLASSIFICATION_CLOCK_SKEW_MS } from "../protocol/classification.ts";
 import { describe, it } from "node:test";
 import { MAX_PAGES, listCatalog, scrubbedError } from "../runtime/pollerEffects.ts";
@@ -147,6 +148,26 @@ describe("slots", () => {
     const buckets = new Array(10).fill(0);
     for (let i = 0; i < 10_000; i++) buckets[Math.floor(phaseOf(i.toString(16).padStart(16, "0")) * 10)]++;
     for (const b of buckets) assert.ok(b > 800 && b < 1200, `bucket ${b} of a mean 1000`);
+  });
+
+  it("1,000 gateways' health checks: no second of the interval carries more than twice the mean, whatever the jitter", () => {
+    // gateway ids as the registry makes them (16 hex digits), fixed here so the test is deterministic
+    const gids = Array.from({ length: 1_000 }, (_, i) => createHash("sha256").update(`gateway ${i}`).digest("hex").slice(0, 16));
+    const period = 10_000;
+    const jitterMax = period / 20; // the poller adds up to 5% of the period to each slot (at most 2 s)
+    const seconds = period / 1000;
+    const mean = gids.length / seconds;
+    // when each gateway falls due in the interval that starts now, before jitter
+    const due = gids.map((gid) => delayToSlot(now(), period, phaseOf(gid)));
+    assert.ok(due.every((d) => d >= 0 && d < period));
+    for (let s = 0; s < seconds; s++) {
+      const start = s * 1000;
+      // due in this second, and due in the half-second before it (jitter may push those in)
+      const inSecond = due.filter((d) => d >= start && d < start + 1000).length;
+      const reachable = due.filter((d) => ((start - d + period) % period < jitterMax) || (d >= start && d < start + 1000)).length;
+      assert.ok(inSecond <= 2 * mean, `second ${s}: ${inSecond} gateways due, mean ${mean}`);
+      assert.ok(reachable <= 2 * mean, `second ${s}: up to ${reachable} gateways due with jitter, mean ${mean}`);
+    }
   });
 });
 
