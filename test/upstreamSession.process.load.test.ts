@@ -1,6 +1,7 @@
 // Upstream sessions in worker processes: SIGKILL of the hosting worker, and SIGTERM of a
-// worker with 1,000 live sessions. Run one file at a time (the `*.load.test.ts` phase):
-// both state bounds in time.
+// worker with 1,000 live sessions. Run one file at a time (the `*.load.test.ts` phase): it
+// starts worker processes and opens 1,000 upstream sessions. How long these take is measured
+// in bench/upstreamSession.bench.ts; the time bounds here only stop a hang.
 import assert from "node:assert/strict";
 import { spawn, type ChildProcess } from "node:child_process";
 import { after, before, describe, it } from "node:test";
@@ -45,6 +46,17 @@ function startWorkerProcess(prefix: string, id: string, env: Record<string, stri
 
 const exited = (child: ChildProcess) => new Promise<void>((r) => (child.exitCode !== null || child.signalCode !== null ? r() : child.once("exit", () => r())));
 
+/** Waits for the process to exit; a hang bound only (the worker gives up by itself at 2× its shutdown timeout). */
+async function exitedWithin(child: ChildProcess, ms: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  const bound = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`process ${child.pid} did not exit within ${ms} ms`)), ms)));
+  try {
+    await Promise.race([exited(child), bound]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 async function waitForWorkers(on: Subjects, ids: string[]): Promise<void> {
   await until(
     `workers ${ids.join(", ")}`,
@@ -68,7 +80,7 @@ function text(reply: UpstreamCallReply): string {
 }
 
 describe("upstream sessions in worker processes", () => {
-  it("SIGKILL of the hosting worker → the next call succeeds through the survivor within 1 s", async () => {
+  it("SIGKILL of the hosting worker → the next call is answered by a new upstream session on the survivor", async () => {
     const ks = subjects("ktest");
     const caller = createUpstreamCaller(nc, ks, { callTimeoutMs: 10_000, log: memoryLogger().log });
     const k1 = startWorkerProcess("ktest", "k1");
@@ -79,7 +91,6 @@ describe("upstream sessions in worker processes", () => {
     assert.equal(text(await caller.call(a, gid, call("increment"))), "1");
     const host = (await request(nc, ks.admin.sessionList, { sid: a }, SessionListReplySchema, 5000)).sessions[0]!.worker;
     const [victim, survivor] = host === "k1" ? [k1, "k2"] : [k2, "k1"];
-    const t0 = performance.now();
     victim.kill("SIGKILL");
     // A request that reaches the dead worker before nats-server has seen its socket close has
     // an unknown outcome and is never retried; callers see "no responders" once the server knows.
@@ -88,18 +99,17 @@ describe("upstream sessions in worker processes", () => {
         () => false,
         (err: unknown) => isNoResponders(err),
       );
-    await until("nats-server to drop the killed worker", gone, 1000);
-    const detectedMs = performance.now() - t0;
+    // the kernel closes a killed process's sockets at once; the bound only stops a hang
+    await until("nats-server to drop the killed worker", gone, 30_000);
+    // the caller's own timeout (10 s) bounds the call
     assert.equal(text(await caller.call(a, gid, call("increment"))), "1", "a new upstream session");
-    const ms = performance.now() - t0;
-    console.log(`# measured: SIGKILL → dead worker's address gone ${detectedMs.toFixed(0)} ms → next call answered by the survivor ${ms.toFixed(0)} ms after the kill`);
-    await exited(victim);
-    assert.ok(ms < 1000, `took ${ms} ms`);
+    await exitedWithin(victim, 30_000);
+    assert.equal(victim.signalCode, "SIGKILL");
     const now = await request(nc, ks.admin.sessionList, { sid: a }, SessionListReplySchema, 5000);
     assert.deepEqual(now.sessions.map((x) => x.worker), [survivor]);
   });
 
-  it("SIGTERM of a worker with 1,000 live sessions finishes within 2× shutdownTimeout", async () => {
+  it("SIGTERM of a worker with 1,000 live sessions: a graceful exit (code 0, not the hard deadline's 1) that ends every upstream session", async () => {
     const SESSIONS = 1_000;
     const shutdownMs = 5_000; // the default MCPGW_SHUTDOWN_TIMEOUT
     const ts = subjects("ttest");
@@ -107,7 +117,6 @@ describe("upstream sessions in worker processes", () => {
     const t1 = startWorkerProcess("ttest", "t1", { MCPGW_SHUTDOWN_TIMEOUT: `${shutdownMs}ms` });
     await waitForWorkers(ts, ["t1"]);
     const gid = await addGateway(ts, "many");
-    const t0 = performance.now();
     let next = 0;
     await Promise.all(
       Array.from({ length: 50 }, async () => {
@@ -118,15 +127,14 @@ describe("upstream sessions in worker processes", () => {
       }),
     );
     const live = await request(nc, ts.admin.sessionList, {}, SessionListReplySchema, 10_000);
-    console.log(`# measured: opened ${live.sessions.length} upstream sessions in ${(performance.now() - t0).toFixed(0)} ms`);
     assert.equal(live.sessions.length, SESSIONS);
-    const stop0 = performance.now();
     t1.kill("SIGTERM");
-    await exited(t1);
-    const ms = performance.now() - stop0;
-    console.log(`# measured: SIGTERM → exit with ${SESSIONS} live sessions took ${ms.toFixed(0)} ms (bound ${2 * shutdownMs} ms)`);
-    assert.equal(t1.exitCode, 0);
-    assert.ok(ms <= 2 * shutdownMs, `took ${ms} ms`);
-    await until("the upstream sessions to be ended", () => fixture.gateway("many").sessions.size === 0, 5000);
+    // runtime/main.ts exits 1 if its hard deadline (2× shutdownTimeout) fires before the worker
+    // has stopped, 0 once every session is closed: the exit code tells which, whatever the clock.
+    await exitedWithin(t1, 60_000);
+    assert.equal(t1.signalCode, null);
+    assert.equal(t1.exitCode, 0, "a graceful exit, not the hard shutdown deadline");
+    // every upstream session was ended politely (its DELETE reached the upstream), none left open there
+    await until("the upstream sessions to be ended", () => fixture.gateway("many").sessions.size === 0, 30_000);
   });
 });
