@@ -119,9 +119,22 @@ describe("edge: federated catalog, sessions and HTTP hardening", () => {
     await assert.rejects(client.callTool({ name: "alpha__nope" }), (err: any) => err.code === -32602 && /unknown tool: alpha__nope/.test(err.message));
     await putHealth(w, gidB, "unhealthy");
     await until("beta hidden", async () => !(await client.listTools()).tools.some((t) => t.name.startsWith("beta")));
-    const t0 = Date.now();
-    await assert.rejects(client.callTool({ name: "beta__echo", arguments: {} }), (err: any) => /gateway beta unavailable/.test(err.message));
-    assert.ok(Date.now() - t0 < 5000, "no hang");
+    // The edge refuses it itself: nothing is sent towards beta's upstream (no actor address,
+    // no spawn request), so the refusal cannot wait on an upstream that does not answer.
+    const towardsBeta: string[] = [];
+    const onMsg = (_e: unknown, m: { subject: string; data: Uint8Array }) => {
+      if (m.subject.split(".")[3] === gidB || new TextDecoder().decode(m.data).includes(gidB)) towardsBeta.push(m.subject);
+    };
+    const subs = [w.nc.subscribe(`${s.prefix}.upstream.*.${gidB}.*`, { callback: onMsg }), w.nc.subscribe(s.upstream.spawn, { callback: onMsg })];
+    await w.nc.flush();
+    try {
+      // the SDK's request timeout (60 s) bounds a hang
+      await assert.rejects(client.callTool({ name: "beta__echo", arguments: {} }), (err: any) => err.code === -32000 && /gateway beta unavailable \(unhealthy\)/.test(err.message));
+      await w.nc.flush();
+      assert.deepEqual(towardsBeta, []);
+    } finally {
+      subs.forEach((sub) => sub.unsubscribe());
+    }
     await putHealth(w, gidB, "healthy");
     await until("beta back", async () => (await client.listTools()).tools.some((t) => t.name === "beta__add"));
     await client.close();
@@ -134,8 +147,8 @@ describe("edge: federated catalog, sessions and HTTP hardening", () => {
     let otherNotices = 0;
     fed.client.setNotificationHandler(ToolListChangedNotificationSchema, () => void fedNotices++);
     other.client.setNotificationHandler(ToolListChangedNotificationSchema, () => void otherNotices++);
-    // the SDK client opens its GET stream after initialization; wait until the edge holds it
-    await new Promise((r) => setTimeout(r, 300));
+    // the SDK client opens its GET stream after initialization; a notice sent before the edge holds it is lost
+    await until("the edge to hold both GET streams", () => [fed.transport.sessionId!, other.transport.sessionId!].every((id) => w.edge.listeningSessions().includes(id)), 20_000);
     await putCatalog(w, gidA, {
       tools: [{ name: "echo", description: "a", inputSchema: { type: "object" } }, { name: "fresh", inputSchema: { type: "object" } }],
       prompts: [{ name: "greet" }],
@@ -178,7 +191,9 @@ describe("edge: federated catalog, sessions and HTTP hardening", () => {
       const quiet = String(init.headers["mcp-session-id"]);
       const { client, transport } = await connectClient(idle.edge.url);
       const listening = transport.sessionId!;
-      await until("the quiet session ended", () => closed.includes(quiet), 10_000);
+      // listening means the edge holds its GET stream, which the SDK client opens just after initialization
+      await until("the edge to hold the GET stream", () => idle.edge.listeningSessions().includes(listening), 20_000);
+      await until("the quiet session ended", () => closed.includes(quiet), 30_000);
       await new Promise((r) => setTimeout(r, 2_500)); // more than twice the TTL without a request
       assert.ok(!closed.includes(listening), "a listening client's session is kept");
       assert.ok(Array.isArray((await client.listTools()).tools));
