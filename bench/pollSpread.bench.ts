@@ -1,0 +1,144 @@
+// Poll spreading: 1,000 gateways on one worker and one fixture process. How the health checks
+// of one interval fall over its seconds (busiest second / mean), for the first interval after
+// the worker starts (every poller waits for its slot rather than polling at once) and for the
+// next one; as planned (the stamps' nextAt), as fallen due (the "poll" log lines) and as ended
+// (the stamps' at).
+// Run: node --import tsx bench/pollSpread.bench.ts
+import { spawn, type ChildProcess } from "node:child_process";
+import { once } from "node:events";
+import { fileURLToPath } from "node:url";
+import { Registry } from "../actors/registry.ts";
+import { PollStampSchema } from "../protocol/poller.ts";
+import { subjects } from "../protocol/subjects.ts";
+import { openStores } from "../runtime/nats.ts";
+import { SecretBox } from "../runtime/secretBox.ts";
+import { startNats, type TestNats } from "../test/helpers/nats.ts";
+import { until } from "../test/helpers/wait.ts";
+import { startTestWorker, TEST_SECRET_KEY, type TestWorker } from "../test/helpers/worker.ts";
+import { ms, msStats, ratio, report, stats } from "./report.ts";
+
+const GATEWAYS = 1_000;
+const HEALTH_MS = 10_000;
+const SECONDS = HEALTH_MS / 1000;
+/** hang bound of every wait */
+const WAIT_MS = 120_000;
+
+let nats: TestNats | undefined;
+let fixture: ChildProcess | undefined;
+let worker: TestWorker | undefined;
+
+/** Counts per second of [from, from + interval); busiest second over the mean. */
+function perSecond(times: number[], from: number) {
+  const counts = new Array<number>(SECONDS).fill(0);
+  for (const t of times) if (t >= from && t < from + HEALTH_MS) counts[Math.floor((t - from) / 1000)]!++;
+  const n = counts.reduce((a, b) => a + b, 0);
+  const mean = n / SECONDS;
+  return { counts, n, busiest: Math.max(...counts), mean, quietest: Math.min(...counts) };
+}
+
+const describe = (p: ReturnType<typeof perSecond>) =>
+  `${p.n} checks; per second ${p.counts.join(" ")}; busiest ${p.busiest}, mean ${p.mean.toFixed(1)}: busiest/mean ${ratio(p.busiest / p.mean)}, quietest/mean ${ratio(p.quietest / p.mean)}`;
+
+async function main() {
+  nats = await startNats();
+  // the fixture in its own process, so upstream and worker do not share one CPU
+  fixture = spawn(process.execPath, ["--import", "tsx", fileURLToPath(new URL("../test/fixtures/fixtureHttpProcess.ts", import.meta.url))], {
+    stdio: ["pipe", "pipe", "inherit"],
+  });
+  const [line] = (await once(fixture.stdout!, "data")) as [Buffer];
+  const port = Number(/port (\d+)/.exec(line.toString())![1]);
+
+  // registered before any worker runs (no "added" events), as after a cluster restart
+  const stores = await openStores(await nats.connect(), "mcpgw");
+  const box = new SecretBox(TEST_SECRET_KEY);
+  const registry = new Registry({
+    gateways: stores.gateways,
+    catalog: stores.catalog,
+    state: stores.state,
+    subjects: subjects(),
+    publish: async () => {},
+    seal: (p, gid) => box.seal(p, gid),
+    open: (s, gid) => box.open(s, gid),
+  });
+  for (let i = 0; i < GATEWAYS; i += 50) {
+    await Promise.all(
+      Array.from({ length: Math.min(50, GATEWAYS - i) }, (_, j) =>
+        registry.add({ name: `g${i + j}`, transport: "streamable-http", url: `http://127.0.0.1:${port}/g/g${i + j}/mcp` }),
+      ),
+    );
+  }
+
+  const stamps: Array<{ gid: string; at: number; nextAt: number }> = [];
+  const watch = await stores.state.watch({ key: "poll.*.health" });
+  void (async () => {
+    for await (const e of watch) {
+      if (e.operation !== "PUT") continue;
+      const s = PollStampSchema.parse(e.json());
+      stamps.push({ gid: e.key.split(".")[1]!, at: Date.parse(s.at), nextAt: Date.parse(s.nextAt!) });
+    }
+  })();
+
+  const startedAt = Date.now();
+  worker = await startTestWorker(nats, { MCPGW_ALLOW_SHORT_INTERVALS: "1", MCPGW_HEALTH_INTERVAL: `${HEALTH_MS}ms`, MCPGW_DISCOVERY_INTERVAL: "1h" });
+  const due = () =>
+    worker!.lines
+      .map((l) => JSON.parse(l) as { msg?: string; kind?: string; gid?: string; time: number })
+      .filter((l) => l.msg === "poll" && l.kind === "health" && l.gid);
+  const first = await until("a first health check", () => due()[0]?.time, WAIT_MS);
+  // every gateway checked once, and two full intervals after the first check fell due
+  const allChecked = await until("every gateway checked", () => (new Set(stamps.map((x) => x.gid)).size === GATEWAYS ? Date.now() : null), WAIT_MS);
+  await until("two intervals of health checks", () => Date.now() > first + 2 * HEALTH_MS + 2_000, WAIT_MS);
+  const endedAt = Date.now();
+  watch.stop();
+
+  const lines = due();
+  const firstDue = new Map<string, number>();
+  for (const l of lines) if (!firstDue.has(l.gid!)) firstDue.set(l.gid!, l.time);
+  const firstInterval = perSecond([...firstDue.values()], first);
+  const secondInterval = perSecond(
+    lines.map((l) => l.time),
+    first + HEALTH_MS,
+  );
+  // every planned check, folded into one interval (the slots are on a grid shared by all intervals)
+  const planned = perSecond(
+    stamps.map((x) => first + ((((x.nextAt - first) % HEALTH_MS) + HEALTH_MS) % HEALTH_MS)),
+    first,
+  );
+  // fell due → ended: the wait for one of the 16 poll slots, then the check itself
+  const waits: number[] = [];
+  for (const x of stamps) {
+    const fell = lines.filter((l) => l.gid === x.gid && l.time <= x.at).at(-1);
+    if (fell) waits.push(x.at - fell.time);
+  }
+  const throughput = stamps.length / ((endedAt - first) / 1000);
+  const needed = GATEWAYS / SECONDS;
+
+  report(
+    `Poll spreading: ${GATEWAYS} gateways, health every ${ms(HEALTH_MS)}`,
+    `One in-process worker on a local nats-server, ${GATEWAYS} gateways on one fixture process (streamable HTTP), registered before the worker started, ` +
+      `at most 16 polls at once (the default), slot jitter ≤ 5% of the interval. Seconds counted from the first check that fell due; ` +
+      `"fell due" is the poll's log line (written before it waits for a free poll slot), "ended" its stamp.`,
+    [
+      ["worker start → first check fell due", ms(first - startedAt)],
+      ["gateways whose first check fell due in the first interval", `${firstInterval.n} of ${GATEWAYS}`],
+      ["first interval: first checks fell due", describe(firstInterval)],
+      ["planned slots (every stamp's nextAt, by second of the interval)", describe(planned)],
+      ["second interval: checks fell due", describe(secondInterval)],
+      ["first check → every gateway checked once", `${ms(allChecked - first)}; /interval ${ratio((allChecked - first) / HEALTH_MS)}`],
+      ["checks ended per second (whole run)", `${throughput.toFixed(1)}; needed ${needed.toFixed(1)} (gateways / interval): ${ratio(throughput / needed)}`],
+      ["fell due → ended (slot wait + check)", msStats(stats(waits))],
+    ],
+  );
+}
+
+try {
+  await main();
+} finally {
+  await worker?.stop().catch(() => {});
+  if (fixture && fixture.exitCode === null) {
+    fixture.kill("SIGTERM");
+    await once(fixture, "exit");
+  }
+  await nats?.stop();
+}
+process.exit(0);
