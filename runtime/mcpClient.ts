@@ -167,7 +167,17 @@ export async function connectUpstream(opts: ConnectOptions): Promise<UpstreamCon
     if (!closing) opts.onClosed();
   };
   try {
-    await client.connect(transport, { timeout: opts.timeoutMs, signal: opts.signal });
+    // the whole handshake within the timeout: the SDK bounds only the initialize request, and the
+    // initialized notification (a POST over HTTP) would wait forever on an upstream that stopped answering
+    const handshake = client.connect(transport, { timeout: opts.timeoutMs, signal: opts.signal });
+    handshake.catch(() => {}); // settles once the transport is forced closed below
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([
+      handshake,
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new McpError(ErrorCode.RequestTimeout, `MCP handshake not done within ${opts.timeoutMs} ms`)), opts.timeoutMs);
+      }),
+    ]).finally(() => clearTimeout(timer));
     if (transport instanceof StdioClientTransport) childPid = transport.pid;
   } catch (err) {
     closing = true;
