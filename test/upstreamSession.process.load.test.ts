@@ -21,6 +21,8 @@ let nats: TestNats;
 let fixture: FixtureHttp;
 let nc: NatsConnection;
 const children: ChildProcess[] = [];
+/** hang bound of an admin request (answered in milliseconds; a fan-out waits at most 3 s for workers) */
+const REQUEST_MS = 20_000;
 
 before(async () => {
   nats = await startNats();
@@ -69,7 +71,7 @@ async function waitForWorkers(on: Subjects, ids: string[]): Promise<void> {
 }
 
 async function addGateway(on: Subjects, name: string): Promise<string> {
-  return (await request(nc, on.admin.gateway("add"), { name, transport: "streamable-http", url: fixture.url(name) }, z.object({ id: z.string() }), 5000)).id;
+  return (await request(nc, on.admin.gateway("add"), { name, transport: "streamable-http", url: fixture.url(name) }, z.object({ id: z.string() }), REQUEST_MS)).id;
 }
 
 const call = (name: string, args: Record<string, unknown> = {}) => ({ method: "tools/call" as const, params: { name, arguments: args }, requestId: `r${Math.random()}`, headers: {} });
@@ -89,7 +91,7 @@ describe("upstream sessions in worker processes", () => {
     const gid = await addGateway(ks, "killme");
     const a = "session-a";
     assert.equal(text(await caller.call(a, gid, call("increment"))), "1");
-    const host = (await request(nc, ks.admin.sessionList, { sid: a }, SessionListReplySchema, 5000)).sessions[0]!.worker;
+    const host = (await request(nc, ks.admin.sessionList, { sid: a }, SessionListReplySchema, REQUEST_MS)).sessions[0]!.worker;
     const [victim, survivor] = host === "k1" ? [k1, "k2"] : [k2, "k1"];
     victim.kill("SIGKILL");
     // A request that reaches the dead worker before nats-server has seen its socket close has
@@ -105,7 +107,7 @@ describe("upstream sessions in worker processes", () => {
     assert.equal(text(await caller.call(a, gid, call("increment"))), "1", "a new upstream session");
     await exitedWithin(victim, 30_000);
     assert.equal(victim.signalCode, "SIGKILL");
-    const now = await request(nc, ks.admin.sessionList, { sid: a }, SessionListReplySchema, 5000);
+    const now = await request(nc, ks.admin.sessionList, { sid: a }, SessionListReplySchema, REQUEST_MS);
     assert.deepEqual(now.sessions.map((x) => x.worker), [survivor]);
   });
 
@@ -126,7 +128,7 @@ describe("upstream sessions in worker processes", () => {
         }
       }),
     );
-    const live = await request(nc, ts.admin.sessionList, {}, SessionListReplySchema, 10_000);
+    const live = await request(nc, ts.admin.sessionList, {}, SessionListReplySchema, REQUEST_MS);
     assert.equal(live.sessions.length, SESSIONS);
     t1.kill("SIGTERM");
     // runtime/main.ts exits 1 if its hard deadline (2× shutdownTimeout) fires before the worker

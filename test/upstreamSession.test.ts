@@ -36,6 +36,8 @@ let nc: NatsConnection;
 let caller: UpstreamCaller;
 let seq = 0;
 
+/** hang bound of an admin request (answered in milliseconds; a fan-out waits at most 3 s for workers) */
+const REQUEST_MS = 20_000;
 const sid = (label: string) => `${label}-${++seq}`;
 const SESSION_HEADER = "x-test-session";
 
@@ -47,12 +49,12 @@ const rid = () => `r${++seq}`;
 
 async function addGateway(spec: Record<string, unknown>, on: Subjects = s, conn = () => nc): Promise<string> {
   const body = { transport: "streamable-http", passthroughHeaders: [SESSION_HEADER], ...spec };
-  const view = await request(conn(), on.admin.gateway("add"), body, z.object({ id: z.string() }), 5000);
+  const view = await request(conn(), on.admin.gateway("add"), body, z.object({ id: z.string() }), REQUEST_MS);
   return view.id;
 }
 
 async function updateGateway(id: string, patch: Record<string, unknown>): Promise<void> {
-  await request(nc, s.admin.gateway("update"), { id, patch }, z.unknown(), 5000);
+  await request(nc, s.admin.gateway("update"), { id, patch }, z.unknown(), REQUEST_MS);
 }
 
 function text(reply: UpstreamCallReply): string {
@@ -73,7 +75,7 @@ const rpc = (session: string, method: string, params?: Record<string, unknown>) 
   ({ method, params, requestId: rid(), headers: { [SESSION_HEADER]: session } }) as Parameters<UpstreamCaller["call"]>[2];
 
 async function listSessions(filter: { sid?: string; gid?: string } = {}) {
-  return request(nc, s.admin.sessionList, filter, SessionListReplySchema, 5000);
+  return request(nc, s.admin.sessionList, filter, SessionListReplySchema, REQUEST_MS);
 }
 
 /** `until` with this file's hang bound: 20 s for what takes well under a second on a working machine */
@@ -326,7 +328,7 @@ describe("upstream sessions: failures and eviction", () => {
   it("gateway removed → its actors are gone on every worker and their claims deleted", async () => {
     const gid = await addGateway({ name: "gone", url: fixture.url("gone") });
     const sids = await sessionsOnBothWorkers(gid);
-    await request(nc, s.admin.gateway("remove"), { id: gid }, z.unknown(), 5000);
+    await request(nc, s.admin.gateway("remove"), { id: gid }, z.unknown(), REQUEST_MS);
     await waitFor("every actor of the gateway to go", async () => (await listSessions({ gid })).sessions.length === 0);
     for (const x of sids) {
       await waitFor("the claim to be deleted", async () => (await w1.stores.sessions.get(KEYS.upstreamClaim(x, gid)))?.operation !== "PUT");
@@ -348,18 +350,18 @@ describe("upstream sessions: failures and eviction", () => {
   it("operators evict by session, by gateway, and drain — on every worker", async () => {
     const gid = await addGateway({ name: "evictme", url: fixture.url("evictme") });
     const sids = await sessionsOnBothWorkers(gid);
-    const bySid = await request(nc, s.admin.sessionEvict, { sid: sids[0] }, SessionEvictReplySchema, 5000);
+    const bySid = await request(nc, s.admin.sessionEvict, { sid: sids[0] }, SessionEvictReplySchema, REQUEST_MS);
     assert.deepEqual(bySid, { evicted: 1, workers: ["w1", "w2"] });
-    const byGid = await request(nc, s.admin.sessionEvict, { gid }, SessionEvictReplySchema, 5000);
+    const byGid = await request(nc, s.admin.sessionEvict, { gid }, SessionEvictReplySchema, REQUEST_MS);
     assert.equal(byGid.evicted, sids.length - 1);
     await waitFor("evicted sessions to go", async () => (await listSessions({ gid })).sessions.length === 0);
-    await assert.rejects(request(nc, s.admin.sessionEvict, {}, SessionEvictReplySchema, 5000), (err: unknown) => {
+    await assert.rejects(request(nc, s.admin.sessionEvict, {}, SessionEvictReplySchema, REQUEST_MS), (err: unknown) => {
       assert.ok(err instanceof ProtocolError && err.code === "invalid_request" && err.issues?.[0]?.path === "sid");
       return true;
     });
 
     const again = await sessionsOnBothWorkers(gid);
-    const drained = await request(nc, s.admin.drain, { reason: "new CA" }, SessionEvictReplySchema, 5000);
+    const drained = await request(nc, s.admin.drain, { reason: "new CA" }, SessionEvictReplySchema, REQUEST_MS);
     assert.ok(drained.evicted >= again.length);
     await waitFor("a drained cluster", async () => (await listSessions()).sessions.length === 0);
     assert.equal(text(await caller.call(again[0]!, gid, tool(again[0]!, "get_count"))), "0", "usable again after a drain");
@@ -396,7 +398,7 @@ describe("upstream sessions: idle validation against a real upstream", () => {
     assert.equal(text(await next), "0", "served by a new upstream session");
     assert.ok((await long) instanceof ProtocolError, "the call on the replaced connection fails");
     assert.equal(initializes("reprobe"), 2);
-    assert.equal((await request(nc, is.admin.sessionList, { sid: a }, SessionListReplySchema, 5000)).sessions.length, 1, "the new session stays");
+    assert.equal((await request(nc, is.admin.sessionList, { sid: a }, SessionListReplySchema, REQUEST_MS)).sessions.length, 1, "the new session stays");
   });
 });
 
