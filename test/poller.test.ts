@@ -221,7 +221,8 @@ describe("gateway pollers (one worker)", () => {
   it("a stopped poller's queued poll never starts, and its pending refresh is answered", async () => {
     // one poll at a time and a frozen upstream holding it: the other gateway's polls queue up.
     // Discovery only when asked (10 min interval), so a discovery of hog below is the refresh's.
-    const one = await startTestWorker(nats, { ...ENV, MCPGW_MAX_CONCURRENT_POLLS: "1", MCPGW_POLL_TIMEOUT: "3s", MCPGW_DISCOVERY_INTERVAL: "10m" });
+    const POLL_TIMEOUT_MS = 6_000;
+    const one = await startTestWorker(nats, { ...ENV, MCPGW_MAX_CONCURRENT_POLLS: "1", MCPGW_POLL_TIMEOUT: `${POLL_TIMEOUT_MS}ms`, MCPGW_DISCOVERY_INTERVAL: "10m" });
     type Line = { msg?: string; gid?: string; kind?: string; time: number };
     /** "poll" lines (logged as a poll falls due, before it waits for the slot), in log order: the slot queue's order */
     const polls = (from = 0) =>
@@ -238,13 +239,25 @@ describe("gateway pollers (one worker)", () => {
 
       const hogRequests = fixture.gateway("hog").stats.headers.length;
       fixture.setFrozen("hog", true);
-      await until("a poll of the frozen gateway holding the only slot", async () => fixture.gateway("hog").stats.headers.length > hogRequests, 30_000);
+      // a poll stuck at its initialize request (the only one without a session id) holds the slot
+      // for the whole poll timeout (one frozen later, at the polite close, would let go after 2 s)
+      await until(
+        "a poll of the frozen gateway stuck at initialize, holding the only slot",
+        async () => fixture.gateway("hog").stats.headers.slice(hogRequests).some((h) => h["mcp-session-id"] === undefined),
+        30_000,
+      );
       const heldFrom = one.lines.length;
+      // hog's polls run one at a time (health only): its latest poll line is the holder's, written before its connect began
+      const holderDue = polls().filter((l) => l.gid === hog.id).at(-1)!.time;
       await until("a poll of the other gateway waiting for the slot", async () => polls(heldFrom).some((l) => l.gid === queued.id), 30_000);
       await one.registry.remove({ id: queued.id });
       await until("its poller stopped", async () => (await getLive(one.stores.state, KEYS.gatewayStatus(queued.id))) === null, 30_000);
       const queuedRequests = fixture.gateway("queued").stats.headers.length;
-      // the frozen poll times out (3 s) and frees the slot; hog answers again. Polls take the slot
+      // the scenario's premise (a hang bound in effect, not a speed requirement): the poller stopped
+      // while its poll still waited for the slot. The stuck connect lets go of the slot no sooner
+      // than the poll timeout (6 s) after it began; handling the removal takes milliseconds.
+      assert.ok(Date.now() < holderDue + POLL_TIMEOUT_MS - 1_000, "the removal was handled while the slot was surely still held");
+      // the frozen poll times out and frees the slot; hog answers again. Polls take the slot
       // in the order they fell due: once a hog poll that fell due after the stopped poller's last
       // one has ended (the next of its kind is due), every poll queued before it has had its turn.
       const lastQueued = one.lines.length - 1 - [...one.lines].reverse().findIndex((l) => (JSON.parse(l) as Line).msg === "poll" && (JSON.parse(l) as Line).gid === queued.id);
