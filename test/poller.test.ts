@@ -227,8 +227,8 @@ describe("gateway pollers (one worker)", () => {
     /** "poll" lines (logged as a poll falls due, before it waits for the slot), in log order: the slot queue's order */
     const polls = (from = 0) =>
       one.lines
+        .map((l, i) => ({ ...(JSON.parse(l) as Line), i }))
         .slice(from)
-        .map((l) => JSON.parse(l) as Line)
         .filter((l) => l.msg === "poll");
     try {
       await worker.stop();
@@ -246,21 +246,21 @@ describe("gateway pollers (one worker)", () => {
         async () => fixture.gateway("hog").stats.headers.slice(hogRequests).some((h) => h["mcp-session-id"] === undefined),
         30_000,
       );
-      const heldFrom = one.lines.length;
-      // hog's polls run one at a time (health only): its latest poll line is the holder's, written before its connect began
-      const holderDue = polls().filter((l) => l.gid === hog.id).at(-1)!.time;
-      await until("a poll of the other gateway waiting for the slot", async () => polls(heldFrom).some((l) => l.gid === queued.id), 30_000);
+      // hog's polls run one at a time (health only): its latest poll line is the holder's, written
+      // before it waited for the slot and began to connect; polls fell due after it wait behind it
+      const holder = polls().filter((l) => l.gid === hog.id).at(-1)!;
+      await until("a poll of the other gateway waiting for the slot", async () => polls(holder.i + 1).some((l) => l.gid === queued.id), 30_000);
       await one.registry.remove({ id: queued.id });
       await until("its poller stopped", async () => (await getLive(one.stores.state, KEYS.gatewayStatus(queued.id))) === null, 30_000);
       const queuedRequests = fixture.gateway("queued").stats.headers.length;
       // the scenario's premise (a hang bound in effect, not a speed requirement): the poller stopped
       // while its poll still waited for the slot. The stuck connect lets go of the slot no sooner
       // than the poll timeout (6 s) after it began; handling the removal takes milliseconds.
-      assert.ok(Date.now() < holderDue + POLL_TIMEOUT_MS - 1_000, "the removal was handled while the slot was surely still held");
+      assert.ok(Date.now() < holder.time + POLL_TIMEOUT_MS - 1_000, "the removal was handled while the slot was surely still held");
       // the frozen poll times out and frees the slot; hog answers again. Polls take the slot
       // in the order they fell due: once a hog poll that fell due after the stopped poller's last
       // one has ended (the next of its kind is due), every poll queued before it has had its turn.
-      const lastQueued = one.lines.length - 1 - [...one.lines].reverse().findIndex((l) => (JSON.parse(l) as Line).msg === "poll" && (JSON.parse(l) as Line).gid === queued.id);
+      const lastQueued = polls().filter((l) => l.gid === queued.id).at(-1)!.i;
       fixture.setFrozen("hog", false);
       await until(
         "a poll of hog queued behind the stopped poller's, and ended",
