@@ -72,7 +72,8 @@ describe("gateway pollers (one worker)", () => {
     const writtenAt = Date.parse(written.discoveredAt);
     // that discovery's own stamp follows its catalog write; every earlier stamp has arrived by then
     await until("the stamp of the discovery that wrote it", () => stamps.some((at) => at >= writtenAt), 30_000);
-    const missed = stamps.filter((at) => at >= changedAt && at < writtenAt);
+    // (strictly after the change: one that ended in the same millisecond, before it, is not counted)
+    const missed = stamps.filter((at) => at > changedAt && at < writtenAt);
     assert.ok(missed.length <= 1, `${missed.length} discoveries ended after the change without picking it up`);
   };
 
@@ -80,7 +81,7 @@ describe("gateway pollers (one worker)", () => {
     const events: unknown[] = [];
     const sub = worker.nc.subscribe(worker.ctx.s.evt.catalogAll, { callback: (_e, m) => void events.push(m.json()) });
     const gw = await add("alpha");
-    const first = await until("the first discovery", () => catalog(gw.id));
+    const first = await until("the first discovery", () => catalog(gw.id), 30_000);
     assert.ok(first.value.tools.some((t) => t.name === "echo"));
     assert.deepEqual(first.value.prompts.map((p) => p.name), ["greet"]);
     assert.deepEqual(first.value.resources.map((r) => r.uri), ["fixture://info"]);
@@ -91,7 +92,7 @@ describe("gateway pollers (one worker)", () => {
     // so only the scheduled discoveries can carry the change.
     const discoveries = await watchDiscoveries(gw.id);
     try {
-      const seen = await until("the first discovery's stamp", () => discoveries.stamps.length);
+      const seen = await until("the first discovery's stamp", () => discoveries.stamps.length, 30_000);
       await until("a scheduled discovery", () => discoveries.stamps.length > seen, 30_000);
       const addedAt = Date.now();
       fixture.gateway("alpha").toolbox.add("dynamic_tool");
@@ -123,7 +124,7 @@ describe("gateway pollers (one worker)", () => {
 
   it("writes neither catalog nor status when an unchanged gateway is polled; stamps advance", async () => {
     const gw = await add("steady");
-    const cat = await until("first discovery", () => catalog(gw.id));
+    const cat = await until("first discovery", () => catalog(gw.id), 30_000);
     // the status as the first discovery leaves it (a health check may have written one before, without the counts)
     const statusEntry = await until("the status with the discovered counts", async () => {
       const e = await getLive(worker.stores.state, KEYS.gatewayStatus(gw.id));
