@@ -53,7 +53,11 @@ export const UpstreamNotifyRequestSchema = z
   })
   .strict();
 
-/** `mcpgw.internal.upstream.spawn` (queue group): host the actor for a key. */
+/**
+ * `mcpgw.internal.upstream.spawn` (queue group): host the actor for a key. A new actor is
+ * answered for once its upstream session is connected; a failed connect is answered with
+ * `unavailable` and its reason.
+ */
 export const SpawnRequestSchema = z
   .object({
     sid: SessionIdSchema,

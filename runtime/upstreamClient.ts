@@ -24,13 +24,13 @@ export type UpstreamCaller = {
 const MAX_ATTEMPTS = 5;
 /** Beyond the call's own timeout: the actor answers a timed-out call itself, so this is only for a lost worker. */
 const REPLY_MARGIN_MS = 2_000;
-const SPAWN_TIMEOUT_MS = 10_000;
 const NOTIFY_TIMEOUT_MS = 2_000;
 
 export function createUpstreamCaller(nc: NatsConnection, s: Subjects, opts: { callTimeoutMs: number; log: Logger }): UpstreamCaller {
-  async function spawn(sid: string, gid: string, headers: Record<string, string>): Promise<void> {
+  /** Asks a worker to host the actor; it answers once the actor is connected, or with why it could not connect. */
+  async function spawn(sid: string, gid: string, headers: Record<string, string>, timeoutMs: number): Promise<void> {
     try {
-      await request(nc, s.upstream.spawn, { sid, gid, headers }, SpawnReplySchema, SPAWN_TIMEOUT_MS);
+      await request(nc, s.upstream.spawn, { sid, gid, headers }, SpawnReplySchema, timeoutMs);
     } catch (err) {
       if (err instanceof ProtocolError) throw err;
       if (isNoResponders(err)) throw new ProtocolError("unavailable", `no worker can host a session for gateway ${gid}`);
@@ -52,23 +52,31 @@ export function createUpstreamCaller(nc: NatsConnection, s: Subjects, opts: { ca
   async function call(sid: string, gid: string, input: UpstreamCallRequest, signal?: AbortSignal): Promise<UpstreamCallReply> {
     const req = parseRequest(UpstreamCallRequestSchema, input, "upstream call");
     const subject = s.upstream.op(sid, gid, "call");
-    const timeout = (req.timeoutMs ?? opts.callTimeoutMs) + REPLY_MARGIN_MS;
+    // one budget for the whole call: connecting a new session spends from it
+    const budgetMs = req.timeoutMs ?? opts.callTimeoutMs;
+    const deadline = Date.now() + budgetMs;
     signal?.throwIfAborted();
     const onAbort = () => void notify(sid, gid, req.requestId, String(signal?.reason ?? "cancelled"));
     signal?.addEventListener("abort", onAbort, { once: true });
     try {
+      let sent = req;
       for (let attempt = 1; ; attempt++) {
         let data: Uint8Array;
+        const leftMs = deadline - Date.now();
+        if (leftMs <= 0) throw new ProtocolError("timeout", `gateway ${gid} did not answer ${req.method} within ${budgetMs} ms`);
         try {
-          const pending = nc.request(subject, encodeJson(req), { timeout });
+          const pending = nc.request(subject, encodeJson(sent), { timeout: leftMs + REPLY_MARGIN_MS });
           data = (await (signal ? raceAbort(pending, signal) : pending)).data;
         } catch (err) {
           if (isNoResponders(err) && attempt < MAX_ATTEMPTS) {
-            await spawn(sid, gid, req.headers);
+            const spawning = spawn(sid, gid, req.headers, leftMs + REPLY_MARGIN_MS);
+            await (signal ? raceAbort(spawning, signal) : spawning);
+            // the actor times the call from its arrival: only what is left of the budget
+            sent = { ...req, timeoutMs: Math.max(1, deadline - Date.now()) };
             continue;
           }
           if (isNoResponders(err)) throw new ProtocolError("unavailable", `no upstream session for gateway ${gid} could be started`);
-          if (isTimeout(err)) throw new ProtocolError("timeout", `gateway ${gid} did not answer ${req.method} within ${timeout} ms`);
+          if (isTimeout(err)) throw new ProtocolError("timeout", `gateway ${gid} did not answer ${req.method} within ${budgetMs} ms`);
           throw err;
         }
         return unwrapReply(data, UpstreamCallReplySchema);

@@ -229,7 +229,12 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
     const op = s.parseUpstream(msg.subject)?.op;
     if (op === "status") return respond(msg, ok(infoOf(x)));
     if (x.phase === "claiming") return void x.buffered.push(msg);
-    if (x.phase === "closing") return; // a successor (or no-responders) answers
+    if (x.phase === "closing") {
+      // Sent before the address went away: answered here, or it would wait out its timeout.
+      // It never reached the upstream, so the caller may try again.
+      if (op === "call") respond(msg, fail("unavailable", `gateway ${gatewayLabel(x.record)}: ${closeReasonOf(x)}`));
+      return;
+    }
     try {
       const payload = decodeJson(msg.data);
       if (op === "call") return receiveCall(x, msg, parseRequest(UpstreamCallRequestSchema, payload, "upstream call"));
@@ -442,7 +447,12 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
     if (live.get(x.key) === x) live.delete(x.key);
   }
 
-  function start(x: Session): { worker: string; created: boolean } {
+  /**
+   * Starts the actor; resolves once it is connected, so the spawner's call finds it serving.
+   * A failed connect is the spawn's answer: every retry would meet the same refusal, and the
+   * caller gets the reason instead of a lost call or a run of fresh actors failing one by one.
+   */
+  async function start(x: Session): Promise<{ worker: string; created: boolean }> {
     x.phase = "live";
     x.actor.start();
     void x.done.then(() => afterClosed(x));
@@ -450,8 +460,25 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
     if (stopping) x.actor.send({ type: "CLOSE", reason: "worker shutting down" });
     else if (x.evictedWhileClaiming !== null) x.actor.send({ type: "CLOSE", reason: x.evictedWhileClaiming });
     log.debug({ sid: x.sid, gid: x.gid }, "upstream session actor started");
+    await connected(x);
     return { worker: me, created: true };
   }
+
+  function connected(x: Session): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const check = (): boolean => {
+        const snap = x.actor.getSnapshot();
+        if (snap.status === "active" && snap.matches({ open: "ready" })) resolve();
+        else if (snap.status !== "active" || !snap.matches("open")) reject(new ProtocolError("unavailable", `gateway ${gatewayLabel(x.record)}: ${closeReasonOf(x)}`));
+        else return false;
+        return true;
+      };
+      if (check()) return;
+      const sub = x.actor.subscribe({ next: () => void (check() && sub.unsubscribe()), complete: () => void (check() && sub.unsubscribe()) });
+    });
+  }
+
+  const closeReasonOf = (x: Session) => x.actor.getSnapshot().context.closeReason || "session closing";
 
   // ---- eviction ----
 

@@ -295,6 +295,21 @@ describe("upstream sessions: failures and eviction", () => {
     await assert.rejects(caller.call("bad.sid", gid, rpc("x", "ping")));
   });
 
+  it("a gateway that refuses connections: every first call fails with the connect error, naming the gateway", async () => {
+    // A refused connect fails within milliseconds, often before the caller's call reaches the
+    // fresh actor: the call must still get the reason, not wait out its timeout or run out of spawns.
+    const gid = await addGateway({ name: "refuses", url: "http://127.0.0.1:1/mcp" });
+    const slow = createUpstreamCaller(nc, s, { callTimeoutMs: 120_000, log: memoryLogger().log });
+    const outcomes = await Promise.all(
+      Array.from({ length: 20 }, (_, i) => slow.call(sid(`R${i}`), gid, rpc("x", "ping")).then(() => "answered", (err: unknown) => err)),
+    );
+    for (const err of outcomes) {
+      assert.ok(err instanceof ProtocolError, String(err));
+      assert.equal(err.code, "unavailable", err.message);
+      assert.match(err.message, /refuses \(.*cannot connect/);
+    }
+  });
+
   it("URL change → the next call reaches the new URL; a description edit keeps the session", async () => {
     const gid = await addGateway({ name: "mover", url: fixture.url("m1") });
     const a = sid("A");
