@@ -10,7 +10,7 @@ import { openStores } from "../runtime/nats.ts";
 import { startNats, type TestNats } from "../test/helpers/nats.ts";
 import { runTs, workerEnv, type Proc } from "../test/helpers/processes.ts";
 import { until } from "../test/helpers/wait.ts";
-import { TEST_SECRET_KEY } from "../test/helpers/worker.ts";
+import { recordKeyWrites, TEST_SECRET_KEY, type KeyWrite } from "../test/helpers/worker.ts";
 import { ms, msStats, ratio, report, stats } from "./report.ts";
 
 const TTL_MS = 3000;
@@ -20,9 +20,9 @@ const REPS = 8;
 /** hang bound of every wait */
 const WAIT_MS = 30_000;
 
-type Seen = { key: string; revision: number; op: string; value: unknown; at: number };
+type Seen = KeyWrite;
 
-const seen: Seen[] = [];
+let seen: Seen[] = [];
 const children = new Map<string, Proc>();
 let nats: TestNats | undefined;
 let nextId = 1;
@@ -63,17 +63,8 @@ async function main() {
   const nc = await nats.connect("runtime");
   await openStores(nc, subjects().prefix);
   const state = await new Kvm(nc).open(buckets().state);
-  const watch = await state.watch({ key: ">" });
-  void (async () => {
-    for await (const e of watch) {
-      if (e.key !== KEYS.leaderClassifier && e.key !== KEYS.classification) continue;
-      let value: unknown = null;
-      try {
-        value = e.operation === "PUT" ? e.json() : null;
-      } catch {}
-      seen.push({ key: e.key, revision: e.revision, op: e.operation, value, at: performance.now() });
-    }
-  })();
+  const recorder = await recordKeyWrites(state, [KEYS.leaderClassifier, KEYS.classification]);
+  seen = recorder.writes;
 
   await Promise.all([startWorker(), startWorker(), startWorker()]);
   const firstHolder = await currentHolder();
@@ -119,7 +110,7 @@ async function main() {
     if (exit.code === 0) term.clean++;
     await startWorker();
   }
-  watch.stop();
+  recorder.stop();
 
   const row = (figure: string, sample: number[], bound: number, boundName: string): [string, string] => {
     const s = stats(sample);

@@ -4,17 +4,12 @@
 // next one; as planned (the stamps' nextAt), as fallen due (the "poll" log lines) and as ended
 // (the stamps' at).
 // Run: node --import tsx bench/pollSpread.bench.ts
-import { spawn, type ChildProcess } from "node:child_process";
-import { once } from "node:events";
-import { fileURLToPath } from "node:url";
-import { Registry } from "../actors/registry.ts";
 import { PollStampSchema } from "../protocol/poller.ts";
-import { subjects } from "../protocol/subjects.ts";
 import { openStores } from "../runtime/nats.ts";
-import { SecretBox } from "../runtime/secretBox.ts";
 import { startNats, type TestNats } from "../test/helpers/nats.ts";
 import { until } from "../test/helpers/wait.ts";
-import { startTestWorker, TEST_SECRET_KEY, type TestWorker } from "../test/helpers/worker.ts";
+import { startFixtureProcess } from "../test/fixtures/fixtureHttp.ts";
+import { directRegistry, startTestWorker, type TestWorker } from "../test/helpers/worker.ts";
 import { ms, msStats, ratio, report, stats } from "./report.ts";
 
 const GATEWAYS = 1_000;
@@ -24,7 +19,7 @@ const SECONDS = HEALTH_MS / 1000;
 const WAIT_MS = 120_000;
 
 let nats: TestNats | undefined;
-let fixture: ChildProcess | undefined;
+let fixture: Awaited<ReturnType<typeof startFixtureProcess>> | undefined;
 let worker: TestWorker | undefined;
 
 /** Counts per second of [from, from + interval); busiest second over the mean. */
@@ -42,28 +37,15 @@ const describe = (p: ReturnType<typeof perSecond>) =>
 async function main() {
   nats = await startNats();
   // the fixture in its own process, so upstream and worker do not share one CPU
-  fixture = spawn(process.execPath, ["--import", "tsx", fileURLToPath(new URL("../test/fixtures/fixtureHttpProcess.ts", import.meta.url))], {
-    stdio: ["pipe", "pipe", "inherit"],
-  });
-  const [line] = (await once(fixture.stdout!, "data")) as [Buffer];
-  const port = Number(/port (\d+)/.exec(line.toString())![1]);
+  const upstream = (fixture = await startFixtureProcess());
 
   // registered before any worker runs (no "added" events), as after a cluster restart
   const stores = await openStores(await nats.connect(), "mcpgw");
-  const box = new SecretBox(TEST_SECRET_KEY);
-  const registry = new Registry({
-    gateways: stores.gateways,
-    catalog: stores.catalog,
-    state: stores.state,
-    subjects: subjects(),
-    publish: async () => {},
-    seal: (p, gid) => box.seal(p, gid),
-    open: (s, gid) => box.open(s, gid),
-  });
+  const registry = directRegistry(stores);
   for (let i = 0; i < GATEWAYS; i += 50) {
     await Promise.all(
       Array.from({ length: Math.min(50, GATEWAYS - i) }, (_, j) =>
-        registry.add({ name: `g${i + j}`, transport: "streamable-http", url: `http://127.0.0.1:${port}/g/g${i + j}/mcp` }),
+        registry.add({ name: `g${i + j}`, transport: "streamable-http", url: upstream.url(`g${i + j}`) }),
       ),
     );
   }
@@ -135,10 +117,7 @@ try {
   await main();
 } finally {
   await worker?.stop().catch(() => {});
-  if (fixture && fixture.exitCode === null) {
-    fixture.kill("SIGTERM");
-    await once(fixture, "exit");
-  }
+  await fixture?.stop();
   await nats?.stop();
 }
 process.exit(0);

@@ -1,15 +1,12 @@
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import type { KV } from "@nats-io/kv";
-import { Registry } from "../actors/registry.ts";
-import { subjects } from "../protocol/subjects.ts";
 import { CatalogCache } from "../runtime/edge/catalogCache.ts";
 import { openStores, type Stores } from "../runtime/nats.ts";
-import { SecretBox } from "../runtime/secretBox.ts";
 import { putCatalog } from "./helpers/edge.ts";
 import { startNats, type TestNats } from "./helpers/nats.ts";
 import { until } from "./helpers/wait.ts";
-import { memoryLogger, TEST_SECRET_KEY } from "./helpers/worker.ts";
+import { directRegistry, memoryLogger } from "./helpers/worker.ts";
 
 /** The bucket, with every watch it hands out kept in `watches` (so a test can end one). */
 function watched(kv: KV, watches: Array<{ stop(): void }>): KV {
@@ -38,16 +35,7 @@ describe("edge catalog cache", () => {
   after(async () => nats?.stop());
 
   it("watches again when a KV watch ends, and goes on seeing catalog changes", async () => {
-    const box = new SecretBox(TEST_SECRET_KEY);
-    const registry = new Registry({
-      gateways: stores.gateways,
-      catalog: stores.catalog,
-      state: stores.state,
-      subjects: subjects("cc"),
-      publish: async () => {},
-      seal: (p, gid) => box.seal(p, gid),
-      open: (sealed, gid) => box.open(sealed, gid),
-    });
+    const registry = directRegistry(stores, "cc");
     const gw = await registry.add({ name: "alpha", transport: "streamable-http", url: "http://127.0.0.1:1/mcp" });
     const catalogWatches: Array<{ stop(): void }> = [];
     const { log, lines } = memoryLogger();

@@ -15,7 +15,7 @@ import { openStores } from "../runtime/nats.ts";
 import { runCli, runTs, workerEnv, type Proc } from "./helpers/processes.ts";
 import { startNats, type TestNats } from "./helpers/nats.ts";
 import { until } from "./helpers/wait.ts";
-import { TEST_SECRET_KEY, memoryLogger, testConfig } from "./helpers/worker.ts";
+import { recordKeyWrites, TEST_SECRET_KEY, memoryLogger, testConfig, type KeyWrite } from "./helpers/worker.ts";
 
 const s = subjects();
 const TTL_MS = 3000;
@@ -128,14 +128,14 @@ describe("classification fence (two workers' effects interleaved on a real serve
 });
 
 type Child = Proc & { id: string };
-type Seen = { key: string; revision: number; op: string; value: unknown; at: number };
+type Seen = KeyWrite;
 
 describe("classifier across three worker processes", () => {
   let nats: TestNats;
   let nc: NatsConnection;
   let state: KV;
   const children = new Map<string, Child>();
-  const seen: Seen[] = [];
+  let seen: Seen[] = [];
   let gids: string[] = [];
   let usageTimer: NodeJS.Timeout | undefined;
 
@@ -177,17 +177,7 @@ describe("classifier across three worker processes", () => {
     await openStores(nc, s.prefix);
     state = await new Kvm(nc).open(buckets().state);
     // every write of the two keys, in stream order
-    const watch = await state.watch({ key: ">" });
-    void (async () => {
-      for await (const e of watch) {
-        if (e.key !== KEYS.leaderClassifier && e.key !== KEYS.classification) continue;
-        let value: unknown = null;
-        try {
-          value = e.operation === "PUT" ? e.json() : null;
-        } catch {}
-        seen.push({ key: e.key, revision: e.revision, op: e.operation, value, at: performance.now() });
-      }
-    })();
+    seen = (await recordKeyWrites(state, [KEYS.leaderClassifier, KEYS.classification])).writes;
     for (const id of ["w1", "w2", "w3"]) startChild(id);
     await until("three workers started", () => [...children.values()].every((c) => logged(c, "worker started")), 60_000);
     for (let i = 0; i < 10; i++) {

@@ -3,19 +3,14 @@
 // spread evenly is a property of the slot function (test/discovery.test.ts); how evenly the
 // polls actually run is measured in bench/pollSpread.bench.ts.
 import assert from "node:assert/strict";
-import { spawn, type ChildProcess } from "node:child_process";
-import { once } from "node:events";
-import { fileURLToPath } from "node:url";
 import { after, before, describe, it } from "node:test";
 import { phaseOf } from "../actors/discovery.ts";
-import { Registry } from "../actors/registry.ts";
 import { PollStampSchema } from "../protocol/poller.ts";
-import { subjects } from "../protocol/subjects.ts";
 import { openStores } from "../runtime/nats.ts";
-import { SecretBox } from "../runtime/secretBox.ts";
 import { startNats, type TestNats } from "./helpers/nats.ts";
 import { until } from "./helpers/wait.ts";
-import { startTestWorker, TEST_SECRET_KEY, type TestWorker } from "./helpers/worker.ts";
+import { startFixtureProcess } from "./fixtures/fixtureHttp.ts";
+import { directRegistry, startTestWorker, type TestWorker } from "./helpers/worker.ts";
 
 const GATEWAYS = 1_000;
 const HEALTH_MS = 10_000;
@@ -24,24 +19,16 @@ const JITTER_MAX_MS = Math.min(HEALTH_MS / 20, 2_000);
 
 describe("poll spreading", () => {
   let nats: TestNats;
-  let fixture: ChildProcess;
-  let fixturePort: number;
+  let fixture: Awaited<ReturnType<typeof startFixtureProcess>>;
   let worker: TestWorker | undefined;
   before(async () => {
     nats = await startNats();
     // the fixture in its own process, so upstream and worker do not share one CPU
-    fixture = spawn(process.execPath, ["--import", "tsx", fileURLToPath(new URL("./fixtures/fixtureHttpProcess.ts", import.meta.url))], {
-      stdio: ["pipe", "pipe", "inherit"],
-    });
-    const [line] = (await once(fixture.stdout!, "data")) as [Buffer];
-    fixturePort = Number(/port (\d+)/.exec(line.toString())![1]);
+    fixture = await startFixtureProcess();
   });
   after(async () => {
     await worker?.stop();
-    if (fixture && fixture.exitCode === null) {
-      fixture.kill("SIGTERM");
-      await once(fixture, "exit");
-    }
+    await fixture?.stop();
     await nats?.stop();
   });
 
@@ -49,21 +36,12 @@ describe("poll spreading", () => {
     // registered before any worker runs (no "added" events), as after a cluster restart
     const nc = await nats.connect();
     const stores = await openStores(nc, "mcpgw");
-    const box = new SecretBox(TEST_SECRET_KEY);
-    const registry = new Registry({
-      gateways: stores.gateways,
-      catalog: stores.catalog,
-      state: stores.state,
-      subjects: subjects(),
-      publish: async () => {},
-      seal: (p, gid) => box.seal(p, gid),
-      open: (s, gid) => box.open(s, gid),
-    });
+    const registry = directRegistry(stores);
     const gids: string[] = [];
     for (let i = 0; i < GATEWAYS; i += 50) {
       const added = await Promise.all(
         Array.from({ length: Math.min(50, GATEWAYS - i) }, (_, j) =>
-          registry.add({ name: `g${i + j}`, transport: "streamable-http", url: `http://127.0.0.1:${fixturePort}/g/g${i + j}/mcp` }),
+          registry.add({ name: `g${i + j}`, transport: "streamable-http", url: fixture.url(`g${i + j}`) }),
         ),
       );
       gids.push(...added.map((g) => g.id));

@@ -1,6 +1,11 @@
 import { randomBytes } from "node:crypto";
 import { Writable } from "node:stream";
 import type { NatsConnection } from "@nats-io/transport-node";
+import type { KV } from "@nats-io/kv";
+import { Registry } from "../../actors/registry.ts";
+import { subjects } from "../../protocol/subjects.ts";
+import type { Stores } from "../../runtime/nats.ts";
+import { SecretBox } from "../../runtime/secretBox.ts";
 import { loadConfig, type Config } from "../../runtime/config.ts";
 import { createLogger, type Logger } from "../../runtime/logger.ts";
 import { startWorker, type Worker } from "../../runtime/worker.ts";
@@ -38,4 +43,37 @@ export async function startTestWorker(nats: TestNats, env: Record<string, string
   const { log, lines } = memoryLogger();
   const worker = await startWorker(testConfig(env), nc, log);
   return { ...worker, nc, log, lines };
+}
+
+/** A registry on the stores themselves, with no worker and no events: gateways registered "before the cluster started". */
+export function directRegistry(stores: Stores, prefix = "mcpgw"): Registry {
+  const box = new SecretBox(TEST_SECRET_KEY);
+  return new Registry({
+    gateways: stores.gateways,
+    catalog: stores.catalog,
+    state: stores.state,
+    subjects: subjects(prefix),
+    publish: async () => {},
+    seal: (p, gid) => box.seal(p, gid),
+    open: (sealed, gid) => box.open(sealed, gid),
+  });
+}
+
+export type KeyWrite = { key: string; revision: number; op: string; value: unknown; at: number };
+
+/** Records every write of `keys` in `kv`, in stream order, with the time it was seen here (performance.now()). */
+export async function recordKeyWrites(kv: KV, keys: string[]): Promise<{ writes: KeyWrite[]; stop(): void }> {
+  const seen: KeyWrite[] = [];
+  const watch = await kv.watch({ key: ">" });
+  void (async () => {
+    for await (const e of watch) {
+      if (!keys.includes(e.key)) continue;
+      let value: unknown = null;
+      try {
+        value = e.operation === "PUT" ? e.json() : null;
+      } catch {}
+      seen.push({ key: e.key, revision: e.revision, op: e.operation, value, at: performance.now() });
+    }
+  })();
+  return { writes: seen, stop: () => watch.stop() };
 }
