@@ -169,15 +169,23 @@ export async function connectUpstream(opts: ConnectOptions): Promise<UpstreamCon
   try {
     // the whole handshake within the timeout: the SDK bounds only the initialize request, and the
     // initialized notification (a POST over HTTP) would wait forever on an upstream that stopped answering
+    // (and so is the abort signal: the SDK passes it to the initialize request only)
     const handshake = client.connect(transport, { timeout: opts.timeoutMs, signal: opts.signal });
     handshake.catch(() => {}); // settles once the transport is forced closed below
     let timer: NodeJS.Timeout | undefined;
+    let onAbort: (() => void) | undefined;
     await Promise.race([
       handshake,
       new Promise<never>((_, reject) => {
         timer = setTimeout(() => reject(new McpError(ErrorCode.RequestTimeout, `MCP handshake not done within ${opts.timeoutMs} ms`)), opts.timeoutMs);
+        onAbort = () => reject(opts.signal?.reason instanceof Error ? opts.signal.reason : new Error("connect aborted"));
+        if (opts.signal?.aborted) onAbort();
+        else opts.signal?.addEventListener("abort", onAbort, { once: true });
       }),
-    ]).finally(() => clearTimeout(timer));
+    ]).finally(() => {
+      clearTimeout(timer);
+      if (onAbort) opts.signal?.removeEventListener("abort", onAbort);
+    });
     if (transport instanceof StdioClientTransport) childPid = transport.pid;
   } catch (err) {
     closing = true;

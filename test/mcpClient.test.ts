@@ -50,3 +50,35 @@ describe("upstream connection close", () => {
     });
   }
 });
+
+describe("upstream connection handshake", () => {
+  // The upstream answers initialize, then never the initialized notification: the SDK bounds
+  // only the first half, so without a bound of its own the connect would wait forever.
+  const connectFrozen = (name: string, timeoutMs: number, signal?: AbortSignal) => {
+    fixture.setFrozenAfterInitialize(name, true);
+    return connectUpstream({
+      record: record("streamable-http", fixture.url(name)),
+      open: () => assert.fail("this gateway has no secrets"),
+      initialHeaders: {},
+      timeoutMs,
+      signal,
+      onNotification: () => {},
+      onClosed: () => {},
+      onError: () => {},
+    });
+  };
+
+  it("fails with a timeout when the upstream stops answering after initialize", async () => {
+    await assert.rejects(connectFrozen("half-open", 500), /handshake not done within 500 ms/);
+    assert.equal(fixture.gateway("half-open").opened.length, 1, "initialize was answered");
+  });
+
+  it("stops at once when aborted during the handshake's second half", async () => {
+    const abort = new AbortController();
+    const connecting = connectFrozen("half-open-abort", 600_000, abort.signal);
+    await until("initialize answered", () => fixture.gateway("half-open-abort").opened.length === 1);
+    abort.abort(new Error("poller stopped"));
+    // the 10-minute timeout could not explain an end within the test's run
+    await assert.rejects(connecting, /poller stopped/);
+  });
+});
