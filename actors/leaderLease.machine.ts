@@ -45,6 +45,8 @@ type LeaseContext = LeaseInput & {
   /** the duty's next write, computed before the renewal that fences it */
   prepared: { value: unknown } | null;
   dutyDue: boolean;
+  /** the current duty's commit was refused once and is being prepared again */
+  dutyRetried: boolean;
   stopRequested: boolean;
 };
 
@@ -76,8 +78,8 @@ const leaseSetup = setup({
     release: fromPromise<void, { revision: number }>(unprovided("release")),
     /** reads the guarded key's revision and computes the next write (before the renewal) */
     prepareDuty: fromPromise<unknown, void>(unprovided("prepareDuty")),
-    /** writes at the revision read in prepare; fails if a takeover fenced it */
-    commitDuty: fromPromise<void, { prepared: unknown; revision: number }>(unprovided("commitDuty")),
+    /** writes at the revision read in prepare; false when the key moved since (a takeover's fence) */
+    commitDuty: fromPromise<boolean, { prepared: unknown; revision: number }>(unprovided("commitDuty")),
   },
   delays: {
     standstill: ({ context }) => Math.max(0, context.seenAt + context.ttlMs - context.now()),
@@ -94,6 +96,12 @@ const leaseSetup = setup({
     replyTooLate: ({ context }) => context.now() - context.sentAt >= termOf(context.ttlMs),
     dutyDue: ({ context }) => context.dutyDue,
     hasPrepared: ({ context }) => context.prepared !== null,
+    /**
+     * A refused commit with the lease still held: a follower that lost the race for the lease
+     * landed its fence after our read. Prepared again at once (not a whole interval later);
+     * the renewal in between steps a deposed leader down instead.
+     */
+    firstRefusal: ({ context, event }) => (event as { output?: boolean }).output === false && !context.dutyRetried,
     stopRequested: ({ context }) => context.stopRequested,
   },
   actions: {
@@ -120,6 +128,7 @@ export const leaderLeaseMachine = leaseSetup.createMachine({
     sentAt: 0,
     prepared: null,
     dutyDue: false,
+    dutyRetried: false,
     stopRequested: false,
   }),
   initial: "follower",
@@ -258,8 +267,11 @@ export const leaderLeaseMachine = leaseSetup.createMachine({
               invoke: {
                 src: "commitDuty",
                 input: ({ context }) => ({ prepared: context.prepared?.value, revision: context.held }),
-                onDone: "idle",
-                onError: "idle",
+                onDone: [
+                  { guard: "firstRefusal", target: "preparing", actions: assign({ dutyRetried: true }) },
+                  { target: "idle", actions: assign({ dutyRetried: false }) },
+                ],
+                onError: { target: "idle", actions: assign({ dutyRetried: false }) },
               },
               exit: "dropPrepared",
             },

@@ -202,7 +202,7 @@ export function createClassifierEffects(
       const result = classify(enabled, (gid) => snapshot.get(gid));
       return { readRevision, result, computedAt: Date.now(), known, workersReporting: usage.workerCount() };
     }),
-    commitDuty: fromPromise<void, { prepared: unknown; revision: number }>(async ({ input }) => {
+    commitDuty: fromPromise<boolean, { prepared: unknown; revision: number }>(async ({ input }) => {
       const p = input.prepared as Prepared;
       const value: Classification = {
         ...p.result,
@@ -212,10 +212,15 @@ export function createClassifierEffects(
         leaseRevision: input.revision,
       };
       const revision = await cas(() => kv.put(KEYS.classification, encodeValue(value), { previousSeq: p.readRevision }));
-      if (revision === null) return rejected("classification write", p.readRevision);
+      if (revision === null) {
+        stats.staleWritesRejected++;
+        log.warn({ revision: p.readRevision }, "stale classification write rejected: the key changed after it was read (a takeover's fence)");
+        return false;
+      }
       stats.classificationsWritten++;
       log.info({ revision, leaseRevision: input.revision, workersReporting: p.workersReporting, ...value.meta }, "classification written");
       await persistUsage(p.known);
+      return true;
     }),
     },
   };

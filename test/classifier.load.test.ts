@@ -51,7 +51,7 @@ describe("classification fence (two workers' effects interleaved on a real serve
     const a1 = (await run(a.actors.acquire, { revision: 0 }))!;
     let prepared = await run(a.actors.prepareDuty, undefined);
     const a2 = (await run(a.actors.renew, { revision: a1 }))!;
-    await run(a.actors.commitDuty, { prepared, revision: a2 });
+    assert.equal(await run(a.actors.commitDuty, { prepared, revision: a2 }), true);
     assert.equal(a.stats.classificationsWritten, 1);
 
     // a prepares and renews, then stops before committing; b sees the lease stand still and takes over
@@ -63,7 +63,7 @@ describe("classification fence (two workers' effects interleaved on a real serve
     const before = await stores.state.get(KEYS.classification);
 
     // a wakes up and commits: the fence refuses it, nothing changes
-    await run(a.actors.commitDuty, { prepared, revision: a3 });
+    assert.equal(await run(a.actors.commitDuty, { prepared, revision: a3 }), false);
     assert.equal(a.stats.staleWritesRejected, 1);
     assert.equal(a.stats.classificationsWritten, 1);
     assert.equal((await stores.state.get(KEYS.classification))?.revision, before?.revision);

@@ -15,6 +15,8 @@ class FakeKv {
   ops: string[] = [];
   renewFails: "no" | "transient" | "conflict" = "no";
   renewGate: Promise<void> | null = null;
+  /** how many duty renewals meet a late fence: a losing follower bumps the guarded key after prepare read it */
+  lateFences = 0;
 
   write(): number {
     return ++this.seq;
@@ -49,6 +51,10 @@ function start(kv: FakeKv, opts: { firstDutyAt?: number } = {}) {
       acquire: fromPromise(async ({ input }) => kv.cas(input.revision, "acquire")),
       renew: fromPromise(async ({ input }) => {
         if (kv.renewGate) await kv.renewGate;
+        if (kv.lateFences > 0 && kv.ops.at(-1) === "prepare") {
+          kv.lateFences--;
+          kv.data = kv.write();
+        }
         if (kv.renewFails === "transient") throw new Error("NATS unreachable");
         if (kv.renewFails === "conflict") return null;
         return kv.cas(input.revision, "renew");
@@ -62,8 +68,15 @@ function start(kv: FakeKv, opts: { firstDutyAt?: number } = {}) {
         return { readRevision: kv.data };
       }),
       commitDuty: fromPromise(async ({ input }) => {
+        // compare-and-swap at the revision prepare read, as the host's commit does
+        if ((input.prepared as { readRevision: number }).readRevision !== kv.data) {
+          kv.ops.push("commit refused");
+          return false;
+        }
+        kv.data = kv.write();
         kv.ops.push("commit");
         commits.push(input);
+        return true;
       }),
     },
   });
@@ -152,14 +165,39 @@ describe("leader lease machine (SimulatedClock)", () => {
     assert.equal(top(actor), "leader");
     await advance(clock, 1999);
     assert.deepEqual(kv.ops, ["fence", "acquire"], "no duty before firstDutyAt");
+    const fenced = kv.data;
     await advance(clock, 1);
     assert.deepEqual(kv.ops, ["fence", "acquire", "prepare", "renew", "commit"]);
-    assert.deepEqual(commits, [{ prepared: { readRevision: kv.data }, revision: kv.lease.revision }]);
+    assert.deepEqual(commits, [{ prepared: { readRevision: fenced }, revision: kv.lease.revision }]);
     await advance(clock, TTL / 3);
     assert.deepEqual(kv.ops.slice(5), ["renew"]);
     await advance(clock, INTERVAL);
     assert.equal(kv.ops.filter((o) => o === "commit").length, 2);
     assert.ok(kv.ops.filter((o) => o === "renew").length >= 2 + Math.floor(INTERVAL / (TTL / 3)) - 1);
+    assert.equal(top(actor), "leader");
+    actor.stop();
+  });
+
+  it("prepares again at once when a late fence refuses its commit; a second refusal waits for the next duty", async () => {
+    const kv = new FakeKv();
+    const { clock, actor, commits } = start(kv, { firstDutyAt: 1000 });
+    actor.send({ type: "LEASE.SEEN", revision: 0, live: false });
+    await settle();
+    kv.lateFences = 1;
+    await advance(clock, 1000);
+    assert.deepEqual(kv.ops.slice(2), ["prepare", "renew", "commit refused", "prepare", "renew", "commit"], "recomputed without waiting an interval");
+    assert.equal(commits.length, 1);
+    assert.equal(top(actor), "leader");
+
+    // refused twice in a row: no loop, the next duty tries again
+    kv.lateFences = 2;
+    const before = kv.ops.length;
+    await advance(clock, INTERVAL);
+    const duty = kv.ops.slice(before).filter((o) => o !== "renew");
+    assert.deepEqual(duty, ["prepare", "commit refused", "prepare", "commit refused"]);
+    await advance(clock, INTERVAL);
+    assert.deepEqual(kv.ops.slice(before).filter((o) => o !== "renew").slice(4), ["prepare", "commit"]);
+    assert.equal(commits.length, 2);
     assert.equal(top(actor), "leader");
     actor.stop();
   });
