@@ -113,7 +113,9 @@ describe("upstream sessions in worker processes", () => {
 
   it("SIGTERM of a worker with 1,000 live sessions: a graceful exit (code 0, not the hard deadline's 1) that ends every upstream session", async () => {
     const SESSIONS = 1_000;
-    const shutdownMs = 5_000; // the default MCPGW_SHUTDOWN_TIMEOUT
+    // Closing 1,000 sessions takes about 4 s of CPU on 2 cores (bench/upstreamSession.bench.ts),
+    // so the hard deadline sits well above that: the test is about a clean exit, not its speed.
+    const shutdownMs = 10_000;
     const ts = subjects("ttest");
     const caller = createUpstreamCaller(nc, ts, { callTimeoutMs: 30_000, log: memoryLogger().log });
     const t1 = startWorkerProcess("ttest", "t1", { MCPGW_SHUTDOWN_TIMEOUT: `${shutdownMs}ms` });
