@@ -23,6 +23,7 @@ import { KEYS, QUEUE } from "../protocol/subjects.ts";
 import { StoredUsageSchema, UsageReportSchema, type StoredUsage } from "../protocol/usage.ts";
 import { decodeJson, serve } from "./bus.ts";
 import { followEvents } from "./events.ts";
+import { followKv, type KvFollower } from "./kvWatch.ts";
 import type { Stores } from "./nats.ts";
 import type { Hosted, WorkerContext } from "./worker.ts";
 
@@ -131,20 +132,19 @@ export function createClassifierEffects(
         newest = revision;
         sendBack({ type: "LEASE.SEEN", revision, live });
       };
-      let stop: (() => void) | undefined;
+      let follower: KvFollower | undefined;
       let stopped = false;
       void (async () => {
-        const watch = await kv.watch({ key: KEYS.leaderClassifier });
-        stop = () => watch.stop();
-        if (stopped) return stop();
+        // opened again if it ends: a follower that stopped hearing the lease would never take over
+        follower = await followKv(kv, KEYS.leaderClassifier, (w) => seen(w.revision, w.operation === "PUT"), log, "classifier lease watch");
+        if (stopped) return follower.stop();
         // a watch says nothing about a key that never existed: ask once
         const e = await kv.get(KEYS.leaderClassifier);
         if (!e) seen(0, false);
-        for await (const w of watch) seen(w.revision, w.operation === "PUT");
       })().catch((err) => log.warn({ err }, "watch of the classifier lease failed"));
       return () => {
         stopped = true;
-        stop?.();
+        follower?.stop();
       };
     }),
     fence: fromPromise<boolean, { revision: number }>(async ({ input }) => {

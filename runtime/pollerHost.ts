@@ -25,6 +25,7 @@ import { PollOwnerSchema, type PollStamp } from "../protocol/poller.ts";
 import { KEYS, QUEUE } from "../protocol/subjects.ts";
 import { isNoResponders, request, serve } from "./bus.ts";
 import { followEvents } from "./events.ts";
+import { followKv } from "./kvWatch.ts";
 import { listCatalog, readGatewayStatus, readPollState, reconcileCatalog, scrubbedError, type GatewayConnector, type ProbeConnection } from "./pollerEffects.ts";
 import type { Hosted, WorkerContext } from "./worker.ts";
 import { z } from "zod";
@@ -300,6 +301,8 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
 
   const onHeartbeatEntry = (e: KvEntry) => {
     const worker = e.key.slice(KEYS.pollerWorkerPrefix.length);
+    // a watch opened again repeats the latest entry: only a new revision is a sign of life
+    if (heartbeats.get(worker)?.revision === e.revision) return;
     if (e.operation === "PUT") heartbeats.set(worker, { seen: performance.now(), revision: e.revision });
     else heartbeats.delete(worker);
   };
@@ -313,20 +316,6 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
         await stores.state.delete(KEYS.pollerWorker(worker), { previousSeq: revision }).catch(() => {});
       }
     }
-  };
-
-  const watch = async (key: string, onEntry: (e: KvEntry) => void) => {
-    const it = await stores.state.watch({ key });
-    void (async () => {
-      for await (const e of it) {
-        try {
-          onEntry(e);
-        } catch (err) {
-          log.error({ err, key: e.key }, "watch handler failed");
-        }
-      }
-    })().catch((err) => log.warn({ err, key }, "watch ended"));
-    return it;
   };
 
   // ---- gateways ----
@@ -403,7 +392,10 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
   // ---- start ----
 
   await heartbeat();
-  const watches = [await watch(`${KEYS.pollerWorkerPrefix}*`, onHeartbeatEntry), await watch(`${KEYS.pollOwnerPrefix}*`, onOwnerEntry)];
+  const watches = [
+    await followKv(stores.state, `${KEYS.pollerWorkerPrefix}*`, onHeartbeatEntry, log, "poller heartbeat watch"),
+    await followKv(stores.state, `${KEYS.pollOwnerPrefix}*`, onOwnerEntry, log, "poller owner watch"),
+  ];
   // follow events before listing, so a gateway added in between is not missed
   const events = await followEvents(stores.js, stores.streamName, [s.evt.gatewayAll], onGatewayEvent, log);
   for (const { record } of await ctx.registry.records()) if (record.enabled) gateways.set(record.id, record);

@@ -1,29 +1,11 @@
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
-import type { KV } from "@nats-io/kv";
 import { CatalogCache } from "../runtime/edge/catalogCache.ts";
 import { openStores, type Stores } from "../runtime/nats.ts";
 import { putCatalog } from "./helpers/edge.ts";
-import { startNats, type TestNats } from "./helpers/nats.ts";
+import { startNats, watched, type TestNats } from "./helpers/nats.ts";
 import { until } from "./helpers/wait.ts";
 import { directRegistry, memoryLogger } from "./helpers/worker.ts";
-
-/** The bucket, with every watch it hands out kept in `watches` (so a test can end one). */
-function watched(kv: KV, watches: Array<{ stop(): void }>): KV {
-  return new Proxy(kv, {
-    get(target, prop) {
-      if (prop === "watch") {
-        return async (opts: Parameters<KV["watch"]>[0]) => {
-          const iter = await target.watch(opts);
-          watches.push(iter);
-          return iter;
-        };
-      }
-      const v = Reflect.get(target, prop);
-      return typeof v === "function" ? v.bind(target) : v;
-    },
-  });
-}
 
 describe("edge catalog cache", () => {
   let nats: TestNats;

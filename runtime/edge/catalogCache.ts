@@ -3,11 +3,11 @@ import { buildView, changedLists, type CatalogView, type GatewayFacts, type View
 import { CatalogSchema, type Catalog } from "../../protocol/catalog.ts";
 import { GatewayRecordSchema, GatewayStatusSchema } from "../../protocol/gateway.ts";
 import { KEYS } from "../../protocol/subjects.ts";
+import { followKv } from "../kvWatch.ts";
 import type { Logger } from "../logger.ts";
 
 type Watched<T> = { value: T; revision: number };
 
-const WATCH_RETRY_MS = 1_000;
 
 /** A view changed: the scope (null = federated) and which of its lists differ. */
 export type ViewChange = { scope: string | null; lists: ViewList[] };
@@ -24,7 +24,7 @@ export class CatalogCache {
   readonly #views = new Map<string | null, CatalogView>();
   readonly #listeners = new Set<(change: ViewChange) => void>();
   readonly #loggedClashes = new Set<string>();
-  /** the watches running now, stopped with the cache */
+  /** the watches, stopped with the cache */
   readonly #watches = new Set<{ stop(): void }>();
   #stopping = false;
   #dirty: NodeJS.Immediate | undefined;
@@ -92,37 +92,15 @@ export class CatalogCache {
         return false;
       }
     };
-    // Initial values are loaded before start() returns; the watch (which repeats them) keeps them current.
+    // Initial values are loaded before start() returns; the watch (which repeats them, and is
+    // opened again if it ends, so a worker never serves a catalog that stopped changing) keeps them current.
     for await (const k of await kv.keys(key)) {
       const e = await kv.get(k);
       if (e) safeApply(e);
     }
-    void this.#keepWatching(kv, key, safeApply, await kv.watch({ key }));
-  }
-
-  /**
-   * Applies a watch's updates; when the watch ends or fails while the cache is running, watches
-   * again after a pause (the new watch repeats each key's latest value; older ones are ignored),
-   * so a worker never goes on serving a catalog that stopped changing.
-   */
-  async #keepWatching(kv: KV, key: string, apply: (e: KvEntry) => boolean, first: Awaited<ReturnType<KV["watch"]>>): Promise<void> {
-    let iter: Awaited<ReturnType<KV["watch"]>> | null = first;
-    while (!this.#stopping) {
-      try {
-        iter ??= await kv.watch({ key });
-        this.#watches.add(iter);
-        if (this.#stopping) iter.stop();
-        for await (const e of iter) if (apply(e)) this.#changed();
-      } catch (err) {
-        this.log.warn({ err, key }, "catalog watch failed");
-      } finally {
-        if (iter) this.#watches.delete(iter);
-        iter = null;
-      }
-      if (this.#stopping) return;
-      this.log.warn({ key }, "catalog watch ended; watching again");
-      await new Promise((r) => setTimeout(r, WATCH_RETRY_MS).unref());
-    }
+    const follower = await followKv(kv, key, (e) => void (safeApply(e) && this.#changed()), this.log, "catalog watch");
+    this.#watches.add(follower);
+    if (this.#stopping) follower.stop();
   }
 
   /** Stores `value` under `id` unless what we hold is newer; true when something changed. */

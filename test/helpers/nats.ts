@@ -3,6 +3,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import type { KV } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { startEmbeddedNats, type NatsUser } from "../../runtime/embeddedNats.ts";
 import { connectNats } from "../../runtime/nats.ts";
@@ -78,4 +79,21 @@ export async function startNats(): Promise<TestNats> {
       rmSync(dir, { recursive: true, force: true });
     },
   };
+}
+
+/** The bucket, with every watch it hands out kept in `watches` (so a test can end one). */
+export function watched(kv: KV, watches: Array<{ stop(): void }>): KV {
+  return new Proxy(kv, {
+    get(target, prop) {
+      if (prop === "watch") {
+        return async (opts: Parameters<KV["watch"]>[0]) => {
+          const iter = await target.watch(opts);
+          watches.push(iter);
+          return iter;
+        };
+      }
+      const v = Reflect.get(target, prop);
+      return typeof v === "function" ? v.bind(target) : v;
+    },
+  });
 }

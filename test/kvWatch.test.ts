@@ -1,0 +1,57 @@
+// followKv against a real nats-server: a watch that ends is opened again, and stops for good when told.
+import assert from "node:assert/strict";
+import { after, before, describe, it } from "node:test";
+import type { KV, KvEntry } from "@nats-io/kv";
+import { followKv } from "../runtime/kvWatch.ts";
+import { openStores } from "../runtime/nats.ts";
+import { startNats, watched, type TestNats } from "./helpers/nats.ts";
+import { until } from "./helpers/wait.ts";
+import { memoryLogger } from "./helpers/worker.ts";
+
+describe("followKv", () => {
+  let nats: TestNats;
+  let kv: KV;
+  before(async () => {
+    nats = await startNats();
+    kv = (await openStores(await nats.connect(), "kw")).state;
+  });
+  after(async () => nats?.stop());
+
+  it("opens the watch again when it ends, repeating the latest entry, until stopped", async () => {
+    const watches: Array<{ stop(): void }> = [];
+    const seen: KvEntry[] = [];
+    const { log, lines } = memoryLogger();
+    const follower = await followKv(watched(kv, watches), "w.*", (e) => void seen.push(e), log, "test watch");
+    const first = await kv.put("w.a", "1");
+    await until("the first entry", () => seen.some((e) => e.revision === first));
+
+    watches[0]!.stop(); // as after a lost consumer
+    const second = await kv.put("w.b", "2");
+    await until("an entry written after the watch ended", () => seen.some((e) => e.revision === second), 30_000);
+    assert.equal(watches.length, 2, "a new watch");
+    assert.ok(lines.some((l) => l.includes("test watch ended; watching again")));
+    assert.ok(seen.filter((e) => e.revision === first).length >= 1, "the new watch repeats latest entries; handlers take them again");
+
+    follower.stop();
+    const count = watches.length;
+    await kv.put("w.c", "3");
+    // the stopped watch ends its loop instead of watching again (the retry pause is 1 s)
+    await new Promise((r) => setTimeout(r, 1_500));
+    assert.equal(watches.length, count, "no watch opened after stop");
+    assert.ok(!seen.some((e) => e.key === "w.c"));
+  });
+
+  it("keeps going when the handler throws", async () => {
+    const seen: string[] = [];
+    const { log, lines } = memoryLogger();
+    const follower = await followKv(kv, "t.*", (e) => {
+      if (e.key === "t.bad") throw new Error("unreadable");
+      seen.push(e.key);
+    }, log, "tolerant watch");
+    await kv.put("t.bad", "x");
+    await kv.put("t.good", "y");
+    await until("the entry after the bad one", () => seen.includes("t.good"));
+    assert.ok(lines.some((l) => l.includes("tolerant watch: ignoring an entry")));
+    follower.stop();
+  });
+});
