@@ -2,7 +2,7 @@
 // tiers, poll timestamps and the per-gateway poll phase. No I/O.
 import { createHash } from "node:crypto";
 import { CATALOG_LISTS, type Catalog, type CatalogDiff, type CatalogList, type CatalogListDiff } from "../protocol/catalog.ts";
-import { ClassificationSchema, isClassificationValid, type Tier } from "../protocol/classification.ts";
+import { ClassificationSchema, isClassificationValid, type Classification, type Tier } from "../protocol/classification.ts";
 import { PollStampSchema } from "../protocol/poller.ts";
 
 /** The four lists discovery fetches, MCP objects as the upstream sent them. */
@@ -79,11 +79,26 @@ export const DISCOVERY_MULTIPLIER: Record<Tier, number> = { hot: 1, cold: 3, unc
  * its `validUntil` cannot be trusted.
  */
 export function tierOf(classification: unknown, gid: string, nowMs: number): Tier {
-  const c = ClassificationSchema.safeParse(classification);
-  if (!c.success || !isClassificationValid(c.data, nowMs)) return "unclassified";
-  if (c.data.hot.includes(gid)) return "hot";
-  if (c.data.cold.includes(gid)) return "cold";
+  const c = readClassification(classification);
+  if (!c || !isClassificationValid(c.data, nowMs)) return "unclassified";
+  if (c.hot.has(gid)) return "hot";
+  if (c.cold.has(gid)) return "cold";
   return "unclassified";
+}
+
+type ReadClassification = { data: Classification; hot: Set<string>; cold: Set<string> };
+/** Parsed once per value: every poller of a worker shares the one its watch holds. */
+const readClassifications = new WeakMap<object, ReadClassification | null>();
+
+function readClassification(raw: unknown): ReadClassification | null {
+  if (typeof raw !== "object" || raw === null) return null;
+  let read = readClassifications.get(raw);
+  if (read === undefined) {
+    const c = ClassificationSchema.safeParse(raw);
+    read = c.success ? { data: c.data, hot: new Set(c.data.hot), cold: new Set(c.data.cold) } : null;
+    readClassifications.set(raw, read);
+  }
+  return read;
 }
 
 /** When a poll stamp says the last successful poll happened; absent, unparsable or future stamps are null. */

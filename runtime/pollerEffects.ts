@@ -105,13 +105,17 @@ export async function reconcileCatalog(store: CatalogStore, gid: string, found: 
   }
 }
 
-/** The poll stamps and the classification, raw; the machine decides what they mean. */
-export async function readPollState(state: KV, gid: string): Promise<PollState> {
+/**
+ * The poll stamps, read now, and the classification as the worker's watch last saw it (one
+ * value shared by every poller, not a read of the whole list per poll); raw, the machine
+ * decides what they mean.
+ */
+export async function readPollState(state: KV, gid: string, classification: unknown): Promise<PollState> {
   const json = async (key: string) => {
     const e = await getLive(state, key);
     return e ? entryJson(e) : undefined;
   };
-  const [health, discovery, classification] = await Promise.all([json(KEYS.pollHealth(gid)), json(KEYS.pollDiscovery(gid)), json(KEYS.classification)]);
+  const [health, discovery] = await Promise.all([json(KEYS.pollHealth(gid)), json(KEYS.pollDiscovery(gid))]);
   return { health, discovery, classification };
 }
 

@@ -9,7 +9,7 @@ import type { KvEntry } from "@nats-io/kv";
 import type { Subscription } from "@nats-io/transport-node";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { createActor, fromPromise, type ActorRefFrom } from "xstate";
-import { encodeValue, getLive, isCasConflict, parseEntry } from "../actors/kvStore.ts";
+import { encodeValue, entryJson, getLive, isCasConflict, parseEntry } from "../actors/kvStore.ts";
 import { pollerMachine, type DiscoveryOutcome, type PollState } from "../actors/poller.machine.ts";
 import { RefreshReplySchema } from "../protocol/catalog.ts";
 import { ProtocolError, parseRequest } from "../protocol/envelope.ts";
@@ -92,6 +92,8 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
   /** worker id → when this worker last saw its heartbeat change (monotonic ms) */
   const heartbeats = new Map<string, { seen: number; revision: number }>();
   const running = new Map<string, Owned>();
+  /** the classification as last seen by this worker's watch (raw JSON; undefined when absent) */
+  let classification: unknown;
   let lastHeartbeatOk = performance.now();
   let stopped = false;
 
@@ -141,7 +143,7 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
 
   const machine = pollerMachine.provide({
     actors: {
-      readPollState: fromPromise<PollState, { gid: string }>(({ input }) => readPollState(stores.state, input.gid)),
+      readPollState: fromPromise<PollState, { gid: string }>(({ input }) => readPollState(stores.state, input.gid, classification)),
       checkHealth: fromPromise<void, { gid: string }>(({ input, signal }) =>
         probe(
           input.gid,
@@ -392,7 +394,11 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
   // ---- start ----
 
   await heartbeat();
+  const onClassificationEntry = (e: KvEntry) => void (classification = e.operation === "PUT" ? entryJson(e) : undefined);
+  const current = await getLive(stores.state, KEYS.classification);
+  if (current) onClassificationEntry(current);
   const watches = [
+    await followKv(stores.state, KEYS.classification, onClassificationEntry, log, "classification watch"),
     await followKv(stores.state, `${KEYS.pollerWorkerPrefix}*`, onHeartbeatEntry, log, "poller heartbeat watch"),
     await followKv(stores.state, `${KEYS.pollOwnerPrefix}*`, onOwnerEntry, log, "poller owner watch"),
   ];
