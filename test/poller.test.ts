@@ -222,7 +222,9 @@ describe("gateway pollers (one worker)", () => {
   it("a stopped poller's queued poll never starts, and its pending refresh is answered", async () => {
     // one poll at a time and a frozen upstream holding it: the other gateway's polls queue up.
     // Discovery only when asked (10 min interval), so a discovery of hog below is the refresh's.
-    const POLL_TIMEOUT_MS = 6_000;
+    // long enough that the premise below (the removal is handled while the stuck poll still holds
+    // the slot) holds on a very busy machine too; the test waits it out once
+    const POLL_TIMEOUT_MS = 20_000;
     const one = await startTestWorker(nats, { ...ENV, MCPGW_MAX_CONCURRENT_POLLS: "1", MCPGW_POLL_TIMEOUT: `${POLL_TIMEOUT_MS}ms`, MCPGW_DISCOVERY_INTERVAL: "10m" });
     type Line = { msg?: string; gid?: string; kind?: string; time: number };
     /** "poll" lines (logged as a poll falls due, before it waits for the slot), in log order: the slot queue's order */
@@ -256,7 +258,7 @@ describe("gateway pollers (one worker)", () => {
       const queuedRequests = fixture.gateway("queued").stats.headers.length;
       // the scenario's premise (a hang bound in effect, not a speed requirement): the poller stopped
       // while its poll still waited for the slot. The stuck connect lets go of the slot no sooner
-      // than the poll timeout (6 s) after it began; handling the removal takes milliseconds.
+      // than the poll timeout (20 s) after it began; handling the removal takes milliseconds.
       assert.ok(Date.now() < holder.time + POLL_TIMEOUT_MS - 1_000, "the removal was handled while the slot was surely still held");
       // the frozen poll times out and frees the slot; hog answers again. Polls take the slot
       // in the order they fell due: once a hog poll that fell due after the stopped poller's last
@@ -266,7 +268,7 @@ describe("gateway pollers (one worker)", () => {
       await until(
         "a poll of hog queued behind the stopped poller's, and ended",
         () => polls(lastQueued + 1).filter((l) => l.gid === hog.id && l.kind === "health").length >= 2,
-        30_000,
+        POLL_TIMEOUT_MS + 30_000,
       );
       assert.equal(fixture.gateway("queued").stats.headers.length, queuedRequests, "no request to the removed gateway after its poller stopped");
 
