@@ -155,6 +155,12 @@ export const KEYS = {
   usagePrefix: "usage.",
   /** ownership claim of the upstream session actor for (sid, gid) */
   upstreamClaim: (sid: string, gid: string) => `up.${token(sid, "session id")}.${token(gid, "gateway id")}`,
+  upstreamClaimPrefix: "up.",
+  /** (sid, gid) of an `up.<sid>.<gid>` key; null for any other key */
+  parseUpstreamClaim(key: string): { sid: string; gid: string } | null {
+    const parts = key.split(".");
+    return parts.length === 3 && parts[0] === "up" && isSubjectToken(parts[1]!) && isSubjectToken(parts[2]!) ? { sid: parts[1]!, gid: parts[2]! } : null;
+  },
   /** a downstream (edge) session record */
   downstreamSession: (sid: string) => `ds.${token(sid, "session id")}`,
   downstreamSessionPrefix: "ds.",

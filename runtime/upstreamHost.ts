@@ -81,7 +81,12 @@ type Session = {
 export type UpstreamHost = Hosted & {
   /** live and closing actors of this worker */
   sessions(): UpstreamSessionInfo[];
+  /** deletes claims no actor answers for (left by workers that died); how many */
+  sweepStaleClaims(): Promise<number>;
 };
+
+/** How often each worker looks for claims left by dead workers (at a random phase). */
+const CLAIM_SWEEP_MS = 10 * 60_000;
 
 export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHost> {
   const { nc, s, stores, config } = ctx;
@@ -431,6 +436,32 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
     }
   }
 
+  /**
+   * A claim whose worker died stays in KV until a spawn for its key takes it over, for good
+   * when that client never comes back (nats-server 2.9 has no per-key TTL). Any worker may
+   * delete a claim nobody answers for; the compare-and-swap spares one taken over meanwhile.
+   */
+  async function sweepStaleClaims(): Promise<number> {
+    const keys: string[] = [];
+    for await (const k of await stores.sessions.keys(`${KEYS.upstreamClaimPrefix}>`)) keys.push(k);
+    let removed = 0;
+    for (const key of keys) {
+      const claim = KEYS.parseUpstreamClaim(key);
+      if (stopping) break;
+      if (!claim || live.has(keyOf(claim.sid, claim.gid))) continue;
+      const e = await getLive(stores.sessions, key);
+      if (!e || (await isAlive(claim.sid, claim.gid))) continue;
+      try {
+        await stores.sessions.delete(key, { previousSeq: e.revision });
+        removed++;
+      } catch (err) {
+        if (!isCasConflict(err)) throw err;
+      }
+    }
+    if (removed > 0) log.info({ removed }, "removed upstream session claims left by workers that are gone");
+    return removed;
+  }
+
   async function isAlive(sid: string, gid: string): Promise<boolean> {
     try {
       await nc.request(s.upstream.op(sid, gid, "status"), encodeJson({}), { timeout: LIVENESS_TIMEOUT_MS });
@@ -536,6 +567,11 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
     if (report) publishCore(nc, s.evt.usage, report);
   }, config.intervals.usageReport);
   usageTimer.unref();
+  const sweep = () => void sweepStaleClaims().catch((err) => log.warn({ err }, "sweep of stale upstream session claims failed"));
+  let sweepTimer: NodeJS.Timeout = setTimeout(function again() {
+    sweep();
+    sweepTimer = setTimeout(again, CLAIM_SWEEP_MS).unref();
+  }, Math.random() * CLAIM_SWEEP_MS).unref();
 
   // ---- subscriptions ----
 
@@ -585,10 +621,12 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
 
   return {
     sessions: () => snapshot({}),
+    sweepStaleClaims,
     async stop() {
       stopping = true;
       subs.forEach((sub) => sub.unsubscribe());
       clearInterval(usageTimer);
+      clearTimeout(sweepTimer);
       for (const w of listChangedWindows.values()) {
         clearTimeout(w.timer);
         if (w.again) w.publish();

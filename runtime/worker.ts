@@ -11,7 +11,7 @@ import { startPollerHost } from "./pollerHost.ts";
 import { serveRegistry } from "./registryService.ts";
 import { SecretBox } from "./secretBox.ts";
 import { serveStatus } from "./statusService.ts";
-import { startUpstreamHost } from "./upstreamHost.ts";
+import { startUpstreamHost, type UpstreamHost } from "./upstreamHost.ts";
 import { startEdge, type Edge } from "./edge/edgeServer.ts";
 import { createUpstreamCaller } from "./upstreamClient.ts";
 
@@ -35,6 +35,7 @@ export type Worker = {
   stores: Stores;
   registry: Registry;
   edge: Edge;
+  upstream: UpstreamHost;
   stop(): Promise<void>;
 };
 
@@ -61,7 +62,8 @@ export async function startWorker(config: Config, nc: NatsConnection, log: Logge
   hosted.push({ stop: async () => subs.forEach((sub) => sub.unsubscribe()) });
   // Each actor kind's host is started here, in dependency order.
   hosted.push(await startPollerHost(ctx, probeConnector((sealed, gid) => box.open(sealed, gid))));
-  hosted.push(await startUpstreamHost(ctx));
+  const upstream = await startUpstreamHost(ctx);
+  hosted.push(upstream);
   const edge = await startEdge(ctx, createUpstreamCaller(nc, s, { callTimeoutMs: config.intervals.callTimeout, log: ctx.log }));
   hosted.push(edge);
   // last to start, first to stop: a clean shutdown hands the lease over before slower closes
@@ -75,6 +77,7 @@ export async function startWorker(config: Config, nc: NatsConnection, log: Logge
     stores,
     registry,
     edge,
+    upstream,
     async stop() {
       for (const h of hosted.reverse()) {
         await h.stop().catch((err) => ctx.log.error({ err }, "error while stopping"));
