@@ -336,6 +336,7 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
     if (ev.type === "list_changed") return void running.get(ev.gid)?.actor.send({ type: "LIST_CHANGED" });
     if (ev.type === "removed") {
       gateways.delete(ev.gid);
+      fresh.delete(ev.gid);
       if (running.has(ev.gid)) {
         await release(ev.gid);
         await stores.state.delete(KEYS.gatewayStatus(ev.gid)).catch(() => {});
