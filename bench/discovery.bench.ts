@@ -13,7 +13,7 @@ import { startFixtureHttp, type FixtureHttp } from "../test/fixtures/fixtureHttp
 import { startNats, type TestNats } from "../test/helpers/nats.ts";
 import { until } from "../test/helpers/wait.ts";
 import { startTestWorker, type TestWorker } from "../test/helpers/worker.ts";
-import { ms, msStats, ratio, report, stats } from "./report.ts";
+import { ms, msRow, report, stats } from "./report.ts";
 
 const SCHEDULED_MS = 1_000;
 const PUSH_INTERVAL_MS = 10 * 60_000;
@@ -100,19 +100,14 @@ async function main() {
     await until("that discovery's stamp", () => b.stamps.length >= n, WAIT_MS);
   }
   b.watch.stop();
-
-  const row = (figure: string, sample: number[], bound: number, boundName: string): [string, string] => {
-    const s = stats(sample);
-    return [figure, `${msStats(s)}; p50/${boundName} ${ratio(s.p50 / bound)}, p95/${boundName} ${ratio(s.p95 / bound)}, max/${boundName} ${ratio(s.max / bound)}`];
-  };
   report(
     "Discovery: new tool upstream → catalog, scheduled",
     `One in-process worker on a local nats-server, one fixture gateway (streamable HTTP, in-process), discovery every ${ms(SCHEDULED_MS)} ` +
       `(slot jitter ≤ 5%); a tool is added upstream ${REPS} times right after a scheduled discovery ended and ${REPS} times at a random moment. ` +
       `Latency from the change to the catalog write.`,
     [
-      row("right after a discovery → catalog", worst, SCHEDULED_MS, "interval"),
-      row("at a random moment → catalog", random, SCHEDULED_MS, "interval"),
+      msRow("right after a discovery → catalog", worst, SCHEDULED_MS, "interval"),
+      msRow("at a random moment → catalog", random, SCHEDULED_MS, "interval"),
       ["discoveries that ended after the change without it (in flight)", `${missed.worst + missed.random} of ${2 * REPS} changes`],
     ],
   );
@@ -121,7 +116,7 @@ async function main() {
     `Same setup, discovery every ${ms(PUSH_INTERVAL_MS)}; ${REPS} times a tool is added upstream and a list_changed event published ` +
       `(what an upstream session publishes on notifications/tools/list_changed), each past the ${ms(debounce)} debounce window of the previous discovery.`,
     [
-      row("list_changed → catalog", pushed, debounce, "debounce"),
+      msRow("list_changed → catalog", pushed, debounce, "debounce"),
       ["list_changed → catalog, p95 / discovery interval", `${((stats(pushed).p95 / PUSH_INTERVAL_MS) * 100).toFixed(3)} %`],
     ],
   );

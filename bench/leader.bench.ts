@@ -11,7 +11,7 @@ import { startNats, type TestNats } from "../test/helpers/nats.ts";
 import { runTs, workerEnv, type Proc } from "../test/helpers/processes.ts";
 import { until } from "../test/helpers/wait.ts";
 import { recordKeyWrites, TEST_SECRET_KEY, type KeyWrite } from "../test/helpers/worker.ts";
-import { ms, msStats, ratio, report, stats } from "./report.ts";
+import { ms, msRow, report } from "./report.ts";
 
 const TTL_MS = 3000;
 const SHUTDOWN_MS = 5000;
@@ -111,29 +111,24 @@ async function main() {
     await startWorker();
   }
   recorder.stop();
-
-  const row = (figure: string, sample: number[], bound: number, boundName: string): [string, string] => {
-    const s = stats(sample);
-    return [figure, `${msStats(s)}; p50/${boundName} ${ratio(s.p50 / bound)}, p95/${boundName} ${ratio(s.p95 / bound)}`];
-  };
   report(
     "Classifier leader: SIGKILL",
     `3 worker processes (tsx runtime/main.ts) on a local nats-server, leader TTL ${ms(TTL_MS)}, classification every ${ms(CLASSIFICATION_MS)}; ` +
       `the leader is killed ${REPS} times (a replacement worker started after each). Times from the kill, as seen by a KV watch.`,
     [
-      row("kill → lease taken by a follower", kill.lease, TTL_MS, "TTL"),
-      row("kill → new leader's first classification", kill.classified, TTL_MS, "TTL"),
-      row("last renewal seen → lease taken (standstill)", kill.standstill, TTL_MS, "TTL"),
+      msRow("kill → lease taken by a follower", kill.lease, TTL_MS, "TTL"),
+      msRow("kill → new leader's first classification", kill.classified, TTL_MS, "TTL"),
+      msRow("last renewal seen → lease taken (standstill)", kill.standstill, TTL_MS, "TTL"),
     ],
   );
   report(
     "Classifier leader: SIGTERM",
     `Same cluster, shutdown timeout ${ms(SHUTDOWN_MS)}; the leader is sent SIGTERM ${REPS} times (a replacement worker started after each).`,
     [
-      row("SIGTERM → lease released (delete)", term.released, TTL_MS, "TTL"),
-      row("SIGTERM → lease taken by a follower", term.lease, TTL_MS, "TTL"),
-      row("SIGTERM → new leader's first classification", term.classified, TTL_MS, "TTL"),
-      row("SIGTERM → leader process exited", term.exited, SHUTDOWN_MS, "shutdownTimeout"),
+      msRow("SIGTERM → lease released (delete)", term.released, TTL_MS, "TTL"),
+      msRow("SIGTERM → lease taken by a follower", term.lease, TTL_MS, "TTL"),
+      msRow("SIGTERM → new leader's first classification", term.classified, TTL_MS, "TTL"),
+      msRow("SIGTERM → leader process exited", term.exited, SHUTDOWN_MS, "shutdownTimeout"),
       ["leader exits with code 0", `${term.clean} of ${REPS}`],
     ],
   );

@@ -14,7 +14,7 @@ import { startFixtureHttp, type FixtureHttp } from "../test/fixtures/fixtureHttp
 import { startNats, type TestNats } from "../test/helpers/nats.ts";
 import { until } from "../test/helpers/wait.ts";
 import { startTestWorker, type TestWorker } from "../test/helpers/worker.ts";
-import { ms, msStats, ratio, report, stats } from "./report.ts";
+import { ms, msRow, report } from "./report.ts";
 
 const TTL_MS = 3_000;
 /** the default owner TTL, for one table at the setting a cluster runs with */
@@ -136,11 +136,6 @@ async function main() {
   nats = await startNats();
   fixture = await startFixtureHttp();
 
-  const row = (figure: string, sample: number[], bound: number, boundName: string): [string, string] => {
-    const s = stats(sample);
-    return [figure, `${msStats(s)}; p50/${boundName} ${ratio(s.p50 / bound)}, p95/${boundName} ${ratio(s.p95 / bound)}, max/${boundName} ${ratio(s.max / bound)}`];
-  };
-
   const runs = async (count: number, ttl: number, reps: number) => {
     const r = { claimed: [] as number[], polled: [] as number[], checked: [] as number[], worst: [] as number[], orphans: 0 };
     for (let i = 0; i < reps; i++) {
@@ -157,10 +152,10 @@ async function main() {
         `${reps} runs, each killing the worker with the most gateways (its connection closed, nothing released): ${r.orphans} orphaned gateways in all. ` +
         `Times from the kill to the heir's log lines. (The heir's first poll is a discovery: it saw the gateway added and never polled it.)`,
       [
-        row("kill → gateway claimed by its heir (poller started)", r.claimed, ttl, "TTL"),
-        row("kill → gateway polled again (any poll)", r.polled, ttl, "TTL"),
-        row("kill → gateway health-checked again", r.checked, ttl, "TTL"),
-        row("kill → last orphan of a run polled again", r.worst, ttl, "TTL"),
+        msRow("kill → gateway claimed by its heir (poller started)", r.claimed, ttl, "TTL"),
+        msRow("kill → gateway polled again (any poll)", r.polled, ttl, "TTL"),
+        msRow("kill → gateway health-checked again", r.checked, ttl, "TTL"),
+        msRow("kill → last orphan of a run polled again", r.worst, ttl, "TTL"),
       ],
     );
   };
@@ -177,7 +172,7 @@ async function main() {
     "Poller takeover: list_changed during the ownership gap",
     `2 in-process workers, owner TTL ${ms(GAP_TTL_MS)}, discovery every 10 min; ${REPS} runs, each killing the gateway's owner and at once ` +
       `publishing a list_changed for it (a tool added upstream). Times from the kill.`,
-    [row("kill → gateway claimed by the survivor", gap.claimed, GAP_TTL_MS, "TTL"), row("kill → the change in the catalog", gap.discovered, GAP_TTL_MS, "TTL")],
+    [msRow("kill → gateway claimed by the survivor", gap.claimed, GAP_TTL_MS, "TTL"), msRow("kill → the change in the catalog", gap.discovered, GAP_TTL_MS, "TTL")],
   );
 }
 

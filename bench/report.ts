@@ -15,6 +15,13 @@ export const ms = (x: number) => `${Math.round(x)} ms`;
 export const ratio = (x: number) => x.toFixed(2);
 export const msStats = (x: Stats) => `p50 ${ms(x.p50)}, p95 ${ms(x.p95)}, max ${ms(x.max)} (n=${x.n})`;
 
+/** A table row of times: their stats and, with a bound, p50/p95/max as ratios of it. */
+export function msRow(figure: string, sample: number[], bound?: number, boundName?: string): [string, string] {
+  const s = stats(sample);
+  if (bound === undefined) return [figure, msStats(s)];
+  return [figure, `${msStats(s)}; p50/${boundName} ${ratio(s.p50 / bound)}, p95/${boundName} ${ratio(s.p95 / bound)}, max/${boundName} ${ratio(s.max / bound)}`];
+}
+
 /** Prints one benchmark's results as a Markdown table. */
 export function report(title: string, setup: string, rows: Array<[figure: string, value: string]>): void {
   const width = Math.max("figure".length, ...rows.map(([f]) => f.length));

@@ -14,7 +14,7 @@ import { connectClient } from "../test/helpers/edge.ts";
 import { startNats, type TestNats } from "../test/helpers/nats.ts";
 import { until } from "../test/helpers/wait.ts";
 import { startTestWorker, type TestWorker } from "../test/helpers/worker.ts";
-import { ms, msStats, ratio, report, stats } from "./report.ts";
+import { ms, msRow, ratio, report, stats } from "./report.ts";
 
 const BASE_MS = 500;
 const GATEWAYS = 10; // hot cap 2
@@ -135,10 +135,6 @@ async function main() {
   const deleted = gaps(idle, d0, d1);
   watch.stop();
 
-  const gapRow = (figure: string, sample: number[]): [string, string] => {
-    const s = stats(sample);
-    return [figure, `${msStats(s)}; p50/base ${ratio(s.p50 / BASE_MS)}`];
-  };
   const p50 = (sample: number[]) => stats(sample).p50;
   report(
     "Discovery tiers: actual gaps",
@@ -146,13 +142,13 @@ async function main() {
       `${USED} used through the edge (hot), ${idle.length} idle (cold). Gaps between successive discovery stamps (\`at\`) of each gateway, ` +
       `watched ${WINDOW_MS.classified / 1000} s while classified and ${WINDOW_MS.other / 1000} s in each later state.`,
     [
-      gapRow("hot, live classification", hot.actual),
-      gapRow("cold, live classification", cold.actual),
+      msRow("hot, live classification", hot.actual, BASE_MS, "base"),
+      msRow("cold, live classification", cold.actual, BASE_MS, "base"),
       ["ratio cold/hot (p50)", ratio(p50(cold.actual) / p50(hot.actual))],
-      gapRow("formerly cold, classification expired", expired.actual),
-      gapRow("cold, classification written again", coldAgain.actual),
+      msRow("formerly cold, classification expired", expired.actual, BASE_MS, "base"),
+      msRow("cold, classification written again", coldAgain.actual, BASE_MS, "base"),
       ["ratio cold again / expired (p50)", ratio(p50(coldAgain.actual) / p50(expired.actual))],
-      gapRow("formerly cold, classification deleted", deleted.actual),
+      msRow("formerly cold, classification deleted", deleted.actual, BASE_MS, "base"),
       ["ratio cold again / deleted (p50)", ratio(p50(coldAgain.actual) / p50(deleted.actual))],
     ],
   );
@@ -161,14 +157,14 @@ async function main() {
     "Planned: a discovery stamp's `nextAt − at` (the poller's plan for the tier it applied). Applied: from the classification's " +
       "expiry, write or delete to each idle gateway's status showing the new tier.",
     [
-      gapRow("planned, hot", hot.planned),
-      gapRow("planned, cold", cold.planned),
-      gapRow("planned, expired", expired.planned),
-      gapRow("planned, cold again", coldAgain.planned),
-      gapRow("planned, deleted", deleted.planned),
-      gapRow("expiry → unclassified applied", expiredApplied),
-      gapRow("write → cold applied", coldApplied),
-      gapRow("delete → unclassified applied", deletedApplied),
+      msRow("planned, hot", hot.planned, BASE_MS, "base"),
+      msRow("planned, cold", cold.planned, BASE_MS, "base"),
+      msRow("planned, expired", expired.planned, BASE_MS, "base"),
+      msRow("planned, cold again", coldAgain.planned, BASE_MS, "base"),
+      msRow("planned, deleted", deleted.planned, BASE_MS, "base"),
+      msRow("expiry → unclassified applied", expiredApplied, BASE_MS, "base"),
+      msRow("write → cold applied", coldApplied, BASE_MS, "base"),
+      msRow("delete → unclassified applied", deletedApplied, BASE_MS, "base"),
     ],
   );
 }

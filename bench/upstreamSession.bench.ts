@@ -18,7 +18,7 @@ import { startNats, type TestNats } from "../test/helpers/nats.ts";
 import { isRunning, runTs, workerEnv, type Proc } from "../test/helpers/processes.ts";
 import { until } from "../test/helpers/wait.ts";
 import { memoryLogger, startTestWorker, TEST_SECRET_KEY, type TestWorker } from "../test/helpers/worker.ts";
-import { ms, msStats, ratio, report, stats } from "./report.ts";
+import { ms, msRow, ratio, report, stats } from "./report.ts";
 
 /** hang bound of every wait */
 const WAIT_MS = 30_000;
@@ -65,11 +65,6 @@ const timed = async <T>(f: () => Promise<T>): Promise<[T, number]> => {
   const v = await f();
   return [v, performance.now() - t0];
 };
-const row = (figure: string, sample: number[], bound?: number, boundName?: string): [string, string] => {
-  const s = stats(sample);
-  return [figure, bound === undefined ? msStats(s) : `${msStats(s)}; p50/${boundName} ${ratio(s.p50 / bound)}, p95/${boundName} ${ratio(s.p95 / bound)}, max/${boundName} ${ratio(s.max / bound)}`];
-};
-
 /** A worker process (`runtime/main.ts`) on `prefix`, resolved once it has started. */
 async function startWorkerProcess(prefix: string, id: string, env: Record<string, string> = {}): Promise<Proc> {
   const proc = runTs("runtime/main.ts", [], workerEnv(nats!, TEST_SECRET_KEY, { MCPGW_SUBJECT_PREFIX: prefix, MCPGW_WORKER_ID: id, MCPGW_LOG_LEVEL: "info", MCPGW_HEALTH_INTERVAL: "60s", ...env }));
@@ -111,8 +106,8 @@ async function overlap() {
     `One in-process worker on a local nats-server, one fixture gateway (streamable HTTP, in this process), one warm upstream session. ` +
       `${OVERLAP_REPS} times ${PARALLEL} concurrent sleep(${SLEEP_MS} ms) calls, all from one downstream session; then ${SERIAL_REPS} times the same ${PARALLEL} calls one after another.`,
     [
-      row(`${PARALLEL} concurrent calls, all answered`, parallel, SLEEP_MS, "one call's sleep"),
-      row(`${PARALLEL} calls one after another`, serial, PARALLEL * SLEEP_MS, `${PARALLEL}× sleep`),
+      msRow(`${PARALLEL} concurrent calls, all answered`, parallel, SLEEP_MS, "one call's sleep"),
+      msRow(`${PARALLEL} calls one after another`, serial, PARALLEL * SLEEP_MS, `${PARALLEL}× sleep`),
       ["concurrent / serial (p50)", `${ratio(p.p50 / serialP50)} (1.00 = no overlap, ${ratio(1 / PARALLEL)} = perfect)`],
       ["sleeps at the upstream at once (min over batches)", `${Math.min(...maxInFlight)} of ${PARALLEL}`],
     ],
@@ -184,10 +179,10 @@ async function closes() {
       `${CLOSE_REPS} closes each: an HTTP upstream frozen (answers nothing, the session's DELETE neither) with a ${ms(long.ms)} call in flight; ` +
       `a stdio child that ignores SIGTERM and stdin EOF with a ${ms(long.ms)} call in flight. Timed from the close request to its reply.`,
     [
-      row("frozen HTTP upstream: close → reply", frozen, CLOSE_SHUTDOWN_MS, "shutdownTimeout"),
-      row("frozen HTTP upstream: close → in-flight call cut off", frozenCut, CLOSE_SHUTDOWN_MS, "shutdownTimeout"),
-      row("stubborn stdio child: close → reply", stdio, CLOSE_SHUTDOWN_MS, "shutdownTimeout"),
-      row("stubborn stdio child: close → child gone", killed, CLOSE_SHUTDOWN_MS, "shutdownTimeout"),
+      msRow("frozen HTTP upstream: close → reply", frozen, CLOSE_SHUTDOWN_MS, "shutdownTimeout"),
+      msRow("frozen HTTP upstream: close → in-flight call cut off", frozenCut, CLOSE_SHUTDOWN_MS, "shutdownTimeout"),
+      msRow("stubborn stdio child: close → reply", stdio, CLOSE_SHUTDOWN_MS, "shutdownTimeout"),
+      msRow("stubborn stdio child: close → child gone", killed, CLOSE_SHUTDOWN_MS, "shutdownTimeout"),
     ],
   );
 }
@@ -245,9 +240,9 @@ async function sigkill() {
       `upstream session is opened, the worker process hosting it is SIGKILLed, the caller waits until nats-server answers "no responders" ` +
       `for the dead actor's address (polling status every ≤100 ms), then calls again: the survivor opens a new upstream session and answers.`,
     [
-      row("warm call on a live session (baseline)", warm),
-      row("SIGKILL → dead actor's address gone", gone),
-      row("SIGKILL → next call answered by the survivor", answered, w.p50, "warm call p50"),
+      msRow("warm call on a live session (baseline)", warm),
+      msRow("SIGKILL → dead actor's address gone", gone),
+      msRow("SIGKILL → next call answered by the survivor", answered, w.p50, "warm call p50"),
     ],
   );
 }
@@ -302,9 +297,9 @@ async function manySessions() {
       `then the worker gets SIGTERM with all of them live (MCPGW_SHUTDOWN_TIMEOUT ${ms(TERM_SHUTDOWN_MS)}; main.ts exits 1 at 2× that).`,
     [
       ["sessions opened per second", `p50 ${Math.round(r.p50)}, min ${Math.round(r.min)}, max ${Math.round(r.max)} (n=${r.n})`],
-      row("first call of a session (spawn, claim, connect, initialize, call)", opens),
-      row("SIGTERM → process exit", exits, TERM_SHUTDOWN_MS, "shutdownTimeout"),
-      row("SIGTERM → every upstream session ended at the upstream", upstreamEnded, TERM_SHUTDOWN_MS, "shutdownTimeout"),
+      msRow("first call of a session (spawn, claim, connect, initialize, call)", opens),
+      msRow("SIGTERM → process exit", exits, TERM_SHUTDOWN_MS, "shutdownTimeout"),
+      msRow("SIGTERM → every upstream session ended at the upstream", upstreamEnded, TERM_SHUTDOWN_MS, "shutdownTimeout"),
       ["exit codes", codes.join(", ")],
     ],
   );
