@@ -8,10 +8,19 @@ const RETRY_MS = 1_000;
 
 export type KvFollower = { stop(): void };
 
-/** Watches `key` (wildcards allowed) until stopped; resolves once the first watch is open. */
-export async function followKv(kv: KV, key: string, onEntry: (e: KvEntry) => void, log: Logger, what: string): Promise<KvFollower> {
+/**
+ * Watches `key` (wildcards allowed) until stopped; resolves once the first watch is open.
+ * With `loadFirst`, every matching key's current entry has been handed to `onEntry` by then.
+ */
+export async function followKv(
+  kv: KV,
+  key: string,
+  onEntry: (e: KvEntry) => void,
+  log: Logger,
+  what: string,
+  opts: { loadFirst?: boolean } = {},
+): Promise<KvFollower> {
   let stopped = false;
-  let current: { stop(): void } | null = await kv.watch({ key });
   const apply = (e: KvEntry) => {
     try {
       onEntry(e);
@@ -19,6 +28,13 @@ export async function followKv(kv: KV, key: string, onEntry: (e: KvEntry) => voi
       log.warn({ err, key: e.key }, `${what}: ignoring an entry its handler could not take`);
     }
   };
+  if (opts.loadFirst) {
+    for await (const k of await kv.keys(key)) {
+      const e = await kv.get(k);
+      if (e) apply(e);
+    }
+  }
+  let current: { stop(): void } | null = await kv.watch({ key });
   void (async () => {
     let iter: Awaited<ReturnType<KV["watch"]>> | null = current as Awaited<ReturnType<KV["watch"]>>;
     while (!stopped) {

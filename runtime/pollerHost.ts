@@ -396,10 +396,8 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
 
   await heartbeat();
   const onClassificationEntry = (e: KvEntry) => void (classification = e.operation === "PUT" ? entryJson(e) : undefined);
-  const current = await getLive(stores.state, KEYS.classification);
-  if (current) onClassificationEntry(current);
   const watches = [
-    await followKv(stores.state, KEYS.classification, onClassificationEntry, log, "classification watch"),
+    await followKv(stores.state, KEYS.classification, onClassificationEntry, log, "classification watch", { loadFirst: true }),
     await followKv(stores.state, `${KEYS.pollerWorkerPrefix}*`, onHeartbeatEntry, log, "poller heartbeat watch"),
     await followKv(stores.state, `${KEYS.pollOwnerPrefix}*`, onOwnerEntry, log, "poller owner watch"),
   ];

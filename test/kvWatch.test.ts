@@ -1,7 +1,7 @@
 // followKv against a real nats-server: a watch that ends is opened again, and stops for good when told.
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
-import type { KV, KvEntry } from "@nats-io/kv";
+import { KvWatchInclude, type KV, type KvEntry } from "@nats-io/kv";
 import { followKv } from "../runtime/kvWatch.ts";
 import { openStores } from "../runtime/nats.ts";
 import { startNats, watched, type TestNats } from "./helpers/nats.ts";
@@ -39,6 +39,23 @@ describe("followKv", () => {
     await new Promise((r) => setTimeout(r, 1_500));
     assert.equal(watches.length, count, "no watch opened after stop");
     assert.ok(!seen.some((e) => e.key === "w.c"));
+  });
+
+  it("with loadFirst, hands over every current entry before it resolves (deleted keys are absent)", async () => {
+    const written = await kv.put("l.a", "1");
+    await kv.put("l.b", "2");
+    await kv.delete("l.b");
+    // a watch that delivers updates only: what arrives before any update came from the load
+    const updatesOnly = new Proxy(kv, {
+      get: (target, prop) =>
+        prop === "watch" ? (opts: Parameters<KV["watch"]>[0]) => target.watch({ ...opts, include: KvWatchInclude.UpdatesOnly }) : Reflect.get(target, prop, target),
+    });
+    const seen: KvEntry[] = [];
+    const follower = await followKv(updatesOnly, "l.*", (e) => void seen.push(e), memoryLogger().log, "loading watch", { loadFirst: true });
+    assert.deepEqual(seen.map((e) => [e.key, e.revision]), [["l.a", written]]);
+    const later = await kv.put("l.c", "3");
+    await until("an update through the watch", () => seen.some((e) => e.revision === later));
+    follower.stop();
   });
 
   it("keeps going when the handler throws", async () => {

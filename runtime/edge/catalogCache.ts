@@ -8,7 +8,6 @@ import type { Logger } from "../logger.ts";
 
 type Watched<T> = { value: T; revision: number };
 
-
 /** A view changed: the scope (null = federated) and which of its lists differ. */
 export type ViewChange = { scope: string | null; lists: ViewList[] };
 
@@ -84,21 +83,9 @@ export class CatalogCache {
   }
 
   async #follow(kv: KV, key: string, apply: (e: KvEntry) => boolean): Promise<void> {
-    const safeApply = (e: KvEntry) => {
-      try {
-        return apply(e);
-      } catch (err) {
-        this.log.warn({ err, key: e.key }, "ignoring an unreadable KV value");
-        return false;
-      }
-    };
-    // Initial values are loaded before start() returns; the watch (which repeats them, and is
-    // opened again if it ends, so a worker never serves a catalog that stopped changing) keeps them current.
-    for await (const k of await kv.keys(key)) {
-      const e = await kv.get(k);
-      if (e) safeApply(e);
-    }
-    const follower = await followKv(kv, key, (e) => void (safeApply(e) && this.#changed()), this.log, "catalog watch");
+    // Current values are in before start() returns; the watch (opened again if it ends, so a
+    // worker never serves a catalog that stopped changing) keeps them current.
+    const follower = await followKv(kv, key, (e) => void (apply(e) && this.#changed()), this.log, "catalog watch", { loadFirst: true });
     this.#watches.add(follower);
     if (this.#stopping) follower.stop();
   }
