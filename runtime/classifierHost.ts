@@ -74,9 +74,9 @@ export function createClassifierEffects(
     }
   }
 
-  function rejected(what: string, revision: number): void {
+  function rejected(what: string, revision: number, why = "another worker holds the classifier lease"): void {
     stats.staleWritesRejected++;
-    log.warn({ revision, rejected: stats.staleWritesRejected }, `stale ${what} rejected: another worker holds the classifier lease`);
+    log.warn({ revision, rejected: stats.staleWritesRejected }, `stale ${what} rejected: ${why}`);
   }
 
   async function loadStoredUsage(): Promise<Map<string, StoredUsage>> {
@@ -213,8 +213,7 @@ export function createClassifierEffects(
       };
       const revision = await cas(() => kv.put(KEYS.classification, encodeValue(value), { previousSeq: p.readRevision }));
       if (revision === null) {
-        stats.staleWritesRejected++;
-        log.warn({ revision: p.readRevision }, "stale classification write rejected: the key changed after it was read (a takeover's fence)");
+        rejected("classification write", p.readRevision, "the key changed after it was read (a takeover's fence)");
         return false;
       }
       stats.classificationsWritten++;

@@ -446,8 +446,8 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
     for await (const k of await stores.sessions.keys(`${KEYS.upstreamClaimPrefix}>`)) keys.push(k);
     let removed = 0;
     for (const key of keys) {
-      const claim = KEYS.parseUpstreamClaim(key);
       if (stopping) break;
+      const claim = KEYS.parseUpstreamClaim(key);
       if (!claim || live.has(keyOf(claim.sid, claim.gid))) continue;
       const e = await getLive(stores.sessions, key);
       if (!e || (await isAlive(claim.sid, claim.gid))) continue;
