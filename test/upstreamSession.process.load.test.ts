@@ -3,7 +3,6 @@
 // starts worker processes and opens 1,000 upstream sessions. How long these take is measured
 // in bench/upstreamSession.bench.ts; the time bounds here only stop a hang.
 import assert from "node:assert/strict";
-import { spawn, type ChildProcess } from "node:child_process";
 import { after, before, describe, it } from "node:test";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { z } from "zod";
@@ -14,13 +13,13 @@ import { createUpstreamCaller } from "../runtime/upstreamClient.ts";
 import { startFixtureHttp, type FixtureHttp } from "./fixtures/fixtureHttp.ts";
 import { until } from "./helpers/wait.ts";
 import { startNats, type TestNats } from "./helpers/nats.ts";
-import { ROOT, workerEnv } from "./helpers/processes.ts";
+import { runTs, workerEnv, type Proc } from "./helpers/processes.ts";
 import { memoryLogger, TEST_SECRET_KEY } from "./helpers/worker.ts";
 
 let nats: TestNats;
 let fixture: FixtureHttp;
 let nc: NatsConnection;
-const children: ChildProcess[] = [];
+const children: Proc[] = [];
 /** hang bound of an admin request (answered in milliseconds; a fan-out waits at most 3 s for workers) */
 const REQUEST_MS = 20_000;
 
@@ -30,30 +29,24 @@ before(async () => {
   nc = await nats.connect("runtime");
 });
 after(async () => {
-  for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill("SIGKILL");
-  await Promise.all(children.map(exited));
+  for (const { child } of children) if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
+  await Promise.all(children.map((c) => c.exited));
   await fixture?.close();
   await nats?.stop();
 });
 
-function startWorkerProcess(prefix: string, id: string, env: Record<string, string> = {}): ChildProcess {
-  const child = spawn(process.execPath, ["--import", "tsx", "runtime/main.ts"], {
-    cwd: ROOT,
-    env: workerEnv(nats, TEST_SECRET_KEY, { MCPGW_SUBJECT_PREFIX: prefix, MCPGW_WORKER_ID: id, MCPGW_LOG_LEVEL: "warn", ...env }),
-    stdio: ["ignore", "ignore", "inherit"],
-  });
-  children.push(child);
-  return child;
+function startWorkerProcess(prefix: string, id: string, env: Record<string, string> = {}): Proc {
+  const proc = runTs("runtime/main.ts", [], workerEnv(nats, TEST_SECRET_KEY, { MCPGW_SUBJECT_PREFIX: prefix, MCPGW_WORKER_ID: id, MCPGW_LOG_LEVEL: "warn", ...env }));
+  children.push(proc);
+  return proc;
 }
 
-const exited = (child: ChildProcess) => new Promise<void>((r) => (child.exitCode !== null || child.signalCode !== null ? r() : child.once("exit", () => r())));
-
-/** Waits for the process to exit; a hang bound only (the worker gives up by itself at 2× its shutdown timeout). */
-async function exitedWithin(child: ChildProcess, ms: number): Promise<void> {
+/** How the process exited; a hang bound only (the worker gives up by itself at 2× its shutdown timeout). */
+async function exitedWithin(proc: Proc, ms: number): Promise<Awaited<Proc["exited"]>> {
   let timer: NodeJS.Timeout | undefined;
-  const bound = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`process ${child.pid} did not exit within ${ms} ms`)), ms)));
+  const bound = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`process ${proc.child.pid} did not exit within ${ms} ms`)), ms)));
   try {
-    await Promise.race([exited(child), bound]);
+    return await Promise.race([proc.exited, bound]);
   } finally {
     clearTimeout(timer);
   }
@@ -93,7 +86,7 @@ describe("upstream sessions in worker processes", () => {
     assert.equal(text(await caller.call(a, gid, call("increment"))), "1");
     const host = (await request(nc, ks.admin.sessionList, { sid: a }, SessionListReplySchema, REQUEST_MS)).sessions[0]!.worker;
     const [victim, survivor] = host === "k1" ? [k1, "k2"] : [k2, "k1"];
-    victim.kill("SIGKILL");
+    victim.child.kill("SIGKILL");
     // A request that reaches the dead worker before nats-server has seen its socket close has
     // an unknown outcome and is never retried; callers see "no responders" once the server knows.
     const gone = async () =>
@@ -105,8 +98,7 @@ describe("upstream sessions in worker processes", () => {
     await until("nats-server to drop the killed worker", gone, 30_000);
     // the caller's own timeout (10 s) bounds the call
     assert.equal(text(await caller.call(a, gid, call("increment"))), "1", "a new upstream session");
-    await exitedWithin(victim, 30_000);
-    assert.equal(victim.signalCode, "SIGKILL");
+    assert.equal((await exitedWithin(victim, 30_000)).signal, "SIGKILL");
     const now = await request(nc, ks.admin.sessionList, { sid: a }, SessionListReplySchema, REQUEST_MS);
     assert.deepEqual(now.sessions.map((x) => x.worker), [survivor]);
   });
@@ -132,12 +124,10 @@ describe("upstream sessions in worker processes", () => {
     );
     const live = await request(nc, ts.admin.sessionList, {}, SessionListReplySchema, REQUEST_MS);
     assert.equal(live.sessions.length, SESSIONS);
-    t1.kill("SIGTERM");
+    t1.child.kill("SIGTERM");
     // runtime/main.ts exits 1 if its hard deadline (2× shutdownTimeout) fires before the worker
     // has stopped, 0 once every session is closed: the exit code tells which, whatever the clock.
-    await exitedWithin(t1, 60_000);
-    assert.equal(t1.signalCode, null);
-    assert.equal(t1.exitCode, 0, "a graceful exit, not the hard shutdown deadline");
+    assert.deepEqual(await exitedWithin(t1, 60_000), { code: 0, signal: null }, `a graceful exit, not the hard shutdown deadline\n${t1.output().slice(-2000)}`);
     // every upstream session was ended politely (its DELETE reached the upstream), none left open there
     await until("the upstream sessions to be ended", () => fixture.gateway("many").sessions.size === 0, 30_000);
   });
