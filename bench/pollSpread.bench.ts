@@ -9,7 +9,7 @@ import { openStores } from "../runtime/nats.ts";
 import { startNats, type TestNats } from "../test/helpers/nats.ts";
 import { until } from "../test/helpers/wait.ts";
 import { startFixtureProcess } from "../test/fixtures/fixtureHttp.ts";
-import { directRegistry, startTestWorker, type TestWorker } from "../test/helpers/worker.ts";
+import { directRegistry, pollLines, startTestWorker, type TestWorker } from "../test/helpers/worker.ts";
 import { ms, msStats, ratio, report, stats } from "./report.ts";
 
 const GATEWAYS = 1_000;
@@ -62,10 +62,7 @@ async function main() {
 
   const startedAt = Date.now();
   worker = await startTestWorker(nats, { MCPGW_ALLOW_SHORT_INTERVALS: "1", MCPGW_HEALTH_INTERVAL: `${HEALTH_MS}ms`, MCPGW_DISCOVERY_INTERVAL: "1h" });
-  const due = () =>
-    worker!.lines
-      .map((l) => JSON.parse(l) as { msg?: string; kind?: string; gid?: string; time: number })
-      .filter((l) => l.msg === "poll" && l.kind === "health" && l.gid);
+  const due = () => pollLines(worker!).filter((l) => l.kind === "health");
   const first = await until("a first health check", () => due()[0]?.time, WAIT_MS);
   // every gateway checked once, and two full intervals after the first check fell due
   const allChecked = await until("every gateway checked", () => (new Set(stamps.map((x) => x.gid)).size === GATEWAYS ? Date.now() : null), WAIT_MS);

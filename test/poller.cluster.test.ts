@@ -15,7 +15,7 @@ import { ownerOf } from "../runtime/pollerHost.ts";
 import { startFixtureHttp, type FixtureHttp } from "./fixtures/fixtureHttp.ts";
 import { until } from "./helpers/wait.ts";
 import { startNats, type TestNats } from "./helpers/nats.ts";
-import { startTestWorker, type TestWorker } from "./helpers/worker.ts";
+import { pollLines, startTestWorker, type TestWorker } from "./helpers/worker.ts";
 
 const HEALTH_MS = 500;
 const DISCOVERY_MS = 10 * 60_000;
@@ -30,14 +30,9 @@ const HANG_MS = 30_000;
 
 type Poll = { worker: string; gid: string; kind: string; time: number };
 
-/** Polls the workers started, from their logs ("poll" lines at debug level, written as a poll falls due). */
+/** Polls the workers started, from their logs. */
 function polls(workers: TestWorker[]): Poll[] {
-  return workers.flatMap((w) =>
-    w.lines
-      .map((l) => JSON.parse(l) as { msg?: string; gid?: string; kind?: string; time: number })
-      .filter((l) => l.msg === "poll" && l.gid)
-      .map((l) => ({ worker: w.id, gid: l.gid!, kind: l.kind!, time: l.time })),
-  );
+  return workers.flatMap((w) => pollLines(w).map(({ gid, kind, time }) => ({ worker: w.id, gid, kind, time })));
 }
 
 const ownerIn = async (stores: Stores, gid: string) => {

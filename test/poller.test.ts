@@ -12,7 +12,7 @@ import { publishEvent } from "../runtime/events.ts";
 import { startFixtureHttp, type FixtureHttp } from "./fixtures/fixtureHttp.ts";
 import { until } from "./helpers/wait.ts";
 import { startNats, type TestNats } from "./helpers/nats.ts";
-import { startTestWorker, type TestWorker } from "./helpers/worker.ts";
+import { pollLines, startTestWorker, type TestWorker } from "./helpers/worker.ts";
 
 const ENV = {
   MCPGW_ALLOW_SHORT_INTERVALS: "1",
@@ -226,13 +226,8 @@ describe("gateway pollers (one worker)", () => {
     // the slot) holds on a very busy machine too; the test waits it out once
     const POLL_TIMEOUT_MS = 20_000;
     const one = await startTestWorker(nats, { ...ENV, MCPGW_MAX_CONCURRENT_POLLS: "1", MCPGW_POLL_TIMEOUT: `${POLL_TIMEOUT_MS}ms`, MCPGW_DISCOVERY_INTERVAL: "10m" });
-    type Line = { msg?: string; gid?: string; kind?: string; time: number };
-    /** "poll" lines (logged as a poll falls due, before it waits for the slot), in log order: the slot queue's order */
-    const polls = (from = 0) =>
-      one.lines
-        .map((l, i) => ({ ...(JSON.parse(l) as Line), i }))
-        .slice(from)
-        .filter((l) => l.msg === "poll");
+    /** "poll" lines in log order: the slot queue's order */
+    const polls = (from = 0) => pollLines(one, from);
     try {
       await worker.stop();
       const hog = await one.registry.add({ name: "hog", transport: "streamable-http", url: fixture.url("hog") });
@@ -298,10 +293,7 @@ describe("gateway pollers (one worker)", () => {
     await worker.registry.remove({ id: gw.id });
     // the status is deleted after the poller stopped (and the gateway was forgotten, so no poll can start)
     await until("its poller stopped", async () => (await getLive(worker.stores.state, KEYS.gatewayStatus(gw.id))) === null, 30_000);
-    const pollsOf = () => worker.lines.filter((l) => {
-      const p = JSON.parse(l) as { msg?: string; gid?: string };
-      return p.msg === "poll" && p.gid === gw.id;
-    }).length;
+    const pollsOf = () => pollLines(worker).filter((p) => p.gid === gw.id).length;
     const before = pollsOf();
     // several health intervals (400 ms) and a discovery interval (1 s) later
     await new Promise((r) => setTimeout(r, 1_500));

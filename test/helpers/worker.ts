@@ -77,3 +77,14 @@ export async function recordKeyWrites(kv: KV, keys: string[]): Promise<{ writes:
   })();
   return { writes: seen, stop: () => watch.stop() };
 }
+
+export type PollLine = { i: number; gid: string; kind: string; time: number };
+
+/** A test worker's "poll" log lines (debug level, written as a poll falls due, before it waits for a slot), in log order; `i` is the line's index. */
+export function pollLines(w: TestWorker, from = 0): PollLine[] {
+  return w.lines
+    .slice(from)
+    .map((l, j) => ({ ...(JSON.parse(l) as { msg?: string; gid?: string; kind?: string; time: number }), i: from + j }))
+    .filter((l) => l.msg === "poll" && l.gid)
+    .map((l) => ({ i: l.i, gid: l.gid!, kind: l.kind!, time: l.time }));
+}
