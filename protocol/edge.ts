@@ -1,13 +1,28 @@
+import { createHash } from "node:crypto";
 import { z } from "zod";
 import { GatewayIdSchema } from "./gateway.ts";
-import { SessionIdSchema } from "./upstream.ts";
+
+/**
+ * A client's `Mcp-Session-Id` is a bearer secret: whoever presents it (with the owner's
+ * credential) continues the session. Only the edge sees it. Everything behind the edge
+ * (KV keys, subjects, events, logs, admin listings) names the session by its key, and
+ * calls that key `sid`: the first 128 bits of the id's SHA-256, in hex.
+ */
+export function sessionKey(clientSessionId: string): string {
+  return createHash("sha256").update(clientSessionId).digest("hex").slice(0, 32);
+}
+
+export const SessionKeySchema = z.string().regex(/^[0-9a-f]{32}$/, "must be a session key: 32 hex digits");
 
 /**
  * Value of `ds.<sid>` in the sessions bucket: what any worker needs to serve a request of
  * a downstream session it has never seen (no sticky load balancing).
  */
 export const DownstreamSessionSchema = z.object({
-  sid: SessionIdSchema,
+  /** the session key (`sessionKey` of the client's id), never the id itself */
+  sid: SessionKeySchema,
+  /** keyed digest (HMAC-SHA-256, hex) of the credential that created the session: only it may use the session */
+  owner: z.string().regex(/^[0-9a-f]{64}$/),
   /** null: the federated endpoint `/mcp`; a gateway id: that gateway's `/gateways/<name>/mcp` */
   gid: GatewayIdSchema.nullable(),
   protocolVersion: z.string(),

@@ -70,6 +70,30 @@ export function isTimeout(err: unknown): boolean {
 }
 
 /**
+ * Whether an error means NATS or JetStream could not be reached in time (disconnected,
+ * reconnecting, draining, closed, no responders, a request timing out; JetStream's "not
+ * enabled" is no responders underneath): a transient outage, to be answered "unavailable,
+ * retry later", not a bug.
+ */
+export function isNatsUnavailable(err: unknown): boolean {
+  for (let e: unknown = err; e instanceof Error; e = e.cause) {
+    if (e instanceof errors.PermissionViolationError) return false;
+    if (
+      e instanceof errors.TimeoutError ||
+      e instanceof errors.NoRespondersError ||
+      e instanceof errors.ConnectionError ||
+      e instanceof errors.ClosedConnectionError ||
+      e instanceof errors.DrainingConnectionError ||
+      // "connection disconnected" / "connection closed" carry no cause of their own
+      (e instanceof errors.RequestError && !(e.cause instanceof Error))
+    ) {
+      return true;
+    }
+  }
+  return false;
+}
+
+/**
  * Sends a request and returns the envelope's data parsed with `schema`; an error
  * envelope becomes a `ProtocolError`. NATS errors (no responders, timeout) pass through.
  */

@@ -18,6 +18,21 @@ export async function connectNats(opts: NatsOptions): Promise<NatsConnection> {
   });
 }
 
+/**
+ * Whether a connection is connected now: not from a disconnect until the next reconnect,
+ * while requests would only wait for their timeout. Follows it until it closes.
+ */
+export function followConnection(nc: NatsConnection): () => boolean {
+  let connected = true;
+  void (async () => {
+    for await (const s of nc.status()) {
+      if (s.type === "disconnect") connected = false;
+      else if (s.type === "reconnect") connected = true;
+    }
+  })();
+  return () => connected && !nc.isClosed();
+}
+
 export type Stores = {
   js: JetStreamClient;
   state: KV;

@@ -11,13 +11,15 @@ import {
   SUPPORTED_PROTOCOL_VERSIONS,
   type JSONRPCMessage,
 } from "@modelcontextprotocol/sdk/types.js";
-import type { DownstreamSession } from "../../protocol/edge.ts";
+import { sessionKey, type DownstreamSession } from "../../protocol/edge.ts";
 import { SessionIdSchema } from "../../protocol/upstream.ts";
+import { isNatsUnavailable } from "../bus.ts";
+import { followConnection } from "../nats.ts";
 import type { Hosted, WorkerContext } from "../worker.ts";
 import { CatalogCache } from "./catalogCache.ts";
 import type { UpstreamCaller } from "../upstreamClient.ts";
 import { forwardableHeaders, sessionServer } from "./mcpServer.ts";
-import { bearerMatches, HostGuard, tokenDigests } from "./security.ts";
+import { bearerToken, HostGuard, SessionOwners, tokenDigests, tokenMatches } from "./security.ts";
 import { SessionLinks, wireKey } from "./sessionLinks.ts";
 import { SessionStore, type LoadedSession } from "./sessionStore.ts";
 
@@ -26,7 +28,7 @@ export type Edge = Hosted & {
   port: number;
   cache: CatalogCache;
   sessions: SessionStore;
-  /** Client sessions whose GET stream this worker holds (they hear change notices from here). */
+  /** Keys of the client sessions whose GET stream this worker holds (they hear change notices from here). */
   listeningSessions(): string[];
 };
 
@@ -43,6 +45,13 @@ class HttpError extends Error {
   }
 }
 
+/** A NATS outage: the connection retries every 500 ms, so a client may soon. */
+const unavailable = () =>
+  new HttpError(503, ErrorCode.ConnectionClosed, "Service Unavailable: the gateway cannot reach NATS; retry later", { "retry-after": "2" });
+
+/** Unknown, of another gateway, of another owner: one answer, so it tells nothing about other sessions. */
+const sessionNotFound = () => new HttpError(404, -32001, "Session not found");
+
 /**
  * The edge actor of one worker: the MCP Streamable HTTP endpoint for clients. `/mcp` serves
  * the federated catalog, `/gateways/<name>/mcp` one gateway's catalog under its own names.
@@ -55,6 +64,9 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
   if (edge.auth === "token" && edge.tokens.length === 0) throw new Error("MCPGW_EDGE_TOKENS is required unless MCPGW_EDGE_AUTH=none");
   if (edge.auth === "none") log.warn("client authentication is OFF (MCPGW_EDGE_AUTH=none): anyone who can reach the endpoint can use every gateway");
   const tokens = tokenDigests(edge.tokens);
+  if (!config.secretKey) throw new Error("MCPGW_SECRET_KEY is required");
+  const owners = new SessionOwners(config.secretKey);
+  const natsConnected = followConnection(ctx.nc);
 
   const cache = new CatalogCache(ctx.stores, edge.toolSeparator, log);
   await cache.start();
@@ -117,16 +129,21 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
     });
   };
 
-  const loadSession = async (req: IncomingMessage, scope: string | null): Promise<LoadedSession> => {
-    const header = req.headers["mcp-session-id"];
-    if (typeof header !== "string" || header === "") throw new HttpError(400, ErrorCode.ConnectionClosed, "Bad Request: Mcp-Session-Id header is required");
-    const s = SessionIdSchema.safeParse(header).success ? await sessions.load(header) : null;
-    if (!s || s.record.gid !== scope) throw new HttpError(404, -32001, "Session not found");
-    return s;
+  /**
+   * The session a request names, if `credential` owns it. The client's id stops here: the
+   * session is looked up, and known behind the edge, by its key.
+   */
+  const loadSession = async (req: IncomingMessage, scope: string | null, credential: string): Promise<LoadedSession & { clientSessionId: string }> => {
+    const clientSessionId = req.headers["mcp-session-id"];
+    if (typeof clientSessionId !== "string" || clientSessionId === "") throw new HttpError(400, ErrorCode.ConnectionClosed, "Bad Request: Mcp-Session-Id header is required");
+    if (!SessionIdSchema.safeParse(clientSessionId).success) throw sessionNotFound();
+    const s = await sessions.load(sessionKey(clientSessionId));
+    if (!s || s.record.gid !== scope || !owners.owns(s.record.owner, credential)) throw sessionNotFound();
+    return { ...s, clientSessionId };
   };
 
-  /** Answers one HTTP request through a fresh SDK server bound to the session. */
-  const serveWithSdk = async (req: IncomingMessage, res: ServerResponse, sid: string, scope: string | null, body?: JSONRPCMessage[]) => {
+  /** Answers one HTTP request through a fresh SDK server bound to the session (`sid`: its key). */
+  const serveWithSdk = async (req: IncomingMessage, res: ServerResponse, clientSessionId: string, sid: string, scope: string | null, body?: JSONRPCMessage[]) => {
     const transport = new StreamableHTTPServerTransport({ sessionIdGenerator: undefined });
     const server = sessionServer({
       sid,
@@ -145,24 +162,27 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
       void transport.close().catch(() => {});
       void server.close().catch(() => {});
     });
-    res.setHeader("mcp-session-id", sid);
+    res.setHeader("mcp-session-id", clientSessionId);
     await server.connect(transport);
     return { server, transport, handled: transport.handleRequest(req, res, body === undefined ? undefined : body.length === 1 ? body[0] : body) };
   };
 
-  const handlePost = async (req: IncomingMessage, res: ServerResponse, scope: string | null) => {
+  const handlePost = async (req: IncomingMessage, res: ServerResponse, scope: string | null, credential: string) => {
     const type = req.headers["content-type"] ?? "";
     if (!type.toLowerCase().startsWith("application/json")) throw new HttpError(415, ErrorCode.InvalidRequest, "Unsupported Media Type: Content-Type must be application/json");
     const messages = parseMessages(await readBody(req));
     const init = messages.find((m) => InitializeRequestSchema.safeParse(m).success);
+    let clientSessionId: string;
     let sid: string;
     if (init) {
       if (messages.length > 1) throw new HttpError(400, ErrorCode.InvalidRequest, "Invalid Request: initialize must be sent alone");
       const params = InitializeRequestSchema.parse(init).params;
-      sid = randomBytes(16).toString("base64url");
+      clientSessionId = randomBytes(16).toString("base64url");
+      sid = sessionKey(clientSessionId);
       const now = new Date().toISOString();
       const record: DownstreamSession = {
         sid,
+        owner: owners.of(credential),
         gid: scope,
         protocolVersion: SUPPORTED_PROTOCOL_VERSIONS.includes(params.protocolVersion) ? params.protocolVersion : LATEST_PROTOCOL_VERSION,
         clientInfo: params.clientInfo,
@@ -173,7 +193,8 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
       await sessions.create(record);
       log.info({ sid, scope, client: params.clientInfo.name, protocolVersion: record.protocolVersion }, "downstream session started");
     } else {
-      const s = await loadSession(req, scope);
+      const s = await loadSession(req, scope, credential);
+      clientSessionId = s.clientSessionId;
       sid = s.record.sid;
       await sessions.touch(s);
       for (const m of messages) {
@@ -185,14 +206,14 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
         }
       }
     }
-    await (await serveWithSdk(req, res, sid, scope, messages)).handled;
+    await (await serveWithSdk(req, res, clientSessionId, sid, scope, messages)).handled;
   };
 
-  const handleGet = async (req: IncomingMessage, res: ServerResponse, scope: string | null) => {
-    const s = await loadSession(req, scope);
+  const handleGet = async (req: IncomingMessage, res: ServerResponse, scope: string | null, credential: string) => {
+    const s = await loadSession(req, scope, credential);
     await sessions.touch(s);
     cache.view(scope); // built now, so later changes of it are noticed and pushed on this stream
-    const { server, transport, handled } = await serveWithSdk(req, res, s.record.sid, scope);
+    const { server, transport, handled } = await serveWithSdk(req, res, s.clientSessionId, s.record.sid, scope);
     const release = links.setStream(s.record.sid, {
       gid: scope,
       notify: (n) => server.notification(n),
@@ -202,21 +223,21 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
     await handled;
   };
 
-  const handleDelete = async (req: IncomingMessage, res: ServerResponse, scope: string | null) => {
-    const s = await loadSession(req, scope);
+  const handleDelete = async (req: IncomingMessage, res: ServerResponse, scope: string | null, credential: string) => {
+    const s = await loadSession(req, scope, credential);
     await sessions.end(s.record.sid, "deleted by client");
     res.writeHead(200).end();
   };
 
-  const handleMcp = async (req: IncomingMessage, res: ServerResponse, scope: string | null) => {
-    if (req.method === "POST") return handlePost(req, res, scope);
-    if (req.method === "GET") return handleGet(req, res, scope);
-    if (req.method === "DELETE") return handleDelete(req, res, scope);
+  const handleMcp = async (req: IncomingMessage, res: ServerResponse, scope: string | null, credential: string) => {
+    if (req.method === "POST") return handlePost(req, res, scope, credential);
+    if (req.method === "GET") return handleGet(req, res, scope, credential);
+    if (req.method === "DELETE") return handleDelete(req, res, scope, credential);
     throw new HttpError(405, ErrorCode.InvalidRequest, "Method Not Allowed", { allow: "GET, POST, DELETE" });
   };
 
   const ready = async (): Promise<boolean> => {
-    if (ctx.nc.isClosed()) return false;
+    if (!natsConnected()) return false;
     try {
       await Promise.race([ctx.stores.sessions.status(), new Promise((_, reject) => setTimeout(() => reject(new Error("timeout")), 2000).unref())]);
       return true;
@@ -234,18 +255,22 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
     }
     const refusal = guard.refusal(req);
     if (refusal) throw new HttpError(403, ErrorCode.InvalidRequest, refusal);
-    if (edge.auth === "token" && !bearerMatches(req.headers.authorization, tokens)) {
+    // the credential owns the sessions it creates; without client auth everyone is one anonymous owner
+    const credential = edge.auth === "none" ? "" : bearerToken(req.headers.authorization);
+    if (credential === null || (edge.auth === "token" && !tokenMatches(credential, tokens))) {
       throw new HttpError(401, ErrorCode.InvalidRequest, "Unauthorized: a valid bearer token is required", { "www-authenticate": 'Bearer realm="mcpgw"' });
     }
     const scope = scopeOf(path);
     if (scope === undefined) throw new HttpError(404, ErrorCode.InvalidRequest, `no MCP endpoint at ${path.slice(0, 256)}`);
-    await handleMcp(req, res, scope);
+    if (!natsConnected()) throw unavailable();
+    await handleMcp(req, res, scope, credential);
   };
 
   const http: HttpServer = createServer((req, res) => {
     handle(req, res).catch((err) => {
-      const e = err instanceof HttpError ? err : null;
+      const e = err instanceof HttpError ? err : isNatsUnavailable(err) ? unavailable() : null;
       if (!e) log.error({ err, method: req.method }, "edge request failed");
+      else if (!(err instanceof HttpError)) log.warn({ err, method: req.method }, "edge request refused: NATS unreachable");
       if (res.headersSent) return void res.end();
       const body = JSON.stringify({ jsonrpc: "2.0", error: { code: e?.rpcCode ?? ErrorCode.InternalError, message: e?.message ?? "internal error; see the worker's log" }, id: null });
       res.writeHead(e?.status ?? 500, { "content-type": "application/json", ...e?.headers }).end(body);

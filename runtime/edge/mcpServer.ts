@@ -120,9 +120,9 @@ export function sessionServer(ctx: SessionContext): Server {
   return server;
 }
 
-const DROPPED_HEADERS = new Set(["authorization", "proxy-authorization", "cookie"]);
+const DROPPED_HEADERS = new Set(["authorization", "proxy-authorization", "cookie", "mcp-session-id"]);
 
-/** The downstream request's headers as the upstream call carries them (the edge's credentials never leave). */
+/** The downstream request's headers as the upstream call carries them (the edge's credentials and the client's session id never leave). */
 export function forwardableHeaders(headers: Record<string, string | string[] | undefined>): Record<string, string> {
   const out: Record<string, string> = {};
   for (const [k, v] of Object.entries(headers)) {

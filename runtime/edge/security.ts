@@ -1,16 +1,45 @@
-import { createHash, timingSafeEqual } from "node:crypto";
+import { createHash, createHmac, hkdfSync, timingSafeEqual } from "node:crypto";
 import type { IncomingMessage } from "node:http";
 
 const digest = (s: string) => createHash("sha256").update(s).digest();
 
-/** Checks `Authorization: Bearer <token>` against every configured token in constant time. */
-export function bearerMatches(header: string | undefined, tokens: Buffer[]): boolean {
-  const m = /^Bearer\s+(\S+)\s*$/i.exec(header ?? "");
-  const presented = digest(m?.[1] ?? "");
+/** The token of an `Authorization: Bearer <token>` header, or null. */
+export function bearerToken(header: string | undefined): string | null {
+  return /^Bearer\s+(\S+)\s*$/i.exec(header ?? "")?.[1] ?? null;
+}
+
+/** Checks a presented token against every configured token in constant time. */
+export function tokenMatches(token: string | null, tokens: Buffer[]): boolean {
+  const presented = digest(token ?? "");
   let ok = false;
   // Every token is compared (no early exit), each on equal-length digests.
   for (const t of tokens) ok = timingSafeEqual(presented, t) || ok;
-  return ok && m !== null;
+  return ok && token !== null;
+}
+
+/**
+ * Who owns a client session: a keyed digest of the credential that created it. The record
+ * in KV (readable by `viewer`) holds the digest, never the credential; without the key,
+ * derived from MCPGW_SECRET_KEY, it cannot be matched against guessed tokens.
+ */
+export class SessionOwners {
+  readonly #key: Buffer;
+
+  constructor(secretKeyHex: string) {
+    this.#key = Buffer.from(hkdfSync("sha256", Buffer.from(secretKeyHex, "hex"), Buffer.alloc(0), "mcpgw edge session owner", 32));
+  }
+
+  /** The owner digest (hex) of a credential; "" is the anonymous client of `MCPGW_EDGE_AUTH=none`. */
+  of(credential: string): string {
+    return createHmac("sha256", this.#key).update(credential).digest("hex");
+  }
+
+  /** Whether `credential` is `owner`, in constant time. */
+  owns(owner: string, credential: string): boolean {
+    const expected = Buffer.from(owner, "hex");
+    const presented = Buffer.from(this.of(credential), "hex");
+    return expected.length === presented.length && timingSafeEqual(expected, presented);
+  }
 }
 
 export function tokenDigests(tokens: string[]): Buffer[] {

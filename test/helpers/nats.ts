@@ -42,6 +42,10 @@ export type TestNats = {
   dir: string;
   passwords: Record<NatsUser, string>;
   connect(user?: NatsUser): Promise<NatsConnection>;
+  /** an outage: stops the server process, keeping its port, store and every client connection (which keep reconnecting) */
+  stopServer(): Promise<void>;
+  /** the end of the outage: starts the server again on the same port and store */
+  restartServer(): Promise<void>;
   /** stops the server, closes every connection made through `connect`, removes the store */
   stop(): Promise<void>;
 };
@@ -54,13 +58,14 @@ export async function startNats(): Promise<TestNats> {
     admin: randomBytes(12).toString("hex"),
     viewer: randomBytes(12).toString("hex"),
   };
-  const server = await startEmbeddedNats({
+  const options = {
     bin: locateNatsServer(process.env.NATS_SERVER_BIN),
     host: "127.0.0.1",
     port: await freePort(),
     storeDir: join(dir, "jetstream"),
     passwords,
-  });
+  };
+  let server = await startEmbeddedNats(options);
   running.add(server.process);
   const conns: NatsConnection[] = [];
   return {
@@ -71,6 +76,14 @@ export async function startNats(): Promise<TestNats> {
       const nc = await connectNats({ url: server.url, user, password: passwords[user], name: `test-${user}` });
       conns.push(nc);
       return nc;
+    },
+    async stopServer() {
+      await server.stop();
+      running.delete(server.process);
+    },
+    async restartServer() {
+      server = await startEmbeddedNats(options);
+      running.add(server.process);
     },
     async stop() {
       await Promise.allSettled(conns.map((c) => c.close()));
