@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { request as httpRequest } from "node:http";
 import { after, before, describe, it } from "node:test";
 import { ToolListChangedNotificationSchema, type Tool } from "@modelcontextprotocol/sdk/types.js";
+import { sessionKey } from "../protocol/edge.ts";
 import { SessionClosedEventSchema } from "../protocol/upstream.ts";
 import { KEYS, subjects } from "../protocol/subjects.ts";
 import { connectClient, putCatalog, putHealth, until } from "./helpers/edge.ts";
@@ -148,7 +149,7 @@ describe("edge: federated catalog, sessions and HTTP hardening", () => {
     fed.client.setNotificationHandler(ToolListChangedNotificationSchema, () => void fedNotices++);
     other.client.setNotificationHandler(ToolListChangedNotificationSchema, () => void otherNotices++);
     // the SDK client opens its GET stream after initialization; a notice sent before the edge holds it is lost
-    await until("the edge to hold both GET streams", () => [fed.transport.sessionId!, other.transport.sessionId!].every((id) => w.edge.listeningSessions().includes(id)), 20_000);
+    await until("the edge to hold both GET streams", () => [fed.transport.sessionId!, other.transport.sessionId!].every((id) => w.edge.listeningSessions().includes(sessionKey(id))), 20_000);
     await putCatalog(w, gidA, {
       tools: [{ name: "echo", description: "a", inputSchema: { type: "object" } }, { name: "fresh", inputSchema: { type: "object" } }],
       prompts: [{ name: "greet" }],
@@ -164,8 +165,9 @@ describe("edge: federated catalog, sessions and HTTP hardening", () => {
 
   it("ends a session on DELETE, publishing its closed event; the session id is then unknown", async () => {
     const { client, transport } = await connectClient(w.edge.url);
-    const sid = transport.sessionId!;
-    assert.match(sid, /^[A-Za-z0-9_-]+$/);
+    const id = transport.sessionId!;
+    assert.match(id, /^[A-Za-z0-9_-]+$/);
+    const sid = sessionKey(id);
     assert.ok(await w.stores.sessions.get(KEYS.downstreamSession(sid)));
     const closed = new Promise<unknown>((resolve) => {
       const sub = w.nc.subscribe(s.evt.sessionClosed(sid), { max: 1, callback: (_e, m) => resolve(m.json()) });
@@ -175,7 +177,7 @@ describe("edge: federated catalog, sessions and HTTP hardening", () => {
     await transport.terminateSession();
     const event = SessionClosedEventSchema.parse(await closed);
     assert.equal(event.sid, sid);
-    const after = await raw(w.edge.port, { headers: { "mcp-session-id": sid }, body: JSON.stringify({ jsonrpc: "2.0", id: 2, method: "tools/list" }) });
+    const after = await raw(w.edge.port, { headers: { "mcp-session-id": id }, body: JSON.stringify({ jsonrpc: "2.0", id: 2, method: "tools/list" }) });
     assert.equal(after.status, 404);
     await client.close();
   });
@@ -190,10 +192,10 @@ describe("edge: federated catalog, sessions and HTTP hardening", () => {
       const init = await raw(idle.edge.port, { body: INIT });
       const quiet = String(init.headers["mcp-session-id"]);
       const { client, transport } = await connectClient(idle.edge.url);
-      const listening = transport.sessionId!;
+      const listening = sessionKey(transport.sessionId!);
       // listening means the edge holds its GET stream, which the SDK client opens just after initialization
       await until("the edge to hold the GET stream", () => idle.edge.listeningSessions().includes(listening), 20_000);
-      await until("the quiet session ended", () => closed.includes(quiet), 30_000);
+      await until("the quiet session ended", () => closed.includes(sessionKey(quiet)), 30_000);
       await new Promise((r) => setTimeout(r, 2_500)); // more than twice the TTL without a request
       assert.ok(!closed.includes(listening), "a listening client's session is kept");
       assert.ok(Array.isArray((await client.listTools()).tools));
