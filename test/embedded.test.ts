@@ -3,14 +3,18 @@ import { mkdtempSync, readFileSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
+import { until } from "./helpers/wait.ts";
 import { freePort } from "./helpers/nats.ts";
-import { isRunning, runTs, type Proc } from "./helpers/processes.ts";
+import { isRunning, processTree, run, runTs, type Proc } from "./helpers/processes.ts";
 
 describe("embedded default (npm start)", () => {
   const dataDir = mkdtempSync(join(tmpdir(), "mcpgw-embedded-"));
   const procs: Proc[] = [];
+  /** every process a test saw, killed if the test failed before they exited */
+  const seen: number[] = [];
   after(() => {
     for (const p of procs) p.child.kill("SIGKILL");
+    for (const pid of seen) if (isRunning(pid)) process.kill(pid, "SIGKILL");
     rmSync(dataDir, { recursive: true, force: true });
   });
 
@@ -53,6 +57,41 @@ describe("embedded default (npm start)", () => {
     again.child.kill("SIGTERM");
     assert.equal((await again.exited).code, 0);
   });
+
+  // npm forwards SIGTERM and SIGINT to its child; the worker must be that child (no sh or
+  // tsx between them that dies of the signal and orphans it).
+  const stops = [
+    { how: "SIGTERM to npm", stop: (npm: Proc) => process.kill(npm.child.pid!, "SIGTERM") },
+    { how: "Ctrl-C (SIGINT to the process group)", stop: (npm: Proc) => process.kill(-npm.child.pid!, "SIGINT") },
+  ];
+  for (const { how, stop } of stops) {
+    it(`npm start: ${how} drains the worker and leaves no process behind`, async () => {
+      const env = {
+        MCPGW_DATA_DIR: dataDir,
+        MCPGW_NATS_PORT: String(await freePort()),
+        MCPGW_EDGE_PORT: String(await freePort()),
+        MCPGW_LOG_LEVEL: "info",
+        npm_config_update_notifier: "false",
+      };
+      const npm = run("npm", ["start"], env, { detached: true });
+      procs.push(npm);
+      await npm.waitFor(/worker started/, 60_000);
+      const tree = processTree(npm.child.pid!);
+      seen.push(...tree);
+      const natsPid = Number(readFileSync(join(dataDir, "nats-server.pid"), "utf8"));
+      assert.ok(tree.includes(natsPid), "the embedded nats-server belongs to the tree");
+      assert.ok(tree.length >= 3, `npm, the worker and nats-server: ${tree.join(" ")}`);
+
+      stop(npm);
+      assert.deepEqual(await npm.exited, { code: 0, signal: null }, npm.output().slice(-2000));
+      await until("every process of the tree to exit", () => tree.every((pid) => !isRunning(pid)), 30_000);
+      const messages = npm
+        .output()
+        .split("\n")
+        .flatMap((l) => (l.startsWith('{"level"') ? [(JSON.parse(l) as { msg: string }).msg] : []));
+      assert.ok(messages.includes("worker stopped"), "the worker drained before it exited");
+    });
+  }
 
   it("exits with one clear line when it cannot start", async () => {
     const noKey = runTs("runtime/main.ts", [], { NATS_URL: "nats://127.0.0.1:1" });

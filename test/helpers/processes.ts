@@ -1,4 +1,5 @@
 import { spawn, type ChildProcess } from "node:child_process";
+import { readdirSync, readFileSync } from "node:fs";
 import { dirname, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -14,10 +15,19 @@ export type Proc = {
 
 /** Runs a TypeScript entry of this repository through tsx, collecting stdout and stderr. */
 export function runTs(entry: string, args: string[], env: NodeJS.ProcessEnv): Proc {
-  const child = spawn(process.execPath, ["--import", "tsx", resolve(ROOT, entry), ...args], {
+  return run(process.execPath, ["--import", "tsx", resolve(ROOT, entry), ...args], env);
+}
+
+/**
+ * Runs a command in the repository root, collecting stdout and stderr. `detached`: in a
+ * process group of its own, like a shell's foreground job (a Ctrl-C goes to the group).
+ */
+export function run(command: string, args: string[], env: NodeJS.ProcessEnv, opts: { detached?: boolean } = {}): Proc {
+  const child = spawn(command, args, {
     cwd: ROOT,
     env: { PATH: process.env.PATH, HOME: process.env.HOME, ...env },
     stdio: ["ignore", "pipe", "pipe"],
+    detached: opts.detached,
   });
   let out = "";
   const waiters = new Set<() => void>();
@@ -76,12 +86,36 @@ export function runCli(nats: { url: string; passwords: { admin: string } }, args
   return runTs("runtime/cli/main.ts", ["--server", nats.url, "--user", "admin", "--password", nats.passwords.admin, ...args], {});
 }
 
-/** Whether a process with this pid is still running. */
+/** Whether a process with this pid is still running (a zombie, exited but not yet reaped, is not). */
 export function isRunning(pid: number): boolean {
   try {
     process.kill(pid, 0);
-    return true;
   } catch {
     return false;
   }
+  try {
+    // /proc/<pid>/stat: "pid (comm) state ..."; comm may hold spaces and parentheses
+    return !/\) Z /.test(readFileSync(`/proc/${pid}/stat`, "utf8"));
+  } catch {
+    return false;
+  }
+}
+
+/** `pid` and every process descended from it, from /proc. */
+export function processTree(pid: number): number[] {
+  const parentOf = new Map<number, number>();
+  for (const entry of readdirSync("/proc")) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = readFileSync(`/proc/${entry}/stat`, "utf8");
+      parentOf.set(Number(entry), Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]));
+    } catch {
+      // exited while we looked
+    }
+  }
+  const tree = [pid];
+  for (let i = 0; i < tree.length; i++) {
+    for (const [child, parent] of parentOf) if (parent === tree[i]) tree.push(child);
+  }
+  return tree;
 }
