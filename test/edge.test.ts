@@ -1,42 +1,15 @@
 import assert from "node:assert/strict";
-import { request as httpRequest } from "node:http";
 import { after, before, describe, it } from "node:test";
 import { ToolListChangedNotificationSchema, type Tool } from "@modelcontextprotocol/sdk/types.js";
 import { sessionKey } from "../protocol/edge.ts";
 import { SessionClosedEventSchema } from "../protocol/upstream.ts";
 import { KEYS, subjects } from "../protocol/subjects.ts";
-import { connectClient, putCatalog, putHealth, until } from "./helpers/edge.ts";
+import { connectClient, INIT, putCatalog, putHealth, raw, until } from "./helpers/edge.ts";
 import { startNats, type TestNats } from "./helpers/nats.ts";
 import { startTestWorker, type TestWorker } from "./helpers/worker.ts";
 
 const s = subjects();
 const TOKEN = "edge-test-token-0123456789";
-
-type Raw = { status: number; headers: Record<string, string | string[] | undefined>; body: string };
-
-/** One raw HTTP request to the edge (the SDK client would refuse to send most of these). */
-function raw(port: number, opts: { method?: string; path?: string; headers?: Record<string, string>; body?: string | Buffer }): Promise<Raw> {
-  return new Promise((resolve, reject) => {
-    const req = httpRequest(
-      { host: "127.0.0.1", port, method: opts.method ?? "POST", path: opts.path ?? "/mcp", headers: { "content-type": "application/json", accept: "application/json, text/event-stream", ...opts.headers } },
-      (res) => {
-        let body = "";
-        res.setEncoding("utf8");
-        res.on("data", (c) => (body += c));
-        res.on("end", () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body }));
-      },
-    );
-    req.on("error", reject);
-    req.end(opts.body);
-  });
-}
-
-const INIT = JSON.stringify({
-  jsonrpc: "2.0",
-  id: 1,
-  method: "initialize",
-  params: { protocolVersion: "2025-06-18", capabilities: {}, clientInfo: { name: "raw", version: "1" } },
-});
 
 describe("edge: federated catalog, sessions and HTTP hardening", () => {
   let nats: TestNats;

@@ -1,3 +1,4 @@
+import { request as httpRequest } from "node:http";
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
 import { catalogHash } from "../../actors/discovery.ts";
@@ -46,5 +47,35 @@ export async function connectClient(
   await client.connect(transport);
   return { client, transport };
 }
+
+export type Raw = { status: number; headers: Record<string, string | string[] | undefined>; body: string };
+
+/**
+ * One raw HTTP request to the edge (the SDK client would refuse to send most of these).
+ * A response that has not ended within `timeoutMs` (an event stream that was opened) fails.
+ */
+export function raw(port: number, opts: { method?: string; path?: string; headers?: Record<string, string>; body?: string | Buffer; timeoutMs?: number }): Promise<Raw> {
+  return new Promise((resolve, reject) => {
+    const req = httpRequest(
+      { host: "127.0.0.1", port, method: opts.method ?? "POST", path: opts.path ?? "/mcp", headers: { "content-type": "application/json", accept: "application/json, text/event-stream", ...opts.headers } },
+      (res) => {
+        let body = "";
+        res.setEncoding("utf8");
+        res.on("data", (c) => (body += c));
+        res.on("end", () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body }));
+      },
+    );
+    req.setTimeout(opts.timeoutMs ?? 30_000, () => req.destroy(new Error(`no complete answer to ${opts.method ?? "POST"} ${opts.path ?? "/mcp"} in time`)));
+    req.on("error", reject);
+    req.end(opts.body);
+  });
+}
+
+export const INIT = JSON.stringify({
+  jsonrpc: "2.0",
+  id: 1,
+  method: "initialize",
+  params: { protocolVersion: "2025-06-18", capabilities: {}, clientInfo: { name: "raw", version: "1" } },
+});
 
 export { until } from "./wait.ts";
