@@ -46,6 +46,8 @@ export type TestNats = {
   stopServer(): Promise<void>;
   /** the end of the outage: starts the server again on the same port and store */
   restartServer(): Promise<void>;
+  /** an unresponsive server (SIGSTOP): connections stay open and nothing answers; `false` resumes it */
+  freezeServer(frozen: boolean): void;
   /** stops the server, closes every connection made through `connect`, removes the store */
   stop(): Promise<void>;
 };
@@ -84,6 +86,9 @@ export async function startNats(): Promise<TestNats> {
     async restartServer() {
       server = await startEmbeddedNats(options);
       running.add(server.process);
+    },
+    freezeServer(frozen) {
+      server.process.kill(frozen ? "SIGSTOP" : "SIGCONT");
     },
     async stop() {
       await Promise.allSettled(conns.map((c) => c.close()));
