@@ -13,7 +13,7 @@ export function sessionCommands(run: Run): Command[] {
   session
     .command("ls")
     .description("list every live upstream session actor in the cluster")
-    .option("--sid <sid>", "only this downstream session")
+    .option("--sid <key>", "only this client session (by its key, as listed)")
     .option("--gid <gid>", "only this gateway id")
     .action((o: { sid?: string; gid?: string }) =>
       run(async (admin, print) => {
@@ -26,7 +26,7 @@ export function sessionCommands(run: Run): Command[] {
   session
     .command("evict")
     .description("close upstream sessions by downstream session id and/or gateway id, on every worker")
-    .option("--sid <sid>", "downstream session id")
+    .option("--sid <key>", "a client session, by its key (as listed)")
     .option("--gid <gid>", "gateway id")
     .action((o: { sid?: string; gid?: string }) =>
       run(async (admin, print) => {
