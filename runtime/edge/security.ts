@@ -9,12 +9,12 @@ export function bearerToken(header: string | undefined): string | null {
 }
 
 /** Checks a presented token against every configured token in constant time. */
-export function tokenMatches(token: string | null, tokens: Buffer[]): boolean {
-  const presented = digest(token ?? "");
+export function tokenMatches(token: string, tokens: Buffer[]): boolean {
+  const presented = digest(token);
   let ok = false;
   // Every token is compared (no early exit), each on equal-length digests.
   for (const t of tokens) ok = timingSafeEqual(presented, t) || ok;
-  return ok && token !== null;
+  return ok;
 }
 
 /**
