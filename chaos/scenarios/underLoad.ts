@@ -45,24 +45,25 @@ async function underFault(sys: System, clients: Client[], durationMs: number, fa
 }
 
 function summarise(run: Run, c: Checks) {
-  const failed = run.records.filter((r) => !r.ok);
-  const after = run.records.filter((r) => r.at > run.faultEnd);
-  // recovery: from the end of the fault to the first success of each lane that started after it
-  const firstOk = after.filter((r) => r.ok).sort((a, b) => a.at - b.at)[0];
-  const lastFail = failed.sort((a, b) => a.at - b.at).at(-1);
+  const failed = run.records.filter((r) => !r.ok).sort((a, b) => a.at - b.at);
+  const lastFail = failed.at(-1);
   c.check("every answer was the caller's own", run.mismatches === 0, `${run.mismatches} mismatches`);
-  const tail = run.records.filter((r) => r.at > (lastFail ? lastFail.at + lastFail.ms : run.faultEnd));
-  c.check("calls succeed again after the fault", tail.some((r) => r.ok), `${tail.length} calls after the last failure`);
   const kinds = new Map<string, number>();
   for (const f of failed) {
     const k = (f.error ?? "?").replace(/\d+/g, "N").slice(0, 70);
     kinds.set(k, (kinds.get(k) ?? 0) + 1);
   }
   const okMs = run.records.filter((r) => r.ok).map((r) => r.ms);
+  const okAfter = run.records.filter((r) => r.ok && lastFail && r.at > lastFail.at + lastFail.ms).length;
   return {
     load: `${run.lanes} client sessions calling back to back: ${run.records.length.toLocaleString("en-US")} calls, p50 ${ms(percentile(okMs, 50))}, p99 ${ms(percentile(okMs, 99))}`,
-    failures: failed.length === 0 ? "0 failed calls" : `${failed.length} failed (${[...kinds].map(([k, v]) => `${v}× ${k}`).join("; ")}); window ${ms((lastFail!.at + lastFail!.ms) - failed[0]!.at)}`,
-    recovery: lastFail ? `last failure ended ${ms(lastFail.at + lastFail.ms - run.faultEnd)} after the fault ended` : firstOk ? "no call failed" : "no call after the fault",
+    failures:
+      failed.length === 0
+        ? "0 failed calls"
+        : `${failed.length} of ${run.records.length} failed (${[...kinds].map(([k, v]) => `${v}× ${k}`).join("; ")}), within ${ms(lastFail!.at + lastFail!.ms - failed[0]!.at)}`,
+    recovery: !lastFail
+      ? "no call failed"
+      : `last failure ended ${ms(lastFail.at + lastFail.ms - run.faultEnd)} after the fault ended (${okAfter} successful calls after it)`,
   };
 }
 
