@@ -62,10 +62,11 @@ export async function startWorker(config: Config, nc: NatsConnection, log: Logge
   hosted.push({ stop: async () => subs.forEach((sub) => sub.unsubscribe()) });
   // Each actor kind's host is started here, in dependency order.
   hosted.push(await startPollerHost(ctx, probeConnector((sealed, gid) => box.open(sealed, gid))));
+  const edge = await startEdge(ctx, createUpstreamCaller(nc, s, { callTimeoutMs: config.intervals.callTimeout, log: ctx.log }));
+  // stopped after the upstream sessions: a call in flight then still hears why it ended
+  hosted.push(edge);
   const upstream = await startUpstreamHost(ctx);
   hosted.push(upstream);
-  const edge = await startEdge(ctx, createUpstreamCaller(nc, s, { callTimeoutMs: config.intervals.callTimeout, log: ctx.log }));
-  hosted.push(edge);
   // last to start, first to stop: a clean shutdown hands the lease over before slower closes
   hosted.push(await startClassifierHost(ctx));
 
@@ -79,6 +80,7 @@ export async function startWorker(config: Config, nc: NatsConnection, log: Logge
     edge,
     upstream,
     async stop() {
+      await edge.stopAccepting();
       for (const h of hosted.reverse()) {
         await h.stop().catch((err) => ctx.log.error({ err }, "error while stopping"));
       }

@@ -24,6 +24,8 @@ import { SessionLinks, wireKey } from "./sessionLinks.ts";
 import { SessionStore, type LoadedSession } from "./sessionStore.ts";
 
 export type Edge = Hosted & {
+  /** takes no new connections; requests in flight go on until `stop` */
+  stopAccepting(): Promise<void>;
   url: string;
   port: number;
   cache: CatalogCache;
@@ -293,6 +295,10 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
     cache,
     sessions,
     listeningSessions: () => links.streamSessionIds(),
+    async stopAccepting() {
+      http.close();
+      http.closeIdleConnections();
+    },
     async stop() {
       stopNotices();
       links.stop();

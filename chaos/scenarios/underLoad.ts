@@ -1,0 +1,121 @@
+// Faults of the system itself under load: SIGKILL of a worker, and a nats-server restart, while
+// client sessions call tools back to back. Clients fail over between edges as a load balancer
+// would. Every answer must be the caller's own (echo of a unique text), every session must work
+// again after the fault, and the registered state must be intact.
+import type { Client } from "@modelcontextprotocol/sdk/client/index.js";
+import { startFixtureProcess } from "../../test/fixtures/fixtureHttp.ts";
+import { Checks, failoverClient, loadLoop, ms, startSystem, textOf, type CallRecord, type ScenarioResult, type System } from "../harness.ts";
+
+type Run = { records: CallRecord[]; mismatches: number; faultAt: number; faultEnd: number; lanes: number };
+
+function percentile(xs: number[], p: number): number {
+  if (xs.length === 0) return NaN;
+  const sorted = [...xs].sort((a, b) => a - b);
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
+}
+
+async function setUp(sys: System, lanes: number): Promise<{ clients: Client[]; stopFixture(): Promise<void> }> {
+  const fixture = await startFixtureProcess();
+  await sys.addGateway({ name: "counter", transport: "streamable-http", url: fixture.url("counter") });
+  const edges = () => sys.workers.map((w) => w.edgeUrl);
+  const clients: Client[] = [];
+  for (let i = 0; i < lanes; i++) clients.push(await failoverClient(edges, i, `lane-${i}`));
+  for (let i = 0; i < 600; i++) {
+    if ((await clients[0]!.listTools()).tools.some((t) => t.name === "counter__echo")) break;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return { clients, stopFixture: fixture.stop };
+}
+
+async function underFault(sys: System, clients: Client[], durationMs: number, fault: () => Promise<void>): Promise<Run> {
+  let mismatches = 0;
+  const load = loadLoop(clients.length, async (lane, n) => {
+    const text = `lane ${lane} call ${n}`;
+    const got = textOf(await clients[lane]!.callTool({ name: "counter__echo", arguments: { text } }, undefined, { timeout: 30_000 }));
+    if (got !== text) mismatches++;
+  });
+  const t0 = performance.now();
+  await new Promise((r) => setTimeout(r, durationMs / 3));
+  const faultAt = performance.now();
+  await fault();
+  const faultEnd = performance.now();
+  await new Promise((r) => setTimeout(r, Math.max(0, durationMs - (performance.now() - t0))));
+  await load.stop();
+  return { records: load.records, mismatches, faultAt, faultEnd, lanes: clients.length };
+}
+
+function summarise(run: Run, c: Checks) {
+  const failed = run.records.filter((r) => !r.ok).sort((a, b) => a.at - b.at);
+  const lastFail = failed.at(-1);
+  c.check("every answer was the caller's own", run.mismatches === 0, `${run.mismatches} mismatches`);
+  const kinds = new Map<string, number>();
+  for (const f of failed) {
+    const k = (f.error ?? "?").replace(/\d+/g, "N").slice(0, 70);
+    kinds.set(k, (kinds.get(k) ?? 0) + 1);
+  }
+  const okMs = run.records.filter((r) => r.ok).map((r) => r.ms);
+  const okAfter = run.records.filter((r) => r.ok && lastFail && r.at > lastFail.at + lastFail.ms).length;
+  return {
+    load: `${run.lanes} client sessions calling back to back: ${run.records.length.toLocaleString("en-US")} calls, p50 ${ms(percentile(okMs, 50))}, p99 ${ms(percentile(okMs, 99))}`,
+    failures:
+      failed.length === 0
+        ? "0 failed calls"
+        : `${failed.length} of ${run.records.length} failed (${[...kinds].map(([k, v]) => `${v}× ${k}`).join("; ")}), within ${ms(lastFail!.at + lastFail!.ms - failed[0]!.at)}`,
+    recovery: !lastFail
+      ? "no call failed"
+      : `last failure ended ${ms(lastFail.at + lastFail.ms - run.faultEnd)} after the fault ended (${okAfter} successful calls after it)`,
+  };
+}
+
+export async function workerKill(opts: { durationMs: number; lanes: number }): Promise<ScenarioResult> {
+  const sys = await startSystem({ workers: 2 });
+  const c = new Checks();
+  let stopFixture = async () => {};
+  try {
+    const setup = await setUp(sys, opts.lanes);
+    stopFixture = setup.stopFixture;
+    const before = await sys.gatewaySnapshot();
+    const victim = sys.workers[0]!;
+    const run = await underFault(sys, setup.clients, opts.durationMs, async () => {
+      await sys.killWorker(victim, "SIGKILL");
+    });
+    const sum = summarise(run, c);
+    // every session (those whose upstream session lived on the victim included) works again
+    const fresh = await Promise.all(setup.clients.map((cl, i) => cl.callTool({ name: "counter__echo", arguments: { text: `after ${i}` } }).then((r) => textOf(r) === `after ${i}`, () => false)));
+    c.check("every client session works after the kill", fresh.every(Boolean), `${fresh.filter(Boolean).length}/${fresh.length}`);
+    const after = await sys.gatewaySnapshot();
+    c.check("gateway records intact", after.size === before.size && [...before].every(([id, j]) => after.get(id) === j));
+    c.check("the surviving worker is running", sys.workers.every((w) => w.proc.child.exitCode === null && w.proc.child.signalCode === null));
+    await Promise.all(setup.clients.map((cl) => cl.close().catch(() => {})));
+    return { scenario: "worker SIGKILL under load", ...sum, faults: "SIGKILL of one of 2 workers (its edge and its upstream sessions)", intact: `${before.size} gateway record(s) byte-identical; every session answers afterwards`, ok: c.ok, checks: c.list };
+  } finally {
+    await stopFixture();
+    await sys.stop();
+  }
+}
+
+export async function natsRestart(opts: { durationMs: number; lanes: number; downMs: number }): Promise<ScenarioResult> {
+  const sys = await startSystem({ workers: 2 });
+  const c = new Checks();
+  let stopFixture = async () => {};
+  try {
+    const setup = await setUp(sys, opts.lanes);
+    stopFixture = setup.stopFixture;
+    const before = await sys.gatewaySnapshot();
+    const catalogBefore = (await setup.clients[0]!.listTools()).tools.map((t) => t.name).sort().join(",");
+    const run = await underFault(sys, setup.clients, opts.durationMs, () => sys.restartNats(opts.downMs));
+    const sum = summarise(run, c);
+    const fresh = await Promise.all(setup.clients.map((cl, i) => cl.callTool({ name: "counter__echo", arguments: { text: `after ${i}` } }).then((r) => textOf(r) === `after ${i}`, () => false)));
+    c.check("every client session works after the restart", fresh.every(Boolean), `${fresh.filter(Boolean).length}/${fresh.length}`);
+    const after = await sys.gatewaySnapshot();
+    c.check("gateway records intact", after.size === before.size && [...before].every(([id, j]) => after.get(id) === j));
+    const catalogAfter = (await setup.clients[0]!.listTools()).tools.map((t) => t.name).sort().join(",");
+    c.check("the federated catalog is intact", catalogAfter === catalogBefore);
+    c.check("no worker crashed", sys.workers.length === 2 && sys.workers.every((w) => w.proc.child.exitCode === null && w.proc.child.signalCode === null));
+    await Promise.all(setup.clients.map((cl) => cl.close().catch(() => {})));
+    return { scenario: "nats-server restart under load", ...sum, faults: `nats-server stopped (SIGTERM) for ${ms(opts.downMs)}, then started on the same port and store`, intact: `${before.size} gateway record(s) and the catalog identical; every session answers afterwards`, ok: c.ok, checks: c.list };
+  } finally {
+    await stopFixture();
+    await sys.stop();
+  }
+}
