@@ -47,6 +47,10 @@ export function subjects(prefix: string = DEFAULT_PREFIX) {
     all: `${p}.>`,
     admin: {
       all: `${p}.admin.>`,
+      /** the NATS micro service (`nats micro ls`) whose endpoints are the admin subjects */
+      service: `${p}-admin`,
+      /** an admin subject's endpoint name in that service: `gateway.add` → `gateway-add` */
+      endpointName: (subject: string) => subject.slice(`${p}.admin.`.length).replaceAll(".", "-"),
       gateway: (op: AdminGatewayOp) => `${p}.admin.gateway.${op}`,
       sessionList: `${p}.admin.session.list`,
       sessionEvict: `${p}.admin.session.evict`,

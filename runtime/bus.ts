@@ -23,6 +23,9 @@ export function decodeJson(data: Uint8Array): unknown {
 
 export type Handler = (payload: unknown, msg: Msg) => Promise<unknown> | unknown;
 
+/** What answering needs of a request: a core `Msg`, or an `@nats-io/services` endpoint's message. */
+export type RequestMsg = { subject: string; data: Uint8Array; reply?: string; respond(data: Uint8Array): boolean };
+
 /**
  * Answers requests on `subject` with the reply envelope. Every failure becomes an
  * error envelope; nothing a client sends can throw out of the handler.
@@ -35,12 +38,16 @@ export function serve(nc: NatsConnection, subject: string, handler: Handler, opt
         opts.log.error({ err, subject }, "subscription failed");
         return;
       }
-      void answer(msg, handler, opts.log);
+      void answerRequest(msg, handler, opts.log);
     },
   });
 }
 
-async function answer(msg: Msg, handler: Handler, log: Logger): Promise<void> {
+/**
+ * The one path every served request takes, `serve`'s subscriptions and the admin service's
+ * endpoints alike: decode, handle, reply with the envelope. Returns the envelope it sent.
+ */
+export async function answerRequest<M extends RequestMsg>(msg: M, handler: (payload: unknown, msg: M) => Promise<unknown> | unknown, log: Logger): Promise<Envelope<unknown>> {
   let reply: Envelope<unknown>;
   try {
     reply = ok(await handler(decodeJson(msg.data), msg));
@@ -48,6 +55,7 @@ async function answer(msg: Msg, handler: Handler, log: Logger): Promise<void> {
     reply = errorReply(err, log, msg.subject);
   }
   if (msg.reply) msg.respond(encodeJson(reply));
+  return reply;
 }
 
 /** The reply to a failed request: a `ProtocolError` as it is; anything else is logged and answered as `internal`. */

@@ -19,9 +19,9 @@ import {
   type ClassificationGetReply,
   type LeaderLease,
 } from "../protocol/classification.ts";
-import { KEYS, QUEUE } from "../protocol/subjects.ts";
+import { KEYS } from "../protocol/subjects.ts";
 import { StoredUsageSchema, UsageReportSchema, type StoredUsage } from "../protocol/usage.ts";
-import { decodeJson, serve } from "./bus.ts";
+import { decodeJson } from "./bus.ts";
 import { followEvents } from "./events.ts";
 import { followKv, type KvFollower } from "./kvWatch.ts";
 import type { Stores } from "./nats.ts";
@@ -274,8 +274,7 @@ export async function startClassifierHost(ctx: WorkerContext): Promise<Classifie
   });
   actor.start();
 
-  const adminSub = serve(
-    nc,
+  ctx.admin.endpoint(
     s.admin.classificationGet,
     async (payload): Promise<ClassificationGetReply> => {
       parseRequest(ClassificationGetRequestSchema, payload, "classification request");
@@ -288,13 +287,11 @@ export async function startClassifierHost(ctx: WorkerContext): Promise<Classifie
         valid: c !== null && isClassificationValid(c, Date.now()),
       };
     },
-    { queue: QUEUE.admin, log },
   );
 
   return {
     stats: () => ({ ...stats }),
     async stop() {
-      adminSub.unsubscribe();
       usageSub.unsubscribe();
       await events.stop();
       actor.send({ type: "STOP" });

@@ -22,7 +22,7 @@ import {
   type GatewayStatus,
 } from "../protocol/gateway.ts";
 import { PollOwnerSchema, type PollStamp } from "../protocol/poller.ts";
-import { KEYS, QUEUE } from "../protocol/subjects.ts";
+import { KEYS } from "../protocol/subjects.ts";
 import { isNoResponders, request, serve } from "./bus.ts";
 import { followEvents } from "./events.ts";
 import { followKv } from "./kvWatch.ts";
@@ -405,8 +405,8 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
   const events = await followEvents(stores.js, stores.streamName, [s.evt.gatewayAll], onGatewayEvent, log);
   for (const { record } of await ctx.registry.records()) if (record.enabled) gateways.set(record.id, record);
 
+  ctx.admin.endpoint(s.admin.gateway("refresh"), refresh);
   const subs: Subscription[] = [
-    serve(nc, s.admin.gateway("refresh"), refresh, { queue: QUEUE.admin, log }),
     serve(
       nc,
       s.poller.refresh(me),

@@ -1,13 +1,12 @@
-import type { Subscription } from "@nats-io/transport-node";
 import { getLive, listKeys, parseEntry } from "../actors/kvStore.ts";
 import { ClassificationSchema, isClassificationValid, LeaderLeaseSchema } from "../protocol/classification.ts";
 import { parseRequest } from "../protocol/envelope.ts";
 import { GatewayStatusSchema } from "../protocol/gateway.ts";
 import { PollOwnerSchema } from "../protocol/poller.ts";
 import { StatusRequestSchema, type StatusReply } from "../protocol/status.ts";
-import { KEYS, QUEUE } from "../protocol/subjects.ts";
+import { KEYS } from "../protocol/subjects.ts";
 import { WorkerSnapshotReplySchema } from "../protocol/upstream.ts";
-import { gather, serve } from "./bus.ts";
+import { gather } from "./bus.ts";
 import type { WorkerContext } from "./worker.ts";
 
 /**
@@ -53,15 +52,9 @@ export async function clusterStatus(ctx: Pick<WorkerContext, "nc" | "s" | "store
   };
 }
 
-export function serveStatus(ctx: WorkerContext): Subscription {
-  return serve(
-    ctx.nc,
-    ctx.s.admin.status,
-    (payload) => {
-      parseRequest(StatusRequestSchema, payload, "status request");
-      return clusterStatus(ctx);
-    },
-    { queue: QUEUE.admin, log: ctx.log },
-  );
+export function serveStatus(ctx: WorkerContext): void {
+  ctx.admin.endpoint(ctx.s.admin.status, (payload) => {
+    parseRequest(StatusRequestSchema, payload, "status request");
+    return clusterStatus(ctx);
+  });
 }
-

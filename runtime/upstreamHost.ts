@@ -585,7 +585,6 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
     gather(nc, subject, payload, schema, { stallMs: FANOUT_STALL_MS, maxMs: FANOUT_MAX_MS });
 
   const opts = { log };
-  const admin = { queue: QUEUE.admin, log };
   const subs: Subscription[] = [
     serve(nc, s.upstream.spawn, (p) => {
       const req = parseRequest(SpawnRequestSchema, p, "spawn request");
@@ -600,23 +599,23 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
       );
       return { worker: me, evicted: picked.length };
     }, opts),
-    serve(nc, s.admin.sessionList, async (p) => {
-      const req = parseRequest(SessionListRequestSchema, p ?? {}, "session list request");
-      const replies = await fanOut(s.upstream.snapshot, req, WorkerSnapshotReplySchema);
-      const sessions = replies.flatMap((r) => r.sessions).sort((a, b) => a.gatewayName.localeCompare(b.gatewayName) || a.sid.localeCompare(b.sid));
-      return { workers: replies.map((r) => r.worker).sort(), sessions };
-    }, admin),
-    serve(nc, s.admin.sessionEvict, async (p) => {
-      const req = parseRequest(SessionEvictRequestSchema, p, "session evict request");
-      const replies = await fanOut(s.upstream.evict, req, WorkerEvictReplySchema);
-      return { evicted: replies.reduce((n, r) => n + r.evicted, 0), workers: replies.map((r) => r.worker).sort() };
-    }, admin),
-    serve(nc, s.admin.drain, async (p) => {
-      const req = parseRequest(DrainRequestSchema, p ?? {}, "drain request");
-      const replies = await fanOut(s.upstream.evict, { all: true, reason: req.reason ? `drain: ${req.reason}` : "drain" }, WorkerEvictReplySchema);
-      return { evicted: replies.reduce((n, r) => n + r.evicted, 0), workers: replies.map((r) => r.worker).sort() };
-    }, admin),
   ];
+  ctx.admin.endpoint(s.admin.sessionList, async (p) => {
+    const req = parseRequest(SessionListRequestSchema, p ?? {}, "session list request");
+    const replies = await fanOut(s.upstream.snapshot, req, WorkerSnapshotReplySchema);
+    const sessions = replies.flatMap((r) => r.sessions).sort((a, b) => a.gatewayName.localeCompare(b.gatewayName) || a.sid.localeCompare(b.sid));
+    return { workers: replies.map((r) => r.worker).sort(), sessions };
+  });
+  ctx.admin.endpoint(s.admin.sessionEvict, async (p) => {
+    const req = parseRequest(SessionEvictRequestSchema, p, "session evict request");
+    const replies = await fanOut(s.upstream.evict, req, WorkerEvictReplySchema);
+    return { evicted: replies.reduce((n, r) => n + r.evicted, 0), workers: replies.map((r) => r.worker).sort() };
+  });
+  ctx.admin.endpoint(s.admin.drain, async (p) => {
+    const req = parseRequest(DrainRequestSchema, p ?? {}, "drain request");
+    const replies = await fanOut(s.upstream.evict, { all: true, reason: req.reason ? `drain: ${req.reason}` : "drain" }, WorkerEvictReplySchema);
+    return { evicted: replies.reduce((n, r) => n + r.evicted, 0), workers: replies.map((r) => r.worker).sort() };
+  });
   const events = await followEvents(stores.js, stores.streamName, [s.evt.gatewayAll, s.evt.sessionAll], onEvent, log);
 
   return {

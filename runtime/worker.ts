@@ -1,5 +1,6 @@
 import type { NatsConnection } from "@nats-io/transport-node";
 import { Registry } from "../actors/registry.ts";
+import { startAdminService, type AdminService } from "./adminService.ts";
 import { subjects, type Subjects } from "../protocol/subjects.ts";
 import { startClassifierHost } from "./classifierHost.ts";
 import type { Config } from "./config.ts";
@@ -24,6 +25,8 @@ export type WorkerContext = {
   stores: Stores;
   box: SecretBox;
   registry: Registry;
+  /** this worker's admin micro service: hosts serve their `mcpgw.admin.*` subjects as its endpoints */
+  admin: AdminService;
 };
 
 /** A running part of a worker; stopped in reverse start order. */
@@ -55,11 +58,13 @@ export async function startWorker(config: Config, nc: NatsConnection, log: Logge
     open: (sealed, gid) => box.open(sealed, gid),
     statusOf: (gid) => readGatewayStatus(stores.state, gid),
   });
-  const ctx: WorkerContext = { config, nc, log: log.child({ worker: config.workerId }), s, stores, box, registry };
+  const workerLog = log.child({ worker: config.workerId });
+  const admin = await startAdminService(nc, s, config.workerId, workerLog);
+  const ctx: WorkerContext = { config, nc, log: workerLog, s, stores, box, registry, admin };
 
   const hosted: Hosted[] = [];
-  const subs = [...serveRegistry(nc, registry, s, ctx.log), serveStatus(ctx)];
-  hosted.push({ stop: async () => subs.forEach((sub) => sub.unsubscribe()) });
+  serveRegistry(admin, registry, s);
+  serveStatus(ctx);
   // Each actor kind's host is started here, in dependency order.
   hosted.push(await startPollerHost(ctx, probeConnector((sealed, gid) => box.open(sealed, gid))));
   const edge = await startEdge(ctx, createUpstreamCaller(nc, s, { callTimeoutMs: config.intervals.callTimeout, log: ctx.log }));
@@ -69,6 +74,8 @@ export async function startWorker(config: Config, nc: NatsConnection, log: Logge
   hosted.push(upstream);
   // last to start, first to stop: a clean shutdown hands the lease over before slower closes
   hosted.push(await startClassifierHost(ctx));
+  // stopped first: admin requests go to the other workers while this one shuts down
+  hosted.push(admin);
 
   await nc.flush();
   ctx.log.info({ prefix: config.prefix }, "worker started");
