@@ -3,6 +3,7 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
+import { startFixtureHttp, type FixtureHttp } from "./fixtures/fixtureHttp.ts";
 import { startNats, type TestNats } from "./helpers/nats.ts";
 import { runCli, runTs } from "./helpers/processes.ts";
 import { startTestWorker, type TestWorker } from "./helpers/worker.ts";
@@ -10,13 +11,16 @@ import { startTestWorker, type TestWorker } from "./helpers/worker.ts";
 describe("mcpgw CLI", () => {
   let nats: TestNats;
   let worker: TestWorker;
+  let fixture: FixtureHttp;
   const dir = mkdtempSync(join(tmpdir(), "mcpgw-cli-"));
   before(async () => {
     nats = await startNats();
     worker = await startTestWorker(nats);
+    fixture = await startFixtureHttp();
   });
   after(async () => {
     await worker?.stop();
+    await fixture?.close();
     await nats?.stop();
     rmSync(dir, { recursive: true, force: true });
   });
@@ -69,5 +73,38 @@ describe("mcpgw CLI", () => {
     const nobody = runTs("runtime/cli/main.ts", ["--server", "nats://127.0.0.1:1", "gateway", "ls"], {});
     assert.equal((await nobody.exited).code, 1);
     assert.equal(nobody.output().trim().split("\n").length, 1);
+  });
+
+  it("adds with --wait: progress until the first discovery, then what it found; tools ls reads the catalog", async () => {
+    const added = await cli("gateway", "add", "fx", "--url", fixture.url("fx"), "--wait");
+    assert.equal(added.code, 0, added.out);
+    assert.match(added.out, /^added fx \([0-9a-f]{16}\) at revision \d+$/m);
+    assert.match(added.out, /^waiting for the first discovery of fx…$/m);
+    assert.match(added.out, /^discovered \d+ tools, 1 prompt, 1 resource, 1 resource template$/m);
+    assert.match(added.out, /^tool\s+echo$/m);
+    assert.match(added.out, /^template\s+fixture:\/\/items\/\{id\}$/m);
+
+    const ls = await cli("tools", "ls");
+    assert.equal(ls.code, 0, ls.out);
+    assert.match(ls.out, /^GATEWAY\s+TOOL\s+DESCRIPTION$/m);
+    assert.match(ls.out, /^fx\s+echo\s+echoes text$/m);
+    const json = JSON.parse((await cli("--json", "tools", "ls", "--gateway", "fx")).out);
+    const count = Number(/discovered (\d+) tools/.exec(added.out)![1]);
+    assert.equal(json.tools.length, count);
+    assert.ok(json.tools.every((t: { gateway: string }) => t.gateway === "fx"));
+    assert.deepEqual(json.tools.find((t: { name: string }) => t.name === "echo").inputSchema.required, ["text"]);
+    assert.match((await cli("tools", "ls", "--gateway", "nope")).out, /^error: not_found: no gateway named nope/);
+  });
+
+  it("gives up --wait after --wait-timeout with the last error, and keeps the gateway", async () => {
+    const r = await cli("gateway", "add", "down", "--url", "http://127.0.0.1:1/mcp", "--wait", "--wait-timeout", "3");
+    assert.equal(r.code, 1, r.out);
+    assert.match(r.out, /^error: timeout: no discovery of down within 3 s.*it stays registered$/m);
+    assert.equal((await cli("gateway", "get", "down")).code, 0);
+    const none = await cli("tools", "ls", "--gateway", "down");
+    assert.match(none.out, /^no tools\nnot discovered yet: down$/m);
+    const disabled = await cli("gateway", "add", "off", "--url", fixture.url("off"), "--disabled", "--wait");
+    assert.equal(disabled.code, 1);
+    assert.match(disabled.out, /^error: conflict: gateway off is disabled: no discovery to wait for$/m);
   });
 });

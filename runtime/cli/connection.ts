@@ -1,8 +1,11 @@
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import type { NatsConnection } from "@nats-io/transport-node";
+import { Kvm, type KV } from "@nats-io/kv";
 import type { z } from "zod";
-import { subjects, type Subjects } from "../../protocol/subjects.ts";
+import { getLive, parseEntry } from "../../actors/kvStore.ts";
+import { CatalogSchema, type Catalog } from "../../protocol/catalog.ts";
+import { buckets, KEYS, subjects, type Subjects } from "../../protocol/subjects.ts";
 import { request } from "../bus.ts";
 import { secretsDir } from "../embeddedNats.ts";
 import { connectNats } from "../nats.ts";
@@ -16,6 +19,8 @@ export type Admin = {
   s: Subjects;
   nc: NatsConnection;
   call<T extends z.ZodType>(subject: string, payload: unknown, schema: T): Promise<z.infer<T>>;
+  /** what the last discovery of a gateway found (read from the catalog bucket); null before the first */
+  catalog(gid: string): Promise<Catalog | null>;
   close(): Promise<void>;
 };
 
@@ -38,10 +43,16 @@ export async function connectAdmin(opts: CliOptions): Promise<Admin> {
   }
   const nc = await connectNats({ url, user, password, credsFile: opts.creds ?? env.NATS_CREDS, name: "mcpgw-cli" });
   const timeoutMs = Number.parseInt(opts.timeout, 10) || 10_000;
+  const s = subjects(opts.prefix ?? env.MCPGW_SUBJECT_PREFIX ?? undefined);
+  let catalogKv: Promise<KV> | undefined;
   return {
-    s: subjects(opts.prefix ?? env.MCPGW_SUBJECT_PREFIX ?? undefined),
+    s,
     nc,
     call: (subject, payload, schema) => request(nc, subject, payload, schema, timeoutMs),
+    async catalog(gid) {
+      catalogKv ??= new Kvm(nc).open(buckets(s.prefix).catalog);
+      return parseEntry(CatalogSchema, await getLive(await catalogKv, KEYS.catalog(gid)));
+    },
     close: () => nc.close(),
   };
 }

@@ -2,7 +2,8 @@ import { readFileSync } from "node:fs";
 import { Command, Option } from "commander";
 import { GatewayListReplySchema, GatewayRemoveReplySchema, GatewayViewSchema, type GatewayView } from "../../protocol/gateway.ts";
 import { RefreshReplySchema } from "../../protocol/catalog.ts";
-import type { Run } from "./connection.ts";
+import { ProtocolError } from "../../protocol/envelope.ts";
+import type { Admin, Run } from "./connection.ts";
 import { ago, fields, table } from "./output.ts";
 
 const collect = (v: string, prev: string[] = []) => [...prev, v];
@@ -144,18 +145,53 @@ export function gatewayDetail(g: GatewayView): string {
   ]);
 }
 
+/**
+ * Waits until the gateway's first discovery is in the catalog, telling `progress` whenever
+ * its health or last error changes; a timeout leaves the gateway registered.
+ */
+async function firstDiscovery(a: Admin, g: GatewayView, progress: (line: string) => void, timeoutMs: number) {
+  const end = Date.now() + timeoutMs;
+  let said = "";
+  progress(`waiting for the first discovery of ${g.name}…`);
+  for (;;) {
+    const [view, catalog] = await Promise.all([a.call(a.s.admin.gateway("get"), { id: g.id }, GatewayViewSchema), a.catalog(g.id)]);
+    if (catalog) return { gateway: view, catalog };
+    const st = view.status;
+    const line = st ? `health ${st.health}${st.lastError ? `: ${st.lastError}` : ""}${st.nextPollAt ? ` (next poll ${ago(st.nextPollAt)})` : ""}` : "no poller has reported yet";
+    if (line.replace(/ \(next poll .*\)$/, "") !== said.replace(/ \(next poll .*\)$/, "")) progress((said = line));
+    if (Date.now() > end) throw new ProtocolError("timeout", `no discovery of ${g.name} within ${Math.round(timeoutMs / 1000)} s${st?.lastError ? ` (last error: ${st.lastError})` : ""}; it stays registered`);
+    await new Promise((r) => setTimeout(r, 500));
+  }
+}
+
 export function gatewayCommands(run: Run): Command {
   const gw = new Command("gateway").alias("gw").description("administer upstream MCP servers");
 
   specOptions(gw.command("add <name>").description("register a gateway"))
     .option("--disabled", "register it disabled")
-    .action((name: string, o: SpecOptions & { disabled?: boolean }) =>
+    .option("--wait", "show progress until the first discovery finished, then what it found")
+    .option("--wait-timeout <seconds>", "with --wait: give up waiting after this long (the gateway stays registered)", "120")
+    .action((name: string, o: SpecOptions & { disabled?: boolean; wait?: boolean; waitTimeout: string }) =>
       run(async (a, print) => {
         const fromFile = specFile(o.spec);
         const transport = o.transport ?? fromFile.transport ?? (o.command ? "stdio" : "streamable-http");
         const spec = { ...fromFile, name, transport, ...specFrom(o), ...(o.disabled ? { enabled: false } : {}) };
         const g = await a.call(a.s.admin.gateway("add"), spec, GatewayViewSchema);
-        print(`added ${g.name} (${g.id}) at revision ${g.revision}`, g);
+        const added = `added ${g.name} (${g.id}) at revision ${g.revision}`;
+        if (!o.wait) return print(added, g);
+        process.stderr.write(`${added}\n`);
+        if (!g.enabled) throw new ProtocolError("conflict", `gateway ${g.name} is disabled: no discovery to wait for`);
+        const found = await firstDiscovery(a, g, (line) => process.stderr.write(`${line}\n`), (Number(o.waitTimeout) || 120) * 1000);
+        const lists = found.catalog;
+        const n = (count: number, what: string) => `${count} ${what}${count === 1 ? "" : "s"}`;
+        const counts = `discovered ${n(lists.tools.length, "tool")}, ${n(lists.prompts.length, "prompt")}, ${n(lists.resources.length, "resource")}, ${n(lists.resourceTemplates.length, "resource template")}`;
+        const rows = [
+          ...lists.tools.map((t) => ["tool", t.name]),
+          ...lists.prompts.map((p) => ["prompt", p.name]),
+          ...lists.resources.map((r) => ["resource", r.uri]),
+          ...lists.resourceTemplates.map((r) => ["template", r.uriTemplate]),
+        ];
+        print([counts, ...(rows.length ? [table(["KIND", "NAME"], rows)] : [])].join("\n"), { ...found.gateway, catalog: lists });
       }),
     );
 

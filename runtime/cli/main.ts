@@ -6,6 +6,7 @@ import { gatewayCommands } from "./gatewayCommands.ts";
 import { statusCommand } from "./statusCommand.ts";
 import { errorLine } from "./output.ts";
 import { sessionCommands } from "./sessionCommands.ts";
+import { toolCommands } from "./toolCommands.ts";
 
 const program = new Command("mcpgw")
   .description("operate an mcpgw cluster over NATS")
@@ -34,6 +35,7 @@ async function run(fn: (admin: Admin, print: (human: string, json: unknown) => v
 program.addCommand(gatewayCommands(run));
 program.addCommand(classificationCommand(run));
 program.addCommand(statusCommand(run));
+program.addCommand(toolCommands(run));
 sessionCommands(run).forEach((c) => program.addCommand(c));
 
 await program.parseAsync(process.argv);
