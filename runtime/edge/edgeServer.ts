@@ -17,6 +17,7 @@ import { isNatsUnavailable } from "../bus.ts";
 import { followConnection } from "../nats.ts";
 import type { Hosted, WorkerContext } from "../worker.ts";
 import { CatalogCache } from "./catalogCache.ts";
+import { consoleRoutes } from "./console/consoleRoutes.ts";
 import type { UpstreamCaller } from "../upstreamClient.ts";
 import { forwardableHeaders, sessionServer } from "./mcpServer.ts";
 import { bearerToken, HostGuard, SessionOwners, tokenDigests, tokenMatches } from "./security.ts";
@@ -69,6 +70,7 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
   if (!config.secretKey) throw new Error("MCPGW_SECRET_KEY is required");
   const owners = new SessionOwners(config.secretKey);
   const natsConnected = followConnection(ctx.nc);
+  const webConsole = consoleRoutes(ctx, tokens);
 
   const cache = new CatalogCache(ctx.stores, edge.toolSeparator, log);
   await cache.start();
@@ -257,6 +259,7 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
     }
     const refusal = guard.refusal(req);
     if (refusal) throw new HttpError(403, ErrorCode.InvalidRequest, refusal);
+    if (await webConsole.handle(req, res, path)) return;
     // the credential owns the sessions it creates; without client auth everyone is one anonymous owner
     const credential = edge.auth === "none" ? "" : bearerToken(req.headers.authorization);
     if (credential === null || (edge.auth === "token" && !tokenMatches(credential, tokens))) {
@@ -301,6 +304,7 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
     },
     async stop() {
       stopNotices();
+      webConsole.stop();
       links.stop();
       sessions.stop();
       cache.stop();
