@@ -163,3 +163,30 @@ describe("web console in headless Chromium", () => {
     await assert.rejects(worker.registry.get({ name: "evil" }), /no gateway named evil/);
   });
 });
+
+describe("web console with MCPGW_EDGE_AUTH=none", () => {
+  let nats: TestNats;
+  let worker: TestWorker;
+  before(async () => {
+    nats = await startNats();
+    worker = await startTestWorker(nats); // the test configuration has client auth off
+  });
+  after(async () => {
+    await worker?.stop();
+    await nats?.stop();
+  });
+
+  it("serves the page but refuses every API call: without a credential nobody may administer", async () => {
+    const base = `http://127.0.0.1:${worker.edge.port}`;
+    assert.equal((await fetch(`${base}/console`)).status, 200);
+    const add = await fetch(`${base}/console/api/gateway.add`, {
+      method: "POST",
+      headers: { origin: base, "content-type": "application/json" },
+      body: JSON.stringify({ name: "open", transport: "stdio", stdio: { command: "true", args: [], env: {} } }),
+    });
+    assert.equal(add.status, 403);
+    assert.deepEqual(await add.json(), { ok: false, error: { code: "unavailable", message: "the console needs token authentication; it is off while MCPGW_EDGE_AUTH=none" } });
+    assert.equal((await fetch(`${base}/console/api/events`)).status, 403);
+    assert.deepEqual(await worker.registry.list({}), { gateways: [] });
+  });
+});
