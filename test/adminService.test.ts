@@ -68,6 +68,7 @@ describe("the admin API as a NATS micro service", () => {
       const replies = await all<unknown>(admin, s.admin.gateway("list"), {});
       assert.deepEqual(replies, [{ ok: true, data: { gateways: [] } }], "one answer from one worker");
     }
+    assert.equal((await all<unknown>(admin, s.admin.status, {})).length, 1, "the admin queue group answers once too");
     const missing = await admin.request(s.admin.gateway("get"), encodeJson({ name: "nope" }), { timeout: 20_000 });
     assert.equal(missing.headers, undefined, "no service headers added to a reply");
     assert.deepEqual(decodeJson(missing.data), { ok: false, error: { code: "not_found", message: "no gateway named nope" } });
@@ -89,7 +90,11 @@ describe("the admin API as a NATS micro service", () => {
 
   it("refuses admin commands to the viewer, who may only read the service's figures", async () => {
     const viewer = await nats.connect("viewer");
+    const listsServed = async () =>
+      (await all<Stats>(viewer, `$SRV.STATS.${s.admin.service}`)).reduce((n, st) => n + st.endpoints.find((e) => e.name === "gateway-list")!.num_requests, 0);
+    const before = await listsServed();
     const err = await viewer.request(s.admin.gateway("list"), encodeJson({}), { timeout: 3_000 }).catch((e: Error) => e);
     assert.ok(err instanceof Error, "a viewer's admin request gets no answer");
+    assert.equal(await listsServed(), before, "and never reaches a worker");
   });
 });
