@@ -46,6 +46,7 @@ export function serve(nc: NatsConnection, subject: string, handler: Handler, opt
 /**
  * The one path every served request takes, `serve`'s subscriptions and the admin service's
  * endpoints alike: decode, handle, reply with the envelope. Returns the envelope it sent.
+ * A check of which messages count as genuine requests belongs here, so it covers both.
  */
 export async function answerRequest<M extends RequestMsg>(msg: M, handler: (payload: unknown, msg: M) => Promise<unknown> | unknown, log: Logger): Promise<Envelope<unknown>> {
   let reply: Envelope<unknown>;
