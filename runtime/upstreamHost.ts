@@ -165,6 +165,7 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
             open: (sealed, gid) => ctx.box.open(sealed, gid),
             initialHeaders: () => x.latestHeaders,
             timeoutMs: config.intervals.callTimeout,
+            outbound: config.outbound,
             signal,
             onNotification: (n) => onUpstreamNotification(x, n),
             onClosed: () => {
