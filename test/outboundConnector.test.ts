@@ -116,6 +116,28 @@ describe("outbound guard on redirect hops", () => {
   }
 });
 
+describe("guarded connector", () => {
+  const connectWith = (policy: OutboundPolicy, protocol: "http:" | "https:", hostname: string) =>
+    new Promise<Error | null>((resolve) =>
+      guardedConnector(policy)({ hostname, host: hostname, protocol, port: "9" }, (err, socket) => {
+        socket?.destroy();
+        resolve(err);
+      }),
+    );
+
+  it("checks TLS connections as it checks plain ones, on the resolved address", async () => {
+    for (const protocol of ["http:", "https:"] as const) {
+      const err = await connectWith(LOOPBACK_DENIED, protocol, "localhost");
+      assert.ok(err instanceof OutboundRefusedError, `${protocol} ${String(err)}`);
+      const literal = await connectWith(DEFAULT_OUTBOUND_POLICY, protocol, "169.254.169.254");
+      assert.ok(literal instanceof OutboundRefusedError, `${protocol} ${String(literal)}`);
+      // allowed: the connect is tried (nothing listens on port 9)
+      const allowed = await connectWith(DEFAULT_OUTBOUND_POLICY, protocol, "localhost");
+      assert.equal((allowed as NodeJS.ErrnoException | null)?.code, "ECONNREFUSED", `${protocol} ${String(allowed)}`);
+    }
+  });
+});
+
 describe("guarded lookup", () => {
   /** a resolver that answers every name with `addresses` */
   const resolvingTo = (...addresses: string[]) =>
