@@ -7,7 +7,8 @@
 import { assign, enqueueActions, fromPromise, setup } from "xstate";
 import type { CatalogDiff } from "../protocol/catalog.ts";
 import type { Tier } from "../protocol/classification.ts";
-import { LAST_ERROR_MAX, type GatewayStatus } from "../protocol/gateway.ts";
+import type { GatewayStatus } from "../protocol/gateway.ts";
+import { shortErrorText } from "./errorText.ts";
 import { DISCOVERY_MULTIPLIER, delayToSlot, lastPollAt, phaseOf, slotAlreadyPolled, tierOf } from "./discovery.ts";
 
 export type PollKind = "health" | "discovery";
@@ -76,10 +77,6 @@ const jitter = (c: Context, period: number) => Math.floor(c.random() * Math.min(
 
 const discoveryPeriod = (c: Context) => c.timings.discovery * DISCOVERY_MULTIPLIER[c.tier];
 
-/** One short line: an upstream's error can be a whole HTML page (its secrets are masked before it gets here). */
-const errorText = (err: unknown) =>
-  (err instanceof Error ? err.message : String(err)).replace(/\s+/g, " ").trim().slice(0, LAST_ERROR_MAX);
-
 export function statusOf(c: Context): GatewayStatus {
   return {
     health: c.health,
@@ -130,7 +127,7 @@ const poller = setup({
       const consecutiveFailures = context.consecutiveFailures + 1;
       return {
         consecutiveFailures,
-        lastError: errorText(params.error),
+        lastError: shortErrorText(params.error),
         health: consecutiveFailures >= context.unhealthyThreshold ? ("unhealthy" as const) : context.health,
       };
     }),

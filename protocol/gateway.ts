@@ -200,8 +200,8 @@ export type GatewayRecord = z.infer<typeof GatewayRecordSchema>;
 /** The value of `name.<name>`: the unique-name index. */
 export const GatewayNameIndexSchema = z.object({ id: GatewayIdSchema }).strict();
 
-/** The longest `lastError` a status keeps: an upstream's error text is cut to it, after its secrets are masked. */
-export const LAST_ERROR_MAX = 300;
+/** The longest an upstream's error text is kept or shown (a status's `lastError`, a failed connect's reason), cut after its secrets are masked. */
+export const UPSTREAM_ERROR_MAX = 300;
 
 /** Live status a poller keeps about a gateway (filled by the poller). */
 export const GatewayStatusSchema = z.object({

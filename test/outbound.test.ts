@@ -8,7 +8,7 @@ import { jetstreamManager } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { getLive } from "../actors/kvStore.ts";
 import { AnyEnvelopeSchema, ProtocolError, type Envelope } from "../protocol/envelope.ts";
-import { GatewayStatusSchema, LAST_ERROR_MAX, MASK, type GatewayStatus } from "../protocol/gateway.ts";
+import { GatewayStatusSchema, UPSTREAM_ERROR_MAX, MASK, type GatewayStatus } from "../protocol/gateway.ts";
 import { buckets, eventStream, KEYS, subjects, type AdminGatewayOp } from "../protocol/subjects.ts";
 import { decodeJson, encodeJson } from "../runtime/bus.ts";
 import { createUpstreamCaller } from "../runtime/upstreamClient.ts";
@@ -190,7 +190,7 @@ describe("connection-time guard", () => {
   });
 });
 
-describe("an upstream's error text in the status", () => {
+describe("an upstream's error text in the status and the client's error", () => {
   let hostile: Server;
   const TOKEN = "tok-7f3a9c-very-secret";
   const API_KEY = "key-41b2e8-also-secret";
@@ -227,10 +227,21 @@ describe("an upstream's error text in the status", () => {
     assert.ok(shown.ok);
     for (const text of [st.lastError!, shown.data.status.lastError as string]) {
       assert.match(text, /upstream failed: authorization=\*{8} x-api-key=\*{8} url=\/mcp\?api_key=\*{8}/, "the upstream's own words, masked");
-      assert.ok(text.length <= LAST_ERROR_MAX, `${text.length} characters`);
+      assert.ok(text.length <= UPSTREAM_ERROR_MAX, `${text.length} characters`);
       assert.ok(!/\n/.test(text), "one line");
       for (const secret of [TOKEN, API_KEY, QUERY_SECRET]) assert.ok(!text.includes(secret), `${secret} leaked`);
       assert.ok(text.includes(MASK));
     }
+
+    // the same text reaches a client whose upstream session cannot connect
+    const caller = createUpstreamCaller(worker.nc, s, { callTimeoutMs: 10_000, log: memoryLogger().log });
+    await assert.rejects(caller.call("client-2", r.data.id, { method: "ping", requestId: "r2", headers: {} }), (err: unknown) => {
+      assert.ok(err instanceof ProtocolError && err.code === "unavailable", String(err));
+      const reason = /cannot connect: (.*)$/.exec(err.message)?.[1] ?? "";
+      assert.match(reason, /upstream failed: authorization=\*{8} x-api-key=\*{8}/);
+      assert.ok(reason.length <= UPSTREAM_ERROR_MAX && !reason.includes("\n"), `${reason.length} characters`);
+      for (const secret of [TOKEN, API_KEY, QUERY_SECRET]) assert.ok(!err.message.includes(secret), `${secret} leaked`);
+      return true;
+    });
   });
 });
