@@ -41,7 +41,7 @@ export const GatewayIdSchema = z.string().regex(/^[a-f0-9]{16}$/, "must be a 16-
 const headerName = z.string().regex(HEADER_NAME, "must be an HTTP header name");
 
 /** Keys that name an object's prototype machinery: refused, never stored. */
-export const RESERVED_KEYS = ["__proto__", "constructor", "prototype"] as const;
+const RESERVED_KEYS = ["__proto__", "constructor", "prototype"] as const;
 
 /**
  * A record that refuses reserved keys. zod skips an own `__proto__` key (JSON.parse makes

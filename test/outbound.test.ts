@@ -233,6 +233,13 @@ describe("an upstream's error text in the status and the client's error", () => 
       assert.ok(text.includes(MASK));
     }
 
+    // and an operator asking for a refresh
+    const refreshed = await request("refresh", { name: "hostile" });
+    assert.ok(!refreshed.ok && refreshed.error.code === "unavailable", JSON.stringify(refreshed));
+    const refreshReason = refreshed.error.message.replace(/^discovery failed: /, "");
+    assert.ok(refreshReason.length <= UPSTREAM_ERROR_MAX && refreshReason.includes(MASK), refreshReason);
+    for (const secret of [TOKEN, API_KEY, QUERY_SECRET]) assert.ok(!refreshed.error.message.includes(secret), `${secret} leaked`);
+
     // the same text reaches a client whose upstream session cannot connect
     const caller = createUpstreamCaller(worker.nc, s, { callTimeoutMs: 10_000, log: memoryLogger().log });
     await assert.rejects(caller.call("client-2", r.data.id, { method: "ping", requestId: "r2", headers: {} }), (err: unknown) => {
