@@ -1,5 +1,6 @@
-// The outbound guard and input refusals end to end: raw admin requests over a real nats-server
-// to real workers, pollers and upstream sessions against real HTTP upstreams on loopback.
+// Attacks 3 and 11 of the hardening issue, end to end (the chaos attacks scenario runs it): raw
+// admin requests over a real nats-server to real workers, pollers and upstream sessions against
+// real HTTP upstreams on loopback.
 import assert from "node:assert/strict";
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
