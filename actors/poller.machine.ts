@@ -8,6 +8,7 @@ import { assign, enqueueActions, fromPromise, setup } from "xstate";
 import type { CatalogDiff } from "../protocol/catalog.ts";
 import type { Tier } from "../protocol/classification.ts";
 import type { GatewayStatus } from "../protocol/gateway.ts";
+import { shortErrorText } from "./errorText.ts";
 import { DISCOVERY_MULTIPLIER, delayToSlot, lastPollAt, phaseOf, slotAlreadyPolled, tierOf } from "./discovery.ts";
 
 export type PollKind = "health" | "discovery";
@@ -76,8 +77,6 @@ const jitter = (c: Context, period: number) => Math.floor(c.random() * Math.min(
 
 const discoveryPeriod = (c: Context) => c.timings.discovery * DISCOVERY_MULTIPLIER[c.tier];
 
-const errorText = (err: unknown) => (err instanceof Error ? err.message : String(err)).slice(0, 500);
-
 export function statusOf(c: Context): GatewayStatus {
   return {
     health: c.health,
@@ -128,7 +127,7 @@ const poller = setup({
       const consecutiveFailures = context.consecutiveFailures + 1;
       return {
         consecutiveFailures,
-        lastError: errorText(params.error),
+        lastError: shortErrorText(params.error),
         health: consecutiveFailures >= context.unhealthyThreshold ? ("unhealthy" as const) : context.health,
       };
     }),

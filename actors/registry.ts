@@ -1,5 +1,6 @@
 import { randomBytes } from "node:crypto";
 import { isDeepStrictEqual } from "node:util";
+import type { z } from "zod";
 import { ProtocolError, parseRequest } from "../protocol/envelope.ts";
 import {
   CONNECT_FIELDS,
@@ -22,6 +23,7 @@ import {
 } from "../protocol/gateway.ts";
 import { KEYS, type Subjects } from "../protocol/subjects.ts";
 import { encodeValue, getLive, isCasConflict, listKeys, parseEntry, type KvStore } from "./kvStore.ts";
+import { DEFAULT_OUTBOUND_POLICY, outboundRefusal } from "./outboundPolicy.ts";
 
 /** Effects the registry needs; the runtime provides NATS-backed ones. */
 export type RegistryDeps = {
@@ -43,6 +45,19 @@ export type RegistryDeps = {
 type Stored = { record: GatewayRecord; revision: number };
 
 const CAS_RETRIES = 5;
+
+/**
+ * A URL whose host is a literal address that is never contacted (metadata, link-local, …) is
+ * refused here. Only the always-denied set: loopback and private addresses denied by a
+ * worker's configuration, and names, are judged when that worker connects.
+ */
+const deniedUrlRule = (url: string | undefined, path: string[], ctx: z.RefinementCtx) => {
+  if (url === undefined || !URL.canParse(url)) return;
+  const refusal = outboundRefusal(new URL(url).hostname, DEFAULT_OUTBOUND_POLICY);
+  if (refusal) ctx.addIssue({ code: "custom", path, message: refusal });
+};
+const AddSchema = GatewayAddRequestSchema.superRefine((spec, ctx) => deniedUrlRule(spec.url, ["url"], ctx));
+const UpdateSchema = GatewayUpdateRequestSchema.superRefine((req, ctx) => deniedUrlRule(req.patch.url, ["patch", "url"], ctx));
 
 /** Masks every secret; the only shape a gateway leaves the registry in. */
 export function viewOf(record: GatewayRecord, revision: number, status?: GatewayStatus): GatewayView {
@@ -73,7 +88,7 @@ export class Registry {
   }
 
   async add(input: unknown): Promise<GatewayView> {
-    const spec = parseRequest(GatewayAddRequestSchema, input, "gateway");
+    const spec = parseRequest(AddSchema, input, "gateway");
     const id = this.#newId();
     await this.#claimName(spec.name, id);
     const at = this.#now().toISOString();
@@ -113,7 +128,7 @@ export class Registry {
   }
 
   async update(input: unknown): Promise<GatewayView> {
-    const req = parseRequest(GatewayUpdateRequestSchema, input, "gateway update");
+    const req = parseRequest(UpdateSchema, input, "gateway update");
     for (let attempt = 0; ; attempt++) {
       const current = await this.#load(req);
       if (req.expectedRevision !== undefined && req.expectedRevision !== current.revision) {

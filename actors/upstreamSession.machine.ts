@@ -3,6 +3,7 @@
 // probed, recreated or closed; the runtime provides the effects (connect, probe, close)
 // and runs the calls it is told to start.
 import { assign, fromPromise, setup } from "xstate";
+import { shortErrorText } from "./errorText.ts";
 
 /** Idle probe order; "method not found" moves to the next step, the end of the list means alive. */
 export const PROBE_METHODS = ["ping", "tools/list", "prompts/list", "resources/list"] as const;
@@ -93,7 +94,7 @@ export const upstreamSessionMachine = setup({
             onDone: { target: "ready" },
             onError: {
               target: "#upstreamSession.closing",
-              actions: assign({ closeReason: ({ event }) => `cannot connect: ${errorText(event.error)}` }),
+              actions: assign({ closeReason: ({ event }) => `cannot connect: ${shortErrorText(event.error)}` }),
             },
           },
         },
@@ -188,8 +189,4 @@ export function stateName(value: unknown): string {
     return k === "open" ? stateName(typeof v === "string" ? v : v ? Object.keys(v)[0] : "open") : k;
   }
   return "unknown";
-}
-
-function errorText(err: unknown): string {
-  return err instanceof Error ? err.message : String(err);
 }

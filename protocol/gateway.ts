@@ -39,6 +39,24 @@ export const GatewayNameSchema = z.string().regex(SLUG, "must be a slug: 1-32 of
 export const GatewayIdSchema = z.string().regex(/^[a-f0-9]{16}$/, "must be a 16-hex-digit gateway id");
 
 const headerName = z.string().regex(HEADER_NAME, "must be an HTTP header name");
+
+/** Keys that name an object's prototype machinery: refused, never stored. */
+const RESERVED_KEYS = ["__proto__", "constructor", "prototype"] as const;
+
+/**
+ * A record that refuses reserved keys. zod skips an own `__proto__` key (JSON.parse makes
+ * one) without an issue, so a credential under it would vanish from an accepted request.
+ */
+function record<K extends z.ZodType<string>, V extends z.ZodType>(key: K, value: V) {
+  return z.preprocess((input, ctx) => {
+    if (typeof input === "object" && input !== null) {
+      for (const k of Object.keys(input)) {
+        if ((RESERVED_KEYS as readonly string[]).includes(k)) ctx.addIssue({ code: "custom", path: [k], message: `reserved key name ${k}`, input });
+      }
+    }
+    return input;
+  }, z.record(key, value));
+}
 const headerValue = z.string().max(8192).regex(NO_CONTROL, "must not contain line breaks");
 const httpUrl = z
   .string()
@@ -57,7 +75,7 @@ const httpUrl = z
 
 /** The secret-bearing parts of a gateway, generic in how a secret is represented. */
 function secretParts<S extends z.ZodType>(secret: S) {
-  const secretMap = z.record(headerName, secret).refine((m) => Object.keys(m).length <= 64, "at most 64 entries");
+  const secretMap = record(headerName, secret).refine((m) => Object.keys(m).length <= 64, "at most 64 entries");
   const auth = z.discriminatedUnion("type", [
     z.object({ type: z.literal("none") }).strict(),
     z.object({ type: z.literal("bearer"), token: secret }).strict(),
@@ -70,7 +88,7 @@ function secretParts<S extends z.ZodType>(secret: S) {
         path: ["headers"],
       }),
     z
-      .object({ type: z.literal("query"), params: z.record(z.string().min(1).max(128), secret).refine((m) => Object.keys(m).length <= 64, "at most 64 entries") })
+      .object({ type: z.literal("query"), params: record(z.string().min(1).max(128), secret).refine((m) => Object.keys(m).length <= 64, "at most 64 entries") })
       .strict(),
   ]);
   const tls = z
@@ -86,7 +104,7 @@ function secretParts<S extends z.ZodType>(secret: S) {
     .object({
       command: z.string().min(1).max(1024),
       args: z.array(z.string().max(4096)).max(256).default([]),
-      env: z.record(z.string().regex(ENV_NAME, "must be an environment variable name"), secret).default({}),
+      env: record(z.string().regex(ENV_NAME, "must be an environment variable name"), secret).default({}),
       cwd: z.string().max(1024).optional(),
     })
     .strict();
@@ -102,8 +120,7 @@ function gatewaySpecShape<S extends z.ZodType>(secret: S) {
     url: httpUrl.optional(),
     stdio: parts.stdio.optional(),
     auth: parts.auth,
-    headers: z
-      .record(headerName, headerValue)
+    headers: record(headerName, headerValue)
       .refine((h) => Object.keys(h).length <= 64, "at most 64 headers")
       .refine((h) => Object.keys(h).every((n) => !isInternalHeader(n)), "static headers may not set gateway-internal headers"),
     tls: parts.tls.optional(),
@@ -182,6 +199,9 @@ export type GatewayRecord = z.infer<typeof GatewayRecordSchema>;
 
 /** The value of `name.<name>`: the unique-name index. */
 export const GatewayNameIndexSchema = z.object({ id: GatewayIdSchema }).strict();
+
+/** The longest an upstream's error text is kept or shown (a status's `lastError`, a failed connect's reason), cut after its secrets are masked. */
+export const UPSTREAM_ERROR_MAX = 300;
 
 /** Live status a poller keeps about a gateway (filled by the poller). */
 export const GatewayStatusSchema = z.object({

@@ -1,5 +1,6 @@
 import { randomBytes } from "node:crypto";
 import { z } from "zod";
+import { DENIABLE_CLASSES, type OutboundPolicy } from "../actors/outboundPolicy.ts";
 import { DEFAULT_PREFIX, isSubjectToken } from "../protocol/subjects.ts";
 
 const UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
@@ -30,6 +31,12 @@ const duration = (fallback: string, min = 1) =>
 
 const int = (fallback: number, min: number, max: number) =>
   z.coerce.number().int().min(min).max(max).default(fallback);
+
+const list = (text: string | undefined) =>
+  (text ?? "")
+    .split(",")
+    .map((t) => t.trim())
+    .filter(Boolean);
 
 const blankIsUnset = (v: unknown) => (v === "" ? undefined : v);
 const opt = <T extends z.ZodType>(t: T) => z.preprocess(blankIsUnset, t.optional());
@@ -75,6 +82,14 @@ export const EnvSchema = z.object({
   MCPGW_POLL_TIMEOUT: z.preprocess(blankIsUnset, duration("30s", 100)),
   MCPGW_POLL_OWNER_TTL: z.preprocess(blankIsUnset, duration("9s", 300)),
   MCPGW_UNHEALTHY_THRESHOLD: z.preprocess(blankIsUnset, int(3, 1, 1000)),
+  MCPGW_OUTBOUND_DENY: z.preprocess(
+    blankIsUnset,
+    z
+      .string()
+      .default("")
+      .transform((v) => list(v))
+      .pipe(z.array(z.enum(DENIABLE_CLASSES, `each must be one of ${DENIABLE_CLASSES.join(", ")}`))),
+  ),
   MCPGW_LOG_LEVEL: z.preprocess(blankIsUnset, z.enum(["trace", "debug", "info", "warn", "error", "fatal", "silent"]).default("info")),
 });
 
@@ -126,14 +141,10 @@ export type Config = {
     /** a worker whose heartbeat has not changed for this long is dead; its gateways move */
     ownerTtl: number;
   };
+  /** what upstream connections may reach beyond the always-denied addresses */
+  outbound: OutboundPolicy;
   logLevel: string;
 };
-
-const list = (text: string | undefined) =>
-  (text ?? "")
-    .split(",")
-    .map((t) => t.trim())
-    .filter(Boolean);
 
 export class ConfigError extends Error {
   override name = "ConfigError";
@@ -192,6 +203,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       timeout: e.MCPGW_POLL_TIMEOUT,
       ownerTtl: e.MCPGW_POLL_OWNER_TTL,
     },
+    outbound: { deny: [...new Set(e.MCPGW_OUTBOUND_DENY)] },
     logLevel: e.MCPGW_LOG_LEVEL,
   };
 }

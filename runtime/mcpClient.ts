@@ -12,6 +12,8 @@ import { ErrorCode, McpError, type Notification } from "@modelcontextprotocol/sd
 import { Agent, fetch as undiciFetch } from "undici";
 import { GATEWAY_INTERNAL_HEADERS, mapGatewaySecrets, type GatewayRecord } from "../protocol/gateway.ts";
 import type { JsonRpcError } from "../protocol/upstream.ts";
+import type { OutboundPolicy } from "../actors/outboundPolicy.ts";
+import { guardedConnector, outboundRefusalOf } from "./outboundConnector.ts";
 
 export const CLIENT_INFO = { name: "mcpgw", version: "0.1.0" } as const;
 
@@ -51,6 +53,8 @@ export type ConnectOptions = {
    */
   initialHeaders: Record<string, string> | (() => Record<string, string>);
   timeoutMs: number;
+  /** which addresses HTTP connections may reach (each redirect hop included) */
+  outbound: OutboundPolicy;
   /** aborts the connect (the actor was closed meanwhile) */
   signal?: AbortSignal;
   onNotification: (n: Notification) => void;
@@ -129,7 +133,10 @@ export async function connectUpstream(opts: ConnectOptions): Promise<UpstreamCon
     const { url, headers } = httpTarget(record, opts.open);
     const tls = mapGatewaySecrets(record, (sealed) => opts.open(sealed, record.id)).tls;
     const agent = new Agent({
-      connect: tls ? { ca: tls.ca, cert: tls.cert, key: tls.key, rejectUnauthorized: tls.rejectUnauthorized ?? true } : {},
+      connect: guardedConnector(
+        opts.outbound,
+        tls ? { ca: tls.ca, cert: tls.cert, key: tls.key, rejectUnauthorized: tls.rejectUnauthorized ?? true } : {},
+      ),
     });
     const currentHeaders = () => {
       const store = requestContext.getStore();
@@ -141,7 +148,10 @@ export async function connectUpstream(opts: ConnectOptions): Promise<UpstreamCon
       for (const [k, v] of Object.entries(currentHeaders())) if (!h.has(k)) h.set(k, v);
       for (const [k, v] of Object.entries(headers)) h.set(k, v);
       const plain = Object.fromEntries(h.entries());
-      return undiciFetch(input, { ...(init as object), headers: plain, dispatcher: agent }) as unknown as Promise<Response>;
+      // a refusal is the reason itself, not undici's "fetch failed" around it
+      return undiciFetch(input, { ...(init as object), headers: plain, dispatcher: agent }).catch((err: unknown) => {
+        throw outboundRefusalOf(err) ?? err;
+      }) as unknown as Promise<Response>;
     };
     if (record.transport === "sse") {
       transport = new SSEClientTransport(url, { fetch: fetchUpstream });

@@ -5,6 +5,7 @@ import type { KV } from "@nats-io/kv";
 import type { JetStreamClient } from "@nats-io/jetstream";
 import { reconcile, type CatalogLists } from "../actors/discovery.ts";
 import { encodeValue, entryJson, getLive, isCasConflict, parseEntry } from "../actors/kvStore.ts";
+import type { OutboundPolicy } from "../actors/outboundPolicy.ts";
 import type { DiscoveryOutcome, PollState } from "../actors/poller.machine.ts";
 import { CatalogSchema, type Catalog } from "../protocol/catalog.ts";
 import { GatewayStatusSchema, MASK, mapGatewaySecrets, type GatewayRecord, type GatewayStatus } from "../protocol/gateway.ts";
@@ -18,13 +19,14 @@ export type ProbeConnection = { client: Client; close(): Promise<void> };
 export type GatewayConnector = (record: GatewayRecord, timeoutMs: number) => Promise<ProbeConnection>;
 
 /** Probes use the same connection builder as upstream sessions, with no downstream headers. */
-export function probeConnector(open: (sealed: string, gid: string) => string): GatewayConnector {
+export function probeConnector(open: (sealed: string, gid: string) => string, outbound: OutboundPolicy): GatewayConnector {
   return async (record, timeoutMs) => {
     const conn = await connectUpstream({
       record,
       open,
       initialHeaders: {},
       timeoutMs,
+      outbound,
       onNotification: () => {},
       onClosed: () => {},
       onError: () => {},

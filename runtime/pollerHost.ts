@@ -9,6 +9,7 @@ import type { KvEntry } from "@nats-io/kv";
 import type { Subscription } from "@nats-io/transport-node";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { createActor, fromPromise, type ActorRefFrom } from "xstate";
+import { shortErrorText } from "../actors/errorText.ts";
 import { encodeValue, entryJson, getLive, isCasConflict, parseEntry } from "../actors/kvStore.ts";
 import { pollerMachine, type DiscoveryOutcome, type PollState } from "../actors/poller.machine.ts";
 import { RefreshReplySchema } from "../protocol/catalog.ts";
@@ -371,7 +372,7 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
   const reply = (gid: string, o: DiscoveryOutcome) => ({ gid, changed: o.changed, hash: o.hash, diff: o.diff });
   const asUnavailable = (err: unknown): never => {
     if (err instanceof ProtocolError) throw err;
-    throw new ProtocolError("unavailable", `discovery failed: ${err instanceof Error ? err.message : String(err)}`);
+    throw new ProtocolError("unavailable", `discovery failed: ${shortErrorText(err)}`);
   };
 
   const refresh = async (payload: unknown) => {

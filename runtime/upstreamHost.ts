@@ -33,6 +33,7 @@ import { KEYS, QUEUE } from "../protocol/subjects.ts";
 import { decodeJson, encodeJson, errorReply, gather, isNoResponders, serve } from "./bus.ts";
 import { followEvents, publishCore, publishEvent } from "./events.ts";
 import { classifyFailure, closeWithin, connectUpstream, isMethodNotFound, rpcErrorOf, type UpstreamConnection } from "./mcpClient.ts";
+import { scrubbedError } from "./pollerEffects.ts";
 import type { Hosted, WorkerContext } from "./worker.ts";
 
 /** How long a fan-out (session list, evict, drain) waits for one more worker to answer. */
@@ -160,17 +161,22 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
           if (previous) void closeWithin(previous, shutdownMs);
           // declared before the connect: the transport may report a close while it is still connecting
           let conn: Awaited<ReturnType<typeof connectUpstream>> | null = null;
+          const open = (sealed: string, gid: string) => ctx.box.open(sealed, gid);
           conn = await connectUpstream({
             record: x.record,
-            open: (sealed, gid) => ctx.box.open(sealed, gid),
+            open,
             initialHeaders: () => x.latestHeaders,
             timeoutMs: config.intervals.callTimeout,
+            outbound: config.outbound,
             signal,
             onNotification: (n) => onUpstreamNotification(x, n),
             onClosed: () => {
               if (conn !== null && x.conn === conn) x.actor.send({ type: "CLOSE", reason: "the upstream closed the connection" });
             },
             onError: (err) => log.debug({ gid: x.gid, err: err.message }, "upstream transport reported an error"),
+          }).catch((err: unknown) => {
+            // the reason reaches the client: the upstream's error text, with the gateway's secrets masked
+            throw scrubbedError(err, x.record, open);
           });
           if (signal.aborted) {
             conn.forceClose();

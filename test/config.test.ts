@@ -35,6 +35,11 @@ describe("configuration", () => {
     assert.equal(c.unhealthyThreshold, 3);
     assert.match(c.workerId, /^w-[0-9a-f]{8}$/);
     assert.equal(c.nats.url, undefined);
+    assert.deepEqual(c.outbound, { deny: [] });
+  });
+
+  it("reads the outbound deny list", () => {
+    assert.deepEqual(loadConfig({ MCPGW_OUTBOUND_DENY: " loopback, private ,loopback" }).outbound, { deny: ["loopback", "private"] });
   });
 
   it("refuses a bad value naming the variable", () => {
@@ -49,6 +54,7 @@ describe("configuration", () => {
       [{ MCPGW_MAX_CONCURRENT_POLLS: "0" }, /MCPGW_MAX_CONCURRENT_POLLS/],
       [{ MCPGW_LOG_LEVEL: "loud" }, /MCPGW_LOG_LEVEL/],
       [{ MCPGW_EDGE_TOKENS: "short" }, /MCPGW_EDGE_TOKENS/],
+      [{ MCPGW_OUTBOUND_DENY: "loopback,metadata" }, /MCPGW_OUTBOUND_DENY: each must be one of loopback, private/],
     ];
     for (const [env, message] of bad) {
       assert.throws(() => loadConfig(env), (err: unknown) => err instanceof ConfigError && message.test(err.message), JSON.stringify(env));

@@ -1,6 +1,7 @@
 // One upstream connection against a real MCP server over HTTP: what a close leaves behind.
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
+import { DEFAULT_OUTBOUND_POLICY } from "../actors/outboundPolicy.ts";
 import { GatewayRecordSchema, type GatewayRecord } from "../protocol/gateway.ts";
 import { connectUpstream } from "../runtime/mcpClient.ts";
 import { startFixtureHttp, type FixtureHttp } from "./fixtures/fixtureHttp.ts";
@@ -38,6 +39,7 @@ describe("upstream connection close", () => {
         open: () => assert.fail("this gateway has no secrets"),
         initialHeaders: {},
         timeoutMs: 5_000,
+        outbound: DEFAULT_OUTBOUND_POLICY,
         onNotification: () => {},
         onClosed: () => {},
         onError: () => {},
@@ -61,6 +63,7 @@ describe("upstream connection handshake", () => {
       open: () => assert.fail("this gateway has no secrets"),
       initialHeaders: {},
       timeoutMs,
+      outbound: DEFAULT_OUTBOUND_POLICY,
       signal,
       onNotification: () => {},
       onClosed: () => {},
