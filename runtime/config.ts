@@ -59,6 +59,7 @@ export const EnvSchema = z.object({
   MCPGW_EDGE_HOST: z.preprocess(blankIsUnset, z.string().default("127.0.0.1")),
   MCPGW_EDGE_PORT: z.preprocess(blankIsUnset, int(4444, 0, 65535)),
   MCPGW_EDGE_TOKENS: opt(z.string()),
+  MCPGW_CONSOLE_TOKENS: opt(z.string()),
   MCPGW_EDGE_AUTH: z.preprocess(blankIsUnset, z.enum(["token", "none"]).default("token")),
   MCPGW_TOOL_SEPARATOR: z.preprocess(blankIsUnset, z.string().regex(/^[A-Za-z0-9_.-]{1,4}$/).default("__")),
   MCPGW_EDGE_ALLOWED_HOSTS: opt(z.string()),
@@ -116,6 +117,8 @@ export type Config = {
     sessionIdleTtl: number;
     pageSize: number;
   };
+  /** admin credentials of the web console (never the client tokens: a console may add a stdio gateway) */
+  console: { tokens: string[] };
   intervals: {
     health: number;
     discovery: number;
@@ -163,6 +166,9 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   }
   const tokens = list(e.MCPGW_EDGE_TOKENS);
   if (tokens.some((t) => t.length < 16)) throw new ConfigError("invalid configuration: MCPGW_EDGE_TOKENS: each token must be at least 16 characters");
+  const consoleTokens = list(e.MCPGW_CONSOLE_TOKENS);
+  if (consoleTokens.some((t) => t.length < 16)) throw new ConfigError("invalid configuration: MCPGW_CONSOLE_TOKENS: each token must be at least 16 characters");
+  if (consoleTokens.some((t) => tokens.includes(t))) throw new ConfigError("invalid configuration: MCPGW_CONSOLE_TOKENS: a console token must not also be a client token");
   return {
     nats: { url: e.NATS_URL, user: e.NATS_USER, password: e.NATS_PASSWORD, credsFile: e.NATS_CREDS },
     natsServerBin: e.NATS_SERVER_BIN,
@@ -183,6 +189,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       sessionIdleTtl: e.MCPGW_EDGE_SESSION_IDLE_TTL,
       pageSize: e.MCPGW_EDGE_PAGE_SIZE,
     },
+    console: { tokens: consoleTokens },
     intervals: {
       health: e.MCPGW_HEALTH_INTERVAL,
       discovery: e.MCPGW_DISCOVERY_INTERVAL,

@@ -15,6 +15,7 @@ export type LocalSecrets = {
   natsPasswords: Record<NatsUser, string>;
   secretKey: string;
   edgeToken: string;
+  consoleToken: string;
 };
 
 export function secretsDir(dataDir: string): string {
@@ -43,6 +44,7 @@ export function localSecrets(dataDir: string): LocalSecrets {
     },
     secretKey: readOrCreate(dir, "secret-key.hex", () => randomBytes(32).toString("hex")),
     edgeToken: readOrCreate(dir, "edge-token", () => `mcpgw_${randomBytes(24).toString("base64url")}`),
+    consoleToken: readOrCreate(dir, "console-token", () => `mcpgw_console_${randomBytes(24).toString("base64url")}`),
   };
 }
 

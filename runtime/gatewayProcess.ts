@@ -52,6 +52,7 @@ export async function runGatewayProcess(opts: { afterStart?: (worker: Worker) =>
       ...config,
       secretKey: config.secretKey ?? secrets.secretKey,
       edge: { ...config.edge, tokens: config.edge.tokens.length ? config.edge.tokens : [secrets.edgeToken] },
+      console: { tokens: config.console.tokens.length ? config.console.tokens : [secrets.consoleToken] },
     };
     try {
       embedded = await startEmbeddedNats({
@@ -79,6 +80,12 @@ export async function runGatewayProcess(opts: { afterStart?: (worker: Worker) =>
   const worker = await startWorker(config, nc, log);
   await opts.afterStart?.(worker);
   printClientConfig(worker.edge.url, config.edge.auth === "none" ? null : embedded ? join(secretsDir(config.dataDir), "edge-token") : "MCPGW_EDGE_TOKENS");
+  const consoleUrl = worker.edge.url.replace(/\/mcp$/, "/console");
+  process.stdout.write(
+    config.console.tokens.length
+      ? `mcpgw: web console ${consoleUrl} (log in with the token in ${embedded ? join(secretsDir(config.dataDir), "console-token") : "MCPGW_CONSOLE_TOKENS"})\n\n`
+      : `mcpgw: web console ${consoleUrl} is off (set MCPGW_CONSOLE_TOKENS)\n\n`,
+  );
 
   let stopping = false;
   const shutdown = async (signal: string) => {

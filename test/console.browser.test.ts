@@ -18,6 +18,8 @@ import { startTestWorker, type TestWorker } from "./helpers/worker.ts";
 
 const s = subjects();
 const TOKEN = "console-test-token-0123456789";
+/** a client's token: it reaches the MCP endpoint, never the console */
+const CLIENT_TOKEN = "client-test-token-0123456789";
 const WAIT = 30_000;
 
 describe("web console in headless Chromium", () => {
@@ -33,7 +35,7 @@ describe("web console in headless Chromium", () => {
   before(async () => {
     nats = await startNats();
     fixture = await startFixtureHttp();
-    worker = await startTestWorker(nats, { MCPGW_EDGE_AUTH: "token", MCPGW_EDGE_TOKENS: TOKEN, MCPGW_ALLOW_SHORT_INTERVALS: "1", MCPGW_HEALTH_INTERVAL: "1s" });
+    worker = await startTestWorker(nats, { MCPGW_EDGE_AUTH: "token", MCPGW_EDGE_TOKENS: CLIENT_TOKEN, MCPGW_CONSOLE_TOKENS: TOKEN, MCPGW_ALLOW_SHORT_INTERVALS: "1", MCPGW_HEALTH_INTERVAL: "1s" });
     base = `http://127.0.0.1:${worker.edge.port}`;
     // a page on another origin that frames the console and posts to its API
     attacker = createServer((_req, res) => res.writeHead(200, { "content-type": "text/html" }).end(`<iframe id="victim" src="${base}/console"></iframe>`));
@@ -107,7 +109,7 @@ describe("web console in headless Chromium", () => {
 
   it("shows a live upstream session and evicts it", async () => {
     const client = new Client({ name: "console-test", version: "1.0.0" });
-    await client.connect(new StreamableHTTPClientTransport(new URL(worker.edge.url), { requestInit: { headers: { authorization: `Bearer ${TOKEN}` } } }));
+    await client.connect(new StreamableHTTPClientTransport(new URL(worker.edge.url), { requestInit: { headers: { authorization: `Bearer ${CLIENT_TOKEN}` } } }));
     await client.callTool({ name: "fx__echo", arguments: { text: "hi" } });
     const sessionRow = page.locator("#sessions tr[data-session]", { hasText: "fx" });
     await sessionRow.waitFor({ timeout: WAIT });
@@ -162,11 +164,13 @@ describe("web console in headless Chromium", () => {
       fetch(`${base}/console/api/gateway.add`, { method: "POST", headers, body: JSON.stringify({ name: "evil", transport: "streamable-http", url: "http://127.0.0.1:9/mcp" }) });
     assert.equal((await add({ authorization: `Bearer ${TOKEN}` })).status, 403);
     assert.equal((await add({ authorization: "Bearer not-the-token-at-all", origin: base })).status, 401);
+    // a client's token gives no admin rights: adding a stdio gateway would run a command on a worker
+    assert.equal((await add({ authorization: `Bearer ${CLIENT_TOKEN}`, origin: base })).status, 401);
     await assert.rejects(worker.registry.get({ name: "evil" }), /no gateway named evil/);
   });
 });
 
-describe("web console with MCPGW_EDGE_AUTH=none", () => {
+describe("web console without MCPGW_CONSOLE_TOKENS", () => {
   let nats: TestNats;
   let worker: TestWorker;
   before(async () => {
@@ -178,7 +182,7 @@ describe("web console with MCPGW_EDGE_AUTH=none", () => {
     await nats?.stop();
   });
 
-  it("serves the page but refuses every API call: without a credential nobody may administer", async () => {
+  it("serves the page but refuses every API call: without a console credential nobody may administer", async () => {
     const base = `http://127.0.0.1:${worker.edge.port}`;
     assert.equal((await fetch(`${base}/console`)).status, 200);
     const add = await fetch(`${base}/console/api/gateway.add`, {
@@ -187,7 +191,7 @@ describe("web console with MCPGW_EDGE_AUTH=none", () => {
       body: JSON.stringify({ name: "open", transport: "stdio", stdio: { command: "true", args: [], env: {} } }),
     });
     assert.equal(add.status, 403);
-    assert.deepEqual(await add.json(), { ok: false, error: { code: "unavailable", message: "the console needs token authentication; it is off while MCPGW_EDGE_AUTH=none" } });
+    assert.deepEqual(await add.json(), { ok: false, error: { code: "unavailable", message: "the console is off: set MCPGW_CONSOLE_TOKENS to use it" } });
     assert.equal((await fetch(`${base}/console/api/events`)).status, 403);
     assert.deepEqual(await worker.registry.list({}), { gateways: [] });
   });

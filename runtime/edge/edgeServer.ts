@@ -70,7 +70,7 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
   if (!config.secretKey) throw new Error("MCPGW_SECRET_KEY is required");
   const owners = new SessionOwners(config.secretKey);
   const natsConnected = followConnection(ctx.nc);
-  const webConsole = consoleRoutes(ctx, tokens);
+  const webConsole = consoleRoutes(ctx, tokenDigests(config.console.tokens));
 
   const cache = new CatalogCache(ctx.stores, edge.toolSeparator, log);
   await cache.start();

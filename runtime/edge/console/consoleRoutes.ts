@@ -39,8 +39,9 @@ export type ConsoleRoutes = {
 /**
  * The web console: static pages, and a JSON API that forwards each call to an admin subject
  * (so the console can do nothing the CLI cannot), plus a stream of recent events. Calls
- * carry the edge token as a bearer header, never a cookie, so another site cannot ride on
- * a logged-in browser (CSRF); mutating calls must also come from an allowed Origin.
+ * carry a console token (`MCPGW_CONSOLE_TOKENS`, never a client's edge token: administering
+ * can run a command on a worker) as a bearer header, never a cookie, so another site cannot
+ * ride on a logged-in browser (CSRF); mutating calls must also come from an allowed Origin.
  */
 export function consoleRoutes(ctx: WorkerContext, tokens: Buffer[]): ConsoleRoutes {
   const { s, nc, config } = ctx;
@@ -138,11 +139,11 @@ export function consoleRoutes(ctx: WorkerContext, tokens: Buffer[]): ConsoleRout
       }
       const api = /^\/console\/api\/(.+)$/.exec(path)?.[1];
       if (api === undefined) return refuse(res, 404, "not_found", "no such console page");
-      // Adding a stdio gateway runs a command on a worker: never without a credential.
-      if (config.edge.auth !== "token") return refuse(res, 403, "unavailable", "the console needs token authentication; it is off while MCPGW_EDGE_AUTH=none");
+      // Adding a stdio gateway runs a command on a worker: never without an admin credential.
+      if (tokens.length === 0) return refuse(res, 403, "unavailable", "the console is off: set MCPGW_CONSOLE_TOKENS to use it");
       const token = bearerToken(req.headers.authorization);
       if (token === null || !tokenMatches(token, tokens)) {
-        return refuse(res, 401, "invalid_request", "a valid edge token is required", { "www-authenticate": 'Bearer realm="mcpgw console"' });
+        return refuse(res, 401, "invalid_request", "a valid console token is required", { "www-authenticate": 'Bearer realm="mcpgw console"' });
       }
       if (api === "events" && req.method === "GET") return events(req, res);
       const subject = subjectOf.get(api);
