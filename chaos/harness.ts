@@ -160,6 +160,17 @@ export function loadLoop(lanes: number, f: (lane: number, n: number) => Promise<
   };
 }
 
+/** Waits (a 60 s hang bound) until the client's tool list has every one of `names`: their gateways were discovered and are healthy. */
+export async function waitForTools(client: Client, names: string[]): Promise<void> {
+  const end = Date.now() + 60_000;
+  for (;;) {
+    const listed = new Set((await client.listTools()).tools.map((t) => t.name));
+    if (names.every((n) => listed.has(n))) return;
+    if (Date.now() > end) throw new Error(`tools ${names.join(", ")} not listed within 60 s`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
 /** The text of a tool result's first content item. */
 export function textOf(result: unknown): string {
   const r = result as { content?: Array<{ text?: string }>; isError?: boolean };

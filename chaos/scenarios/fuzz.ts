@@ -5,7 +5,7 @@ import fc from "fast-check";
 import { AnyEnvelopeSchema } from "../../protocol/envelope.ts";
 import { decodeJson, encodeJson } from "../../runtime/bus.ts";
 import { startRawUpstream } from "../../test/fixtures/rawUpstream.ts";
-import { Checks, failoverClient, s, startSystem, textOf, type ScenarioResult } from "../harness.ts";
+import { Checks, failoverClient, s, type ScenarioResult, startSystem, textOf, waitForTools } from "../harness.ts";
 
 const ADMIN_SUBJECTS = [
   s.admin.gateway("add"),
@@ -132,13 +132,7 @@ export async function fuzzEdge(opts: { runs: number; seed?: number }): Promise<S
     const witness = await failoverClient(() => [edge], 0, "witness");
     const witnessSid = (witness.transport as { sessionId?: string } | undefined)?.sessionId ?? "";
     const echo = async () => textOf(await witness.callTool({ name: "raw__echo", arguments: { text: "still here" } }));
-    const waitHealthy = async () => {
-      for (let i = 0; i < 400; i++) {
-        if ((await witness.listTools()).tools.some((t) => t.name === "raw__echo")) return;
-        await new Promise((r) => setTimeout(r, 50));
-      }
-    };
-    await waitHealthy();
+    await waitForTools(witness, ["raw__echo"]);
     c.check("the witness session works before", (await echo()) === "still here");
     const statuses = new Map<number, number>();
     const fiveHundreds: string[] = [];

@@ -2,7 +2,7 @@
 // never answers still drains and exits by itself within its bound (2 × MCPGW_SHUTDOWN_TIMEOUT),
 // with exit code 0, and the client hears an error instead of waiting for its own timeout.
 import { startRawUpstream } from "../../test/fixtures/rawUpstream.ts";
-import { Checks, failoverClient, ms, startSystem, type ScenarioResult } from "../harness.ts";
+import { Checks, failoverClient, ms, type ScenarioResult, startSystem, waitForTools } from "../harness.ts";
 
 export async function shutdownRogue(opts: { shutdownTimeoutMs: number }): Promise<ScenarioResult> {
   const sys = await startSystem({ workers: 1, env: { MCPGW_SHUTDOWN_TIMEOUT: String(opts.shutdownTimeoutMs) } });
@@ -12,10 +12,7 @@ export async function shutdownRogue(opts: { shutdownTimeoutMs: number }): Promis
     await sys.addGateway({ name: "rogue", transport: "streamable-http", url: upstream.url });
     const worker = sys.workers[0]!;
     const client = await failoverClient(() => [worker.edgeUrl]);
-    for (let i = 0; i < 600; i++) {
-      if ((await client.listTools()).tools.some((t) => t.name === "rogue__hang")) break;
-      await new Promise((r) => setTimeout(r, 50));
-    }
+    await waitForTools(client, ["rogue__hang"]);
     const hung = client.callTool({ name: "rogue__hang", arguments: {} }, undefined, { timeout: 120_000 }).then(
       () => "result",
       (e: Error) => `error: ${e.message.slice(0, 80)}`,

@@ -4,7 +4,7 @@
 // again after the fault, and the registered state must be intact.
 import type { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { startFixtureProcess } from "../../test/fixtures/fixtureHttp.ts";
-import { Checks, failoverClient, loadLoop, ms, startSystem, textOf, type CallRecord, type ScenarioResult, type System } from "../harness.ts";
+import { type CallRecord, Checks, failoverClient, loadLoop, ms, type ScenarioResult, startSystem, type System, textOf, waitForTools } from "../harness.ts";
 
 type Run = { records: CallRecord[]; mismatches: number; faultAt: number; faultEnd: number; lanes: number };
 
@@ -20,10 +20,7 @@ async function setUp(sys: System, lanes: number): Promise<{ clients: Client[]; s
   const edges = () => sys.workers.map((w) => w.edgeUrl);
   const clients: Client[] = [];
   for (let i = 0; i < lanes; i++) clients.push(await failoverClient(edges, i, `lane-${i}`));
-  for (let i = 0; i < 600; i++) {
-    if ((await clients[0]!.listTools()).tools.some((t) => t.name === "counter__echo")) break;
-    await new Promise((r) => setTimeout(r, 50));
-  }
+  await waitForTools(clients[0]!, ["counter__echo"]);
   return { clients, stopFixture: fixture.stop };
 }
 

@@ -7,7 +7,7 @@ import { fileURLToPath } from "node:url";
 import type { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { startRawUpstream, type RawTool } from "../../test/fixtures/rawUpstream.ts";
 import { freePort } from "../../test/helpers/nats.ts";
-import { Checks, debug, failoverClient, ms, startSystem, textOf, type ScenarioResult } from "../harness.ts";
+import { Checks, debug, failoverClient, ms, type ScenarioResult, startSystem, textOf, waitForTools } from "../harness.ts";
 
 const RAW_PROCESS = fileURLToPath(new URL("../../test/fixtures/rawUpstreamProcess.ts", import.meta.url));
 
@@ -45,11 +45,7 @@ export async function upstreamFaults(opts: { callTimeoutMs: number }): Promise<S
     await sys.addGateway({ name: "crashy", transport: "streamable-http", url: `http://127.0.0.1:${crashPort}/mcp` });
     debug("gateways added");
     const client = await failoverClient(() => [sys.workers[0]!.edgeUrl]);
-    for (let i = 0; i < 600; i++) {
-      const names = new Set((await client.listTools()).tools.map((t) => t.name));
-      if (names.has("raw__echo") && names.has("crashy__echo")) break;
-      await new Promise((r) => setTimeout(r, 50));
-    }
+    await waitForTools(client, ["raw__echo", "crashy__echo"]);
     // a hang bound well above the call timeout: the gateway must answer by itself
     const bound = 3 * opts.callTimeoutMs + 10_000;
     const echo = async (gateway: string) => (await outcome(client, gateway, "echo", { text: "ok" }, bound)).result === "result: ok";
