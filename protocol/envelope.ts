@@ -1,6 +1,6 @@
 import { z } from "zod";
 
-export const ERROR_CODES = ["invalid_request", "not_found", "conflict", "unavailable", "timeout", "internal"] as const;
+export const ERROR_CODES = ["invalid_request", "not_found", "conflict", "unavailable", "timeout", "too_large", "internal"] as const;
 export const ErrorCodeSchema = z.enum(ERROR_CODES);
 export type ErrorCode = z.infer<typeof ErrorCodeSchema>;
 

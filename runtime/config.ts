@@ -38,6 +38,9 @@ const list = (text: string | undefined) =>
     .map((t) => t.trim())
     .filter(Boolean);
 
+/** Largest request body the edge takes, and largest result an upstream may answer with. */
+export const DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024;
+
 const blankIsUnset = (v: unknown) => (v === "" ? undefined : v);
 const opt = <T extends z.ZodType>(t: T) => z.preprocess(blankIsUnset, t.optional());
 
@@ -64,7 +67,7 @@ export const EnvSchema = z.object({
   MCPGW_TOOL_SEPARATOR: z.preprocess(blankIsUnset, z.string().regex(/^[A-Za-z0-9_.-]{1,4}$/).default("__")),
   MCPGW_EDGE_ALLOWED_HOSTS: opt(z.string()),
   MCPGW_EDGE_ALLOWED_ORIGINS: opt(z.string()),
-  MCPGW_EDGE_MAX_BODY: z.preprocess(blankIsUnset, int(4 * 1024 * 1024, 1024, 1024 * 1024 * 1024)),
+  MCPGW_EDGE_MAX_BODY: z.preprocess(blankIsUnset, int(DEFAULT_MAX_BODY_BYTES, 1024, 1024 * 1024 * 1024)),
   MCPGW_EDGE_SESSION_IDLE_TTL: z.preprocess(blankIsUnset, duration("30m", 1000)),
   MCPGW_EDGE_PAGE_SIZE: z.preprocess(blankIsUnset, int(500, 1, 100_000)),
   MCPGW_HEALTH_INTERVAL: z.preprocess(blankIsUnset, duration("60s", 100)),

@@ -8,12 +8,14 @@ import { SSEClientTransport } from "@modelcontextprotocol/sdk/client/sse.js";
 import { getDefaultEnvironment, StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js";
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
 import type { FetchLike, Transport } from "@modelcontextprotocol/sdk/shared/transport.js";
-import { ErrorCode, McpError, type Notification } from "@modelcontextprotocol/sdk/types.js";
+import { ErrorCode, isJSONRPCErrorResponse, isJSONRPCRequest, isJSONRPCResultResponse, McpError, ResultSchema, type Notification } from "@modelcontextprotocol/sdk/types.js";
 import { Agent, fetch as undiciFetch } from "undici";
 import { GATEWAY_INTERNAL_HEADERS, mapGatewaySecrets, type GatewayRecord } from "../protocol/gateway.ts";
 import type { JsonRpcError } from "../protocol/upstream.ts";
 import type { OutboundPolicy } from "../actors/outboundPolicy.ts";
 import { guardedConnector, outboundRefusalOf } from "./outboundConnector.ts";
+
+type Progress = { progress: number; total?: number; message?: string };
 
 export const CLIENT_INFO = { name: "mcpgw", version: "0.1.0" } as const;
 
@@ -24,19 +26,60 @@ export const CLIENT_INFO = { name: "mcpgw", version: "0.1.0" } as const;
 const AGENT_CLOSE_GRACE_MS = 1_000;
 
 /**
- * The downstream request an upstream HTTP request is sent for. One instance for the whole
- * process on purpose: Node 20 pays for every live AsyncLocalStorage on every promise, so one
- * per connection made 1,000 sessions quadratic. `owner` keeps connections apart.
+ * Past any call's own timeout: the caller's signal times each request, so the SDK's timer
+ * never fires (the largest delay a Node timer takes; a larger one would fire at once).
  */
-const requestContext = new AsyncLocalStorage<{ owner: object; headers: Record<string, string> }>();
+const SDK_TIMEOUT_OFF_MS = 2 ** 31 - 1;
+
+/** One downstream call's upstream request, as the connection's transport sees it go out and come back. */
+type CallScope = {
+  owner: object;
+  /** its passthrough headers */
+  headers: Record<string, string>;
+  /** aborts its HTTP request and response stream */
+  signal: AbortSignal;
+  /** the JSON-RPC id the SDK gave it on the wire */
+  wireId?: string | number;
+  /** the error response the upstream sent for it, exactly as it came */
+  wireError?: JsonRpcError;
+  /** the transport could not send it (HTTP error status, refused connection, closed pipe) */
+  sendFailed?: boolean;
+};
+
+/**
+ * The downstream call an upstream request is sent for. One instance for the whole process on
+ * purpose: Node 20 pays for every live AsyncLocalStorage on every promise, so one per
+ * connection made 1,000 sessions quadratic. `owner` keeps connections apart.
+ */
+const requestContext = new AsyncLocalStorage<CallScope>();
+
+export type CallOutcome = { result: Record<string, unknown> } | { rpcError: JsonRpcError };
+
+/** A request the upstream did not answer; `transport`: because the connection itself failed (the session must go). */
+export class UpstreamRequestError extends Error {
+  constructor(
+    readonly transport: boolean,
+    cause: unknown,
+  ) {
+    super(cause instanceof Error ? cause.message : String(cause), { cause });
+    this.name = "UpstreamRequestError";
+  }
+}
 
 export type UpstreamConnection = {
   client: Client;
   /**
-   * Runs `fn` with the passthrough headers of one downstream request: every HTTP request
-   * the SDK sends from inside it carries them.
+   * Sends one request for a downstream call, with that call's passthrough headers. Resolves
+   * with the upstream's result, or with the JSON-RPC error the upstream sent (whatever its
+   * code: -32000 and -32001 too). Rejects with the signal's reason when `signal` aborts
+   * (timeout, cancellation), which also aborts the call's HTTP request and response stream
+   * at once; else with an `UpstreamRequestError` (the transport failed, or the answer was
+   * not a result).
    */
-  withRequestHeaders<T>(headers: Record<string, string>, fn: () => Promise<T>): Promise<T>;
+  request(
+    req: { method: string; params?: Record<string, unknown> | undefined },
+    opts: { headers: Record<string, string>; signal: AbortSignal; onprogress?: ((p: Progress) => void) | undefined },
+  ): Promise<CallOutcome>;
   /** polite close: end the upstream session (HTTP DELETE), close the transport (stdio: end stdin, SIGTERM) */
   close(): Promise<void>;
   /** abort every socket / SIGKILL the child; returns at once */
@@ -138,18 +181,18 @@ export async function connectUpstream(opts: ConnectOptions): Promise<UpstreamCon
         tls ? { ca: tls.ca, cert: tls.cert, key: tls.key, rejectUnauthorized: tls.rejectUnauthorized ?? true } : {},
       ),
     });
-    const currentHeaders = () => {
-      const store = requestContext.getStore();
-      return store?.owner === owner ? store.headers : fallbackHeaders();
-    };
     const fetchUpstream: FetchLike = (input, init) => {
+      const store = requestContext.getStore();
+      const call = store?.owner === owner ? store : undefined;
       const h = new Headers(init?.headers);
       // passthrough first, so neither static headers nor auth can be overridden by a client
-      for (const [k, v] of Object.entries(currentHeaders())) if (!h.has(k)) h.set(k, v);
+      for (const [k, v] of Object.entries(call?.headers ?? fallbackHeaders())) if (!h.has(k)) h.set(k, v);
       for (const [k, v] of Object.entries(headers)) h.set(k, v);
       const plain = Object.fromEntries(h.entries());
+      // a call's request ends with the call: a timed-out or cancelled call keeps no socket
+      const signal = call ? (init?.signal ? AbortSignal.any([init.signal, call.signal]) : call.signal) : init?.signal;
       // a refusal is the reason itself, not undici's "fetch failed" around it
-      return undiciFetch(input, { ...(init as object), headers: plain, dispatcher: agent }).catch((err: unknown) => {
+      return undiciFetch(input, { ...(init as object), headers: plain, signal, dispatcher: agent }).catch((err: unknown) => {
         throw outboundRefusalOf(err) ?? err;
       }) as unknown as Promise<Response>;
     };
@@ -171,6 +214,35 @@ export async function connectUpstream(opts: ConnectOptions): Promise<UpstreamCon
       if (!closed) await agent.destroy().catch(() => {});
     };
   }
+
+  // The SDK turns an upstream's error response into the same McpError as its own failures
+  // (ConnectionClosed -32000, RequestTimeout -32001), so the wire says which it was: each
+  // call's request is seen going out (its id) and its error response coming back. The SDK
+  // keeps a handler set before connect and calls it before its own.
+  const awaiting = new Map<string | number, CallScope>();
+  transport.onmessage = (m) => {
+    if (!isJSONRPCResultResponse(m) && !isJSONRPCErrorResponse(m)) return;
+    const call = m.id === undefined ? undefined : awaiting.get(m.id);
+    if (!call) return;
+    awaiting.delete(m.id!);
+    if (isJSONRPCErrorResponse(m)) {
+      const { code, message, data } = m.error;
+      call.wireError = data === undefined ? { code, message } : { code, message, data };
+    }
+  };
+  const send = transport.send.bind(transport);
+  transport.send = (m, sendOpts) => {
+    const store = requestContext.getStore();
+    if (store?.owner === owner && isJSONRPCRequest(m)) {
+      store.wireId = m.id;
+      awaiting.set(m.id, store);
+      return send(m, sendOpts).catch((err: unknown) => {
+        store.sendFailed = true;
+        throw err;
+      });
+    }
+    return send(m, sendOpts);
+  };
 
   let closing = false;
   client.onclose = () => {
@@ -206,10 +278,23 @@ export async function connectUpstream(opts: ConnectOptions): Promise<UpstreamCon
 
   return {
     client,
-    withRequestHeaders(headers, fn) {
-      const allowed = passthroughHeaders(record.passthroughHeaders, headers);
-      latestHeaders = allowed;
-      return requestContext.run({ owner, headers: allowed }, fn);
+    async request(req, { headers, signal, onprogress }) {
+      const call: CallScope = { owner, headers: passthroughHeaders(record.passthroughHeaders, headers), signal };
+      latestHeaders = call.headers;
+      try {
+        const result = await requestContext.run(call, () =>
+          client.request(req as never, ResultSchema, { signal, timeout: SDK_TIMEOUT_OFF_MS, onprogress }),
+        );
+        return { result };
+      } catch (err) {
+        if (signal.aborted) throw err;
+        if (call.wireError) return { rpcError: call.wireError };
+        // not sent, or the transport closed under it (the SDK's own ConnectionClosed: the upstream's is on the wire)
+        const transportFailed = call.sendFailed === true || client.transport === undefined || (err instanceof McpError && err.code === ErrorCode.ConnectionClosed);
+        throw new UpstreamRequestError(transportFailed, err);
+      } finally {
+        if (call.wireId !== undefined) awaiting.delete(call.wireId);
+      }
     },
     async close() {
       closing = true;
@@ -238,28 +323,6 @@ export async function closeWithin(conn: Pick<UpstreamConnection, "close" | "forc
   const inTime = await Promise.race([polite, new Promise<boolean>((r) => (timer = setTimeout(() => r(false), graceMs).unref()))]);
   clearTimeout(timer);
   if (!inTime) conn.forceClose();
-}
-
-export type CallFailure = "transport" | "timeout" | "rpc";
-
-/**
- * What a failed upstream request means: the upstream's JSON-RPC error (session fine), a
- * timeout (session fine), or a broken transport (the session must go).
- */
-export function classifyFailure(err: unknown): CallFailure {
-  if (err instanceof McpError) {
-    if (err.code === ErrorCode.ConnectionClosed) return "transport";
-    if (err.code === ErrorCode.RequestTimeout) return "timeout";
-    return "rpc";
-  }
-  return "transport";
-}
-
-/** The upstream's JSON-RPC error as it was on the wire (the SDK prefixes the message). */
-export function rpcErrorOf(err: McpError): JsonRpcError {
-  const prefix = `MCP error ${err.code}: `;
-  const message = err.message.startsWith(prefix) ? err.message.slice(prefix.length) : err.message;
-  return err.data === undefined ? { code: err.code, message } : { code: err.code, message, data: err.data };
 }
 
 /** True when the upstream said "method not found" (the probe moves to its next step). */

@@ -8,7 +8,7 @@ import { encodeValue, entryJson, getLive, isCasConflict, parseEntry } from "../a
 import type { OutboundPolicy } from "../actors/outboundPolicy.ts";
 import type { DiscoveryOutcome, PollState } from "../actors/poller.machine.ts";
 import { CatalogSchema, type Catalog } from "../protocol/catalog.ts";
-import { GatewayStatusSchema, MASK, mapGatewaySecrets, type GatewayRecord, type GatewayStatus } from "../protocol/gateway.ts";
+import { GatewayStatusSchema, type GatewayRecord, type GatewayStatus } from "../protocol/gateway.ts";
 import { PollStampSchema } from "../protocol/poller.ts";
 import { KEYS, type Subjects } from "../protocol/subjects.ts";
 import { publishEvent } from "./events.ts";
@@ -133,41 +133,4 @@ export async function readGatewayStatus(state: KV, gid: string): Promise<Gateway
   const stamp = parseEntry(PollStampSchema, stampEntry);
   if (!stamp || (status.lastSuccessAt !== null && stamp.at <= status.lastSuccessAt)) return status;
   return { ...status, lastSuccessAt: stamp.at, nextPollAt: stamp.nextAt };
-}
-
-/**
- * An error's text with the gateway's secrets masked, for status and logs (a URL in an
- * error can carry query-parameter credentials). Query values typed into the gateway URL
- * count as secrets too, and every secret is masked however short it is.
- */
-export function scrubbedError(err: unknown, record: GatewayRecord, open: (sealed: string, gid: string) => string): Error {
-  let text = err instanceof Error ? err.message : String(err);
-  const secrets = new Set(record.url ? urlSecrets(record.url) : []);
-  try {
-    mapGatewaySecrets(record, (sealed) => {
-      secrets.add(open(sealed, record.id));
-      return sealed;
-    });
-  } catch {
-    // a secret that cannot be opened cannot leak either
-  }
-  const forms = [...secrets].flatMap((x) => [x, encodeURIComponent(x), new URLSearchParams({ x }).toString().slice(2)]);
-  // longest first: a secret containing a shorter one is masked whole
-  for (const form of [...new Set(forms)].filter((x) => x !== "").sort((a, b) => b.length - a.length)) {
-    text = text.split(form).join(MASK);
-  }
-  // cut only after masking: a secret across the cut would otherwise leave a part in clear
-  return new Error(text.slice(0, 1000));
-}
-
-/** Query parameter values of a URL, raw as typed and decoded (user info is refused at validation). */
-function urlSecrets(url: string): string[] {
-  let u: URL;
-  try {
-    u = new URL(url);
-  } catch {
-    return [];
-  }
-  const raw = u.search.slice(1).split("&").map((pair) => pair.slice(pair.indexOf("=") + 1 || pair.length));
-  return [...raw, ...u.searchParams.values()];
 }

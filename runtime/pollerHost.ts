@@ -27,7 +27,8 @@ import { KEYS } from "../protocol/subjects.ts";
 import { isNoResponders, request, serve } from "./bus.ts";
 import { followEvents } from "./events.ts";
 import { followKv } from "./kvWatch.ts";
-import { listCatalog, readGatewayStatus, readPollState, reconcileCatalog, scrubbedError, type GatewayConnector, type ProbeConnection } from "./pollerEffects.ts";
+import { listCatalog, readGatewayStatus, readPollState, reconcileCatalog, type GatewayConnector, type ProbeConnection } from "./pollerEffects.ts";
+import { gatewayScrubber, scrubbedError } from "./secretScrubber.ts";
 import type { Hosted, WorkerContext } from "./worker.ts";
 import { z } from "zod";
 
@@ -125,7 +126,7 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
         conn = await connect(record, config.poller.timeout);
         return await fn(conn);
       } catch (err) {
-        throw scrubbedError(err, record, open);
+        throw scrubbedError(err, gatewayScrubber(record, open));
       } finally {
         await conn?.close().catch(() => {});
       }

@@ -11,7 +11,9 @@ import {
   type UpstreamCallRequest,
 } from "../protocol/upstream.ts";
 import type { Subjects } from "../protocol/subjects.ts";
+import { DEFAULT_MAX_BODY_BYTES } from "./config.ts";
 import { encodeJson, isNoResponders, isTimeout, request, unwrapReply } from "./bus.ts";
+import { callMessageLimit, requestWhole } from "./largeMessages.ts";
 import type { Logger } from "./logger.ts";
 
 export type UpstreamCaller = {
@@ -26,7 +28,8 @@ const MAX_ATTEMPTS = 5;
 const REPLY_MARGIN_MS = 2_000;
 const NOTIFY_TIMEOUT_MS = 2_000;
 
-export function createUpstreamCaller(nc: NatsConnection, s: Subjects, opts: { callTimeoutMs: number; log: Logger }): UpstreamCaller {
+export function createUpstreamCaller(nc: NatsConnection, s: Subjects, opts: { callTimeoutMs: number; maxBodyBytes?: number; log: Logger }): UpstreamCaller {
+  const messageLimit = callMessageLimit(opts.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES);
   /** Asks a worker to host the actor; it answers once the actor is connected, or with why it could not connect. */
   async function spawn(sid: string, gid: string, headers: Record<string, string>, timeoutMs: number): Promise<void> {
     try {
@@ -65,8 +68,9 @@ export function createUpstreamCaller(nc: NatsConnection, s: Subjects, opts: { ca
         const leftMs = deadline - Date.now();
         if (leftMs <= 0) throw new ProtocolError("timeout", `gateway ${gid} did not answer ${req.method} within ${budgetMs} ms`);
         try {
-          const pending = nc.request(subject, encodeJson(sent), { timeout: leftMs + REPLY_MARGIN_MS });
-          data = (await (signal ? raceAbort(pending, signal) : pending)).data;
+          // requests and answers over the server's max_payload travel in parts
+          const pending = requestWhole(nc, subject, encodeJson(sent), { timeoutMs: leftMs + REPLY_MARGIN_MS, limit: messageLimit });
+          data = await (signal ? raceAbort(pending, signal) : pending);
         } catch (err) {
           if (isNoResponders(err) && attempt < MAX_ATTEMPTS) {
             const spawning = spawn(sid, gid, req.headers, leftMs + REPLY_MARGIN_MS);

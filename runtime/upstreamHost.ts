@@ -2,8 +2,8 @@
 // `<p>.upstream.<sid>.<gid>.*`, activated on request (spawn, queue group), owned through a
 // claim in the sessions bucket, evicted on events and admin requests on every worker, and
 // closed in parallel when the worker stops.
-import type { Msg, NatsConnection, Subscription } from "@nats-io/transport-node";
-import { ResultSchema, type McpError, type Notification } from "@modelcontextprotocol/sdk/types.js";
+import type { Subscription } from "@nats-io/transport-node";
+import { ErrorCode, type Notification } from "@modelcontextprotocol/sdk/types.js";
 import { createActor, fromPromise, type Actor } from "xstate";
 import { z } from "zod";
 import { encodeValue, getLive, isCasConflict, parseEntry } from "../actors/kvStore.ts";
@@ -32,8 +32,9 @@ import type { GatewayUsage, UsageReport } from "../protocol/usage.ts";
 import { KEYS, QUEUE } from "../protocol/subjects.ts";
 import { decodeJson, encodeJson, errorReply, gather, isNoResponders, serve } from "./bus.ts";
 import { followEvents, publishCore, publishEvent } from "./events.ts";
-import { classifyFailure, closeWithin, connectUpstream, isMethodNotFound, rpcErrorOf, type UpstreamConnection } from "./mcpClient.ts";
-import { scrubbedError } from "./pollerEffects.ts";
+import { callMessageLimit, publishWhole, wholeRequests, type WholeRequest } from "./largeMessages.ts";
+import { closeWithin, connectUpstream, UpstreamRequestError, type UpstreamConnection } from "./mcpClient.ts";
+import { gatewayScrubber, scrubbedError, type Scrubber } from "./secretScrubber.ts";
 import type { Hosted, WorkerContext } from "./worker.ts";
 
 /** How long a fan-out (session list, evict, drain) waits for one more worker to answer. */
@@ -49,8 +50,7 @@ const LIST_CHANGED_COALESCE_MS = 1_000;
 type Call = {
   id: string;
   req: z.infer<typeof UpstreamCallRequestSchema>;
-  msg: Msg;
-  deadline: number;
+  msg: WholeRequest;
   timer: NodeJS.Timeout;
   abort: AbortController;
   cancelled: boolean;
@@ -69,12 +69,14 @@ type Session = {
   phase: "claiming" | "live" | "closing";
   /** an eviction matched while claiming (its record may already be stale): closed as soon as it starts */
   evictedWhileClaiming: string | null;
-  buffered: Msg[];
+  buffered: WholeRequest[];
   sub: Subscription;
   claimRevision: number;
   conn: UpstreamConnection | null;
   calls: Map<string, Call>;
   latestHeaders: Record<string, string>;
+  /** masks this gateway's secrets in everything the upstream answers or fails with */
+  scrub: Scrubber;
   actor: Actor<UpstreamSessionMachine>;
   done: Promise<void>;
 };
@@ -94,6 +96,9 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
   const log = ctx.log.child({ actor: "upstream" });
   const me = config.workerId;
   const shutdownMs = config.intervals.shutdownTimeout;
+  /** an upstream's answer is held to the edge's body limit; the call's request, with what wraps it, to a little more */
+  const answerLimit = config.edge.maxBodyBytes;
+  const requestLimit = callMessageLimit(config.edge.maxBodyBytes);
   /** the one live (or claiming) actor per key on this worker */
   const live = new Map<string, Session>();
   const closing = new Set<Session>();
@@ -122,8 +127,8 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
     };
   }
 
-  function respond(msg: Msg, env: Envelope<unknown>): void {
-    if (msg.reply) msg.respond(encodeJson(env));
+  function respond(msg: WholeRequest, env: Envelope<unknown>): void {
+    if (msg.reply) publishWhole(nc, msg.reply, encodeJson(env));
   }
 
   // ---- one actor ----
@@ -145,7 +150,9 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
     x.conn = null;
     x.calls = new Map();
     x.latestHeaders = headers;
-    x.sub = nc.subscribe(s.upstream.actor(sid, gid), { callback: (err, msg) => (err ? log.error({ err }, "actor subscription failed") : onActorMessage(x, msg)) });
+    x.scrub = gatewayScrubber(record, (sealed, id) => ctx.box.open(sealed, id));
+    const receive = wholeRequests(nc, requestLimit, (req) => onActorMessage(x, req));
+    x.sub = nc.subscribe(s.upstream.actor(sid, gid), { callback: (err, msg) => (err ? log.error({ err }, "actor subscription failed") : receive(null, msg)) });
     x.actor = createActor(provideEffects(x));
     x.done = new Promise<void>((resolve) => x.actor.subscribe({ complete: () => resolve(), error: () => resolve() }));
     return x;
@@ -173,10 +180,10 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
             onClosed: () => {
               if (conn !== null && x.conn === conn) x.actor.send({ type: "CLOSE", reason: "the upstream closed the connection" });
             },
-            onError: (err) => log.debug({ gid: x.gid, err: err.message }, "upstream transport reported an error"),
+            onError: (err) => log.debug({ gid: x.gid, err: x.scrub.text(err.message) }, "upstream transport reported an error"),
           }).catch((err: unknown) => {
-            // the reason reaches the client: the upstream's error text, with the gateway's secrets masked
-            throw scrubbedError(err, x.record, open);
+            // its text becomes the close reason, which the spawner answers with
+            throw scrubbedError(err, x.scrub);
           });
           if (signal.aborted) {
             conn.forceClose();
@@ -186,14 +193,9 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
           log.debug({ sid: x.sid, gid: x.gid }, "upstream session connected");
         }),
         probe: fromPromise<ProbeOutcome, { method: ProbeMethod }>(async ({ input }) => {
-          try {
-            await x.conn!.client.request({ method: input.method }, ResultSchema, { timeout: config.intervals.probeTimeout });
-            return "ok";
-          } catch (err) {
-            if (isMethodNotFound(err)) return "method_not_found";
-            if (classifyFailure(err) === "rpc") return "ok"; // it answered: alive
-            throw err;
-          }
+          const outcome = await x.conn!.request({ method: input.method }, { headers: x.latestHeaders, signal: AbortSignal.timeout(config.intervals.probeTimeout) });
+          // any answer, even an error, shows the session alive
+          return "rpcError" in outcome && outcome.rpcError.code === ErrorCode.MethodNotFound ? "method_not_found" : "ok";
         }),
         closeGracefully: fromPromise<void>(async () => {
           await x.conn?.close();
@@ -236,7 +238,7 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
     log.debug({ sid: x.sid, gid: x.gid }, "upstream session closed");
   }
 
-  function onActorMessage(x: Session, msg: Msg): void {
+  function onActorMessage(x: Session, msg: WholeRequest): void {
     const op = s.parseUpstream(msg.subject)?.op;
     if (op === "status") return respond(msg, ok(infoOf(x)));
     if (x.phase === "claiming") return void x.buffered.push(msg);
@@ -270,12 +272,16 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
     }
   }
 
-  function receiveCall(x: Session, msg: Msg, req: z.infer<typeof UpstreamCallRequestSchema>): void {
+  function receiveCall(x: Session, msg: WholeRequest, req: z.infer<typeof UpstreamCallRequestSchema>): void {
     const id = String(++callSeq);
     const timeoutMs = req.timeoutMs ?? config.intervals.callTimeout;
-    const call: Call = { id, req, msg, deadline: Date.now() + timeoutMs, abort: new AbortController(), cancelled: false, settled: false } as Call;
-    // Every call is answered by its deadline, whatever the upstream does.
-    call.timer = setTimeout(() => settle(x, call, timeoutReply(x, req.method, timeoutMs)), timeoutMs + 50);
+    const call: Call = { id, req, msg, abort: new AbortController(), cancelled: false, settled: false } as Call;
+    // Every call is answered by its deadline, whatever the upstream does, and its upstream
+    // request is released then (the SDK forgets it and tells the upstream; its HTTP request ends).
+    call.timer = setTimeout(() => {
+      settle(x, call, timeoutReply(x, req.method, timeoutMs));
+      call.abort.abort(`timed out after ${timeoutMs} ms`);
+    }, timeoutMs);
     x.calls.set(id, call);
     x.useCount += 1;
     x.lastUsedAt = Date.now();
@@ -294,7 +300,18 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
     call.settled = true;
     clearTimeout(call.timer);
     x.calls.delete(call.id);
-    respond(call.msg, env);
+    if (!call.msg.reply) return;
+    let data: Uint8Array;
+    try {
+      data = encodeJson(env);
+    } catch (err) {
+      // a value JSON cannot write (nested past the stack): the upstream's, not ours
+      data = encodeJson(fail("unavailable", `gateway ${gatewayLabel(x.record)} answered ${call.req.method} with a value that cannot be forwarded: ${(err as Error).message}`));
+    }
+    if (data.length > answerLimit) {
+      data = encodeJson(fail("too_large", `gateway ${gatewayLabel(x.record)} answered ${call.req.method} with ${data.length} bytes, over the limit of ${answerLimit} bytes`));
+    }
+    publishWhole(nc, call.msg.reply, data);
   }
 
   function failCall(x: Session, id: string, reason: string): void {
@@ -311,12 +328,12 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
       const conn = x.conn;
       if (!conn) return settle(x, call, fail("unavailable", `gateway ${gatewayLabel(x.record)}: not connected`));
       const { params, progressToken } = splitProgressToken(call.req.params);
-      const remaining = Math.max(1, call.deadline - Date.now());
       try {
-        const result = await conn.withRequestHeaders(call.req.headers, () =>
-          conn.client.request({ method: call.req.method, params } as never, ResultSchema, {
+        const outcome = await conn.request(
+          { method: call.req.method, params },
+          {
+            headers: call.req.headers,
             signal: call.abort.signal,
-            timeout: remaining,
             onprogress:
               progressToken === undefined
                 ? undefined
@@ -326,27 +343,38 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
                       requestId: call.req.requestId,
                       notification: { method: "notifications/progress", params: { ...p, progressToken } },
                     }),
-          }),
+          },
         );
-        settle(x, call, ok({ result: result as Record<string, unknown> }));
+        // an upstream's error (JSON-RPC or tool error) goes back as it came, its echo of our secrets masked
+        if ("rpcError" in outcome) return settle(x, call, ok({ rpcError: x.scrub.value(outcome.rpcError) }));
+        settle(x, call, ok({ result: outcome.result.isError === true ? x.scrub.value(outcome.result) : outcome.result }));
       } catch (err) {
-        if (call.cancelled) return settle(x, call, fail("unavailable", "cancelled by the client"));
-        const kind = classifyFailure(err);
-        if (kind === "rpc") return settle(x, call, ok({ rpcError: rpcErrorOf(err as McpError) }));
-        if (kind === "timeout") return settle(x, call, timeoutReply(x, call.req.method, call.req.timeoutMs ?? config.intervals.callTimeout));
+        // timed out (answered already) or cancelled
+        if (call.abort.signal.aborted) return settle(x, call, fail("unavailable", "cancelled by the client"));
+        const reason = scrubbedError(err, x.scrub).message;
         // Only a failure of the current connection evicts: one replaced after a failed idle
         // probe fails its leftover calls, and must not take the fresh connection down with it.
-        transportFailed = x.conn === conn;
-        if (transportFailed) log.warn({ sid: x.sid, gid: x.gid, err: (err as Error).message }, "upstream transport error; the session will be recreated");
-        settle(x, call, fail("unavailable", `gateway ${gatewayLabel(x.record)}: upstream transport error: ${(err as Error).message}`));
+        transportFailed = err instanceof UpstreamRequestError && err.transport && x.conn === conn;
+        if (transportFailed) log.warn({ sid: x.sid, gid: x.gid, err: reason }, "upstream transport error; the session will be recreated");
+        const what = err instanceof UpstreamRequestError && err.transport ? "upstream transport error" : `invalid answer to ${call.req.method}`;
+        settle(x, call, fail("unavailable", `gateway ${gatewayLabel(x.record)}: ${what}: ${reason}`));
       }
+    } catch (err) {
+      // nothing an upstream sends may throw out of a call (an unhandled rejection ends the worker)
+      log.error({ sid: x.sid, gid: x.gid, err: scrubbedError(err, x.scrub).message }, "upstream call failed");
+      if (call) settle(x, call, fail("internal", "internal error; see the worker's log"));
     } finally {
       x.actor.send({ type: "CALL_DONE", callId: id, transportFailed });
     }
   }
 
   function publishClientNotification(sid: string, n: ClientNotification): void {
-    publishCore(nc, s.upstream.clientNotification(sid), ClientNotificationSchema.parse(n));
+    try {
+      publishCore(nc, s.upstream.clientNotification(sid), ClientNotificationSchema.parse(n));
+    } catch (err) {
+      // a notification is not worth parts (progress and logs are loss-tolerant); one over max_payload is dropped
+      log.warn({ sid, gid: n.gid, method: n.notification.method, err: (err as Error).message }, "upstream notification not relayed");
+    }
   }
 
   function onUpstreamNotification(x: Session, n: Notification): void {

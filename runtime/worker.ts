@@ -67,7 +67,7 @@ export async function startWorker(config: Config, nc: NatsConnection, log: Logge
   serveStatus(ctx);
   // Each actor kind's host is started here, in dependency order.
   hosted.push(await startPollerHost(ctx, probeConnector((sealed, gid) => box.open(sealed, gid), config.outbound)));
-  const edge = await startEdge(ctx, createUpstreamCaller(nc, s, { callTimeoutMs: config.intervals.callTimeout, log: ctx.log }));
+  const edge = await startEdge(ctx, createUpstreamCaller(nc, s, { callTimeoutMs: config.intervals.callTimeout, maxBodyBytes: config.edge.maxBodyBytes, log: ctx.log }));
   // stopped after the upstream sessions: a call in flight then still hears why it ended
   hosted.push(edge);
   const upstream = await startUpstreamHost(ctx);

@@ -3,7 +3,8 @@ import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { CLASSIFICATION_CLOCK_SKEW_MS } from "../protocol/classification.ts";
 import { describe, it } from "node:test";
-import { MAX_PAGES, listCatalog, scrubbedError } from "../runtime/pollerEffects.ts";
+import { MAX_PAGES, listCatalog } from "../runtime/pollerEffects.ts";
+import { gatewayScrubber, scrubbedError } from "../runtime/secretScrubber.ts";
 import { GatewayRecordSchema, MASK } from "../protocol/gateway.ts";
 import {
   canonicalJson,
@@ -210,14 +211,14 @@ describe("poll errors", () => {
 
   it("masks secrets however short, and longer ones whole", () => {
     const r = record("https://up.example/mcp", { type: "headers", headers: { "x-k": sealed("k9"), "x-long": sealed("k9-long-secret") } });
-    const text = scrubbedError(new Error("refused k9 and k9-long-secret"), r, open).message;
+    const text = scrubbedError(new Error("refused k9 and k9-long-secret"), gatewayScrubber(r, open)).message;
     assert.equal(text, `refused ${MASK} and ${MASK}`);
   });
 
   it("masks query values typed into the gateway URL, raw and decoded", () => {
     const r = record("https://up.example/mcp?api_key=a%2Bb%20c&v=xyz", { type: "none" });
     const err = new Error("fetch https://up.example/mcp?api_key=a%2Bb%20c&v=xyz failed; key a+b c, param xyz");
-    const text = scrubbedError(err, r, open).message;
+    const text = scrubbedError(err, gatewayScrubber(r, open)).message;
     for (const leaked of ["a%2Bb%20c", "a+b c", "xyz"]) assert.ok(!text.includes(leaked), `${leaked} leaked in ${text}`);
     assert.ok(text.includes("up.example/mcp?api_key="), "the rest of the message stays readable");
   });

@@ -149,6 +149,9 @@ async function forward(ctx: SessionContext, route: Route, method: UpstreamMethod
     if (err instanceof ProtocolError && err.code === "timeout") {
       throw new RpcError(ErrorCode.RequestTimeout, `gateway ${route.gatewayName} did not answer in time: ${err.message}`, { gateway: route.gatewayName });
     }
+    if (err instanceof ProtocolError && err.code === "too_large") {
+      throw new RpcError(ErrorCode.InternalError, `gateway ${route.gatewayName}: ${err.message}`, { gateway: route.gatewayName });
+    }
     if (err instanceof ProtocolError && (err.code === "unavailable" || err.code === "not_found")) {
       throw new RpcError(ErrorCode.ConnectionClosed, `gateway ${route.gatewayName} unavailable: ${err.message}`, { gateway: route.gatewayName });
     }

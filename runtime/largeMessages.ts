@@ -1,0 +1,159 @@
+// Requests and replies larger than the server's max_payload (1 MB by default) on core NATS.
+// A large message travels as numbered parts, in order from one connection, to the subject
+// (request) or to the requester's own inbox (reply), and is reassembled on the other side,
+// bounded by a limit that is checked on the first part. Nothing is stored: a JetStream
+// object store would let the `viewer` user read tool results.
+import { createInbox, errors, headers, type Msg, type MsgHdrs, type NatsConnection, type Subscription } from "@nats-io/transport-node";
+import { ProtocolError, fail } from "../protocol/envelope.ts";
+import { encodeJson } from "./bus.ts";
+
+const PARTS = "Mcpgw-Parts";
+const PART = "Mcpgw-Part";
+const SIZE = "Mcpgw-Size";
+/** Room left in each part for its headers. */
+const HEADER_ROOM = 1024;
+/** How long a responder keeps the parts of a request whose rest never comes (its sender died). */
+const ASSEMBLY_TTL_MS = 60_000;
+
+/** A request as its responder sees it: whole, with the reply subject to answer on. */
+export type WholeRequest = { subject: string; data: Uint8Array; reply?: string | undefined };
+
+type PartHeader = { index: number; count: number; size: number };
+
+function partHeader(h: MsgHdrs | undefined): PartHeader | null {
+  if (!h?.has(PARTS)) return null;
+  const count = Number(h.get(PARTS));
+  const index = Number(h.get(PART));
+  const size = Number(h.get(SIZE));
+  const valid = Number.isSafeInteger(count) && Number.isSafeInteger(index) && Number.isSafeInteger(size) && count > 1 && index >= 0 && index < count && size >= 0;
+  if (!valid) throw new ProtocolError("invalid_request", "malformed message part headers");
+  return { count, index, size };
+}
+
+const sizeText = (what: string, size: number, limit: number) => `${what} of ${size} bytes exceeds the limit of ${limit} bytes`;
+
+/** Publishes `data` to `subject` in one message, or in parts when it is larger than the server takes. */
+export function publishWhole(nc: NatsConnection, subject: string, data: Uint8Array, reply?: string): void {
+  const max = (nc.info?.max_payload ?? 1024 * 1024) - HEADER_ROOM;
+  if (data.length <= max) return nc.publish(subject, data, reply ? { reply } : undefined);
+  const count = Math.ceil(data.length / max);
+  for (let index = 0; index < count; index++) {
+    const h = headers();
+    h.set(PARTS, String(count));
+    h.set(PART, String(index));
+    h.set(SIZE, String(data.length));
+    nc.publish(subject, data.subarray(index * max, (index + 1) * max), reply ? { reply, headers: h } : { headers: h });
+  }
+}
+
+/** The parts of one message, joined when the last one is in. */
+class Assembly {
+  readonly #chunks: Uint8Array[] = [];
+  #bytes = 0;
+  constructor(readonly first: PartHeader) {}
+
+  /** the whole message once complete; throws when the parts do not fit together */
+  add(p: PartHeader, data: Uint8Array): Uint8Array | null {
+    if (p.count !== this.first.count || p.size !== this.first.size || p.index !== this.#chunks.length) throw new ProtocolError("invalid_request", "message parts out of order");
+    this.#chunks.push(data);
+    this.#bytes += data.length;
+    if (this.#bytes > this.first.size) throw new ProtocolError("invalid_request", "message parts larger than announced");
+    if (this.#chunks.length < p.count) return null;
+    if (this.#bytes !== this.first.size) throw new ProtocolError("invalid_request", "message parts smaller than announced");
+    return Buffer.concat(this.#chunks);
+  }
+}
+
+/**
+ * A subscription callback that hands `onRequest` whole requests. A request announced
+ * larger than `limit` is answered `too_large` on its first part and never buffered.
+ */
+export function wholeRequests(nc: NatsConnection, limit: number, onRequest: (req: WholeRequest) => void): (err: Error | null, msg: Msg) => void {
+  /** by the requester's inbox: unique per request */
+  const pending = new Map<string, { assembly: Assembly; timer: NodeJS.Timeout }>();
+  const refuse = (reply: string | undefined, err: unknown) => {
+    const message = err instanceof Error ? err.message : String(err);
+    if (reply) publishWhole(nc, reply, encodeJson(fail(err instanceof ProtocolError ? err.code : "invalid_request", message)));
+  };
+  return (err, msg) => {
+    if (err) return;
+    let part: PartHeader | null;
+    try {
+      part = partHeader(msg.headers);
+    } catch (e) {
+      return refuse(msg.reply, e);
+    }
+    if (!part) return onRequest({ subject: msg.subject, data: msg.data, reply: msg.reply });
+    // parts without a reply subject cannot be told apart from another sender's
+    if (!msg.reply) return;
+    const key = msg.reply;
+    let entry = pending.get(key);
+    if (!entry) {
+      // the rest of a refused (or expired) request
+      if (part.index !== 0) return;
+      if (part.size > limit) return refuse(key, new ProtocolError("too_large", sizeText("request", part.size, limit)));
+      entry = { assembly: new Assembly(part), timer: setTimeout(() => pending.delete(key), ASSEMBLY_TTL_MS).unref() };
+      pending.set(key, entry);
+    }
+    try {
+      const whole = entry.assembly.add(part, msg.data);
+      if (!whole) return;
+      clearTimeout(entry.timer);
+      pending.delete(key);
+      onRequest({ subject: msg.subject, data: whole, reply: key });
+    } catch (e) {
+      clearTimeout(entry.timer);
+      pending.delete(key);
+      refuse(key, e);
+    }
+  };
+}
+
+/**
+ * Sends a request of any size up to `limit` and returns its whole reply (up to `limit`).
+ * Errors are those of `nc.request`: no responders (nobody subscribes to `subject`) and
+ * timeout; a message over the limit is `too_large`, at once, naming its size.
+ */
+export async function requestWhole(nc: NatsConnection, subject: string, data: Uint8Array, opts: { timeoutMs: number; limit: number }): Promise<Uint8Array> {
+  if (data.length > opts.limit) throw new ProtocolError("too_large", sizeText("request", data.length, opts.limit));
+  // the connection's own inbox prefix, as nc.request would use (not on the public interface)
+  const inbox = createInbox((nc as { options?: { inboxPrefix?: string } }).options?.inboxPrefix);
+  let sub: Subscription | undefined;
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await new Promise<Uint8Array>((resolve, reject) => {
+      let assembly: Assembly | null = null;
+      sub = nc.subscribe(inbox, {
+        callback: (err, msg) => {
+          if (err) return reject(err);
+          if (msg.data.length === 0 && msg.headers?.code === 503) return reject(new errors.NoRespondersError(subject));
+          try {
+            const part = partHeader(msg.headers);
+            if (!part) return resolve(msg.data);
+            if (!assembly) {
+              if (part.size > opts.limit) throw new ProtocolError("too_large", sizeText("reply", part.size, opts.limit));
+              assembly = new Assembly(part);
+            }
+            const whole = assembly.add(part, msg.data);
+            if (whole) resolve(whole);
+          } catch (e) {
+            reject(e);
+          }
+        },
+      });
+      timer = setTimeout(() => reject(new errors.TimeoutError()), opts.timeoutMs);
+      publishWhole(nc, subject, data, inbox);
+    });
+  } finally {
+    clearTimeout(timer);
+    sub?.unsubscribe();
+  }
+}
+
+/**
+ * The bus limit of a call's request and of its answer: the body limit (of a client's request,
+ * and of an upstream's result) plus room for what wraps it (method, ids, headers, envelope).
+ */
+export function callMessageLimit(maxBodyBytes: number): number {
+  return maxBodyBytes + 64 * 1024;
+}
