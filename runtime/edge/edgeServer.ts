@@ -55,6 +55,22 @@ const unavailable = () =>
 /** Unknown, of another gateway, of another owner: one answer, so it tells nothing about other sessions. */
 const sessionNotFound = () => new HttpError(404, -32001, "Session not found");
 
+/** How much of each client-described field of an initialize a session record keeps. */
+const RECORDED_FIELD_MAX = 16 * 1024;
+
+/**
+ * What a session record keeps of a client's initialize. An initialize may be as large as the
+ * body limit, but the record is a KV value within NATS's max_payload: a field larger than
+ * `RECORDED_FIELD_MAX` is kept in short (name and version; the capabilities' names).
+ */
+function recordedClient(clientInfo: DownstreamSession["clientInfo"], capabilities: Record<string, unknown>): Pick<DownstreamSession, "clientInfo" | "capabilities"> {
+  const fits = (v: unknown) => JSON.stringify(v).length <= RECORDED_FIELD_MAX;
+  return {
+    clientInfo: fits(clientInfo) ? clientInfo : { name: clientInfo.name.slice(0, 256), version: clientInfo.version.slice(0, 256) },
+    capabilities: fits(capabilities) ? capabilities : Object.fromEntries(Object.keys(capabilities).slice(0, 32).map((k) => [k.slice(0, 64), {}])),
+  };
+}
+
 /**
  * The edge actor of one worker: the MCP Streamable HTTP endpoint for clients. `/mcp` serves
  * the federated catalog, `/gateways/<name>/mcp` one gateway's catalog under its own names.
@@ -189,13 +205,12 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
         owner: owners.of(credential),
         gid: scope,
         protocolVersion: SUPPORTED_PROTOCOL_VERSIONS.includes(params.protocolVersion) ? params.protocolVersion : LATEST_PROTOCOL_VERSION,
-        clientInfo: params.clientInfo,
-        capabilities: params.capabilities as Record<string, unknown>,
+        ...recordedClient(params.clientInfo, params.capabilities as Record<string, unknown>),
         createdAt: now,
         lastSeenAt: now,
       };
       await sessions.create(record);
-      log.info({ sid, scope, client: params.clientInfo.name, protocolVersion: record.protocolVersion }, "downstream session started");
+      log.info({ sid, scope, client: record.clientInfo.name.slice(0, 256), protocolVersion: record.protocolVersion }, "downstream session started");
     } else {
       const s = await loadSession(req, scope, credential);
       clientSessionId = s.clientSessionId;
