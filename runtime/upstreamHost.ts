@@ -279,8 +279,11 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
     // Every call is answered by its deadline, whatever the upstream does, and its upstream
     // request is released then (the SDK forgets it and tells the upstream; its HTTP request ends).
     call.timer = setTimeout(() => {
-      settle(x, call, timeoutReply(x, req.method, timeoutMs));
-      call.abort.abort(`timed out after ${timeoutMs} ms`);
+      try {
+        settle(x, call, timeoutReply(x, req.method, timeoutMs));
+      } finally {
+        call.abort.abort(`timed out after ${timeoutMs} ms`);
+      }
     }, timeoutMs);
     x.calls.set(id, call);
     x.useCount += 1;
