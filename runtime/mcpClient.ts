@@ -9,7 +9,7 @@ import { getDefaultEnvironment, StdioClientTransport } from "@modelcontextprotoc
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
 import type { FetchLike, Transport } from "@modelcontextprotocol/sdk/shared/transport.js";
 import { ErrorCode, isJSONRPCErrorResponse, isJSONRPCRequest, isJSONRPCResultResponse, McpError, ResultSchema, type Notification } from "@modelcontextprotocol/sdk/types.js";
-import { Agent, fetch as undiciFetch } from "undici";
+import { Agent, fetch as undiciFetch, Response as UndiciResponse } from "undici";
 import { GATEWAY_INTERNAL_HEADERS, mapGatewaySecrets, type GatewayRecord } from "../protocol/gateway.ts";
 import type { JsonRpcError } from "../protocol/upstream.ts";
 import type { OutboundPolicy } from "../actors/outboundPolicy.ts";
@@ -44,6 +44,9 @@ type CallScope = {
   wireError?: JsonRpcError;
   /** the transport could not send it (HTTP error status, refused connection, closed pipe) */
   sendFailed?: boolean;
+  /** ends the request when its HTTP response grew past the answer limit (bytes read by then) */
+  cut(bytes: number): void;
+  cutAt?: number;
 };
 
 /**
@@ -54,6 +57,17 @@ type CallScope = {
 const requestContext = new AsyncLocalStorage<CallScope>();
 
 export type CallOutcome = { result: Record<string, unknown> } | { rpcError: JsonRpcError };
+
+/** An answer that grew past the connection's `maxAnswerBytes`: the request was ended where it was. */
+export class AnswerTooLargeError extends Error {
+  constructor(
+    readonly bytesRead: number,
+    readonly limit: number,
+  ) {
+    super(`answer of more than ${bytesRead} bytes, over the limit of ${limit} bytes`);
+    this.name = "AnswerTooLargeError";
+  }
+}
 
 /** A request the upstream did not answer; `transport`: because the connection itself failed (the session must go). */
 export class UpstreamRequestError extends Error {
@@ -73,8 +87,8 @@ export type UpstreamConnection = {
    * with the upstream's result, or with the JSON-RPC error the upstream sent (whatever its
    * code: -32000 and -32001 too). Rejects with the signal's reason when `signal` aborts
    * (timeout, cancellation), which also aborts the call's HTTP request and response stream
-   * at once; else with an `UpstreamRequestError` (the transport failed, or the answer was
-   * not a result).
+   * at once; with an `AnswerTooLargeError` when its HTTP response grew past `maxAnswerBytes`;
+   * else with an `UpstreamRequestError` (the transport failed, or the answer was not a result).
    */
   request(
     req: { method: string; params?: Record<string, unknown> | undefined },
@@ -98,6 +112,11 @@ export type ConnectOptions = {
   timeoutMs: number;
   /** which addresses HTTP connections may reach (each redirect hop included) */
   outbound: OutboundPolicy;
+  /**
+   * bytes of a call's HTTP response (streamable HTTP) past which the request is ended, so a
+   * hostile answer is never read whole; unset: no bound
+   */
+  maxAnswerBytes?: number;
   /** aborts the connect (the actor was closed meanwhile) */
   signal?: AbortSignal;
   onNotification: (n: Notification) => void;
@@ -192,8 +211,25 @@ export async function connectUpstream(opts: ConnectOptions): Promise<UpstreamCon
       // a call's request ends with the call: a timed-out or cancelled call keeps no socket
       const signal = call ? (init?.signal ? AbortSignal.any([init.signal, call.signal]) : call.signal) : init?.signal;
       // a refusal is the reason itself, not undici's "fetch failed" around it
-      return undiciFetch(input, { ...(init as object), headers: plain, signal, dispatcher: agent }).catch((err: unknown) => {
+      const sent = undiciFetch(input, { ...(init as object), headers: plain, signal, dispatcher: agent }).catch((err: unknown) => {
         throw outboundRefusalOf(err) ?? err;
+      });
+      const limit = opts.maxAnswerBytes;
+      if (!call || limit === undefined) return sent as unknown as Promise<Response>;
+      return sent.then((res) => {
+        if (res.status !== 200 || !res.body) return res;
+        let bytes = 0;
+        const counted = res.body.pipeThrough(
+          new TransformStream<Uint8Array, Uint8Array>({
+            transform(chunk, controller) {
+              bytes += chunk.byteLength;
+              if (bytes <= limit) return controller.enqueue(chunk);
+              call.cut(bytes);
+              controller.error(new Error(`answer over ${limit} bytes`));
+            },
+          }),
+        );
+        return new UndiciResponse(counted, { status: res.status, statusText: res.statusText, headers: res.headers });
       }) as unknown as Promise<Response>;
     };
     if (record.transport === "sse") {
@@ -278,8 +314,18 @@ export async function connectUpstream(opts: ConnectOptions): Promise<UpstreamCon
 
   return {
     client,
-    async request(req, { headers, signal, onprogress }) {
-      const call: CallScope = { owner, headers: passthroughHeaders(record.passthroughHeaders, headers), signal };
+    async request(req, { headers, signal: callerSignal, onprogress }) {
+      const cutter = new AbortController();
+      const signal = AbortSignal.any([callerSignal, cutter.signal]);
+      const call: CallScope = {
+        owner,
+        headers: passthroughHeaders(record.passthroughHeaders, headers),
+        signal,
+        cut: (bytes) => {
+          call.cutAt = bytes;
+          cutter.abort("answer too large");
+        },
+      };
       latestHeaders = call.headers;
       try {
         const result = await requestContext.run(call, () =>
@@ -287,7 +333,8 @@ export async function connectUpstream(opts: ConnectOptions): Promise<UpstreamCon
         );
         return { result };
       } catch (err) {
-        if (signal.aborted) throw err;
+        if (callerSignal.aborted) throw err;
+        if (call.cutAt !== undefined) throw new AnswerTooLargeError(call.cutAt, opts.maxAnswerBytes!);
         if (call.wireError) return { rpcError: call.wireError };
         // not sent, or the transport closed under it (the SDK's own ConnectionClosed: the upstream's is on the wire)
         const transportFailed = call.sendFailed === true || client.transport === undefined || (err instanceof McpError && err.code === ErrorCode.ConnectionClosed);

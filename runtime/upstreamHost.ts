@@ -33,7 +33,7 @@ import { KEYS, QUEUE } from "../protocol/subjects.ts";
 import { decodeJson, encodeJson, errorReply, gather, isNoResponders, serve } from "./bus.ts";
 import { followEvents, publishCore, publishEvent } from "./events.ts";
 import { callMessageLimit, publishWhole, wholeRequests, type WholeRequest } from "./largeMessages.ts";
-import { closeWithin, connectUpstream, UpstreamRequestError, type UpstreamConnection } from "./mcpClient.ts";
+import { AnswerTooLargeError, closeWithin, connectUpstream, UpstreamRequestError, type UpstreamConnection } from "./mcpClient.ts";
 import { gatewayScrubber, scrubbedError, type Scrubber } from "./secretScrubber.ts";
 import type { Hosted, WorkerContext } from "./worker.ts";
 
@@ -175,6 +175,8 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
             initialHeaders: () => x.latestHeaders,
             timeoutMs: config.intervals.callTimeout,
             outbound: config.outbound,
+            // the raw answer (SSE framing, JSON-RPC envelope) may be a little larger than the result it carries
+            maxAnswerBytes: requestLimit,
             signal,
             onNotification: (n) => onUpstreamNotification(x, n),
             onClosed: () => {
@@ -354,6 +356,9 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
       } catch (err) {
         // timed out (answered already) or cancelled
         if (call.abort.signal.aborted) return settle(x, call, fail("unavailable", "cancelled by the client"));
+        if (err instanceof AnswerTooLargeError) {
+          return settle(x, call, fail("too_large", `gateway ${gatewayLabel(x.record)} answered ${call.req.method} with more than ${err.bytesRead} bytes, over the limit of ${answerLimit} bytes`));
+        }
         const reason = scrubbedError(err, x.scrub).message;
         // Only a failure of the current connection evicts: one replaced after a failed idle
         // probe fails its leftover calls, and must not take the fresh connection down with it.

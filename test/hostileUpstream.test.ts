@@ -167,10 +167,18 @@ describe("the call path against a hostile upstream", () => {
   });
 
   it("answers a 17 MB result with a clear error naming its size, and keeps the session", async () => {
+    await client.callTool({ name: "plain__whoami", arguments: {} });
     const initializes = up.initializes("plain");
     await assert.rejects(client.callTool({ name: "plain__big", arguments: { bytes: 17 * MB } }, undefined, { timeout: 120_000 }), (err: any) => {
       assert.equal(err.code, -32603, err.message);
-      assert.match(err.message, /answered tools\/call with 1782\d{4} bytes, over the limit of 16777216 bytes/);
+      // read only up to the limit (and what wraps a result): a larger answer is never read whole
+      assert.match(err.message, /answered tools\/call with more than \d+ bytes, over the limit of 16777216 bytes/);
+      return true;
+    });
+    // just over the limit: read whole (within what may wrap a result), refused by its exact size
+    await assert.rejects(client.callTool({ name: "plain__big", arguments: { bytes: 16 * MB + 1000 } }, undefined, { timeout: 120_000 }), (err: any) => {
+      assert.equal(err.code, -32603, err.message);
+      assert.match(err.message, /answered tools\/call with 167782\d\d bytes, over the limit of 16777216 bytes/);
       return true;
     });
     assert.equal(text(await client.callTool({ name: "plain__whoami", arguments: {} })), "ok");
