@@ -1,7 +1,8 @@
 // Builds one MCP SDK client for one upstream session from a gateway record: transport,
 // auth, static and passthrough headers, TLS material. Nothing here is shared between
 // upstream sessions: each connection has its own HTTP agent (so closing one can abort
-// its sockets) or its own child process.
+// its sockets) or its own child process. Gateway pollers may pass one shared keep-alive
+// agent instead (`dispatcher`), used for gateways without TLS material.
 import { AsyncLocalStorage } from "node:async_hooks";
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { SSEClientTransport } from "@modelcontextprotocol/sdk/client/sse.js";
@@ -9,7 +10,7 @@ import { getDefaultEnvironment, StdioClientTransport } from "@modelcontextprotoc
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
 import type { FetchLike, Transport } from "@modelcontextprotocol/sdk/shared/transport.js";
 import { ErrorCode, McpError, type Notification } from "@modelcontextprotocol/sdk/types.js";
-import { Agent, fetch as undiciFetch } from "undici";
+import { Agent, fetch as undiciFetch, type Dispatcher } from "undici";
 import { GATEWAY_INTERNAL_HEADERS, mapGatewaySecrets, type GatewayRecord } from "../protocol/gateway.ts";
 import type { JsonRpcError } from "../protocol/upstream.ts";
 import type { OutboundPolicy } from "../actors/outboundPolicy.ts";
@@ -57,6 +58,11 @@ export type ConnectOptions = {
   outbound: OutboundPolicy;
   /** aborts the connect (the actor was closed meanwhile) */
   signal?: AbortSignal;
+  /**
+   * a shared HTTP agent whose idle sockets serve many connections; the connection never closes
+   * it (its close still aborts its own requests). Ignored for a gateway with TLS material.
+   */
+  dispatcher?: Dispatcher;
   onNotification: (n: Notification) => void;
   /** the transport closed by itself (child exited, stream ended) */
   onClosed: () => void;
@@ -88,6 +94,11 @@ export function httpTarget(record: GatewayRecord, open: (sealed: string, gid: st
   if (a.type === "headers") for (const [k, v] of Object.entries(a.headers)) headers[k.toLowerCase()] = v;
   if (a.type === "query") for (const [k, v] of Object.entries(a.params)) url.searchParams.set(k, v);
   return { url, headers };
+}
+
+/** A keep-alive HTTP agent for many connections to share (`dispatcher`), guarded as each connection's own agent is. */
+export function sharedUpstreamAgent(outbound: OutboundPolicy): Agent {
+  return new Agent({ connect: guardedConnector(outbound, {}) });
 }
 
 /** Opens and initializes an upstream session. On failure nothing stays open. */
@@ -132,12 +143,15 @@ export async function connectUpstream(opts: ConnectOptions): Promise<UpstreamCon
   } else {
     const { url, headers } = httpTarget(record, opts.open);
     const tls = mapGatewaySecrets(record, (sealed) => opts.open(sealed, record.id)).tls;
-    const agent = new Agent({
-      connect: guardedConnector(
-        opts.outbound,
-        tls ? { ca: tls.ca, cert: tls.cert, key: tls.key, rejectUnauthorized: tls.rejectUnauthorized ?? true } : {},
-      ),
-    });
+    const shared = tls ? undefined : opts.dispatcher;
+    const agent =
+      shared ??
+      new Agent({
+        connect: guardedConnector(
+          opts.outbound,
+          tls ? { ca: tls.ca, cert: tls.cert, key: tls.key, rejectUnauthorized: tls.rejectUnauthorized ?? true } : {},
+        ),
+      });
     const currentHeaders = () => {
       const store = requestContext.getStore();
       return store?.owner === owner ? store.headers : fallbackHeaders();
@@ -160,8 +174,11 @@ export async function connectUpstream(opts: ConnectOptions): Promise<UpstreamCon
       transport = streamable;
       politeEnd = () => streamable.terminateSession();
     }
-    forceClose = () => void agent.destroy().catch(() => {});
+    forceClose = () => {
+      if (!shared) void agent.destroy().catch(() => {});
+    };
     releaseSockets = async () => {
+      if (shared) return;
       let timer: NodeJS.Timeout | undefined;
       const closed = await Promise.race([
         agent.close().then(() => true, () => true),

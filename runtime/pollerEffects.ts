@@ -3,6 +3,7 @@
 import type { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import type { KV } from "@nats-io/kv";
 import type { JetStreamClient } from "@nats-io/jetstream";
+import type { Dispatcher } from "undici";
 import { reconcile, type CatalogLists } from "../actors/discovery.ts";
 import { encodeValue, entryJson, getLive, isCasConflict, parseEntry } from "../actors/kvStore.ts";
 import type { OutboundPolicy } from "../actors/outboundPolicy.ts";
@@ -14,21 +15,26 @@ import { KEYS, type Subjects } from "../protocol/subjects.ts";
 import { publishEvent } from "./events.ts";
 import { closeWithin, connectUpstream, isMethodNotFound } from "./mcpClient.ts";
 
-/** An initialized MCP client for one probe of a gateway; closed after the probe. */
+/** An initialized MCP client for a gateway's polls. */
 export type ProbeConnection = { client: Client; close(): Promise<void> };
-export type GatewayConnector = (record: GatewayRecord, timeoutMs: number) => Promise<ProbeConnection>;
+/** `onClosed`: the upstream ended the connection by itself */
+export type GatewayConnector = (record: GatewayRecord, timeoutMs: number, onClosed: () => void) => Promise<ProbeConnection>;
 
-/** Probes use the same connection builder as upstream sessions, with no downstream headers. */
-export function probeConnector(open: (sealed: string, gid: string) => string, outbound: OutboundPolicy): GatewayConnector {
-  return async (record, timeoutMs) => {
+/**
+ * Probes use the same connection builder as upstream sessions, with no downstream headers,
+ * over `dispatcher`: one keep-alive HTTP agent shared by every poll of the worker.
+ */
+export function probeConnector(open: (sealed: string, gid: string) => string, outbound: OutboundPolicy, dispatcher: Dispatcher): GatewayConnector {
+  return async (record, timeoutMs, onClosed) => {
     const conn = await connectUpstream({
       record,
       open,
       initialHeaders: {},
       timeoutMs,
       outbound,
+      dispatcher,
       onNotification: () => {},
-      onClosed: () => {},
+      onClosed,
       onError: () => {},
     });
     return {

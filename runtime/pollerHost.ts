@@ -27,6 +27,7 @@ import { KEYS } from "../protocol/subjects.ts";
 import { isNoResponders, request, serve } from "./bus.ts";
 import { followEvents } from "./events.ts";
 import { followKv } from "./kvWatch.ts";
+import { PollConnections } from "./pollConnections.ts";
 import { listCatalog, readGatewayStatus, readPollState, reconcileCatalog, scrubbedError, type GatewayConnector, type ProbeConnection } from "./pollerEffects.ts";
 import type { Hosted, WorkerContext } from "./worker.ts";
 import { z } from "zod";
@@ -83,6 +84,7 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
   const me = config.workerId;
   const ttl = config.poller.ownerTtl;
   const slots = new PollSlots(config.maxConcurrentPolls);
+  const connections = new PollConnections(connect, config.poller.maxStdio);
   const open = (sealed: string, gid: string) => box.open(sealed, gid);
   const jsm = await jetstreamManager(nc);
 
@@ -107,12 +109,16 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
 
   // ---- one poller ----
 
-  /** `signal`: the poller stopped (gateway moved, removed or changed); a poll still waiting for a slot never starts */
+  /**
+   * `signal`: the poller stopped (gateway moved, removed or changed); a poll still waiting for a
+   * slot never starts. `keep`: the poll is its poller's, on the gateway's kept connection.
+   */
   const probe = async <T>(
     gid: string,
     kind: string,
     fn: (conn: ProbeConnection) => Promise<T>,
     signal?: AbortSignal,
+    keep = true,
   ): Promise<T> => {
     const record = gateways.get(gid);
     if (!record) throw new Error("gateway is no longer registered");
@@ -120,14 +126,10 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
     log.debug({ gid, kind }, "poll");
     return slots.run(async () => {
       if (signal?.aborted) throw new Error("poll cancelled: the poller stopped");
-      let conn;
       try {
-        conn = await connect(record, config.poller.timeout);
-        return await fn(conn);
+        return await connections.use(record, config.poller.timeout, fn, keep);
       } catch (err) {
         throw scrubbedError(err, record, open);
-      } finally {
-        await conn?.close().catch(() => {});
       }
     });
   };
@@ -218,6 +220,7 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
     running.delete(gid);
     const { refreshWaiting, refreshInFlight } = owned.actor.getSnapshot().context;
     owned.actor.stop();
+    connections.drop(gid);
     const gone = new ProtocolError("unavailable", "the gateway's poller stopped during the refresh (gateway changed, removed or moved); try again");
     for (const r of [...refreshWaiting, ...refreshInFlight]) r.reject(gone);
   };
@@ -367,7 +370,7 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
   };
 
   /** A discovery outside any poller (nobody polls the gateway right now); reconciles all the same. */
-  const refreshOnce = (gid: string): Promise<DiscoveryOutcome> => probe(gid, "discovery", discoverOver(gid));
+  const refreshOnce = (gid: string): Promise<DiscoveryOutcome> => probe(gid, "discovery", discoverOver(gid), undefined, false);
 
   const reply = (gid: string, o: DiscoveryOutcome) => ({ gid, changed: o.changed, hash: o.hash, diff: o.diff });
   const asUnavailable = (err: unknown): never => {
@@ -429,6 +432,7 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
     clearInterval(beat);
     clearInterval(tick);
     for (const gid of [...running.keys()]) stopPoller(gid);
+    void connections.closeAll();
   });
 
   return {
@@ -442,6 +446,7 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
       for (const w of watches) w.stop();
       // hand the gateways over now rather than after the TTL
       await Promise.all([...running.keys()].map((gid) => release(gid)));
+      await connections.closeAll();
       await stores.state.delete(KEYS.pollerWorker(me)).catch(() => {});
     },
   };
