@@ -202,21 +202,30 @@ describe("gateway pollers (one worker)", () => {
   });
 
   it("refreshes on request and replies with the diff", async () => {
-    const gw = await add("manual", { enabled: true });
-    await until("first discovery", () => catalog(gw.id), 30_000);
+    // discovery only when asked (10 min interval), so no scheduled one can see the change first
+    const slow = await startTestWorker(nats, { ...ENV, MCPGW_DISCOVERY_INTERVAL: "10m" });
     const admin = await nats.connect("admin");
-    fixture.gateway("manual").toolbox.add("by_hand");
-    const r = await request(admin, worker.ctx.s.admin.gateway("refresh"), { name: "manual" }, RefreshReplySchema, 30_000);
-    assert.equal(r.gid, gw.id);
-    assert.equal(r.changed, true);
-    assert.deepEqual(r.diff.added.tools, ["by_hand"]);
-    assert.ok((await toolNames(gw.id)).includes("by_hand"));
-    const again = await request(admin, worker.ctx.s.admin.gateway("refresh"), { id: gw.id }, RefreshReplySchema, 30_000);
-    assert.equal(again.changed, false);
-    assert.equal(again.hash, r.hash);
-    // a refused request: bad input, unknown gateway
-    await assert.rejects(request(admin, worker.ctx.s.admin.gateway("refresh"), { name: "NOT A NAME" }, RefreshReplySchema, 30_000), /invalid/);
-    await assert.rejects(request(admin, worker.ctx.s.admin.gateway("refresh"), { name: "nobody" }, RefreshReplySchema, 30_000), /no gateway/);
+    try {
+      await worker.stop();
+      const gw = await slow.registry.add({ name: "manual", transport: "streamable-http", url: fixture.url("manual") });
+      await until("first discovery", async () => (await getLive(slow.stores.catalog, KEYS.catalog(gw.id))) ?? null, 30_000);
+      fixture.gateway("manual").toolbox.add("by_hand");
+      const r = await request(admin, slow.ctx.s.admin.gateway("refresh"), { name: "manual" }, RefreshReplySchema, 30_000);
+      assert.equal(r.gid, gw.id);
+      assert.equal(r.changed, true);
+      assert.deepEqual(r.diff.added.tools, ["by_hand"]);
+      assert.ok((await toolNames(gw.id)).includes("by_hand"));
+      const again = await request(admin, slow.ctx.s.admin.gateway("refresh"), { id: gw.id }, RefreshReplySchema, 30_000);
+      assert.equal(again.changed, false);
+      assert.equal(again.hash, r.hash);
+      // a refused request: bad input, unknown gateway
+      await assert.rejects(request(admin, slow.ctx.s.admin.gateway("refresh"), { name: "NOT A NAME" }, RefreshReplySchema, 30_000), /invalid/);
+      await assert.rejects(request(admin, slow.ctx.s.admin.gateway("refresh"), { name: "nobody" }, RefreshReplySchema, 30_000), /no gateway/);
+    } finally {
+      await admin.close();
+      await slow.stop();
+      worker = await startTestWorker(nats, ENV);
+    }
   });
 
   it("a stopped poller's queued poll never starts, and its pending refresh is answered", async () => {
