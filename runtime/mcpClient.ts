@@ -9,6 +9,7 @@ import { SSEClientTransport } from "@modelcontextprotocol/sdk/client/sse.js";
 import { getDefaultEnvironment, StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js";
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
 import type { FetchLike, Transport } from "@modelcontextprotocol/sdk/shared/transport.js";
+import type { JsonSchemaValidator, jsonSchemaValidator } from "@modelcontextprotocol/sdk/validation/types.js";
 import { ErrorCode, McpError, type Notification } from "@modelcontextprotocol/sdk/types.js";
 import { Agent, fetch as undiciFetch, type Dispatcher } from "undici";
 import { GATEWAY_INTERNAL_HEADERS, mapGatewaySecrets, type GatewayRecord } from "../protocol/gateway.ts";
@@ -63,10 +64,24 @@ export type ConnectOptions = {
    * it (its close still aborts its own requests). Ignored for a gateway with TLS material.
    */
   dispatcher?: Dispatcher;
+  /**
+   * a poller's connection: no standalone GET stream (it waits for no server-initiated message,
+   * and the stream would hold a socket and tens of KB per gateway between polls) and no tool
+   * output validator (it never calls a tool; the SDK would build an Ajv per client and compile
+   * every output schema at every tools/list)
+   */
+  pollOnly?: boolean;
   onNotification: (n: Notification) => void;
   /** the transport closed by itself (child exited, stream ended) */
   onClosed: () => void;
   onError: (err: Error) => void;
+};
+
+/** accepts any tool output (a poller's client never calls a tool) */
+const NO_OUTPUT_VALIDATION: jsonSchemaValidator = {
+  getValidator<T>(): JsonSchemaValidator<T> {
+    return (input) => ({ valid: true, data: input as T, errorMessage: undefined });
+  },
 };
 
 const isInternal = (name: string) => (GATEWAY_INTERNAL_HEADERS as readonly string[]).includes(name.toLowerCase());
@@ -104,7 +119,7 @@ export function sharedUpstreamAgent(outbound: OutboundPolicy): Agent {
 /** Opens and initializes an upstream session. On failure nothing stays open. */
 export async function connectUpstream(opts: ConnectOptions): Promise<UpstreamConnection> {
   const { record } = opts;
-  const client = new Client(CLIENT_INFO, { capabilities: {} });
+  const client = new Client(CLIENT_INFO, { capabilities: {}, ...(opts.pollOnly ? { jsonSchemaValidator: NO_OUTPUT_VALIDATION } : {}) });
   client.fallbackNotificationHandler = async (n) => opts.onNotification(n);
   client.onerror = (err) => opts.onError(err);
 
@@ -157,6 +172,8 @@ export async function connectUpstream(opts: ConnectOptions): Promise<UpstreamCon
       return store?.owner === owner ? store.headers : fallbackHeaders();
     };
     const fetchUpstream: FetchLike = (input, init) => {
+      // what a server without a GET stream answers (the SDK then goes on without one)
+      if (opts.pollOnly && init?.method === "GET") return Promise.resolve(new Response(null, { status: 405 }));
       const h = new Headers(init?.headers);
       // passthrough first, so neither static headers nor auth can be overridden by a client
       for (const [k, v] of Object.entries(currentHeaders())) if (!h.has(k)) h.set(k, v);

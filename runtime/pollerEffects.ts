@@ -33,6 +33,7 @@ export function probeConnector(open: (sealed: string, gid: string) => string, ou
       timeoutMs,
       outbound,
       dispatcher,
+      pollOnly: true,
       onNotification: () => {},
       onClosed,
       onError: () => {},
