@@ -100,6 +100,19 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
   let lastHeartbeatOk = performance.now();
   let stopped = false;
 
+  /** each gateway's rendezvous owner among the live workers, computed again only when they change (a hash per gateway) */
+  let placement = { workers: "", owner: new Map<string, string | null>() };
+  const placedHere = (live: Set<string>) => {
+    const workers = [...live].sort().join(" ");
+    if (workers !== placement.workers) placement = { workers, owner: new Map() };
+    const { owner } = placement;
+    return (gid: string) => {
+      let o = owner.get(gid);
+      if (o === undefined) owner.set(gid, (o = ownerOf(gid, live)));
+      return o === me;
+    };
+  };
+
   const liveWorkers = () => {
     const now = performance.now();
     const live = new Set([...heartbeats].filter(([, h]) => now - h.seen < ttl).map(([w]) => w));
@@ -260,6 +273,7 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
         return;
       }
       const live = liveWorkers();
+      const mine = placedHere(live);
       const work: Promise<void>[] = [];
       for (const gid of [...running.keys()]) {
         const o = owners.get(gid);
@@ -267,10 +281,10 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
         else if (o && o.revision > running.get(gid)!.revision) {
           log.info({ gid, by: o.worker }, "gateway taken over");
           stopPoller(gid);
-        } else if (ownerOf(gid, live) !== me) work.push(release(gid));
+        } else if (!mine(gid)) work.push(release(gid));
       }
       for (const gid of gateways.keys()) {
-        if (running.has(gid) || ownerOf(gid, live) !== me) continue;
+        if (running.has(gid) || !mine(gid)) continue;
         const o = owners.get(gid);
         // free, left over from this worker's previous life, or held by a worker that stopped beating
         if (!o || o.worker === null || o.worker === me || !live.has(o.worker)) work.push(claim(gid, o));
@@ -340,6 +354,7 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
     if (ev.type === "list_changed") return void running.get(ev.gid)?.actor.send({ type: "LIST_CHANGED" });
     if (ev.type === "removed") {
       gateways.delete(ev.gid);
+      placement.owner.delete(ev.gid);
       fresh.delete(ev.gid);
       if (running.has(ev.gid)) {
         await release(ev.gid);
