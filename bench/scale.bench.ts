@@ -107,7 +107,13 @@ async function main() {
   const rssAfterAdds = rssMb(pid);
 
   // ---- the first interval: every gateway checked once ----
-  const everyChecked = await until("every gateway health-checked once", () => (firstCheck.size >= addLatencies.length ? Date.now() : null), 5 * HEALTH_MS + 60_000);
+  // (bounded: a worker that falls behind is reported, not waited for)
+  let everyChecked: number | null = null;
+  while (everyChecked === null && Date.now() < addsEnded + 5 * HEALTH_MS) {
+    if (firstCheck.size >= addLatencies.length) everyChecked = Date.now();
+    else await sleep(250);
+  }
+  const checkedByThen = firstCheck.size;
   await sleep(Math.max(0, addsEnded + HEALTH_MS + 5_000 - Date.now()));
 
   // ---- the observation window ----
@@ -184,7 +190,12 @@ async function main() {
       ["worker RSS: idle, right after the adds", `${mb(rssIdle)}, ${mb(rssAfterAdds)}`],
       ["worker RSS over the window [≤ 300 MB, flat]", `start ${mb(rss[0]!)}, end ${mb(rss.at(-1)!)}, min ${mb(Math.min(...rss))}, max ${mb(Math.max(...rss))}`],
       ["worker CPU over the window [≤ 20% of one core]", `mean ${cpuMean.toFixed(1)}%, busiest ${SAMPLE_MS / 1000} s ${Math.max(...cpuSamples).toFixed(1)}%`],
-      ["last add → every gateway checked once", `${ms(everyChecked - addsEnded)}; /interval ${ratio((everyChecked - addsEnded) / HEALTH_MS)}`],
+      [
+        "last add → every gateway checked once",
+        everyChecked === null
+          ? `not within 5 intervals (${checkedByThen} of ${addLatencies.length} checked by then)`
+          : `${ms(everyChecked - addsEnded)}; /interval ${ratio((everyChecked - addsEnded) / HEALTH_MS)}`,
+      ],
       ["health checks per second in the window", `${meanPerSecond.toFixed(1)}; needed ${(GATEWAYS / (HEALTH_MS / 1000)).toFixed(1)}`],
       [
         "gap between two checks of a gateway / interval [≤ 1.1]",
