@@ -7,7 +7,7 @@ import type { Dispatcher } from "undici";
 import { reconcile, type CatalogLists } from "../actors/discovery.ts";
 import { encodeValue, entryJson, getLive, isCasConflict, parseEntry } from "../actors/kvStore.ts";
 import type { OutboundPolicy } from "../actors/outboundPolicy.ts";
-import type { DiscoveryOutcome, PollState } from "../actors/poller.machine.ts";
+import type { DiscoveryOutcome, PollKind, PollState } from "../actors/poller.machine.ts";
 import { CatalogSchema, type Catalog } from "../protocol/catalog.ts";
 import { GatewayStatusSchema, MASK, mapGatewaySecrets, type GatewayRecord, type GatewayStatus } from "../protocol/gateway.ts";
 import { PollStampSchema } from "../protocol/poller.ts";
@@ -115,17 +115,14 @@ export async function reconcileCatalog(store: CatalogStore, gid: string, found: 
 }
 
 /**
- * The poll stamps, read now, and the classification as the worker's watch last saw it (one
- * value shared by every poller, not a read of the whole list per poll); raw, the machine
- * decides what they mean.
+ * The poll stamp of `kind`, read now (a health check reads one key, not both), and the
+ * classification as the worker's watch last saw it (one value shared by every poller, not a
+ * read of the whole list per poll); raw, the machine decides what they mean.
  */
-export async function readPollState(state: KV, gid: string, classification: unknown): Promise<PollState> {
-  const json = async (key: string) => {
-    const e = await getLive(state, key);
-    return e ? entryJson(e) : undefined;
-  };
-  const [health, discovery] = await Promise.all([json(KEYS.pollHealth(gid)), json(KEYS.pollDiscovery(gid))]);
-  return { health, discovery, classification };
+export async function readPollState(state: KV, gid: string, kind: PollKind, classification: unknown): Promise<PollState> {
+  const e = await getLive(state, kind === "health" ? KEYS.pollHealth(gid) : KEYS.pollDiscovery(gid));
+  const stamp = e ? entryJson(e) : undefined;
+  return kind === "health" ? { health: stamp, discovery: undefined, classification } : { health: undefined, discovery: stamp, classification };
 }
 
 /**

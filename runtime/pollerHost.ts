@@ -11,7 +11,7 @@ import { jetstreamManager } from "@nats-io/jetstream";
 import { createActor, fromPromise, type ActorRefFrom } from "xstate";
 import { shortErrorText } from "../actors/errorText.ts";
 import { encodeValue, entryJson, getLive, isCasConflict, parseEntry } from "../actors/kvStore.ts";
-import { pollerMachine, type DiscoveryOutcome, type PollState } from "../actors/poller.machine.ts";
+import { pollerMachine, type DiscoveryOutcome, type PollKind, type PollState } from "../actors/poller.machine.ts";
 import { RefreshReplySchema } from "../protocol/catalog.ts";
 import { ProtocolError, parseRequest } from "../protocol/envelope.ts";
 import {
@@ -159,7 +159,7 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
 
   const machine = pollerMachine.provide({
     actors: {
-      readPollState: fromPromise<PollState, { gid: string }>(({ input }) => readPollState(stores.state, input.gid, classification)),
+      readPollState: fromPromise<PollState, { gid: string; kind: PollKind }>(({ input }) => readPollState(stores.state, input.gid, input.kind, classification)),
       checkHealth: fromPromise<void, { gid: string }>(({ input, signal }) =>
         probe(
           input.gid,
