@@ -95,8 +95,8 @@ function statusDiffers(a: GatewayStatus | null, b: GatewayStatus): boolean {
   return (["health", "lastError", "consecutiveFailures", "tools", "prompts", "resources", "tier"] as const).some((k) => a[k] !== b[k]);
 }
 
-const notProvided = <T>(what: string) =>
-  fromPromise<T, { gid: string }>(async () => {
+const notProvided = <T, I = { gid: string }>(what: string) =>
+  fromPromise<T, I>(async () => {
     throw new Error(`${what} is not provided`);
   });
 
@@ -107,7 +107,8 @@ const poller = setup({
     events: {} as PollerEvent,
   },
   actors: {
-    readPollState: notProvided<PollState>("readPollState"),
+    /** `kind`: the region asking; only its stamp need be read (the other may come back undefined) */
+    readPollState: notProvided<PollState, { gid: string; kind: PollKind }>("readPollState"),
     /** initialize + ping; rejects when the gateway does not answer */
     checkHealth: notProvided<void>("checkHealth"),
     /** list everything, reconcile into the catalog, publish the change */
@@ -230,7 +231,7 @@ export const pollerMachine = poller.createMachine({
         deciding: {
           invoke: {
             src: "readPollState",
-            input: ({ context }) => ({ gid: context.gid }),
+            input: ({ context }) => ({ gid: context.gid, kind: "health" as const }),
             onDone: [
               // another worker already ran this slot's check: wait for the next slot
               { guard: { type: "healthSlotDone", params: ({ event }) => ({ state: event.output }) }, target: "waiting", actions: "scheduleHealth" },
@@ -275,7 +276,7 @@ export const pollerMachine = poller.createMachine({
         deciding: {
           invoke: {
             src: "readPollState",
-            input: ({ context }) => ({ gid: context.gid }),
+            input: ({ context }) => ({ gid: context.gid, kind: "discovery" as const }),
             onDone: [
               { guard: "refreshWaiting", target: "discovering" },
               { guard: "pushPending", target: "debouncing" },

@@ -85,6 +85,7 @@ export const EnvSchema = z.object({
   MCPGW_POLL_BACKOFF_MAX: z.preprocess(blankIsUnset, duration("10m", 100)),
   MCPGW_POLL_TIMEOUT: z.preprocess(blankIsUnset, duration("30s", 100)),
   MCPGW_POLL_OWNER_TTL: z.preprocess(blankIsUnset, duration("9s", 300)),
+  MCPGW_POLL_MAX_STDIO: z.preprocess(blankIsUnset, int(32, 0, 10_000)),
   MCPGW_UNHEALTHY_THRESHOLD: z.preprocess(blankIsUnset, int(3, 1, 1000)),
   MCPGW_OUTBOUND_DENY: z.preprocess(
     blankIsUnset,
@@ -146,6 +147,8 @@ export type Config = {
     timeout: number;
     /** a worker whose heartbeat has not changed for this long is dead; its gateways move */
     ownerTtl: number;
+    /** stdio children kept open between polls; beyond this, stdio gateways connect per poll */
+    maxStdio: number;
   };
   /** what upstream connections may reach beyond the always-denied addresses */
   outbound: OutboundPolicy;
@@ -212,6 +215,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       backoffMax: e.MCPGW_POLL_BACKOFF_MAX,
       timeout: e.MCPGW_POLL_TIMEOUT,
       ownerTtl: e.MCPGW_POLL_OWNER_TTL,
+      maxStdio: e.MCPGW_POLL_MAX_STDIO,
     },
     outbound: { deny: [...new Set(e.MCPGW_OUTBOUND_DENY)] },
     logLevel: e.MCPGW_LOG_LEVEL,

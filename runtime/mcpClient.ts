@@ -1,15 +1,17 @@
 // Builds one MCP SDK client for one upstream session from a gateway record: transport,
 // auth, static and passthrough headers, TLS material. Nothing here is shared between
 // upstream sessions: each connection has its own HTTP agent (so closing one can abort
-// its sockets) or its own child process.
+// its sockets) or its own child process. Gateway pollers may pass one shared keep-alive
+// agent instead (`dispatcher`), used for gateways without TLS material.
 import { AsyncLocalStorage } from "node:async_hooks";
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { SSEClientTransport } from "@modelcontextprotocol/sdk/client/sse.js";
 import { getDefaultEnvironment, StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js";
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
 import type { FetchLike, Transport } from "@modelcontextprotocol/sdk/shared/transport.js";
+import type { JsonSchemaValidator, jsonSchemaValidator } from "@modelcontextprotocol/sdk/validation/types.js";
 import { ErrorCode, isJSONRPCErrorResponse, isJSONRPCRequest, isJSONRPCResultResponse, McpError, ResultSchema, type Notification } from "@modelcontextprotocol/sdk/types.js";
-import { Agent, fetch as undiciFetch, Response as UndiciResponse } from "undici";
+import { Agent, fetch as undiciFetch, Response as UndiciResponse, type Dispatcher } from "undici";
 import { GATEWAY_INTERNAL_HEADERS, mapGatewaySecrets, type GatewayRecord } from "../protocol/gateway.ts";
 import type { JsonRpcError } from "../protocol/upstream.ts";
 import type { OutboundPolicy } from "../actors/outboundPolicy.ts";
@@ -119,10 +121,29 @@ export type ConnectOptions = {
   maxAnswerBytes?: number;
   /** aborts the connect (the actor was closed meanwhile) */
   signal?: AbortSignal;
+  /**
+   * a shared HTTP agent whose idle sockets serve many connections; the connection never closes
+   * it (its close still aborts its own requests). Ignored for a gateway with TLS material.
+   */
+  dispatcher?: Dispatcher;
+  /**
+   * a poller's connection: no standalone GET stream (it waits for no server-initiated message,
+   * and the stream would hold a socket and tens of KB per gateway between polls) and no tool
+   * output validator (it never calls a tool; the SDK would build an Ajv per client and compile
+   * every output schema at every tools/list)
+   */
+  pollOnly?: boolean;
   onNotification: (n: Notification) => void;
   /** the transport closed by itself (child exited, stream ended) */
   onClosed: () => void;
   onError: (err: Error) => void;
+};
+
+/** accepts any tool output (a poller's client never calls a tool) */
+const NO_OUTPUT_VALIDATION: jsonSchemaValidator = {
+  getValidator<T>(): JsonSchemaValidator<T> {
+    return (input) => ({ valid: true, data: input as T, errorMessage: undefined });
+  },
 };
 
 const isInternal = (name: string) => (GATEWAY_INTERNAL_HEADERS as readonly string[]).includes(name.toLowerCase());
@@ -152,10 +173,15 @@ export function httpTarget(record: GatewayRecord, open: (sealed: string, gid: st
   return { url, headers };
 }
 
+/** A keep-alive HTTP agent for many connections to share (`dispatcher`), guarded as each connection's own agent is. */
+export function sharedUpstreamAgent(outbound: OutboundPolicy): Agent {
+  return new Agent({ connect: guardedConnector(outbound, {}) });
+}
+
 /** Opens and initializes an upstream session. On failure nothing stays open. */
 export async function connectUpstream(opts: ConnectOptions): Promise<UpstreamConnection> {
   const { record } = opts;
-  const client = new Client(CLIENT_INFO, { capabilities: {} });
+  const client = new Client(CLIENT_INFO, { capabilities: {}, ...(opts.pollOnly ? { jsonSchemaValidator: NO_OUTPUT_VALIDATION } : {}) });
   client.fallbackNotificationHandler = async (n) => opts.onNotification(n);
   client.onerror = (err) => opts.onError(err);
 
@@ -194,13 +220,18 @@ export async function connectUpstream(opts: ConnectOptions): Promise<UpstreamCon
   } else {
     const { url, headers } = httpTarget(record, opts.open);
     const tls = mapGatewaySecrets(record, (sealed) => opts.open(sealed, record.id)).tls;
-    const agent = new Agent({
-      connect: guardedConnector(
-        opts.outbound,
-        tls ? { ca: tls.ca, cert: tls.cert, key: tls.key, rejectUnauthorized: tls.rejectUnauthorized ?? true } : {},
-      ),
-    });
+    const shared = tls ? undefined : opts.dispatcher;
+    const agent =
+      shared ??
+      new Agent({
+        connect: guardedConnector(
+          opts.outbound,
+          tls ? { ca: tls.ca, cert: tls.cert, key: tls.key, rejectUnauthorized: tls.rejectUnauthorized ?? true } : {},
+        ),
+      });
     const fetchUpstream: FetchLike = (input, init) => {
+      // what a server without a GET stream answers (the SDK then goes on without one)
+      if (opts.pollOnly && init?.method === "GET") return Promise.resolve(new Response(null, { status: 405 }));
       const store = requestContext.getStore();
       const call = store?.owner === owner ? store : undefined;
       const h = new Headers(init?.headers);
@@ -239,8 +270,11 @@ export async function connectUpstream(opts: ConnectOptions): Promise<UpstreamCon
       transport = streamable;
       politeEnd = () => streamable.terminateSession();
     }
-    forceClose = () => void agent.destroy().catch(() => {});
+    forceClose = () => {
+      if (!shared) void agent.destroy().catch(() => {});
+    };
     releaseSockets = async () => {
+      if (shared) return;
       let timer: NodeJS.Timeout | undefined;
       const closed = await Promise.race([
         agent.close().then(() => true, () => true),

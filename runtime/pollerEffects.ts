@@ -3,10 +3,11 @@
 import type { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import type { KV } from "@nats-io/kv";
 import type { JetStreamClient } from "@nats-io/jetstream";
+import type { Dispatcher } from "undici";
 import { reconcile, type CatalogLists } from "../actors/discovery.ts";
 import { encodeValue, entryJson, getLive, isCasConflict, parseEntry } from "../actors/kvStore.ts";
 import type { OutboundPolicy } from "../actors/outboundPolicy.ts";
-import type { DiscoveryOutcome, PollState } from "../actors/poller.machine.ts";
+import type { DiscoveryOutcome, PollKind, PollState } from "../actors/poller.machine.ts";
 import { CatalogSchema, type Catalog } from "../protocol/catalog.ts";
 import { GatewayStatusSchema, type GatewayRecord, type GatewayStatus } from "../protocol/gateway.ts";
 import { PollStampSchema } from "../protocol/poller.ts";
@@ -14,21 +15,27 @@ import { KEYS, type Subjects } from "../protocol/subjects.ts";
 import { publishEvent } from "./events.ts";
 import { closeWithin, connectUpstream, isMethodNotFound } from "./mcpClient.ts";
 
-/** An initialized MCP client for one probe of a gateway; closed after the probe. */
+/** An initialized MCP client for a gateway's polls. */
 export type ProbeConnection = { client: Client; close(): Promise<void> };
-export type GatewayConnector = (record: GatewayRecord, timeoutMs: number) => Promise<ProbeConnection>;
+/** `onClosed`: the upstream ended the connection by itself */
+export type GatewayConnector = (record: GatewayRecord, timeoutMs: number, onClosed: () => void) => Promise<ProbeConnection>;
 
-/** Probes use the same connection builder as upstream sessions, with no downstream headers. */
-export function probeConnector(open: (sealed: string, gid: string) => string, outbound: OutboundPolicy): GatewayConnector {
-  return async (record, timeoutMs) => {
+/**
+ * Probes use the same connection builder as upstream sessions, with no downstream headers,
+ * over `dispatcher`: one keep-alive HTTP agent shared by every poll of the worker.
+ */
+export function probeConnector(open: (sealed: string, gid: string) => string, outbound: OutboundPolicy, dispatcher: Dispatcher): GatewayConnector {
+  return async (record, timeoutMs, onClosed) => {
     const conn = await connectUpstream({
       record,
       open,
       initialHeaders: {},
       timeoutMs,
       outbound,
+      dispatcher,
+      pollOnly: true,
       onNotification: () => {},
-      onClosed: () => {},
+      onClosed,
       onError: () => {},
     });
     return {
@@ -108,17 +115,14 @@ export async function reconcileCatalog(store: CatalogStore, gid: string, found: 
 }
 
 /**
- * The poll stamps, read now, and the classification as the worker's watch last saw it (one
- * value shared by every poller, not a read of the whole list per poll); raw, the machine
- * decides what they mean.
+ * The poll stamp of `kind`, read now (a health check reads one key, not both), and the
+ * classification as the worker's watch last saw it (one value shared by every poller, not a
+ * read of the whole list per poll); raw, the machine decides what they mean.
  */
-export async function readPollState(state: KV, gid: string, classification: unknown): Promise<PollState> {
-  const json = async (key: string) => {
-    const e = await getLive(state, key);
-    return e ? entryJson(e) : undefined;
-  };
-  const [health, discovery] = await Promise.all([json(KEYS.pollHealth(gid)), json(KEYS.pollDiscovery(gid))]);
-  return { health, discovery, classification };
+export async function readPollState(state: KV, gid: string, kind: PollKind, classification: unknown): Promise<PollState> {
+  const e = await getLive(state, kind === "health" ? KEYS.pollHealth(gid) : KEYS.pollDiscovery(gid));
+  const stamp = e ? entryJson(e) : undefined;
+  return kind === "health" ? { health: stamp, discovery: undefined, classification } : { health: undefined, discovery: stamp, classification };
 }
 
 /**

@@ -11,7 +11,7 @@ import { jetstreamManager } from "@nats-io/jetstream";
 import { createActor, fromPromise, type ActorRefFrom } from "xstate";
 import { shortErrorText } from "../actors/errorText.ts";
 import { encodeValue, entryJson, getLive, isCasConflict, parseEntry } from "../actors/kvStore.ts";
-import { pollerMachine, type DiscoveryOutcome, type PollState } from "../actors/poller.machine.ts";
+import { pollerMachine, type DiscoveryOutcome, type PollKind, type PollState } from "../actors/poller.machine.ts";
 import { RefreshReplySchema } from "../protocol/catalog.ts";
 import { ProtocolError, parseRequest } from "../protocol/envelope.ts";
 import {
@@ -27,6 +27,7 @@ import { KEYS } from "../protocol/subjects.ts";
 import { isNoResponders, request, serve } from "./bus.ts";
 import { followEvents } from "./events.ts";
 import { followKv } from "./kvWatch.ts";
+import { PollConnections } from "./pollConnections.ts";
 import { listCatalog, readGatewayStatus, readPollState, reconcileCatalog, type GatewayConnector, type ProbeConnection } from "./pollerEffects.ts";
 import { gatewayScrubber, scrubbedError } from "./secretScrubber.ts";
 import type { Hosted, WorkerContext } from "./worker.ts";
@@ -84,6 +85,7 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
   const me = config.workerId;
   const ttl = config.poller.ownerTtl;
   const slots = new PollSlots(config.maxConcurrentPolls);
+  const connections = new PollConnections(connect, config.poller.maxStdio);
   const open = (sealed: string, gid: string) => box.open(sealed, gid);
   const jsm = await jetstreamManager(nc);
 
@@ -99,6 +101,19 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
   let lastHeartbeatOk = performance.now();
   let stopped = false;
 
+  /** each gateway's rendezvous owner among the live workers, computed again only when they change (a hash per gateway) */
+  let placement = { workers: "", owner: new Map<string, string | null>() };
+  const placedHere = (live: Set<string>) => {
+    const workers = [...live].sort().join(" ");
+    if (workers !== placement.workers) placement = { workers, owner: new Map() };
+    const { owner } = placement;
+    return (gid: string) => {
+      let o = owner.get(gid);
+      if (o === undefined) owner.set(gid, (o = ownerOf(gid, live)));
+      return o === me;
+    };
+  };
+
   const liveWorkers = () => {
     const now = performance.now();
     const live = new Set([...heartbeats].filter(([, h]) => now - h.seen < ttl).map(([w]) => w));
@@ -108,12 +123,16 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
 
   // ---- one poller ----
 
-  /** `signal`: the poller stopped (gateway moved, removed or changed); a poll still waiting for a slot never starts */
+  /**
+   * `signal`: the poller stopped (gateway moved, removed or changed); a poll still waiting for a
+   * slot never starts. `keep`: the poll is its poller's, on the gateway's kept connection.
+   */
   const probe = async <T>(
     gid: string,
     kind: string,
     fn: (conn: ProbeConnection) => Promise<T>,
     signal?: AbortSignal,
+    keep = true,
   ): Promise<T> => {
     const record = gateways.get(gid);
     if (!record) throw new Error("gateway is no longer registered");
@@ -121,14 +140,10 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
     log.debug({ gid, kind }, "poll");
     return slots.run(async () => {
       if (signal?.aborted) throw new Error("poll cancelled: the poller stopped");
-      let conn;
       try {
-        conn = await connect(record, config.poller.timeout);
-        return await fn(conn);
+        return await connections.use(record, config.poller.timeout, fn, keep);
       } catch (err) {
         throw scrubbedError(err, gatewayScrubber(record, open));
-      } finally {
-        await conn?.close().catch(() => {});
       }
     });
   };
@@ -145,7 +160,7 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
 
   const machine = pollerMachine.provide({
     actors: {
-      readPollState: fromPromise<PollState, { gid: string }>(({ input }) => readPollState(stores.state, input.gid, classification)),
+      readPollState: fromPromise<PollState, { gid: string; kind: PollKind }>(({ input }) => readPollState(stores.state, input.gid, input.kind, classification)),
       checkHealth: fromPromise<void, { gid: string }>(({ input, signal }) =>
         probe(
           input.gid,
@@ -219,6 +234,7 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
     running.delete(gid);
     const { refreshWaiting, refreshInFlight } = owned.actor.getSnapshot().context;
     owned.actor.stop();
+    connections.drop(gid);
     const gone = new ProtocolError("unavailable", "the gateway's poller stopped during the refresh (gateway changed, removed or moved); try again");
     for (const r of [...refreshWaiting, ...refreshInFlight]) r.reject(gone);
   };
@@ -258,6 +274,7 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
         return;
       }
       const live = liveWorkers();
+      const mine = placedHere(live);
       const work: Promise<void>[] = [];
       for (const gid of [...running.keys()]) {
         const o = owners.get(gid);
@@ -265,10 +282,10 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
         else if (o && o.revision > running.get(gid)!.revision) {
           log.info({ gid, by: o.worker }, "gateway taken over");
           stopPoller(gid);
-        } else if (ownerOf(gid, live) !== me) work.push(release(gid));
+        } else if (!mine(gid)) work.push(release(gid));
       }
       for (const gid of gateways.keys()) {
-        if (running.has(gid) || ownerOf(gid, live) !== me) continue;
+        if (running.has(gid) || !mine(gid)) continue;
         const o = owners.get(gid);
         // free, left over from this worker's previous life, or held by a worker that stopped beating
         if (!o || o.worker === null || o.worker === me || !live.has(o.worker)) work.push(claim(gid, o));
@@ -338,6 +355,7 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
     if (ev.type === "list_changed") return void running.get(ev.gid)?.actor.send({ type: "LIST_CHANGED" });
     if (ev.type === "removed") {
       gateways.delete(ev.gid);
+      placement.owner.delete(ev.gid);
       fresh.delete(ev.gid);
       if (running.has(ev.gid)) {
         await release(ev.gid);
@@ -368,7 +386,7 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
   };
 
   /** A discovery outside any poller (nobody polls the gateway right now); reconciles all the same. */
-  const refreshOnce = (gid: string): Promise<DiscoveryOutcome> => probe(gid, "discovery", discoverOver(gid));
+  const refreshOnce = (gid: string): Promise<DiscoveryOutcome> => probe(gid, "discovery", discoverOver(gid), undefined, false);
 
   const reply = (gid: string, o: DiscoveryOutcome) => ({ gid, changed: o.changed, hash: o.hash, diff: o.diff });
   const asUnavailable = (err: unknown): never => {
@@ -430,6 +448,7 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
     clearInterval(beat);
     clearInterval(tick);
     for (const gid of [...running.keys()]) stopPoller(gid);
+    void connections.closeAll();
   });
 
   return {
@@ -443,6 +462,7 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
       for (const w of watches) w.stop();
       // hand the gateways over now rather than after the TTL
       await Promise.all([...running.keys()].map((gid) => release(gid)));
+      await connections.closeAll();
       await stores.state.delete(KEYS.pollerWorker(me)).catch(() => {});
     },
   };

@@ -7,6 +7,7 @@ import type { Config } from "./config.ts";
 import { publishEvent } from "./events.ts";
 import type { Logger } from "./logger.ts";
 import { openStores, type Stores } from "./nats.ts";
+import { sharedUpstreamAgent } from "./mcpClient.ts";
 import { probeConnector, readGatewayStatus } from "./pollerEffects.ts";
 import { startPollerHost } from "./pollerHost.ts";
 import { serveRegistry } from "./registryService.ts";
@@ -66,7 +67,10 @@ export async function startWorker(config: Config, nc: NatsConnection, log: Logge
   serveRegistry(admin, registry, s);
   serveStatus(ctx);
   // Each actor kind's host is started here, in dependency order.
-  hosted.push(await startPollerHost(ctx, probeConnector((sealed, gid) => box.open(sealed, gid), config.outbound)));
+  // one keep-alive pool for every poll of this worker, closed after the pollers stopped
+  const pollAgent = sharedUpstreamAgent(config.outbound);
+  hosted.push({ stop: () => pollAgent.close() });
+  hosted.push(await startPollerHost(ctx, probeConnector((sealed, gid) => box.open(sealed, gid), config.outbound, pollAgent)));
   const edge = await startEdge(ctx, createUpstreamCaller(nc, s, { callTimeoutMs: config.intervals.callTimeout, maxBodyBytes: config.edge.maxBodyBytes, log: ctx.log }));
   // stopped after the upstream sessions: a call in flight then still hears why it ended
   hosted.push(edge);

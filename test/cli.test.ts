@@ -61,6 +61,27 @@ describe("mcpgw CLI", () => {
     assert.match((await cli("gateway", "get", "weather")).out, /^error: not_found: no gateway named weather/);
   });
 
+  it("imports gateways from a JSON array, reporting the ones refused and adding the rest", async () => {
+    const specs: unknown[] = Array.from({ length: 60 }, (_, i) => ({ name: `imp-${i}`, transport: "streamable-http", url: `https://imp.example.com/${i}/mcp` }));
+    specs[10] = { name: "imp-3", transport: "streamable-http", url: "https://imp.example.com/again/mcp" };
+    specs[20] = { name: "Bad_Name", transport: "streamable-http", url: "https://imp.example.com/bad/mcp" };
+    const file = join(dir, "import.json");
+    writeFileSync(file, JSON.stringify(specs));
+    const r = await cli("gateway", "import", file, "--parallel", "8");
+    assert.equal(r.code, 1);
+    assert.match(r.out, /imported 58 of 60 gateways; 2 failed:/);
+    assert.match(r.out, /#10 imp-3: conflict: a gateway named imp-3 already exists/);
+    assert.match(r.out, /#20 Bad_Name: invalid_request: /);
+    const listed = (await worker.registry.list({})).gateways.filter((g) => g.name.startsWith("imp-"));
+    assert.equal(listed.length, 58);
+
+    writeFileSync(file, JSON.stringify({ name: "not-an-array" }));
+    const notArray = await cli("gateway", "import", file);
+    assert.equal(notArray.code, 1);
+    assert.equal(notArray.out.trim(), `error: ${file} must hold a JSON array of gateway specs`);
+    assert.equal((await worker.registry.list({})).gateways.filter((g) => g.name.startsWith("imp-")).length, 58, "a refused import changes nothing");
+  });
+
   it("says what is wrong in one line", async () => {
     const bad = join(dir, "bad.json");
     writeFileSync(bad, "{ not json");

@@ -27,7 +27,7 @@ function harness(opts: Options = {}) {
   const statuses: GatewayStatus[] = [];
   const machine = pollerMachine.provide({
     actors: {
-      readPollState: fromPromise<PollState, { gid: string }>(async () => {
+      readPollState: fromPromise<PollState, { gid: string; kind: PollKind }>(async () => {
         if (kv.readFails) throw new Error("state bucket unreachable");
         return { health: stamps.get("health"), discovery: stamps.get("discovery"), classification: kv.classification };
       }),

@@ -202,21 +202,30 @@ describe("gateway pollers (one worker)", () => {
   });
 
   it("refreshes on request and replies with the diff", async () => {
-    const gw = await add("manual", { enabled: true });
-    await until("first discovery", () => catalog(gw.id), 30_000);
+    // discovery only when asked (10 min interval), so no scheduled one can see the change first
+    const slow = await startTestWorker(nats, { ...ENV, MCPGW_DISCOVERY_INTERVAL: "10m" });
     const admin = await nats.connect("admin");
-    fixture.gateway("manual").toolbox.add("by_hand");
-    const r = await request(admin, worker.ctx.s.admin.gateway("refresh"), { name: "manual" }, RefreshReplySchema, 30_000);
-    assert.equal(r.gid, gw.id);
-    assert.equal(r.changed, true);
-    assert.deepEqual(r.diff.added.tools, ["by_hand"]);
-    assert.ok((await toolNames(gw.id)).includes("by_hand"));
-    const again = await request(admin, worker.ctx.s.admin.gateway("refresh"), { id: gw.id }, RefreshReplySchema, 30_000);
-    assert.equal(again.changed, false);
-    assert.equal(again.hash, r.hash);
-    // a refused request: bad input, unknown gateway
-    await assert.rejects(request(admin, worker.ctx.s.admin.gateway("refresh"), { name: "NOT A NAME" }, RefreshReplySchema, 30_000), /invalid/);
-    await assert.rejects(request(admin, worker.ctx.s.admin.gateway("refresh"), { name: "nobody" }, RefreshReplySchema, 30_000), /no gateway/);
+    try {
+      await worker.stop();
+      const gw = await slow.registry.add({ name: "manual", transport: "streamable-http", url: fixture.url("manual") });
+      await until("first discovery", async () => (await getLive(slow.stores.catalog, KEYS.catalog(gw.id))) ?? null, 30_000);
+      fixture.gateway("manual").toolbox.add("by_hand");
+      const r = await request(admin, slow.ctx.s.admin.gateway("refresh"), { name: "manual" }, RefreshReplySchema, 30_000);
+      assert.equal(r.gid, gw.id);
+      assert.equal(r.changed, true);
+      assert.deepEqual(r.diff.added.tools, ["by_hand"]);
+      assert.ok((await toolNames(gw.id)).includes("by_hand"));
+      const again = await request(admin, slow.ctx.s.admin.gateway("refresh"), { id: gw.id }, RefreshReplySchema, 30_000);
+      assert.equal(again.changed, false);
+      assert.equal(again.hash, r.hash);
+      // a refused request: bad input, unknown gateway
+      await assert.rejects(request(admin, slow.ctx.s.admin.gateway("refresh"), { name: "NOT A NAME" }, RefreshReplySchema, 30_000), /invalid/);
+      await assert.rejects(request(admin, slow.ctx.s.admin.gateway("refresh"), { name: "nobody" }, RefreshReplySchema, 30_000), /no gateway/);
+    } finally {
+      await admin.close();
+      await slow.stop();
+      worker = await startTestWorker(nats, ENV);
+    }
   });
 
   it("a stopped poller's queued poll never starts, and its pending refresh is answered", async () => {
@@ -237,19 +246,16 @@ describe("gateway pollers (one worker)", () => {
 
       const hogRequests = fixture.gateway("hog").stats.headers.length;
       fixture.setFrozen("hog", true);
-      // a poll stuck at its initialize request (the only one without a session id) holds the slot
-      // for the whole poll timeout (one frozen later, at the polite close, would let go after 2 s)
-      await until(
-        "a poll of the frozen gateway stuck at initialize, holding the only slot",
-        async () => fixture.gateway("hog").stats.headers.slice(hogRequests).some((h) => h["mcp-session-id"] === undefined),
-        30_000,
-      );
+      // a poll stuck at its request (a ping on the kept session) holds the slot for the whole poll timeout
+      await until("a poll of the frozen gateway stuck, holding the only slot", async () => fixture.gateway("hog").stats.headers.length > hogRequests, 30_000);
       // hog's polls run one at a time (health only): its latest poll line is the holder's, written
       // before it waited for the slot and began to connect; polls fell due after it wait behind it
       const holder = polls().filter((l) => l.gid === hog.id).at(-1)!;
       await until("a poll of the other gateway waiting for the slot", async () => polls(holder.i + 1).some((l) => l.gid === queued.id), 30_000);
       await one.registry.remove({ id: queued.id });
       await until("its poller stopped", async () => (await getLive(one.stores.state, KEYS.gatewayStatus(queued.id))) === null, 30_000);
+      // (its kept session is closed as it stops: that DELETE is its last request)
+      await until("its kept session closed", async () => fixture.gateway("queued").sessions.size === 0, 30_000);
       const queuedRequests = fixture.gateway("queued").stats.headers.length;
       // the scenario's premise (a hang bound in effect, not a speed requirement): the poller stopped
       // while its poll still waited for the slot. The stuck connect lets go of the slot no sooner
@@ -285,6 +291,43 @@ describe("gateway pollers (one worker)", () => {
       await one.stop();
       worker = await startTestWorker(nats, ENV);
     }
+  });
+
+  it("health checks and discoveries share one kept MCP session; a forgotten session is replaced without a failed check", async () => {
+    const gw = await add("kept");
+    const opened = () => fixture.gateway("kept").opened.length;
+    const healthStamps = async () => {
+      const e = await getLive(worker.stores.state, KEYS.pollHealth(gw.id));
+      return e ? e.revision : null;
+    };
+    await until("first discovery", () => catalog(gw.id), 30_000);
+    // five health checks (400 ms) and at least one more discovery (1 s) on the one session
+    const first = await until("a health stamp", healthStamps, 30_000);
+    let seen = first;
+    for (let i = 0; i < 5; i++) {
+      seen = await until("the next health check", async () => {
+        const r = await healthStamps();
+        return r !== null && r > seen ? r : null;
+      }, 30_000);
+    }
+    assert.equal(opened(), 1, "one initialize for every health check and discovery");
+
+    // the upstream restarts (forgets every session): the next check opens a new one and succeeds
+    await fixture.dropSessions("kept");
+    const before = seen;
+    await until("a health check after the restart", async () => {
+      const r = await healthStamps();
+      return r !== null && r > before ? r : null;
+    }, 30_000);
+    assert.equal(opened(), 2, "one new session after the restart");
+    const status = await getLive(worker.stores.state, KEYS.gatewayStatus(gw.id));
+    const parsed = GatewayStatusSchema.parse(status!.json());
+    assert.equal(parsed.consecutiveFailures, 0);
+    assert.equal(parsed.lastError, null);
+
+    // removing the gateway closes its session at the upstream
+    await worker.registry.remove({ id: gw.id });
+    await until("its session closed at the upstream", async () => fixture.gateway("kept").sessions.size === 0, 30_000);
   });
 
   it("stops polling a removed gateway", async () => {

@@ -1,10 +1,11 @@
 import { readFileSync } from "node:fs";
+import { Presets, SingleBar } from "cli-progress";
 import { Command, Option } from "commander";
 import { GatewayListReplySchema, GatewayRemoveReplySchema, GatewayViewSchema, type GatewayView } from "../../protocol/gateway.ts";
 import { RefreshReplySchema } from "../../protocol/catalog.ts";
 import { ProtocolError } from "../../protocol/envelope.ts";
 import type { Admin, Run } from "./connection.ts";
-import { ago, fields, table } from "./output.ts";
+import { ago, errorLine, fields, table } from "./output.ts";
 
 const collect = (v: string, prev: string[] = []) => [...prev, v];
 
@@ -91,6 +92,19 @@ function specFile(path: string | undefined): Record<string, unknown> {
   }
   if (typeof value !== "object" || value === null || Array.isArray(value)) throw new Error(`--spec ${path} must hold a JSON object`);
   return value as Record<string, unknown>;
+}
+
+/** The gateway specs of `gateway import`: a JSON array (the registry validates each one). */
+function specList(path: string): unknown[] {
+  const text = readFileSync(path === "-" ? 0 : path, "utf8");
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch {
+    throw new Error(`${path} is not valid JSON`);
+  }
+  if (!Array.isArray(value)) throw new Error(`${path} must hold a JSON array of gateway specs`);
+  return value;
 }
 
 function specOptions(cmd: Command): Command {
@@ -192,6 +206,42 @@ export function gatewayCommands(run: Run): Command {
           ...lists.resourceTemplates.map((r) => ["template", r.uriTemplate]),
         ];
         print([counts, ...(rows.length ? [table(["KIND", "NAME"], rows)] : [])].join("\n"), { ...found.gateway, catalog: lists });
+      }),
+    );
+
+  gw.command("import <file>")
+    .description("register many gateways from a JSON array of gateway specs (- for standard input), several at once")
+    .option("--parallel <n>", "adds in flight at once", (v) => Number.parseInt(v, 10), 32)
+    .action((file: string, o: { parallel: number }) =>
+      run(async (a, print) => {
+        const specs = specList(file);
+        const parallel = Number.isInteger(o.parallel) && o.parallel > 0 ? o.parallel : 32;
+        const bar = new SingleBar({ format: "{bar} {value}/{total} gateways, {failed} failed, {rate}/s, eta {eta}s", stream: process.stderr }, Presets.shades_classic);
+        const startedAt = performance.now();
+        const failed: Array<{ index: number; name: unknown; error: string }> = [];
+        let added = 0;
+        let next = 0;
+        bar.start(specs.length, 0, { failed: 0, rate: 0 });
+        await Promise.all(
+          Array.from({ length: Math.min(parallel, specs.length) }, async () => {
+            while (next < specs.length) {
+              const index = next++;
+              try {
+                await a.call(a.s.admin.gateway("add"), specs[index], GatewayViewSchema);
+                added++;
+              } catch (err) {
+                // one refused gateway (a name taken, a bad field) does not stop the others
+                failed.push({ index, name: (specs[index] as { name?: unknown } | null)?.name, error: errorLine(err).replace(/^error: /, "") });
+              }
+              bar.increment(1, { failed: failed.length, rate: Math.round((added + failed.length) / ((performance.now() - startedAt) / 1000)) });
+            }
+          }),
+        );
+        bar.stop();
+        failed.sort((x, y) => x.index - y.index);
+        const lines = failed.map((f) => `#${f.index} ${typeof f.name === "string" ? f.name : "(no name)"}: ${f.error}`);
+        print([`imported ${added} of ${specs.length} gateways${failed.length ? `; ${failed.length} failed:` : ""}`, ...lines].join("\n"), { added, failed });
+        if (failed.length > 0) process.exitCode = 1;
       }),
     );
 

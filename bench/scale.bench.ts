@@ -1,0 +1,226 @@
+// Ten thousand gateways on one worker: one worker process, one nats-server, gateways added
+// through `mcpgw.admin.gateway.add` (32 in parallel) at distinct URLs of a few fixture processes,
+// default intervals (health 60 s, discovery 300 s). Reports adds per second; the worker's RSS
+// after the adds and over the observation window; its CPU; health checks per second, the gap
+// between two checks of a gateway against the interval, the busiest second over the mean;
+// upstream initialize requests per second; KV writes per health interval; the classifier's
+// duty time (listing every record and classifying, timed here against the same KV).
+// Run: node --import tsx bench/scale.bench.ts
+// SCALE_GATEWAYS (10000), SCALE_WINDOW (10m: the observation window after the first interval),
+// SCALE_FIXTURES (4).
+import { readFileSync } from "node:fs";
+import { jetstreamManager } from "@nats-io/jetstream";
+import { classify } from "../actors/classification.ts";
+import { GatewayListReplySchema, GatewayViewSchema } from "../protocol/gateway.ts";
+import { PollStampSchema } from "../protocol/poller.ts";
+import { subjects } from "../protocol/subjects.ts";
+import { request } from "../runtime/bus.ts";
+import { parseDuration } from "../runtime/config.ts";
+import { openStores } from "../runtime/nats.ts";
+import { startFixtureProcess } from "../test/fixtures/fixtureHttp.ts";
+import { startNats, type TestNats } from "../test/helpers/nats.ts";
+import { runTs, workerEnv, type Proc } from "../test/helpers/processes.ts";
+import { until } from "../test/helpers/wait.ts";
+import { directRegistry, TEST_SECRET_KEY } from "../test/helpers/worker.ts";
+import { ms, ratio, report, stats } from "./report.ts";
+
+const GATEWAYS = Number(process.env.SCALE_GATEWAYS ?? 10_000);
+const WINDOW_MS = parseDuration(process.env.SCALE_WINDOW ?? "10m")!;
+const FIXTURES = Number(process.env.SCALE_FIXTURES ?? 4);
+const HEALTH_MS = 60_000;
+const PARALLEL = 32;
+const SAMPLE_MS = 5_000;
+const CLK_TCK = 100;
+
+let nats: TestNats | undefined;
+let worker: Proc | undefined;
+const fixtures: Array<Awaited<ReturnType<typeof startFixtureProcess>>> = [];
+
+const rssMb = (pid: number) => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))![1]) / 1024;
+/** user + system CPU seconds of a process so far */
+const cpuSeconds = (pid: number) => {
+  const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
+  return (Number(fields[11]) + Number(fields[12])) / CLK_TCK;
+};
+const fixtureStats = async () => {
+  const all = await Promise.all(fixtures.map((f) => fetch(`http://127.0.0.1:${f.port}/stats`).then((r) => r.json() as Promise<{ initializeRequests: number; sessions: number }>)));
+  return { initializeRequests: all.reduce((a, s) => a + s.initializeRequests, 0), sessions: all.reduce((a, s) => a + s.sessions, 0) };
+};
+const mb = (x: number) => `${Math.round(x)} MB`;
+const sleep = (t: number) => new Promise((r) => setTimeout(r, t));
+
+async function main() {
+  nats = await startNats();
+  for (let i = 0; i < FIXTURES; i++) fixtures.push(await startFixtureProcess());
+  const nc = await nats.connect();
+  const admin = await nats.connect("admin");
+  const stores = await openStores(nc, "mcpgw");
+  const jsm = await jetstreamManager(nc);
+  const s = subjects("mcpgw");
+
+  worker = runTs("runtime/main.ts", [], workerEnv(nats, TEST_SECRET_KEY, { MCPGW_LOG_LEVEL: "warn" }));
+  const pid = worker.child.pid!;
+  await until("the worker serving admin requests", async () => {
+    try {
+      await request(admin, s.admin.gateway("list"), {}, GatewayListReplySchema, 2_000);
+      return true;
+    } catch {
+      return null;
+    }
+  }, 60_000);
+  const rssIdle = rssMb(pid);
+
+  const firstCheck = new Map<string, number>();
+  const checks: Array<{ gid: string; at: number }> = [];
+  const watch = await stores.state.watch({ key: "poll.*.health" });
+  void (async () => {
+    for await (const e of watch) {
+      if (e.operation !== "PUT") continue;
+      const gid = e.key.split(".")[1]!;
+      const at = Date.parse(PollStampSchema.parse(e.json()).at);
+      if (!firstCheck.has(gid)) firstCheck.set(gid, at);
+      checks.push({ gid, at });
+    }
+  })();
+
+  // ---- adds ----
+  const addLatencies: number[] = [];
+  const addFailures: string[] = [];
+  const addsStarted = Date.now();
+  let next = 0;
+  await Promise.all(
+    Array.from({ length: PARALLEL }, async () => {
+      while (next < GATEWAYS) {
+        const i = next++;
+        const t0 = performance.now();
+        try {
+          await request(admin, s.admin.gateway("add"), { name: `g${i}`, transport: "streamable-http", url: fixtures[i % FIXTURES]!.url(`g${i}`) }, GatewayViewSchema, 30_000);
+          addLatencies.push(performance.now() - t0);
+        } catch (err) {
+          addFailures.push(String(err));
+        }
+      }
+    }),
+  );
+  const addsEnded = Date.now();
+  const addsPerSecond = addLatencies.length / ((addsEnded - addsStarted) / 1000);
+  const rssAfterAdds = rssMb(pid);
+
+  // ---- the first interval: every gateway checked once ----
+  // (bounded: a worker that falls behind is reported, not waited for)
+  let everyChecked: number | null = null;
+  while (everyChecked === null && Date.now() < addsEnded + 5 * HEALTH_MS) {
+    if (firstCheck.size >= addLatencies.length) everyChecked = Date.now();
+    else await sleep(250);
+  }
+  const checkedByThen = firstCheck.size;
+  await sleep(Math.max(0, addsEnded + HEALTH_MS + 5_000 - Date.now()));
+
+  // ---- the observation window ----
+  const windowStart = Date.now();
+  const cpu0 = cpuSeconds(pid);
+  const up0 = await fixtureStats();
+  const seq0 = await Promise.all(["KV_mcpgw_state", "KV_mcpgw_catalog"].map(async (n) => (await jsm.streams.info(n)).state.last_seq));
+  const rss: number[] = [rssMb(pid)];
+  const cpuSamples: number[] = [];
+  let lastCpu = cpu0;
+  while (Date.now() < windowStart + WINDOW_MS) {
+    await sleep(SAMPLE_MS);
+    rss.push(rssMb(pid));
+    const c = cpuSeconds(pid);
+    cpuSamples.push(((c - lastCpu) / (SAMPLE_MS / 1000)) * 100);
+    lastCpu = c;
+  }
+  const windowEnd = Date.now();
+  const cpuMean = ((cpuSeconds(pid) - cpu0) / ((windowEnd - windowStart) / 1000)) * 100;
+  const up1 = await fixtureStats();
+  const seq1 = await Promise.all(["KV_mcpgw_state", "KV_mcpgw_catalog"].map(async (n) => (await jsm.streams.info(n)).state.last_seq));
+  watch.stop();
+  const intervals = (windowEnd - windowStart) / HEALTH_MS;
+
+  // health checks in the window: per second, and the gap between two checks of one gateway
+  const inWindow = checks.filter((c) => c.at >= windowStart && c.at < windowEnd);
+  const seconds = Math.floor((windowEnd - windowStart) / 1000);
+  const perSecond = new Array<number>(seconds).fill(0);
+  for (const c of inWindow) {
+    const i = Math.floor((c.at - windowStart) / 1000);
+    if (i < seconds) perSecond[i]!++;
+  }
+  const meanPerSecond = perSecond.reduce((a, b) => a + b, 0) / seconds;
+  const byGateway = new Map<string, number[]>();
+  for (const c of checks) {
+    let list = byGateway.get(c.gid);
+    if (!list) byGateway.set(c.gid, (list = []));
+    list.push(c.at);
+  }
+  const gaps: number[] = [];
+  for (const list of byGateway.values()) {
+    // gaps that end inside the window, and the open gap at its end (a gateway not checked since)
+    for (let i = 1; i < list.length; i++) if (list[i]! >= windowStart && list[i]! < windowEnd) gaps.push(list[i]! - list[i - 1]!);
+    const last = list.at(-1)!;
+    if (windowEnd - last > HEALTH_MS) gaps.push(windowEnd - last);
+  }
+  const gapStats = stats(gaps.map((g) => g / HEALTH_MS));
+  const late = gaps.filter((g) => g > 1.1 * HEALTH_MS).length;
+
+  // the classifier's duty as the worker runs it: list every record, classify
+  const duty: number[] = [];
+  const registry = directRegistry(stores);
+  for (let i = 0; i < 3; i++) {
+    const t0 = performance.now();
+    const records = await registry.records();
+    classify(
+      records.filter((r) => r.record.enabled).map((r) => r.record.id),
+      () => undefined,
+    );
+    duty.push(performance.now() - t0);
+  }
+
+  const add = stats(addLatencies);
+  report(
+    `Scale: ${GATEWAYS.toLocaleString("en")} gateways on one worker`,
+    `One worker process and one nats-server on this machine (2 cores, shared), ${GATEWAYS} gateways at distinct URLs of ${FIXTURES} fixture processes ` +
+      `(streamable HTTP), added through mcpgw.admin.gateway.add ${PARALLEL} in parallel; default intervals (health ${ms(HEALTH_MS)}, discovery 300 s). ` +
+      `Observation window ${ms(windowEnd - windowStart)}, starting one interval after the last add. Targets from issue 12 in brackets.`,
+    [
+      [
+        "admin adds per second [≥ 500]",
+        `${addsPerSecond.toFixed(0)} (latency p50 ${ms(add.p50)}, p95 ${ms(add.p95)}, max ${ms(add.max)}); failed ${addFailures.length}${addFailures[0] ? ` (${addFailures[0]})` : ""}`,
+      ],
+      ["worker RSS: idle, right after the adds", `${mb(rssIdle)}, ${mb(rssAfterAdds)}`],
+      ["worker RSS over the window [≤ 300 MB, flat]", `start ${mb(rss[0]!)}, end ${mb(rss.at(-1)!)}, min ${mb(Math.min(...rss))}, max ${mb(Math.max(...rss))}`],
+      ["worker CPU over the window [≤ 20% of one core]", `mean ${cpuMean.toFixed(1)}%, busiest ${SAMPLE_MS / 1000} s ${Math.max(...cpuSamples).toFixed(1)}%`],
+      [
+        "last add → every gateway checked once",
+        everyChecked === null
+          ? `not within 5 intervals (${checkedByThen} of ${addLatencies.length} checked by then)`
+          : `${ms(everyChecked - addsEnded)}; /interval ${ratio((everyChecked - addsEnded) / HEALTH_MS)}`,
+      ],
+      ["health checks per second in the window", `${meanPerSecond.toFixed(1)}; needed ${(GATEWAYS / (HEALTH_MS / 1000)).toFixed(1)}`],
+      [
+        "gap between two checks of a gateway / interval [≤ 1.1]",
+        `p50 ${ratio(gapStats.p50)}, p95 ${ratio(gapStats.p95)}, max ${ratio(gapStats.max)} (n=${gapStats.n}); over 1.1: ${late}`,
+      ],
+      ["busiest second / mean [≤ 2]", `${ratio(Math.max(...perSecond) / meanPerSecond)} (busiest ${Math.max(...perSecond)}, quietest ${Math.min(...perSecond)})`],
+      ["upstream initialize per second in the window", `${((up1.initializeRequests - up0.initializeRequests) / ((windowEnd - windowStart) / 1000)).toFixed(2)}; upstream sessions open at the end ${up1.sessions}`],
+      ["KV writes per health interval (state, catalog)", `${((seq1[0]! - seq0[0]!) / intervals).toFixed(0)}, ${((seq1[1]! - seq0[1]!) / intervals).toFixed(0)}`],
+      ["classifier duty (list every record, classify) [≤ 50 ms]", `${duty.map((d) => ms(d)).join(", ")}`],
+    ],
+  );
+  await admin.close();
+}
+
+try {
+  await main();
+} catch (err) {
+  console.error(err, "\nthe worker's last output:\n", worker?.output().slice(-3000));
+  process.exitCode = 1;
+} finally {
+  if (worker && worker.child.exitCode === null) {
+    worker.child.kill("SIGTERM");
+    await Promise.race([worker.exited, sleep(30_000)]);
+  }
+  await Promise.all(fixtures.map((f) => f.stop()));
+  await nats?.stop();
+}
+process.exit();

@@ -1,0 +1,133 @@
+// The pollers' kept MCP connections with a fake connector: reuse, replacement, the stdio bound.
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import type { Client } from "@modelcontextprotocol/sdk/client/index.js";
+import { ErrorCode, McpError } from "@modelcontextprotocol/sdk/types.js";
+import type { GatewayRecord } from "../protocol/gateway.ts";
+import { PollConnections } from "../runtime/pollConnections.ts";
+import type { GatewayConnector } from "../runtime/pollerEffects.ts";
+
+type FakeConn = { n: number; gid: string; open: boolean; onClosed: () => void };
+
+function harness(maxStdio = 2) {
+  const conns: FakeConn[] = [];
+  const connect: GatewayConnector = async (record, _timeout, onClosed) => {
+    const c: FakeConn = { n: conns.length, gid: record.id, open: true, onClosed };
+    conns.push(c);
+    return {
+      client: c as unknown as Client,
+      close: async () => {
+        c.open = false;
+      },
+    };
+  };
+  const pool = new PollConnections(connect, maxStdio);
+  const gw = (id: string, transport: GatewayRecord["transport"] = "streamable-http") => ({ id, transport }) as GatewayRecord;
+  const use = (record: GatewayRecord, fn: (c: FakeConn) => Promise<unknown> = async () => {}, keep = true) =>
+    pool.use(record, 1000, ({ client }) => fn(client as unknown as FakeConn), keep);
+  const openOf = (gid: string) => conns.filter((c) => c.gid === gid && c.open);
+  return { conns, pool, gw, use, openOf };
+}
+
+const tick = () => new Promise((r) => setImmediate(r));
+
+describe("PollConnections", () => {
+  it("opens one connection per gateway and reuses it, also for polls at the same time", async () => {
+    const h = harness();
+    const a = h.gw("a");
+    await Promise.all([h.use(a), h.use(a)]);
+    await h.use(a);
+    await h.use(h.gw("b"));
+    assert.equal(h.conns.length, 2);
+    assert.equal(h.pool.size.all, 2);
+  });
+
+  it("keeps the connection on an upstream's JSON-RPC error, drops it on a timeout without retrying", async () => {
+    const h = harness();
+    const a = h.gw("a");
+    await h.use(a);
+    await assert.rejects(h.use(a, async () => Promise.reject(new McpError(ErrorCode.InvalidParams, "tool broke"))), /tool broke/);
+    assert.equal(h.openOf("a").length, 1);
+    await assert.rejects(h.use(a, async () => Promise.reject(new McpError(ErrorCode.RequestTimeout, "slow"))), /slow/);
+    await tick();
+    assert.equal(h.openOf("a").length, 0, "the timed-out connection is closed");
+    assert.equal(h.conns.length, 1, "a timeout is not retried");
+    await h.use(a);
+    assert.equal(h.conns.length, 2, "the next poll connects again");
+  });
+
+  it("replaces a kept connection that broke once within the poll; a new one that breaks fails the poll", async () => {
+    const h = harness();
+    const a = h.gw("a");
+    await h.use(a);
+    // the first (kept) connection fails with a transport error, the fresh one works
+    const seen: number[] = [];
+    await h.use(a, async (c) => {
+      seen.push(c.n);
+      if (c.n === 0) throw new Error("Streamable HTTP error: session not found");
+    });
+    assert.deepEqual(seen, [0, 1]);
+    await tick();
+    assert.equal(h.conns[0]!.open, false);
+    // a transport error on a fresh connection is the upstream's health: no second try
+    h.pool.drop("a");
+    const tries: number[] = [];
+    await assert.rejects(h.use(a, async (c) => (tries.push(c.n), Promise.reject(new Error("ECONNREFUSED")))), /ECONNREFUSED/);
+    assert.equal(tries.length, 1);
+  });
+
+  it("forgets a connection the upstream closed, and closes it on drop and closeAll", async () => {
+    const h = harness();
+    const a = h.gw("a");
+    await h.use(a);
+    h.conns[0]!.onClosed();
+    await h.use(a);
+    assert.equal(h.conns.length, 2);
+    h.pool.drop("a");
+    await tick();
+    assert.equal(h.openOf("a").length, 0);
+    await h.use(h.gw("b"));
+    await h.pool.closeAll();
+    assert.equal(h.conns.filter((c) => c.open).length, 0);
+    assert.equal(h.pool.size.all, 0);
+  });
+
+  it("keeps at most maxStdio stdio children, least recently used out; beyond that, per poll", async () => {
+    const h = harness(2);
+    const [s1, s2, s3] = ["s1", "s2", "s3"].map((id) => h.gw(id, "stdio"));
+    await h.use(s1!);
+    await h.use(s2!);
+    await h.use(s1!); // s2 is now the least recently used
+    await h.use(s3!);
+    await tick();
+    assert.deepEqual(h.openOf("s2"), [], "s2 closed to make room");
+    assert.equal(h.openOf("s1").length + h.openOf("s3").length, 2);
+    assert.deepEqual(h.pool.size, { all: 2, stdio: 2 });
+    // every kept child busy: a third gateway connects for its poll only
+    let release!: () => void;
+    const busy = new Promise<void>((r) => (release = r));
+    const p1 = h.use(s1!, () => busy);
+    const p3 = h.use(s3!, () => busy);
+    await h.use(s2!);
+    await tick();
+    assert.equal(h.openOf("s2").length, 0, "closed after its poll");
+    assert.deepEqual(h.pool.size, { all: 2, stdio: 2 });
+    release();
+    await Promise.all([p1, p3]);
+    // HTTP gateways do not count against the bound
+    await h.use(h.gw("h1"));
+    assert.deepEqual(h.pool.size, { all: 3, stdio: 2 });
+  });
+
+  it("keep: false uses a kept connection when there is one, else connects for the call only", async () => {
+    const h = harness();
+    const a = h.gw("a");
+    await h.use(a, undefined, false);
+    await tick();
+    assert.equal(h.pool.size.all, 0);
+    assert.equal(h.openOf("a").length, 0);
+    await h.use(a);
+    await h.use(a, undefined, false);
+    assert.equal(h.conns.length, 2);
+  });
+});
