@@ -29,6 +29,22 @@ export const UPSTREAM_OPS = [
 ] as const;
 export type UpstreamOp = (typeof UPSTREAM_OPS)[number];
 
+/**
+ * Inbox prefixes (nats.conf lets each user subscribe only to its own): the runtime's
+ * requests get their replies on `_INBOX.`, which admin and viewer cannot read.
+ */
+export const INBOX_PREFIX = { runtime: "_INBOX", admin: "_INBOX_admin", viewer: "_INBOX_viewer" } as const;
+
+/** The inbox prefix a NATS user requests with; users nats.conf does not know keep NATS's default. */
+export function inboxPrefixOf(user: string | undefined): string {
+  return user === "admin" || user === "viewer" ? INBOX_PREFIX[user] : INBOX_PREFIX.runtime;
+}
+
+/** True when `subject` is a core request inbox (`_INBOX.…` or a per-user `_INBOX_<user>.…`). */
+export function isInbox(subject: string): boolean {
+  return /^_INBOX(_[A-Za-z0-9-]+)?\./.test(subject);
+}
+
 /** Queue groups: a request on these subjects is answered by exactly one worker. */
 export const QUEUE = {
   registry: "mcpgw-registry",

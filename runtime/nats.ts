@@ -4,7 +4,7 @@ import { jetstream, jetstreamManager, JetStreamApiError, type JetStreamClient } 
 import { Kvm, type KV } from "@nats-io/kv";
 import { buckets, eventStream, type Buckets } from "../protocol/subjects.ts";
 
-export type NatsOptions = { url: string; user?: string; password?: string; credsFile?: string; name?: string };
+export type NatsOptions = { url: string; user?: string; password?: string; credsFile?: string; name?: string; inboxPrefix?: string };
 
 export async function connectNats(opts: NatsOptions): Promise<NatsConnection> {
   return connect({
@@ -15,6 +15,7 @@ export async function connectNats(opts: NatsOptions): Promise<NatsConnection> {
     authenticator: opts.credsFile ? credsAuthenticator(readFileSync(opts.credsFile)) : undefined,
     maxReconnectAttempts: -1,
     reconnectTimeWait: 500,
+    inboxPrefix: opts.inboxPrefix,
   });
 }
 
