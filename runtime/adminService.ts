@@ -2,8 +2,7 @@ import type { NatsConnection } from "@nats-io/transport-node";
 import { Svcm, type NamedEndpointStats, type ServiceMsg } from "@nats-io/services";
 import { QUEUE, type Subjects } from "../protocol/subjects.ts";
 import pkg from "../package.json" with { type: "json" };
-import { answerRequest } from "./bus.ts";
-import type { Logger } from "./logger.ts";
+import { answerRequest, type Guard } from "./bus.ts";
 
 export type AdminHandler = (payload: unknown) => Promise<unknown> | unknown;
 
@@ -21,7 +20,8 @@ type Figures = { requests: number; errors: number; lastError: string; nanos: num
  * Requests go through `answerRequest`, the path `serve` takes, so replies are the same
  * envelopes on the same subjects, and whatever that path checks applies here too.
  */
-export async function startAdminService(nc: NatsConnection, s: Subjects, workerId: string, log: Logger): Promise<AdminService> {
+export async function startAdminService(nc: NatsConnection, s: Subjects, workerId: string, guard: Guard): Promise<AdminService> {
+  const { log } = guard;
   const service = await new Svcm(nc).add({
     name: s.admin.service,
     version: pkg.version,
@@ -63,7 +63,8 @@ export async function startAdminService(nc: NatsConnection, s: Subjects, workerI
         handler: (err: Error | null, msg: ServiceMsg) => {
           if (err) return void log.error({ err, subject }, "admin endpoint failed");
           const start = process.hrtime.bigint();
-          void answerRequest(msg, handler, log).then((reply) => {
+          void answerRequest(msg, handler, guard).then((reply) => {
+            if (!reply) return; // refused: no request, so not one of the endpoint's figures
             f.requests++;
             f.nanos += Number(process.hrtime.bigint() - start);
             if (!reply.ok) {

@@ -1,7 +1,8 @@
-import type { Msg, NatsConnection, Subscription } from "@nats-io/transport-node";
+import type { Msg, MsgHdrs, NatsConnection, Subscription } from "@nats-io/transport-node";
 import { errors } from "@nats-io/transport-node";
 import type { z } from "zod";
 import { AnyEnvelopeSchema, ProtocolError, fail, ok, type Envelope } from "../protocol/envelope.ts";
+import { isInbox } from "../protocol/subjects.ts";
 import type { Logger } from "./logger.ts";
 
 const encoder = new TextEncoder();
@@ -24,38 +25,107 @@ export function decodeJson(data: Uint8Array): unknown {
 export type Handler = (payload: unknown, msg: Msg) => Promise<unknown> | unknown;
 
 /** What answering needs of a request: a core `Msg`, or an `@nats-io/services` endpoint's message. */
-export type RequestMsg = { subject: string; data: Uint8Array; reply?: string; respond(data: Uint8Array): boolean };
+export type RequestMsg = { subject: string; data: Uint8Array; reply?: string; headers?: MsgHdrs; respond(data: Uint8Array): boolean };
+
+export const REFUSAL_REASONS = ["no_reply", "reply_not_inbox", "jetstream_status", "stored_copy", "not_a_runtime_event"] as const;
+export type RefusalReason = (typeof REFUSAL_REASONS)[number];
+
+/**
+ * Deliveries a worker refused, by reason. Counted rather than logged one by one: whoever
+ * can make the server deliver into runtime subjects could otherwise flood the log.
+ */
+export class Refusals {
+  readonly counts = Object.fromEntries(REFUSAL_REASONS.map((r) => [r, 0])) as Record<RefusalReason, number>;
+
+  refuse(reason: RefusalReason, subject: string, log: Logger): void {
+    this.counts[reason] += 1;
+    log.debug({ subject, reason }, "refused a delivery");
+  }
+
+  total(): number {
+    return REFUSAL_REASONS.reduce((n, r) => n + this.counts[r], 0);
+  }
+}
+
+/** What every guarded subscription needs. */
+export type Guard = { log: Logger; refusals: Refusals };
+
+/**
+ * Why the runtime must not act on `msg`, or null when it may. nats-server delivers into any
+ * subject on behalf of JetStream (a push consumer's deliver_subject, a pull request's reply
+ * subject, a JetStream API answer's reply subject), whoever created the consumer or sent the
+ * request; none of those is a message a runtime peer published:
+ * - a consumer delivery carries a `$JS.ACK.…` reply, flow control a `$JS.FC.…` reply, and
+ *   only a core inbox (`_INBOX.…`, `_INBOX_<user>.…`) is where a requester waits;
+ * - heartbeats and pull-request endings carry a status header;
+ * - a direct get's answer is a stored copy (`Nats-Stream` header);
+ * - a request (`expect: "request"`) always has a reply; a JetStream API answer has none.
+ * Refusing a request also means never answering it: the reply subject is not to be trusted.
+ */
+export function refusal(msg: { reply?: string; headers?: MsgHdrs }, expect: "request" | "message"): RefusalReason | null {
+  if (msg.headers && msg.headers.code > 0) return "jetstream_status";
+  if (msg.headers?.has("Nats-Stream")) return "stored_copy";
+  if (msg.reply) return isInbox(msg.reply) ? null : "reply_not_inbox";
+  return expect === "request" ? "no_reply" : null;
+}
+
+/**
+ * Subscribes `onMessage` to `subject` behind `refusal`. Every core subscription the runtime
+ * acts on goes through here or through `answerRequest`, so no route around the guard exists.
+ */
+export function listen(
+  nc: NatsConnection,
+  subject: string,
+  onMessage: (msg: Msg) => void,
+  opts: Guard & { expect: "request" | "message"; queue?: string },
+): Subscription {
+  return nc.subscribe(subject, {
+    queue: opts.queue,
+    callback: (err, msg) => {
+      if (err) return void opts.log.error({ err, subject }, "subscription failed");
+      const reason = refusal(msg, opts.expect);
+      if (reason) return opts.refusals.refuse(reason, msg.subject, opts.log);
+      onMessage(msg);
+    },
+  });
+}
 
 /**
  * Answers requests on `subject` with the reply envelope. Every failure becomes an
  * error envelope; nothing a client sends can throw out of the handler.
  */
-export function serve(nc: NatsConnection, subject: string, handler: Handler, opts: { queue?: string; log: Logger }): Subscription {
+export function serve(nc: NatsConnection, subject: string, handler: Handler, opts: Guard & { queue?: string }): Subscription {
   return nc.subscribe(subject, {
     queue: opts.queue,
     callback: (err, msg) => {
-      if (err) {
-        opts.log.error({ err, subject }, "subscription failed");
-        return;
-      }
-      void answerRequest(msg, handler, opts.log);
+      if (err) return void opts.log.error({ err, subject }, "subscription failed");
+      void answerRequest(msg, handler, opts);
     },
   });
 }
 
 /**
  * The one path every served request takes, `serve`'s subscriptions and the admin service's
- * endpoints alike: decode, handle, reply with the envelope. Returns the envelope it sent.
- * A check of which messages count as genuine requests belongs here, so it covers both.
+ * endpoints alike: refuse what is no request (`refusal`), decode, handle, reply with the
+ * envelope. Returns the envelope it sent, or null when it refused the message.
  */
-export async function answerRequest<M extends RequestMsg>(msg: M, handler: (payload: unknown, msg: M) => Promise<unknown> | unknown, log: Logger): Promise<Envelope<unknown>> {
+export async function answerRequest<M extends RequestMsg>(
+  msg: M,
+  handler: (payload: unknown, msg: M) => Promise<unknown> | unknown,
+  guard: Guard,
+): Promise<Envelope<unknown> | null> {
+  const reason = refusal(msg, "request");
+  if (reason) {
+    guard.refusals.refuse(reason, msg.subject, guard.log);
+    return null;
+  }
   let reply: Envelope<unknown>;
   try {
     reply = ok(await handler(decodeJson(msg.data), msg));
   } catch (err) {
-    reply = errorReply(err, log, msg.subject);
+    reply = errorReply(err, guard.log, msg.subject);
   }
-  if (msg.reply) msg.respond(encodeJson(reply));
+  msg.respond(encodeJson(reply));
   return reply;
 }
 

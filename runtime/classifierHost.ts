@@ -21,7 +21,7 @@ import {
 } from "../protocol/classification.ts";
 import { KEYS } from "../protocol/subjects.ts";
 import { StoredUsageSchema, UsageReportSchema, type StoredUsage } from "../protocol/usage.ts";
-import { decodeJson } from "./bus.ts";
+import { decodeJson, listen } from "./bus.ts";
 import { followEvents } from "./events.ts";
 import { followKv, type KvFollower } from "./kvWatch.ts";
 import type { Stores } from "./nats.ts";
@@ -232,9 +232,10 @@ export async function startClassifierHost(ctx: WorkerContext): Promise<Classifie
 
   // Every worker keeps the picture, so whoever takes over already has it.
   const usage = new UsageAggregate(3 * reportWindowMs);
-  const usageSub = nc.subscribe(s.evt.usage, {
-    callback: (err, msg) => {
-      if (err) return log.warn({ err }, "usage subscription failed");
+  const usageSub = listen(
+    nc,
+    s.evt.usage,
+    (msg) => {
       try {
         const report = UsageReportSchema.safeParse(decodeJson(msg.data));
         if (report.success) usage.ingest(report.data, performance.now());
@@ -243,7 +244,8 @@ export async function startClassifierHost(ctx: WorkerContext): Promise<Classifie
         log.debug("ignored a usage report that is not JSON");
       }
     },
-  });
+    { log, refusals: ctx.refusals, expect: "message" },
+  );
   // every worker forgets a removed gateway's totals, so whoever leads next does not carry them
   const events = await followEvents(
     ctx.stores.js,
@@ -254,7 +256,7 @@ export async function startClassifierHost(ctx: WorkerContext): Promise<Classifie
       if (!ev.success) return void log.warn({ subject }, "ignoring a malformed gateway event");
       if (ev.data.type === "removed") usage.forget(ev.data.gid);
     },
-    log,
+    { log, refusals: ctx.refusals },
   );
   const effects = createClassifierEffects(ctx, usage);
   const stats = effects.stats;

@@ -1,11 +1,26 @@
+import { randomUUID } from "node:crypto";
 import type { NatsConnection } from "@nats-io/transport-node";
-import { DeliverPolicy, type ConsumerMessages, type JetStreamClient } from "@nats-io/jetstream";
-import { encodeJson } from "./bus.ts";
-import type { Logger } from "./logger.ts";
+import { DeliverPolicy, PubHeaders, type ConsumerMessages, type JetStreamClient, type JsMsg } from "@nats-io/jetstream";
+import { encodeJson, type Guard } from "./bus.ts";
 
-/** Publishes a durable event (kept by the event stream) and waits for the stream's ack. */
+/**
+ * Publishes a durable event (kept by the event stream) and waits for the stream's ack.
+ * Its id (`Nats-Msg-Id`) is what marks it as the runtime's: the event stream's duplicate
+ * window spans its whole retention (runtime/nats.ts), so no copy of a stored event is
+ * ever stored again, and nothing but the runtime publishes a message that carries one.
+ */
 export async function publishEvent(js: JetStreamClient, subject: string, event: unknown): Promise<void> {
-  await js.publish(subject, encodeJson(event));
+  await js.publish(subject, encodeJson(event), { msgID: randomUUID() });
+}
+
+/**
+ * True when the stream got `m` from the runtime. nats-server stores whatever is delivered
+ * into the stream's subjects: a JetStream API answer or a direct get sent there as a reply
+ * subject, or a pull request's status. Those carry no event id; a consumer's copy of a real
+ * event keeps its id and the stream drops it as a duplicate.
+ */
+export function isRuntimeEvent(m: JsMsg): boolean {
+  return Boolean(m.headers?.get(PubHeaders.MsgIdHdr));
 }
 
 export type EventHandler = (subject: string, payload: unknown) => Promise<void> | void;
@@ -21,9 +36,9 @@ export async function followEvents(
   stream: string,
   filter: string[],
   handler: EventHandler,
-  log: Logger,
+  guard: Guard,
 ): Promise<{ stop(): Promise<void> }> {
-  const followers = await Promise.all(filter.map((f) => followOne(js, stream, f, handler, log)));
+  const followers = await Promise.all(filter.map((f) => followOne(js, stream, f, handler, guard)));
   return {
     async stop() {
       await Promise.all(followers.map((m) => m.close().catch(() => {})));
@@ -31,10 +46,12 @@ export async function followEvents(
   };
 }
 
-async function followOne(js: JetStreamClient, stream: string, filter: string, handler: EventHandler, log: Logger): Promise<ConsumerMessages> {
+async function followOne(js: JetStreamClient, stream: string, filter: string, handler: EventHandler, guard: Guard): Promise<ConsumerMessages> {
+  const { log, refusals } = guard;
   const consumer = await js.consumers.get(stream, { filter_subjects: filter, deliver_policy: DeliverPolicy.New });
   return consumer.consume({
     callback: (m) => {
+      if (!isRuntimeEvent(m)) return refusals.refuse("not_a_runtime_event", m.subject, log);
       let payload: unknown;
       try {
         payload = m.json();

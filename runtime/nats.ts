@@ -58,14 +58,18 @@ export async function openStores(nc: NatsConnection, prefix: string): Promise<St
   ]);
   const stream = eventStream(prefix);
   const jsm = await jetstreamManager(nc);
+  // The duplicate window spans the whole retention: a copy of a stored event that anyone
+  // delivers back into the stream (a pull request's reply subject may be any subject) is
+  // dropped by the stream itself, so an old event never comes round again (runtime/events.ts).
+  const config = { subjects: stream.subjects, max_age: DAY_NS, duplicate_window: DAY_NS };
   try {
     const info = await jsm.streams.info(stream.name);
-    if (stream.subjects.some((s) => !info.config.subjects?.includes(s))) {
-      await jsm.streams.update(stream.name, { ...info.config, subjects: stream.subjects });
+    if (stream.subjects.some((s) => !info.config.subjects?.includes(s)) || info.config.duplicate_window !== DAY_NS) {
+      await jsm.streams.update(stream.name, { ...info.config, ...config });
     }
   } catch (err) {
     if (!(err instanceof JetStreamApiError) || err.status !== 404) throw err;
-    await jsm.streams.add({ name: stream.name, subjects: stream.subjects, max_age: DAY_NS, max_msgs: 1_000_000 }).catch(async (e) => {
+    await jsm.streams.add({ name: stream.name, ...config, max_msgs: 1_000_000 }).catch(async (e) => {
       // another worker created it first
       await jsm.streams.info(stream.name).catch(() => Promise.reject(e));
     });

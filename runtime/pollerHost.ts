@@ -422,7 +422,7 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
     await followKv(stores.state, `${KEYS.pollOwnerPrefix}*`, onOwnerEntry, log, "poller owner watch"),
   ];
   // follow events before listing, so a gateway added in between is not missed
-  const events = await followEvents(stores.js, stores.streamName, [s.evt.gatewayAll], onGatewayEvent, log);
+  const events = await followEvents(stores.js, stores.streamName, [s.evt.gatewayAll], onGatewayEvent, { log, refusals: ctx.refusals });
   for (const { record } of await ctx.registry.records()) if (record.enabled) gateways.set(record.id, record);
 
   ctx.admin.endpoint(s.admin.gateway("refresh"), refresh);
@@ -434,7 +434,7 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
         const { id } = parseRequest(RefreshForwardSchema, p, "refresh");
         return reply(id, await refreshHere(id).catch(asUnavailable));
       },
-      { log },
+      { log, refusals: ctx.refusals },
     ),
   ];
   const beat = setInterval(() => void heartbeat(), Math.max(100, Math.floor(ttl / 3)));

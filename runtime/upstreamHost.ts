@@ -30,7 +30,7 @@ import {
 } from "../protocol/upstream.ts";
 import type { GatewayUsage, UsageReport } from "../protocol/usage.ts";
 import { KEYS, QUEUE } from "../protocol/subjects.ts";
-import { decodeJson, encodeJson, errorReply, gather, isNoResponders, serve } from "./bus.ts";
+import { decodeJson, encodeJson, errorReply, gather, isNoResponders, listen, serve } from "./bus.ts";
 import { followEvents, publishCore, publishEvent } from "./events.ts";
 import { callMessageLimit, publishWhole, wholeRequests, type WholeRequest } from "./largeMessages.ts";
 import { AnswerTooLargeError, closeWithin, connectUpstream, UpstreamRequestError, type UpstreamConnection } from "./mcpClient.ts";
@@ -152,7 +152,8 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
     x.latestHeaders = headers;
     x.scrub = gatewayScrubber(record, (sealed, id) => ctx.box.open(sealed, id));
     const receive = wholeRequests(nc, requestLimit, (req) => onActorMessage(x, req));
-    x.sub = nc.subscribe(s.upstream.actor(sid, gid), { callback: (err, msg) => (err ? log.error({ err }, "actor subscription failed") : receive(null, msg)) });
+    // every part of a request carries its requester's inbox, so the guard sees each part
+    x.sub = listen(nc, s.upstream.actor(sid, gid), (msg) => receive(null, msg), { log, refusals: ctx.refusals, expect: "request" });
     x.actor = createActor(provideEffects(x));
     x.done = new Promise<void>((resolve) => x.actor.subscribe({ complete: () => resolve(), error: () => resolve() }));
     return x;
@@ -626,12 +627,12 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
   const fanOut = <T extends z.ZodType>(subject: string, payload: unknown, schema: T) =>
     gather(nc, subject, payload, schema, { stallMs: FANOUT_STALL_MS, maxMs: FANOUT_MAX_MS });
 
-  const opts = { log };
+  const opts = { log, refusals: ctx.refusals };
   const subs: Subscription[] = [
     serve(nc, s.upstream.spawn, (p) => {
       const req = parseRequest(SpawnRequestSchema, p, "spawn request");
       return activate(req.sid, req.gid, req.headers ?? {});
-    }, { queue: QUEUE.spawn, log }),
+    }, { ...opts, queue: QUEUE.spawn }),
     serve(nc, s.upstream.snapshot, (p) => ({ worker: me, sessions: snapshot(parseRequest(WorkerSnapshotRequestSchema, p, "snapshot request")) }), opts),
     serve(nc, s.upstream.evict, (p) => {
       const req = parseRequest(WorkerEvictRequestSchema, p, "evict request");
@@ -658,7 +659,7 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
     const replies = await fanOut(s.upstream.evict, { all: true, reason: req.reason ? `drain: ${req.reason}` : "drain" }, WorkerEvictReplySchema);
     return { evicted: replies.reduce((n, r) => n + r.evicted, 0), workers: replies.map((r) => r.worker).sort() };
   });
-  const events = await followEvents(stores.js, stores.streamName, [s.evt.gatewayAll, s.evt.sessionAll], onEvent, log);
+  const events = await followEvents(stores.js, stores.streamName, [s.evt.gatewayAll, s.evt.sessionAll], onEvent, opts);
 
   return {
     sessions: () => snapshot({}),

@@ -6,6 +6,7 @@ import { startClassifierHost } from "./classifierHost.ts";
 import type { Config } from "./config.ts";
 import { publishEvent } from "./events.ts";
 import type { Logger } from "./logger.ts";
+import { Refusals } from "./bus.ts";
 import { openStores, type Stores } from "./nats.ts";
 import { sharedUpstreamAgent } from "./mcpClient.ts";
 import { probeConnector, readGatewayStatus } from "./pollerEffects.ts";
@@ -28,6 +29,8 @@ export type WorkerContext = {
   registry: Registry;
   /** this worker's admin micro service: hosts serve their `mcpgw.admin.*` subjects as its endpoints */
   admin: AdminService;
+  /** deliveries this worker refused to act on (runtime/bus.ts `refusal`) */
+  refusals: Refusals;
 };
 
 /** A running part of a worker; stopped in reverse start order. */
@@ -40,6 +43,7 @@ export type Worker = {
   registry: Registry;
   edge: Edge;
   upstream: UpstreamHost;
+  refusals: Refusals;
   stop(): Promise<void>;
 };
 
@@ -60,8 +64,9 @@ export async function startWorker(config: Config, nc: NatsConnection, log: Logge
     statusOf: (gid) => readGatewayStatus(stores.state, gid),
   });
   const workerLog = log.child({ worker: config.workerId });
-  const admin = await startAdminService(nc, s, config.workerId, workerLog);
-  const ctx: WorkerContext = { config, nc, log: workerLog, s, stores, box, registry, admin };
+  const refusals = new Refusals();
+  const admin = await startAdminService(nc, s, config.workerId, { log: workerLog, refusals });
+  const ctx: WorkerContext = { config, nc, log: workerLog, s, stores, box, registry, admin, refusals };
 
   const hosted: Hosted[] = [];
   serveRegistry(admin, registry, s);
@@ -90,6 +95,7 @@ export async function startWorker(config: Config, nc: NatsConnection, log: Logge
     registry,
     edge,
     upstream,
+    refusals,
     async stop() {
       await edge.stopAccepting();
       for (const h of hosted.reverse()) {

@@ -91,7 +91,7 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
   const cache = new CatalogCache(ctx.stores, edge.toolSeparator, log);
   await cache.start();
   const sessions = new SessionStore({ kv: ctx.stores.sessions, js: ctx.stores.js, s: ctx.s, log, idleTtlMs: edge.sessionIdleTtl });
-  const links = new SessionLinks(ctx.nc, ctx.s, log);
+  const links = new SessionLinks(ctx.nc, ctx.s, { log, refusals: ctx.refusals });
   sessions.startSweeping(() => links.streamSessionIds());
   const stopNotices = cache.onChange(({ scope, lists }) => {
     for (const stream of links.streams()) {

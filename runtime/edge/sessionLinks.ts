@@ -1,10 +1,9 @@
 import type { NatsConnection, Subscription } from "@nats-io/transport-node";
 import type { JSONRPCMessage, ServerNotification } from "@modelcontextprotocol/sdk/types.js";
 import { EdgeCancelSchema } from "../../protocol/edge.ts";
-import { ClientNotificationSchema } from "../../protocol/upstream.ts";
+import { ClientNotificationSchema, SessionClosedEventSchema } from "../../protocol/upstream.ts";
 import type { Subjects } from "../../protocol/subjects.ts";
-import { decodeJson, encodeJson } from "../bus.ts";
-import type { Logger } from "../logger.ts";
+import { decodeJson, encodeJson, listen, type Guard } from "../bus.ts";
 
 /** A request of a downstream session in flight on this worker. */
 export type InFlight = {
@@ -32,28 +31,34 @@ export class SessionLinks {
   constructor(
     private readonly nc: NatsConnection,
     private readonly s: Subjects,
-    private readonly log: Logger,
+    private readonly guard: Guard,
   ) {
     // Cancellations from clients whose request is in flight here but who posted them elsewhere.
-    this.#cancelSub = nc.subscribe(s.edge.cancelAll, {
-      callback: (err, msg) => {
-        if (err) return;
+    this.#cancelSub = listen(
+      nc,
+      s.edge.cancelAll,
+      (msg) => {
         const sid = s.parseEdgeCancel(msg.subject);
         const c = EdgeCancelSchema.safeParse(safeJson(msg.data));
         if (sid && c.success) this.cancelLocal(sid, c.data.requestId, c.data.reason);
       },
-    });
+      { ...guard, expect: "message" },
+    );
   }
 
   #links(sid: string): Links {
     let l = this.#sessions.get(sid);
     if (!l) {
-      const sub = this.nc.subscribe(this.s.upstream.clientNotification(sid), {
-        callback: (err, msg) => {
-          if (!err) void this.#onUpstream(sid, msg.data);
+      const opts = { ...this.guard, expect: "message" } as const;
+      const sub = listen(this.nc, this.s.upstream.clientNotification(sid), (msg) => void this.#onUpstream(sid, msg.data), opts);
+      const closedSub = listen(
+        this.nc,
+        this.s.evt.sessionClosed(sid),
+        (msg) => {
+          if (SessionClosedEventSchema.safeParse(safeJson(msg.data)).data?.sid === sid) this.#sessions.get(sid)?.stream?.close();
         },
-      });
-      const closedSub = this.nc.subscribe(this.s.evt.sessionClosed(sid), { callback: () => this.#sessions.get(sid)?.stream?.close() });
+        opts,
+      );
       l = { requests: new Map(), sub, closedSub };
       this.#sessions.set(sid, l);
     }
@@ -117,11 +122,11 @@ export class SessionLinks {
 
   async #onUpstream(sid: string, data: Uint8Array): Promise<void> {
     const r = ClientNotificationSchema.safeParse(safeJson(data));
-    if (!r.success) return void this.log.warn({ sid }, "ignoring a malformed upstream notification");
+    if (!r.success) return void this.guard.log.warn({ sid }, "ignoring a malformed upstream notification");
     const l = this.#sessions.get(sid);
     const n = r.data.notification as ServerNotification;
     const target = (r.data.requestId !== undefined ? l?.requests.get(r.data.requestId) : undefined) ?? (r.data.requestId === undefined ? l?.stream : undefined);
-    await target?.notify(n).catch((err) => this.log.debug({ err, sid, method: n.method }, "could not deliver a notification"));
+    await target?.notify(n).catch((err) => this.guard.log.debug({ err, sid, method: n.method }, "could not deliver a notification"));
   }
 
   stop(): void {
