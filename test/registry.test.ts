@@ -4,7 +4,7 @@ import type { NatsConnection } from "@nats-io/transport-node";
 import { Kvm } from "@nats-io/kv";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { AnyEnvelopeSchema, type Envelope } from "../protocol/envelope.ts";
-import { buckets, eventStream, KEYS, subjects, type AdminGatewayOp } from "../protocol/subjects.ts";
+import { buckets, eventStream, INBOX_PREFIX, KEYS, subjects, type AdminGatewayOp } from "../protocol/subjects.ts";
 import { decodeJson, encodeJson } from "../runtime/bus.ts";
 import { startNats, type TestNats } from "./helpers/nats.ts";
 import { until } from "./helpers/wait.ts";
@@ -163,7 +163,7 @@ describe("gateway registry", () => {
   });
 
   it("answers each admin request exactly once with two workers", async () => {
-    const inbox = `_INBOX.once.${Date.now()}`;
+    const inbox = `${INBOX_PREFIX.admin}.once.${Date.now()}`; // the admin may read only its own inboxes
     const replies: string[] = [];
     const sub = nc.subscribe(inbox, { callback: (_e, m) => void replies.push(m.string()) });
     for (let i = 0; i < 10; i++) nc.publish(s.admin.gateway("list"), encodeJson({}), { reply: inbox });
