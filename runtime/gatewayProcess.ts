@@ -1,6 +1,7 @@
 // A gateway worker process: its configuration, the embedded nats-server when there is no
 // NATS_URL, the worker, the client configuration it prints, and its shutdown on signals.
 import { join, resolve } from "node:path";
+import { INBOX_PREFIX } from "../protocol/subjects.ts";
 import { ConfigError, loadConfig, type Config } from "./config.ts";
 import { localSecrets, secretsDir, startEmbeddedNats, type EmbeddedNats } from "./embeddedNats.ts";
 import { createLogger } from "./logger.ts";
@@ -70,7 +71,7 @@ export async function runGatewayProcess(opts: { afterStart?: (worker: Worker) =>
     const dir = secretsDir(config.dataDir);
     log.info(
       { url: embedded.url, secrets: dir },
-      `embedded nats-server is up. Use the nats CLI as admin: nats context save mcpgw --server ${embedded.url} --user admin --password "$(cat ${join(dir, "nats-admin.password")})" && nats context select mcpgw  (read-only: user viewer, ${join(dir, "nats-viewer.password")})`,
+      `embedded nats-server is up. Use the nats CLI as admin: nats context save mcpgw --server ${embedded.url} --user admin --password "$(cat ${join(dir, "nats-admin.password")})" --inbox-prefix ${INBOX_PREFIX.admin} && nats context select mcpgw  (read-only: user viewer, ${join(dir, "nats-viewer.password")}, --inbox-prefix ${INBOX_PREFIX.viewer})`,
     );
   }
 
