@@ -1,6 +1,6 @@
 import { randomUUID } from "node:crypto";
-import type { NatsConnection } from "@nats-io/transport-node";
-import { DeliverPolicy, PubHeaders, type ConsumerMessages, type JetStreamClient, type JsMsg } from "@nats-io/jetstream";
+import type { MsgHdrs, NatsConnection } from "@nats-io/transport-node";
+import { DeliverPolicy, PubHeaders, type ConsumerMessages, type JetStreamClient } from "@nats-io/jetstream";
 import { encodeJson, type Guard } from "./bus.ts";
 
 /**
@@ -14,12 +14,12 @@ export async function publishEvent(js: JetStreamClient, subject: string, event: 
 }
 
 /**
- * True when the stream got `m` from the runtime. nats-server stores whatever is delivered
- * into the stream's subjects: a JetStream API answer or a direct get sent there as a reply
- * subject, or a pull request's status. Those carry no event id; a consumer's copy of a real
- * event keeps its id and the stream drops it as a duplicate.
+ * True when the runtime published `m`. nats-server delivers (and the stream stores) whatever
+ * is sent into an event subject: a JetStream API answer or a direct get with that subject as
+ * its reply subject, or a pull request's status. Those carry no event id; a consumer's copy
+ * of a real event keeps its id and the stream drops it as a duplicate.
  */
-export function isRuntimeEvent(m: JsMsg): boolean {
+export function isRuntimeEvent(m: { headers?: MsgHdrs }): boolean {
   return Boolean(m.headers?.get(PubHeaders.MsgIdHdr));
 }
 

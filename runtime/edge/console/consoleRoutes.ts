@@ -4,7 +4,8 @@ import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import type { Subscription } from "@nats-io/transport-node";
 import { ADMIN_GATEWAY_OPS } from "../../../protocol/subjects.ts";
-import { isNoResponders, isTimeout } from "../../bus.ts";
+import { isNoResponders, isTimeout, listen } from "../../bus.ts";
+import { isRuntimeEvent } from "../../events.ts";
 import type { WorkerContext } from "../../worker.ts";
 import { bearerToken, tokenMatches } from "../security.ts";
 
@@ -60,9 +61,11 @@ export function consoleRoutes(ctx: WorkerContext, tokens: Buffer[]): ConsoleRout
   const recent: string[] = [];
   const streams = new Set<ServerResponse>();
   const subs: Subscription[] = [s.evt.gatewayAll, s.evt.catalogAll, s.evt.sessionAll].map((subject) =>
-    nc.subscribe(subject, {
-      callback: (err, msg) => {
-        if (err) return;
+    listen(
+      nc,
+      subject,
+      (msg) => {
+        if (!isRuntimeEvent(msg)) return ctx.refusals.refuse("not_a_runtime_event", msg.subject, log);
         let event: unknown;
         try {
           event = msg.json();
@@ -74,7 +77,8 @@ export function consoleRoutes(ctx: WorkerContext, tokens: Buffer[]): ConsoleRout
         if (recent.length > RECENT_EVENTS) recent.shift();
         for (const r of streams) r.write(line);
       },
-    }),
+      { log, refusals: ctx.refusals, expect: "message" },
+    ),
   );
 
   /** An error envelope with its HTTP status; true, for "handled". */
