@@ -84,6 +84,31 @@ const sameBytes = (a: Uint8Array, b: Uint8Array) => a.length === b.length && a.e
 
 /** The KV methods that make one request each (watch and keys: the request that opens them). */
 const RETRIED = new Set(["get", "history", "watch", "status", "keys", "create", "update", "put", "delete", "purge"]);
+/** The ones that open a consumer (reads: safe to repeat). */
+const OPENS_CONSUMER = new Set(["watch", "keys", "history"]);
+
+/**
+ * nats-server 2.9 may place a new consumer on a replica whose node is dead; that creation is
+ * never answered (about every other one, measured, for as long as the node is down). Such an
+ * attempt is abandoned after this long and tried again rather than waiting out the 5 s
+ * JetStream timeout; a consumer that opens later is stopped.
+ */
+export const CONSUMER_OPEN_MS = 2_000;
+
+async function openWithin<T extends { stop(): void }>(open: Promise<T>, ms: number): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new errors.TimeoutError()), ms);
+  });
+  try {
+    return await Promise.race([open, late]);
+  } catch (err) {
+    if (err instanceof errors.TimeoutError) void open.then((it) => it.stop(), () => {});
+    throw err;
+  } finally {
+    clearTimeout(timer);
+  }
+}
 
 /**
  * The bucket with every request retried through node losses. A compare-and-swap (create,
@@ -103,7 +128,10 @@ export function retryingKv(kv: KV, bucket: string, policy: RetryPolicy = DEFAULT
       const v = Reflect.get(target, prop);
       if (typeof v !== "function") return v;
       if (typeof prop !== "string" || !RETRIED.has(prop)) return v.bind(target);
-      return (...args: unknown[]) => retryTransient(`${prop} ${bucket}`, () => v.apply(target, args), policy, landed(prop, args));
+      const attempt = OPENS_CONSUMER.has(prop)
+        ? (args: unknown[]) => openWithin(v.apply(target, args) as Promise<{ stop(): void }>, CONSUMER_OPEN_MS)
+        : (args: unknown[]) => v.apply(target, args) as Promise<unknown>;
+      return (...args: unknown[]) => retryTransient(`${prop} ${bucket}`, () => attempt(args), policy, landed(prop, args));
     },
   });
 }
