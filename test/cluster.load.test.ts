@@ -11,13 +11,13 @@ import { jetstreamManager } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { z } from "zod";
 import { GatewayListReplySchema, GatewayRemoveReplySchema } from "../protocol/gateway.ts";
-import { buckets, eventStream, KEYS, subjects } from "../protocol/subjects.ts";
+import { KEYS, subjects } from "../protocol/subjects.ts";
 import { ProtocolError } from "../protocol/envelope.ts";
 import { request } from "../runtime/bus.ts";
 import { connectNats, openStores } from "../runtime/nats.ts";
 import { startFixtureHttp, type FixtureHttp } from "./fixtures/fixtureHttp.ts";
 import { connectClient } from "./helpers/edge.ts";
-import { startNatsCluster, type TestNatsCluster } from "./helpers/natsCluster.ts";
+import { busiestLeader, startNatsCluster, stateStreams, type TestNatsCluster } from "./helpers/natsCluster.ts";
 import { runTs, workerEnv, type Proc } from "./helpers/processes.ts";
 import { until } from "./helpers/wait.ts";
 import { TEST_SECRET_KEY } from "./helpers/worker.ts";
@@ -50,25 +50,11 @@ function errorText(err: unknown): string {
   return String(err);
 }
 
-/** The nodes leading the replicas of every bucket and the event stream (stream info `cluster.leader`). */
-async function streamLeaders(nc: NatsConnection, prefix: string): Promise<Map<string, string>> {
-  const jsm = await jetstreamManager(nc);
-  const names = buckets(prefix);
-  const streams = [...[names.state, names.gateways, names.catalog, names.sessions].map((b) => `KV_${b}`), eventStream(prefix).name];
-  const out = new Map<string, string>();
-  for (const s of streams) out.set(s, (await jsm.streams.info(s)).cluster?.leader ?? "");
-  return out;
-}
-
 describe("replicated state on a 3-node NATS cluster", () => {
   it("a bucket or stream created with 1 replica is brought to 3, and a worker with the default never lowers it", async () => {
     const nc = await cluster.connect();
     const jsm = await jetstreamManager(nc);
-    const replicas = async () => {
-      const names = buckets("rtest");
-      const streams = [...[names.state, names.gateways, names.catalog, names.sessions].map((b) => `KV_${b}`), eventStream("rtest").name];
-      return Promise.all(streams.map(async (s) => (await jsm.streams.info(s)).config.num_replicas));
-    };
+    const replicas = () => Promise.all(stateStreams("rtest").map(async (s) => (await jsm.streams.info(s)).config.num_replicas));
     await openStores(nc, "rtest", 1);
     assert.deepEqual(await replicas(), [1, 1, 1, 1, 1]);
     await openStores(nc, "rtest", 3);
@@ -88,10 +74,7 @@ describe("replicated state on a 3-node NATS cluster", () => {
 
     // The operator's connection avoids the node that will die: it watches, it is not under test.
     const setup = await cluster.connect();
-    const leaders = await streamLeaders(setup, "mcpgw");
-    const count = new Map<string, number>();
-    for (const l of leaders.values()) count.set(l, (count.get(l) ?? 0) + 1);
-    const victim = [...count.entries()].sort((a, b) => b[1] - a[1])[0]![0];
+    const victim = await busiestLeader(setup, "mcpgw");
     const others = cluster.nodes.filter((n) => n.name !== victim);
     const admin = await connectNats({ url: others.map((n) => n.url).join(","), user: "admin", password: cluster.passwords.admin, name: "test-admin" });
 

@@ -3,6 +3,7 @@ import { tmpdir } from "node:os";
 import { dirname, join, relative } from "node:path";
 import { jetstreamManager } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
+import { buckets, eventStream } from "../../protocol/subjects.ts";
 import { NATS_CONF, startEmbeddedNats, type EmbeddedNats, type NatsUser } from "../../runtime/embeddedNats.ts";
 import { connectNats } from "../../runtime/nats.ts";
 import { locateNatsServer } from "../../runtime/natsServerBinary.ts";
@@ -107,4 +108,21 @@ export async function startNatsCluster(size = 3): Promise<TestNatsCluster> {
       rmSync(dir, { recursive: true, force: true });
     },
   };
+}
+
+/** The streams behind every bucket and the event stream of `prefix`. */
+export function stateStreams(prefix: string): string[] {
+  const names = buckets(prefix);
+  return [...[names.state, names.gateways, names.catalog, names.sessions].map((b) => `KV_${b}`), eventStream(prefix).name];
+}
+
+/** The node that leads the most of `prefix`'s streams (stream info `cluster.leader`). */
+export async function busiestLeader(nc: NatsConnection, prefix: string): Promise<string> {
+  const jsm = await jetstreamManager(nc);
+  const led = new Map<string, number>();
+  for (const s of stateStreams(prefix)) {
+    const leader = (await jsm.streams.info(s)).cluster?.leader;
+    if (leader) led.set(leader, (led.get(leader) ?? 0) + 1);
+  }
+  return [...led.entries()].sort((a, b) => b[1] - a[1])[0]![0];
 }
