@@ -50,21 +50,21 @@ try {
   const firstList: number[] = [];
   const freshCall: number[] = [];
   const slowest: number[] = [];
-  let failedAfter = 0;
+  const failedAfter: string[] = [];
   for (let rep = 0; rep < REPS; rep++) {
     const leader = await busiestLeader(setup, "mcpgw");
     const victim = cluster.nodes.find((n) => n.name === leader)!;
     // the operator's own connection avoids the node that will die: it measures, it is not measured
     const others = cluster.nodes.filter((n) => n !== victim).map((n) => n.url);
     const admin = await connectNats({ url: others.join(","), user: "admin", password: cluster.passwords.admin, name: "bench-admin" });
-    type Op = { what: string; start: number; end: number; ok: boolean };
+    type Op = { what: string; start: number; end: number; ok: boolean; error?: string };
     const ops: Op[] = [];
     let stopAt = Infinity;
     const pace = async (what: string, f: () => Promise<unknown>) => {
       const running: Promise<void>[] = [];
       while (performance.now() < stopAt) {
         const op: Op = { what, start: performance.now(), end: 0, ok: false };
-        running.push(f().then(() => void (op.ok = true), () => {}).finally(() => void ((op.end = performance.now()), ops.push(op))));
+        running.push(f().then(() => void (op.ok = true), (err) => void (op.error = String(err).slice(0, 120))).finally(() => void ((op.end = performance.now()), ops.push(op))));
         await new Promise((r) => setTimeout(r, 100));
       }
       await Promise.all(running);
@@ -88,7 +88,7 @@ try {
     firstCall.push(first("call"));
     firstList.push(first("list"));
     slowest.push(Math.max(...after.map((o) => o.end - o.start)));
-    failedAfter += after.filter((o) => !o.ok).length;
+    failedAfter.push(...after.filter((o) => !o.ok).map((o) => `${o.what} begun ${Math.round(o.start - killAt)} ms after the kill: ${o.error}`));
 
     await admin.close();
     await victim.restart();
@@ -107,7 +107,7 @@ try {
       msRow("kill → first gateway list begun after it answered", firstList, TARGET_MS, "target"),
       msRow("kill → a new session's first call answered", freshCall, TARGET_MS, "target"),
       msRow("slowest operation begun after the kill", slowest, TARGET_MS, "target"),
-      ["operations begun after a kill that failed", String(failedAfter)],
+      ["operations begun after a kill that failed", failedAfter.length ? failedAfter.join("; ") : "none"],
     ],
   );
   await operator.close();
