@@ -19,7 +19,7 @@ export type RetryPolicy = {
   maxDelayMs: number;
 };
 
-export const DEFAULT_RETRY: RetryPolicy = { budgetMs: 10_000, firstDelayMs: 50, maxDelayMs: 1_000 };
+export const DEFAULT_RETRY: RetryPolicy = { budgetMs: 20_000, firstDelayMs: 50, maxDelayMs: 1_000 };
 
 /** JetStream API codes that mean "no leader / not available right now" (nats-server errors.json). */
 const UNAVAILABLE_API_CODES = new Set([
