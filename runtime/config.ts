@@ -95,6 +95,7 @@ export const EnvSchema = z.object({
       .transform((v) => list(v))
       .pipe(z.array(z.enum(DENIABLE_CLASSES, `each must be one of ${DENIABLE_CLASSES.join(", ")}`))),
   ),
+  MCPGW_JS_REPLICAS: z.preprocess(blankIsUnset, int(1, 1, 5)),
   MCPGW_LOG_LEVEL: z.preprocess(blankIsUnset, z.enum(["trace", "debug", "info", "warn", "error", "fatal", "silent"]).default("info")),
 });
 
@@ -106,6 +107,8 @@ export type Config = {
   secretKey?: string;
   workerId: string;
   prefix: string;
+  /** copies of every KV bucket and of the event stream (3 on a 3-node NATS cluster) */
+  jsReplicas: number;
   edge: {
     host: string;
     port: number;
@@ -183,6 +186,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     secretKey: e.MCPGW_SECRET_KEY,
     workerId: e.MCPGW_WORKER_ID ?? `w-${randomBytes(4).toString("hex")}`,
     prefix: e.MCPGW_SUBJECT_PREFIX,
+    jsReplicas: e.MCPGW_JS_REPLICAS,
     edge: {
       host: e.MCPGW_EDGE_HOST,
       port: e.MCPGW_EDGE_PORT,

@@ -65,6 +65,8 @@ export type EmbeddedNatsOptions = {
   onLog?: (line: string) => void;
   /** pid file; a live nats-server named in it (left by a worker that was killed) is stopped first */
   pidFile?: string;
+  /** a configuration that includes nats.conf and adds to it (a cluster node's name and routes); default nats.conf */
+  configFile?: string;
 };
 
 /** Stops a nats-server left running by an embedded worker that died without cleaning up. */
@@ -82,7 +84,7 @@ function stopLeftover(pidFile: string): void {
 export async function startEmbeddedNats(opts: EmbeddedNatsOptions): Promise<EmbeddedNats> {
   mkdirSync(opts.storeDir, { recursive: true });
   if (opts.pidFile) stopLeftover(opts.pidFile);
-  const child = spawn(opts.bin, ["-c", NATS_CONF], {
+  const child = spawn(opts.bin, ["-c", opts.configFile ?? NATS_CONF], {
     // its own process group: a Ctrl-C meant for the worker must not stop NATS before the worker has drained
     detached: true,
     stdio: ["ignore", "ignore", "pipe"],

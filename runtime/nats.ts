@@ -1,8 +1,9 @@
 import { readFileSync } from "node:fs";
 import { connect, credsAuthenticator, type NatsConnection } from "@nats-io/transport-node";
-import { jetstream, jetstreamManager, JetStreamApiError, type JetStreamClient } from "@nats-io/jetstream";
+import { jetstream, jetstreamManager, JetStreamApiError, type JetStreamClient, type JetStreamManager, type StreamConfig } from "@nats-io/jetstream";
 import { Kvm, type KV } from "@nats-io/kv";
 import { buckets, eventStream, type Buckets } from "../protocol/subjects.ts";
+import { retryingJs, retryingKv, retryTransient } from "./jetstreamRetry.ts";
 
 export type NatsOptions = { url: string; user?: string; password?: string; credsFile?: string; name?: string; inboxPrefix?: string };
 
@@ -46,18 +47,34 @@ export type Stores = {
 
 const DAY_NS = 24 * 3600 * 1e9;
 
-/** Opens (creating when missing, idempotently) the KV buckets and the event stream. */
-export async function openStores(nc: NatsConnection, prefix: string): Promise<Stores> {
+/**
+ * Opens (creating when missing, idempotently) the KV buckets and the event stream, each with
+ * `replicas` copies; one that has fewer is raised to that count (never lowered: a worker
+ * started with the default must not strip a cluster's copies). The buckets and the client it
+ * returns retry through a NATS node loss (jetstreamRetry.ts); so does the opening.
+ */
+export async function openStores(nc: NatsConnection, prefix: string, replicas = 1): Promise<Stores> {
   const names = buckets(prefix);
   const kvm = new Kvm(nc);
+  const jsm = await retryTransient("open JetStream", () => jetstreamManager(nc));
+  const open = (bucket: string, opts: { maxValueSize?: number } = {}) =>
+    retryTransient(`open ${bucket}`, async () => {
+      const kv = await kvm.create(bucket, { history: 1, replicas, ...opts });
+      await raiseReplicas(jsm, (await kv.status()).streamInfo.config, replicas);
+      return retryingKv(kv, bucket);
+    });
   const [state, gateways, catalog, sessions] = await Promise.all([
-    kvm.create(names.state, { history: 1 }),
-    kvm.create(names.gateways, { history: 1 }),
-    kvm.create(names.catalog, { history: 1, maxValueSize: 8 * 1024 * 1024 }),
-    kvm.create(names.sessions, { history: 1 }),
+    open(names.state),
+    open(names.gateways),
+    open(names.catalog, { maxValueSize: 8 * 1024 * 1024 }),
+    open(names.sessions),
   ]);
+  await retryTransient("open the event stream", () => openEventStream(jsm, prefix, replicas));
+  return { js: retryingJs(jetstream(nc)), state, gateways, catalog, sessions, names, streamName: eventStream(prefix).name };
+}
+
+async function openEventStream(jsm: JetStreamManager, prefix: string, replicas: number): Promise<void> {
   const stream = eventStream(prefix);
-  const jsm = await jetstreamManager(nc);
   // The duplicate window spans the whole retention: a copy of a stored event that anyone
   // delivers back into the stream (a pull request's reply subject may be any subject) is
   // dropped by the stream itself, so an old event never comes round again (runtime/events.ts).
@@ -65,14 +82,20 @@ export async function openStores(nc: NatsConnection, prefix: string): Promise<St
   try {
     const info = await jsm.streams.info(stream.name);
     if (stream.subjects.some((s) => !info.config.subjects?.includes(s)) || info.config.duplicate_window !== DAY_NS) {
-      await jsm.streams.update(stream.name, { ...info.config, ...config });
+      info.config = (await jsm.streams.update(stream.name, { ...info.config, ...config })).config;
     }
+    await raiseReplicas(jsm, info.config, replicas);
   } catch (err) {
     if (!(err instanceof JetStreamApiError) || err.status !== 404) throw err;
-    await jsm.streams.add({ name: stream.name, ...config, max_msgs: 1_000_000 }).catch(async (e) => {
+    await jsm.streams.add({ name: stream.name, ...config, max_msgs: 1_000_000, num_replicas: replicas }).catch(async (e) => {
       // another worker created it first
       await jsm.streams.info(stream.name).catch(() => Promise.reject(e));
     });
   }
-  return { js: jetstream(nc), state, gateways, catalog, sessions, names, streamName: stream.name };
+}
+
+/** nats-server (2.9 too) scales a clustered stream's replicas by a stream update. */
+async function raiseReplicas(jsm: JetStreamManager, config: StreamConfig, replicas: number): Promise<void> {
+  if ((config.num_replicas ?? 1) >= replicas) return;
+  await jsm.streams.update(config.name, { ...config, num_replicas: replicas });
 }

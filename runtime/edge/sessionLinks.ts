@@ -76,7 +76,9 @@ export class SessionLinks {
   /** Registers a request; the subscription is in place before the call leaves, so no progress is lost. */
   async addRequest(sid: string, requestId: string, f: InFlight): Promise<() => void> {
     this.#links(sid).requests.set(requestId, f);
-    await this.nc.flush();
+    // A flush cut short by a lost NATS connection is no failure: on reconnect nats.js sends
+    // every subscription before what it buffered, so the call still leaves after its link.
+    await this.nc.flush().catch(() => {});
     return () => {
       const l = this.#sessions.get(sid);
       if (l?.requests.get(requestId) === f) l.requests.delete(requestId);

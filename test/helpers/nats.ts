@@ -27,6 +27,11 @@ export async function freePort(): Promise<number> {
  * killed test file must not leave a nats-server behind: it runs in its own process group).
  */
 const running = new Set<{ kill(signal: NodeJS.Signals): unknown }>();
+/** Kills `p` when the test process ends, unless it has exited by then. */
+export function keepUntilExit(p: { kill(signal: NodeJS.Signals): unknown; once(event: "exit", f: () => void): unknown }): void {
+  running.add(p);
+  p.once("exit", () => running.delete(p));
+}
 const killAll = () => {
   for (const p of running) p.kill("SIGKILL");
 };
@@ -53,14 +58,14 @@ export type TestNats = {
   stop(): Promise<void>;
 };
 
+export function newPasswords(): Record<NatsUser, string> {
+  return { runtime: randomBytes(12).toString("hex"), admin: randomBytes(12).toString("hex"), viewer: randomBytes(12).toString("hex") };
+}
+
 /** A real nats-server with the project's nats.conf, on a free port with a temporary store. */
 export async function startNats(): Promise<TestNats> {
   const dir = mkdtempSync(join(tmpdir(), "mcpgw-test-"));
-  const passwords = {
-    runtime: randomBytes(12).toString("hex"),
-    admin: randomBytes(12).toString("hex"),
-    viewer: randomBytes(12).toString("hex"),
-  };
+  const passwords = newPasswords();
   const options = {
     bin: locateNatsServer(process.env.NATS_SERVER_BIN),
     host: "127.0.0.1",
@@ -69,7 +74,7 @@ export async function startNats(): Promise<TestNats> {
     passwords,
   };
   let server = await startEmbeddedNats(options);
-  running.add(server.process);
+  keepUntilExit(server.process);
   const conns: NatsConnection[] = [];
   return {
     url: server.url,
@@ -82,11 +87,10 @@ export async function startNats(): Promise<TestNats> {
     },
     async stopServer() {
       await server.stop();
-      running.delete(server.process);
     },
     async restartServer() {
       server = await startEmbeddedNats(options);
-      running.add(server.process);
+      keepUntilExit(server.process);
     },
     freezeServer(frozen) {
       server.process.kill(frozen ? "SIGSTOP" : "SIGCONT");
@@ -94,7 +98,6 @@ export async function startNats(): Promise<TestNats> {
     async stop() {
       await Promise.allSettled(conns.map((c) => c.close()));
       await server.stop();
-      running.delete(server.process);
       rmSync(dir, { recursive: true, force: true });
     },
   };

@@ -1,0 +1,155 @@
+// Riding out a NATS node loss. While a stream elects a new leader (seconds on nats-server
+// 2.9), JetStream requests meet "no responders" or a JetStream "temporarily unavailable"
+// error, and requests sent on a connection to the node that died time out. This module is
+// the one place that retries them, wrapped around the KV buckets and the JetStream client
+// that openStores hands out, so no caller changes: a bounded retry with backoff, only for
+// those errors, never for a conflict or a bad request. What still fails is `unavailable`.
+import { randomUUID } from "node:crypto";
+import { JetStreamApiError, type JetStreamClient } from "@nats-io/jetstream";
+import type { KV } from "@nats-io/kv";
+import { errors } from "@nats-io/transport-node";
+import { isCasConflict } from "../actors/kvStore.ts";
+import { ProtocolError } from "../protocol/envelope.ts";
+
+export type RetryPolicy = {
+  /** give up once this long has passed since the first attempt (a leader election takes seconds) */
+  budgetMs: number;
+  /** first pause; each next one doubles, up to `maxDelayMs` */
+  firstDelayMs: number;
+  maxDelayMs: number;
+};
+
+export const DEFAULT_RETRY: RetryPolicy = { budgetMs: 20_000, firstDelayMs: 50, maxDelayMs: 1_000 };
+
+/** JetStream API codes that mean "no leader / not available right now" (nats-server errors.json). */
+const UNAVAILABLE_API_CODES = new Set([
+  10008, // JetStream system temporarily unavailable
+  10009, // JetStream cluster can not handle request
+]);
+
+type Transience = "nobody-answered" | "outcome-unknown" | null;
+
+/**
+ * Whether `err` means JetStream could not answer for now: nobody answered (no responders:
+ * nothing was done, safe to repeat) or the request timed out (it may have been done).
+ */
+export function transience(err: unknown): Transience {
+  for (let e: unknown = err; e; e = (e as { cause?: unknown }).cause) {
+    // nats.js reports a JetStream request nobody answered as "jetstream is not enabled", caused by no responders
+    if (e instanceof errors.NoRespondersError) return "nobody-answered";
+    if (e instanceof JetStreamApiError && (UNAVAILABLE_API_CODES.has(e.code) || e.status === 503)) return "nobody-answered";
+    if (e instanceof errors.TimeoutError) return "outcome-unknown";
+  }
+  return null;
+}
+
+/**
+ * Runs `op` until it succeeds, fails for a reason that is not transient, or the budget is
+ * spent (then `unavailable`). `onAmbiguousFailure` gets the error of an attempt that followed
+ * one whose outcome is unknown; it may decide that the earlier attempt did the work.
+ */
+export async function retryTransient<T>(
+  what: string,
+  op: () => Promise<T>,
+  policy: RetryPolicy = DEFAULT_RETRY,
+  onAmbiguousFailure?: (err: unknown) => Promise<{ result: T } | null>,
+): Promise<T> {
+  const start = performance.now();
+  let ambiguous = false;
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await op();
+    } catch (err) {
+      const kind = transience(err);
+      if (!kind) {
+        if (ambiguous && onAmbiguousFailure) {
+          const landed = await onAmbiguousFailure(err);
+          if (landed) return landed.result;
+        }
+        throw err;
+      }
+      ambiguous ||= kind === "outcome-unknown";
+      const delay = Math.min(policy.maxDelayMs, policy.firstDelayMs * 2 ** attempt);
+      if (performance.now() - start + delay > policy.budgetMs) {
+        throw new ProtocolError("unavailable", `NATS JetStream is unavailable (${what}); try again`, undefined, { cause: err });
+      }
+      await new Promise((r) => setTimeout(r, delay));
+    }
+  }
+}
+
+const encoder = new TextEncoder();
+const bytesOf = (data: unknown) => (typeof data === "string" ? encoder.encode(data) : (data as Uint8Array));
+const sameBytes = (a: Uint8Array, b: Uint8Array) => a.length === b.length && a.every((x, i) => x === b[i]);
+
+/** The KV methods that make one request each (watch and keys: the request that opens them). */
+const RETRIED = new Set(["get", "history", "watch", "status", "keys", "create", "update", "put", "delete", "purge"]);
+/** The ones that open a consumer (reads: safe to repeat). */
+const OPENS_CONSUMER = new Set(["watch", "keys", "history"]);
+
+/**
+ * nats-server 2.9 may place a new consumer on a replica whose node is dead; that creation is
+ * never answered (about every other one, measured, for as long as the node is down). Such an
+ * attempt is abandoned after this long and tried again rather than waiting out the 5 s
+ * JetStream timeout; a consumer that opens later is stopped.
+ */
+export const CONSUMER_OPEN_MS = 2_000;
+
+async function openWithin<T extends { stop(): void }>(open: Promise<T>, ms: number): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new errors.TimeoutError()), ms);
+  });
+  try {
+    return await Promise.race([open, late]);
+  } catch (err) {
+    if (err instanceof errors.TimeoutError) void open.then((it) => it.stop(), () => {});
+    throw err;
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/**
+ * The bucket with every request retried through node losses. A compare-and-swap (create,
+ * update, delete with a previous revision) repeated after a timeout may meet its own earlier
+ * write as a conflict: when the key holds exactly what the call meant to leave there, the
+ * earlier attempt landed and the call succeeds.
+ */
+export function retryingKv(kv: KV, bucket: string, policy: RetryPolicy = DEFAULT_RETRY): KV {
+  const landed = (method: string, args: unknown[]) => async (err: unknown): Promise<{ result: unknown } | null> => {
+    if (!isCasConflict(err)) return null;
+    const e = await retryTransient(`get ${bucket}`, () => kv.get(args[0] as string), policy);
+    if (method === "delete") return e?.operation === "DEL" ? { result: undefined } : null;
+    return e?.operation === "PUT" && sameBytes(e.value, bytesOf(args[1])) ? { result: e.revision } : null;
+  };
+  return new Proxy(kv, {
+    get(target, prop) {
+      const v = Reflect.get(target, prop);
+      if (typeof v !== "function") return v;
+      if (typeof prop !== "string" || !RETRIED.has(prop)) return v.bind(target);
+      const attempt = OPENS_CONSUMER.has(prop)
+        ? (args: unknown[]) => openWithin(v.apply(target, args) as Promise<{ stop(): void }>, CONSUMER_OPEN_MS)
+        : (args: unknown[]) => v.apply(target, args) as Promise<unknown>;
+      return (...args: unknown[]) => retryTransient(`${prop} ${bucket}`, () => attempt(args), policy, landed(prop, args));
+    },
+  });
+}
+
+/**
+ * The JetStream client with `publish` retried through node losses. Each publish carries a
+ * message id, so the stream drops the copy a retry after a timeout may add.
+ */
+export function retryingJs(js: JetStreamClient, policy: RetryPolicy = DEFAULT_RETRY): JetStreamClient {
+  const publish: JetStreamClient["publish"] = (subject, data, opts) => {
+    const withId = { ...opts, msgID: opts?.msgID ?? randomUUID() };
+    return retryTransient(`publish ${subject}`, () => js.publish(subject, data, withId), policy);
+  };
+  return new Proxy(js, {
+    get(target, prop) {
+      if (prop === "publish") return publish;
+      const v = Reflect.get(target, prop);
+      return typeof v === "function" ? v.bind(target) : v;
+    },
+  });
+}
