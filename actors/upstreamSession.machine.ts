@@ -10,12 +10,27 @@ export const PROBE_METHODS = ["ping", "tools/list", "prompts/list", "resources/l
 export type ProbeMethod = (typeof PROBE_METHODS)[number];
 export type ProbeOutcome = "ok" | "method_not_found";
 
+/** Why a session closed, in a bounded set of words (a metric label); `closeReason` says it in full. */
+export type CloseCause =
+  | "idle"
+  | "transport_error"
+  | "connect_failed"
+  | "upstream_closed"
+  | "client_session_ended"
+  | "gateway_removed"
+  | "gateway_changed"
+  | "gateway_disabled"
+  | "evicted"
+  | "drain"
+  | "requested"
+  | "shutdown";
+
 export type UpstreamSessionEvent =
   /** a call arrived; the runtime holds it under `callId` until told to start or fail it */
   | { type: "CALL"; callId: string }
   /** a started call finished; `transportFailed` when the upstream connection broke under it */
   | { type: "CALL_DONE"; callId: string; transportFailed: boolean }
-  | { type: "CLOSE"; reason: string };
+  | { type: "CLOSE"; reason: string; cause: CloseCause };
 
 export type UpstreamSessionContext = {
   /** calls waiting for the session to be connected or validated */
@@ -23,6 +38,7 @@ export type UpstreamSessionContext = {
   inflight: number;
   probeStep: number;
   closeReason: string;
+  closeCause: CloseCause | null;
 };
 
 export const upstreamSessionMachine = setup({
@@ -71,17 +87,17 @@ export const upstreamSessionMachine = setup({
 }).createMachine({
   id: "upstreamSession",
   initial: "open",
-  context: { queued: [], inflight: 0, probeStep: 0, closeReason: "" },
+  context: { queued: [], inflight: 0, probeStep: 0, closeReason: "", closeCause: null },
   states: {
     open: {
       initial: "connecting",
       on: {
-        CLOSE: { target: "closing", actions: assign({ closeReason: ({ event }) => event.reason }) },
+        CLOSE: { target: "closing", actions: assign({ closeReason: ({ event }) => event.reason, closeCause: ({ event }) => event.cause }) },
         CALL_DONE: [
           {
             guard: "transportFailed",
             target: "closing",
-            actions: assign({ inflight: ({ context }) => context.inflight - 1, closeReason: "transport error during a call" }),
+            actions: assign({ inflight: ({ context }) => context.inflight - 1, closeReason: "transport error during a call", closeCause: "transport_error" }),
           },
           { actions: assign({ inflight: ({ context }) => context.inflight - 1 }) },
         ],
@@ -94,7 +110,7 @@ export const upstreamSessionMachine = setup({
             onDone: { target: "ready" },
             onError: {
               target: "#upstreamSession.closing",
-              actions: assign({ closeReason: ({ event }) => `cannot connect: ${shortErrorText(event.error)}` }),
+              actions: assign({ closeReason: ({ event }) => `cannot connect: ${shortErrorText(event.error)}`, closeCause: "connect_failed" }),
             },
           },
         },
@@ -107,7 +123,7 @@ export const upstreamSessionMachine = setup({
           after: {
             sessionIdleTtl: [
               { guard: "hasCallsInFlight", target: "ready", reenter: true },
-              { target: "#upstreamSession.closing", actions: assign({ closeReason: "idle expiry" }) },
+              { target: "#upstreamSession.closing", actions: assign({ closeReason: "idle expiry", closeCause: "idle" }) },
             ],
           },
           initial: "fresh",

@@ -34,6 +34,12 @@ export const UpstreamCallRequestSchema = z
   .strict();
 export type UpstreamCallRequest = z.input<typeof UpstreamCallRequestSchema>;
 
+/**
+ * W3C trace context: NATS message headers of a `call` request (and HTTP headers to the
+ * upstream), so a call's spans and log lines share the client's trace id on every worker.
+ */
+export const TRACE_CONTEXT_HEADERS = ["traceparent", "tracestate"] as const;
+
 /** The upstream's JSON-RPC error, unchanged. */
 export const JsonRpcErrorSchema = z.object({ code: z.number().int(), message: z.string(), data: z.unknown().optional() });
 export type JsonRpcError = z.infer<typeof JsonRpcErrorSchema>;

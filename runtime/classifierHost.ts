@@ -267,11 +267,13 @@ export async function startClassifierHost(ctx: WorkerContext): Promise<Classifie
   });
   actor.on("leader", (e) => {
     Object.assign(stats, { leader: true, leaseRevision: e.revision });
+    ctx.metrics.classifierLeader.set(1);
     effects.newTerm();
     log.info({ revision: e.revision }, "classifier lease acquired: this worker classifies");
   });
   actor.on("steppedDown", (e) => {
     Object.assign(stats, { leader: false, leaseRevision: 0 });
+    ctx.metrics.classifierLeader.set(0);
     log.warn({ revision: e.revision, reason: e.reason }, "classifier stepped down");
   });
   actor.start();
@@ -302,6 +304,7 @@ export async function startClassifierHost(ctx: WorkerContext): Promise<Classifie
       );
       actor.stop();
       stats.leader = false;
+      ctx.metrics.classifierLeader.set(0);
     },
   };
 }

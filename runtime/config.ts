@@ -96,6 +96,9 @@ export const EnvSchema = z.object({
       .pipe(z.array(z.enum(DENIABLE_CLASSES, `each must be one of ${DENIABLE_CLASSES.join(", ")}`))),
   ),
   MCPGW_JS_REPLICAS: z.preprocess(blankIsUnset, int(1, 1, 5)),
+  MCPGW_METRICS_TOKEN: opt(z.string()),
+  MCPGW_OTLP_ENDPOINT: opt(z.url({ protocol: /^https?$/ })),
+  OTEL_EXPORTER_OTLP_ENDPOINT: opt(z.url({ protocol: /^https?$/ })),
   MCPGW_LOG_LEVEL: z.preprocess(blankIsUnset, z.enum(["trace", "debug", "info", "warn", "error", "fatal", "silent"]).default("info")),
 });
 
@@ -155,6 +158,10 @@ export type Config = {
   };
   /** what upstream connections may reach beyond the always-denied addresses */
   outbound: OutboundPolicy;
+  /** bearer tokens that may read `/metrics`; none: loopback peers only */
+  metricsTokens: string[];
+  /** OTLP/HTTP base URL spans are exported to (`/v1/traces` is appended); unset: no export */
+  otlpEndpoint?: string;
   logLevel: string;
 };
 
@@ -178,6 +185,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   const consoleTokens = list(e.MCPGW_CONSOLE_TOKENS);
   if (consoleTokens.some((t) => t.length < 16)) throw new ConfigError("invalid configuration: MCPGW_CONSOLE_TOKENS: each token must be at least 16 characters");
   if (consoleTokens.some((t) => tokens.includes(t))) throw new ConfigError("invalid configuration: MCPGW_CONSOLE_TOKENS: a console token must not also be a client token");
+  const metricsTokens = list(e.MCPGW_METRICS_TOKEN);
+  if (metricsTokens.some((t) => t.length < 16)) throw new ConfigError("invalid configuration: MCPGW_METRICS_TOKEN: each token must be at least 16 characters");
   return {
     nats: { url: e.NATS_URL, user: e.NATS_USER, password: e.NATS_PASSWORD, credsFile: e.NATS_CREDS },
     natsServerBin: e.NATS_SERVER_BIN,
@@ -222,6 +231,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       maxStdio: e.MCPGW_POLL_MAX_STDIO,
     },
     outbound: { deny: [...new Set(e.MCPGW_OUTBOUND_DENY)] },
+    metricsTokens,
+    otlpEndpoint: e.MCPGW_OTLP_ENDPOINT ?? e.OTEL_EXPORTER_OTLP_ENDPOINT,
     logLevel: e.MCPGW_LOG_LEVEL,
   };
 }

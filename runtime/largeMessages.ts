@@ -16,7 +16,7 @@ const HEADER_ROOM = 1024;
 const ASSEMBLY_TTL_MS = 60_000;
 
 /** A request as its responder sees it: whole, with the reply subject to answer on. */
-export type WholeRequest = { subject: string; data: Uint8Array; reply?: string | undefined };
+export type WholeRequest = { subject: string; data: Uint8Array; reply?: string | undefined; headers?: MsgHdrs | undefined };
 
 type PartHeader = { index: number; count: number; size: number };
 
@@ -32,13 +32,21 @@ function partHeader(h: MsgHdrs | undefined): PartHeader | null {
 
 const sizeText = (what: string, size: number, limit: number) => `${what} of ${size} bytes exceeds the limit of ${limit} bytes`;
 
-/** Publishes `data` to `subject` in one message, or in parts when it is larger than the server takes. */
-export function publishWhole(nc: NatsConnection, subject: string, data: Uint8Array, reply?: string): void {
+/**
+ * Publishes `data` to `subject` in one message, or in parts when it is larger than the server
+ * takes; `extra` headers (trace context) go on the message, or on every part.
+ */
+export function publishWhole(nc: NatsConnection, subject: string, data: Uint8Array, reply?: string, extra: Record<string, string> = {}): void {
   const max = (nc.info?.max_payload ?? 1024 * 1024) - HEADER_ROOM;
-  if (data.length <= max) return nc.publish(subject, data, reply ? { reply } : undefined);
+  const withExtra = () => {
+    const h = headers();
+    for (const [k, v] of Object.entries(extra)) h.set(k, v);
+    return h;
+  };
+  if (data.length <= max) return nc.publish(subject, data, { ...(reply && { reply }), ...(Object.keys(extra).length > 0 && { headers: withExtra() }) });
   const count = Math.ceil(data.length / max);
   for (let index = 0; index < count; index++) {
-    const h = headers();
+    const h = withExtra();
     h.set(PARTS, String(count));
     h.set(PART, String(index));
     h.set(SIZE, String(data.length));
@@ -83,7 +91,7 @@ export function wholeRequests(nc: NatsConnection, limit: number, onRequest: (req
     } catch (e) {
       return refuse(msg.reply, e);
     }
-    if (!part) return onRequest({ subject: msg.subject, data: msg.data, reply: msg.reply });
+    if (!part) return onRequest({ subject: msg.subject, data: msg.data, reply: msg.reply, headers: msg.headers });
     // parts without a reply subject cannot be told apart from another sender's
     if (!msg.reply) return;
     const key = msg.reply;
@@ -100,7 +108,7 @@ export function wholeRequests(nc: NatsConnection, limit: number, onRequest: (req
       if (!whole) return;
       clearTimeout(entry.timer);
       pending.delete(key);
-      onRequest({ subject: msg.subject, data: whole, reply: key });
+      onRequest({ subject: msg.subject, data: whole, reply: key, headers: msg.headers });
     } catch (e) {
       clearTimeout(entry.timer);
       pending.delete(key);
@@ -114,7 +122,12 @@ export function wholeRequests(nc: NatsConnection, limit: number, onRequest: (req
  * Errors are those of `nc.request`: no responders (nobody subscribes to `subject`) and
  * timeout; a message over the limit is `too_large`, at once, naming its size.
  */
-export async function requestWhole(nc: NatsConnection, subject: string, data: Uint8Array, opts: { timeoutMs: number; limit: number }): Promise<Uint8Array> {
+export async function requestWhole(
+  nc: NatsConnection,
+  subject: string,
+  data: Uint8Array,
+  opts: { timeoutMs: number; limit: number; headers?: Record<string, string> },
+): Promise<Uint8Array> {
   if (data.length > opts.limit) throw new ProtocolError("too_large", sizeText("request", data.length, opts.limit));
   // the connection's own inbox prefix, as nc.request would use (not on the public interface)
   const inbox = createInbox((nc as { options?: { inboxPrefix?: string } }).options?.inboxPrefix);
@@ -142,7 +155,7 @@ export async function requestWhole(nc: NatsConnection, subject: string, data: Ui
         },
       });
       timer = setTimeout(() => reject(new errors.TimeoutError()), opts.timeoutMs);
-      publishWhole(nc, subject, data, inbox);
+      publishWhole(nc, subject, data, inbox, opts.headers);
     });
   } finally {
     clearTimeout(timer);

@@ -38,6 +38,8 @@ type CallScope = {
   owner: object;
   /** its passthrough headers */
   headers: Record<string, string>;
+  /** the W3C trace context of its upstream span */
+  trace: Record<string, string>;
   /** aborts its HTTP request and response stream */
   signal: AbortSignal;
   /** the JSON-RPC id the SDK gave it on the wire */
@@ -85,7 +87,7 @@ export class UpstreamRequestError extends Error {
 export type UpstreamConnection = {
   client: Client;
   /**
-   * Sends one request for a downstream call, with that call's passthrough headers. Resolves
+   * Sends one request for a downstream call, with that call's passthrough headers and `trace` (its span). Resolves
    * with the upstream's result, or with the JSON-RPC error the upstream sent (whatever its
    * code: -32000 and -32001 too). Rejects with the signal's reason when `signal` aborts
    * (timeout, cancellation), which also aborts the call's HTTP request and response stream
@@ -94,7 +96,7 @@ export type UpstreamConnection = {
    */
   request(
     req: { method: string; params?: Record<string, unknown> | undefined },
-    opts: { headers: Record<string, string>; signal: AbortSignal; onprogress?: ((p: Progress) => void) | undefined },
+    opts: { headers: Record<string, string>; trace?: Record<string, string>; signal: AbortSignal; onprogress?: ((p: Progress) => void) | undefined },
   ): Promise<CallOutcome>;
   /** polite close: end the upstream session (HTTP DELETE), close the transport (stdio: end stdin, SIGTERM) */
   close(): Promise<void>;
@@ -237,6 +239,8 @@ export async function connectUpstream(opts: ConnectOptions): Promise<UpstreamCon
       const h = new Headers(init?.headers);
       // passthrough first, so neither static headers nor auth can be overridden by a client
       for (const [k, v] of Object.entries(call?.headers ?? fallbackHeaders())) if (!h.has(k)) h.set(k, v);
+      // the gateway's own span, whatever trace context a client passed through
+      for (const [k, v] of Object.entries(call?.trace ?? {})) h.set(k, v);
       for (const [k, v] of Object.entries(headers)) h.set(k, v);
       const plain = Object.fromEntries(h.entries());
       // a call's request ends with the call: a timed-out or cancelled call keeps no socket
@@ -348,12 +352,13 @@ export async function connectUpstream(opts: ConnectOptions): Promise<UpstreamCon
 
   return {
     client,
-    async request(req, { headers, signal: callerSignal, onprogress }) {
+    async request(req, { headers, trace = {}, signal: callerSignal, onprogress }) {
       const cutter = new AbortController();
       const signal = AbortSignal.any([callerSignal, cutter.signal]);
       const call: CallScope = {
         owner,
         headers: passthroughHeaders(record.passthroughHeaders, headers),
+        trace,
         signal,
         cut: (bytes) => {
           call.cutAt = bytes;

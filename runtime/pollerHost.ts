@@ -11,6 +11,7 @@ import { jetstreamManager } from "@nats-io/jetstream";
 import { createActor, fromPromise, type ActorRefFrom } from "xstate";
 import { shortErrorText } from "../actors/errorText.ts";
 import { encodeValue, entryJson, getLive, isCasConflict, parseEntry } from "../actors/kvStore.ts";
+import { tierOf } from "../actors/discovery.ts";
 import { pollerMachine, type DiscoveryOutcome, type PollKind, type PollState } from "../actors/poller.machine.ts";
 import { RefreshReplySchema } from "../protocol/catalog.ts";
 import { ProtocolError, parseRequest } from "../protocol/envelope.ts";
@@ -129,7 +130,7 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
    */
   const probe = async <T>(
     gid: string,
-    kind: string,
+    kind: PollKind,
     fn: (conn: ProbeConnection) => Promise<T>,
     signal?: AbortSignal,
     keep = true,
@@ -140,10 +141,18 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
     log.debug({ gid, kind }, "poll");
     return slots.run(async () => {
       if (signal?.aborted) throw new Error("poll cancelled: the poller stopped");
+      const started = performance.now();
+      let outcome: "ok" | "error" = "error";
       try {
-        return await connections.use(record, config.poller.timeout, fn, keep);
+        const result = await connections.use(record, config.poller.timeout, fn, keep);
+        outcome = "ok";
+        return result;
       } catch (err) {
         throw scrubbedError(err, gatewayScrubber(record, open));
+      } finally {
+        const tier = tierOf(classification, gid, Date.now());
+        ctx.metrics.polls.inc({ kind, tier, outcome });
+        ctx.metrics.pollDuration.observe({ kind, tier }, (performance.now() - started) / 1000);
       }
     });
   };

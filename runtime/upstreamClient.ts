@@ -15,9 +15,11 @@ import { DEFAULT_MAX_BODY_BYTES } from "./config.ts";
 import { encodeJson, isNoResponders, isTimeout, request, unwrapReply } from "./bus.ts";
 import { callMessageLimit, requestWhole } from "./largeMessages.ts";
 import type { Logger } from "./logger.ts";
+import type { TraceHeaders } from "./tracing.ts";
 
 export type UpstreamCaller = {
-  call(sid: string, gid: string, req: UpstreamCallRequest, signal?: AbortSignal): Promise<UpstreamCallReply>;
+  /** `trace`: the caller's span as W3C trace context, carried in the request's NATS headers */
+  call(sid: string, gid: string, req: UpstreamCallRequest, signal?: AbortSignal, trace?: TraceHeaders): Promise<UpstreamCallReply>;
   /** forwards a client's cancellation of `requestId` to the actor (which aborts the upstream request) */
   notify(sid: string, gid: string, requestId: string, reason?: string): Promise<void>;
 };
@@ -52,7 +54,7 @@ export function createUpstreamCaller(nc: NatsConnection, s: Subjects, opts: { ca
     }
   }
 
-  async function call(sid: string, gid: string, input: UpstreamCallRequest, signal?: AbortSignal): Promise<UpstreamCallReply> {
+  async function call(sid: string, gid: string, input: UpstreamCallRequest, signal?: AbortSignal, trace: TraceHeaders = {}): Promise<UpstreamCallReply> {
     const req = parseRequest(UpstreamCallRequestSchema, input, "upstream call");
     const subject = s.upstream.op(sid, gid, "call");
     // one budget for the whole call: connecting a new session spends from it
@@ -69,7 +71,7 @@ export function createUpstreamCaller(nc: NatsConnection, s: Subjects, opts: { ca
         if (leftMs <= 0) throw new ProtocolError("timeout", `gateway ${gid} did not answer ${req.method} within ${budgetMs} ms`);
         try {
           // requests and answers over the server's max_payload travel in parts
-          const pending = requestWhole(nc, subject, encodeJson(sent), { timeoutMs: leftMs + REPLY_MARGIN_MS, limit: messageLimit });
+          const pending = requestWhole(nc, subject, encodeJson(sent), { timeoutMs: leftMs + REPLY_MARGIN_MS, limit: messageLimit, headers: trace });
           data = await (signal ? raceAbort(pending, signal) : pending);
         } catch (err) {
           if (isNoResponders(err) && attempt < MAX_ATTEMPTS) {

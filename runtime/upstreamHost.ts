@@ -4,10 +4,11 @@
 // closed in parallel when the worker stops.
 import type { Subscription } from "@nats-io/transport-node";
 import { ErrorCode, type Notification } from "@modelcontextprotocol/sdk/types.js";
+import { SpanKind, type Span } from "@opentelemetry/api";
 import { createActor, fromPromise, type Actor } from "xstate";
 import { z } from "zod";
 import { encodeValue, getLive, isCasConflict, parseEntry } from "../actors/kvStore.ts";
-import { stateName, upstreamSessionMachine, type ProbeMethod, type ProbeOutcome, type UpstreamSessionMachine } from "../actors/upstreamSession.machine.ts";
+import { stateName, upstreamSessionMachine, type CloseCause, type ProbeMethod, type ProbeOutcome, type UpstreamSessionMachine } from "../actors/upstreamSession.machine.ts";
 import { ProtocolError, fail, ok, parseRequest, type Envelope } from "../protocol/envelope.ts";
 import { GatewayEventSchema, GatewayRecordSchema, type GatewayRecord } from "../protocol/gateway.ts";
 import {
@@ -33,8 +34,10 @@ import { KEYS, QUEUE } from "../protocol/subjects.ts";
 import { decodeJson, encodeJson, errorReply, gather, isNoResponders, listen, serve } from "./bus.ts";
 import { followEvents, publishCore, publishEvent } from "./events.ts";
 import { callMessageLimit, publishWhole, wholeRequests, type WholeRequest } from "./largeMessages.ts";
+import type { Logger } from "./logger.ts";
 import { AnswerTooLargeError, closeWithin, connectUpstream, UpstreamRequestError, type UpstreamConnection } from "./mcpClient.ts";
 import { gatewayScrubber, scrubbedError, type Scrubber } from "./secretScrubber.ts";
+import { endSpan, natsTraceHeaders, traceHeadersOf, traceIdOf } from "./tracing.ts";
 import type { Hosted, WorkerContext } from "./worker.ts";
 
 /** How long a fan-out (session list, evict, drain) waits for one more worker to answer. */
@@ -55,6 +58,10 @@ type Call = {
   abort: AbortController;
   cancelled: boolean;
   settled: boolean;
+  /** the session actor's span of this call, a child of the caller's (NATS headers) */
+  span: Span;
+  /** logs with the call's trace id */
+  log: Logger;
 };
 
 type Session = {
@@ -68,7 +75,7 @@ type Session = {
   /** claiming: subscribed, buffering; live: serving; closing: address gone */
   phase: "claiming" | "live" | "closing";
   /** an eviction matched while claiming (its record may already be stale): closed as soon as it starts */
-  evictedWhileClaiming: string | null;
+  evictedWhileClaiming: { reason: string; cause: CloseCause } | null;
   buffered: WholeRequest[];
   sub: Subscription;
   claimRevision: number;
@@ -181,7 +188,7 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
             signal,
             onNotification: (n) => onUpstreamNotification(x, n),
             onClosed: () => {
-              if (conn !== null && x.conn === conn) x.actor.send({ type: "CLOSE", reason: "the upstream closed the connection" });
+              if (conn !== null && x.conn === conn) x.actor.send({ type: "CLOSE", reason: "the upstream closed the connection", cause: "upstream_closed" });
             },
             onError: (err) => log.debug({ gid: x.gid, err: x.scrub.text(err.message) }, "upstream transport reported an error"),
           }).catch((err: unknown) => {
@@ -235,6 +242,8 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
     retire(x);
     for (const call of x.calls.values()) settle(x, call, fail("unavailable", `upstream session to gateway ${gatewayLabel(x.record)} closed`));
     closing.delete(x);
+    // every way into `closing` names its cause
+    ctx.metrics.upstreamSessionClosed(x.record.name, x.actor.getSnapshot().context.closeCause!);
     x.actor.stop();
     // only our own claim: a successor may already hold the key
     await stores.sessions.delete(KEYS.upstreamClaim(x.sid, x.gid), { previousSeq: x.claimRevision }).catch(() => {});
@@ -265,7 +274,7 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
         return respond(msg, ok({}));
       }
       if (op === "close") {
-        x.actor.send({ type: "CLOSE", reason: "closed on request" });
+        x.actor.send({ type: "CLOSE", reason: "closed on request", cause: "requested" });
         void x.done.then(() => respond(msg, ok({ closed: true })));
         return;
       }
@@ -278,7 +287,13 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
   function receiveCall(x: Session, msg: WholeRequest, req: z.infer<typeof UpstreamCallRequestSchema>): void {
     const id = String(++callSeq);
     const timeoutMs = req.timeoutMs ?? config.intervals.callTimeout;
-    const call: Call = { id, req, msg, abort: new AbortController(), cancelled: false, settled: false } as Call;
+    const span = ctx.tracing.startSpan(`session ${req.method}`, {
+      kind: SpanKind.SERVER,
+      parent: natsTraceHeaders(msg.headers),
+      attributes: { "mcp.method.name": req.method, "mcpgw.gateway": x.record.name },
+    });
+    const call = { id, req, msg, abort: new AbortController(), cancelled: false, settled: false, span } as Call;
+    call.log = log.child({ traceId: traceIdOf(span) });
     // Every call is answered by its deadline, whatever the upstream does, and its upstream
     // request is released then (the SDK forgets it and tells the upstream; its HTTP request ends).
     call.timer = setTimeout(() => {
@@ -306,6 +321,9 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
     call.settled = true;
     clearTimeout(call.timer);
     x.calls.delete(call.id);
+    const outcome = !env.ok ? env.error.code : "rpcError" in env.data ? "upstream_error" : "ok";
+    endSpan(call.span, !env.ok ? env.error.message : "rpcError" in env.data ? env.data.rpcError.message : undefined);
+    call.log.debug({ sid: x.sid, gid: x.gid, method: call.req.method, outcome }, "upstream call answered");
     if (!call.msg.reply) return;
     let data: Uint8Array;
     try {
@@ -334,11 +352,13 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
       const conn = x.conn;
       if (!conn) return settle(x, call, fail("unavailable", `gateway ${gatewayLabel(x.record)}: not connected`));
       const { params, progressToken } = splitProgressToken(call.req.params);
+      const upstreamSpan = ctx.tracing.startSpan(`upstream ${call.req.method}`, { kind: SpanKind.CLIENT, parent: call.span, attributes: { "mcp.method.name": call.req.method } });
       try {
         const outcome = await conn.request(
           { method: call.req.method, params },
           {
             headers: call.req.headers,
+            trace: traceHeadersOf(upstreamSpan),
             signal: call.abort.signal,
             onprogress:
               progressToken === undefined
@@ -351,10 +371,13 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
                     }),
           },
         );
+        // the code only: the message may echo a secret (the client's copy is scrubbed below)
+        endSpan(upstreamSpan, "rpcError" in outcome ? `JSON-RPC error ${outcome.rpcError.code}` : undefined);
         // an upstream's error (JSON-RPC or tool error) goes back as it came, its echo of our secrets masked
         if ("rpcError" in outcome) return settle(x, call, ok({ rpcError: x.scrub.value(outcome.rpcError) }));
         settle(x, call, ok({ result: outcome.result.isError === true ? x.scrub.value(outcome.result) : outcome.result }));
       } catch (err) {
+        endSpan(upstreamSpan, scrubbedError(err, x.scrub).message);
         // timed out (answered already) or cancelled
         if (call.abort.signal.aborted) return settle(x, call, fail("unavailable", "cancelled by the client"));
         if (err instanceof AnswerTooLargeError) {
@@ -364,7 +387,7 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
         // Only a failure of the current connection evicts: one replaced after a failed idle
         // probe fails its leftover calls, and must not take the fresh connection down with it.
         transportFailed = err instanceof UpstreamRequestError && err.transport && x.conn === conn;
-        if (transportFailed) log.warn({ sid: x.sid, gid: x.gid, err: reason }, "upstream transport error; the session will be recreated");
+        if (transportFailed) call.log.warn({ sid: x.sid, gid: x.gid, err: reason }, "upstream transport error; the session will be recreated");
         const what = err instanceof UpstreamRequestError && err.transport ? "upstream transport error" : `invalid answer to ${call.req.method}`;
         settle(x, call, fail("unavailable", `gateway ${gatewayLabel(x.record)}: ${what}: ${reason}`));
       }
@@ -531,8 +554,9 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
     x.actor.start();
     void x.done.then(() => afterClosed(x));
     for (const msg of x.buffered.splice(0)) onActorMessage(x, msg);
-    if (stopping) x.actor.send({ type: "CLOSE", reason: "worker shutting down" });
-    else if (x.evictedWhileClaiming !== null) x.actor.send({ type: "CLOSE", reason: x.evictedWhileClaiming });
+    ctx.metrics.upstreamSessionStarted(x.record.name);
+    if (stopping) x.actor.send({ type: "CLOSE", reason: "worker shutting down", cause: "shutdown" });
+    else if (x.evictedWhileClaiming !== null) x.actor.send({ type: "CLOSE", ...x.evictedWhileClaiming });
     log.debug({ sid: x.sid, gid: x.gid }, "upstream session actor started");
     await connected(x);
     return { worker: me, created: true };
@@ -556,11 +580,11 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
 
   // ---- eviction ----
 
-  function evictWhere(match: (x: Session) => boolean, reason: string): Session[] {
+  function evictWhere(match: (x: Session) => boolean, cause: CloseCause, reason: string): Session[] {
     const picked = [...live.values()].filter((x) => x.phase !== "closing" && match(x));
     for (const x of picked) {
-      if (x.phase === "live") x.actor.send({ type: "CLOSE", reason });
-      else x.evictedWhileClaiming = reason;
+      if (x.phase === "live") x.actor.send({ type: "CLOSE", reason, cause });
+      else x.evictedWhileClaiming = { reason, cause };
     }
     if (picked.length) log.info({ count: picked.length, reason }, "evicting upstream sessions");
     return picked;
@@ -571,20 +595,20 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
       const e = GatewayEventSchema.safeParse(payload);
       if (!e.success) return;
       const ev = e.data;
-      if (ev.type === "removed") evictWhere((x) => x.gid === ev.gid, "gateway removed");
-      if (ev.type === "updated" && ev.connectChanged) evictWhere((x) => x.gid === ev.gid, `gateway connection changed (${ev.changedFields.join(", ")})`);
+      if (ev.type === "removed") evictWhere((x) => x.gid === ev.gid, "gateway_removed", "gateway removed");
+      if (ev.type === "updated" && ev.connectChanged) evictWhere((x) => x.gid === ev.gid, "gateway_changed", `gateway connection changed (${ev.changedFields.join(", ")})`);
       if (ev.type === "updated" && !ev.connectChanged && ev.changedFields.includes("enabled")) {
         const disabled = await loadGateway(ev.gid).then(
           () => false,
           () => true,
         );
-        if (disabled) evictWhere((x) => x.gid === ev.gid, "gateway disabled");
+        if (disabled) evictWhere((x) => x.gid === ev.gid, "gateway_disabled", "gateway disabled");
       }
       return;
     }
     if (subject.endsWith(".closed")) {
       const e = SessionClosedEventSchema.safeParse(payload);
-      if (e.success) evictWhere((x) => x.sid === e.data.sid, `downstream session closed (${e.data.reason})`);
+      if (e.success) evictWhere((x) => x.sid === e.data.sid, "client_session_ended", `downstream session closed (${e.data.reason})`);
     }
   }
 
@@ -638,6 +662,7 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
       const req = parseRequest(WorkerEvictRequestSchema, p, "evict request");
       const picked = evictWhere(
         (x) => req.all === true || ((!req.sid || x.sid === req.sid) && (!req.gid || x.gid === req.gid)),
+        req.all ? "drain" : "evicted",
         req.reason ?? (req.all ? "drain" : "evicted by an operator"),
       );
       return { worker: me, evicted: picked.length };
@@ -677,7 +702,7 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
       await events.stop();
       await Promise.allSettled([...activating.values()]);
       const all = [...live.values(), ...closing];
-      for (const x of live.values()) if (x.phase === "live") x.actor.send({ type: "CLOSE", reason: "worker shutting down" });
+      for (const x of live.values()) if (x.phase === "live") x.actor.send({ type: "CLOSE", reason: "worker shutting down", cause: "shutdown" });
       // Every close is bounded by the machine (2× shutdownTimeout); this only guards against a bug.
       const bound = new Promise<void>((r) => setTimeout(r, 2 * shutdownMs + 250).unref());
       await Promise.race([Promise.allSettled(all.map((x) => x.done)), bound]);

@@ -7,6 +7,7 @@ import type { Config } from "./config.ts";
 import { publishEvent } from "./events.ts";
 import type { Logger } from "./logger.ts";
 import { Refusals } from "./bus.ts";
+import { countReconnects, createMetrics, type Metrics } from "./metrics.ts";
 import { openStores, type Stores } from "./nats.ts";
 import { sharedUpstreamAgent } from "./mcpClient.ts";
 import { probeConnector, readGatewayStatus } from "./pollerEffects.ts";
@@ -16,6 +17,7 @@ import { SecretBox } from "./secretBox.ts";
 import { serveStatus } from "./statusService.ts";
 import { startUpstreamHost, type UpstreamHost } from "./upstreamHost.ts";
 import { startEdge, type Edge } from "./edge/edgeServer.ts";
+import { createTracing, type Tracing } from "./tracing.ts";
 import { createUpstreamCaller } from "./upstreamClient.ts";
 
 /** What every host of an actor kind gets from the worker. */
@@ -31,6 +33,9 @@ export type WorkerContext = {
   admin: AdminService;
   /** deliveries this worker refused to act on (runtime/bus.ts `refusal`) */
   refusals: Refusals;
+  /** this worker's Prometheus registry and the series hosts record into */
+  metrics: Metrics;
+  tracing: Tracing;
 };
 
 /** A running part of a worker; stopped in reverse start order. */
@@ -66,9 +71,13 @@ export async function startWorker(config: Config, nc: NatsConnection, log: Logge
   const workerLog = log.child({ worker: config.workerId });
   const refusals = new Refusals();
   const admin = await startAdminService(nc, s, config.workerId, { log: workerLog, refusals });
-  const ctx: WorkerContext = { config, nc, log: workerLog, s, stores, box, registry, admin, refusals };
+  const metrics = createMetrics();
+  const tracing = createTracing({ otlpEndpoint: config.otlpEndpoint, workerId: config.workerId });
+  const ctx: WorkerContext = { config, nc, log: workerLog, s, stores, box, registry, admin, refusals, metrics, tracing };
+  countReconnects(nc, metrics, ctx.log);
 
-  const hosted: Hosted[] = [];
+  // first to start, last to stop: spans of everything stopping are still exported
+  const hosted: Hosted[] = [{ stop: () => tracing.shutdown() }];
   serveRegistry(admin, registry, s);
   serveStatus(ctx);
   // Each actor kind's host is started here, in dependency order.

@@ -191,7 +191,7 @@ describe("upstream session machine", () => {
   it("close is bounded: grace window, then force, then give up — 2× shutdownTimeout at most", async () => {
     const h = harness({ closeHangs: true, forceHangs: true });
     await settle();
-    h.actor.send({ type: "CLOSE", reason: "evicted" });
+    h.actor.send({ type: "CLOSE", reason: "evicted", cause: "evicted" });
     assert.equal(h.state(), "closing");
     h.clock.increment(SHUTDOWN);
     assert.equal(h.state(), "forcing");
@@ -206,7 +206,7 @@ describe("upstream session machine", () => {
   it("calls arriving while closing are failed, not started", async () => {
     const h = harness({ closeHangs: true });
     await settle();
-    h.actor.send({ type: "CLOSE", reason: "evicted" });
+    h.actor.send({ type: "CLOSE", reason: "evicted", cause: "evicted" });
     h.actor.send({ type: "CALL", callId: "late" });
     assert.deepEqual(h.log.failed, ["late"]);
     assert.deepEqual(h.log.started, []);

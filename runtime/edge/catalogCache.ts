@@ -1,10 +1,11 @@
 import type { KV, KvEntry } from "@nats-io/kv";
 import { buildView, changedLists, type CatalogView, type GatewayFacts, type ViewList } from "../../actors/catalogView.ts";
 import { CatalogSchema, type Catalog } from "../../protocol/catalog.ts";
-import { GatewayRecordSchema, GatewayStatusSchema } from "../../protocol/gateway.ts";
+import { GatewayRecordSchema, GatewayStatusSchema, type GatewayStatus } from "../../protocol/gateway.ts";
 import { KEYS } from "../../protocol/subjects.ts";
 import { followKv } from "../kvWatch.ts";
 import type { Logger } from "../logger.ts";
+import type { GatewaySummary } from "../metrics.ts";
 
 type Watched<T> = { value: T; revision: number };
 
@@ -19,7 +20,7 @@ export type ViewChange = { scope: string | null; lists: ViewList[] };
 export class CatalogCache {
   readonly #gateways = new Map<string, Watched<{ name: string; enabled: boolean }>>();
   readonly #catalogs = new Map<string, Watched<Catalog>>();
-  readonly #unhealthy = new Map<string, Watched<boolean>>();
+  readonly #health = new Map<string, Watched<GatewayStatus["health"]>>();
   readonly #views = new Map<string | null, CatalogView>();
   readonly #listeners = new Set<(change: ViewChange) => void>();
   readonly #loggedClashes = new Set<string>();
@@ -78,8 +79,20 @@ export class CatalogCache {
     return v;
   }
 
+  /** Every registered gateway with its health and catalog size, for the metrics. */
+  summaries(): GatewaySummary[] {
+    return [...this.#gateways].map(([gid, g]) => {
+      const c = this.#catalogs.get(gid)?.value;
+      return {
+        name: g.value.name,
+        health: g.value.enabled ? (this.#health.get(gid)?.value ?? "unknown") : "disabled",
+        ...(c && { catalog: { tools: c.tools.length, prompts: c.prompts.length, resources: c.resources.length, resourceTemplates: c.resourceTemplates.length } }),
+      };
+    });
+  }
+
   #facts(): GatewayFacts[] {
-    return [...this.#gateways].map(([gid, g]) => ({ gid, name: g.value.name, enabled: g.value.enabled, healthy: this.#unhealthy.get(gid)?.value !== true }));
+    return [...this.#gateways].map(([gid, g]) => ({ gid, name: g.value.name, enabled: g.value.enabled, healthy: this.#health.get(gid)?.value !== "unhealthy" }));
   }
 
   async #follow(kv: KV, key: string, apply: (e: KvEntry) => boolean): Promise<void> {
@@ -119,9 +132,9 @@ export class CatalogCache {
 
   #applyStatus(e: KvEntry): boolean {
     const gid = e.key.slice(KEYS.gatewayStatusPrefix.length);
-    return this.#put(this.#unhealthy, gid, e, () => {
+    return this.#put(this.#health, gid, e, () => {
       const r = GatewayStatusSchema.safeParse(e.json());
-      return r.success ? r.data.health === "unhealthy" : undefined;
+      return r.success ? r.data.health : undefined;
     });
   }
 

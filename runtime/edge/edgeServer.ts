@@ -20,7 +20,7 @@ import { CatalogCache } from "./catalogCache.ts";
 import { consoleRoutes } from "./console/consoleRoutes.ts";
 import type { UpstreamCaller } from "../upstreamClient.ts";
 import { forwardableHeaders, sessionServer } from "./mcpServer.ts";
-import { bearerToken, HostGuard, SessionOwners, tokenDigests, tokenMatches } from "./security.ts";
+import { bearerToken, HostGuard, isLoopbackAddress, SessionOwners, tokenDigests, tokenMatches } from "./security.ts";
 import { SessionLinks, wireKey } from "./sessionLinks.ts";
 import { SessionStore, type LoadedSession } from "./sessionStore.ts";
 
@@ -87,10 +87,19 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
   const owners = new SessionOwners(config.secretKey);
   const natsConnected = followConnection(ctx.nc);
   const webConsole = consoleRoutes(ctx, tokenDigests(config.console.tokens));
+  const metricsTokens = tokenDigests(config.metricsTokens);
 
   const cache = new CatalogCache(ctx.stores, edge.toolSeparator, log);
   await cache.start();
-  const sessions = new SessionStore({ kv: ctx.stores.sessions, js: ctx.stores.js, s: ctx.s, log, idleTtlMs: edge.sessionIdleTtl });
+  ctx.metrics.readGatewaysFrom(() => cache.summaries());
+  const sessions = new SessionStore({
+    kv: ctx.stores.sessions,
+    js: ctx.stores.js,
+    s: ctx.s,
+    log,
+    idleTtlMs: edge.sessionIdleTtl,
+    onSwept: (alive) => ctx.metrics.clientSessions.set(alive),
+  });
   const links = new SessionLinks(ctx.nc, ctx.s, { log, refusals: ctx.refusals });
   sessions.startSweeping(() => links.streamSessionIds());
   const stopNotices = cache.onChange(({ scope, lists }) => {
@@ -177,6 +186,8 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
       pageSize: edge.pageSize,
       callTimeoutMs: config.intervals.callTimeout,
       log,
+      metrics: ctx.metrics,
+      tracing: ctx.tracing,
     });
     res.on("close", () => {
       void transport.close().catch(() => {});
@@ -255,6 +266,22 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
     throw new HttpError(405, ErrorCode.InvalidRequest, "Method Not Allowed", { allow: "GET, POST, DELETE" });
   };
 
+  /**
+   * Prometheus scrapes: with MCPGW_METRICS_TOKEN, its bearer token (a client token is not
+   * enough: a scraper need not be able to call tools); without, loopback peers only.
+   */
+  const serveMetrics = async (req: IncomingMessage, res: ServerResponse) => {
+    if (req.method !== "GET") throw new HttpError(405, ErrorCode.InvalidRequest, "Method Not Allowed", { allow: "GET" });
+    const presented = bearerToken(req.headers.authorization);
+    if (metricsTokens.length > 0 && (presented === null || !tokenMatches(presented, metricsTokens))) {
+      throw new HttpError(401, ErrorCode.InvalidRequest, "Unauthorized: the metrics bearer token is required", { "www-authenticate": 'Bearer realm="mcpgw-metrics"' });
+    }
+    if (metricsTokens.length === 0 && !isLoopbackAddress(req.socket.remoteAddress)) {
+      throw new HttpError(403, ErrorCode.InvalidRequest, "Forbidden: metrics are served to loopback peers only unless MCPGW_METRICS_TOKEN is set");
+    }
+    res.writeHead(200, { "content-type": ctx.metrics.registry.contentType }).end(await ctx.metrics.registry.metrics());
+  };
+
   const ready = async (): Promise<boolean> => {
     if (!natsConnected()) return false;
     try {
@@ -274,6 +301,7 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
     }
     const refusal = guard.refusal(req);
     if (refusal) throw new HttpError(403, ErrorCode.InvalidRequest, refusal);
+    if (path === "/metrics") return serveMetrics(req, res);
     if (await webConsole.handle(req, res, path)) return;
     // the credential owns the sessions it creates; without client auth everyone is one anonymous owner
     const credential = edge.auth === "none" ? "" : bearerToken(req.headers.authorization);

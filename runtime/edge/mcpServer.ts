@@ -1,4 +1,6 @@
+import { performance } from "node:perf_hooks";
 import { Server } from "@modelcontextprotocol/sdk/server/index.js";
+import { SpanKind } from "@opentelemetry/api";
 import type { RequestHandlerExtra } from "@modelcontextprotocol/sdk/shared/protocol.js";
 import {
   CallToolRequestSchema,
@@ -18,6 +20,8 @@ import { InvalidCursorError, paginate, routeResource, routeTemplate, type Catalo
 import { ProtocolError } from "../../protocol/envelope.ts";
 import type { UpstreamMethod } from "../../protocol/upstream.ts";
 import type { Logger } from "../logger.ts";
+import type { CallOutcome, Metrics } from "../metrics.ts";
+import { endSpan, traceHeadersOf, traceIdOf, type Tracing } from "../tracing.ts";
 import type { UpstreamCaller } from "../upstreamClient.ts";
 import type { SessionLinks } from "./sessionLinks.ts";
 import { wireKey } from "./sessionLinks.ts";
@@ -51,6 +55,8 @@ export type SessionContext = {
   pageSize: number;
   callTimeoutMs: number;
   log: Logger;
+  metrics: Metrics;
+  tracing: Tracing;
 };
 
 type Extra = RequestHandlerExtra<ServerRequest, ServerNotification>;
@@ -90,19 +96,25 @@ export function sessionServer(ctx: SessionContext): Server {
   server.setRequestHandler(ListResourcesRequestSchema, (req) => list("resources", req.params?.cursor));
   server.setRequestHandler(ListResourceTemplatesRequestSchema, (req) => list("resourceTemplates", req.params?.cursor));
 
+  /** a request naming nothing this session can route: counted, and answered with `err` */
+  const notFound = (method: UpstreamMethod, err: RpcError) => {
+    ctx.metrics.unrouted(method);
+    return err;
+  };
+
   server.setRequestHandler(CallToolRequestSchema, async (req, extra) => {
     const route = ctx.view().toolRoutes.get(req.params.name);
-    if (!route) throw new RpcError(ErrorCode.InvalidParams, `unknown tool: ${req.params.name}`);
+    if (!route) throw notFound("tools/call", new RpcError(ErrorCode.InvalidParams, `unknown tool: ${req.params.name}`));
     return forward(ctx, route, "tools/call", { ...req.params, name: route.original }, extra) as never;
   });
   server.setRequestHandler(GetPromptRequestSchema, async (req, extra) => {
     const route = ctx.view().promptRoutes.get(req.params.name);
-    if (!route) throw new RpcError(ErrorCode.InvalidParams, `unknown prompt: ${req.params.name}`);
+    if (!route) throw notFound("prompts/get", new RpcError(ErrorCode.InvalidParams, `unknown prompt: ${req.params.name}`));
     return forward(ctx, route, "prompts/get", { ...req.params, name: route.original }, extra) as never;
   });
   server.setRequestHandler(ReadResourceRequestSchema, async (req, extra) => {
     const route = routeResource(ctx.view(), req.params.uri);
-    if (!route) throw new RpcError(-32002, `resource not found: ${req.params.uri}`, { uri: req.params.uri });
+    if (!route) throw notFound("resources/read", new RpcError(-32002, `resource not found: ${req.params.uri}`, { uri: req.params.uri }));
     return forward(ctx, route, "resources/read", req.params, extra) as never;
   });
   server.setRequestHandler(CompleteRequestSchema, async (req, extra) => {
@@ -110,11 +122,11 @@ export function sessionServer(ctx: SessionContext): Server {
     const view = ctx.view();
     if (ref.type === "ref/prompt") {
       const route = view.promptRoutes.get(ref.name);
-      if (!route) throw new RpcError(ErrorCode.InvalidParams, `unknown prompt: ${ref.name}`);
+      if (!route) throw notFound("completion/complete", new RpcError(ErrorCode.InvalidParams, `unknown prompt: ${ref.name}`));
       return forward(ctx, route, "completion/complete", { ...req.params, ref: { ...ref, name: route.original } }, extra) as never;
     }
     const route = routeTemplate(view, ref.uri);
-    if (!route) throw new RpcError(ErrorCode.InvalidParams, `unknown resource template: ${ref.uri}`);
+    if (!route) throw notFound("completion/complete", new RpcError(ErrorCode.InvalidParams, `unknown resource template: ${ref.uri}`));
     return forward(ctx, route, "completion/complete", req.params, extra) as never;
   });
   return server;
@@ -134,31 +146,59 @@ export function forwardableHeaders(headers: Record<string, string | string[] | u
 }
 
 async function forward(ctx: SessionContext, route: Route, method: UpstreamMethod, params: Record<string, unknown>, extra: Extra): Promise<Record<string, unknown>> {
-  if (!route.healthy) throw new RpcError(ErrorCode.ConnectionClosed, `gateway ${route.gatewayName} unavailable (unhealthy)`, { gateway: route.gatewayName });
-  const requestId = wireKey(extra.requestId);
-  const release = await ctx.links.addRequest(ctx.sid, requestId, {
-    notify: (n) => extra.sendNotification(n),
-    deliver: (m) => ctx.deliver(m),
-  });
+  const started = performance.now();
+  // a child of the client's trace context when it sent one (`traceparent`), else a new trace
+  const span = ctx.tracing.startSpan(`edge ${method}`, { kind: SpanKind.SERVER, parent: ctx.headers, attributes: { "mcp.method.name": method, "mcpgw.gateway": route.gatewayName } });
+  const log = ctx.log.child({ traceId: traceIdOf(span) });
+  let outcome: CallOutcome = "error";
+  let failure: string | undefined;
   try {
-    const reply = await ctx.caller.call(ctx.sid, route.gid, { method, params, requestId, headers: ctx.headers, timeoutMs: ctx.callTimeoutMs }, extra.signal);
-    if ("rpcError" in reply) throw new RpcError(reply.rpcError.code, reply.rpcError.message, reply.rpcError.data);
-    return reply.result;
+    if (!route.healthy) {
+      outcome = "unavailable";
+      throw new RpcError(ErrorCode.ConnectionClosed, `gateway ${route.gatewayName} unavailable (unhealthy)`, { gateway: route.gatewayName });
+    }
+    const requestId = wireKey(extra.requestId);
+    const release = await ctx.links.addRequest(ctx.sid, requestId, {
+      notify: (n) => extra.sendNotification(n),
+      deliver: (m) => ctx.deliver(m),
+    });
+    try {
+      const reply = await ctx.caller.call(ctx.sid, route.gid, { method, params, requestId, headers: ctx.headers, timeoutMs: ctx.callTimeoutMs }, extra.signal, traceHeadersOf(span));
+      if ("rpcError" in reply) {
+        outcome = "upstream_error";
+        throw new RpcError(reply.rpcError.code, reply.rpcError.message, reply.rpcError.data);
+      }
+      outcome = reply.result.isError === true ? "tool_error" : "ok";
+      return reply.result;
+    } catch (err) {
+      if (err instanceof RpcError) throw err;
+      if (err instanceof ProtocolError && err.code === "timeout") {
+        outcome = "timeout";
+        throw new RpcError(ErrorCode.RequestTimeout, `gateway ${route.gatewayName} did not answer in time: ${err.message}`, { gateway: route.gatewayName });
+      }
+      if (err instanceof ProtocolError && err.code === "too_large") {
+        outcome = "too_large";
+        throw new RpcError(ErrorCode.InternalError, `gateway ${route.gatewayName}: ${err.message}`, { gateway: route.gatewayName });
+      }
+      if (err instanceof ProtocolError && (err.code === "unavailable" || err.code === "not_found")) {
+        outcome = "unavailable";
+        throw new RpcError(ErrorCode.ConnectionClosed, `gateway ${route.gatewayName} unavailable: ${err.message}`, { gateway: route.gatewayName });
+      }
+      if (extra.signal.aborted) {
+        outcome = "cancelled";
+        throw err;
+      }
+      log.error({ err, sid: ctx.sid, gid: route.gid, method }, "upstream call failed");
+      throw new RpcError(ErrorCode.InternalError, `gateway ${route.gatewayName}: the call failed; see the worker's log`, { gateway: route.gatewayName });
+    } finally {
+      release();
+    }
   } catch (err) {
-    if (err instanceof RpcError) throw err;
-    if (err instanceof ProtocolError && err.code === "timeout") {
-      throw new RpcError(ErrorCode.RequestTimeout, `gateway ${route.gatewayName} did not answer in time: ${err.message}`, { gateway: route.gatewayName });
-    }
-    if (err instanceof ProtocolError && err.code === "too_large") {
-      throw new RpcError(ErrorCode.InternalError, `gateway ${route.gatewayName}: ${err.message}`, { gateway: route.gatewayName });
-    }
-    if (err instanceof ProtocolError && (err.code === "unavailable" || err.code === "not_found")) {
-      throw new RpcError(ErrorCode.ConnectionClosed, `gateway ${route.gatewayName} unavailable: ${err.message}`, { gateway: route.gatewayName });
-    }
-    if (extra.signal.aborted) throw err;
-    ctx.log.error({ err, sid: ctx.sid, gid: route.gid, method }, "upstream call failed");
-    throw new RpcError(ErrorCode.InternalError, `gateway ${route.gatewayName}: the call failed; see the worker's log`, { gateway: route.gatewayName });
+    failure = err instanceof Error ? err.message : String(err);
+    throw err;
   } finally {
-    release();
+    ctx.metrics.call(route.gatewayName, method, outcome, (performance.now() - started) / 1000);
+    endSpan(span, failure);
+    log.debug({ sid: ctx.sid, gid: route.gid, method, outcome }, "call forwarded");
   }
 }

@@ -46,6 +46,12 @@ export function tokenDigests(tokens: string[]): Buffer[] {
   return tokens.map(digest);
 }
 
+/** Whether a socket's peer is on this host: 127.0.0.0/8 or ::1, also IPv4-mapped. */
+export function isLoopbackAddress(address: string | undefined): boolean {
+  const v4 = address?.startsWith("::ffff:") ? address.slice(7) : address;
+  return address === "::1" || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(v4 ?? "");
+}
+
 const LOOPBACK_HOSTS = ["localhost", "127.0.0.1", "[::1]"];
 
 /**

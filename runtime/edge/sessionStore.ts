@@ -17,7 +17,16 @@ export class SessionStore {
   #sweeper: NodeJS.Timeout | undefined;
 
   constructor(
-    private readonly deps: { kv: KV; js: JetStreamClient; s: Subjects; log: Logger; idleTtlMs: number; now?: () => Date },
+    private readonly deps: {
+      kv: KV;
+      js: JetStreamClient;
+      s: Subjects;
+      log: Logger;
+      idleTtlMs: number;
+      now?: () => Date;
+      /** after each sweep: how many sessions it left alive (the cluster's count, for the metrics) */
+      onSwept?: (alive: number) => void;
+    },
   ) {}
 
   #now(): Date {
@@ -60,14 +69,16 @@ export class SessionStore {
   /** Ends every session idle longer than the TTL; each worker sweeps, the CAS delete picks one. */
   async sweep(): Promise<number> {
     let ended = 0;
+    let alive = 0;
     const keys: string[] = [];
     for await (const k of await this.deps.kv.keys(`${KEYS.downstreamSessionPrefix}>`)) keys.push(k);
     for (const key of keys) {
       const s = await this.load(key.slice(KEYS.downstreamSessionPrefix.length)).catch(() => null);
       if (!s) continue;
-      if (this.#now().getTime() - Date.parse(s.record.lastSeenAt) <= this.deps.idleTtlMs) continue;
-      if (await this.end(s.record.sid, "idle", s.revision)) ended++;
+      if (this.#now().getTime() - Date.parse(s.record.lastSeenAt) <= this.deps.idleTtlMs) alive++;
+      else if (await this.end(s.record.sid, "idle", s.revision)) ended++;
     }
+    this.deps.onSwept?.(alive);
     return ended;
   }
 

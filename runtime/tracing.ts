@@ -1,0 +1,73 @@
+// Traces of one worker: OpenTelemetry spans at the edge, the upstream session actor and the
+// upstream request, linked by W3C trace context (HTTP headers from the client and to the
+// upstream, NATS message headers between workers). Nothing is registered globally (several
+// workers share a process in tests): the provider is this worker's and context is passed
+// explicitly. Spans are exported over OTLP/HTTP only when an endpoint is configured;
+// without one the trace context still propagates and trace ids still reach the logs.
+import { defaultTextMapGetter, defaultTextMapSetter, ROOT_CONTEXT, SpanStatusCode, trace, type Attributes, type Span, type SpanKind, type Tracer } from "@opentelemetry/api";
+import { W3CTraceContextPropagator } from "@opentelemetry/core";
+import { OTLPTraceExporter } from "@opentelemetry/exporter-trace-otlp-http";
+import { resourceFromAttributes } from "@opentelemetry/resources";
+import { BasicTracerProvider, BatchSpanProcessor } from "@opentelemetry/sdk-trace-base";
+import type { MsgHdrs } from "@nats-io/transport-node";
+import { TRACE_CONTEXT_HEADERS } from "../protocol/upstream.ts";
+
+/** W3C trace context headers (`traceparent`, `tracestate`) by lower-case name. */
+export type TraceHeaders = Record<string, string>;
+
+export type Tracing = {
+  /** a span whose parent is `parent` (a span, or the trace context in headers), else the root of a new trace */
+  startSpan(name: string, opts: { kind: SpanKind; parent?: Span | TraceHeaders; attributes?: Attributes }): Span;
+  /** whether spans leave the process */
+  exporting: boolean;
+  /** exports what is still buffered */
+  shutdown(): Promise<void>;
+};
+
+const propagator = new W3CTraceContextPropagator();
+
+export function createTracing(opts: { otlpEndpoint?: string | undefined; workerId: string }): Tracing {
+  const endpoint = opts.otlpEndpoint?.replace(/\/+$/, "");
+  const provider = new BasicTracerProvider({
+    resource: resourceFromAttributes({ "service.name": "mcpgw", "service.instance.id": opts.workerId }),
+    spanProcessors: endpoint ? [new BatchSpanProcessor(new OTLPTraceExporter({ url: `${endpoint}/v1/traces` }))] : [],
+  });
+  const tracer: Tracer = provider.getTracer("mcpgw");
+  return {
+    startSpan(name, { kind, parent, attributes }) {
+      const ctx = parent === undefined ? ROOT_CONTEXT : isSpan(parent) ? trace.setSpan(ROOT_CONTEXT, parent) : propagator.extract(ROOT_CONTEXT, parent, defaultTextMapGetter);
+      return tracer.startSpan(name, { kind, attributes }, ctx);
+    },
+    exporting: endpoint !== undefined,
+    shutdown: () => provider.shutdown(),
+  };
+}
+
+/** The trace context of `span` as headers for the next hop. */
+export function traceHeadersOf(span: Span): TraceHeaders {
+  const out: TraceHeaders = {};
+  propagator.inject(trace.setSpan(ROOT_CONTEXT, span), out, defaultTextMapSetter);
+  return out;
+}
+
+export function traceIdOf(span: Span): string {
+  return span.spanContext().traceId;
+}
+
+/** Ends a span, failed when `error` says why. */
+export function endSpan(span: Span, error?: string): void {
+  if (error !== undefined) span.setStatus({ code: SpanStatusCode.ERROR, message: error });
+  span.end();
+}
+
+/** The trace context headers a NATS message carries. */
+export function natsTraceHeaders(h: MsgHdrs | undefined): TraceHeaders {
+  const out: TraceHeaders = {};
+  for (const name of TRACE_CONTEXT_HEADERS) {
+    const v = h?.get(name);
+    if (v) out[name] = v;
+  }
+  return out;
+}
+
+const isSpan = (p: Span | TraceHeaders): p is Span => typeof (p as Span).spanContext === "function";
