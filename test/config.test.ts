@@ -55,10 +55,22 @@ describe("configuration", () => {
       [{ MCPGW_LOG_LEVEL: "loud" }, /MCPGW_LOG_LEVEL/],
       [{ MCPGW_EDGE_TOKENS: "short" }, /MCPGW_EDGE_TOKENS/],
       [{ MCPGW_OUTBOUND_DENY: "loopback,metadata" }, /MCPGW_OUTBOUND_DENY: each must be one of loopback, private/],
+      [{ MCPGW_METRICS_TOKEN: "short" }, /MCPGW_METRICS_TOKEN: each token must be at least 16/],
+      [{ MCPGW_OTLP_ENDPOINT: "collector:4318" }, /MCPGW_OTLP_ENDPOINT/],
+      [{ OTEL_EXPORTER_OTLP_ENDPOINT: "file:///tmp/spans" }, /OTEL_EXPORTER_OTLP_ENDPOINT/],
     ];
     for (const [env, message] of bad) {
       assert.throws(() => loadConfig(env), (err: unknown) => err instanceof ConfigError && message.test(err.message), JSON.stringify(env));
     }
+  });
+
+  it("metrics are open to loopback and spans stay in the process unless configured", () => {
+    const c = loadConfig({});
+    assert.deepEqual(c.metricsTokens, []);
+    assert.equal(c.otlpEndpoint, undefined);
+    assert.deepEqual(loadConfig({ MCPGW_METRICS_TOKEN: "a-metrics-token-123, another-token-4567" }).metricsTokens, ["a-metrics-token-123", "another-token-4567"]);
+    assert.equal(loadConfig({ OTEL_EXPORTER_OTLP_ENDPOINT: "http://otel:4318" }).otlpEndpoint, "http://otel:4318");
+    assert.equal(loadConfig({ OTEL_EXPORTER_OTLP_ENDPOINT: "http://otel:4318", MCPGW_OTLP_ENDPOINT: "https://mine:4318" }).otlpEndpoint, "https://mine:4318");
   });
 
   it("treats an empty variable as unset", () => {

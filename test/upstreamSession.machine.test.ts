@@ -141,6 +141,7 @@ describe("upstream session machine", () => {
     await settle();
     assert.equal(h.state(), "closed");
     assert.equal(h.log.stopped, 1);
+    assert.equal(h.actor.getSnapshot().context.closeCause, "idle");
   });
 
   it("does not expire while a call is in flight", async () => {
@@ -166,6 +167,7 @@ describe("upstream session machine", () => {
     await settle();
     assert.equal(h.state(), "closed");
     assert.equal(h.actor.getSnapshot().context.closeReason, "transport error during a call");
+    assert.equal(h.actor.getSnapshot().context.closeCause, "transport_error");
   });
 
   it("a failed connect fails the queued calls and closes", async () => {
@@ -186,13 +188,16 @@ describe("upstream session machine", () => {
     assert.deepEqual(h.log.failed, ["c1"]);
     assert.equal(stateName(actor.getSnapshot().value), "closed");
     assert.match(actor.getSnapshot().context.closeReason, /ECONNREFUSED/);
+    assert.equal(actor.getSnapshot().context.closeCause, "connect_failed");
   });
 
   it("close is bounded: grace window, then force, then give up — 2× shutdownTimeout at most", async () => {
     const h = harness({ closeHangs: true, forceHangs: true });
     await settle();
-    h.actor.send({ type: "CLOSE", reason: "evicted", cause: "evicted" });
+    h.actor.send({ type: "CLOSE", reason: "evicted by an operator", cause: "evicted" });
     assert.equal(h.state(), "closing");
+    h.actor.send({ type: "CLOSE", reason: "worker shutting down", cause: "shutdown" });
+    assert.equal(h.actor.getSnapshot().context.closeCause, "evicted", "the first cause stands");
     h.clock.increment(SHUTDOWN);
     assert.equal(h.state(), "forcing");
     assert.equal(h.log.forced, 1);
