@@ -78,7 +78,8 @@ describe("traces across two workers", () => {
     a = await startTestWorker(nats, { MCPGW_WORKER_ID: "edge-a" });
     b = await startTestWorker(nats, { MCPGW_WORKER_ID: "host-b" });
     gid = (await a.registry.add({ name: "traced", transport: "streamable-http", url: fixture.url("traced") })).id;
-    await until("the gateway discovered", () => a.edge.cache.view(null).toolRoutes.has("traced__whoami"), WAIT_MS);
+    await a.registry.add({ name: "passing", transport: "streamable-http", url: fixture.url("passing"), passthroughHeaders: ["traceparent", "tracestate"] });
+    await until("the gateways discovered", () => ["traced__whoami", "passing__whoami"].every((t) => a.edge.cache.view(null).toolRoutes.has(t)), WAIT_MS);
   });
   after(async () => {
     await a?.stop();
@@ -137,6 +138,15 @@ describe("traces across two workers", () => {
     const reply = await caller.call("nats-direct", gid, call, undefined, { traceparent: `00-${"0".repeat(32)}-${CLIENT_SPAN}-01`, tracestate: "=,=" });
     assert.ok("result" in reply);
     assert.notEqual(upstreamTrace(reply.result).traceId, "0".repeat(32));
+  });
+
+  it("sends the gateway's own span as parent even to a gateway that lets a client's traceparent through", async () => {
+    const c = await tracedClient(a);
+    c.state.traceparent = `00-${CLIENT_TRACE}-${CLIENT_SPAN}-01`;
+    const seen = upstreamTrace(await c.client.callTool({ name: "passing__whoami", arguments: {} }));
+    assert.equal(seen.traceId, CLIENT_TRACE);
+    assert.notEqual(seen.parentId, CLIENT_SPAN);
+    await c.client.close();
   });
 
   it("exports nothing unless an OTLP endpoint is configured", () => {
