@@ -1,7 +1,7 @@
 // How anyone (the edge) talks to an upstream session actor: by its address. "No responders"
 // means nobody hosts it: ask a worker to, then retry. A timeout means the outcome is
 // unknown, so it is reported, never retried.
-import type { NatsConnection } from "@nats-io/transport-node";
+import { headers as natsHeaders, type NatsConnection } from "@nats-io/transport-node";
 import { ProtocolError, parseRequest } from "../protocol/envelope.ts";
 import {
   SpawnReplySchema,
@@ -12,13 +12,13 @@ import {
 } from "../protocol/upstream.ts";
 import type { Subjects } from "../protocol/subjects.ts";
 import { DEFAULT_MAX_BODY_BYTES } from "./config.ts";
-import { encodeJson, isNoResponders, isTimeout, request, unwrapReply } from "./bus.ts";
+import { encodeJson, isNoResponders, isTimeout, unwrapReply } from "./bus.ts";
 import { callMessageLimit, requestWhole } from "./largeMessages.ts";
 import type { Logger } from "./logger.ts";
 import type { TraceHeaders } from "./tracing.ts";
 
 export type UpstreamCaller = {
-  /** `trace`: the caller's span as W3C trace context, carried in the request's NATS headers */
+  /** `trace`: the caller's span as W3C trace context, carried in the NATS headers of its call and spawn requests */
   call(sid: string, gid: string, req: UpstreamCallRequest, signal?: AbortSignal, trace?: TraceHeaders): Promise<UpstreamCallReply>;
   /** forwards a client's cancellation of `requestId` to the actor (which aborts the upstream request) */
   notify(sid: string, gid: string, requestId: string, reason?: string): Promise<void>;
@@ -33,9 +33,12 @@ const NOTIFY_TIMEOUT_MS = 2_000;
 export function createUpstreamCaller(nc: NatsConnection, s: Subjects, opts: { callTimeoutMs: number; maxBodyBytes?: number; log: Logger }): UpstreamCaller {
   const messageLimit = callMessageLimit(opts.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES);
   /** Asks a worker to host the actor; it answers once the actor is connected, or with why it could not connect. */
-  async function spawn(sid: string, gid: string, headers: Record<string, string>, timeoutMs: number): Promise<void> {
+  async function spawn(sid: string, gid: string, headers: Record<string, string>, timeoutMs: number, trace: TraceHeaders): Promise<void> {
+    const traceContext = natsHeaders();
+    for (const [k, v] of Object.entries(trace)) traceContext.set(k, v);
     try {
-      await request(nc, s.upstream.spawn, { sid, gid, headers }, SpawnReplySchema, timeoutMs);
+      const reply = await nc.request(s.upstream.spawn, encodeJson({ sid, gid, headers }), { timeout: timeoutMs, headers: traceContext });
+      unwrapReply(reply.data, SpawnReplySchema);
     } catch (err) {
       if (err instanceof ProtocolError) throw err;
       if (isNoResponders(err)) throw new ProtocolError("unavailable", `no worker can host a session for gateway ${gid}`);
@@ -75,7 +78,7 @@ export function createUpstreamCaller(nc: NatsConnection, s: Subjects, opts: { ca
           data = await (signal ? raceAbort(pending, signal) : pending);
         } catch (err) {
           if (isNoResponders(err) && attempt < MAX_ATTEMPTS) {
-            const spawning = spawn(sid, gid, req.headers, leftMs + REPLY_MARGIN_MS);
+            const spawning = spawn(sid, gid, req.headers, leftMs + REPLY_MARGIN_MS, trace);
             await (signal ? raceAbort(spawning, signal) : spawning);
             // the actor times the call from its arrival: only what is left of the budget
             sent = { ...req, timeoutMs: Math.max(1, deadline - Date.now()) };

@@ -37,7 +37,7 @@ import { callMessageLimit, publishWhole, wholeRequests, type WholeRequest } from
 import type { Logger } from "./logger.ts";
 import { AnswerTooLargeError, closeWithin, connectUpstream, UpstreamRequestError, type UpstreamConnection } from "./mcpClient.ts";
 import { gatewayScrubber, scrubbedError, type Scrubber } from "./secretScrubber.ts";
-import { endSpan, natsTraceHeaders, traceHeadersOf, traceIdOf } from "./tracing.ts";
+import { endSpan, natsTraceHeaders, traceHeadersOf, traceIdOf, type TraceHeaders } from "./tracing.ts";
 import type { Hosted, WorkerContext } from "./worker.ts";
 
 /** How long a fan-out (session list, evict, drain) waits for one more worker to answer. */
@@ -446,18 +446,28 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
   // ---- activation and ownership ----
 
   /** Hosts the actor for (sid, gid) here unless it is alive somewhere; exactly one wins. */
-  function activate(sid: string, gid: string, headers: Record<string, string>): Promise<{ worker: string; created: boolean }> {
+  function activate(sid: string, gid: string, headers: Record<string, string>, trace: TraceHeaders = {}): Promise<{ worker: string; created: boolean }> {
     const key = keyOf(sid, gid);
     const existing = live.get(key);
     if (existing && existing.phase === "live") return Promise.resolve({ worker: me, created: false });
     const pending = activating.get(key);
     if (pending) return pending;
-    const p = claimAndStart(sid, gid, headers).finally(() => activating.delete(key));
+    // in the trace of the call that needs the actor: claiming and connecting are part of it
+    const span = ctx.tracing.startSpan("session activate", { kind: SpanKind.SERVER, parent: trace });
+    const p = claimAndStart(sid, gid, headers, log.child({ traceId: traceIdOf(span) }))
+      .then(
+        (r) => (endSpan(span), r),
+        (err: unknown) => {
+          endSpan(span, err instanceof Error ? err.message : String(err));
+          throw err;
+        },
+      )
+      .finally(() => activating.delete(key));
     activating.set(key, p);
     return p;
   }
 
-  async function claimAndStart(sid: string, gid: string, headers: Record<string, string>): Promise<{ worker: string; created: boolean }> {
+  async function claimAndStart(sid: string, gid: string, headers: Record<string, string>, log: Logger): Promise<{ worker: string; created: boolean }> {
     if (stopping) throw new ProtocolError("unavailable", `worker ${me} is shutting down`);
     const record = await loadGateway(gid);
     const claimKey = KEYS.upstreamClaim(sid, gid);
@@ -469,7 +479,7 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
     await nc.flush();
     try {
       x.claimRevision = await stores.sessions.create(claimKey, claim());
-      return start(x);
+      return start(x, log);
     } catch (err) {
       abandon(x);
       if (!isCasConflict(err)) throw err;
@@ -494,7 +504,7 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
               throw e;
             });
       log.info({ sid, gid, previous: holder?.success ? holder.data.worker : null }, "took over an upstream session claim whose owner is gone");
-      return start(x);
+      return start(x, log);
     } catch (err) {
       abandon(x);
       if (isCasConflict(err)) return { worker: "unknown", created: false };
@@ -549,7 +559,7 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
    * A failed connect is the spawn's answer: every retry would meet the same refusal, and the
    * caller gets the reason instead of a lost call or a run of fresh actors failing one by one.
    */
-  async function start(x: Session): Promise<{ worker: string; created: boolean }> {
+  async function start(x: Session, log: Logger): Promise<{ worker: string; created: boolean }> {
     x.phase = "live";
     x.actor.start();
     void x.done.then(() => afterClosed(x));
@@ -653,9 +663,9 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
 
   const opts = { log, refusals: ctx.refusals };
   const subs: Subscription[] = [
-    serve(nc, s.upstream.spawn, (p) => {
+    serve(nc, s.upstream.spawn, (p, msg) => {
       const req = parseRequest(SpawnRequestSchema, p, "spawn request");
-      return activate(req.sid, req.gid, req.headers ?? {});
+      return activate(req.sid, req.gid, req.headers ?? {}, natsTraceHeaders(msg.headers));
     }, { ...opts, queue: QUEUE.spawn }),
     serve(nc, s.upstream.snapshot, (p) => ({ worker: me, sessions: snapshot(parseRequest(WorkerSnapshotRequestSchema, p, "snapshot request")) }), opts),
     serve(nc, s.upstream.evict, (p) => {

@@ -156,7 +156,7 @@ describe("traces across two workers", () => {
 });
 
 describe("traces exported over OTLP/HTTP", () => {
-  it("exports the edge, session actor and upstream spans of a call as one trace, parent by parent", async () => {
+  it("exports the edge, session activation, session actor and upstream spans of a first call as one trace, parent by parent", async () => {
     const nats = await startNats();
     const fixture = await startFixtureHttp();
     const collector = await startCollector();
@@ -182,7 +182,9 @@ describe("traces exported over OTLP/HTTP", () => {
       const edge = span("edge tools/call");
       const session = span("session tools/call");
       const upstream = span("upstream tools/call");
+      const activation = span("session activate");
       assert.equal(edge.parentSpanId, CLIENT_SPAN, "the edge span is a child of the client's");
+      assert.equal(activation.parentSpanId, edge.spanId, "the first call's session activation (claim, connect) is in its trace");
       assert.equal(session.parentSpanId, edge.spanId, "the session actor's span is a child of the edge's (over NATS)");
       assert.equal(upstream.parentSpanId, session.spanId);
       assert.equal(seen.parentId, upstream.spanId, "the upstream received the upstream request span as its parent");
