@@ -25,7 +25,7 @@ export type CallOutcome =
   | "error";
 
 /** `gateway` of a request that named nothing routable: never the client's text (labels stay bounded). */
-export const UNKNOWN_GATEWAY = "(unknown)";
+const UNKNOWN_GATEWAY = "(unknown)";
 
 /** One gateway as this worker's catalog cache knows it. */
 export type GatewaySummary = {
@@ -139,13 +139,12 @@ export function createMetrics() {
 
   return {
     registry,
-    calls,
-    callDuration,
     polls,
     pollDuration,
     classifierLeader,
     clientSessions,
     natsReconnects,
+    /** for the server→client relay, when it exists */
     relayedRequests,
     /** one forwarded request ended */
     call(gateway: string, method: string, outcome: CallOutcome, seconds: number): void {
