@@ -7,6 +7,7 @@ import { networkInterfaces } from "node:os";
 import { after, before, describe, it } from "node:test";
 import { z } from "zod";
 import { ClassificationSchema } from "../protocol/classification.ts";
+import { sessionKey } from "../protocol/edge.ts";
 import { KEYS, subjects } from "../protocol/subjects.ts";
 import { DrainReplySchema, SessionEvictReplySchema } from "../protocol/upstream.ts";
 import { request } from "../runtime/bus.ts";
@@ -136,7 +137,7 @@ describe("metrics: upstream sessions", () => {
   it("counts creations, and evictions by reason: operator, drain, client session ended; the gauge follows", async () => {
     const base = await metricsOf();
     const { client: c, transport } = await client();
-    const sid = transport.sessionId!;
+    const sid = sessionKey(transport.sessionId!);
     const echo = () => c.callTool({ name: "counter__echo", arguments: { text: "x" } });
 
     await echo();
@@ -247,7 +248,10 @@ describe("metrics: polls, gateways, catalog, leader, client sessions", () => {
   it("puts no client session id in any label", async () => {
     const m = await metricsOf();
     assert.ok(sessionIds.length >= 5);
-    for (const sid of sessionIds) assert.ok(!m.text.includes(sid), `session id ${sid} in the metrics`);
+    for (const id of sessionIds) {
+      assert.ok(!m.text.includes(id), `client session id ${id} in the metrics`);
+      assert.ok(!m.text.includes(sessionKey(id)), `session key of ${id} in the metrics`);
+    }
     const labelNames = new Set(m.samples.flatMap((x) => Object.keys(x.labels)));
     assert.ok(!labelNames.has("sid") && !labelNames.has("session"), [...labelNames].join(","));
   });

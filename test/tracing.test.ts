@@ -5,6 +5,7 @@ import assert from "node:assert/strict";
 import { createServer, type IncomingMessage } from "node:http";
 import type { AddressInfo } from "node:net";
 import { after, before, describe, it } from "node:test";
+import { sessionKey } from "../protocol/edge.ts";
 import { subjects } from "../protocol/subjects.ts";
 import { createUpstreamCaller } from "../runtime/upstreamClient.ts";
 import { startFixtureHttp, type FixtureHttp } from "./fixtures/fixtureHttp.ts";
@@ -93,7 +94,7 @@ describe("traces across two workers", () => {
     for (let attempt = 0; attempt < 40; attempt++) {
       const c = await tracedClient(a);
       await c.client.callTool({ name: "traced__echo", arguments: { text: "open" } });
-      if (b.upstream.sessions().some((x) => x.sid === c.transport.sessionId)) return c;
+      if (b.upstream.sessions().some((x) => x.sid === sessionKey(c.transport.sessionId!))) return c;
       await c.transport.terminateSession();
       await c.client.close();
     }

@@ -39,7 +39,8 @@ export function parseExposition(text: string): Scrape {
       assert.equal(consumed, body.length, `malformed labels: ${line}`);
     }
     const v = Number(value === "+Inf" ? Infinity : value === "-Inf" ? -Infinity : value);
-    assert.ok(!Number.isNaN(v) || value === "NaN", `not a number: ${line}`);
+    // prom-client writes `Nan` for an empty mean; Prometheus parses NaN in any case
+    assert.ok(!Number.isNaN(v) || /^nan$/i.test(value!), `not a number: ${line}`);
     samples.push({ name: name!, labels, value: v });
   }
   return { text, samples, types };
