@@ -88,8 +88,8 @@ export type UpstreamConnection = {
   client: Client;
   /**
    * Sends one request for a downstream call, with that call's passthrough headers and the
-   * trace context of its upstream span (`trace`). Resolves with the upstream's result, or with the JSON-RPC error the upstream sent (whatever its
-   * code: -32000 and -32001 too). Rejects with the signal's reason when `signal` aborts
+   * trace context of its upstream span (`trace`). Resolves with the upstream's result, or
+   * with the JSON-RPC error the upstream sent (whatever its code: -32000 and -32001 too). Rejects with the signal's reason when `signal` aborts
    * (timeout, cancellation), which also aborts the call's HTTP request and response stream
    * at once; with an `AnswerTooLargeError` when its HTTP response grew past `maxAnswerBytes`;
    * else with an `UpstreamRequestError` (the transport failed, or the answer was not a result).
