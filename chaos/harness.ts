@@ -9,7 +9,7 @@ import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { z } from "zod";
-import { inboxPrefixOf, subjects } from "../protocol/subjects.ts";
+import { subjects } from "../protocol/subjects.ts";
 import { request } from "../runtime/bus.ts";
 import { startEmbeddedNats, type EmbeddedNats, type NatsUser } from "../runtime/embeddedNats.ts";
 import { connectNats } from "../runtime/nats.ts";
@@ -52,7 +52,7 @@ export async function startSystem(opts: { workers: number; env?: Record<string, 
   const secretKey = randomBytes(32).toString("hex");
   const conns: NatsConnection[] = [];
   const connect = async (user: NatsUser) => {
-    const c = await connectNats({ url: natsUrl, user, password: passwords[user], name: `chaos-${user}`, inboxPrefix: inboxPrefixOf(user) });
+    const c = await connectNats({ url: natsUrl, user, password: passwords[user], name: `chaos-${user}` });
     conns.push(c);
     return c;
   };

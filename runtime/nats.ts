@@ -2,9 +2,10 @@ import { readFileSync } from "node:fs";
 import { connect, credsAuthenticator, type NatsConnection } from "@nats-io/transport-node";
 import { jetstream, jetstreamManager, JetStreamApiError, type JetStreamClient, type JetStreamManager, type StreamConfig } from "@nats-io/jetstream";
 import { Kvm, type KV } from "@nats-io/kv";
-import { buckets, eventStream, type Buckets } from "../protocol/subjects.ts";
+import { buckets, eventStream, inboxPrefixOf, type Buckets } from "../protocol/subjects.ts";
 import { retryingJs, retryingKv, retryTransient } from "./jetstreamRetry.ts";
 
+/** `inboxPrefix` defaults to the user's own (nats.conf lets admin and viewer read no other). */
 export type NatsOptions = { url: string; user?: string; password?: string; credsFile?: string; name?: string; inboxPrefix?: string };
 
 export async function connectNats(opts: NatsOptions): Promise<NatsConnection> {
@@ -16,7 +17,7 @@ export async function connectNats(opts: NatsOptions): Promise<NatsConnection> {
     authenticator: opts.credsFile ? credsAuthenticator(readFileSync(opts.credsFile)) : undefined,
     maxReconnectAttempts: -1,
     reconnectTimeWait: 500,
-    inboxPrefix: opts.inboxPrefix,
+    inboxPrefix: opts.inboxPrefix ?? inboxPrefixOf(opts.user),
   });
 }
 

@@ -5,7 +5,7 @@ import { Kvm, type KV } from "@nats-io/kv";
 import type { z } from "zod";
 import { getLive, parseEntry } from "../../actors/kvStore.ts";
 import { CatalogSchema, type Catalog } from "../../protocol/catalog.ts";
-import { buckets, inboxPrefixOf, KEYS, subjects, type Subjects } from "../../protocol/subjects.ts";
+import { buckets, KEYS, subjects, type Subjects } from "../../protocol/subjects.ts";
 import { request } from "../bus.ts";
 import { secretsDir } from "../embeddedNats.ts";
 import { connectNats } from "../nats.ts";
@@ -42,7 +42,7 @@ export async function connectAdmin(opts: CliOptions): Promise<Admin> {
     }
   }
   // nats.conf lets admin and viewer read replies only under their own inbox prefix
-  const nc = await connectNats({ url, user, password, credsFile: opts.creds ?? env.NATS_CREDS, name: "mcpgw-cli", inboxPrefix: inboxPrefixOf(user) });
+  const nc = await connectNats({ url, user, password, credsFile: opts.creds ?? env.NATS_CREDS, name: "mcpgw-cli" });
   const timeoutMs = Number.parseInt(opts.timeout, 10) || 10_000;
   const s = subjects(opts.prefix ?? env.MCPGW_SUBJECT_PREFIX ?? undefined);
   let catalogKv: Promise<KV> | undefined;

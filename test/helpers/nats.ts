@@ -6,7 +6,6 @@ import { join } from "node:path";
 import type { KV } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { startEmbeddedNats, type NatsUser } from "../../runtime/embeddedNats.ts";
-import { inboxPrefixOf } from "../../protocol/subjects.ts";
 import { connectNats } from "../../runtime/nats.ts";
 import { locateNatsServer } from "../../runtime/natsServerBinary.ts";
 
@@ -81,7 +80,7 @@ export async function startNats(): Promise<TestNats> {
     dir,
     passwords,
     async connect(user: NatsUser = "runtime") {
-      const nc = await connectNats({ url: server.url, user, password: passwords[user], name: `test-${user}`, inboxPrefix: inboxPrefixOf(user) });
+      const nc = await connectNats({ url: server.url, user, password: passwords[user], name: `test-${user}` });
       conns.push(nc);
       return nc;
     },
