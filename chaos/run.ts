@@ -2,10 +2,10 @@
 // itself. Prints, per scenario, the load held, the faults injected, the failures seen, the
 // recovery and what was checked to be intact (docs/RELIABILITY.md reports a run). Exit code 1
 // when any check failed. `-- --only NAME` runs one scenario (names as in SCENARIOS).
-import { attacks } from "./scenarios/attacks.ts";
 import { fuzzAdmin, fuzzEdge } from "./scenarios/fuzz.ts";
 import { shutdownRogue } from "./scenarios/shutdown.ts";
 import { natsRestart, workerKill } from "./scenarios/underLoad.ts";
+import { attacks, clusterNodeLoss } from "./scenarios/testFiles.ts";
 import { upstreamFaults } from "./scenarios/upstreamFaults.ts";
 import type { ScenarioResult } from "./harness.ts";
 
@@ -17,6 +17,7 @@ const SCENARIOS: Record<string, () => Promise<ScenarioResult>> = {
   "worker-kill": () => workerKill({ durationMs: 30_000, lanes: 16 }),
   "nats-restart": () => natsRestart({ durationMs: 30_000, lanes: 16, downMs: 3_000 }),
   "shutdown-rogue": () => shutdownRogue({ shutdownTimeoutMs: 2_000 }),
+  "cluster-node-loss": () => clusterNodeLoss(),
 };
 
 const only = process.argv.includes("--only") ? process.argv[process.argv.indexOf("--only") + 1] : undefined;

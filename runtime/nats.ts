@@ -22,18 +22,38 @@ export async function connectNats(opts: NatsOptions): Promise<NatsConnection> {
 }
 
 /**
- * Whether a connection is connected now: not from a disconnect until the next reconnect,
- * while requests would only wait for their timeout. Follows it until it closes.
+ * Whether a connection is connected now (not from a disconnect until the next reconnect,
+ * while requests would only wait for their timeout), and a wait for the next reconnect.
+ * Follows it until it closes.
  */
-export function followConnection(nc: NatsConnection): () => boolean {
+export function followConnection(nc: NatsConnection): { connected(): boolean; reconnected(withinMs: number): Promise<boolean> } {
   let connected = true;
+  const waiters = new Set<() => void>();
   void (async () => {
     for await (const s of nc.status()) {
       if (s.type === "disconnect") connected = false;
-      else if (s.type === "reconnect") connected = true;
+      else if (s.type === "reconnect") {
+        connected = true;
+        for (const w of waiters) w();
+      }
     }
   })();
-  return () => connected && !nc.isClosed();
+  const isConnected = () => connected && !nc.isClosed();
+  return {
+    connected: isConnected,
+    reconnected(withinMs) {
+      if (isConnected()) return Promise.resolve(true);
+      return new Promise<boolean>((resolve) => {
+        const done = () => {
+          clearTimeout(timer);
+          waiters.delete(done);
+          resolve(isConnected());
+        };
+        const timer = setTimeout(done, withinMs);
+        waiters.add(done);
+      });
+    },
+  };
 }
 
 export type Stores = {

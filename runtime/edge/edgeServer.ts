@@ -49,6 +49,8 @@ class HttpError extends Error {
 }
 
 /** A NATS outage: the connection retries every 500 ms, so a client may soon. */
+/** How long a request waits for a lost NATS connection to come back before its 503. */
+const RECONNECT_GRACE_MS = 3_000;
 const unavailable = () =>
   new HttpError(503, ErrorCode.ConnectionClosed, "Service Unavailable: the gateway cannot reach NATS; retry later", { "retry-after": "2" });
 
@@ -85,7 +87,7 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
   const tokens = tokenDigests(edge.tokens);
   if (!config.secretKey) throw new Error("MCPGW_SECRET_KEY is required");
   const owners = new SessionOwners(config.secretKey);
-  const natsConnected = followConnection(ctx.nc);
+  const nats = followConnection(ctx.nc);
   const webConsole = consoleRoutes(ctx, tokenDigests(config.console.tokens));
   const metricsTokens = tokenDigests(config.metricsTokens);
 
@@ -283,7 +285,7 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
   };
 
   const ready = async (): Promise<boolean> => {
-    if (!natsConnected()) return false;
+    if (!nats.connected()) return false;
     try {
       await Promise.race([ctx.stores.sessions.status(), new Promise((_, reject) => setTimeout(() => reject(new Error("timeout")), 2000).unref())]);
       return true;
@@ -310,7 +312,9 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
     }
     const scope = scopeOf(path);
     if (scope === undefined) throw new HttpError(404, ErrorCode.InvalidRequest, `no MCP endpoint at ${path.slice(0, 256)}`);
-    if (!natsConnected()) throw unavailable();
+    // a worker moving to another NATS node is back within a second or two: a request that
+    // comes meanwhile waits for it rather than failing; NATS down for longer is a 503
+    if (!(await nats.reconnected(RECONNECT_GRACE_MS))) throw unavailable();
     await handleMcp(req, res, scope, credential);
   };
 

@@ -37,7 +37,11 @@ export type ClusterNode = {
   restart(): Promise<void>;
 };
 
-export type TestNatsCluster = Omit<TestNats, "stopServer" | "restartServer" | "freezeServer"> & { nodes: ClusterNode[] };
+export type TestNatsCluster = Omit<TestNats, "stopServer" | "restartServer" | "freezeServer" | "connect"> & {
+  nodes: ClusterNode[];
+  /** a connection closed by `stop`; `to` picks the nodes it may use (default: all) */
+  connect(user?: NatsUser, to?: string): Promise<NatsConnection>;
+};
 
 /**
  * A JetStream cluster of real nats-servers on loopback, each with the project's nats.conf on
@@ -85,8 +89,8 @@ export async function startNatsCluster(size = 3): Promise<TestNatsCluster> {
 
   const url = nodes.map((n) => n.url).join(",");
   const conns: NatsConnection[] = [];
-  const connect = async (user: NatsUser = "runtime") => {
-    const nc = await connectNats({ url, user, password: passwords[user], name: `test-${user}` });
+  const connect = async (user: NatsUser = "runtime", to: string = url) => {
+    const nc = await connectNats({ url: to, user, password: passwords[user], name: `test-${user}` });
     conns.push(nc);
     return nc;
   };
