@@ -132,7 +132,7 @@ export async function failoverClient(edges: () => string[], preferred = 0, name 
   return client;
 }
 
-export type CallRecord = { at: number; ms: number; ok: boolean; error?: string };
+export type CallRecord = { lane: number; at: number; ms: number; ok: boolean; error?: string };
 
 /** Calls `f` back to back on each of `lanes` lanes until `stop()` says so; every call recorded. */
 export function loadLoop(lanes: number, f: (lane: number, n: number) => Promise<void>): { records: CallRecord[]; stop(): Promise<void> } {
@@ -143,9 +143,9 @@ export function loadLoop(lanes: number, f: (lane: number, n: number) => Promise<
       const at = performance.now();
       try {
         await f(lane, n);
-        records.push({ at, ms: performance.now() - at, ok: true });
+        records.push({ lane, at, ms: performance.now() - at, ok: true });
       } catch (err) {
-        records.push({ at, ms: performance.now() - at, ok: false, error: (err as Error).message?.slice(0, 200) });
+        records.push({ lane, at, ms: performance.now() - at, ok: false, error: (err as Error).message?.slice(0, 200) });
         await new Promise((r) => setTimeout(r, 50));
       }
     }

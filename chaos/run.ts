@@ -11,8 +11,8 @@ import type { ScenarioResult } from "./harness.ts";
 
 const SCENARIOS: Record<string, () => Promise<ScenarioResult>> = {
   attacks: () => attacks(),
-  "fuzz-admin": () => fuzzAdmin({ runs: 3_000 }),
-  "fuzz-edge": () => fuzzEdge({ runs: 3_000 }),
+  "fuzz-admin": () => fuzzAdmin({ runs: 2_000 }),
+  "fuzz-edge": () => fuzzEdge({ runs: 2_000 }),
   "upstream-faults": () => upstreamFaults({ callTimeoutMs: 5_000 }),
   "worker-kill": () => workerKill({ durationMs: 30_000, lanes: 16 }),
   "nats-restart": () => natsRestart({ durationMs: 30_000, lanes: 16, downMs: 3_000 }),
