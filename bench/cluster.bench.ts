@@ -15,7 +15,7 @@ import { connectNats } from "../runtime/nats.ts";
 import { startFixtureHttp } from "../test/fixtures/fixtureHttp.ts";
 import { connectClient } from "../test/helpers/edge.ts";
 import { busiestLeader, startNatsCluster, stateStreams } from "../test/helpers/natsCluster.ts";
-import { runTs, workerEnv, type Proc } from "../test/helpers/processes.ts";
+import { edgeUrlOf, runTs, workerEnv, type Proc } from "../test/helpers/processes.ts";
 import { until } from "../test/helpers/wait.ts";
 import { TEST_SECRET_KEY } from "../test/helpers/worker.ts";
 import { msRow, report } from "./report.ts";
@@ -36,7 +36,7 @@ try {
   for (const id of ["b1", "b2"]) {
     const w = runTs("runtime/main.ts", [], workerEnv(cluster, TEST_SECRET_KEY, { MCPGW_WORKER_ID: id, MCPGW_JS_REPLICAS: "3", MCPGW_LOG_LEVEL: "error" }));
     workers.push(w);
-    edges.push(/MCP endpoint (\S+)/.exec(await w.waitFor(/MCP endpoint/, 60_000))![1]!);
+    edges.push(await edgeUrlOf(w));
   }
   const setup = await cluster.connect();
   const jsm = await jetstreamManager(setup);

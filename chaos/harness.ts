@@ -15,7 +15,7 @@ import { startEmbeddedNats, type EmbeddedNats, type NatsUser } from "../runtime/
 import { connectNats } from "../runtime/nats.ts";
 import { locateNatsServer } from "../runtime/natsServerBinary.ts";
 import { freePort } from "../test/helpers/nats.ts";
-import { runTs, workerEnv, type Proc } from "../test/helpers/processes.ts";
+import { edgeUrlOf, runTs, workerEnv, type Proc } from "../test/helpers/processes.ts";
 
 export const s = subjects("mcpgw");
 /** hang bound of one admin request */
@@ -63,8 +63,7 @@ export async function startSystem(opts: { workers: number; env?: Record<string, 
   const startWorker = async (env: Record<string, string> = {}): Promise<WorkerProc> => {
     const id = `chaos-w${++seq}`;
     const proc = runTs("runtime/main.ts", [], workerEnv({ url: natsUrl, passwords }, secretKey, { MCPGW_WORKER_ID: id, MCPGW_LOG_LEVEL: "warn", ...opts.env, ...env }));
-    const line = await proc.waitFor(/MCP endpoint (\S+)/, 60_000);
-    const w = { id, proc, edgeUrl: /MCP endpoint (\S+)/.exec(line)![1]! };
+    const w = { id, proc, edgeUrl: await edgeUrlOf(proc) };
     workers.push(w);
     return w;
   };

@@ -21,7 +21,7 @@ import { openStores } from "../runtime/nats.ts";
 import { startFixtureHttp, type FixtureHttp } from "./fixtures/fixtureHttp.ts";
 import { connectClient } from "./helpers/edge.ts";
 import { busiestLeader, startNatsCluster, stateStreams, type TestNatsCluster } from "./helpers/natsCluster.ts";
-import { runTs, workerEnv, type Proc } from "./helpers/processes.ts";
+import { edgeUrlOf, runTs, workerEnv, type Proc } from "./helpers/processes.ts";
 import { until } from "./helpers/wait.ts";
 import { TEST_SECRET_KEY } from "./helpers/worker.ts";
 
@@ -60,7 +60,7 @@ describe("replicated state on a 3-node NATS cluster", () => {
     for (const id of ["c1", "c2"]) {
       const w = runTs("runtime/main.ts", [], workerEnv(cluster, TEST_SECRET_KEY, { MCPGW_WORKER_ID: id, MCPGW_JS_REPLICAS: "3", MCPGW_LOG_LEVEL: "warn" }));
       workers.push(w);
-      edges.push(/MCP endpoint (\S+)/.exec(await w.waitFor(/MCP endpoint/, 60_000))![1]!);
+      edges.push(await edgeUrlOf(w));
     }
 
     // The operator's connection avoids the node that will die: it watches, it is not under test.

@@ -67,6 +67,12 @@ export function run(command: string, args: string[], env: NodeJS.ProcessEnv, opt
   };
 }
 
+/** The MCP endpoint a worker process prints once it serves (hang bound 60 s: start-up includes tsx). */
+export async function edgeUrlOf(worker: Proc): Promise<string> {
+  const line = await worker.waitFor(/MCP endpoint (\S+)/, 60_000);
+  return /MCP endpoint (\S+)/.exec(line)![1]!;
+}
+
 /** The environment of a worker process joining the test's nats-server (as user `runtime`). */
 export function workerEnv(nats: { url: string; passwords: { runtime: string } }, secretKey: string, env: Record<string, string> = {}): NodeJS.ProcessEnv {
   return {
