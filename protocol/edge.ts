@@ -12,6 +12,11 @@ export function sessionKey(clientSessionId: string): string {
   return createHash("sha256").update(clientSessionId).digest("hex").slice(0, 32);
 }
 
+/** MCP logging levels (RFC 5424 severities), least severe first. */
+export const LOGGING_LEVELS = ["debug", "info", "notice", "warning", "error", "critical", "alert", "emergency"] as const;
+export const LoggingLevelSchema = z.enum(LOGGING_LEVELS);
+export type LoggingLevel = z.infer<typeof LoggingLevelSchema>;
+
 export const SessionKeySchema = z.string().regex(/^[0-9a-f]{32}$/, "must be a session key: 32 hex digits");
 
 /**
@@ -30,6 +35,15 @@ export const DownstreamSessionSchema = z.object({
   capabilities: z.record(z.string(), z.unknown()),
   createdAt: z.string(),
   lastSeenAt: z.string(),
+  /** the client's `logging/setLevel`: every upstream session of this client gets it, the ones opened later too */
+  logLevel: LoggingLevelSchema.optional(),
+  /** the client's `resources/subscribe`, by gateway (URIs as that upstream knows them): re-established when an upstream session is recreated */
+  subscriptions: z.record(GatewayIdSchema, z.array(z.string().max(4096)).max(256)).optional(),
+  /**
+   * lists an upstream changed for this client session alone (a `list_changed` on its upstream
+   * session): served from that upstream session, not the shared catalog, until it closes
+   */
+  views: z.record(GatewayIdSchema, z.array(z.enum(["tools", "prompts", "resources"]))).optional(),
 });
 export type DownstreamSession = z.infer<typeof DownstreamSessionSchema>;
 

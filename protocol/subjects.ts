@@ -26,6 +26,7 @@ export const UPSTREAM_OPS = [
   "notify", // a client notification (cancelled) forwarded to the upstream
   "close",
   "status", // liveness and snapshot of one actor (a claim's owner is alive when it answers)
+  "answer", // the client's answer to a request this actor's upstream sent it (sampling, elicitation, roots)
 ] as const;
 export type UpstreamOp = (typeof UPSTREAM_OPS)[number];
 
@@ -86,8 +87,26 @@ export function subjects(prefix: string = DEFAULT_PREFIX) {
       snapshot: `${p}.internal.upstream.snapshot`,
       /** per-worker fan-out: evict matching actors */
       evict: `${p}.internal.upstream.evict`,
-      /** notifications from an upstream meant for a downstream session */
+      /**
+       * every upstream session actor of one client session listens here: what the client says
+       * to all of its upstreams (`notifications/roots/list_changed`, `logging/setLevel`)
+       */
+      sessionWide: (sid: string) => `${p}.internal.session.${token(sid, "session id")}.upstreams`,
+      /** the old path of upstream notifications to a client (before `stream`): delete once nothing uses it */
       clientNotification: (sid: string) => `${p}.internal.session.${token(sid, "session id")}.notify`,
+    },
+    stream: {
+      /**
+       * One client-bound SSE stream of a client session: a POST's response stream (`streamId`
+       * chosen by the edge that answers the POST, carried in the call) or `STREAM_GET`, the
+       * session's GET stream. Every message for the client travels here (progress, logs,
+       * list changes, server→client requests, a call's final answer); the stream-log
+       * JetStream stream keeps them for a bounded time, so any worker can resume a stream.
+       */
+      event: (sid: string, streamId: string) => `${p}.stream.${token(sid, "session id")}.${token(streamId, "stream id")}`,
+      /** every stream of one session (an edge holding any of them subscribes) */
+      session: (sid: string) => `${p}.stream.${token(sid, "session id")}.*`,
+      all: `${p}.stream.>`,
     },
     edge: {
       /** a client's cancellation, for whichever worker has the request in flight */
@@ -121,6 +140,11 @@ export function subjects(prefix: string = DEFAULT_PREFIX) {
       const parts = subject.split(".");
       return parts.length === 5 && parts[0] === p && parts[2] === "edge" && parts[4] === "cancel" ? parts[3]! : null;
     },
+    /** parse `<p>.stream.<sid>.<streamId>` */
+    parseStream(subject: string): { sid: string; streamId: string } | null {
+      const parts = subject.split(".");
+      return parts.length === 4 && parts[0] === p && parts[1] === "stream" ? { sid: parts[2]!, streamId: parts[3]! } : null;
+    },
     /** parse `<p>.upstream.<sid>.<gid>.<op>` */
     parseUpstream(subject: string): { sid: string; gid: string; op: UpstreamOp } | null {
       const parts = subject.split(".");
@@ -139,6 +163,17 @@ export function eventStream(prefix: string = DEFAULT_PREFIX) {
     name: `${prefix.toUpperCase().replace(/-/g, "_")}_EVENTS`,
     subjects: [s.evt.gatewayAll, s.evt.catalogAll, s.evt.sessionAll],
   };
+}
+
+/** The stream id of a client session's GET stream (POST streams get random ids). */
+export const STREAM_GET = "get";
+
+/**
+ * JetStream stream that keeps client-bound stream events for resumption (`Last-Event-ID` at
+ * any worker): memory storage, bounded by age and size; only the runtime may read it.
+ */
+export function streamLog(prefix: string = DEFAULT_PREFIX) {
+  return { name: `${prefix.toUpperCase().replace(/-/g, "_")}_STREAMS`, subjects: [subjects(prefix).stream.all] };
 }
 
 /** KV bucket names; with the default prefix: mcpgw_state, mcpgw_gateways, mcpgw_catalog, mcpgw_sessions. */

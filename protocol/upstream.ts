@@ -1,4 +1,6 @@
 import { z } from "zod";
+import { LoggingLevelSchema } from "./edge.ts";
+import { envelopeSchema } from "./envelope.ts";
 import { GatewayIdSchema } from "./gateway.ts";
 
 /** Downstream session ids are subject tokens. */
@@ -15,6 +17,12 @@ export const UPSTREAM_METHODS = [
   "resources/templates/list",
   "resources/read",
   "completion/complete",
+  "resources/subscribe",
+  "resources/unsubscribe",
+  "tasks/get",
+  "tasks/result",
+  "tasks/list",
+  "tasks/cancel",
 ] as const;
 export const UpstreamMethodSchema = z.enum(UPSTREAM_METHODS);
 export type UpstreamMethod = z.infer<typeof UpstreamMethodSchema>;
@@ -30,6 +38,12 @@ export const UpstreamCallRequestSchema = z
     headers: z.record(z.string(), z.string().max(8192)).default({}),
     /** per-call timeout; the actor's default applies when absent */
     timeoutMs: z.number().int().positive().max(3_600_000).optional(),
+    /**
+     * the client's stream this call answers on (`stream.event(sid, stream)`): the actor
+     * publishes there what the upstream sends about the call (progress, related requests)
+     * and, for resumption, the call's final answer; absent: related messages go to the GET stream
+     */
+    stream: z.string().regex(/^[A-Za-z0-9_-]{1,64}$/).optional(),
   })
   .strict();
 export type UpstreamCallRequest = z.input<typeof UpstreamCallRequestSchema>;
@@ -50,6 +64,73 @@ export const UpstreamCallReplySchema = z.union([
   z.object({ rpcError: JsonRpcErrorSchema }).strict(),
 ]);
 export type UpstreamCallReply = z.infer<typeof UpstreamCallReplySchema>;
+
+/**
+ * A request from an upstream to its client (sampling, elicitation, roots) carries an id that
+ * names the upstream session actor that asked: the client's answer, arriving at any worker,
+ * goes to `upstream.op(sid, gid, "answer")` without a lookup. `nonce` tells apart successive
+ * actors of one (sid, gid); `n` counts requests within one actor.
+ */
+export function serverRequestId(gid: string, nonce: string, n: number): string {
+  return `mcpgw.${gid}.${nonce}.${n}`;
+}
+const SERVER_REQUEST_ID = /^mcpgw\.([a-f0-9]{16})\.([A-Za-z0-9_-]{1,32})\.(\d{1,15})$/;
+export function parseServerRequestId(id: unknown): { gid: string; nonce: string; n: number } | null {
+  const m = typeof id === "string" ? SERVER_REQUEST_ID.exec(id) : null;
+  return m ? { gid: m[1]!, nonce: m[2]!, n: Number(m[3]) } : null;
+}
+
+/** `mcpgw.upstream.<sid>.<gid>.answer`: the client's JSON-RPC response to a server request id. */
+export const UpstreamAnswerRequestSchema = z.union([
+  z.object({ id: z.string().max(128), result: z.record(z.string(), z.unknown()) }).strict(),
+  z.object({ id: z.string().max(128), error: JsonRpcErrorSchema }).strict(),
+]);
+export type UpstreamAnswerRequest = z.infer<typeof UpstreamAnswerRequestSchema>;
+
+/** `mcpgw.internal.session.<sid>.upstreams`: what a client says to every upstream session it has. */
+export const SessionWideMessageSchema = z.discriminatedUnion("method", [
+  z.object({ method: z.literal("logging/setLevel"), params: z.object({ level: LoggingLevelSchema }).strict() }).strict(),
+  z.object({ method: z.literal("notifications/roots/list_changed"), params: z.record(z.string(), z.unknown()).optional() }).strict(),
+]);
+export type SessionWideMessage = z.infer<typeof SessionWideMessageSchema>;
+
+/** A JSON-RPC notification or request for the client, as the client receives it. */
+export const ClientBoundMessageSchema = z.object({
+  jsonrpc: z.literal("2.0"),
+  method: z.string().min(1).max(256),
+  params: z.record(z.string(), z.unknown()).optional(),
+  /** requests only: a `serverRequestId` */
+  id: z.string().max(128).optional(),
+});
+export type ClientBoundMessage = z.infer<typeof ClientBoundMessageSchema>;
+
+/**
+ * What travels on `stream.event(sid, streamId)` (and is kept by the stream log): one SSE event
+ * of a client's stream. Its SSE id is `<streamId>.<uid>`; a client resuming after that id
+ * gets the stored events that came after it on that stream, then the live ones.
+ */
+export const StreamEventSchema = z.union([
+  z
+    .object({
+      /** unique within its stream (publisher-chosen, e.g. `<actor nonce>-<n>`) */
+      uid: z.string().regex(/^[A-Za-z0-9_-]{1,64}$/),
+      /** the gateway whose upstream session sent it */
+      gid: GatewayIdSchema.optional(),
+      message: ClientBoundMessageSchema,
+    })
+    .strict(),
+  z
+    .object({
+      uid: z.string().regex(/^[A-Za-z0-9_-]{1,64}$/),
+      gid: GatewayIdSchema.optional(),
+      /** the downstream request id (`wireKey`) this answers */
+      requestId: z.string().min(1).max(128),
+      /** the call's final answer, the `call` reply envelope: the POST stream ends with it */
+      reply: envelopeSchema(UpstreamCallReplySchema),
+    })
+    .strict(),
+]);
+export type StreamEvent = z.infer<typeof StreamEventSchema>;
 
 /** `mcpgw.upstream.<sid>.<gid>.notify`: a client notification for the upstream (cancellation). */
 export const UpstreamNotifyRequestSchema = z

@@ -22,7 +22,7 @@ import type { UpstreamCaller } from "../upstreamClient.ts";
 import { forwardableHeaders, sessionServer } from "./mcpServer.ts";
 import { bearerToken, HostGuard, isLoopbackAddress, SessionOwners, tokenDigests, tokenMatches } from "./security.ts";
 import { SessionLinks, wireKey } from "./sessionLinks.ts";
-import { SessionStore, type LoadedSession } from "./sessionStore.ts";
+import { SessionStore, type LoadedSession } from "../sessionStore.ts";
 
 export type Edge = Hosted & {
   /** takes no new connections; requests in flight go on until `stop` */

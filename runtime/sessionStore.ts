@@ -1,10 +1,10 @@
 import type { JetStreamClient } from "@nats-io/jetstream";
 import type { KV } from "@nats-io/kv";
-import { getLive, isCasConflict, parseEntry } from "../../actors/kvStore.ts";
-import { DownstreamSessionSchema, type DownstreamSession } from "../../protocol/edge.ts";
-import { KEYS, type Subjects } from "../../protocol/subjects.ts";
-import { publishEvent } from "../events.ts";
-import type { Logger } from "../logger.ts";
+import { getLive, isCasConflict, parseEntry } from "../actors/kvStore.ts";
+import { DownstreamSessionSchema, type DownstreamSession } from "../protocol/edge.ts";
+import { KEYS, type Subjects } from "../protocol/subjects.ts";
+import { publishEvent } from "./events.ts";
+import type { Logger } from "./logger.ts";
 
 export type LoadedSession = { record: DownstreamSession; revision: number };
 
@@ -35,6 +35,28 @@ export class SessionStore {
 
   async create(record: DownstreamSession): Promise<void> {
     await this.deps.kv.create(KEYS.downstreamSession(record.sid), JSON.stringify(record));
+  }
+
+  /**
+   * Changes a record by compare-and-swap, retried on conflict (the edges and the upstream
+   * session actors of one session write it: use, log level, subscriptions, views).
+   * `mutate` returns the new record, or null to leave it as it is. Null when the session is gone.
+   */
+  async update(sid: string, mutate: (record: DownstreamSession) => DownstreamSession | null): Promise<LoadedSession | null> {
+    for (let attempt = 0; attempt < 8; attempt++) {
+      const s = await this.load(sid);
+      if (!s) return null;
+      const next = mutate(s.record);
+      if (next === null) return s;
+      const record = DownstreamSessionSchema.parse(next);
+      try {
+        const revision = await this.deps.kv.update(KEYS.downstreamSession(sid), JSON.stringify(record), s.revision);
+        return { record, revision };
+      } catch (err) {
+        if (!isCasConflict(err)) throw err;
+      }
+    }
+    throw new Error(`session ${sid}: too many concurrent changes`);
   }
 
   async load(sid: string): Promise<LoadedSession | null> {
