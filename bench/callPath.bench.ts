@@ -1,0 +1,372 @@
+// The call path against a direct connection and against mcp-hub (issue 11). The same official
+// SDK client, the same upstream (the SDK fixture server in a process of its own, streamable
+// HTTP, `echo`), three paths: direct, mcp-hub 4.2.1 (SSE only toward clients; one upstream
+// connection shared by all), mcpgw with two worker processes (a call through the worker that
+// hosts the session actor, and through the other one). The paths are measured in alternating
+// rounds (each round starts with another), so a busy machine weighs on all alike. Then, with the
+// second worker stopped, a lean upstream (a minimal JSON-RPC server without the SDK:
+// test/fixtures/rawUpstream.ts) measures mcpgw's own ceiling in calls/s through one worker.
+// Prints a table with ratios to direct and to mcp-hub; writes an SVG of the latency distributions.
+// Run: node --import tsx bench/callPath.bench.ts
+// CALLPATH_ROUNDS (5), CALLPATH_CALLS (200 sequential calls per path and round), CALLPATH_SESSIONS (64),
+// CALLPATH_LOAD_SECONDS (3 per path and round), CALLPATH_NEW_SESSIONS (10 per path and round),
+// CALLPATH_LEAN_SECONDS (10), CALLPATH_CHART (docs/callpath-latency.svg; "" for none),
+// CALLPATH_CPU_PROF (a directory: the hosting worker runs with --cpu-prof and writes its profile there),
+// CALLPATH_LOG_LEVEL (the workers' MCPGW_LOG_LEVEL, default info as in production).
+import { spawn } from "node:child_process";
+import { once } from "node:events";
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { performance } from "node:perf_hooks";
+import { Client } from "@modelcontextprotocol/sdk/client/index.js";
+import { SSEClientTransport } from "@modelcontextprotocol/sdk/client/sse.js";
+import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
+import { sessionKey } from "../protocol/edge.ts";
+import { GatewayViewSchema } from "../protocol/gateway.ts";
+import { subjects } from "../protocol/subjects.ts";
+import { SessionListReplySchema } from "../protocol/upstream.ts";
+import { request } from "../runtime/bus.ts";
+import { startFixtureProcess } from "../test/fixtures/fixtureHttp.ts";
+import { freePort, startNats, type TestNats } from "../test/helpers/nats.ts";
+import { edgeUrlOf, ROOT, run, workerEnv, type Proc } from "../test/helpers/processes.ts";
+import { until } from "../test/helpers/wait.ts";
+import { TEST_SECRET_KEY } from "../test/helpers/worker.ts";
+import { latencyChart } from "./chart.ts";
+import { cpuSecondsOf, loadAverage, msFine, ratio, stats, table } from "./report.ts";
+
+const num = (name: string, dflt: number) => Number(process.env[name] ?? dflt);
+const ROUNDS = num("CALLPATH_ROUNDS", 5);
+const CALLS = num("CALLPATH_CALLS", 200);
+const SESSIONS = num("CALLPATH_SESSIONS", 64);
+const LOAD_MS = num("CALLPATH_LOAD_SECONDS", 3) * 1000;
+const NEW_SESSIONS = num("CALLPATH_NEW_SESSIONS", 10);
+const LEAN_MS = num("CALLPATH_LEAN_SECONDS", 10) * 1000;
+const CHART = process.env.CALLPATH_CHART ?? "docs/callpath-latency.svg";
+const CPU_PROF = process.env.CALLPATH_CPU_PROF;
+const LOG_LEVEL = process.env.CALLPATH_LOG_LEVEL ?? "info";
+const WAIT_MS = 60_000;
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const s = subjects("mcpgw");
+
+/** One client session on some path: its calls, and how it ends. */
+type Session = { call(): Promise<void>; close(): Promise<void> };
+/** An mcpgw session: its key, and the worker its requests go to (any worker serves any session). */
+type RoutedSession = Session & { key(): string; via: { to: string } };
+type Path = { name: string; open(): Promise<Session> };
+
+function sdkClient(name: string) {
+  return new Client({ name, version: "1.0.0" });
+}
+
+/** A session over streamable HTTP whose requests go wherever `target()` says at the time (a session of mcpgw is served by any worker). */
+async function streamableSession(url: () => string, tool: string): Promise<Session & { client: Client; transport: StreamableHTTPClientTransport }> {
+  const routed: typeof fetch = (input, init) => {
+    const u = new URL(input instanceof Request ? input.url : String(input));
+    const t = new URL(url());
+    u.host = t.host;
+    return fetch(u, init);
+  };
+  const transport = new StreamableHTTPClientTransport(new URL(url()), { fetch: routed });
+  const client = sdkClient("callpath");
+  await client.connect(transport);
+  return {
+    client,
+    transport,
+    call: async () => {
+      await client.callTool({ name: tool, arguments: { text: "x" } });
+    },
+    close: async () => {
+      await transport.terminateSession().catch(() => {});
+      await client.close();
+    },
+  };
+}
+
+async function sseSession(url: string, tool: string): Promise<Session> {
+  const client = sdkClient("callpath");
+  await client.connect(new SSEClientTransport(new URL(url)));
+  return {
+    call: async () => {
+      await client.callTool({ name: tool, arguments: { text: "x" } });
+    },
+    close: () => client.close(),
+  };
+}
+
+type Figures = { seq: number[]; load: number[]; loadCalls: number; loadMs: number; fresh: number[] };
+const newFigures = (): Figures => ({ seq: [], load: [], loadCalls: 0, loadMs: 0, fresh: [] });
+
+async function timed(f: () => Promise<void>): Promise<number> {
+  const t0 = performance.now();
+  await f();
+  return performance.now() - t0;
+}
+
+/** Every session calls back to back until `ms` have passed; the calls' latencies and how many. */
+async function load(sessions: Session[], ms: number, into: Figures): Promise<void> {
+  const t0 = performance.now();
+  const end = t0 + ms;
+  await Promise.all(
+    sessions.map(async (x) => {
+      while (performance.now() < end) {
+        into.load.push(await timed(() => x.call()));
+        into.loadCalls++;
+      }
+    }),
+  );
+  into.loadMs += performance.now() - t0;
+}
+
+function startHub(port: number, upstreamUrl: string, home: string): Proc {
+  // mcp-hub fetches a marketplace catalog from the internet unless its cache is fresh: a fresh,
+  // empty-looking cache keeps the benchmark on loopback
+  const cache = join(home, "data", "mcp-hub", "cache");
+  mkdirSync(cache, { recursive: true });
+  writeFileSync(join(cache, "registry.json"), JSON.stringify({ registry: { version: "bench", generatedAt: Date.now(), totalServers: 1, servers: [{ id: "none" }] }, lastFetchedAt: Date.now(), serverDocumentation: {} }));
+  const config = join(home, "mcp-hub.json");
+  writeFileSync(config, JSON.stringify({ mcpServers: { up: { url: upstreamUrl } } }));
+  return run(process.execPath, [resolve(ROOT, "node_modules/mcp-hub/dist/cli.js"), "--port", String(port), "--config", config], {
+    HOME: home,
+    XDG_DATA_HOME: join(home, "data"),
+    XDG_STATE_HOME: join(home, "state"),
+    XDG_CONFIG_HOME: join(home, "config"),
+  });
+}
+
+/** A worker process; with `cpuProf`, profiled by V8 (the profile is written when it exits). */
+function startWorker(nats: TestNats, id: string, cpuProf?: string): Proc {
+  const nodeArgs = cpuProf ? ["--cpu-prof", "--cpu-prof-dir", cpuProf] : [];
+  return run(process.execPath, [...nodeArgs, "--import", "tsx", resolve(ROOT, "runtime/main.ts")], workerEnv(nats, TEST_SECRET_KEY, { MCPGW_WORKER_ID: id, MCPGW_LOG_LEVEL: LOG_LEVEL }));
+}
+
+async function stopProc(p: Proc | undefined): Promise<void> {
+  if (!p || p.child.exitCode !== null || p.child.signalCode !== null) return;
+  p.child.kill("SIGTERM");
+  await Promise.race([p.exited, sleep(30_000)]);
+  if (p.child.exitCode === null && p.child.signalCode === null) p.child.kill("SIGKILL");
+}
+
+const procs: Proc[] = [];
+const fixtures: Array<{ stop(): Promise<void> }> = [];
+let nats: TestNats | undefined;
+const home = mkdtempSync(join(tmpdir(), "mcpgw-callpath-"));
+
+async function main() {
+  nats = await startNats();
+  const upstream = await startFixtureProcess();
+  fixtures.push(upstream);
+  const admin = await nats.connect("admin");
+
+  // ---- mcpgw: two workers, one gateway on the SDK upstream ----
+  const w1 = startWorker(nats, "w1", CPU_PROF);
+  const w2 = startWorker(nats, "w2");
+  procs.push(w1, w2);
+  const edges: Record<string, string> = { w1: await edgeUrlOf(w1), w2: await edgeUrlOf(w2) };
+  await request(admin, s.admin.gateway("add"), { name: "up", transport: "streamable-http", url: upstream.url("gw") }, GatewayViewSchema, WAIT_MS);
+  const probe = await streamableSession(() => edges.w1!, "up__echo");
+  await until("the gateway's tools at the edge", async () => (await probe.client.listTools()).tools.some((t) => t.name === "up__echo"), WAIT_MS);
+  await probe.close();
+
+  /** the worker hosting the upstream session of each client session key */
+  const hosts = async (): Promise<Map<string, string>> => {
+    const reply = await request(admin, s.admin.sessionList, {}, SessionListReplySchema, WAIT_MS);
+    return new Map(reply.sessions.map((x) => [x.sid, x.worker]));
+  };
+
+  // ---- mcp-hub ----
+  const hubPort = await freePort();
+  const hub = startHub(hubPort, upstream.url("hub"), home);
+  procs.push(hub);
+  const hubUrl = `http://127.0.0.1:${hubPort}/mcp`;
+  const hubTool = await until(
+    "mcp-hub serving the upstream's tools",
+    async () => {
+      try {
+        const c = sdkClient("probe");
+        await c.connect(new SSEClientTransport(new URL(hubUrl)));
+        const name = (await c.listTools()).tools.map((t) => t.name).find((n) => /echo$/.test(n));
+        await c.close();
+        return name;
+      } catch {
+        return undefined;
+      }
+    },
+    WAIT_MS,
+  );
+  if (/Fetching marketplace/.test(hub.output())) throw new Error("mcp-hub went to the internet for its marketplace: its cache was not found");
+
+  // ---- the paths ----
+  // An mcpgw session is opened at w1; its first call places its actor on either worker (the
+  // spawn's queue group picks). Later calls go to the hosting worker, or to the other one.
+  const openMcpgw = async (): Promise<RoutedSession> => {
+    const via = { to: "w1" };
+    const x = await streamableSession(() => edges[via.to]!, "up__echo");
+    return { ...x, via, key: () => sessionKey(x.transport.sessionId!) };
+  };
+  /** Points each session at the worker hosting its actor, or at the other one. */
+  const route = async (list: Session[], through: "host" | "other") => {
+    const where = await hosts();
+    for (const x of list as RoutedSession[]) {
+      const host = where.get(x.key());
+      if (!host) throw new Error("an mcpgw session has no upstream session");
+      x.via.to = through === "host" ? host : host === "w1" ? "w2" : "w1";
+    }
+  };
+  const paths: Path[] = [
+    { name: "direct", open: () => streamableSession(() => upstream.url("direct"), "echo") },
+    { name: "mcp-hub", open: () => sseSession(hubUrl, hubTool) },
+    { name: "mcpgw", open: openMcpgw },
+    { name: "mcpgw, 2nd worker", open: openMcpgw },
+  ];
+  const figures = new Map(paths.map((p) => [p.name, newFigures()]));
+
+  // long-lived sessions per path: one for the sequential calls, SESSIONS for the load
+  const single = new Map<string, Session>();
+  const many = new Map<string, Session[]>();
+  for (const p of paths) {
+    single.set(p.name, await p.open());
+    const list: Session[] = [];
+    for (let i = 0; i < SESSIONS; i++) list.push(await p.open());
+    many.set(p.name, list);
+    // one call each: the mcpgw actors are placed before they are routed
+    await Promise.all([single.get(p.name)!, ...list].map((x) => x.call()));
+  }
+  await route([single.get("mcpgw")!, ...many.get("mcpgw")!], "host");
+  await route([single.get("mcpgw, 2nd worker")!, ...many.get("mcpgw, 2nd worker")!], "other");
+
+  const loads: string[] = [];
+  for (let round = 0; round < ROUNDS; round++) {
+    loads.push(loadAverage());
+    const order = paths.map((_, i) => paths[(i + round) % paths.length]!);
+    for (const p of order) {
+      const f = figures.get(p.name)!;
+      const one = single.get(p.name)!;
+      for (let i = 0; i < CALLS; i++) f.seq.push(await timed(() => one.call()));
+      await load(many.get(p.name)!, LOAD_MS, f);
+      // new sessions: connect (initialize, initialized) and the first call; mcpgw's are
+      // told apart afterwards by where the spawn placed their actor
+      if (p.name === "mcpgw, 2nd worker") continue;
+      const fresh: Array<{ ms: number; session: Session }> = [];
+      for (let i = 0; i < NEW_SESSIONS; i++) {
+        const t0 = performance.now();
+        const session = await p.open();
+        await session.call();
+        fresh.push({ ms: performance.now() - t0, session });
+      }
+      if (p.name === "mcpgw") {
+        const where = await hosts();
+        for (const x of fresh) (where.get((x.session as RoutedSession).key()) === "w1" ? f : figures.get("mcpgw, 2nd worker")!).fresh.push(x.ms);
+      } else f.fresh.push(...fresh.map((x) => x.ms));
+      await Promise.all(fresh.map((x) => x.session.close()));
+    }
+  }
+  for (const list of [...single.values(), ...[...many.values()].flat()]) await list.close().catch(() => {});
+
+  // ---- the lean upstream, one worker ----
+  await stopProc(w2);
+  const lean = spawn(process.execPath, ["--import", "tsx", resolve(ROOT, "test/fixtures/rawUpstreamProcess.ts")], { stdio: ["ignore", "pipe", "inherit"] });
+  fixtures.push({ stop: async () => void (lean.exitCode === null && (lean.kill("SIGTERM"), await once(lean, "exit"))) });
+  const leanPort = Number(/port (\d+)/.exec(String((await once(lean.stdout!, "data"))[0]))![1]);
+  const leanUrl = `http://127.0.0.1:${leanPort}/mcp`;
+  await request(admin, s.admin.gateway("add"), { name: "lean", transport: "streamable-http", url: leanUrl }, GatewayViewSchema, WAIT_MS);
+  const leanProbe = await streamableSession(() => edges.w1!, "lean__echo");
+  await until("the lean gateway's tools", async () => (await leanProbe.client.listTools()).tools.some((t) => t.name === "lean__echo"), WAIT_MS);
+  await leanProbe.close();
+  const leanFigures = { direct: newFigures(), mcpgw: newFigures() };
+  const leanDirect = await Promise.all(Array.from({ length: SESSIONS }, () => streamableSession(() => leanUrl, "echo")));
+  const leanGw = await Promise.all(Array.from({ length: SESSIONS }, () => streamableSession(() => edges.w1!, "lean__echo")));
+  await Promise.all([...leanDirect, ...leanGw].map((x) => x.call()));
+  const leanLoad = loadAverage();
+  await load(leanDirect, LEAN_MS / 2, leanFigures.direct);
+  const cpu0 = cpuSecondsOf(w1.child.pid!);
+  await load(leanGw, LEAN_MS, leanFigures.mcpgw);
+  const workerCpu = ((cpuSecondsOf(w1.child.pid!) - cpu0) / (leanFigures.mcpgw.loadMs / 1000)) * 100;
+  await Promise.all([...leanDirect, ...leanGw].map((x) => x.close().catch(() => {})));
+
+  // ---- report ----
+  const st = (name: string) => {
+    const f = figures.get(name)!;
+    return { seq: stats(f.seq), load: stats(f.load), rate: f.loadCalls / (f.loadMs / 1000), fresh: f.fresh.length ? stats(f.fresh) : null };
+  };
+  const direct = st("direct");
+  const hubS = st("mcp-hub");
+  const rel = (x: number, base: number, inverse = false) => `${ratio(inverse ? base / x : x / base)}×`;
+  const rows = paths.map((p) => {
+    const x = st(p.name);
+    const vs = (v: number, d: number, h: number) => `${rel(v, d)} / ${rel(v, h)}`;
+    return [
+      p.name,
+      `${msFine(x.seq.p50)} (${vs(x.seq.p50, direct.seq.p50, hubS.seq.p50)})`,
+      `${msFine(x.seq.p99)} (${vs(x.seq.p99, direct.seq.p99, hubS.seq.p99)})`,
+      `${x.rate.toFixed(0)} (${vs(x.rate, direct.rate, hubS.rate)})`,
+      `${msFine(x.load.p99)} (${vs(x.load.p99, direct.load.p99, hubS.load.p99)})`,
+      x.fresh ? `${msFine(x.fresh.p50)} (${x.fresh.n}; ${direct.fresh ? rel(x.fresh.p50, direct.fresh.p50) : "-"} / ${hubS.fresh ? rel(x.fresh.p50, hubS.fresh.p50) : "-"})` : "—",
+    ];
+  });
+  table(
+    "Call path: direct, mcp-hub, mcpgw",
+    `tools/call of \`echo\` with the MCP SDK client (${ROUNDS} alternating rounds; per path and round ${CALLS} sequential calls, ${SESSIONS} sessions calling back to back for ${LOAD_MS / 1000} s, ` +
+      `${NEW_SESSIONS} new sessions). Upstream: the SDK fixture server (streamable HTTP, own process); mcp-hub 4.2.1 speaks SSE to clients and shares one upstream connection; ` +
+      `mcpgw: two worker processes and one nats-server, one upstream session per client session; "2nd worker": the call arrives at the worker that does not host the session's actor ` +
+      `(its new sessions: those whose actor the spawn placed on the other worker). In brackets: ratio to direct / to mcp-hub (calls/s: higher is better). ` +
+      `2 shared cores; load average at each round ${loads.join(", ")} (other engineers' tests run on this machine).`,
+    ["path", "p50, concurrency 1", "p99, concurrency 1", `calls/s, ${SESSIONS} sessions`, `p99, ${SESSIONS} sessions`, "new session: connect + first call, p50 (n)"],
+    rows,
+  );
+  const gw = st("mcpgw");
+  const gw2 = st("mcpgw, 2nd worker");
+  const ld = stats(leanFigures.direct.load);
+  const lg = stats(leanFigures.mcpgw.load);
+  const leanRate = leanFigures.mcpgw.loadCalls / (leanFigures.mcpgw.loadMs / 1000);
+  const target = (ok: boolean) => (ok ? "met" : "**missed**");
+  table(
+    "Call path: issue 11's targets",
+    `The figures above against the targets; the lean upstream is test/fixtures/rawUpstream.ts (JSON-RPC over HTTP, no SDK), ${SESSIONS} sessions through one worker for ${LEAN_MS / 1000} s (load average ${leanLoad}).`,
+    ["target", "measured", ""],
+    [
+      ["p50 ≤ 1.5× direct", `${rel(gw.seq.p50, direct.seq.p50)}`, target(gw.seq.p50 <= 1.5 * direct.seq.p50)],
+      [`calls/s at ${SESSIONS} sessions ≥ 0.8× direct`, `${rel(gw.rate, direct.rate)}`, target(gw.rate >= 0.8 * direct.rate)],
+      ["connect + first call ≤ 2× direct", gw.fresh && direct.fresh ? rel(gw.fresh.p50, direct.fresh.p50) : "—", target(!!gw.fresh && !!direct.fresh && gw.fresh.p50 <= 2 * direct.fresh.p50)],
+      ["ahead of mcp-hub: p50, calls/s", `${rel(gw.seq.p50, hubS.seq.p50)}, ${rel(gw.rate, hubS.rate)}`, target(gw.seq.p50 < hubS.seq.p50 && gw.rate > hubS.rate)],
+      ["2nd worker: ≤ 0.3 ms more at p50", `${gw2.seq.p50 >= gw.seq.p50 ? "+" : "−"}${msFine(Math.abs(gw2.seq.p50 - gw.seq.p50))}`, target(gw2.seq.p50 - gw.seq.p50 <= 0.3)],
+      [
+        "lean upstream: ≥ 3,000 calls/s through one worker",
+        `${leanRate.toFixed(0)} calls/s (p50 ${msFine(lg.p50)}, p99 ${msFine(lg.p99)}); worker CPU ${workerCpu.toFixed(0)}% of one core; direct to the same upstream ${(leanFigures.direct.loadCalls / (leanFigures.direct.loadMs / 1000)).toFixed(0)} calls/s (p50 ${msFine(ld.p50)})`,
+        target(leanRate >= 3000),
+      ],
+    ],
+  );
+
+  if (CHART) {
+    const series = (pick: (f: Figures) => number[]) => paths.map((p) => ({ name: p.name, latenciesMs: pick(figures.get(p.name)!) }));
+    writeFileSync(
+      resolve(ROOT, CHART),
+      latencyChart(
+        [
+          { title: "concurrency 1", series: series((f) => f.seq) },
+          { title: `${SESSIONS} sessions, back to back`, series: series((f) => f.load) },
+        ],
+        `bench/callPath.bench.ts, ${new Date().toISOString().slice(0, 16)}Z, ${ROUNDS} rounds, load average ${loads.join("/")}`,
+      ),
+    );
+    console.log(`\nlatency distributions: ${CHART}`);
+  }
+  await admin.close();
+}
+
+try {
+  await main();
+} catch (err) {
+  console.error(err);
+  for (const p of procs) console.error("process output:\n", p.output().slice(-2000));
+  process.exitCode = 1;
+} finally {
+  // the profiled worker writes its profile as it exits: SIGTERM, a clean exit
+  await Promise.all(procs.map(stopProc));
+  await Promise.all(fixtures.map((f) => f.stop().catch(() => {})));
+  await nats?.stop();
+  rmSync(home, { recursive: true, force: true });
+}
+process.exit();
