@@ -15,7 +15,7 @@
 // CALLPATH_LOG_LEVEL (the workers' MCPGW_LOG_LEVEL, default info as in production).
 import { spawn } from "node:child_process";
 import { once } from "node:events";
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { performance } from "node:perf_hooks";
@@ -29,7 +29,7 @@ import { SessionListReplySchema } from "../protocol/upstream.ts";
 import { request } from "../runtime/bus.ts";
 import { startFixtureProcess } from "../test/fixtures/fixtureHttp.ts";
 import { freePort, startNats, type TestNats } from "../test/helpers/nats.ts";
-import { edgeUrlOf, ROOT, run, workerEnv, type Proc } from "../test/helpers/processes.ts";
+import { edgeUrlOf, processTree, ROOT, run, workerEnv, type Proc } from "../test/helpers/processes.ts";
 import { until } from "../test/helpers/wait.ts";
 import { TEST_SECRET_KEY } from "../test/helpers/worker.ts";
 import { latencyChart } from "./chart.ts";
@@ -95,8 +95,36 @@ async function sseSession(url: string, tool: string): Promise<Session> {
   };
 }
 
-type Figures = { seq: number[]; load: number[]; loadCalls: number; loadMs: number; fresh: number[] };
-const newFigures = (): Figures => ({ seq: [], load: [], loadCalls: 0, loadMs: 0, fresh: [] });
+/** The processes on the paths, by role; their CPU time is what a call costs, whatever else loads the machine. */
+type Role = "workers" | "nats" | "hub" | "upstream";
+type Figures = { seq: number[]; load: number[]; loadCalls: number; loadMs: number; fresh: number[]; cpu: Record<Role, number> };
+const newFigures = (): Figures => ({ seq: [], load: [], loadCalls: 0, loadMs: 0, fresh: [], cpu: { workers: 0, nats: 0, hub: 0, upstream: 0 } });
+const pids: Record<Role, number[]> = { workers: [], nats: [], hub: [], upstream: [] };
+/** CPU seconds used so far by each role's processes (an exited one counts nothing more). */
+const cpuByRole = () =>
+  Object.fromEntries(
+    (Object.keys(pids) as Role[]).map((r) => [
+      r,
+      pids[r].reduce((n, pid) => {
+        try {
+          return n + cpuSecondsOf(pid);
+        } catch {
+          return n;
+        }
+      }, 0),
+    ]),
+  ) as Record<Role, number>;
+/** This process's descendants whose command line matches `re`. */
+const descendants = (re: RegExp) =>
+  processTree(process.pid)
+    .slice(1)
+    .filter((pid) => {
+      try {
+        return re.test(readFileSync(`/proc/${pid}/cmdline`, "utf8"));
+      } catch {
+        return false;
+      }
+    });
 
 async function timed(f: () => Promise<void>): Promise<number> {
   const t0 = performance.now();
@@ -106,6 +134,7 @@ async function timed(f: () => Promise<void>): Promise<number> {
 
 /** Every session calls back to back until `ms` have passed; the calls' latencies and how many. */
 async function load(sessions: Session[], ms: number, into: Figures): Promise<void> {
+  const cpu0 = cpuByRole();
   const t0 = performance.now();
   const end = t0 + ms;
   await Promise.all(
@@ -117,6 +146,8 @@ async function load(sessions: Session[], ms: number, into: Figures): Promise<voi
     }),
   );
   into.loadMs += performance.now() - t0;
+  const cpu1 = cpuByRole();
+  for (const r of Object.keys(pids) as Role[]) into.cpu[r] += cpu1[r] - cpu0[r];
 }
 
 function startHub(port: number, upstreamUrl: string, home: string): Proc {
@@ -195,6 +226,10 @@ async function main() {
     },
     WAIT_MS,
   );
+  pids.workers = [w1.child.pid!, w2.child.pid!];
+  pids.hub = [hub.child.pid!];
+  pids.nats = descendants(/nats-server/);
+  pids.upstream = descendants(/fixtureHttpProcess/);
   if (/Fetching marketplace/.test(hub.output())) throw new Error("mcp-hub went to the internet for its marketplace: its cache was not found");
 
   // ---- the paths ----
@@ -280,15 +315,19 @@ async function main() {
   await Promise.all([...leanDirect, ...leanGw].map((x) => x.call()));
   const leanLoad = loadAverage();
   await load(leanDirect, LEAN_MS / 2, leanFigures.direct);
-  const cpu0 = cpuSecondsOf(w1.child.pid!);
   await load(leanGw, LEAN_MS, leanFigures.mcpgw);
-  const workerCpu = ((cpuSecondsOf(w1.child.pid!) - cpu0) / (leanFigures.mcpgw.loadMs / 1000)) * 100;
+  const leanCalls = leanFigures.mcpgw.loadCalls;
+  const workerCpu = (leanFigures.mcpgw.cpu.workers / (leanFigures.mcpgw.loadMs / 1000)) * 100;
+  /** the worker's and nats-server's CPU per call: what one call costs them, whatever else loads the machine */
+  const leanWorkerMs = (leanFigures.mcpgw.cpu.workers * 1000) / leanCalls;
+  const leanNatsMs = (leanFigures.mcpgw.cpu.nats * 1000) / leanCalls;
   await Promise.all([...leanDirect, ...leanGw].map((x) => x.close().catch(() => {})));
 
   // ---- report ----
   const st = (name: string) => {
     const f = figures.get(name)!;
-    return { seq: stats(f.seq), load: stats(f.load), rate: f.loadCalls / (f.loadMs / 1000), fresh: f.fresh.length ? stats(f.fresh) : null };
+    const perCall = (r: Role) => (f.cpu[r] * 1000) / f.loadCalls;
+    return { seq: stats(f.seq), load: stats(f.load), rate: f.loadCalls / (f.loadMs / 1000), fresh: f.fresh.length ? stats(f.fresh) : null, perCall };
   };
   const direct = st("direct");
   const hubS = st("mcp-hub");
@@ -303,6 +342,8 @@ async function main() {
       `${x.rate.toFixed(0)} (${vs(x.rate, direct.rate, hubS.rate)})`,
       `${msFine(x.load.p99)} (${vs(x.load.p99, direct.load.p99, hubS.load.p99)})`,
       x.fresh ? `${msFine(x.fresh.p50)} (${x.fresh.n}; ${direct.fresh ? rel(x.fresh.p50, direct.fresh.p50) : "-"} / ${hubS.fresh ? rel(x.fresh.p50, hubS.fresh.p50) : "-"})` : "—",
+      p.name === "direct" ? "—" : p.name === "mcp-hub" ? msFine(x.perCall("hub")) : `${msFine(x.perCall("workers"))} + nats-server ${msFine(x.perCall("nats"))}`,
+      msFine(x.perCall("upstream")),
     ];
   });
   table(
@@ -310,9 +351,10 @@ async function main() {
     `tools/call of \`echo\` with the MCP SDK client (${ROUNDS} alternating rounds; per path and round ${CALLS} sequential calls, ${SESSIONS} sessions calling back to back for ${LOAD_MS / 1000} s, ` +
       `${NEW_SESSIONS} new sessions). Upstream: the SDK fixture server (streamable HTTP, own process); mcp-hub 4.2.1 speaks SSE to clients and shares one upstream connection; ` +
       `mcpgw: two worker processes and one nats-server, one upstream session per client session; "2nd worker": the call arrives at the worker that does not host the session's actor ` +
-      `(its new sessions: those whose actor the spawn placed on the other worker). In brackets: ratio to direct / to mcp-hub (calls/s: higher is better). ` +
+      `(its new sessions: those whose actor the spawn placed on the other worker). In brackets: ratio to direct / to mcp-hub (calls/s: higher is better). CPU per call: CPU time of the gateway's processes (both workers) and of the upstream during the ${SESSIONS}-session load, ÷ calls; ` +
+      `unlike rates, it hardly depends on what else runs on the machine. ` +
       `2 shared cores; load average at each round ${loads.join(", ")} (other engineers' tests run on this machine).`,
-    ["path", "p50, concurrency 1", "p99, concurrency 1", `calls/s, ${SESSIONS} sessions`, `p99, ${SESSIONS} sessions`, "new session: connect + first call, p50 (n)"],
+    ["path", "p50, concurrency 1", "p99, concurrency 1", `calls/s, ${SESSIONS} sessions`, `p99, ${SESSIONS} sessions`, "new session: connect + first call, p50 (n)", "CPU per call: gateway", "CPU per call: upstream"],
     rows,
   );
   const gw = st("mcpgw");
@@ -333,7 +375,7 @@ async function main() {
       ["2nd worker: ≤ 0.3 ms more at p50", `${gw2.seq.p50 >= gw.seq.p50 ? "+" : "−"}${msFine(Math.abs(gw2.seq.p50 - gw.seq.p50))}`, target(gw2.seq.p50 - gw.seq.p50 <= 0.3)],
       [
         "lean upstream: ≥ 3,000 calls/s through one worker",
-        `${leanRate.toFixed(0)} calls/s (p50 ${msFine(lg.p50)}, p99 ${msFine(lg.p99)}); worker CPU ${workerCpu.toFixed(0)}% of one core; direct to the same upstream ${(leanFigures.direct.loadCalls / (leanFigures.direct.loadMs / 1000)).toFixed(0)} calls/s (p50 ${msFine(ld.p50)})`,
+        `${leanRate.toFixed(0)} calls/s (p50 ${msFine(lg.p50)}, p99 ${msFine(lg.p99)}); worker CPU ${workerCpu.toFixed(0)}% of one core; CPU per call: worker ${msFine(leanWorkerMs)}, nats-server ${msFine(leanNatsMs)} (a core of its own would carry the worker to ${(1000 / leanWorkerMs).toFixed(0)} calls/s); direct to the same upstream ${(leanFigures.direct.loadCalls / (leanFigures.direct.loadMs / 1000)).toFixed(0)} calls/s (p50 ${msFine(ld.p50)})`,
         target(leanRate >= 3000),
       ],
     ],

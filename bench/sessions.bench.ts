@@ -97,7 +97,7 @@ async function snapshot(edge: string): Promise<string> {
   worker!.child.kill("SIGUSR2");
   const file = await until("the heap snapshot file", () => readdirSync(dir).find((f) => f.endsWith(".heapsnapshot") && !before.has(f)), WAIT_MS);
   // the worker answers again once the snapshot is written (it blocks while writing)
-  await until("the worker after its snapshot", async () => (await fetch(new URL("/healthz", edge))).ok, 5 * WAIT_MS);
+  await until("the worker after its snapshot", () => fetch(new URL("/healthz", edge)).then((r) => r.ok, () => false), 5 * WAIT_MS);
   let size = -1;
   await until("the snapshot complete", async () => {
     const now = statSync(join(dir, file)).size;
