@@ -32,7 +32,8 @@ function panel(p: Panel, x0: number): string {
       out.push(`<text x="${x(v).toFixed(1)}" y="${M.top + ph + 14}" font-size="10" text-anchor="middle">${v >= 1 ? v : v.toPrecision(1)}</text>`);
     }
   }
-  for (const share of [0, 0.25, 0.5, 0.75, 0.99, 1]) {
+  out.push(`<line x1="${x0 + M.left}" x2="${x0 + M.left + pw}" y1="${y(1)}" y2="${y(1)}" stroke="#eee"/>`);
+  for (const share of [0, 0.25, 0.5, 0.75, 0.99]) {
     out.push(`<line x1="${x0 + M.left}" x2="${x0 + M.left + pw}" y1="${y(share).toFixed(1)}" y2="${y(share).toFixed(1)}" stroke="${share === 0.5 || share === 0.99 ? "#bbb" : "#eee"}"/>`);
     out.push(`<text x="${x0 + M.left - 4}" y="${(y(share) + 3).toFixed(1)}" font-size="10" text-anchor="end">${share === 0.99 ? "p99" : share === 0.5 ? "p50" : `${share * 100}%`}</text>`);
   }
@@ -47,8 +48,9 @@ function panel(p: Panel, x0: number): string {
     pts.push(`${x(v.at(-1)!).toFixed(1)},${y(1).toFixed(1)}`);
     const color = COLORS[i % COLORS.length];
     out.push(`<polyline fill="none" stroke="${color}" stroke-width="1.8" points="${pts.join(" ")}"/>`);
-    out.push(`<rect x="${x0 + M.left + pw - 150}" y="${M.top + ph - 14 - 14 * (p.series.length - 1 - i)}" width="10" height="3" fill="${color}"/>`);
-    out.push(`<text x="${x0 + M.left + pw - 136}" y="${M.top + ph - 10 - 14 * (p.series.length - 1 - i)}" font-size="10">${esc(s.name)}</text>`);
+    // the legend top left, where cumulative curves rising to the right leave room
+    out.push(`<rect x="${x0 + M.left + 8}" y="${M.top + 10 + 14 * i}" width="10" height="3" fill="${color}"/>`);
+    out.push(`<text x="${x0 + M.left + 22}" y="${M.top + 14 + 14 * i}" font-size="10">${esc(s.name)}</text>`);
   });
   return out.join("\n");
 }
