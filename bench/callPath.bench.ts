@@ -352,7 +352,7 @@ async function main() {
       `${NEW_SESSIONS} new sessions). Upstream: the SDK fixture server (streamable HTTP, own process); mcp-hub 4.2.1 speaks SSE to clients and shares one upstream connection; ` +
       `mcpgw: two worker processes and one nats-server, one upstream session per client session; "2nd worker": the call arrives at the worker that does not host the session's actor ` +
       `(its new sessions: those whose actor the spawn placed on the other worker). In brackets: ratio to direct / to mcp-hub (calls/s: higher is better). CPU per call: CPU time of the gateway's processes (both workers) and of the upstream during the ${SESSIONS}-session load, ÷ calls; ` +
-      `unlike rates, it hardly depends on what else runs on the machine. ` +
+      `a loaded machine inflates it too (caches shared by many runnable processes), but processes of one run compare. ` +
       `2 shared cores; load average at each round ${loads.join(", ")} (other engineers' tests run on this machine).`,
     ["path", "p50, concurrency 1", "p99, concurrency 1", `calls/s, ${SESSIONS} sessions`, `p99, ${SESSIONS} sessions`, "new session: connect + first call, p50 (n)", "CPU per call: gateway", "CPU per call: upstream"],
     rows,

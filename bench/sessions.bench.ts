@@ -204,7 +204,10 @@ async function main() {
   ];
   if (perSession) {
     rows.push([`heap retained per session (snapshots at ${base.sessions} and ${SNAPSHOT_AT}, after GC)`, kb(perSession.total)]);
-    for (const r of perSession.rows.slice(0, 12)) rows.push([`  … ${r.what}`, `${kb(r.bytes)} (${r.count.toFixed(1)} objects)`]);
+    for (const r of perSession.rows.slice(0, 8)) rows.push([`  … ${r.what}`, `${kb(r.bytes)} (${r.count.toFixed(1)} objects)`]);
+    // the classes among them say whose objects these are (the SDK client, XState, nats.js, undici…)
+    const named = perSession.rows.filter((r) => /^[A-Z]/.test(r.what) && !/^(Object|Array|Map|Set|Promise|system \/)/.test(r.what) && r.count >= 0.9);
+    rows.push(["  classes with an instance or more per session", named.slice(0, 24).map((r) => `${r.what} ${r.count.toFixed(0)}× ${(r.bytes / r.count).toFixed(0)} B`).join(", ")]);
   }
   rows.push(
     [`tools/call on a random session, one at a time (load average ${loadCalls})`, `p50 ${msFine(seq.p50)}, p99 ${msFine(seq.p99)}, max ${msFine(seq.max)} (n=${seq.n})`],
