@@ -5,8 +5,10 @@ import assert from "node:assert/strict";
 import { createServer, type IncomingMessage } from "node:http";
 import type { AddressInfo } from "node:net";
 import { after, before, describe, it } from "node:test";
+import { SpanKind } from "@opentelemetry/api";
 import { sessionKey } from "../protocol/edge.ts";
 import { subjects } from "../protocol/subjects.ts";
+import { createTracing, endSpan, traceHeadersOf, traceIdOf } from "../runtime/tracing.ts";
 import { createUpstreamCaller } from "../runtime/upstreamClient.ts";
 import { startFixtureHttp, type FixtureHttp } from "./fixtures/fixtureHttp.ts";
 import { connectClient, until } from "./helpers/edge.ts";
@@ -196,5 +198,34 @@ describe("traces exported over OTLP/HTTP", () => {
       await fixture.close();
       await nats.stop();
     }
+  });
+});
+
+describe("spans without an exporter", () => {
+  const tracing = createTracing({ workerId: "unit" });
+  const PARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+
+  it("keep the parent's trace id and flags and take a span id of their own, hop after hop", () => {
+    const edge = tracing.startSpan("edge", { kind: SpanKind.SERVER, parent: { traceparent: PARENT } });
+    const headers = traceHeadersOf(edge);
+    const m = TRACEPARENT.exec(headers.traceparent ?? "");
+    assert.ok(m, `traceparent ${headers.traceparent}`);
+    assert.equal(m[1], CLIENT_TRACE);
+    assert.notEqual(m[2], CLIENT_SPAN);
+    // the client asked not to sample: every hop says so too
+    assert.ok(headers.traceparent!.endsWith("-00"));
+    const session = tracing.startSpan("session", { kind: SpanKind.SERVER, parent: headers });
+    const upstream = tracing.startSpan("upstream", { kind: SpanKind.CLIENT, parent: session });
+    assert.equal(traceIdOf(upstream), CLIENT_TRACE);
+    assert.equal(new Set([edge, session, upstream].map((x) => x.spanContext().spanId)).size, 3);
+    endSpan(upstream, "failed");
+    endSpan(session);
+  });
+
+  it("start a sampled trace of their own when there is no parent or a malformed one", () => {
+    const a = tracing.startSpan("a", { kind: SpanKind.SERVER });
+    const b = tracing.startSpan("b", { kind: SpanKind.SERVER, parent: { traceparent: "00-zz-yy-01" } });
+    for (const x of [a, b]) assert.match(traceHeadersOf(x).traceparent ?? "", /^00-[0-9a-f]{32}-[0-9a-f]{16}-01$/);
+    assert.notEqual(traceIdOf(a), traceIdOf(b));
   });
 });
