@@ -1,0 +1,90 @@
+// Runs the Python MCP SDK (test/python/requirements.txt, in the venv .ci/run creates) against
+// real endpoints: its clients in each of their modes, and its stateless server as an upstream.
+import { existsSync } from "node:fs";
+import { resolve } from "node:path";
+import { keepUntilExit } from "./nats.ts";
+import { ROOT, run } from "./processes.ts";
+
+/** The venv's interpreter (`.ci/run` makes it: `python3 -m venv .venv-py`, then the requirements). */
+export const PYTHON = resolve(ROOT, ".venv-py", "bin", "python");
+
+/**
+ * Why the Python tests cannot run here, or false when they can. Outside CI a missing venv skips
+ * them with a warning on stderr naming the command that makes it; in CI it is an error (CI made
+ * the venv, so its absence is a broken install, never a reason to pass quietly).
+ */
+export function pythonSkip(): string | false {
+  if (existsSync(PYTHON)) return false;
+  const fix = "python3 -m venv .venv-py && .venv-py/bin/pip install -r test/python/requirements.txt";
+  if (process.env.CI) throw new Error(`the Python venv is missing (${PYTHON}); .ci/run makes it: ${fix}`);
+  const reason = `SKIPPED: the Python MCP SDK tests need the venv ${PYTHON}: run \`${fix}\``;
+  process.stderr.write(`\n*** ${reason} ***\n\n`);
+  return reason;
+}
+
+/** How the Python client negotiates: `legacy` a 2025-11-25 session, `2026-07-28` stateless from the start, `auto` probe then fall back. */
+export type PythonClientMode = "legacy" | "2026-07-28" | "auto";
+
+export type PythonError = { code?: number; message: string; data?: unknown; type?: string };
+
+/** What test/python/client.py printed. */
+export type PythonClientReport = {
+  mode: PythonClientMode;
+  protocolVersion?: string;
+  tools?: string[];
+  listTtlMs?: number | null;
+  calls?: Array<{ name: string; result?: { content?: Array<{ type: string; text?: string }>; isError?: boolean; structuredContent?: unknown }; error?: PythonError }>;
+  /** the connection failed (the handshake, or the list) */
+  error?: PythonError;
+};
+
+/** Python's start-up alone (importing the SDK) takes seconds on a loaded machine: a hang bound, not a speed. */
+const PYTHON_BOUND_MS = 120_000;
+
+/**
+ * Runs test/python/client.py against `url` in `mode`: it connects, lists tools and makes each
+ * call in turn, then prints its report. The token travels in the environment, never argv.
+ */
+export async function runPythonClient(url: string, mode: PythonClientMode, opts: { token?: string; calls?: Array<[string, Record<string, unknown>]> } = {}): Promise<PythonClientReport> {
+  const args = [resolve(ROOT, "test/python/client.py"), url, "--mode", mode];
+  for (const [name, callArgs] of opts.calls ?? []) args.push("--call", name, JSON.stringify(callArgs));
+  const proc = run(PYTHON, args, opts.token ? { MCP_BEARER_TOKEN: opts.token } : {});
+  keepUntilExit(proc.child);
+  let timer: NodeJS.Timeout | undefined;
+  const exited = await Promise.race([
+    proc.exited,
+    new Promise<null>((r) => (timer = setTimeout(() => r(null), PYTHON_BOUND_MS))),
+  ]).finally(() => clearTimeout(timer));
+  if (exited === null) {
+    proc.child.kill("SIGKILL");
+    throw new Error(`python client (${mode}) did not finish within ${PYTHON_BOUND_MS} ms: ${proc.output().slice(-2000)}`);
+  }
+  const line = proc.output().split("\n").reverse().find((l) => l.startsWith("{") && l.includes('"mode"'));
+  if (exited.code !== 0 || line === undefined) throw new Error(`python client (${mode}) exited ${exited.code ?? exited.signal}: ${proc.output().slice(-2000)}`);
+  return JSON.parse(line) as PythonClientReport;
+}
+
+/** The text of a call's first content block, or its error's message. */
+export function callText(call: NonNullable<PythonClientReport["calls"]>[number] | undefined): string {
+  if (!call) return "(no such call)";
+  if (call.error) return `error ${call.error.code ?? call.error.type}: ${call.error.message}`;
+  return call.result?.content?.[0]?.text ?? "";
+}
+
+/** test/python/stateless_server.py: an upstream that offers only 2026-07-28, on a free loopback port. */
+export async function startPythonStatelessServer(): Promise<{ url: string; stop(): Promise<void> }> {
+  const proc = run(PYTHON, [resolve(ROOT, "test/python/stateless_server.py")], {});
+  keepUntilExit(proc.child);
+  const line = await proc.waitFor(/^\{"url"/, PYTHON_BOUND_MS);
+  const { url } = JSON.parse(line) as { url: string };
+  return {
+    url,
+    async stop() {
+      if (proc.child.exitCode !== null || proc.child.signalCode !== null) return;
+      proc.child.kill("SIGTERM");
+      const killer = setTimeout(() => proc.child.kill("SIGKILL"), 5_000);
+      await proc.exited;
+      clearTimeout(killer);
+    },
+  };
+}
