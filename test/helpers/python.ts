@@ -1,5 +1,6 @@
 // Runs the Python MCP SDK (test/python/requirements.txt, in the venv .ci/run creates) against
 // real endpoints: its clients in each of their modes, and its stateless server as an upstream.
+import { spawn } from "node:child_process";
 import { existsSync } from "node:fs";
 import { resolve } from "node:path";
 import { keepUntilExit } from "./nats.ts";
@@ -41,27 +42,34 @@ export type PythonClientReport = {
 /** Python's start-up alone (importing the SDK) takes seconds on a loaded machine: a hang bound, not a speed. */
 const PYTHON_BOUND_MS = 120_000;
 
+/** One run of test/python/client.py: connect to `url` in `mode`, list tools, make each call in turn. */
+export type PythonClientRun = { url: string; mode: PythonClientMode; token?: string; calls?: Array<[string, Record<string, unknown>]> };
+
 /**
- * Runs test/python/client.py against `url` in `mode`: it connects, lists tools and makes each
- * call in turn, then prints its report. The token travels in the environment, never argv.
+ * Makes every run at once in one Python process (importing the SDK is the slow part) and
+ * returns their reports in the same order. The plan, tokens included, goes on stdin, never argv.
  */
-export async function runPythonClient(url: string, mode: PythonClientMode, opts: { token?: string; calls?: Array<[string, Record<string, unknown>]> } = {}): Promise<PythonClientReport> {
-  const args = [resolve(ROOT, "test/python/client.py"), url, "--mode", mode];
-  for (const [name, callArgs] of opts.calls ?? []) args.push("--call", name, JSON.stringify(callArgs));
-  const proc = run(PYTHON, args, opts.token ? { MCP_BEARER_TOKEN: opts.token } : {});
-  keepUntilExit(proc.child);
+export async function runPythonClients(runs: PythonClientRun[]): Promise<PythonClientReport[]> {
+  const child = spawn(PYTHON, [resolve(ROOT, "test/python/client.py")], { cwd: ROOT, env: { PATH: process.env.PATH, HOME: process.env.HOME }, stdio: ["pipe", "pipe", "pipe"] });
+  keepUntilExit(child);
+  let stdout = "";
+  let stderr = "";
+  child.stdout.on("data", (c: Buffer) => (stdout += c.toString("utf8")));
+  child.stderr.on("data", (c: Buffer) => (stderr += c.toString("utf8")));
+  child.stdin.end(JSON.stringify(runs));
   let timer: NodeJS.Timeout | undefined;
-  const exited = await Promise.race([
-    proc.exited,
-    new Promise<null>((r) => (timer = setTimeout(() => r(null), PYTHON_BOUND_MS))),
+  const code = await Promise.race([
+    new Promise<number | string | null>((r) => child.once("exit", (c, signal) => r(c ?? signal))),
+    new Promise<"hung">((r) => (timer = setTimeout(() => r("hung"), PYTHON_BOUND_MS))),
   ]).finally(() => clearTimeout(timer));
-  if (exited === null) {
-    proc.child.kill("SIGKILL");
-    throw new Error(`python client (${mode}) did not finish within ${PYTHON_BOUND_MS} ms: ${proc.output().slice(-2000)}`);
-  }
-  const line = proc.output().split("\n").reverse().find((l) => l.startsWith("{") && l.includes('"mode"'));
-  if (exited.code !== 0 || line === undefined) throw new Error(`python client (${mode}) exited ${exited.code ?? exited.signal}: ${proc.output().slice(-2000)}`);
-  return JSON.parse(line) as PythonClientReport;
+  if (code === "hung") child.kill("SIGKILL");
+  if (code !== 0) throw new Error(`python client ${code === "hung" ? `did not finish within ${PYTHON_BOUND_MS} ms` : `exited ${code}`}: ${stderr.slice(-2000)}`);
+  return JSON.parse(stdout) as PythonClientReport[];
+}
+
+/** One run on its own (see `runPythonClients`). */
+export async function runPythonClient(url: string, mode: PythonClientMode, opts: Omit<PythonClientRun, "url" | "mode"> = {}): Promise<PythonClientReport> {
+  return (await runPythonClients([{ url, mode, ...opts }]))[0]!;
 }
 
 /** The text of a call's first content block, or its error's message. */
