@@ -12,6 +12,7 @@ State is explicit, as the revision wants (SEP-2567): `counter_new` mints a handl
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import socket
@@ -19,7 +20,7 @@ import sys
 
 import uvicorn
 from mcp.server.caching import CacheHint
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
 
 server = MCPServer(
@@ -53,6 +54,15 @@ def counter_add(handle: str, by: int = 1) -> int:
         raise ValueError(f"unknown counter handle {handle}")
     counters[handle] += by
     return counters[handle]
+
+
+@server.tool()
+async def progress(steps: int, ctx: Context, pause: float = 0.0) -> str:
+    """Reports progress 1..steps (pausing between steps), then answers "done <steps>"."""
+    for i in range(1, steps + 1):
+        await ctx.report_progress(i, steps)
+        await asyncio.sleep(pause)
+    return f"done {steps}"
 
 
 @server.tool()
