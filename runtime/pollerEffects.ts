@@ -50,7 +50,7 @@ export function probeConnector(open: (sealed: string, gid: string) => string, ou
 export const MAX_PAGES = 1_000;
 
 /** A paginated list; "method not found" (or an unadvertised capability) is an empty list. */
-async function listAll<T>(fetchPage: (cursor?: string) => Promise<{ items: T[]; nextCursor?: string | undefined }>): Promise<T[]> {
+export async function listAll<T>(fetchPage: (cursor?: string) => Promise<{ items: T[]; nextCursor?: string | undefined }>): Promise<T[]> {
   const out: T[] = [];
   const seen = new Set<string>();
   let cursor: string | undefined;

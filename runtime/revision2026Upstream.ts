@@ -4,8 +4,10 @@
 // and info in `_meta` and the routing headers. It has the `request`/`close`/`forceClose` shape
 // of runtime/mcpClient.ts's connections, so an upstream session actor can hold either.
 import { randomUUID } from "node:crypto";
+import { McpError } from "@modelcontextprotocol/sdk/types.js";
 import { EventSourceParserStream } from "eventsource-parser/stream";
 import { Agent, fetch as undiciFetch, type Dispatcher } from "undici";
+import type { CatalogLists } from "../actors/discovery.ts";
 import type { OutboundPolicy } from "../actors/outboundPolicy.ts";
 import type { GatewayRecord } from "../protocol/gateway.ts";
 import {
@@ -22,6 +24,7 @@ import {
 import type { JsonRpcError } from "../protocol/upstream.ts";
 import { AnswerTooLargeError, CLIENT_INFO, httpTarget, passthroughHeaders, UpstreamRequestError, type CallOutcome, type UpstreamConnection } from "./mcpClient.ts";
 import { guardedConnector, outboundRefusalOf } from "./outboundConnector.ts";
+import { listAll } from "./pollerEffects.ts";
 
 type Progress = { progress: number; total?: number; message?: string };
 type Notification = { method: string; params?: Record<string, unknown> };
@@ -212,4 +215,29 @@ function answerOf(msg: { result?: Record<string, unknown>; error?: JsonRpcError 
     return { kind: "error", error: data === undefined ? { code, message } : { code, message, data } };
   }
   return { kind: "result", result: msg.result ?? {} };
+}
+
+/**
+ * Every tool, prompt, resource and resource template a stateless upstream offers, as it sent
+ * them (what discovery's `listCatalog` does with an SDK client), by the capabilities its
+ * `server/discover` named; "method not found" is an empty list.
+ */
+export async function listStatelessCatalog(conn: StatelessUpstream, timeoutMs: number, signal?: AbortSignal): Promise<CatalogLists> {
+  const caps = conn.discovered.capabilities;
+  const list = (method: string, key: string) =>
+    listAll(async (cursor?: string) => {
+      const bound = AbortSignal.timeout(timeoutMs);
+      const r = await conn.request({ method, params: cursor === undefined ? {} : { cursor } }, { headers: {}, signal: signal ? AbortSignal.any([signal, bound]) : bound });
+      // the shape listAll knows: "method not found" as the SDK's error
+      if ("rpcError" in r) throw new McpError(r.rpcError.code, r.rpcError.message, r.rpcError.data);
+      const next = r.result.nextCursor;
+      return { items: (r.result[key] ?? []) as Record<string, unknown>[], nextCursor: typeof next === "string" ? next : undefined };
+    });
+  const [tools, prompts, resources, resourceTemplates] = await Promise.all([
+    caps.tools ? list("tools/list", "tools") : [],
+    caps.prompts ? list("prompts/list", "prompts") : [],
+    caps.resources ? list("resources/list", "resources") : [],
+    caps.resources ? list("resources/templates/list", "resourceTemplates") : [],
+  ]);
+  return { tools, prompts, resources, resourceTemplates } as CatalogLists;
 }

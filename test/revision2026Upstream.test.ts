@@ -3,10 +3,11 @@
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import type { OutboundPolicy } from "../actors/outboundPolicy.ts";
+import { CatalogSchema } from "../protocol/catalog.ts";
 import { GatewayRecordSchema, type GatewayRecord } from "../protocol/gateway.ts";
 import { AnswerTooLargeError } from "../runtime/mcpClient.ts";
 import { OutboundRefusedError } from "../runtime/outboundConnector.ts";
-import { connectStatelessUpstream, encodeHeaderValue, NotStatelessUpstreamError, type StatelessConnectOptions, type StatelessUpstream } from "../runtime/revision2026Upstream.ts";
+import { connectStatelessUpstream, encodeHeaderValue, listStatelessCatalog, NotStatelessUpstreamError, type StatelessConnectOptions, type StatelessUpstream } from "../runtime/revision2026Upstream.ts";
 import { startFixtureHttp, type FixtureHttp } from "./fixtures/fixtureHttp.ts";
 import { pythonSkip, startPythonStatelessServer } from "./helpers/python.ts";
 
@@ -128,6 +129,13 @@ describe("an upstream that speaks only 2026-07-28 (the Python SDK's stateless se
     } finally {
       await small.close();
     }
+  });
+
+  it("discovers the upstream's catalog as the poller's discovery stores it", async () => {
+    const lists = await listStatelessCatalog(conn, 30_000);
+    assert.deepEqual(lists.tools.map((t) => t.name).sort(), ["counter_add", "counter_new", "echo", "fail", "progress"]);
+    assert.deepEqual([lists.prompts.length, lists.resources.length, lists.resourceTemplates.length], [0, 0, 0]);
+    assert.ok(CatalogSchema.pick({ tools: true, prompts: true, resources: true, resourceTemplates: true }).safeParse(lists).success);
   });
 
   it("tells a session-era upstream apart: its refusal of server/discover is no stateless upstream", async () => {
