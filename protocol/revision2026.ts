@@ -113,6 +113,26 @@ export const InputRequiredResultSchema = z.looseObject({
   requestState: z.string().optional(),
 });
 
+/**
+ * What mcpgw seals into the `requestState` of an input-required answer to a stateless client
+ * (actors/statelessIdentity.ts signs it, bound to the client's session key): the call still
+ * in flight in its upstream session actor, the stream its events go to, the last event the
+ * client was given, and the server requests it was asked to answer.
+ */
+export const PendingCallStateSchema = z
+  .object({
+    /** the downstream request id the call runs under in its actor */
+    call: z.string().min(1).max(128),
+    /** the stream the actor publishes the call's events on (`stream.<sid>.<stream>`) */
+    stream: z.string().regex(/^[A-Za-z0-9_-]{1,64}$/),
+    /** the uid of the last stream event handed to the client: the next round reads on after it */
+    after: z.string().regex(/^[A-Za-z0-9_-]{1,64}$/),
+    /** the server request ids (`serverRequestId`) the client was asked to answer */
+    ids: z.array(z.string().max(128)).min(1).max(64),
+  })
+  .strict();
+export type PendingCallState = z.infer<typeof PendingCallStateSchema>;
+
 /** What a `subscriptions/listen` request opts in to: each notification kind is off unless asked for. */
 export const SubscriptionFilterSchema = z.looseObject({
   toolsListChanged: z.boolean().optional(),
