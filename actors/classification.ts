@@ -45,3 +45,37 @@ export function classify(enabledGids: readonly string[], usageOf: (gid: string) 
     hot.length < hotCap ? `only ${eligible.length} of ${total} enabled gateways have recorded use, below the hot cap of ${hotCap}` : null;
   return { hot, cold, meta: { total, hotCap, hotActual: hot.length, eligible: eligible.length, belowCapReason } };
 }
+
+/**
+ * Which gateways exist and which of them are enabled: what the classifier needs of the gateway
+ * records, kept in memory as the records change (runtime/classifierHost.ts feeds it from a KV
+ * watch), so a classification reads no record.
+ */
+export class GatewayRoster {
+  readonly #enabled = new Map<string, boolean>();
+
+  set(gid: string, enabled: boolean): void {
+    this.#enabled.set(gid, enabled);
+  }
+
+  remove(gid: string): void {
+    this.#enabled.delete(gid);
+  }
+
+  /** whether the gateway is registered, enabled or not */
+  has(gid: string): boolean {
+    return this.#enabled.has(gid);
+  }
+
+  enabledIds(): string[] {
+    const out: string[] = [];
+    for (const [gid, on] of this.#enabled) if (on) out.push(gid);
+    return out;
+  }
+
+  static of(gateways: Iterable<{ id: string; enabled: boolean }>): GatewayRoster {
+    const r = new GatewayRoster();
+    for (const g of gateways) r.set(g.id, g.enabled);
+    return r;
+  }
+}

@@ -53,7 +53,7 @@ export class UsageAggregate {
   }
 
   /** Drops the totals of every gateway not in `known`: a report sent after a gateway's removal would otherwise bring it back. */
-  keepOnly(known: ReadonlySet<string>): void {
+  keepOnly(known: { has(gid: string): boolean }): void {
     for (const gid of this.#totals.keys()) if (!known.has(gid)) this.#totals.delete(gid);
   }
 

@@ -23,6 +23,8 @@ export const ClassificationSchema = z.object({
     hotActual: z.number().int().nonnegative(),
     eligible: z.number().int().nonnegative(),
     belowCapReason: z.string().nullable(),
+    /** how long the leader took to classify, in ms (its in-memory picture and one KV read) */
+    computeMs: z.number().nonnegative().optional(),
   }),
 });
 export type Classification = z.infer<typeof ClassificationSchema>;

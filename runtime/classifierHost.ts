@@ -3,13 +3,13 @@
 // `admin.classification.get` (answered from KV by any worker).
 import { performance } from "node:perf_hooks";
 import { createActor, fromCallback, fromPromise, waitFor } from "xstate";
-import { classify, type ClassificationResult } from "../actors/classification.ts";
+import type { KV, KvWatchEntry } from "@nats-io/kv";
+import { classify, GatewayRoster, type ClassificationResult } from "../actors/classification.ts";
 import { encodeValue, getLive, isCasConflict, listKeys, parseEntry } from "../actors/kvStore.ts";
 import { leaderLeaseMachine, type LeaseEvent } from "../actors/leaderLease.machine.ts";
-import type { Registry } from "../actors/registry.ts";
 import { UsageAggregate } from "../actors/usageAggregate.ts";
 import { parseRequest } from "../protocol/envelope.ts";
-import { GatewayEventSchema } from "../protocol/gateway.ts";
+import { GatewayEventSchema, GatewayRecordSchema } from "../protocol/gateway.ts";
 import {
   ClassificationGetRequestSchema,
   ClassificationSchema,
@@ -24,6 +24,7 @@ import { StoredUsageSchema, UsageReportSchema, type StoredUsage } from "../proto
 import { decodeJson, listen } from "./bus.ts";
 import { followEvents } from "./events.ts";
 import { followKv, type KvFollower } from "./kvWatch.ts";
+import type { Logger } from "./logger.ts";
 import type { Stores } from "./nats.ts";
 import type { Hosted, WorkerContext } from "./worker.ts";
 
@@ -33,11 +34,34 @@ export type ClassifierStats = {
   classificationsWritten: number;
   /** lease or classification writes refused by compare-and-swap: this worker had been deposed */
   staleWritesRejected: number;
+  /** the last classification this worker wrote: time to compute it, KV reads and writes of the duty (prepare, commit, usage kept) */
+  lastDuty: { computeMs: number; kvReads: number; kvWrites: number } | null;
 };
 
 export type ClassifierHost = Hosted & { stats(): ClassifierStats };
 
-type Prepared = { readRevision: number; result: ClassificationResult; computedAt: number; known: string[]; workersReporting: number };
+type Prepared = { readRevision: number; result: ClassificationResult; computedAt: number; computeMs: number; workersReporting: number };
+
+/** What the classifier knows of the registered gateways: kept in memory, and whether the first full picture has arrived. */
+export type RosterSource = { roster: GatewayRoster; loaded: Promise<void> };
+
+type KvIo = { reads: number; writes: number };
+const KV_WRITES = new Set(["put", "create", "update", "delete", "purge"]);
+
+/** The bucket with its round trips counted: what a classification costs KV is a figure of its own. */
+function countingKv(kv: KV, io: KvIo): KV {
+  return new Proxy(kv, {
+    get(target, prop) {
+      const v = Reflect.get(target, prop);
+      if (typeof v !== "function") return v;
+      return (...args: unknown[]) => {
+        if (prop === "get" || prop === "keys") io.reads++;
+        else if (typeof prop === "string" && KV_WRITES.has(prop)) io.writes++;
+        return v.apply(target, args);
+      };
+    },
+  });
+}
 
 /** KV round trips in flight at once when usage is loaded or kept */
 const USAGE_LOAD_CONCURRENCY = 64;
@@ -47,18 +71,22 @@ const USAGE_LOAD_CONCURRENCY = 64;
  * apart from the host so a test can interleave two workers' steps on a real server.
  */
 export function createClassifierEffects(
-  ctx: Pick<WorkerContext, "config" | "log"> & { stores: Pick<Stores, "state">; registry: Pick<Registry, "records"> },
+  ctx: Pick<WorkerContext, "config" | "log"> & { stores: Pick<Stores, "state">; gateways: RosterSource },
   usage: UsageAggregate,
 ) {
-  const { config, registry, log } = ctx;
+  const { config, log } = ctx;
+  const { roster } = ctx.gateways;
   const kv = ctx.stores.state;
+  const dutyIo: KvIo = { reads: 0, writes: 0 };
+  /** the same bucket, for the duty's own reads and writes (the lease's are not the classification's cost) */
+  const dutyKv = countingKv(kv, dutyIo);
   const me = config.workerId;
   const ttlMs = config.intervals.leaderTtl;
   const intervalMs = config.intervals.classification;
-  const stats: ClassifierStats = { leader: false, leaseRevision: 0, classificationsWritten: 0, staleWritesRejected: 0 };
+  const stats: ClassifierStats = { leader: false, leaseRevision: 0, classificationsWritten: 0, staleWritesRejected: 0, lastDuty: null };
 
-  /** what this leader last wrote to `usage.<gid>`; null until loaded at the start of a term */
-  let persisted: Map<string, StoredUsage> | null = null;
+  /** what is in `usage.<gid>` as this leader last read or wrote it, with its revision; null until loaded at the start of a term */
+  let persisted: Map<string, { value: StoredUsage; revision: number }> | null = null;
   let since = "";
 
   const leaseValue = (sinceIso: string): string =>
@@ -79,41 +107,49 @@ export function createClassifierEffects(
     log.warn({ revision, rejected: stats.staleWritesRejected }, `stale ${what} rejected: ${why}`);
   }
 
-  async function loadStoredUsage(): Promise<Map<string, StoredUsage>> {
-    const loaded = new Map<string, StoredUsage>();
-    const keys = await listKeys(kv, `${KEYS.usagePrefix}*`);
+  async function loadStoredUsage(): Promise<Map<string, { value: StoredUsage; revision: number }>> {
+    const loaded = new Map<string, { value: StoredUsage; revision: number }>();
+    const keys = await listKeys(dutyKv, `${KEYS.usagePrefix}*`);
     for (let i = 0; i < keys.length; i += USAGE_LOAD_CONCURRENCY) {
-      const entries = await Promise.all(keys.slice(i, i + USAGE_LOAD_CONCURRENCY).map((k) => getLive(kv, k)));
+      const entries = await Promise.all(keys.slice(i, i + USAGE_LOAD_CONCURRENCY).map((k) => getLive(dutyKv, k)));
       for (const e of entries) {
         const v = parseEntry(StoredUsageSchema, e);
         if (!e || !v) continue;
         const gid = e.key.slice(KEYS.usagePrefix.length);
         usage.adopt(gid, v);
-        loaded.set(gid, v);
+        loaded.set(gid, { value: v, revision: e.revision });
       }
     }
     return loaded;
   }
 
   /**
-   * Keeps `usage.<gid>` current for known gateways; a read-merge-CAS, so a late writer never
-   * lowers it. Runs while the lease is not being renewed, so gateways go in parallel batches
-   * (one after another, a thousand used gateways cost two thousand round trips of the term).
+   * Keeps `usage.<gid>` current for the gateways whose usage changed: a compare-and-swap at the
+   * revision this leader last saw, so a steady leader writes once per changed gateway and reads
+   * nothing; on a conflict (another writer) it reads, merges (a late writer never lowers it)
+   * and tries once more. Runs while the lease is not being renewed, so gateways go in
+   * parallel batches.
    */
-  async function persistUsage(known: string[]): Promise<void> {
+  async function persistUsage(): Promise<void> {
     const last = persisted;
     if (!last) return;
-    const changed = known.filter((gid) => {
-      const mine = usage.stored(gid);
-      const was = last.get(gid);
-      return mine && !(was && was.lastUsedAt === mine.lastUsedAt && was.uses === mine.uses);
+    const changed = usage.gids().filter((gid) => {
+      const mine = usage.stored(gid)!;
+      const was = last.get(gid)?.value;
+      return roster.has(gid) && !(was && was.lastUsedAt === mine.lastUsedAt && was.uses === mine.uses);
     });
+    const write = async (gid: string, revision: number) => {
+      const merged = usage.stored(gid)!;
+      const written = await cas(() => dutyKv.put(KEYS.usage(gid), encodeValue(merged), { previousSeq: revision }));
+      if (written !== null) last.set(gid, { value: merged, revision: written });
+      return written !== null;
+    };
     const persistOne = async (gid: string) => {
-      const e = await kv.get(KEYS.usage(gid));
+      if (await write(gid, last.get(gid)?.revision ?? 0)) return;
+      const e = await dutyKv.get(KEYS.usage(gid));
       const theirs = e?.operation === "PUT" ? parseEntry(StoredUsageSchema, e) : null;
       if (theirs) usage.adopt(gid, theirs);
-      const merged = usage.stored(gid)!;
-      if ((await cas(() => kv.put(KEYS.usage(gid), encodeValue(merged), { previousSeq: e?.revision ?? 0 }))) !== null) last.set(gid, merged);
+      await write(gid, e?.revision ?? 0);
     };
     for (let i = 0; i < changed.length; i += USAGE_LOAD_CONCURRENCY) await Promise.all(changed.slice(i, i + USAGE_LOAD_CONCURRENCY).map(persistOne));
   }
@@ -190,35 +226,41 @@ export function createClassifierEffects(
       else log.info({ revision: done }, "classifier lease released");
     }),
     prepareDuty: fromPromise<unknown, void>(async (): Promise<Prepared> => {
-      // read first: the renewal that follows is what fences the write at this revision
-      const readRevision = (await kv.get(KEYS.classification))?.revision ?? 0;
+      dutyIo.reads = dutyIo.writes = 0;
+      // Renewals wait while this runs: a roster still loading (a worker just started) makes
+      // this duty wait a little, then skip to the next one, never hold the lease past its term.
+      const loaded = await Promise.race([ctx.gateways.loaded.then(() => true), new Promise<false>((r) => setTimeout(r, ttlMs / 5, false).unref())]);
+      if (!loaded) throw new Error("the gateway roster is still loading; classifying at the next interval");
       persisted ??= await loadStoredUsage();
-      const records = await registry.records();
-      const known = records.map((r) => r.record.id);
+      const started = performance.now();
+      // read first: the renewal that follows is what fences the write at this revision
+      const readRevision = (await dutyKv.get(KEYS.classification))?.revision ?? 0;
       // a usage report sent just after a gateway's removal re-adds its totals after the removed event
-      usage.keepOnly(new Set(known));
-      const enabled = records.filter((r) => r.record.enabled).map((r) => r.record.id);
+      usage.keepOnly(roster);
       const snapshot = usage.snapshot(performance.now());
-      const result = classify(enabled, (gid) => snapshot.get(gid));
-      return { readRevision, result, computedAt: Date.now(), known, workersReporting: usage.workerCount() };
+      const result = classify(roster.enabledIds(), (gid) => snapshot.get(gid));
+      const computeMs = performance.now() - started;
+      return { readRevision, result, computedAt: Date.now(), computeMs, workersReporting: usage.workerCount() };
     }),
     commitDuty: fromPromise<boolean, { prepared: unknown; revision: number }>(async ({ input }) => {
       const p = input.prepared as Prepared;
       const value: Classification = {
         ...p.result,
+        meta: { ...p.result.meta, computeMs: Math.round(p.computeMs * 10) / 10 },
         computedAt: new Date(p.computedAt).toISOString(),
         validUntil: new Date(p.computedAt + 2 * intervalMs).toISOString(),
         leader: me,
         leaseRevision: input.revision,
       };
-      const revision = await cas(() => kv.put(KEYS.classification, encodeValue(value), { previousSeq: p.readRevision }));
+      const revision = await cas(() => dutyKv.put(KEYS.classification, encodeValue(value), { previousSeq: p.readRevision }));
       if (revision === null) {
         rejected("classification write", p.readRevision, "the key changed after it was read (a takeover's fence)");
         return false;
       }
       stats.classificationsWritten++;
       log.info({ revision, leaseRevision: input.revision, workersReporting: p.workersReporting, ...value.meta }, "classification written");
-      await persistUsage(p.known);
+      await persistUsage();
+      stats.lastDuty = { computeMs: p.computeMs, kvReads: dutyIo.reads, kvWrites: dutyIo.writes };
       return true;
     }),
     },
@@ -258,7 +300,8 @@ export async function startClassifierHost(ctx: WorkerContext): Promise<Classifie
     },
     { log, refusals: ctx.refusals },
   );
-  const effects = createClassifierEffects(ctx, usage);
+  const gateways = await followRoster(ctx.stores.gateways, log);
+  const effects = createClassifierEffects({ ...ctx, gateways }, usage);
   const stats = effects.stats;
   const machine = leaderLeaseMachine.provide({ actors: effects.actors });
 
@@ -297,6 +340,7 @@ export async function startClassifierHost(ctx: WorkerContext): Promise<Classifie
     stats: () => ({ ...stats }),
     async stop() {
       usageSub.unsubscribe();
+      gateways.stop();
       await events.stop();
       actor.send({ type: "STOP" });
       await waitFor(actor, (snap) => snap.status === "done", { timeout: config.intervals.shutdownTimeout }).catch((err) =>
@@ -307,4 +351,38 @@ export async function startClassifierHost(ctx: WorkerContext): Promise<Classifie
       ctx.metrics.classifierLeader.set(0);
     },
   };
+}
+
+/**
+ * The roster of registered gateways, kept from a watch of their records (every worker keeps
+ * it, so a new leader has it at once; the watch is opened again if it ends, and repeats each
+ * record then). `loaded` resolves once the watch has delivered every record there was.
+ */
+export async function followRoster(kv: KV, log: Logger): Promise<RosterSource & { stop(): void }> {
+  const roster = new GatewayRoster();
+  let markLoaded!: () => void;
+  const loaded = new Promise<void>((r) => (markLoaded = r));
+  const follower = await followKv(
+    kv,
+    `${KEYS.gatewayPrefix}*`,
+    (e) => {
+      const gid = e.key.slice(KEYS.gatewayPrefix.length);
+      const record = e.operation === "PUT" ? parseEntry(GatewayRecordSchema, e) : null;
+      if (record) roster.set(gid, record.enabled);
+      else roster.remove(gid);
+      // the last of the records there were when the watch opened, or anything after them
+      if ((e as KvWatchEntry).isUpdate || e.delta === 0) markLoaded();
+    },
+    log,
+    "gateway roster watch",
+  );
+  // a watch delivers nothing when there is no record: then the roster is complete as it is
+  const keys = await kv.keys(`${KEYS.gatewayPrefix}*`);
+  let any = false;
+  for await (const _ of keys) {
+    any = true;
+    break;
+  }
+  if (!any) markLoaded();
+  return { roster, loaded, stop: () => follower.stop() };
 }

@@ -3,6 +3,7 @@ import { after, before, describe, it } from "node:test";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { Kvm, type KV } from "@nats-io/kv";
 import { createActor, toPromise, type AnyActorLogic, type InputFrom, type OutputFrom } from "xstate";
+import { GatewayRoster } from "../actors/classification.ts";
 import { UsageAggregate } from "../actors/usageAggregate.ts";
 import { ClassificationGetReplySchema, ClassificationSchema, LeaderLeaseSchema, type Classification } from "../protocol/classification.ts";
 import { GatewayViewSchema } from "../protocol/gateway.ts";
@@ -10,12 +11,12 @@ import { KEYS, buckets, subjects } from "../protocol/subjects.ts";
 import { StoredUsageSchema, type UsageReport } from "../protocol/usage.ts";
 import { getLive } from "../actors/kvStore.ts";
 import { encodeJson, request } from "../runtime/bus.ts";
-import { createClassifierEffects } from "../runtime/classifierHost.ts";
+import { createClassifierEffects, followRoster } from "../runtime/classifierHost.ts";
 import { openStores } from "../runtime/nats.ts";
 import { runCli, runTs, workerEnv, type Proc } from "./helpers/processes.ts";
 import { startNats, type TestNats } from "./helpers/nats.ts";
 import { until } from "./helpers/wait.ts";
-import { recordKeyWrites, TEST_SECRET_KEY, memoryLogger, testConfig, type KeyWrite } from "./helpers/worker.ts";
+import { directRegistry, recordKeyWrites, TEST_SECRET_KEY, memoryLogger, testConfig, type KeyWrite } from "./helpers/worker.ts";
 
 const s = subjects();
 const TTL_MS = 3000;
@@ -41,9 +42,9 @@ describe("classification fence (two workers' effects interleaved on a real serve
     const nc = await nats.connect("runtime");
     const stores = await openStores(nc, "fence");
     const gateways = ["a".repeat(16), "b".repeat(16), "c".repeat(16), "d".repeat(16), "e".repeat(16)];
-    const registry = { records: async () => gateways.map((id) => ({ record: { id, enabled: true }, revision: 1 })) } as never;
+    const roster = { roster: GatewayRoster.of(gateways.map((id) => ({ id, enabled: true }))), loaded: Promise.resolve() };
     const effects = (worker: string) =>
-      createClassifierEffects({ config: testConfig({ MCPGW_WORKER_ID: worker }), log: memoryLogger().log, stores, registry }, new UsageAggregate(60_000));
+      createClassifierEffects({ config: testConfig({ MCPGW_WORKER_ID: worker }), log: memoryLogger().log, stores, gateways: roster }, new UsageAggregate(60_000));
     const a = effects("a");
     const b = effects("b");
 
@@ -86,12 +87,12 @@ describe("classification fence (two workers' effects interleaved on a real serve
     const nc = await nats.connect("runtime");
     const stores = await openStores(nc, "usagekv");
     const gateways = Array.from({ length: 200 }, (_, i) => i.toString(16).padStart(16, "0"));
-    const registry = { records: async () => gateways.map((id) => ({ record: { id, enabled: true }, revision: 1 })) } as never;
+    const roster = { roster: GatewayRoster.of(gateways.map((id) => ({ id, enabled: true }))), loaded: Promise.resolve() };
     const heard = new UsageAggregate(60_000);
     // 150 used gateways, the later ones more recently
     heard.ingest({ worker: "w", at: 0, gateways: gateways.slice(0, 150).map((gid, i) => ({ gid, lastUsedAt: 1_000 + i, uses: i + 1, liveSessions: 0 })) }, performance.now());
     const effects = (worker: string, usage: UsageAggregate) =>
-      createClassifierEffects({ config: testConfig({ MCPGW_WORKER_ID: worker }), log: memoryLogger().log, stores, registry }, usage);
+      createClassifierEffects({ config: testConfig({ MCPGW_WORKER_ID: worker }), log: memoryLogger().log, stores, gateways: roster }, usage);
     const a = effects("a", heard);
     const a1 = (await run(a.actors.acquire, { revision: 0 }))!;
     const prepared = await run(a.actors.prepareDuty, undefined);
@@ -115,11 +116,48 @@ describe("classification fence (two workers' effects interleaved on a real serve
     assert.deepEqual(written.hot, gateways.slice(110, 150).reverse(), "hot cap 40: the most recently used");
   });
 
+  it("keeps the roster of gateways from their records as they change; a classification reads no record", async () => {
+    const nc = await nats.connect("runtime");
+    const stores = await openStores(nc, "roster");
+    const { log } = memoryLogger();
+    const empty = await followRoster(stores.gateways, log);
+    await empty.loaded; // an empty bucket: complete at once
+    empty.stop();
+
+    const registry = directRegistry(stores, "roster");
+    const ids: string[] = [];
+    for (let i = 0; i < 300; i += 30) {
+      const batch = Array.from({ length: 30 }, (_, j) => registry.add({ name: `r${i + j}`, transport: "streamable-http", url: "http://127.0.0.1:9/mcp", enabled: (i + j) % 10 !== 0 }));
+      ids.push(...(await Promise.all(batch)).map((g) => g.id));
+    }
+    const source = await followRoster(stores.gateways, log);
+    await source.loaded;
+    assert.equal(source.roster.enabledIds().length, 270, "every record there was, enabled ones apart");
+    await registry.update({ name: "r1", patch: { enabled: false } });
+    await registry.remove({ name: "r2" });
+    await registry.update({ name: "r10", patch: { enabled: true } });
+    await until("the roster to follow an update and a removal", () => source.roster.enabledIds().length === 269 && !source.roster.has(ids[2]!), WAIT_MS);
+
+    const c = createClassifierEffects({ config: testConfig({ MCPGW_WORKER_ID: "r" }), log, stores, gateways: source }, new UsageAggregate(60_000));
+    let held = (await run(c.actors.acquire, { revision: 0 }))!;
+    for (const round of [1, 2]) {
+      const prepared = await run(c.actors.prepareDuty, undefined);
+      held = (await run(c.actors.renew, { revision: held }))!;
+      assert.equal(await run(c.actors.commitDuty, { prepared, revision: held }), true);
+      const written = ClassificationSchema.parse((await stores.state.get(KEYS.classification))!.json());
+      assert.equal(written.meta.total, 269);
+      assert.ok(!written.cold.includes(ids[1]!) && !written.cold.includes(ids[2]!) && written.cold.includes(ids[10]!));
+      // the first duty of a term also lists the usage kept in KV (none here); then one read: the fence's
+      assert.deepEqual({ ...c.stats.lastDuty, computeMs: 0 }, { computeMs: 0, kvReads: round === 1 ? 2 : 1, kvWrites: 1 }, `duty ${round}`);
+    }
+    source.stop();
+  });
+
   it("a fence on a lease that moved does nothing", async () => {
     const nc = await nats.connect("runtime");
     const stores = await openStores(nc, "fence2");
-    const registry = { records: async () => [] } as never;
-    const c = createClassifierEffects({ config: testConfig({ MCPGW_WORKER_ID: "c" }), log: memoryLogger().log, stores, registry }, new UsageAggregate(1));
+    const roster = { roster: new GatewayRoster(), loaded: Promise.resolve() };
+    const c = createClassifierEffects({ config: testConfig({ MCPGW_WORKER_ID: "c" }), log: memoryLogger().log, stores, gateways: roster }, new UsageAggregate(1));
     const r1 = (await run(c.actors.acquire, { revision: 0 }))!;
     await run(c.actors.renew, { revision: r1 });
     assert.equal(await run(c.actors.fence, { revision: r1 }), false);
