@@ -74,6 +74,18 @@ export function subjects(prefix: string = DEFAULT_PREFIX) {
       classificationGet: `${p}.admin.classification.get`,
       drain: `${p}.admin.drain`,
       status: `${p}.admin.status`,
+      /**
+       * The admin requests that only read: asking again after a timeout (the first may have
+       * been lost with a NATS node) changes nothing. Every other one is repeated only when
+       * nobody received it ("no responders").
+       */
+      readOnly: new Set([
+        `${p}.admin.gateway.get`,
+        `${p}.admin.gateway.list`,
+        `${p}.admin.session.list`,
+        `${p}.admin.classification.get`,
+        `${p}.admin.status`,
+      ]) as ReadonlySet<string>,
     },
     upstream: {
       /** the address of the upstream session actor for (sid, gid) */

@@ -7,9 +7,11 @@
 import { randomUUID } from "node:crypto";
 import { JetStreamApiError, type JetStreamClient } from "@nats-io/jetstream";
 import type { KV } from "@nats-io/kv";
-import { errors } from "@nats-io/transport-node";
+import { errors, type NatsConnection } from "@nats-io/transport-node";
+import type { z } from "zod";
 import { isCasConflict } from "../actors/kvStore.ts";
 import { ProtocolError } from "../protocol/envelope.ts";
+import { request } from "./bus.ts";
 
 export type RetryPolicy = {
   /** give up once this long has passed since the first attempt (a leader election takes seconds) */
@@ -71,7 +73,7 @@ export async function retryTransient<T>(
       ambiguous ||= kind === "outcome-unknown";
       const delay = Math.min(policy.maxDelayMs, policy.firstDelayMs * 2 ** attempt);
       if (performance.now() - start + delay > policy.budgetMs) {
-        throw new ProtocolError("unavailable", `NATS JetStream is unavailable (${what}); try again`, undefined, { cause: err });
+        throw new ProtocolError("unavailable", `NATS is unavailable (${what}); try again`, undefined, { cause: err });
       }
       await new Promise((r) => setTimeout(r, delay));
     }
@@ -152,4 +154,42 @@ export function retryingJs(js: JetStreamClient, policy: RetryPolicy = DEFAULT_RE
       return typeof v === "function" ? v.bind(target) : v;
     },
   });
+}
+
+/** How long one attempt of a read-only request waits before it is asked again (a node loss may have dropped it). */
+export const READ_ATTEMPT_MS = 5_000;
+
+/**
+ * A request/reply (an admin request, for one) that rides out a NATS node loss: "no responders"
+ * (nobody received it: the responders are still moving to a surviving node) is asked again,
+ * with backoff, within `timeoutMs`; a timeout is asked again only when `readOnly` (repeating
+ * a read changes nothing), each attempt then waiting at most READ_ATTEMPT_MS. A write that
+ * timed out has an unknown outcome and is reported as `timeout`, never repeated.
+ */
+export async function requestThroughNodeLoss<T extends z.ZodType>(
+  nc: NatsConnection,
+  subject: string,
+  payload: unknown,
+  schema: T,
+  opts: { timeoutMs: number; readOnly: boolean },
+): Promise<z.infer<T>> {
+  const deadline = performance.now() + opts.timeoutMs;
+  const attempt = async () => {
+    const left = Math.max(1, Math.round(deadline - performance.now()));
+    try {
+      return await request(nc, subject, payload, schema, opts.readOnly ? Math.min(left, READ_ATTEMPT_MS) : left);
+    } catch (err) {
+      // not transient for retryTransient: no cause that says "timed out"
+      if (!opts.readOnly && transience(err) === "outcome-unknown") throw new ProtocolError("timeout", `no answer to ${subject} within ${opts.timeoutMs} ms; it may have been done`);
+      throw err;
+    }
+  };
+  try {
+    return await retryTransient(`request ${subject}`, attempt, { ...DEFAULT_RETRY, budgetMs: opts.timeoutMs });
+  } catch (err) {
+    if (err instanceof ProtocolError && err.code === "unavailable" && transience(err.cause) === "nobody-answered") {
+      throw new ProtocolError("unavailable", `nobody answers ${subject}: no worker is connected to NATS`);
+    }
+    throw err;
+  }
 }

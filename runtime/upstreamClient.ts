@@ -1,12 +1,14 @@
 // How anyone (the edge) talks to an upstream session actor: by its address. "No responders"
-// means nobody hosts it: ask a worker to, then retry. A timeout means the outcome is
-// unknown, so it is reported, never retried.
+// means nobody hosts it: ask a worker to, then retry (a spawn nobody received is asked again
+// within the call's budget). A timeout means the outcome is unknown, so it is reported,
+// never retried.
 import { headers as natsHeaders, type NatsConnection } from "@nats-io/transport-node";
 import { ProtocolError } from "../protocol/envelope.ts";
 import { SpawnReplySchema, UpstreamCallReplySchema, type UpstreamCallReply, type UpstreamCallRequest } from "../protocol/upstream.ts";
 import type { Subjects } from "../protocol/subjects.ts";
 import { DEFAULT_MAX_BODY_BYTES } from "./config.ts";
 import { encodeJson, isNoResponders, isTimeout, unwrapReply } from "./bus.ts";
+import { DEFAULT_RETRY, retryTransient } from "./jetstreamRetry.ts";
 import { callMessageLimit, requestWhole } from "./largeMessages.ts";
 import type { Logger } from "./logger.ts";
 import type { TraceHeaders } from "./tracing.ts";
@@ -30,13 +32,24 @@ export function createUpstreamCaller(nc: NatsConnection, s: Subjects, opts: { ca
   async function spawn(sid: string, gid: string, headers: Record<string, string>, timeoutMs: number, trace: TraceHeaders): Promise<void> {
     const traceContext = natsHeaders();
     for (const [k, v] of Object.entries(trace)) traceContext.set(k, v);
+    const deadline = performance.now() + timeoutMs;
+    // No responders: no worker is subscribed right now, as in the instant every worker is
+    // moving off a lost NATS node; nothing was received, so asking again is safe (within
+    // the call's budget). A timeout may have started a session: not repeated here.
+    const ask = async () => {
+      try {
+        const reply = await nc.request(s.upstream.spawn, encodeJson({ sid, gid, headers }), { timeout: Math.max(1, Math.round(deadline - performance.now())), headers: traceContext });
+        unwrapReply(reply.data, SpawnReplySchema);
+      } catch (err) {
+        if (err instanceof ProtocolError || isNoResponders(err)) throw err;
+        if (isTimeout(err)) throw new ProtocolError("timeout", `no worker started a session for gateway ${gid} in time`);
+        throw err;
+      }
+    };
     try {
-      const reply = await nc.request(s.upstream.spawn, encodeJson({ sid, gid, headers }), { timeout: timeoutMs, headers: traceContext });
-      unwrapReply(reply.data, SpawnReplySchema);
+      await retryTransient(`spawn a session for gateway ${gid}`, ask, { ...DEFAULT_RETRY, budgetMs: timeoutMs });
     } catch (err) {
-      if (err instanceof ProtocolError) throw err;
-      if (isNoResponders(err)) throw new ProtocolError("unavailable", `no worker can host a session for gateway ${gid}`);
-      if (isTimeout(err)) throw new ProtocolError("timeout", `no worker started a session for gateway ${gid} in time`);
+      if (err instanceof ProtocolError && err.code === "unavailable") throw new ProtocolError("unavailable", `no worker can host a session for gateway ${gid}`);
       throw err;
     }
   }

@@ -1,12 +1,16 @@
 // The one retry of JetStream requests through a NATS node loss, on fakes that throw the
-// errors nats.js throws (test/cluster.load.test.ts shows it against a real 3-node cluster).
+// errors nats.js throws (test/cluster.load.test.ts shows it against a real 3-node cluster);
+// requests through a node loss against a real nats-server.
 import assert from "node:assert/strict";
-import { describe, it } from "node:test";
+import { after, before, describe, it } from "node:test";
 import { JetStreamApiError } from "@nats-io/jetstream";
 import type { KV, KvEntry } from "@nats-io/kv";
-import { errors } from "@nats-io/transport-node";
+import { errors, type Msg } from "@nats-io/transport-node";
+import { z } from "zod";
 import { ProtocolError } from "../protocol/envelope.ts";
-import { retryingKv, retryTransient, transience, type RetryPolicy } from "../runtime/jetstreamRetry.ts";
+import { encodeJson } from "../runtime/bus.ts";
+import { READ_ATTEMPT_MS, requestThroughNodeLoss, retryingKv, retryTransient, transience, type RetryPolicy } from "../runtime/jetstreamRetry.ts";
+import { startNats, type TestNats } from "./helpers/nats.ts";
 
 const quick: RetryPolicy = { budgetMs: 300, firstDelayMs: 1, maxDelayMs: 20 };
 const noResponders = () => new errors.RequestError("no responders", { cause: new errors.NoRespondersError("$KV.b.k") });
@@ -78,5 +82,54 @@ describe("retryingKv", () => {
 
   it("a create repeated after a timeout that finds another value is a conflict", async () => {
     await assert.rejects(bucket('{"worker":"w2"}').create("k", '{"worker":"w1"}'), (err) => err instanceof JetStreamApiError && err.code === 10071);
+  });
+});
+
+describe("requestThroughNodeLoss (a real nats-server)", () => {
+  let nats: TestNats;
+  before(async () => {
+    nats = await startNats();
+  });
+  after(async () => {
+    await nats?.stop();
+  });
+  const answer = (m: Msg, data: unknown) => m.respond(encodeJson({ ok: true, data }));
+
+  it("asks again while nobody is subscribed (a responder still moving to another node), a write included", async () => {
+    const nc = await nats.connect();
+    const seen: string[] = [];
+    const late = setTimeout(() => nc.subscribe("nodeloss.write", { callback: (_e, m) => void (seen.push(m.string()), answer(m, "done")) }), 300);
+    assert.equal(await requestThroughNodeLoss(nc, "nodeloss.write", { n: 1 }, z.string(), { timeoutMs: 10_000, readOnly: false }), "done");
+    assert.deepEqual(seen, ['{"n":1}'], "received once");
+    clearTimeout(late);
+  });
+
+  it("asks a read again after an attempt got no answer; a write that got none is a timeout, never sent twice", async () => {
+    const nc = await nats.connect();
+    const got = new Map<string, number>();
+    // drops the first request of each subject, as a node that died with it would
+    for (const subject of ["nodeloss.read", "nodeloss.add"]) {
+      nc.subscribe(subject, {
+        callback: (_e, m) => {
+          const n = (got.get(subject) ?? 0) + 1;
+          got.set(subject, n);
+          if (n > 1) answer(m, n);
+        },
+      });
+    }
+    assert.equal(await requestThroughNodeLoss(nc, "nodeloss.read", {}, z.number(), { timeoutMs: 3 * READ_ATTEMPT_MS, readOnly: true }), 2);
+    await assert.rejects(
+      requestThroughNodeLoss(nc, "nodeloss.add", {}, z.number(), { timeoutMs: 2_000, readOnly: false }),
+      (err) => err instanceof ProtocolError && err.code === "timeout",
+    );
+    assert.equal(got.get("nodeloss.add"), 1);
+  });
+
+  it("nobody at all within the budget: unavailable, saying nobody answers", async () => {
+    const nc = await nats.connect();
+    await assert.rejects(
+      requestThroughNodeLoss(nc, "nodeloss.nobody", {}, z.unknown(), { timeoutMs: 1_000, readOnly: false }),
+      (err) => err instanceof ProtocolError && err.code === "unavailable" && /nobody answers nodeloss\.nobody/.test(err.message),
+    );
   });
 });

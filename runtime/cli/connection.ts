@@ -6,8 +6,8 @@ import type { z } from "zod";
 import { getLive, parseEntry } from "../../actors/kvStore.ts";
 import { CatalogSchema, type Catalog } from "../../protocol/catalog.ts";
 import { buckets, KEYS, subjects, type Subjects } from "../../protocol/subjects.ts";
-import { request } from "../bus.ts";
 import { secretsDir } from "../embeddedNats.ts";
+import { requestThroughNodeLoss } from "../jetstreamRetry.ts";
 import { connectNats } from "../nats.ts";
 
 export type CliOptions = { server?: string; user?: string; password?: string; creds?: string; prefix?: string; timeout: string; json?: boolean };
@@ -49,7 +49,8 @@ export async function connectAdmin(opts: CliOptions): Promise<Admin> {
   return {
     s,
     nc,
-    call: (subject, payload, schema) => request(nc, subject, payload, schema, timeoutMs),
+    // through a NATS node loss: asked again when nobody received it, or (a read) when it got no answer
+    call: (subject, payload, schema) => requestThroughNodeLoss(nc, subject, payload, schema, { timeoutMs, readOnly: s.admin.readOnly.has(subject) }),
     async catalog(gid) {
       catalogKv ??= new Kvm(nc).open(buckets(s.prefix).catalog);
       return parseEntry(CatalogSchema, await getLive(await catalogKv, KEYS.catalog(gid)));
