@@ -8,8 +8,9 @@
 // and its KV round trips. Live client sessions are bench/sessions.bench.ts's.
 // Run: node --import tsx bench/scale.bench.ts
 // SCALE_GATEWAYS (10000), SCALE_WINDOW (10m: the observation window after the first interval),
-// SCALE_FIXTURES (4).
+// SCALE_FIXTURES (4); SCALE_ONLY=classification measures the classification alone (no worker).
 import { readFileSync } from "node:fs";
+import { loadavg } from "node:os";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { createActor, toPromise, type AnyActorLogic, type InputFrom, type OutputFrom } from "xstate";
 import { parseEntry } from "../actors/kvStore.ts";
@@ -26,7 +27,7 @@ import { startFixtureProcess } from "../test/fixtures/fixtureHttp.ts";
 import { startNats, type TestNats } from "../test/helpers/nats.ts";
 import { runTs, workerEnv, type Proc } from "../test/helpers/processes.ts";
 import { until } from "../test/helpers/wait.ts";
-import { memoryLogger, TEST_SECRET_KEY, testConfig } from "../test/helpers/worker.ts";
+import { directRegistry, memoryLogger, TEST_SECRET_KEY, testConfig } from "../test/helpers/worker.ts";
 import { ms, ratio, report, stats } from "./report.ts";
 
 const GATEWAYS = Number(process.env.SCALE_GATEWAYS ?? 10_000);
@@ -72,6 +73,7 @@ async function measureClassification(stores: Stores, scratch: Stores) {
   const run = <L extends AnyActorLogic>(logic: L, input: InputFrom<L>): Promise<OutputFrom<L>> => toPromise(createActor(logic, { input }).start());
   let held = (await run(c.actors.acquire, { revision: 0 }))!;
   const times: number[] = [];
+  const cpu: number[] = [];
   const duties: Array<NonNullable<typeof c.stats.lastDuty>> = [];
   for (let i = 0; i < 5; i++) {
     const prepared = await run(c.actors.prepareDuty, undefined);
@@ -79,15 +81,39 @@ async function measureClassification(stores: Stores, scratch: Stores) {
     await run(c.actors.commitDuty, { prepared, revision: held });
     duties.push(c.stats.lastDuty!);
     times.push(c.stats.lastDuty!.computeMs);
+    cpu.push(c.stats.lastDuty!.cpuMs);
     // usage moves on between intervals for a few gateways
     usage.ingest({ worker: "bench", at: Date.now(), gateways: used.slice(0, 50).map((gid) => ({ gid, lastUsedAt: Date.now(), uses: 1, liveSessions: 1 })) }, performance.now());
   }
   await run(c.actors.release, { revision: held });
   roster.stop();
-  return { gateways: enabled.length, used: used.length, ms: stats(times), first: duties[0]!, steady: duties.at(-1)! };
+  return { gateways: enabled.length, used: used.length, ms: stats(times), cpu: stats(cpu), first: duties[0]!, steady: duties.at(-1)! };
+}
+
+/** SCALE_ONLY=classification: the gateways written straight into KV (no worker, no polls), then the classification alone. */
+async function classificationOnly() {
+  nats = await startNats();
+  const nc = await nats.connect();
+  const stores = await openStores(nc, "mcpgw");
+  const registry = directRegistry(stores);
+  let next = 0;
+  await Promise.all(
+    Array.from({ length: 64 }, async () => {
+      while (next < GATEWAYS) {
+        const i = next++;
+        await registry.add({ name: `g${i}`, transport: "streamable-http", url: `http://127.0.0.1:9/g${i}/mcp` });
+      }
+    }),
+  );
+  const c = await measureClassification(stores, await openStores(nc, "scalebench"));
+  report(`Classification of ${GATEWAYS.toLocaleString("en")} gateways`, `The classifier's effects (runtime/classifierHost.ts) against a real nats-server holding ${GATEWAYS} gateway records; load average ${loadavg().map((l) => l.toFixed(1)).join(", ")}.`, [
+    ["classification [≤ 50 ms]", `${c.gateways} gateways of which ${c.used} used: p50 ${ms(c.ms.p50)}, max ${ms(c.ms.max)} (n=${c.ms.n}); CPU p50 ${ms(c.cpu.p50)}, max ${ms(c.cpu.max)}`],
+    ["KV round trips of a classification (reads, writes)", `first of a term ${c.first.kvReads}, ${c.first.kvWrites} (loads the usage kept); then ${c.steady.kvReads}, ${c.steady.kvWrites}`],
+  ]);
 }
 
 async function main() {
+  if (process.env.SCALE_ONLY === "classification") return classificationOnly();
   nats = await startNats();
   for (let i = 0; i < FIXTURES; i++) fixtures.push(await startFixtureProcess());
   const nc = await nats.connect();
@@ -124,6 +150,8 @@ async function main() {
   // ---- adds ----
   const addLatencies: number[] = [];
   const addFailures: string[] = [];
+  const load = (): string => loadavg().map((l) => l.toFixed(1)).join(", ");
+  const loadAtAdds = load();
   const addsStarted = Date.now();
   let next = 0;
   await Promise.all(
@@ -156,6 +184,7 @@ async function main() {
 
   // ---- the observation window ----
   const windowStart = Date.now();
+  const loadAtWindow = load();
   const cpu0 = cpuSeconds(pid);
   const up0 = await fixtureStats();
   const seq0 = await Promise.all(["KV_mcpgw_state", "KV_mcpgw_catalog"].map(async (n) => (await jsm.streams.info(n)).state.last_seq));
@@ -217,6 +246,7 @@ async function main() {
         "admin adds per second [≥ 500]",
         `${addsPerSecond.toFixed(0)} (latency p50 ${ms(add.p50)}, p95 ${ms(add.p95)}, max ${ms(add.max)}); failed ${addFailures.length}${addFailures[0] ? ` (${addFailures[0]})` : ""}`,
       ],
+      ["machine load average (1, 5, 15 min): at the adds, at the window, at the end", `${loadAtAdds}; ${loadAtWindow}; ${load()}`],
       ["worker RSS: idle, right after the adds", `${mb(rssIdle)}, ${mb(rssAfterAdds)}`],
       ["worker RSS over the window [≤ 300 MB, flat]", `start ${mb(rss[0]!)}, end ${mb(rss.at(-1)!)}, min ${mb(Math.min(...rss))}, max ${mb(Math.max(...rss))}`],
       ["worker CPU over the window [≤ 20% of one core]", `mean ${cpuMean.toFixed(1)}%, busiest ${SAMPLE_MS / 1000} s ${Math.max(...cpuSamples).toFixed(1)}%`],
@@ -237,7 +267,7 @@ async function main() {
       [
         "classification [≤ 50 ms]",
         `the worker's last: ${written?.meta.computeMs === undefined ? "none written" : `${ms(written.meta.computeMs)} (${written.meta.total} enabled)`}; ` +
-          `here, ${classification.gateways} gateways of which ${classification.used} used: p50 ${ms(classification.ms.p50)}, max ${ms(classification.ms.max)} (n=${classification.ms.n})`,
+          `here, ${classification.gateways} gateways of which ${classification.used} used: p50 ${ms(classification.ms.p50)}, max ${ms(classification.ms.max)} (n=${classification.ms.n}); CPU p50 ${ms(classification.cpu.p50)}`,
       ],
       [
         "KV round trips of a classification (reads, writes)",

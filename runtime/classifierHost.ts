@@ -34,13 +34,16 @@ export type ClassifierStats = {
   classificationsWritten: number;
   /** lease or classification writes refused by compare-and-swap: this worker had been deposed */
   staleWritesRejected: number;
-  /** the last classification this worker wrote: time to compute it, KV reads and writes of the duty (prepare, commit, usage kept) */
-  lastDuty: { computeMs: number; kvReads: number; kvWrites: number } | null;
+  /**
+   * The last classification this worker wrote: time to compute it (its fence read included),
+   * the CPU time of the classifying itself, KV reads and writes of the duty (prepare, commit, usage kept).
+   */
+  lastDuty: { computeMs: number; cpuMs: number; kvReads: number; kvWrites: number } | null;
 };
 
 export type ClassifierHost = Hosted & { stats(): ClassifierStats };
 
-type Prepared = { readRevision: number; result: ClassificationResult; computedAt: number; computeMs: number; workersReporting: number };
+type Prepared = { readRevision: number; result: ClassificationResult; computedAt: number; computeMs: number; cpuMs: number; workersReporting: number };
 
 /** What the classifier knows of the registered gateways: kept in memory, and whether the first full picture has arrived. */
 export type RosterSource = { roster: GatewayRoster; loaded: Promise<void> };
@@ -235,12 +238,14 @@ export function createClassifierEffects(
       const started = performance.now();
       // read first: the renewal that follows is what fences the write at this revision
       const readRevision = (await dutyKv.get(KEYS.classification))?.revision ?? 0;
+      const cpu = process.cpuUsage();
       // a usage report sent just after a gateway's removal re-adds its totals after the removed event
       usage.keepOnly(roster);
       const snapshot = usage.snapshot(performance.now());
       const result = classify(roster.enabledIds(), (gid) => snapshot.get(gid));
+      const { user, system } = process.cpuUsage(cpu);
       const computeMs = performance.now() - started;
-      return { readRevision, result, computedAt: Date.now(), computeMs, workersReporting: usage.workerCount() };
+      return { readRevision, result, computedAt: Date.now(), computeMs, cpuMs: (user + system) / 1000, workersReporting: usage.workerCount() };
     }),
     commitDuty: fromPromise<boolean, { prepared: unknown; revision: number }>(async ({ input }) => {
       const p = input.prepared as Prepared;
@@ -260,7 +265,7 @@ export function createClassifierEffects(
       stats.classificationsWritten++;
       log.info({ revision, leaseRevision: input.revision, workersReporting: p.workersReporting, ...value.meta }, "classification written");
       await persistUsage();
-      stats.lastDuty = { computeMs: p.computeMs, kvReads: dutyIo.reads, kvWrites: dutyIo.writes };
+      stats.lastDuty = { computeMs: p.computeMs, cpuMs: p.cpuMs, kvReads: dutyIo.reads, kvWrites: dutyIo.writes };
       return true;
     }),
     },

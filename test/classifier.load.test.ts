@@ -148,7 +148,7 @@ describe("classification fence (two workers' effects interleaved on a real serve
       assert.equal(written.meta.total, 269);
       assert.ok(!written.cold.includes(ids[1]!) && !written.cold.includes(ids[2]!) && written.cold.includes(ids[10]!));
       // the first duty of a term also lists the usage kept in KV (none here); then one read: the fence's
-      assert.deepEqual({ ...c.stats.lastDuty, computeMs: 0 }, { computeMs: 0, kvReads: round === 1 ? 2 : 1, kvWrites: 1 }, `duty ${round}`);
+      assert.deepEqual({ ...c.stats.lastDuty, computeMs: 0, cpuMs: 0 }, { computeMs: 0, cpuMs: 0, kvReads: round === 1 ? 2 : 1, kvWrites: 1 }, `duty ${round}`);
     }
     source.stop();
   });

@@ -17,6 +17,7 @@ import { GatewayListReplySchema, GatewayRemoveReplySchema } from "../protocol/ga
 import { KEYS, subjects } from "../protocol/subjects.ts";
 import { ProtocolError } from "../protocol/envelope.ts";
 import { request } from "../runtime/bus.ts";
+import { requestThroughNodeLoss } from "../runtime/jetstreamRetry.ts";
 import { openStores } from "../runtime/nats.ts";
 import { startFixtureHttp, type FixtureHttp } from "./fixtures/fixtureHttp.ts";
 import { connectClient } from "./helpers/edge.ts";
@@ -39,6 +40,7 @@ before(async () => {
   fixture = await startFixtureHttp();
 });
 after(async () => {
+  if (process.env.DEBUG_NODELOSS) for (const w of workers) console.log("WORKER OUTPUT\n", w.output().slice(-6000));
   await Promise.allSettled(clients.map((c) => c.close()));
   for (const { child } of workers) if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
   await Promise.all(workers.map((w) => w.exited));
@@ -68,6 +70,9 @@ describe("replicated state on a 3-node NATS cluster", () => {
     const victim = await busiestLeader(setup, "mcpgw");
     const others = cluster.nodes.filter((n) => n.name !== victim);
     const admin = await cluster.connect("admin", others.map((n) => n.url).join(","));
+    // as the CLI asks: through a node loss (runtime/jetstreamRetry.ts)
+    const adminRequest = <T extends z.ZodType>(subject: string, payload: unknown, schema: T) =>
+      requestThroughNodeLoss(admin, subject, payload, schema, { timeoutMs: REQUEST_MS, readOnly: s.admin.readOnly.has(subject) });
 
     const gid = (await request(admin, s.admin.gateway("add"), { name: "up", transport: "streamable-http", url: fixture.url("up") }, z.object({ id: z.string() }), REQUEST_MS)).id;
     const session = (await connectClient(edges[0]!, { name: "old-session" })).client;
@@ -116,14 +121,15 @@ describe("replicated state on a 3-node NATS cluster", () => {
     let n = 0;
     const adminLoop = pace("admin", 200, async (op) => {
       const name = (op.name = `loop-${n++}`);
-      await request(admin, s.admin.gateway("add"), { name, transport: "streamable-http", url: fixture.url(name), enabled: false }, z.object({ id: z.string() }), REQUEST_MS);
-      const listed = await request(admin, s.admin.gateway("list"), {}, GatewayListReplySchema, REQUEST_MS);
+      await adminRequest(s.admin.gateway("add"), { name, transport: "streamable-http", url: fixture.url(name), enabled: false }, z.object({ id: z.string() }));
+      const listed = await adminRequest(s.admin.gateway("list"), {}, GatewayListReplySchema);
       if (!listed.gateways.some((g) => g.name === name)) throw new Error(`${name} missing from the list`);
-      await request(admin, s.admin.gateway("remove"), { name }, GatewayRemoveReplySchema, REQUEST_MS);
+      await adminRequest(s.admin.gateway("remove"), { name }, GatewayRemoveReplySchema);
     });
 
     await new Promise((r) => setTimeout(r, 2_000));
     const killAt = performance.now();
+    if (process.env.DEBUG_NODELOSS) console.log("KILL", victim, killAt);
     await cluster.nodes.find((x) => x.name === victim)!.kill();
     stopAt = performance.now() + AFTER_KILL_MS;
     // a session that starts after the kill
