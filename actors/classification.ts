@@ -31,19 +31,26 @@ function byRank(a: { gid: string; u: UsageStats }, b: { gid: string; u: UsageSta
  * enabled gateway, in id order. No backfill: a gateway without recorded use is never hot.
  */
 export function classify(enabledGids: readonly string[], usageOf: (gid: string) => UsageStats | undefined): ClassificationResult {
-  const gids = [...new Set(enabledGids)].sort();
+  // ids already strictly ascending (the roster keeps them so) skip the set and the sort: most of the CPU at 10,000
+  const gids = isStrictlyAscending(enabledGids) ? enabledGids : [...new Set(enabledGids)].sort();
   const total = gids.length;
   const hotCap = hotCapOf(total);
-  const eligible = gids.flatMap((gid) => {
+  const eligible: Array<{ gid: string; u: UsageStats }> = [];
+  for (const gid of gids) {
     const u = usageOf(gid);
-    return hasRecordedUse(u) ? [{ gid, u }] : [];
-  });
+    if (hasRecordedUse(u)) eligible.push({ gid, u });
+  }
   const hot = eligible.sort(byRank).slice(0, hotCap).map((e) => e.gid);
   const hotSet = new Set(hot);
   const cold = gids.filter((gid) => !hotSet.has(gid));
   const belowCapReason =
     hot.length < hotCap ? `only ${eligible.length} of ${total} enabled gateways have recorded use, below the hot cap of ${hotCap}` : null;
   return { hot, cold, meta: { total, hotCap, hotActual: hot.length, eligible: eligible.length, belowCapReason } };
+}
+
+function isStrictlyAscending(ids: readonly string[]): boolean {
+  for (let i = 1; i < ids.length; i++) if (!(ids[i - 1]! < ids[i]!)) return false;
+  return true;
 }
 
 /**
@@ -53,13 +60,16 @@ export function classify(enabledGids: readonly string[], usageOf: (gid: string) 
  */
 export class GatewayRoster {
   readonly #enabled = new Map<string, boolean>();
+  /** the enabled ids in ascending order, kept until the set changes (most intervals it does not) */
+  #sorted: string[] | null = null;
 
   set(gid: string, enabled: boolean): void {
+    if (this.#enabled.get(gid) !== enabled) this.#sorted = null;
     this.#enabled.set(gid, enabled);
   }
 
   remove(gid: string): void {
-    this.#enabled.delete(gid);
+    if (this.#enabled.delete(gid)) this.#sorted = null;
   }
 
   /** whether the gateway is registered, enabled or not */
@@ -67,10 +77,14 @@ export class GatewayRoster {
     return this.#enabled.has(gid);
   }
 
-  enabledIds(): string[] {
-    const out: string[] = [];
-    for (const [gid, on] of this.#enabled) if (on) out.push(gid);
-    return out;
+  /** the enabled gateways' ids, ascending */
+  enabledIds(): readonly string[] {
+    if (!this.#sorted) {
+      const out: string[] = [];
+      for (const [gid, on] of this.#enabled) if (on) out.push(gid);
+      this.#sorted = out.sort();
+    }
+    return this.#sorted;
   }
 
   static of(gateways: Iterable<{ id: string; enabled: boolean }>): GatewayRoster {

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import fc from "fast-check";
-import { classify, hotCapOf, type UsageStats } from "../actors/classification.ts";
+import { classify, GatewayRoster, hotCapOf, type UsageStats } from "../actors/classification.ts";
 import { UsageAggregate } from "../actors/usageAggregate.ts";
 
 const ids = (n: number) => Array.from({ length: n }, (_, i) => `g${String(i).padStart(2, "0")}`);
@@ -127,5 +127,25 @@ describe("usage aggregate", () => {
     a.ingest(report("w1", [["g1", null, 1, 0]]), 1);
     assert.deepEqual(a.stored("g1"), { lastUsedAt: 100, uses: 11 });
     assert.deepEqual(a.stored("g2"), { lastUsedAt: 70, uses: 1 });
+  });
+});
+
+describe("gateway roster", () => {
+  it("keeps enabled ids ascending through adds, disables and removals; classify gives the same result from them as from any order", () => {
+    fc.assert(
+      fc.property(fc.array(fc.tuple(fc.string({ unit: fc.constantFrom(..."0123456789abcdef"), minLength: 1, maxLength: 4 }), fc.boolean(), fc.boolean()), { maxLength: 60 }), (ops) => {
+        const roster = new GatewayRoster();
+        const model = new Map<string, boolean>();
+        for (const [gid, enabled, remove] of ops) {
+          if (remove) (roster.remove(gid), model.delete(gid));
+          else (roster.set(gid, enabled), model.set(gid, enabled));
+          roster.enabledIds(); // cached between changes
+        }
+        const expected = [...model].filter(([, on]) => on).map(([gid]) => gid).sort();
+        assert.deepEqual(roster.enabledIds(), expected);
+        const usage = (gid: string): UsageStats | undefined => (gid.length % 2 ? { lastUsedAt: gid.charCodeAt(0), liveSessions: 0, uses: 1 } : undefined);
+        assert.deepEqual(classify(roster.enabledIds(), usage), classify([...expected].reverse().concat(expected), usage));
+      }),
+    );
   });
 });
