@@ -1,7 +1,9 @@
 // Replicated state on a 3-node NATS cluster that loses a node: a scenario of the fault suite
-// (`npm run chaos`, which runs this file), not of `npm test`: a request routed in the instant
-// before the cluster learns that the dead node's subscribers moved is lost (core NATS is
-// at-most-once), so how often a run sees one depends on timing. Two worker processes with
+// (`npm run chaos`, which runs this file), not of `npm test`. Requests nobody received are
+// asked again (runtime/jetstreamRetry.ts requestThroughNodeLoss, the edge's spawn), but on a
+// machine loaded far beyond its cores a new session's first call after the kill can still
+// outlast its 30 s bound (a claim and a connect through streams electing leaders), so how
+// often a run fails depends on the machine. Two worker processes with
 // MCPGW_JS_REPLICAS=3 know all three nodes; a client session calls a tool in a loop and an
 // operator adds, lists and removes gateways in a loop while the node that leads most of the
 // buckets' streams is SIGKILLed. How long service takes to come back is measured in
@@ -40,7 +42,6 @@ before(async () => {
   fixture = await startFixtureHttp();
 });
 after(async () => {
-  if (process.env.DEBUG_NODELOSS) for (const w of workers) console.log("WORKER OUTPUT\n", w.output().slice(-6000));
   await Promise.allSettled(clients.map((c) => c.close()));
   for (const { child } of workers) if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
   await Promise.all(workers.map((w) => w.exited));
@@ -129,7 +130,6 @@ describe("replicated state on a 3-node NATS cluster", () => {
 
     await new Promise((r) => setTimeout(r, 2_000));
     const killAt = performance.now();
-    if (process.env.DEBUG_NODELOSS) console.log("KILL", victim, killAt);
     await cluster.nodes.find((x) => x.name === victim)!.kill();
     stopAt = performance.now() + AFTER_KILL_MS;
     // a session that starts after the kill
