@@ -8,7 +8,8 @@
 // and its KV round trips. Live client sessions are bench/sessions.bench.ts's.
 // Run: node --import tsx bench/scale.bench.ts
 // SCALE_GATEWAYS (10000), SCALE_WINDOW (10m: the observation window after the first interval),
-// SCALE_FIXTURES (4); SCALE_ONLY=classification measures the classification alone (no worker).
+// SCALE_FIXTURES (4); SCALE_ONLY=classification measures the classification alone (no worker);
+// SCALE_NODE_ARGS (node flags of the worker, e.g. "--cpu-prof --heapsnapshot-signal=SIGUSR2").
 import { readFileSync } from "node:fs";
 import { loadavg } from "node:os";
 import { jetstreamManager } from "@nats-io/jetstream";
@@ -25,7 +26,8 @@ import { createClassifierEffects, followRoster } from "../runtime/classifierHost
 import { openStores, type Stores } from "../runtime/nats.ts";
 import { startFixtureProcess } from "../test/fixtures/fixtureHttp.ts";
 import { startNats, type TestNats } from "../test/helpers/nats.ts";
-import { runTs, workerEnv, type Proc } from "../test/helpers/processes.ts";
+import { ROOT, run, workerEnv, type Proc } from "../test/helpers/processes.ts";
+import { resolve } from "node:path";
 import { until } from "../test/helpers/wait.ts";
 import { directRegistry, memoryLogger, TEST_SECRET_KEY, testConfig } from "../test/helpers/worker.ts";
 import { ms, ratio, report, stats } from "./report.ts";
@@ -122,7 +124,8 @@ async function main() {
   const jsm = await jetstreamManager(nc);
   const s = subjects("mcpgw");
 
-  worker = runTs("runtime/main.ts", [], workerEnv(nats, TEST_SECRET_KEY, { MCPGW_LOG_LEVEL: "warn" }));
+  const nodeArgs = (process.env.SCALE_NODE_ARGS ?? "").split(" ").filter(Boolean);
+  worker = run(process.execPath, [...nodeArgs, "--import", "tsx", resolve(ROOT, "runtime/main.ts")], workerEnv(nats, TEST_SECRET_KEY, { MCPGW_LOG_LEVEL: "warn" }));
   const pid = worker.child.pid!;
   await until("the worker serving admin requests", async () => {
     try {
