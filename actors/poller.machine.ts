@@ -59,6 +59,8 @@ type Context = PollerInput & {
   healthDelay: number;
   discoveryDelay: number;
   nextHealthAt: number | null;
+  /** this poller ran a health check already (its slots are its own since) */
+  checkedHere: boolean;
   /** last status handed to writeStatus; a new one is written only when it differs in a field readers act on */
   published: GatewayStatus | null;
   refreshWaiting: RefreshResponder[];
@@ -176,6 +178,7 @@ const poller = setup({
   guards: {
     discoverNow: ({ context }) => context.discoverNow === true,
     isUnhealthy: ({ context }) => context.health === "unhealthy",
+    checkedHere: ({ context }) => context.checkedHere,
     refreshWaiting: ({ context }) => context.refreshWaiting.length > 0,
     pushPending: ({ context }) => context.pushPending,
     discoveredWithinDebounce: ({ context: c }) => c.lastDiscoveryEndedAt !== null && c.now() - c.lastDiscoveryEndedAt < c.timings.listChangedDebounce,
@@ -216,6 +219,7 @@ export const pollerMachine = poller.createMachine({
     healthDelay: 0,
     discoveryDelay: 0,
     nextHealthAt: null,
+    checkedHere: false,
     published: input.status ?? null,
     refreshWaiting: [],
     refreshInFlight: [],
@@ -242,6 +246,7 @@ export const pollerMachine = poller.createMachine({
           },
         },
         checking: {
+          entry: assign({ checkedHere: true }),
           invoke: {
             src: "checkHealth",
             input: ({ context }) => ({ gid: context.gid }),
@@ -260,7 +265,9 @@ export const pollerMachine = poller.createMachine({
             },
           },
         },
-        waiting: { after: { healthDelay: "deciding" } },
+        // only a new poller's first slot may have been checked by the worker that polled before
+        // it; after that this poller is the only one, and a check costs one ping and nothing else
+        waiting: { after: { healthDelay: [{ guard: "checkedHere", target: "checking" }, { target: "deciding" }] } },
       },
     },
     discovery: {

@@ -9,7 +9,7 @@ import { PollOwnerSchema } from "../protocol/poller.ts";
 import { KEYS } from "../protocol/subjects.ts";
 import { publishEvent } from "../runtime/events.ts";
 import type { Stores } from "../runtime/nats.ts";
-import { ownerOf } from "../runtime/pollerHost.ts";
+import { ownerOf } from "../actors/placement.ts";
 import { startFixtureHttp, type FixtureHttp } from "../test/fixtures/fixtureHttp.ts";
 import { startNats, type TestNats } from "../test/helpers/nats.ts";
 import { until } from "../test/helpers/wait.ts";

@@ -1,4 +1,5 @@
 import { z } from "zod";
+import { GatewayIdSchema, GatewayStatusSchema } from "./gateway.ts";
 
 /** Value of `poll.<gid>.health` / `poll.<gid>.discovery`: written only after a poll succeeded. */
 export const PollStampSchema = z.object({
@@ -17,3 +18,10 @@ export const PollOwnerSchema = z.object({ worker: z.string(), since: z.string() 
  * monotonic clock from seeing the revision change, never by comparing `at` across machines.
  */
 export const PollerHeartbeatSchema = z.object({ worker: z.string(), at: z.string() });
+
+/** A request to a gateway's poller at its own address (`mcpgw.poller.<gid>.<op>`): no fields. */
+export const PollerRequestSchema = z.object({}).strict();
+
+/** Reply of `mcpgw.poller.<gid>.status`: which worker polls the gateway and the poller's live status. */
+export const PollerStatusReplySchema = z.object({ gid: GatewayIdSchema, worker: z.string(), status: GatewayStatusSchema });
+export type PollerStatusReply = z.infer<typeof PollerStatusReplySchema>;

@@ -30,6 +30,12 @@ export const UPSTREAM_OPS = [
 ] as const;
 export type UpstreamOp = (typeof UPSTREAM_OPS)[number];
 
+export const POLLER_OPS = [
+  "refresh", // run a discovery now, answer its outcome
+  "status", // the poller's live status (health, counts, last success, next check)
+] as const;
+export type PollerOp = (typeof POLLER_OPS)[number];
+
 /**
  * Inbox prefixes (nats.conf lets each user subscribe only to its own): the runtime's
  * requests get their replies on `_INBOX.`, which admin and viewer cannot read.
@@ -126,8 +132,9 @@ export function subjects(prefix: string = DEFAULT_PREFIX) {
       cancelAll: `${p}.internal.edge.*.cancel`,
     },
     poller: {
-      /** per-worker: run a discovery of a gateway this worker polls (refresh forwarded to its owner) */
-      refresh: (workerId: string) => `${p}.internal.poller.${token(workerId, "worker id")}.refresh`,
+      /** the address of a gateway's poller, on whichever worker polls it ("no responders": nobody polls it now) */
+      op: (gid: string, op: PollerOp) => `${p}.poller.${token(gid, "gateway id")}.${op}`,
+      actor: (gid: string) => `${p}.poller.${token(gid, "gateway id")}.*`,
     },
     evt: {
       all: `${p}.evt.>`,
@@ -198,6 +205,9 @@ export function buckets(prefix: string = DEFAULT_PREFIX) {
   } as const;
 }
 export type Buckets = ReturnType<typeof buckets>;
+
+/** The subject a KV put of `key` in `bucket` is a message on (a plain publish there stores it, unacknowledged). */
+export const kvSubject = (bucket: string, key: string) => `$KV.${bucket}.${key}`;
 
 export const KEYS = {
   gateway: (gid: string) => `gw.${token(gid, "gateway id")}`,

@@ -1,9 +1,9 @@
-// Hosts gateway pollers on this worker. Which worker polls a gateway: rendezvous hashing
-// over the live workers (heartbeat keys `worker.<id>` in the state bucket, judged live on
-// this worker's own monotonic clock), made exclusive by a compare-and-swap claim on
-// `owner.<gid>`. A dead worker's gateways move after the owner TTL; a worker that cannot
-// renew its heartbeat steps down on its own before others take over.
-import { createHash } from "node:crypto";
+// Hosts gateway pollers on this worker. Which worker polls a gateway is the placement policy's
+// (actors/placement.ts): the rendezvous winner among the live workers (heartbeat keys
+// `worker.<id>` in the state bucket, judged on this worker's own monotonic clock) claims
+// `owner.<gid>` by compare-and-swap. A dead worker's gateways move after the owner TTL; a worker
+// that cannot renew its heartbeat steps down on its own before others take over. Each poller
+// answers at its own address, `mcpgw.poller.<gid>.{refresh,status}`, wherever it runs.
 import { performance } from "node:perf_hooks";
 import type { KvEntry } from "@nats-io/kv";
 import type { Subscription } from "@nats-io/transport-node";
@@ -12,19 +12,19 @@ import { createActor, fromPromise, type ActorRefFrom } from "xstate";
 import { shortErrorText } from "../actors/errorText.ts";
 import { encodeValue, entryJson, getLive, isCasConflict, parseEntry } from "../actors/kvStore.ts";
 import { tierOf } from "../actors/discovery.ts";
-import { pollerMachine, type DiscoveryOutcome, type PollKind, type PollState } from "../actors/poller.machine.ts";
+import { Liveness, mustStepDown, placementStep, type ClaimSeen } from "../actors/placement.ts";
+import { pollerMachine, statusOf, type DiscoveryOutcome, type PollKind, type PollState } from "../actors/poller.machine.ts";
 import { RefreshReplySchema } from "../protocol/catalog.ts";
 import { ProtocolError, parseRequest } from "../protocol/envelope.ts";
 import {
   GatewayEventSchema,
-  GatewayIdSchema,
   GatewayRecordSchema,
   GatewayRefreshRequestSchema,
   type GatewayRecord,
   type GatewayStatus,
 } from "../protocol/gateway.ts";
-import { PollOwnerSchema, type PollStamp } from "../protocol/poller.ts";
-import { KEYS } from "../protocol/subjects.ts";
+import { PollOwnerSchema, PollerRequestSchema, type PollStamp, type PollerStatusReply } from "../protocol/poller.ts";
+import { KEYS, buckets, kvSubject } from "../protocol/subjects.ts";
 import { isNoResponders, request, serve } from "./bus.ts";
 import { followEvents } from "./events.ts";
 import { followKv } from "./kvWatch.ts";
@@ -32,11 +32,10 @@ import { PollConnections } from "./pollConnections.ts";
 import { listCatalog, readGatewayStatus, readPollState, reconcileCatalog, type GatewayConnector, type ProbeConnection } from "./pollerEffects.ts";
 import { gatewayScrubber, scrubbedError } from "./secretScrubber.ts";
 import type { Hosted, WorkerContext } from "./worker.ts";
-import { z } from "zod";
 
 type Poller = ActorRefFrom<typeof pollerMachine>;
-type Owned = { actor: Poller; revision: number };
-type OwnerView = { worker: string | null; revision: number };
+/** a poller this worker runs: under which claim revision, and its address subscription */
+type Owned = { actor: Poller; revision: number; address: Subscription };
 
 /** At most `limit` polls at once on this worker; the rest wait their turn. */
 class PollSlots {
@@ -64,63 +63,29 @@ class PollSlots {
   }
 }
 
-/** Rendezvous (highest random weight) hashing: the live worker a gateway belongs to. */
-export function ownerOf(gid: string, workers: Iterable<string>): string | null {
-  let best: string | null = null;
-  let bestScore = -1n;
-  for (const w of workers) {
-    const score = createHash("sha256").update(`${gid}/${w}`).digest().readBigUInt64BE(0);
-    if (score > bestScore || (score === bestScore && best !== null && w < best)) {
-      best = w;
-      bestScore = score;
-    }
-  }
-  return best;
-}
-
-const RefreshForwardSchema = z.object({ id: GatewayIdSchema }).strict();
-
 export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnector): Promise<Hosted> {
   const { config, nc, s, stores, box } = ctx;
   const log = ctx.log.child({ actor: "poller" });
+  const guard = { log, refusals: ctx.refusals };
   const me = config.workerId;
   const ttl = config.poller.ownerTtl;
   const slots = new PollSlots(config.maxConcurrentPolls);
   const connections = new PollConnections(connect, config.poller.maxStdio);
   const open = (sealed: string, gid: string) => box.open(sealed, gid);
   const jsm = await jetstreamManager(nc);
+  const stateBucket = buckets(config.prefix).state;
 
   const gateways = new Map<string, GatewayRecord>();
   /** gateways added or reconnected since this worker saw them: whoever claims them discovers at once */
   const fresh = new Set<string>();
-  const owners = new Map<string, OwnerView>();
-  /** worker id → when this worker last saw its heartbeat change (monotonic ms) */
-  const heartbeats = new Map<string, { seen: number; revision: number }>();
+  /** the latest poll claim (`owner.<gid>`) seen per gateway */
+  const claims = new Map<string, ClaimSeen>();
+  const liveness = new Liveness(me, ttl);
   const running = new Map<string, Owned>();
   /** the classification as last seen by this worker's watch (raw JSON; undefined when absent) */
   let classification: unknown;
   let lastHeartbeatOk = performance.now();
   let stopped = false;
-
-  /** each gateway's rendezvous owner among the live workers, computed again only when they change (a hash per gateway) */
-  let placement = { workers: "", owner: new Map<string, string | null>() };
-  const placedHere = (live: Set<string>) => {
-    const workers = [...live].sort().join(" ");
-    if (workers !== placement.workers) placement = { workers, owner: new Map() };
-    const { owner } = placement;
-    return (gid: string) => {
-      let o = owner.get(gid);
-      if (o === undefined) owner.set(gid, (o = ownerOf(gid, live)));
-      return o === me;
-    };
-  };
-
-  const liveWorkers = () => {
-    const now = performance.now();
-    const live = new Set([...heartbeats].filter(([, h]) => now - h.seen < ttl).map(([w]) => w));
-    live.add(me);
-    return live;
-  };
 
   // ---- one poller ----
 
@@ -137,8 +102,6 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
   ): Promise<T> => {
     const record = gateways.get(gid);
     if (!record) throw new Error("gateway is no longer registered");
-    // logged when due, before the concurrency cap may hold it back
-    log.debug({ gid, kind }, "poll");
     return slots.run(async () => {
       if (signal?.aborted) throw new Error("poll cancelled: the poller stopped");
       const started = performance.now();
@@ -185,7 +148,11 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
     actions: {
       recordPoll: ({ context }, p) => {
         const stamp: PollStamp = { at: p.at, nextAt: p.nextAt, worker: me };
-        putJson(p.kind === "health" ? KEYS.pollHealth(context.gid) : KEYS.pollDiscovery(context.gid), stamp, "a poll stamp");
+        if (p.kind === "discovery") return putJson(KEYS.pollDiscovery(context.gid), stamp, "a poll stamp");
+        // A health stamp is a record for readers (last success, next check), not a fence: a lost one
+        // costs at most one extra check by a successor. So it is published without waiting for the
+        // store's acknowledgement: one message instead of a request, its inbox and timer per check.
+        nc.publish(kvSubject(stateBucket, KEYS.pollHealth(context.gid)), encodeValue(stamp));
       },
       writeStatus: ({ context }, status) => putJson(KEYS.gatewayStatus(context.gid), status, "a gateway status"),
     },
@@ -204,15 +171,30 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
     return notice !== null && (stamp === null || notice.time > stamp.created);
   };
 
+  /** The poller's own address, `mcpgw.poller.<gid>.<op>`: whoever asks reaches it on whichever worker polls the gateway. */
+  const serveAddress = (gid: string, actor: Poller) =>
+    serve(
+      nc,
+      s.poller.actor(gid),
+      async (payload, msg) => {
+        const op = msg.subject.slice(msg.subject.lastIndexOf(".") + 1);
+        parseRequest(PollerRequestSchema, payload, `poller ${op} request`);
+        if (op === "status") return { gid, worker: me, status: statusOf(actor.getSnapshot().context) } satisfies PollerStatusReply;
+        if (op === "refresh") return reply(gid, await refreshHere(actor).catch(asUnavailable));
+        throw new ProtocolError("invalid_request", `unknown poller operation ${JSON.stringify(op)}`);
+      },
+      guard,
+    );
+
   const startPoller = async (gid: string, revision: number) => {
     const [status, pushMissed] = await Promise.all([readGatewayStatus(stores.state, gid).catch(() => undefined), missedPush(gid)]);
     if (stopped || running.has(gid) || !gateways.has(gid)) return;
     // the claim may have moved while the status was read: taken over (do not start), or
     // renewed by this worker's own reconcile (start with the newer revision, or the next
     // reconcile would take it for a takeover and restart the poller)
-    const claimNow = owners.get(gid);
+    const claimNow = claims.get(gid);
     if (claimNow && claimNow.revision > revision) {
-      if (claimNow.worker !== me) return;
+      if (claimNow.holder !== me) return;
       revision = claimNow.revision;
     }
     const actor = createActor(machine, {
@@ -231,7 +213,7 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
         discoverNow: fresh.delete(gid) || pushMissed,
       },
     });
-    running.set(gid, { actor, revision });
+    running.set(gid, { actor, revision, address: serveAddress(gid, actor) });
     actor.start();
     log.info({ gid }, "polling gateway");
   };
@@ -241,6 +223,7 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
     const owned = running.get(gid);
     if (!owned) return;
     running.delete(gid);
+    owned.address.unsubscribe();
     const { refreshWaiting, refreshInFlight } = owned.actor.getSnapshot().context;
     owned.actor.stop();
     connections.drop(gid);
@@ -255,13 +238,13 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
     if (owned) await stores.state.delete(KEYS.pollOwner(gid), { previousSeq: owned.revision }).catch(() => {});
   };
 
-  // ---- ownership ----
+  // ---- ownership (the policy: actors/placement.ts) ----
 
-  const claim = async (gid: string, seen: OwnerView | undefined) => {
+  const claim = async (gid: string, step: { create: boolean; revision: number }) => {
     const value = encodeValue({ worker: me, since: new Date().toISOString() });
     try {
-      const revision = seen ? await stores.state.update(KEYS.pollOwner(gid), value, seen.revision) : await stores.state.create(KEYS.pollOwner(gid), value);
-      owners.set(gid, { worker: me, revision });
+      const revision = step.create ? await stores.state.create(KEYS.pollOwner(gid), value) : await stores.state.update(KEYS.pollOwner(gid), value, step.revision);
+      claims.set(gid, { holder: me, revision });
       await startPoller(gid, revision);
       // a poller this worker started meanwhile (restart after a gateway update) runs under this claim now
       const owned = running.get(gid);
@@ -271,36 +254,50 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
     }
   };
 
+  /** What the placement policy says about one gateway now; `work` collects the KV writes it starts. */
+  const place = (gid: string, live: Set<string>, mine: (gid: string) => boolean, work: Promise<void>[]) => {
+    const seen = claims.get(gid);
+    const owned = running.get(gid);
+    const exists = gateways.has(gid);
+    const step = placementStep({
+      me,
+      exists,
+      wanted: exists && mine(gid),
+      claim: seen,
+      hosting: owned?.revision,
+      holderAlive: seen?.holder != null && live.has(seen.holder),
+    });
+    if (step.type === "claim") work.push(claim(gid, step));
+    else if (step.type === "release") work.push(release(gid));
+    else if (step.type === "adopt") owned!.revision = step.revision;
+    else if (step.type === "yield") {
+      log.info({ gid, by: seen?.holder }, "gateway taken over");
+      stopPoller(gid);
+    }
+  };
+
   let reconciling = false;
   const reconcileOwnership = async () => {
     if (stopped || reconciling) return;
     reconciling = true;
     try {
+      const now = performance.now();
       // a worker that could not renew its heartbeat may already be replaced: step down first
-      if (performance.now() - lastHeartbeatOk > (ttl * 2) / 3) {
+      if (mustStepDown(lastHeartbeatOk, now, ttl)) {
         if (running.size > 0) log.warn({ gateways: running.size }, "heartbeat not renewed; stopping pollers");
         for (const gid of [...running.keys()]) stopPoller(gid);
         return;
       }
-      const live = liveWorkers();
-      const mine = placedHere(live);
+      const live = liveness.live(now);
+      const mine = liveness.placedHere(now);
       const work: Promise<void>[] = [];
-      for (const gid of [...running.keys()]) {
-        const o = owners.get(gid);
-        if (!gateways.has(gid)) work.push(release(gid));
-        else if (o && o.revision > running.get(gid)!.revision) {
-          log.info({ gid, by: o.worker }, "gateway taken over");
-          stopPoller(gid);
-        } else if (!mine(gid)) work.push(release(gid));
-      }
-      for (const gid of gateways.keys()) {
-        if (running.has(gid) || !mine(gid)) continue;
-        const o = owners.get(gid);
-        // free, left over from this worker's previous life, or held by a worker that stopped beating
-        if (!o || o.worker === null || o.worker === me || !live.has(o.worker)) work.push(claim(gid, o));
-      }
+      for (const gid of [...running.keys()]) place(gid, live, mine, work);
+      for (const gid of gateways.keys()) if (!running.has(gid)) place(gid, live, mine, work);
       await Promise.all(work);
-      await forgetDeadWorkers();
+      // heartbeat keys of workers gone for a long time (CAS: unless they came back)
+      for (const { worker, revision } of liveness.takeLongGone(performance.now())) {
+        await stores.state.delete(KEYS.pollerWorker(worker), { previousSeq: revision }).catch(() => {});
+      }
     } finally {
       reconciling = false;
     }
@@ -318,35 +315,22 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
   const onOwnerEntry = (e: KvEntry) => {
     const gid = e.key.slice(KEYS.pollOwnerPrefix.length);
     // this worker's own claim may be known before the watch delivers older entries
-    if ((owners.get(gid)?.revision ?? 0) > e.revision) return;
-    if (e.operation !== "PUT") return void owners.set(gid, { worker: null, revision: e.revision });
-    const worker = parseEntry(PollOwnerSchema, e)?.worker ?? null;
-    owners.set(gid, { worker, revision: e.revision });
+    if ((claims.get(gid)?.revision ?? 0) > e.revision) return;
+    const holder = e.operation === "PUT" ? (parseEntry(PollOwnerSchema, e)?.worker ?? null) : null;
+    claims.set(gid, { holder, revision: e.revision });
+    // a takeover stops this worker's poller at once; anything else waits for the next reconcile
     const owned = running.get(gid);
-    if (owned && (worker !== me || e.revision !== owned.revision) && e.revision > owned.revision) {
-      log.info({ gid }, "gateway taken over");
-      stopPoller(gid);
-    }
-  };
-
-  const onHeartbeatEntry = (e: KvEntry) => {
-    const worker = e.key.slice(KEYS.pollerWorkerPrefix.length);
-    // a watch opened again repeats the latest entry: only a new revision is a sign of life
-    if (heartbeats.get(worker)?.revision === e.revision) return;
-    if (e.operation === "PUT") heartbeats.set(worker, { seen: performance.now(), revision: e.revision });
-    else heartbeats.delete(worker);
-  };
-
-  /** Heartbeat keys of workers gone for a long time are deleted (CAS: unless they came back). */
-  const forgetDeadWorkers = async () => {
-    const now = performance.now();
-    for (const [worker, { seen, revision }] of heartbeats) {
-      if (worker !== me && now - seen > 10 * ttl) {
-        heartbeats.delete(worker);
-        await stores.state.delete(KEYS.pollerWorker(worker), { previousSeq: revision }).catch(() => {});
+    if (owned && e.revision > owned.revision) {
+      if (holder === me) owned.revision = e.revision;
+      else {
+        log.info({ gid, by: holder }, "gateway taken over");
+        stopPoller(gid);
       }
     }
   };
+
+  const onHeartbeatEntry = (e: KvEntry) =>
+    liveness.heard(e.key.slice(KEYS.pollerWorkerPrefix.length), e.operation === "PUT" ? e.revision : null, performance.now());
 
   // ---- gateways ----
 
@@ -364,7 +348,7 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
     if (ev.type === "list_changed") return void running.get(ev.gid)?.actor.send({ type: "LIST_CHANGED" });
     if (ev.type === "removed") {
       gateways.delete(ev.gid);
-      placement.owner.delete(ev.gid);
+      liveness.forgetKey(ev.gid);
       fresh.delete(ev.gid);
       if (running.has(ev.gid)) {
         await release(ev.gid);
@@ -388,11 +372,8 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
 
   // ---- manual refresh ----
 
-  const refreshHere = (gid: string): Promise<DiscoveryOutcome> => {
-    const owned = running.get(gid);
-    if (!owned) throw new ProtocolError("unavailable", "this worker does not poll that gateway");
-    return new Promise((resolve, reject) => owned.actor.send({ type: "REFRESH", responder: { resolve, reject } }));
-  };
+  const refreshHere = (actor: Poller): Promise<DiscoveryOutcome> =>
+    new Promise((resolve, reject) => actor.send({ type: "REFRESH", responder: { resolve, reject } }));
 
   /** A discovery outside any poller (nobody polls the gateway right now); reconciles all the same. */
   const refreshOnce = (gid: string): Promise<DiscoveryOutcome> => probe(gid, "discovery", discoverOver(gid), undefined, false);
@@ -403,21 +384,18 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
     throw new ProtocolError("unavailable", `discovery failed: ${shortErrorText(err)}`);
   };
 
+  /** `gateway refresh`: asks the gateway's poller at its address, wherever it runs; with nobody polling it, discovers here. */
   const refresh = async (payload: unknown) => {
     const ref = parseRequest(GatewayRefreshRequestSchema, payload, "gateway reference");
     const view = await ctx.registry.get(ref);
     if (!view.enabled) throw new ProtocolError("conflict", `gateway ${view.name} is disabled`);
     const gid = view.id;
-    if (!gateways.has(gid)) await loadGateway(gid);
-    const owner = owners.get(gid)?.worker;
-    if (owner === me && running.has(gid)) return reply(gid, await refreshHere(gid).catch(asUnavailable));
-    if (owner && owner !== me) {
-      try {
-        return await request(nc, s.poller.refresh(owner), { id: gid }, RefreshReplySchema, config.poller.timeout + 5_000);
-      } catch (err) {
-        if (!isNoResponders(err)) throw err;
-      }
+    try {
+      return await request(nc, s.poller.op(gid, "refresh"), {}, RefreshReplySchema, config.poller.timeout + 5_000);
+    } catch (err) {
+      if (!isNoResponders(err)) throw err;
     }
+    if (!gateways.has(gid)) await loadGateway(gid);
     return reply(gid, await refreshOnce(gid).catch(asUnavailable));
   };
 
@@ -431,21 +409,10 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
     await followKv(stores.state, `${KEYS.pollOwnerPrefix}*`, onOwnerEntry, log, "poller owner watch"),
   ];
   // follow events before listing, so a gateway added in between is not missed
-  const events = await followEvents(stores.js, stores.streamName, [s.evt.gatewayAll], onGatewayEvent, { log, refusals: ctx.refusals });
+  const events = await followEvents(stores.js, stores.streamName, [s.evt.gatewayAll], onGatewayEvent, guard);
   for (const { record } of await ctx.registry.records()) if (record.enabled) gateways.set(record.id, record);
 
   ctx.admin.endpoint(s.admin.gateway("refresh"), refresh);
-  const subs: Subscription[] = [
-    serve(
-      nc,
-      s.poller.refresh(me),
-      async (p) => {
-        const { id } = parseRequest(RefreshForwardSchema, p, "refresh");
-        return reply(id, await refreshHere(id).catch(asUnavailable));
-      },
-      { log, refusals: ctx.refusals },
-    ),
-  ];
   const beat = setInterval(() => void heartbeat(), Math.max(100, Math.floor(ttl / 3)));
   const tick = setInterval(() => void reconcileOwnership().catch((err) => log.error({ err }, "ownership reconcile failed")), Math.max(100, Math.floor(ttl / 6)));
   await reconcileOwnership();
@@ -466,7 +433,6 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
       slots.close();
       clearInterval(beat);
       clearInterval(tick);
-      subs.forEach((sub) => sub.unsubscribe());
       await events.stop();
       for (const w of watches) w.stop();
       // hand the gateways over now rather than after the TTL

@@ -11,7 +11,7 @@ import { PollOwnerSchema } from "../protocol/poller.ts";
 import { KEYS, subjects } from "../protocol/subjects.ts";
 import { publishEvent } from "../runtime/events.ts";
 import { openStores, type Stores } from "../runtime/nats.ts";
-import { ownerOf } from "../runtime/pollerHost.ts";
+import { ownerOf } from "../actors/placement.ts";
 import { startFixtureHttp, type FixtureHttp } from "./fixtures/fixtureHttp.ts";
 import { until } from "./helpers/wait.ts";
 import { startNats, type TestNats } from "./helpers/nats.ts";
