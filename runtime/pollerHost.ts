@@ -102,6 +102,8 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
   ): Promise<T> => {
     const record = gateways.get(gid);
     if (!record) throw new Error("gateway is no longer registered");
+    // logged when due, before the concurrency cap may hold it back
+    log.debug({ gid, kind }, "poll");
     return slots.run(async () => {
       if (signal?.aborted) throw new Error("poll cancelled: the poller stopped");
       const started = performance.now();

@@ -5,7 +5,7 @@ import { after, before, describe, it } from "node:test";
 import { getLive } from "../actors/kvStore.ts";
 import { CatalogChangedEventSchema, CatalogSchema, RefreshReplySchema, type Catalog } from "../protocol/catalog.ts";
 import { GatewayStatusSchema } from "../protocol/gateway.ts";
-import { PollStampSchema } from "../protocol/poller.ts";
+import { PollStampSchema, PollerStatusReplySchema } from "../protocol/poller.ts";
 import { KEYS } from "../protocol/subjects.ts";
 import { request } from "../runtime/bus.ts";
 import { publishEvent } from "../runtime/events.ts";
@@ -224,6 +224,71 @@ describe("gateway pollers (one worker)", () => {
     } finally {
       await admin.close();
       await slow.stop();
+      worker = await startTestWorker(nats, ENV);
+    }
+  });
+
+  it("each poller answers at its own address (status, refresh); admin and viewer cannot reach it", async () => {
+    // discovery only when asked (10 min interval), so only a refresh can see the new tool
+    const slow = await startTestWorker(nats, { ...ENV, MCPGW_DISCOVERY_INTERVAL: "10m" });
+    const admin = await nats.connect("admin");
+    const viewer = await nats.connect("viewer");
+    let slowRunning = true;
+    try {
+      await worker.stop();
+      const gw = await slow.registry.add({ name: "addressed", transport: "streamable-http", url: fixture.url("addressed") });
+      const s = slow.ctx.s;
+      const status = await until(
+        "the poller's live status: healthy",
+        async () => {
+          const r = await request(slow.nc, s.poller.op(gw.id, "status"), {}, PollerStatusReplySchema, 5_000).catch(() => null);
+          return r?.status.health === "healthy" ? r : null;
+        },
+        30_000,
+      );
+      assert.equal(status.gid, gw.id);
+      assert.equal(status.worker, slow.ctx.config.workerId);
+      assert.ok(status.status.lastSuccessAt !== null);
+      await until("first discovery", async () => (await getLive(slow.stores.catalog, KEYS.catalog(gw.id))) ?? null, 30_000);
+
+      // bad input at the address is refused and changes nothing
+      await assert.rejects(request(slow.nc, s.poller.op(gw.id, "refresh"), { id: gw.id }, RefreshReplySchema, 5_000), /invalid/);
+      await assert.rejects(request(slow.nc, `${s.poller.actor(gw.id).slice(0, -1)}nope`, {}, RefreshReplySchema, 5_000), /unknown poller operation/);
+
+      // the attack: admin and viewer ask the poller to discover (or for its status) directly
+      fixture.gateway("addressed").toolbox.add("after_attack");
+      for (const nc of [admin, viewer]) {
+        for (const op of ["refresh", "status"] as const) {
+          await assert.rejects(request(nc, s.poller.op(gw.id, op), {}, RefreshReplySchema, 2_000));
+        }
+      }
+      assert.ok(!(await toolNames(gw.id)).includes("after_attack"), "no discovery ran for them");
+      // the runtime's own refresh at the address does run one: the tool was still undiscovered
+      const r = await request(slow.nc, s.poller.op(gw.id, "refresh"), {}, RefreshReplySchema, 30_000);
+      assert.equal(r.changed, true);
+      assert.deepEqual(r.diff.added.tools, ["after_attack"]);
+
+      // its worker stops; the worker that takes the gateway over answers at the same address
+      slowRunning = false;
+      await slow.stop();
+      const other = await startTestWorker(nats, { ...ENV, MCPGW_DISCOVERY_INTERVAL: "10m" });
+      try {
+        await until(
+          "the successor's poller at the address",
+          async () => (await request(other.nc, s.poller.op(gw.id, "status"), {}, PollerStatusReplySchema, 5_000).catch(() => null))?.worker === other.ctx.config.workerId || null,
+          30_000,
+        );
+        fixture.gateway("addressed").toolbox.add("moved");
+        const byAdmin = await request(admin, other.ctx.s.admin.gateway("refresh"), { id: gw.id }, RefreshReplySchema, 30_000);
+        assert.deepEqual(byAdmin.diff.added.tools, ["moved"]);
+        await other.registry.remove({ id: gw.id });
+      } finally {
+        await other.stop();
+      }
+    } finally {
+      await admin.close();
+      await viewer.close();
+      if (slowRunning) await slow.stop();
       worker = await startTestWorker(nats, ENV);
     }
   });
