@@ -3,6 +3,7 @@ import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { createActor, fromPromise, SimulatedClock } from "xstate";
 import { pollerMachine, type DiscoveryOutcome, type PollKind, type PollState, type RefreshResponder } from "../actors/poller.machine.ts";
+import { delayToSlot, phaseOf } from "../actors/discovery.ts";
 import type { GatewayStatus } from "../protocol/gateway.ts";
 
 const GID = "0123456789abcdef";
@@ -25,9 +26,11 @@ function harness(opts: Options = {}) {
   const discoveries: number[] = [];
   const recorded: Array<{ kind: PollKind; at: string }> = [];
   const statuses: GatewayStatus[] = [];
+  const reads: PollKind[] = [];
   const machine = pollerMachine.provide({
     actors: {
-      readPollState: fromPromise<PollState, { gid: string; kind: PollKind }>(async () => {
+      readPollState: fromPromise<PollState, { gid: string; kind: PollKind }>(async ({ input }) => {
+        reads.push(input.kind);
         if (kv.readFails) throw new Error("state bucket unreachable");
         return { health: stamps.get("health"), discovery: stamps.get("discovery"), classification: kv.classification };
       }),
@@ -74,7 +77,7 @@ function harness(opts: Options = {}) {
     }
   };
   const lastStatus = () => statuses.at(-1);
-  return { clock, actor, upstream, kv, stamps, catalog, healthChecks, discoveries, recorded, statuses, lastStatus, advance };
+  return { clock, actor, upstream, kv, stamps, catalog, healthChecks, discoveries, recorded, statuses, lastStatus, advance, reads };
 }
 
 const gaps = (times: number[]) => times.slice(1).map((t, i) => t - times[i]!);
@@ -218,6 +221,21 @@ describe("poller machine", () => {
     await h.advance(2 * D);
     assert.ok(h.discoveries.length > before, "discovered despite the future stamp");
     assert.ok(h.recorded.some((r) => r.kind === "discovery"));
+    h.actor.stop();
+  });
+
+  it("skips its first health slot if another worker just checked it; after its own first check it reads no state before a check", async () => {
+    const h = harness({ discoveryInterval: 100 * D });
+    // the predecessor checked a second before this poller's first slot
+    const firstSlot = delayToSlot(0, H, phaseOf(GID));
+    h.stamps.set("health", { at: new Date(Math.max(0, firstSlot - S)).toISOString(), nextAt: null, worker: "w2" });
+    await h.advance(firstSlot + S);
+    assert.equal(h.healthChecks.length, 0, "the predecessor's check of this slot counts");
+    assert.equal(h.reads.filter((k) => k === "health").length, 1);
+    await h.advance(5 * H);
+    assert.equal(h.healthChecks.length, 5);
+    assert.equal(h.reads.filter((k) => k === "health").length, 2, "one read per slot until the first check, none after");
+    assertGaps(h.healthChecks, H, "health");
     h.actor.stop();
   });
 
