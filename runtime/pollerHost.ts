@@ -37,22 +37,26 @@ type Poller = ActorRefFrom<typeof pollerMachine>;
 /** a poller this worker runs: under which claim revision, and its address subscription */
 type Owned = { actor: Poller; revision: number; address: Subscription };
 
-/** At most `limit` polls at once on this worker; the rest wait their turn. */
+/**
+ * At most `limit` polls at once on this worker; the rest wait their turn, health checks ahead of
+ * discoveries: a check is one ping and is due at its slot, while a discovery (ten thousand of them
+ * right after a bulk import) may wait without anyone noticing.
+ */
 class PollSlots {
   #free: number;
   #closed = false;
-  readonly #queue: Array<() => void> = [];
+  readonly #queues: Record<PollKind, Array<() => void>> = { health: [], discovery: [] };
   constructor(limit: number) {
     this.#free = limit;
   }
-  async run<T>(fn: () => Promise<T>): Promise<T> {
+  async run<T>(kind: PollKind, fn: () => Promise<T>): Promise<T> {
     if (this.#free > 0) this.#free--;
-    else await new Promise<void>((resolve) => this.#queue.push(resolve));
+    else await new Promise<void>((resolve) => this.#queues[kind].push(resolve));
     try {
       if (this.#closed) throw new Error("the poller host is stopping");
       return await fn();
     } finally {
-      const next = this.#queue.shift();
+      const next = this.#queues.health.shift() ?? this.#queues.discovery.shift();
       if (next) next();
       else this.#free++;
     }
@@ -104,7 +108,7 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
     if (!record) throw new Error("gateway is no longer registered");
     // logged when due, before the concurrency cap may hold it back
     log.debug({ gid, kind }, "poll");
-    return slots.run(async () => {
+    return slots.run(kind, async () => {
       if (signal?.aborted) throw new Error("poll cancelled: the poller stopped");
       const started = performance.now();
       let outcome: "ok" | "error" = "error";
