@@ -282,6 +282,15 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
     }
   };
 
+  /** Places one gateway now (it was added or changed); the periodic reconcile places them all. */
+  const placeOne = async (gid: string) => {
+    const now = performance.now();
+    if (stopped || mustStepDown(lastHeartbeatOk, now, ttl)) return;
+    const work: Promise<void>[] = [];
+    place(gid, liveness.live(now), liveness.placedHere(now), work);
+    await Promise.all(work);
+  };
+
   let reconciling = false;
   const reconcileOwnership = async () => {
     if (stopped || reconciling) return;
@@ -373,7 +382,8 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
         await startPoller(ev.gid, owned.revision);
       }
     }
-    await reconcileOwnership();
+    // one gateway, not all of them: an import of 10,000 would otherwise place 10,000 × 10,000 times
+    await placeOne(ev.gid);
   };
 
   // ---- manual refresh ----
