@@ -54,10 +54,14 @@ export function placementStep(f: PlacementFacts): PlacementStep {
 
 /**
  * A holder steps down on its own once its liveness record (heartbeat) has not been renewed for
- * two thirds of the TTL: others may take its keys over after a full TTL, so it stops first.
+ * two thirds of the TTL: another live worker may take its keys over after a full TTL, so it
+ * stops first. With no other worker alive there is nobody to make room for, and stopping
+ * everything (to start it all again a moment later) under a load that only slowed the heartbeat
+ * would feed that load; a worker that appears later takes over by compare-and-swap, and this
+ * one yields when it sees the newer claim.
  */
-export function mustStepDown(lastRenewedAt: number, now: number, ttlMs: number): boolean {
-  return now - lastRenewedAt > (ttlMs * 2) / 3;
+export function mustStepDown(lastRenewedAt: number, now: number, ttlMs: number, othersAlive: boolean): boolean {
+  return othersAlive && now - lastRenewedAt > (ttlMs * 2) / 3;
 }
 
 /** Rendezvous (highest random weight) hashing: the worker among `workers` a key belongs to. */

@@ -9,8 +9,9 @@
 // Run: node --import tsx bench/scale.bench.ts
 // SCALE_GATEWAYS (10000), SCALE_WINDOW (10m: the observation window after the first interval),
 // SCALE_FIXTURES (4); SCALE_ONLY=classification measures the classification alone (no worker);
-// SCALE_NODE_ARGS (node flags of the worker, e.g. "--cpu-prof --heapsnapshot-signal=SIGUSR2").
-import { readFileSync } from "node:fs";
+// SCALE_NODE_ARGS (node flags of the worker, e.g. "--cpu-prof --heapsnapshot-signal=SIGUSR2"),
+// SCALE_WORKER_LOG (a file for the worker's output).
+import { readFileSync, writeFileSync } from "node:fs";
 import { loadavg } from "node:os";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { createActor, toPromise, type AnyActorLogic, type InputFrom, type OutputFrom } from "xstate";
@@ -280,6 +281,7 @@ async function main() {
     ],
   );
   await admin.close();
+  if (process.env.SCALE_WORKER_LOG) writeFileSync(process.env.SCALE_WORKER_LOG, worker!.output());
 }
 
 try {

@@ -285,7 +285,7 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
   /** Places one gateway now (it was added or changed); the periodic reconcile places them all. */
   const placeOne = async (gid: string) => {
     const now = performance.now();
-    if (stopped || mustStepDown(lastHeartbeatOk, now, ttl)) return;
+    if (stopped || mustStepDown(lastHeartbeatOk, now, ttl, liveness.live(now).size > 1)) return;
     const work: Promise<void>[] = [];
     place(gid, liveness.live(now), liveness.placedHere(now), work);
     await Promise.all(work);
@@ -297,13 +297,13 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
     reconciling = true;
     try {
       const now = performance.now();
+      const live = liveness.live(now);
       // a worker that could not renew its heartbeat may already be replaced: step down first
-      if (mustStepDown(lastHeartbeatOk, now, ttl)) {
+      if (mustStepDown(lastHeartbeatOk, now, ttl, live.size > 1)) {
         if (running.size > 0) log.warn({ gateways: running.size }, "heartbeat not renewed; stopping pollers");
         for (const gid of [...running.keys()]) stopPoller(gid);
         return;
       }
-      const live = liveness.live(now);
       const mine = liveness.placedHere(now);
       const work: Promise<void>[] = [];
       for (const gid of [...running.keys()]) place(gid, live, mine, work);

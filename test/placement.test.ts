@@ -41,10 +41,11 @@ describe("placementStep", () => {
 });
 
 describe("mustStepDown", () => {
-  it("steps down once the heartbeat went unrenewed for more than two thirds of the TTL", () => {
-    assert.equal(mustStepDown(0, 9_000, 15_000), false);
-    assert.equal(mustStepDown(0, 10_000, 15_000), false);
-    assert.equal(mustStepDown(0, 10_001, 15_000), true);
+  it("steps down once the heartbeat went unrenewed for more than two thirds of the TTL, when another worker could take over", () => {
+    assert.equal(mustStepDown(0, 9_000, 15_000, true), false);
+    assert.equal(mustStepDown(0, 10_000, 15_000, true), false);
+    assert.equal(mustStepDown(0, 10_001, 15_000, true), true);
+    assert.equal(mustStepDown(0, 60_000, 15_000, false), false, "nobody to make room for");
   });
 });
 
