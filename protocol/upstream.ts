@@ -225,17 +225,5 @@ export const WorkerEvictReplySchema = z.object({ worker: z.string(), evicted: z.
 export const DrainRequestSchema = z.object({ reason: z.string().max(256).optional() }).strict().default({});
 export const DrainReplySchema = SessionEvictReplySchema;
 
-/**
- * `mcpgw.internal.session.<sid>.notify`: a server-to-client notification from an upstream
- * (progress, logging, resources/updated) for the downstream session to deliver.
- */
-export const ClientNotificationSchema = z.object({
-  gid: GatewayIdSchema,
-  /** set for notifications tied to one downstream request (progress) */
-  requestId: z.string().optional(),
-  notification: z.object({ method: z.string(), params: z.record(z.string(), z.unknown()).optional() }),
-});
-export type ClientNotification = z.infer<typeof ClientNotificationSchema>;
-
 /** `mcpgw.evt.session.<sid>.closed` */
 export const SessionClosedEventSchema = z.object({ sid: SessionIdSchema, at: z.string(), reason: z.string() });
