@@ -2,6 +2,7 @@
 // (`stream.<sid>.<streamId>`), and the requests its upstream sends the client, each waiting
 // for the client's answer on the actor's `answer` op.
 import { randomBytes } from "node:crypto";
+import type { JetStreamClient } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { STREAM_GET, type Subjects } from "../../protocol/subjects.ts";
 import {
@@ -13,6 +14,7 @@ import {
   type UpstreamAnswerRequest,
 } from "../../protocol/upstream.ts";
 import { encodeJson } from "../bus.ts";
+import { publishStreamEvent } from "../streamLog.ts";
 import type { Logger } from "../logger.ts";
 
 /** The client's JSON-RPC error answer (or mcpgw's, when the client never answered), passed to the upstream as it is. */
@@ -36,6 +38,7 @@ export type ClientChannel = ReturnType<typeof clientChannel>;
 
 export function clientChannel(deps: {
   nc: NatsConnection;
+  js: JetStreamClient;
   s: Subjects;
   sid: string;
   gid: string;
@@ -51,12 +54,16 @@ export function clientChannel(deps: {
   let seq = 0;
   const pending = new Map<string, Pending>();
 
-  /** false when the event cannot travel (over max_payload) */
+  /**
+   * Sent in call order (the stream log keeps them for resumption; its ack is not awaited);
+   * false when the event cannot travel (over max_payload).
+   */
   function publish(streamId: string, event: Record<string, unknown>): boolean {
     const full = StreamEventSchema.parse({ uid: `${nonce}-${++seq}`, gid, ...event });
-    const data = encodeJson(full);
-    if (data.length > (nc.info?.max_payload ?? 1024 * 1024)) return false;
-    nc.publish(s.stream.event(sid, streamId), data);
+    if (encodeJson(full).length > (nc.info?.max_payload ?? 1024 * 1024)) return false;
+    publishStreamEvent(deps.js, s, sid, streamId, full).catch((err: unknown) =>
+      log.warn({ sid, gid, streamId, err: (err as Error).message }, "stream event not kept by the stream log"),
+    );
     return true;
   }
 
