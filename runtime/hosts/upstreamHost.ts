@@ -44,6 +44,8 @@ export type UpstreamHost = Hosted & {
   sessions(): UpstreamSessionInfo[];
   /** deletes claims no actor answers for (left by workers that died); how many */
   sweepStaleClaims(): Promise<number>;
+  /** the worker stops: new calls go elsewhere, calls in flight get shutdownTimeout to finish (`stop` waits for the rest) */
+  drain(): void;
 };
 
 export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHost> {
@@ -218,11 +220,17 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
     gather(nc, subject, payload, schema, { stallMs: FANOUT_STALL_MS, maxMs: FANOUT_MAX_MS });
 
   const opts = { log, refusals: ctx.refusals };
-  const subs: Subscription[] = [
-    serve(nc, s.upstream.spawn, (p, msg) => {
+  const spawns = serve(
+    nc,
+    s.upstream.spawn,
+    (p, msg) => {
       const req = parseRequest(SpawnRequestSchema, p, "spawn request");
       return activate(req.sid, req.gid, req.headers ?? {}, natsTraceHeaders(msg.headers));
-    }, { ...opts, queue: QUEUE.spawn }),
+    },
+    { ...opts, queue: QUEUE.spawn },
+  );
+  const subs: Subscription[] = [
+    spawns,
     serve(nc, s.upstream.snapshot, (p) => ({ worker: me, sessions: snapshot(parseRequest(WorkerSnapshotRequestSchema, p, "snapshot request")) }), opts),
     serve(nc, s.upstream.evict, (p) => ({ worker: me, evicted: evict(evictionOnRequest(parseRequest(WorkerEvictRequestSchema, p, "evict request"))) }), opts),
   ];
@@ -244,9 +252,17 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
   });
   const events = await followEvents(stores.js, stores.streamName, [s.evt.gatewayAll, s.evt.sessionAll], onEvent, opts);
 
+  function drain(): void {
+    stopping = true;
+    // the queue group sends new sessions to the other workers
+    spawns.unsubscribe();
+    for (const a of [...actors.values(), ...closing]) a.actor.send({ type: "DRAIN" });
+  }
+
   return {
     sessions: () => snapshot({}),
     sweepStaleClaims,
+    drain,
     async stop() {
       stopping = true;
       subs.forEach((sub) => sub.unsubscribe());
@@ -257,7 +273,7 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
       await Promise.allSettled([...activating.values()]);
       const all = [...actors.values(), ...closing];
       // calls in flight finish within shutdownTimeout, then each session closes (bounded by its machine)
-      for (const a of all) a.actor.send({ type: "DRAIN" });
+      drain();
       const bound = new Promise<void>((r) => setTimeout(r, 3 * config.intervals.shutdownTimeout + 250).unref());
       await Promise.race([Promise.allSettled(all.map((a) => a.done)), bound]);
       const report = usageReport();
