@@ -110,8 +110,6 @@ export function subjects(prefix: string = DEFAULT_PREFIX) {
        * to all of its upstreams (`notifications/roots/list_changed`, `logging/setLevel`)
        */
       sessionWide: (sid: string) => `${p}.internal.session.${token(sid, "session id")}.upstreams`,
-      /** the old path of upstream notifications to a client (before `stream`): delete once nothing uses it */
-      clientNotification: (sid: string) => `${p}.internal.session.${token(sid, "session id")}.notify`,
     },
     stream: {
       /**

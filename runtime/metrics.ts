@@ -4,7 +4,7 @@
 // scrape time from what the worker already caches (never from KV per scrape).
 import type { NatsConnection } from "@nats-io/transport-node";
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from "prom-client";
-import type { CloseCause } from "../actors/upstreamSession.machine.ts";
+import type { CloseCause } from "../actors/upstreamSession/machine.ts";
 import type { Logger } from "./logger.ts";
 
 /** How a forwarded client request ended (`outcome` of `mcpgw_calls_total`). */
@@ -128,10 +128,9 @@ export function createMetrics() {
     help: "Times this worker's NATS connection was re-established",
     registers,
   });
-  // Registered so dashboards can be built now; nothing relays server→client requests yet.
   const relayedRequests = new Counter({
     name: "mcpgw_relayed_requests_total",
-    help: "Server-to-client requests (sampling, elicitation, roots) relayed from an upstream to its client (not relayed yet: always zero)",
+    help: "Server-to-client requests (sampling, elicitation, roots, ...) relayed from an upstream to its client",
     labelNames: ["gateway", "method"] as const,
     registers,
   });
@@ -144,7 +143,7 @@ export function createMetrics() {
     classifierLeader,
     clientSessions,
     natsReconnects,
-    /** for the server→client relay, when it exists */
+    /** requests an upstream sent its client, relayed (upstream session actors) */
     relayedRequests,
     /** one forwarded request ended */
     call(gateway: string, method: string, outcome: CallOutcome, seconds: number): void {

@@ -49,7 +49,8 @@ export function createUpstreamCaller(nc: NatsConnection, s: Subjects, opts: { ca
     try {
       await retryTransient(`spawn a session for gateway ${gid}`, ask, { ...DEFAULT_RETRY, budgetMs: timeoutMs });
     } catch (err) {
-      if (err instanceof ProtocolError && err.code === "unavailable") throw new ProtocolError("unavailable", `no worker can host a session for gateway ${gid}`);
+      // only when nobody answered: a worker's own refusal (gateway unknown, connect failed) is the answer
+      if (err instanceof ProtocolError && err.code === "unavailable" && isNoResponders(err.cause)) throw new ProtocolError("unavailable", `no worker can host a session for gateway ${gid}`);
       throw err;
     }
   }

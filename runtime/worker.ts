@@ -15,7 +15,7 @@ import { startPollerHost } from "./pollerHost.ts";
 import { serveRegistry } from "./registryService.ts";
 import { SecretBox } from "./secretBox.ts";
 import { serveStatus } from "./statusService.ts";
-import { startUpstreamHost, type UpstreamHost } from "./upstreamHost.ts";
+import { startUpstreamHost, type UpstreamHost } from "./hosts/upstreamHost.ts";
 import { startEdge, type Edge } from "./edge/edgeServer.ts";
 import { createTracing, type Tracing } from "./tracing.ts";
 import { createUpstreamCaller } from "./upstreamClient.ts";
@@ -56,7 +56,7 @@ export type Worker = {
 export async function startWorker(config: Config, nc: NatsConnection, log: Logger): Promise<Worker> {
   if (!config.secretKey) throw new Error("MCPGW_SECRET_KEY is required");
   const s = subjects(config.prefix);
-  const stores = await openStores(nc, config.prefix, config.jsReplicas);
+  const stores = await openStores(nc, config.prefix, config.jsReplicas, config.streamRetention);
   const box = new SecretBox(config.secretKey);
   const registry = new Registry({
     gateways: stores.gateways,
@@ -107,6 +107,11 @@ export async function startWorker(config: Config, nc: NatsConnection, log: Logge
     refusals,
     async stop() {
       await edge.stopAccepting();
+      // calls in flight on this edge's streams finish first (their upstream sessions, here or
+      // elsewhere, still run); what is left after the bound ends with its stream, resumable elsewhere.
+      // Meanwhile this worker's upstream sessions take no new calls and let theirs finish, in the same bound.
+      upstream.drain();
+      await edge.drain(config.intervals.shutdownTimeout);
       for (const h of hosted.reverse()) {
         await h.stop().catch((err) => ctx.log.error({ err }, "error while stopping"));
       }

@@ -1,0 +1,351 @@
+// One upstream session actor on this worker: its machine (actors/upstreamSession/machine.ts)
+// with the effects provided (connect, probe, close, calls), its address on the bus, and the
+// relay of what its upstream says to the client (clientChannel.ts); its calls: upstreamCalls.ts.
+import type { Subscription } from "@nats-io/transport-node";
+import { ErrorCode, type Notification } from "@modelcontextprotocol/sdk/types.js";
+import { createActor, fromPromise, type Actor } from "xstate";
+import { stateName, upstreamSessionMachine, type ProbeMethod, type ProbeOutcome, type UpstreamSessionMachine } from "../../actors/upstreamSession/machine.ts";
+import type { LoggingLevel } from "../../protocol/edge.ts";
+import { fail, ok, parseRequest, type Envelope } from "../../protocol/envelope.ts";
+import type { GatewayRecord } from "../../protocol/gateway.ts";
+import {
+  SessionWideMessageSchema,
+  UpstreamAnswerRequestSchema,
+  UpstreamCallRequestSchema,
+  UpstreamNotifyRequestSchema,
+  type UpstreamSessionInfo,
+} from "../../protocol/upstream.ts";
+import { decodeJson, encodeJson, errorReply, listen } from "../bus.ts";
+import { callMessageLimit, publishWhole, wholeRequests, type WholeRequest } from "../largeMessages.ts";
+import type { Logger } from "../logger.ts";
+import { closeWithin, connectUpstream, type UpstreamConnection } from "../mcpClient.ts";
+import { gatewayScrubber, scrubbedError } from "../secretScrubber.ts";
+import type { SessionStore } from "../sessionStore.ts";
+import type { WorkerContext } from "../worker.ts";
+import { clientChannel } from "./clientChannel.ts";
+import { upstreamCalls, type CallRequest } from "./upstreamCalls.ts";
+
+export type UpstreamActor = {
+  sid: string;
+  gid: string;
+  record: GatewayRecord;
+  /** revision of this actor's claim (0 until won) */
+  claimRevision: number;
+  actor: Actor<UpstreamSessionMachine>;
+  /** resolves when the machine stops: `closed` after a close, `abandoned` when its claim was lost */
+  done: Promise<"closed" | "abandoned">;
+  /** resolves once connected, rejects with the close reason when it closes first */
+  whenReady(): Promise<void>;
+  info(): UpstreamSessionInfo;
+  /** claiming or open: it serves (or will serve) calls */
+  serving(): boolean;
+  closeReason(): string;
+};
+
+export type ActorDeps = {
+  ctx: WorkerContext;
+  log: Logger;
+  sessions: SessionStore;
+  /** an upstream's list_changed (the gateway-wide event) */
+  onListChanged(gid: string, list: "tools" | "prompts" | "resources"): void;
+  /** a call arrived (usage reports) */
+  onUse(gid: string): void;
+};
+
+const LIST_CHANGED = /^notifications\/(tools|prompts|resources)\/list_changed$/;
+
+export function createUpstreamActor(deps: ActorDeps, sid: string, gid: string, record: GatewayRecord, headers: Record<string, string>): UpstreamActor {
+  const { ctx, log } = deps;
+  const { nc, s, config } = ctx;
+  const shutdownMs = config.intervals.shutdownTimeout;
+  /** a call's request, with what wraps it, is held to a little more than the edge's body limit */
+  const requestLimit = callMessageLimit(config.edge.maxBodyBytes);
+  const label = `${record.name} (${record.id})`;
+  const scrub = gatewayScrubber(record, (sealed, id) => ctx.box.open(sealed, id));
+  const channel = clientChannel({
+    nc,
+    js: ctx.stores.js,
+    s,
+    sid,
+    gid,
+    log,
+    answerTimeoutMs: config.intervals.callTimeout,
+    onRelayed: (method) => ctx.metrics.relayedRequests.inc({ gateway: record.name, method }),
+  });
+  const createdAt = Date.now();
+  let lastUsedAt: number | null = null;
+  let useCount = 0;
+  let latestHeaders = headers;
+  let conn: UpstreamConnection | null = null;
+  /** a level the client set after this actor read its session record */
+  let levelSet: LoggingLevel | undefined;
+  let clientCanListRoots = false;
+  /** this session recorded a list of its own in the client session (`views`): withdrawn when it closes */
+  let ownView = false;
+
+  const respond = (msg: WholeRequest, env: Envelope<unknown>) => {
+    if (msg.reply) publishWhole(nc, msg.reply, encodeJson(env));
+  };
+
+  const calls = upstreamCalls({
+    ctx,
+    log,
+    sid,
+    gid,
+    record,
+    scrub,
+    channel,
+    connection: () => conn,
+    onDone: (callId, transportFailed) => actor.send({ type: "CALL_DONE", callId, transportFailed }),
+  });
+
+  function receiveCall(msg: WholeRequest, req: CallRequest): void {
+    useCount += 1;
+    lastUsedAt = Date.now();
+    latestHeaders = req.headers;
+    deps.onUse(gid);
+    actor.send({ type: "CALL", call: calls.receive(msg, req) });
+  }
+
+  // ---- what the upstream says to its client ----
+
+  function onUpstreamNotification(n: Notification): void {
+    const params = n.params as Record<string, unknown> | undefined;
+    // progress no call claimed names a token the client never gave
+    if (n.method === "notifications/progress") return;
+    channel.notify(channel.streamOf(undefined), { method: n.method, params });
+    const list = LIST_CHANGED.exec(n.method)?.[1] as "tools" | "prompts" | "resources" | undefined;
+    if (!list) return;
+    deps.onListChanged(gid, list);
+    // from now on this client's view of that list is its upstream session's own
+    ownView = true;
+    deps.sessions
+      .update(sid, (r) => (r.views?.[gid]?.includes(list) ? null : { ...r, views: { ...r.views, [gid]: [...(r.views?.[gid] ?? []), list] } }))
+      .catch((err) => log.warn({ sid, gid, err: (err as Error).message }, "cannot record the session's own list view"));
+  }
+
+  // ---- what the client says to all of its upstream sessions ----
+
+  async function applyLevel(c: UpstreamConnection, level: LoggingLevel): Promise<void> {
+    if (!c.client.getServerCapabilities()?.logging) return;
+    await c.client.setLoggingLevel(level, { timeout: config.intervals.probeTimeout });
+  }
+
+  function onSessionWide(data: Uint8Array): void {
+    const m = SessionWideMessageSchema.safeParse(safeJson(data));
+    if (!m.success) return void log.debug({ sid, gid }, "malformed session-wide message ignored");
+    const c = conn;
+    const failed = (err: unknown) => log.debug({ sid, gid, method: m.data.method, err: scrubbedError(err, scrub).message }, "session-wide message not applied");
+    if (m.data.method === "logging/setLevel") {
+      levelSet = m.data.params.level;
+      if (c) applyLevel(c, levelSet).catch(failed);
+    } else if (c && clientCanListRoots) {
+      c.client.sendRootsListChanged().catch(failed);
+    }
+  }
+
+  /** At connect: what the client session already asked for (its log level, its subscriptions to this gateway). */
+  async function restoreSessionState(c: UpstreamConnection, level: LoggingLevel | undefined, uris: string[]): Promise<void> {
+    const failed = (what: string) => (err: unknown) => log.debug({ sid, gid, err: scrubbedError(err, scrub).message }, `${what} not restored`);
+    const wanted = levelSet ?? level;
+    if (wanted) await applyLevel(c, wanted).catch(failed("log level"));
+    if (!c.client.getServerCapabilities()?.resources?.subscribe) return;
+    for (const uri of uris) await c.client.subscribeResource({ uri }, { timeout: config.intervals.probeTimeout }).catch(failed("resource subscription"));
+  }
+
+  // ---- the machine ----
+
+  const machine = upstreamSessionMachine.provide({
+    actors: {
+      connect: fromPromise<void>(async ({ signal }) => {
+        const previous = conn;
+        conn = null;
+        // grace, then force, for a connection replaced after a failed probe
+        if (previous) void closeWithin(previous, shutdownMs);
+        const session = await deps.sessions.load(sid).catch(() => null);
+        const capabilities = session?.record.capabilities ?? {};
+        clientCanListRoots = Boolean((capabilities.roots as { listChanged?: boolean } | undefined)?.listChanged);
+        // declared before the connect: the transport may report a close while it is still connecting
+        let opened: UpstreamConnection | null = null;
+        opened = await connectUpstream({
+          record,
+          open: (sealed, id) => ctx.box.open(sealed, id),
+          initialHeaders: () => latestHeaders,
+          timeoutMs: config.intervals.callTimeout,
+          outbound: config.outbound,
+          // the raw answer (SSE framing, JSON-RPC envelope) may be a little larger than the result it carries
+          maxAnswerBytes: requestLimit,
+          signal,
+          // exactly what the client declared: the upstream offers through mcpgw what it offers the client directly
+          capabilities,
+          onNotification: onUpstreamNotification,
+          onRequest: (req, { related, signal }) => channel.ask(channel.streamOf(related as CallRequest | undefined), req, signal),
+          onClosed: () => {
+            if (opened !== null && conn === opened) actor.send({ type: "CLOSE", reason: "the upstream closed the connection", cause: "upstream_closed" });
+          },
+          onError: (err) => log.debug({ gid, err: scrub.text(err.message) }, "upstream transport reported an error"),
+        }).catch((err: unknown) => {
+          // its text becomes the close reason, which the spawner answers with
+          throw scrubbedError(err, scrub);
+        });
+        if (signal.aborted) {
+          opened.forceClose();
+          throw new Error("closed while connecting");
+        }
+        await restoreSessionState(opened, session?.record.logLevel, session?.record.subscriptions?.[gid] ?? []);
+        conn = opened;
+        log.debug({ sid, gid }, "upstream session connected");
+      }),
+      probe: fromPromise<ProbeOutcome, { method: ProbeMethod }>(async ({ input }) => {
+        const outcome = await conn!.request({ method: input.method }, { headers: latestHeaders, signal: AbortSignal.timeout(config.intervals.probeTimeout) });
+        // any answer, even an error, shows the session alive
+        return "rpcError" in outcome && outcome.rpcError.code === ErrorCode.MethodNotFound ? "method_not_found" : "ok";
+      }),
+      closeGracefully: fromPromise<void>(async () => {
+        await conn?.close();
+      }),
+      forceClose: fromPromise<void>(async () => {
+        conn?.forceClose();
+      }),
+    },
+    actions: {
+      startCalls: (_, p) => p.calls.forEach((c) => void calls.run(c)),
+      failCalls: (_, p) => p.calls.forEach((c) => calls.fail(c, p.reason)),
+      abortCalls: (_, p) => p.calls.forEach((c) => calls.abort(c, p.reason)),
+      stopTakingCalls: () => {
+        // calls go to a new actor elsewhere; the client's answers and cancellations still come here
+        address.unsubscribe();
+        address = listen(nc, s.upstream.op(sid, gid, "answer"), (msg) => receive(null, msg), guard);
+        extra = listen(nc, s.upstream.op(sid, gid, "notify"), (msg) => receive(null, msg), guard);
+      },
+      stopAccepting: () => {
+        address.unsubscribe();
+        extra?.unsubscribe();
+        sessionWide.unsubscribe();
+      },
+      giveUp: (_, p) => log.error({ sid, gid, reason: p.reason }, "upstream session did not close within 2× shutdownTimeout; abandoned"),
+    },
+    delays: {
+      idleValidation: config.intervals.idleValidation,
+      sessionIdleTtl: config.intervals.sessionIdleTtl,
+      probeTimeout: config.intervals.probeTimeout,
+      shutdownTimeout: shutdownMs,
+    },
+  });
+  const actor = createActor(machine);
+  const closeReason = () => actor.getSnapshot().context.closeReason || "session closing";
+
+  // ---- its address ----
+
+  function onMessage(msg: WholeRequest): void {
+    const op = s.parseUpstream(msg.subject)?.op;
+    if (op === "status") return respond(msg, ok(info()));
+    try {
+      const payload = decodeJson(msg.data);
+      if (op === "call") {
+        // Sent before the address went away: answered here, or it would wait out its timeout.
+        // It never reached the upstream, so the caller may try again.
+        if (!self.serving()) return respond(msg, fail("unavailable", `gateway ${label}: ${closeReason()}`));
+        return receiveCall(msg, parseRequest(UpstreamCallRequestSchema, payload, "upstream call"));
+      }
+      if (op === "answer") {
+        const a = parseRequest(UpstreamAnswerRequestSchema, payload, "answer");
+        const outcome = channel.answer(a);
+        // a draining actor shares the subject with its successor, which answers for every other id
+        if (outcome === "foreign" && actor.getSnapshot().matches("draining")) return;
+        return respond(msg, outcome === "answered" ? ok({}) : fail("not_found", `no request ${a.id} is waiting for an answer`));
+      }
+      if (op === "notify") {
+        const n = parseRequest(UpstreamNotifyRequestSchema, payload, "upstream notification");
+        actor.send({ type: "CANCEL", requestId: n.params.requestId, reason: "cancelled by the client" });
+        return respond(msg, ok({}));
+      }
+      if (op === "close") {
+        actor.send({ type: "CLOSE", reason: "closed on request", cause: "requested" });
+        void done.then((how) => how === "closed" && respond(msg, ok({ closed: true })));
+        return;
+      }
+      respond(msg, fail("invalid_request", `unknown upstream operation ${String(op)}`));
+    } catch (err) {
+      respond(msg, errorReply(err, log, msg.subject));
+    }
+  }
+
+  const guard = { log, refusals: ctx.refusals, expect: "request" as const };
+  const receive = wholeRequests(nc, requestLimit, onMessage);
+  // every part of a request carries its requester's inbox, so the guard sees each part
+  let address: Subscription = listen(nc, s.upstream.actor(sid, gid), (msg) => receive(null, msg), guard);
+  let extra: Subscription | undefined;
+  const sessionWide = listen(nc, s.upstream.sessionWide(sid), (msg) => onSessionWide(msg.data), { log, refusals: ctx.refusals, expect: "message" });
+
+  const done = new Promise<"closed" | "abandoned">((resolve) => {
+    const end = () => {
+      address.unsubscribe();
+      extra?.unsubscribe();
+      sessionWide.unsubscribe();
+      const snap = actor.getSnapshot();
+      // calls a lost claim held are the holder's to answer
+      if (snap.value === "abandoned") snap.context.queued.forEach(calls.forget);
+      resolve(snap.value === "abandoned" ? "abandoned" : "closed");
+      // its lists were this session's own: the shared catalog serves the client again
+      if (ownView) {
+        deps.sessions
+          .update(sid, (r) => {
+            if (!r.views?.[gid]) return null;
+            const { [gid]: _mine, ...views } = r.views;
+            return { ...r, views };
+          })
+          .catch((err) => log.debug({ sid, gid, err: (err as Error).message }, "cannot withdraw the session's own list view"));
+      }
+    };
+    actor.subscribe({ complete: end, error: end });
+  });
+
+  function info(): UpstreamSessionInfo {
+    const snap = actor.getSnapshot();
+    return {
+      sid,
+      gid,
+      gatewayName: record.name,
+      state: snap.value === "claiming" ? "activating" : snap.status === "done" ? "closed" : stateName(snap.value),
+      worker: config.workerId,
+      createdAt: new Date(createdAt).toISOString(),
+      lastUsedAt: lastUsedAt === null ? null : new Date(lastUsedAt).toISOString(),
+      useCount,
+      ageMs: Math.max(0, Date.now() - createdAt),
+    };
+  }
+
+  const self: UpstreamActor = {
+    sid,
+    gid,
+    record,
+    claimRevision: 0,
+    actor,
+    done,
+    info,
+    closeReason,
+    serving: () => {
+      const snap = actor.getSnapshot();
+      return snap.status === "active" && (snap.matches("claiming") || snap.matches("open"));
+    },
+    whenReady: () =>
+      new Promise<void>((resolve, reject) => {
+        const snap = actor.getSnapshot();
+        if (snap.matches({ open: "ready" })) return resolve();
+        if (!self.serving()) return reject(new Error(closeReason()));
+        const ready = actor.on("ready", () => (ready.unsubscribe(), closing.unsubscribe(), resolve()));
+        const closing = actor.on("closing", (e) => (ready.unsubscribe(), closing.unsubscribe(), reject(new Error(e.reason))));
+      }),
+  };
+  actor.start();
+  return self;
+}
+
+function safeJson(data: Uint8Array): unknown {
+  try {
+    return decodeJson(data);
+  } catch {
+    return null;
+  }
+}
