@@ -106,6 +106,34 @@ export async function connectWith(transport: Transport, opts: ClientOptions = {}
   };
 }
 
+/**
+ * `transport`, handing the client one message per event-loop turn, in order. The SDK client
+ * (1.32) runs notification handlers a microtask later but settles a response at once, so a
+ * progress notice read in the same chunk as its result is dropped; stdio delivers both in one
+ * read when they leave back to back. The direct baseline measures what the upstream sends,
+ * not that client bug (mcpgw's own upstream client has to cope with it).
+ */
+export function oneMessagePerTurn(transport: Transport): Transport {
+  const queue: Array<() => void> = [];
+  const drain = () => {
+    queue.shift()?.();
+    if (queue.length) setImmediate(drain);
+  };
+  return new Proxy(transport, {
+    set(target, prop, value) {
+      if (prop === "onmessage" && typeof value === "function") {
+        const deliver = value as NonNullable<Transport["onmessage"]>;
+        target.onmessage = (m, extra) => {
+          queue.push(() => deliver(m, extra));
+          if (queue.length === 1) setImmediate(drain);
+        };
+        return true;
+      }
+      return Reflect.set(target, prop, value);
+    },
+  });
+}
+
 /** A `fetch` that sends each request to the next of `edges` in turn: a load balancer without stickiness. */
 export function roundRobin(edges: string[]): typeof fetch {
   let n = 0;
@@ -187,7 +215,7 @@ export async function startFidelity(): Promise<Fidelity> {
       upstream: "stdio",
       endpoint: "direct",
       tool: plain,
-      connect: (opts) => connectWith(new StdioClientTransport({ command: process.execPath, args: [EVERYTHING, "stdio"], stderr: "ignore" }), opts),
+      connect: (opts) => connectWith(oneMessagePerTurn(new StdioClientTransport({ command: process.execPath, args: [EVERYTHING, "stdio"], stderr: "ignore" })), opts),
     },
     through(http, "http", "federated"),
     through(http, "http", "gateway"),
