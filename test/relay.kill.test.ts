@@ -33,6 +33,8 @@ it("a client whose edge is killed mid-call receives the call's result from anoth
     reconnectionOptions: { initialReconnectionDelay: 200, maxReconnectionDelay: 1_000, reconnectionDelayGrowFactor: 1.5, maxRetries: 10 },
   });
   const client = new Client({ name: "kill-test", version: "1.0.0" });
+  const transportErrors: string[] = [];
+  client.onerror = (err) => void transportErrors.push(err.message);
   await client.connect(transport);
   try {
     await waitForTools(client, ["everything__trigger-long-running-operation", "everything__echo"]);
@@ -62,9 +64,10 @@ it("a client whose edge is killed mid-call receives the call's result from anoth
     proxy.prefer(b.edgeUrl);
 
     const outcome = await settled;
-    assert.ok("r" in outcome, `the call failed: ${"err" in outcome ? outcome.err.message : ""}`);
+    const seen = `progress ${JSON.stringify(progress)}; requests after the kill ${JSON.stringify(proxy.routed.slice(routedBefore))}; client transport errors ${JSON.stringify(transportErrors)}`;
+    assert.ok("r" in outcome, `the call failed: ${"err" in outcome ? outcome.err.message : ""}; ${seen}`);
     assert.match(textOf(outcome.r), /Long running operation completed/);
-    assert.ok(proxy.routed.slice(routedBefore).some((r) => r.startsWith("GET ") && b.edgeUrl.includes(r.split(" ")[1]!)), `the client resumed on B: ${proxy.routed.slice(routedBefore)}`);
+    assert.ok(proxy.routed.slice(routedBefore).some((r) => r.startsWith(`GET ${new URL(b.edgeUrl).host} 200 last-event-id`)), `the client resumed on B: ${seen}`);
   } finally {
     await client.close().catch(() => {});
   }

@@ -1,8 +1,9 @@
 // Fidelity: server→client requests during a tool call (sampling, elicitation in form and URL
-// modes), on every path of the matrix (test/helpers/fidelity.ts). Each case: the tool is listed
-// at all (the upstream offers it only to a client that declared the capability), the request
-// reaches the client's handler, the client's answer shapes the tool's result, and an error
-// answer or an upstream's own error comes back as the upstream passes it on.
+// modes), on every path of the matrix (test/helpers/fidelity.ts). One case per path: the tools
+// the upstream offers only to a client that declared the capability are listed at all. The
+// others call those tools without listing first: the request reaches the client's handler, the
+// client's answer shapes the tool's result, and an error answer or an upstream's own error
+// comes back as the upstream passes it on.
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { McpError, type CreateMessageRequest, type ElicitRequest } from "@modelcontextprotocol/sdk/types.js";
@@ -21,6 +22,23 @@ describe("relay: server→client requests", { timeout: 900_000 }, () => {
   });
 
   for (const name of PATH_NAMES) {
+    it(`the tools offered to a client with sampling, elicitation and roots are listed (${name})`, async () => {
+      const path = fid.path(name);
+      const conn = await path.connect({
+        capabilities: { sampling: {}, elicitation: { form: {}, url: {} }, roots: { listChanged: true } },
+        sampling: async () => ({ model: "m", role: "assistant", content: { type: "text", text: "" } }),
+        elicitation: async () => ({ action: "decline" }),
+        roots: () => [],
+      });
+      try {
+        for (const tool of ["trigger-sampling-request", "trigger-elicitation-request", "trigger-url-elicitation", "get-roots-list"]) {
+          assert.ok(await isListed(conn, path.tool(tool)), `${path.tool(tool)} is listed`);
+        }
+      } finally {
+        await conn.close();
+      }
+    });
+
     it(`sampling: the request reaches the client, its answer shapes the result (${name})`, async () => {
       const path = fid.path(name);
       const asked: CreateMessageRequest[] = [];
@@ -32,7 +50,6 @@ describe("relay: server→client requests", { timeout: 900_000 }, () => {
         },
       });
       try {
-        assert.ok(await isListed(conn, path.tool("trigger-sampling-request")), "trigger-sampling-request is listed for a client with sampling");
         const r = await conn.client.callTool({ name: path.tool("trigger-sampling-request"), arguments: { prompt: "fidelity prompt 17", maxTokens: 7 } });
         assert.equal(asked.length, 1, "one sampling/createMessage reached the client's handler");
         assert.equal(asked[0]!.params.maxTokens, 7);
@@ -54,7 +71,6 @@ describe("relay: server→client requests", { timeout: 900_000 }, () => {
         },
       });
       try {
-        assert.ok(await isListed(conn, path.tool("trigger-sampling-request")), "trigger-sampling-request is listed");
         const r = await conn.client.callTool({ name: path.tool("trigger-sampling-request"), arguments: { prompt: "refuse me" } });
         // server-everything turns a failed request into a tool error carrying the answer's code and message
         assert.equal((r as { isError?: boolean }).isError, true, textOf(r));
@@ -76,7 +92,6 @@ describe("relay: server→client requests", { timeout: 900_000 }, () => {
         },
       });
       try {
-        assert.ok(await isListed(conn, path.tool("trigger-elicitation-request")), "trigger-elicitation-request is listed for a client with elicitation");
         const r = await conn.client.callTool({ name: path.tool("trigger-elicitation-request"), arguments: {} });
         assert.equal(asked.length, 1, "one elicitation/create reached the client's handler");
         const params = asked[0]!.params as { mode?: string; requestedSchema?: { properties?: Record<string, unknown> } };
@@ -101,7 +116,6 @@ describe("relay: server→client requests", { timeout: 900_000 }, () => {
       });
       const elicitationId = `fid-${name.replace(/\W+/g, "-")}`;
       try {
-        assert.ok(await isListed(conn, path.tool("trigger-url-elicitation")), "trigger-url-elicitation is listed for a client with URL elicitation");
         const r = await conn.client.callTool({ name: path.tool("trigger-url-elicitation"), arguments: { url: "https://example.com/fidelity-consent", elicitationId } });
         assert.equal(asked.length, 1, "one elicitation/create reached the client's handler");
         const params = asked[0]!.params as { mode?: string; url?: string; elicitationId?: string };
@@ -119,7 +133,6 @@ describe("relay: server→client requests", { timeout: 900_000 }, () => {
       const path = fid.path(name);
       const conn = await path.connect({ ...ELICITATION, elicitation: async () => ({ action: "accept" }) });
       try {
-        assert.ok(await isListed(conn, path.tool("trigger-url-elicitation")), "trigger-url-elicitation is listed");
         const o = await outcomeOf(
           conn.client.callTool({ name: path.tool("trigger-url-elicitation"), arguments: { url: "https://example.com/needs-consent", elicitationId: `err-${name.replace(/\W+/g, "-")}`, errorPath: true } }),
         );

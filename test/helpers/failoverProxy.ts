@@ -6,7 +6,7 @@ export type FailoverProxy = {
   url: string;
   /** the edge every request tries first from now on */
   prefer(edgeUrl: string): void;
-  /** the edge each request went to, in order (`METHOD host`) */
+  /** the edge each request went to, in order (`METHOD host status [last-event-id …]`) */
   routed: string[];
   close(): Promise<void>;
 };
@@ -23,7 +23,7 @@ export async function startFailoverProxy(edges: string[]): Promise<FailoverProxy
   const forward = (req: IncomingMessage, res: ServerResponse, body: Buffer, attempt: number) => {
     const edge = hosts[(preferred + attempt) % hosts.length]!;
     const up = request({ host: edge.hostname, port: edge.port, method: req.method, path: req.url, headers: { ...req.headers, host: edge.host } }, (answer) => {
-      routed.push(`${req.method} ${edge.host}`);
+      routed.push(`${req.method} ${edge.host} ${answer.statusCode}${req.headers["last-event-id"] ? ` last-event-id ${req.headers["last-event-id"]}` : ""}`);
       res.writeHead(answer.statusCode ?? 502, answer.headers);
       res.flushHeaders();
       answer.pipe(res);

@@ -151,17 +151,21 @@ export async function startEverythingHttp(): Promise<{ url: string; stop(): Prom
   keepUntilExit(child);
   let err = "";
   child.stderr.on("data", (c) => (err += c));
-  await until(`server-everything listening on ${port}`, () => err.includes("listening on port") || child.exitCode !== null, HANG_MS);
-  if (child.exitCode !== null) throw new Error(`server-everything exited: ${err}`);
-  return {
-    url: `http://127.0.0.1:${port}/mcp`,
-    async stop() {
-      if (child.exitCode !== null) return;
-      const exited = new Promise((r) => child.once("exit", r));
-      child.kill("SIGKILL");
-      await exited;
-    },
+  const stop = async () => {
+    if (child.exitCode !== null || child.signalCode !== null) return;
+    const exited = new Promise((r) => child.once("exit", r));
+    child.kill("SIGKILL");
+    await exited;
   };
+  try {
+    // start-up bound: importing express and the SDK takes long on a loaded machine
+    await until(`server-everything listening on ${port}`, () => err.includes("listening on port") || child.exitCode !== null, 60_000);
+    if (child.exitCode !== null) throw new Error(`server-everything exited: ${err}`);
+  } catch (e) {
+    await stop();
+    throw e;
+  }
+  return { url: `http://127.0.0.1:${port}/mcp`, stop };
 }
 
 /** One mcpgw system (its own nats-server, two workers) with server-everything registered once, as gateway `everything`. */
@@ -169,15 +173,26 @@ type System = { nats: TestNats; workers: TestWorker[]; edges: string[] };
 
 async function startSystem(spec: Record<string, unknown>): Promise<System> {
   const nats = await startNats();
-  const env = { MCPGW_LIST_CHANGED_DEBOUNCE: "100ms" };
-  const workers = [await startTestWorker(nats, { MCPGW_WORKER_ID: "fid-w1", ...env }), await startTestWorker(nats, { MCPGW_WORKER_ID: "fid-w2", ...env })];
-  await workers[0]!.registry.add({ name: GATEWAY, ...spec } as never);
-  const edges = workers.map((w) => w.edge.url);
-  // the pollers' first discovery: the tools are listed once it is in the catalog
-  const probe = await connectWith(new StreamableHTTPClientTransport(new URL(edges[0]!)));
-  await until(`discovery of ${JSON.stringify(spec.transport)} server-everything`, async () => (await probe.client.listTools()).tools.some((t) => t.name === `${GATEWAY}__echo`), 60_000);
-  await probe.close();
-  return { nats, workers, edges };
+  const sys: System = { nats, workers: [], edges: [] };
+  try {
+    const env = { MCPGW_LIST_CHANGED_DEBOUNCE: "100ms" };
+    sys.workers.push(await startTestWorker(nats, { MCPGW_WORKER_ID: "fid-w1", ...env }), await startTestWorker(nats, { MCPGW_WORKER_ID: "fid-w2", ...env }));
+    await sys.workers[0]!.registry.add({ name: GATEWAY, ...spec } as never);
+    sys.edges.push(...sys.workers.map((w) => w.edge.url));
+    // the pollers' first discovery: the tools are listed once it is in the catalog
+    const probe = await connectWith(new StreamableHTTPClientTransport(new URL(sys.edges[0]!)));
+    await until(`discovery of ${JSON.stringify(spec.transport)} server-everything`, async () => (await probe.client.listTools()).tools.some((t) => t.name === `${GATEWAY}__echo`), 60_000);
+    await probe.close();
+    return sys;
+  } catch (err) {
+    await stopSystem(sys);
+    throw err;
+  }
+}
+
+async function stopSystem(sys: System): Promise<void> {
+  await Promise.allSettled(sys.workers.map((w) => w.stop()));
+  await sys.nats.stop();
 }
 
 export type Fidelity = { paths: Path[]; path(name: (typeof PATH_NAMES)[number]): Path; http: System; stdio: System; stop(): Promise<void> };
@@ -190,10 +205,18 @@ export type Fidelity = { paths: Path[]; path(name: (typeof PATH_NAMES)[number]):
  */
 export async function startFidelity(): Promise<Fidelity> {
   const upstream = await startEverythingHttp();
-  const [http, stdio] = await Promise.all([
+  const started = await Promise.allSettled([
     startSystem({ transport: "streamable-http", url: upstream.url }),
     startSystem({ transport: "stdio", stdio: { command: process.execPath, args: [EVERYTHING, "stdio"] } }),
   ]);
+  const failed = started.find((r) => r.status === "rejected");
+  if (failed) {
+    // leave nothing running that would keep the test process alive
+    for (const r of started) if (r.status === "fulfilled") await stopSystem(r.value);
+    await upstream.stop();
+    throw failed.reason;
+  }
+  const [http, stdio] = started.map((r) => (r as PromiseFulfilledResult<System>).value) as [System, System];
   const plain = (n: string) => n;
   const prefixed = (n: string) => `${GATEWAY}__${n}`;
   const through = (sys: System, upstreamKind: "http" | "stdio", endpoint: "federated" | "gateway"): Path => {
@@ -228,10 +251,8 @@ export async function startFidelity(): Promise<Fidelity> {
     http,
     stdio,
     async stop() {
-      for (const sys of [http, stdio]) {
-        await Promise.allSettled(sys.workers.map((w) => w.stop()));
-        await sys.nats.stop();
-      }
+      await stopSystem(http);
+      await stopSystem(stdio);
       await upstream.stop();
     },
   };
