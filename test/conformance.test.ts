@@ -16,3 +16,18 @@ it("passes the MCP conformance server scenarios through /gateways/<name>/mcp", {
   assert.match(out, /✓ tools-call-with-progress: 1 passed/);
   assert.doesNotMatch(out, /Unexpected failures/);
 });
+
+// The suite against server-everything directly and through /gateways/everything/mcp: a
+// scenario that passes directly must pass through the gateway.
+it("loses no conformance scenario that server-everything passes directly", { timeout: 180_000 }, async () => {
+  const runner = fileURLToPath(new URL("./conformance/everything.ts", import.meta.url));
+  const child = spawn(process.execPath, ["--import", "tsx", runner], { stdio: ["ignore", "pipe", "pipe"] });
+  let out = "";
+  child.stdout.on("data", (c) => (out += c));
+  child.stderr.on("data", (c) => (out += c));
+  const code = await new Promise<number | null>((resolve) => child.on("exit", resolve));
+  const lost = /^lost through the gateway: .*$/m.exec(out)?.[0];
+  assert.equal(lost, "lost through the gateway: 0", out.slice(-4000));
+  assert.match(out, /^passing directly: ([1-9]\d*)/m, "the direct run passes scenarios at all");
+  assert.equal(code, 0, out.slice(-4000));
+});
