@@ -132,6 +132,34 @@ export const StreamEventSchema = z.union([
 ]);
 export type StreamEvent = z.infer<typeof StreamEventSchema>;
 
+const STREAM_TOKEN = /^[A-Za-z0-9_-]{1,64}$/;
+
+/** The SSE id of a stream event: `<streamId>.<uid>`; a client's `Last-Event-ID` names where it resumes. */
+export function streamEventId(streamId: string, uid: string): string {
+  return `${streamId}.${uid}`;
+}
+export function parseStreamEventId(id: unknown): { streamId: string; uid: string } | null {
+  if (typeof id !== "string") return null;
+  const [streamId, uid, ...rest] = id.split(".");
+  return rest.length === 0 && STREAM_TOKEN.test(streamId ?? "") && STREAM_TOKEN.test(uid ?? "") ? { streamId: streamId!, uid: uid! } : null;
+}
+
+/**
+ * The uid of a stream's priming event (the first SSE event, empty data): it is never stored,
+ * so resuming after it replays every stored event of the stream.
+ */
+export const PRIMING_UID = "0";
+
+/**
+ * `Nats-Msg-Id` of a stream event: every publisher sets it, and it names the event's own
+ * stream and uid. The stream log's duplicate window spans its retention, so a copy of a stored
+ * event delivered back into `stream.>` is dropped; whatever else lands there (a JetStream API
+ * answer, another stream's consumer) has no matching id and is never replayed.
+ */
+export function streamEventMsgId(sid: string, streamId: string, uid: string): string {
+  return `${sid}.${streamId}.${uid}`;
+}
+
 /** `mcpgw.upstream.<sid>.<gid>.notify`: a client notification for the upstream (cancellation). */
 export const UpstreamNotifyRequestSchema = z
   .object({
