@@ -96,6 +96,7 @@ export const EnvSchema = z.object({
       .pipe(z.array(z.enum(DENIABLE_CLASSES, `each must be one of ${DENIABLE_CLASSES.join(", ")}`))),
   ),
   MCPGW_JS_REPLICAS: z.preprocess(blankIsUnset, int(1, 1, 5)),
+  MCPGW_STREAM_RETENTION: z.preprocess(blankIsUnset, duration("10m", 1000)),
   MCPGW_METRICS_TOKEN: opt(z.string()),
   MCPGW_OTLP_ENDPOINT: opt(z.url({ protocol: /^https?$/ })),
   OTEL_EXPORTER_OTLP_ENDPOINT: opt(z.url({ protocol: /^https?$/ })),
@@ -112,6 +113,8 @@ export type Config = {
   prefix: string;
   /** copies of every KV bucket and of the event stream (3 on a 3-node NATS cluster) */
   jsReplicas: number;
+  /** how long the stream log keeps client stream events: a client may resume a stream within this */
+  streamRetention: number;
   edge: {
     host: string;
     port: number;
@@ -196,6 +199,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     workerId: e.MCPGW_WORKER_ID ?? `w-${randomBytes(4).toString("hex")}`,
     prefix: e.MCPGW_SUBJECT_PREFIX,
     jsReplicas: e.MCPGW_JS_REPLICAS,
+    streamRetention: e.MCPGW_STREAM_RETENTION,
     edge: {
       host: e.MCPGW_EDGE_HOST,
       port: e.MCPGW_EDGE_PORT,

@@ -1,8 +1,8 @@
 import { readFileSync } from "node:fs";
 import { connect, credsAuthenticator, type NatsConnection } from "@nats-io/transport-node";
-import { jetstream, jetstreamManager, JetStreamApiError, type JetStreamClient, type JetStreamManager, type StreamConfig } from "@nats-io/jetstream";
+import { DiscardPolicy, jetstream, jetstreamManager, JetStreamApiError, StorageType, type JetStreamClient, type JetStreamManager, type StreamConfig } from "@nats-io/jetstream";
 import { Kvm, type KV } from "@nats-io/kv";
-import { buckets, eventStream, inboxPrefixOf, type Buckets } from "../protocol/subjects.ts";
+import { buckets, eventStream, inboxPrefixOf, streamLog, type Buckets } from "../protocol/subjects.ts";
 import { retryingJs, retryingKv, retryTransient } from "./jetstreamRetry.ts";
 
 /** `inboxPrefix` defaults to the user's own (nats.conf lets admin and viewer read no other). */
@@ -67,6 +67,8 @@ export type Stores = {
   sessions: KV;
   names: Buckets;
   streamName: string;
+  /** the stream log: client stream events kept for resumption */
+  streamLogName: string;
 };
 
 const DAY_NS = 24 * 3600 * 1e9;
@@ -77,7 +79,7 @@ const DAY_NS = 24 * 3600 * 1e9;
  * started with the default must not strip a cluster's copies). The buckets and the client it
  * returns retry through a NATS node loss (jetstreamRetry.ts); so does the opening.
  */
-export async function openStores(nc: NatsConnection, prefix: string, replicas = 1): Promise<Stores> {
+export async function openStores(nc: NatsConnection, prefix: string, replicas = 1, streamRetentionMs = 10 * 60_000): Promise<Stores> {
   const names = buckets(prefix);
   const kvm = new Kvm(nc);
   const jsm = await retryTransient("open JetStream", () => jetstreamManager(nc));
@@ -94,7 +96,34 @@ export async function openStores(nc: NatsConnection, prefix: string, replicas = 
     open(names.sessions),
   ]);
   await retryTransient("open the event stream", () => openEventStream(jsm, prefix, replicas));
-  return { js: retryingJs(jetstream(nc)), state, gateways, catalog, sessions, names, streamName: eventStream(prefix).name };
+  await retryTransient("open the stream log", () => openStreamLog(jsm, prefix, replicas, streamRetentionMs));
+  return { js: retryingJs(jetstream(nc)), state, gateways, catalog, sessions, names, streamName: eventStream(prefix).name, streamLogName: streamLog(prefix).name };
+}
+
+/** Bound of the stream log's size: a quarter of nats.conf's max_memory_store. */
+const STREAM_LOG_MAX_BYTES = 64 * 1024 * 1024;
+
+/**
+ * The stream log keeps every client stream event for `retentionMs` in memory (a resumed
+ * stream needs minutes, not durability across a NATS restart). Its duplicate window spans
+ * the retention: a copy of a stored event delivered back into `stream.>` is dropped.
+ */
+async function openStreamLog(jsm: JetStreamManager, prefix: string, replicas: number, retentionMs: number): Promise<void> {
+  const log = streamLog(prefix);
+  const ns = retentionMs * 1e6;
+  const config = { subjects: log.subjects, max_age: ns, duplicate_window: ns, max_bytes: STREAM_LOG_MAX_BYTES };
+  try {
+    const info = await jsm.streams.info(log.name);
+    if (info.config.max_age !== ns || info.config.duplicate_window !== ns || info.config.max_bytes !== STREAM_LOG_MAX_BYTES) {
+      info.config = (await jsm.streams.update(log.name, { ...info.config, ...config })).config;
+    }
+    await raiseReplicas(jsm, info.config, replicas);
+  } catch (err) {
+    if (!(err instanceof JetStreamApiError) || err.status !== 404) throw err;
+    await jsm.streams.add({ name: log.name, ...config, storage: StorageType.Memory, discard: DiscardPolicy.Old, num_replicas: replicas }).catch(async (e) => {
+      await jsm.streams.info(log.name).catch(() => Promise.reject(e));
+    });
+  }
 }
 
 async function openEventStream(jsm: JetStreamManager, prefix: string, replicas: number): Promise<void> {

@@ -56,7 +56,7 @@ export type Worker = {
 export async function startWorker(config: Config, nc: NatsConnection, log: Logger): Promise<Worker> {
   if (!config.secretKey) throw new Error("MCPGW_SECRET_KEY is required");
   const s = subjects(config.prefix);
-  const stores = await openStores(nc, config.prefix, config.jsReplicas);
+  const stores = await openStores(nc, config.prefix, config.jsReplicas, config.streamRetention);
   const box = new SecretBox(config.secretKey);
   const registry = new Registry({
     gateways: stores.gateways,
