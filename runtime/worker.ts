@@ -107,6 +107,9 @@ export async function startWorker(config: Config, nc: NatsConnection, log: Logge
     refusals,
     async stop() {
       await edge.stopAccepting();
+      // calls in flight on this edge's streams finish first (their upstream sessions, here or
+      // elsewhere, still run); what is left after the bound ends with its stream, resumable elsewhere
+      await edge.drain(config.intervals.shutdownTimeout);
       for (const h of hosted.reverse()) {
         await h.stop().catch((err) => ctx.log.error({ err }, "error while stopping"));
       }

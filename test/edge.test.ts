@@ -88,9 +88,12 @@ describe("edge: federated catalog, sessions and HTTP hardening", () => {
     await w.registry.remove({ id: big });
   });
 
-  it("answers an unknown tool, and a tool of an unhealthy gateway, with a JSON-RPC error naming it", async () => {
+  it("answers a tool of no gateway, and a tool of an unhealthy gateway, with a JSON-RPC error naming it; a name alpha did not list goes to alpha", async () => {
     const { client } = await connectClient(w.edge.url);
-    await assert.rejects(client.callTool({ name: "alpha__nope" }), (err: any) => err.code === -32602 && /unknown tool: alpha__nope/.test(err.message));
+    await assert.rejects(client.callTool({ name: "gamma__nope" }), (err: any) => err.code === -32602 && /unknown tool: gamma__nope/.test(err.message));
+    await assert.rejects(client.callTool({ name: "nope" }), (err: any) => err.code === -32602 && /unknown tool: nope/.test(err.message));
+    // the upstream decides about a name discovery did not see (alpha's upstream is unreachable here)
+    await assert.rejects(client.callTool({ name: "alpha__nope" }), (err: any) => err.code === -32000 && /gateway alpha unavailable/.test(err.message));
     await putHealth(w, gidB, "unhealthy");
     await until("beta hidden", async () => !(await client.listTools()).tools.some((t) => t.name.startsWith("beta")));
     // The edge refuses it itself: nothing is sent towards beta's upstream (no actor address,

@@ -1,5 +1,5 @@
 import type { KV, KvEntry } from "@nats-io/kv";
-import { buildView, changedLists, type CatalogView, type GatewayFacts, type ViewList } from "../../actors/catalogView.ts";
+import { buildView, changedLists, type CatalogView, type GatewayFacts, type Route, type ViewList } from "../../actors/catalogView.ts";
 import { CatalogSchema, type Catalog } from "../../protocol/catalog.ts";
 import { GatewayRecordSchema, GatewayStatusSchema, type GatewayStatus } from "../../protocol/gateway.ts";
 import { KEYS } from "../../protocol/subjects.ts";
@@ -31,7 +31,7 @@ export class CatalogCache {
 
   constructor(
     private readonly kv: { gateways: KV; catalog: KV; state: KV },
-    private readonly separator: string,
+    readonly separator: string,
     private readonly log: Logger,
   ) {}
 
@@ -57,6 +57,24 @@ export class CatalogCache {
 
   gatewayName(gid: string): string | undefined {
     return this.#gateways.get(gid)?.value.name;
+  }
+
+  /**
+   * Where a name no catalog lists goes, the upstream deciding about it: on a gateway's own
+   * endpoint to that gateway, on `/mcp` to the gateway its `<gateway><separator>` prefix names.
+   */
+  passThrough(scope: string | null, name: string): Route | undefined {
+    let gid: string | undefined = scope ?? undefined;
+    let original = name;
+    if (scope === null) {
+      const at = name.indexOf(this.separator);
+      if (at <= 0) return undefined;
+      gid = this.gatewayByName(name.slice(0, at));
+      original = name.slice(at + this.separator.length);
+    }
+    const g = gid === undefined ? undefined : this.#gateways.get(gid);
+    if (gid === undefined || !g?.value.enabled || original === "") return undefined;
+    return { gid, gatewayName: g.value.name, original, healthy: this.#health.get(gid)?.value !== "unhealthy" };
   }
 
   /** The enabled gateway with this name, if any. */

@@ -1,32 +1,49 @@
 import { randomBytes } from "node:crypto";
 import { createServer, type IncomingMessage, type Server as HttpServer, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
-import { StreamableHTTPServerTransport } from "@modelcontextprotocol/sdk/server/streamableHttp.js";
 import {
   ErrorCode,
   InitializeRequestSchema,
+  isJSONRPCError,
   isJSONRPCNotification,
-  JSONRPCMessageSchema,
+  isJSONRPCRequest,
+  isJSONRPCResponse,
   LATEST_PROTOCOL_VERSION,
   SUPPORTED_PROTOCOL_VERSIONS,
   type JSONRPCMessage,
+  type JSONRPCRequest,
 } from "@modelcontextprotocol/sdk/types.js";
+import { ClientStreamLifecycle, listOfChange, negotiateVersion, withView } from "../../actors/downstreamSession.ts";
 import { sessionKey, type DownstreamSession } from "../../protocol/edge.ts";
-import { SessionIdSchema } from "../../protocol/upstream.ts";
-import { isNatsUnavailable } from "../bus.ts";
+import { ProtocolError } from "../../protocol/envelope.ts";
+import { STREAM_GET } from "../../protocol/subjects.ts";
+import {
+  parseServerRequestId,
+  parseStreamEventId,
+  PRIMING_UID,
+  SessionIdSchema,
+  streamEventId,
+  UpstreamAnswerRequestSchema,
+  type StreamEvent,
+} from "../../protocol/upstream.ts";
+import { encodeJson, isNatsUnavailable } from "../bus.ts";
 import { followConnection } from "../nats.ts";
+import { SessionStore, type LoadedSession } from "../sessionStore.ts";
+import { publishStreamEvent, resumeStream } from "../streamLog.ts";
+import type { UpstreamCaller } from "../upstreamClient.ts";
 import type { Hosted, WorkerContext } from "../worker.ts";
 import { CatalogCache } from "./catalogCache.ts";
+import { clientMethods, initializeResult, RpcError, rpcErrorOf, settle, type RequestContext } from "./clientMethods.ts";
 import { consoleRoutes } from "./console/consoleRoutes.ts";
-import type { UpstreamCaller } from "../upstreamClient.ts";
-import { forwardableHeaders, sessionServer } from "./mcpServer.ts";
 import { bearerToken, HostGuard, isLoopbackAddress, SessionOwners, tokenDigests, tokenMatches } from "./security.ts";
-import { SessionLinks, wireKey } from "./sessionLinks.ts";
-import { SessionStore, type LoadedSession } from "../sessionStore.ts";
+import { SessionLinks, parseWireId, wireKey } from "./sessionLinks.ts";
+import { accepts, HttpError, isJsonContent, parseMessages, readBody, rpcErrorBody, sendJson, SseStream } from "./streamableHttp.ts";
 
 export type Edge = Hosted & {
-  /** takes no new connections; requests in flight go on until `stop` */
+  /** takes no new connections; requests in flight go on until `drain` or `stop` */
   stopAccepting(): Promise<void>;
+  /** waits (at most `withinMs`) for the calls in flight on this edge's streams to be answered */
+  drain(withinMs: number): Promise<void>;
   url: string;
   port: number;
   cache: CatalogCache;
@@ -37,18 +54,6 @@ export type Edge = Hosted & {
 
 const LIST_CHANGED = { tools: "notifications/tools/list_changed", prompts: "notifications/prompts/list_changed", resources: "notifications/resources/list_changed" } as const;
 
-class HttpError extends Error {
-  constructor(
-    readonly status: number,
-    readonly rpcCode: number,
-    message: string,
-    readonly headers: Record<string, string> = {},
-  ) {
-    super(message);
-  }
-}
-
-/** A NATS outage: the connection retries every 500 ms, so a client may soon. */
 /** How long a request waits for a lost NATS connection to come back before its 503. */
 const RECONNECT_GRACE_MS = 3_000;
 const unavailable = () =>
@@ -56,6 +61,9 @@ const unavailable = () =>
 
 /** Unknown, of another gateway, of another owner: one answer, so it tells nothing about other sessions. */
 const sessionNotFound = () => new HttpError(404, -32001, "Session not found");
+
+/** How long the edge waits for NATS to take a client's answer to a server request. */
+const ANSWER_TIMEOUT_MS = 5_000;
 
 /** How much of each client-described field of an initialize a session record keeps. */
 const RECORDED_FIELD_MAX = 16 * 1024;
@@ -73,10 +81,19 @@ function recordedClient(clientInfo: DownstreamSession["clientInfo"], capabilitie
   };
 }
 
+type Answer = { jsonrpc: "2.0"; id: string | number; result: Record<string, unknown> } | ReturnType<typeof rpcErrorBody>;
+
+function answerOf(id: string | number, outcome: { result: Record<string, unknown> } | { error: unknown }): Answer {
+  if ("result" in outcome) return { jsonrpc: "2.0", id, result: outcome.result };
+  const e = outcome.error;
+  return e instanceof RpcError ? rpcErrorBody(e.code, e.message, id, e.data) : rpcErrorBody(ErrorCode.InternalError, "internal error; see the worker's log", id);
+}
+
 /**
  * The edge actor of one worker: the MCP Streamable HTTP endpoint for clients. `/mcp` serves
  * the federated catalog, `/gateways/<name>/mcp` one gateway's catalog under its own names.
- * Sessions live in KV, so any worker answers any request of any session.
+ * Client sessions live in KV (actors/downstreamSession.ts is their policy), so any worker
+ * answers any request of any session and resumes any of its streams.
  */
 export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Promise<Edge> {
   const { config, log: workerLog } = ctx;
@@ -90,6 +107,7 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
   const nats = followConnection(ctx.nc);
   const webConsole = consoleRoutes(ctx, tokenDigests(config.console.tokens));
   const metricsTokens = tokenDigests(config.metricsTokens);
+  const guardOpts = { log, refusals: ctx.refusals };
 
   const cache = new CatalogCache(ctx.stores, edge.toolSeparator, log);
   await cache.start();
@@ -102,14 +120,36 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
     idleTtlMs: edge.sessionIdleTtl,
     onSwept: (alive) => ctx.metrics.clientSessions.set(alive),
   });
-  const links = new SessionLinks(ctx.nc, ctx.s, { log, refusals: ctx.refusals });
+  const links = new SessionLinks(ctx.nc, ctx.s, guardOpts);
   sessions.startSweeping(() => links.streamSessionIds());
+  const methods = clientMethods({
+    cache,
+    caller,
+    sessions,
+    tellUpstreams: (sid, message) => ctx.nc.publish(ctx.s.upstream.sessionWide(sid), encodeJson(message)),
+    pageSize: edge.pageSize,
+    callTimeoutMs: config.intervals.callTimeout,
+    log,
+    metrics: ctx.metrics,
+    tracing: ctx.tracing,
+  });
+  /** a change notice goes through the stream log like every other event, so a resumed GET stream has it too */
   const stopNotices = cache.onChange(({ scope, lists }) => {
-    for (const stream of links.streams()) {
-      if (stream.gid !== scope) continue;
-      for (const l of lists) void stream.notify({ method: LIST_CHANGED[l] }).catch(() => {});
+    for (const held of links.getStreams()) {
+      if (held.scope !== scope) continue;
+      for (const l of lists) {
+        const event: StreamEvent = { uid: `e${randomBytes(9).toString("base64url")}`, message: { jsonrpc: "2.0", method: LIST_CHANGED[l] } };
+        publishStreamEvent(ctx.stores.js, ctx.s, held.sid, STREAM_GET, event).catch((err) => log.debug({ err }, "could not publish a change notice"));
+      }
     }
   });
+  /** POST streams with requests in flight here: a stopping worker waits for them */
+  const inFlight = new Set<ClientStreamLifecycle>();
+  let draining: (() => void) | undefined;
+  const settled = (l: ClientStreamLifecycle) => {
+    inFlight.delete(l);
+    if (inFlight.size === 0) draining?.();
+  };
 
   let guard: HostGuard;
 
@@ -123,43 +163,6 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
     return gid;
   };
 
-  const readBody = (req: IncomingMessage): Promise<Buffer> => {
-    const tooLarge = () => new HttpError(413, ErrorCode.InvalidRequest, `request body larger than ${edge.maxBodyBytes} bytes`, { connection: "close" });
-    if (Number(req.headers["content-length"] ?? 0) > edge.maxBodyBytes) return Promise.reject(tooLarge());
-    return new Promise((resolve, reject) => {
-      const chunks: Buffer[] = [];
-      let size = 0;
-      req.on("data", (c: Buffer) => {
-        size += c.length;
-        if (size <= edge.maxBodyBytes) return void chunks.push(c);
-        // Stop buffering; the 413 goes out with `connection: close`, which ends the upload.
-        req.removeAllListeners("data");
-        req.pause();
-        reject(tooLarge());
-      });
-      req.on("end", () => resolve(Buffer.concat(chunks)));
-      req.on("error", reject);
-    });
-  };
-
-  const parseMessages = (body: Buffer): JSONRPCMessage[] => {
-    let raw: unknown;
-    try {
-      raw = JSON.parse(body.toString("utf8"));
-    } catch {
-      throw new HttpError(400, ErrorCode.ParseError, "Parse error: the body is not valid JSON");
-    }
-    const list = Array.isArray(raw) ? raw : [raw];
-    if (list.length === 0) throw new HttpError(400, ErrorCode.InvalidRequest, "Invalid Request: empty batch");
-    return list.map((m) => {
-      const r = JSONRPCMessageSchema.safeParse(m);
-      if (!r.success) throw new HttpError(400, ErrorCode.InvalidRequest, "Invalid Request: not a JSON-RPC 2.0 message");
-      const id = (r.data as { id?: unknown }).id;
-      if (typeof id === "string" && id.length > 120) throw new HttpError(400, ErrorCode.InvalidRequest, "Invalid Request: request id longer than 120 characters");
-      return r.data;
-    });
-  };
-
   /**
    * The session a request names, if `credential` owns it. The client's id stops here: the
    * session is looked up, and known behind the edge, by its key.
@@ -170,89 +173,212 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
     if (!SessionIdSchema.safeParse(clientSessionId).success) throw sessionNotFound();
     const s = await sessions.load(sessionKey(clientSessionId));
     if (!s || s.record.gid !== scope || !owners.owns(s.record.owner, credential)) throw sessionNotFound();
+    const version = req.headers["mcp-protocol-version"];
+    if (typeof version === "string" && !SUPPORTED_PROTOCOL_VERSIONS.includes(version)) {
+      throw new HttpError(400, ErrorCode.ConnectionClosed, `Bad Request: Unsupported protocol version: ${version.slice(0, 64)} (supported versions: ${SUPPORTED_PROTOCOL_VERSIONS.join(", ")})`);
+    }
     return { ...s, clientSessionId };
   };
 
-  /** Answers one HTTP request through a fresh SDK server bound to the session (`sid`: its key). */
-  const serveWithSdk = async (req: IncomingMessage, res: ServerResponse, clientSessionId: string, sid: string, scope: string | null, body?: JSONRPCMessage[]) => {
-    const transport = new StreamableHTTPServerTransport({ sessionIdGenerator: undefined });
-    const server = sessionServer({
+  /** The headers every answer of a session carries. */
+  const sessionHeaders = (clientSessionId: string, record: DownstreamSession) => ({ "mcp-session-id": clientSessionId, "mcp-protocol-version": record.protocolVersion });
+
+  /**
+   * Writes one stream event to a client stream: a message as it is (a server request keeps
+   * its `serverRequestId`), a call's final answer as the JSON-RPC answer the live path gives.
+   * An upstream's list_changed on this client's own session makes that list the session's own.
+   */
+  const writeEvent = (sse: SseStream, streamId: string, sid: string, event: StreamEvent, lifecycle?: ClientStreamLifecycle): boolean => {
+    if ("message" in event) {
+      const list = event.gid ? listOfChange(event.message.method) : null;
+      if (list && event.gid) void sessions.update(sid, (r) => withView(r, event.gid!, list)).catch((err) => log.warn({ err, sid }, "could not record a session's own list"));
+      sse.write(streamEventId(streamId, event.uid), event.message);
+      return false;
+    }
+    const verdict = lifecycle ? lifecycle.answer(event.requestId) : "write-and-end";
+    if (verdict === "drop") return false;
+    let outcome: { result: Record<string, unknown> } | { error: unknown };
+    const gatewayName = (event.gid && cache.gatewayName(event.gid)) || "upstream";
+    if (event.reply.ok) {
+      try {
+        outcome = { result: settle(event.reply.data) };
+      } catch (err) {
+        outcome = { error: err };
+      }
+    } else outcome = { error: rpcErrorOf(new ProtocolError(event.reply.error.code, event.reply.error.message), gatewayName).error };
+    sse.write(streamEventId(streamId, event.uid), answerOf(parseWireId(event.requestId), outcome));
+    return verdict === "write-and-end";
+  };
+
+  const handleResponses = async (sid: string, responses: JSONRPCMessage[]) => {
+    await Promise.all(
+      responses.map(async (m) => {
+        const id = (m as { id?: unknown }).id;
+        const target = parseServerRequestId(id);
+        const answer = UpstreamAnswerRequestSchema.safeParse(isJSONRPCError(m) ? { id, error: m.error } : { id, result: (m as { result?: unknown }).result });
+        if (!target || !answer.success) return void log.debug({ sid }, "ignoring a response to no request of an upstream");
+        try {
+          await ctx.nc.request(ctx.s.upstream.op(sid, target.gid, "answer"), encodeJson(answer.data), { timeout: ANSWER_TIMEOUT_MS });
+        } catch (err) {
+          // the upstream session that asked is gone: nobody waits for the answer
+          log.debug({ err, sid, gid: target.gid }, "an answer to a server request was not taken");
+        }
+      }),
+    );
+  };
+
+  const handleNotifications = (sid: string, notes: JSONRPCMessage[]) => {
+    for (const m of notes) {
+      if (!isJSONRPCNotification(m)) continue;
+      if (m.method === "notifications/cancelled") {
+        const p = m.params as { requestId?: unknown; reason?: unknown } | undefined;
+        if (typeof p?.requestId === "string" || typeof p?.requestId === "number") {
+          links.cancel(sid, wireKey(p.requestId), typeof p.reason === "string" ? p.reason.slice(0, 1024) : undefined);
+        }
+      } else if (m.method === "notifications/roots/list_changed") {
+        ctx.nc.publish(ctx.s.upstream.sessionWide(sid), encodeJson({ method: "notifications/roots/list_changed" }));
+      }
+    }
+  };
+
+  /** Runs one client request; a request the client cancelled gets no answer (null). */
+  const run = async (request: JSONRPCRequest, base: Omit<RequestContext, "requestId" | "signal">): Promise<Answer | null> => {
+    const requestId = wireKey(request.id);
+    const abort = new AbortController();
+    const release = links.addRequest(base.sid, requestId, (reason) => abort.abort(reason ?? "cancelled"));
+    try {
+      return answerOf(request.id, { result: await methods.handle(request, { ...base, requestId, signal: abort.signal }) });
+    } catch (err) {
+      if (abort.signal.aborted) return null;
+      if (!(err instanceof RpcError)) {
+        if (isNatsUnavailable(err)) return answerOf(request.id, { error: new RpcError(ErrorCode.ConnectionClosed, "the gateway cannot reach NATS; retry later") });
+        log.error({ err, sid: base.sid, method: request.method }, "client request failed");
+      }
+      return answerOf(request.id, { error: err });
+    } finally {
+      release();
+    }
+  };
+
+  const handleInitialize = async (res: ServerResponse, init: JSONRPCRequest, scope: string | null, credential: string) => {
+    const parsed = InitializeRequestSchema.safeParse(init);
+    if (!parsed.success) return sendJson(res, 200, rpcErrorBody(ErrorCode.InvalidParams, "Invalid params for initialize", init.id));
+    const params = parsed.data.params;
+    const clientSessionId = randomBytes(16).toString("base64url");
+    const sid = sessionKey(clientSessionId);
+    const now = new Date().toISOString();
+    const record: DownstreamSession = {
       sid,
+      owner: owners.of(credential),
       gid: scope,
-      gatewayName: scope === null ? undefined : cache.gatewayName(scope),
-      headers: forwardableHeaders(req.headers),
-      view: () => cache.view(scope),
-      caller,
-      links,
-      deliver: (m) => transport.onmessage?.(m),
-      pageSize: edge.pageSize,
-      callTimeoutMs: config.intervals.callTimeout,
-      log,
-      metrics: ctx.metrics,
-      tracing: ctx.tracing,
-    });
-    res.on("close", () => {
-      void transport.close().catch(() => {});
-      void server.close().catch(() => {});
-    });
-    res.setHeader("mcp-session-id", clientSessionId);
-    await server.connect(transport);
-    return { server, transport, handled: transport.handleRequest(req, res, body === undefined ? undefined : body.length === 1 ? body[0] : body) };
+      protocolVersion: negotiateVersion(params.protocolVersion, SUPPORTED_PROTOCOL_VERSIONS, LATEST_PROTOCOL_VERSION),
+      ...recordedClient(params.clientInfo, params.capabilities as Record<string, unknown>),
+      createdAt: now,
+      lastSeenAt: now,
+    };
+    await sessions.create(record);
+    log.info({ sid, scope, client: record.clientInfo.name.slice(0, 256), protocolVersion: record.protocolVersion }, "downstream session started");
+    const gatewayName = scope === null ? undefined : cache.gatewayName(scope);
+    sendJson(res, 200, { jsonrpc: "2.0", id: init.id, result: initializeResult(record.protocolVersion, gatewayName) }, sessionHeaders(clientSessionId, record));
   };
 
   const handlePost = async (req: IncomingMessage, res: ServerResponse, scope: string | null, credential: string) => {
-    const type = req.headers["content-type"] ?? "";
-    if (!type.toLowerCase().startsWith("application/json")) throw new HttpError(415, ErrorCode.InvalidRequest, "Unsupported Media Type: Content-Type must be application/json");
-    const messages = parseMessages(await readBody(req));
-    const init = messages.find((m) => InitializeRequestSchema.safeParse(m).success);
-    let clientSessionId: string;
-    let sid: string;
+    if (!accepts(req, "application/json") || !accepts(req, "text/event-stream")) {
+      throw new HttpError(406, ErrorCode.ConnectionClosed, "Not Acceptable: Client must accept both application/json and text/event-stream");
+    }
+    if (!isJsonContent(req)) throw new HttpError(415, ErrorCode.InvalidRequest, "Unsupported Media Type: Content-Type must be application/json");
+    const messages = parseMessages(await readBody(req, edge.maxBodyBytes));
+    const init = messages.find((m) => isJSONRPCRequest(m) && m.method === "initialize") as JSONRPCRequest | undefined;
     if (init) {
       if (messages.length > 1) throw new HttpError(400, ErrorCode.InvalidRequest, "Invalid Request: initialize must be sent alone");
-      const params = InitializeRequestSchema.parse(init).params;
-      clientSessionId = randomBytes(16).toString("base64url");
-      sid = sessionKey(clientSessionId);
-      const now = new Date().toISOString();
-      const record: DownstreamSession = {
-        sid,
-        owner: owners.of(credential),
-        gid: scope,
-        protocolVersion: SUPPORTED_PROTOCOL_VERSIONS.includes(params.protocolVersion) ? params.protocolVersion : LATEST_PROTOCOL_VERSION,
-        ...recordedClient(params.clientInfo, params.capabilities as Record<string, unknown>),
-        createdAt: now,
-        lastSeenAt: now,
-      };
-      await sessions.create(record);
-      log.info({ sid, scope, client: record.clientInfo.name.slice(0, 256), protocolVersion: record.protocolVersion }, "downstream session started");
-    } else {
-      const s = await loadSession(req, scope, credential);
-      clientSessionId = s.clientSessionId;
-      sid = s.record.sid;
-      await sessions.touch(s);
-      for (const m of messages) {
-        if (isJSONRPCNotification(m) && m.method === "notifications/cancelled") {
-          const p = m.params as { requestId?: unknown; reason?: unknown } | undefined;
-          if (typeof p?.requestId === "string" || typeof p?.requestId === "number") {
-            links.cancel(sid, wireKey(p.requestId), typeof p.reason === "string" ? p.reason.slice(0, 1024) : undefined);
-          }
-        }
-      }
+      return handleInitialize(res, init, scope, credential);
     }
-    await (await serveWithSdk(req, res, clientSessionId, sid, scope, messages)).handled;
+    const s = await loadSession(req, scope, credential);
+    const sid = s.record.sid;
+    await sessions.touch(s);
+    handleNotifications(sid, messages);
+    await handleResponses(sid, messages.filter((m) => isJSONRPCResponse(m) || isJSONRPCError(m)));
+    const requests = messages.filter(isJSONRPCRequest);
+    const headers = sessionHeaders(s.clientSessionId, s.record);
+    if (requests.length === 0) return void res.writeHead(202, headers).end();
+
+    const base = { sid, record: s.record, scope, headers: forwardableHeaders(req.headers) };
+    // answers that need no upstream come back as plain JSON, as from the SDK's server
+    if (requests.every((r) => methods.isLocal(r, base))) {
+      const answers = (await Promise.all(requests.map((r) => run(r, base)))).filter((a) => a !== null);
+      if (answers.length === 0) return void res.writeHead(202, headers).end();
+      return sendJson(res, 200, messages.length === 1 ? answers[0] : answers, headers);
+    }
+
+    // an SSE stream: priming event first, so the client can resume it at any worker
+    const streamId = randomBytes(12).toString("base64url");
+    const lifecycle = new ClientStreamLifecycle("post", requests.map((r) => wireKey(r.id)));
+    const sse = new SseStream(res, headers);
+    inFlight.add(lifecycle);
+    let answered = 0;
+    const finish = () => {
+      lifecycle.end();
+      settled(lifecycle);
+      sse.end();
+    };
+    const release = await links.hold(sid, streamId, {
+      scope,
+      deliver: (event) => void (writeEvent(sse, streamId, sid, event, lifecycle) && finish()),
+      close: finish,
+    });
+    sse.onClose(() => {
+      // a client that left may resume: its calls go on, and their answers wait in the stream log
+      release();
+      settled(lifecycle);
+    });
+    sse.write(streamEventId(streamId, PRIMING_UID));
+    await Promise.all(
+      requests.map(async (r) => {
+        const answer = await run(r, { ...base, streamId });
+        const verdict = lifecycle.answer(wireKey(r.id));
+        if (verdict === "drop") return;
+        if (answer) sse.write(streamEventId(streamId, `a${answered++}`), answer);
+        if (verdict === "write-and-end") finish();
+      }),
+    );
+    release();
   };
 
   const handleGet = async (req: IncomingMessage, res: ServerResponse, scope: string | null, credential: string) => {
+    if (!accepts(req, "text/event-stream")) throw new HttpError(406, ErrorCode.ConnectionClosed, "Not Acceptable: Client must accept text/event-stream");
     const s = await loadSession(req, scope, credential);
+    const sid = s.record.sid;
     await sessions.touch(s);
     cache.view(scope); // built now, so later changes of it are noticed and pushed on this stream
-    const { server, transport, handled } = await serveWithSdk(req, res, s.clientSessionId, s.record.sid, scope);
-    const release = links.setStream(s.record.sid, {
-      gid: scope,
-      notify: (n) => server.notification(n),
-      close: () => void transport.close().catch(() => {}),
+    const lastEventId = req.headers["last-event-id"];
+    const resumeAt = typeof lastEventId === "string" ? parseStreamEventId(lastEventId) : null;
+    if (typeof lastEventId === "string" && !resumeAt) throw new HttpError(400, ErrorCode.InvalidRequest, "Bad Request: Last-Event-ID is not an event id of this gateway");
+    const streamId = resumeAt?.streamId ?? STREAM_GET;
+    const sse = new SseStream(res, sessionHeaders(s.clientSessionId, s.record));
+    // a resumed stream: stored events after the client's last one, then the live ones, all from the stream log
+    let replay: { stop(): void } | undefined;
+    const close = () => {
+      replay?.stop();
+      sse.end();
+    };
+    const release = await links.hold(sid, streamId, {
+      scope,
+      deliver: (event) => void (resumeAt === null && writeEvent(sse, streamId, sid, event)),
+      close,
     });
-    res.on("close", release);
-    await handled;
+    sse.onClose(() => {
+      replay?.stop();
+      release();
+    });
+    if (resumeAt === null) return sse.write(streamEventId(streamId, PRIMING_UID));
+    try {
+      const ends = streamId !== STREAM_GET;
+      replay = await resumeStream(ctx.stores.js, ctx.stores.streamLogName, ctx.s, { sid, streamId, afterUid: resumeAt.uid }, (event) => void (writeEvent(sse, streamId, sid, event) && ends && close()), guardOpts);
+      if (sse.closed) replay.stop();
+    } catch (err) {
+      release();
+      throw err;
+    }
   };
 
   const handleDelete = async (req: IncomingMessage, res: ServerResponse, scope: string | null, credential: string) => {
@@ -324,8 +450,7 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
       if (!e) log.error({ err, method: req.method }, "edge request failed");
       else if (!(err instanceof HttpError)) log.warn({ err, method: req.method }, "edge request refused: NATS unreachable");
       if (res.headersSent) return void res.end();
-      const body = JSON.stringify({ jsonrpc: "2.0", error: { code: e?.rpcCode ?? ErrorCode.InternalError, message: e?.message ?? "internal error; see the worker's log" }, id: null });
-      res.writeHead(e?.status ?? 500, { "content-type": "application/json", ...e?.headers }).end(body);
+      sendJson(res, e?.status ?? 500, rpcErrorBody(e?.rpcCode ?? ErrorCode.InternalError, e?.message ?? "internal error; see the worker's log"), e?.headers);
     });
   });
   http.on("clientError", (_err, socket) => socket.destroy());
@@ -349,6 +474,16 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
       http.close();
       http.closeIdleConnections();
     },
+    async drain(withinMs) {
+      if (inFlight.size === 0) return;
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, withinMs);
+        draining = () => {
+          clearTimeout(timer);
+          resolve();
+        };
+      });
+    },
     async stop() {
       stopNotices();
       webConsole.stop();
@@ -359,4 +494,17 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
       await new Promise<void>((resolve) => http.close(() => resolve()));
     },
   };
+}
+
+const DROPPED_HEADERS = new Set(["authorization", "proxy-authorization", "cookie", "mcp-session-id", "last-event-id"]);
+
+/** The downstream request's headers as the upstream call carries them (the edge's credentials and the client's session id never leave). */
+export function forwardableHeaders(headers: Record<string, string | string[] | undefined>): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [k, v] of Object.entries(headers)) {
+    if (v === undefined || DROPPED_HEADERS.has(k)) continue;
+    const text = Array.isArray(v) ? v.join(", ") : v;
+    if (text.length <= 8192) out[k] = text;
+  }
+  return out;
 }

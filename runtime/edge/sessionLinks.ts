@@ -1,28 +1,25 @@
 import type { NatsConnection, Subscription } from "@nats-io/transport-node";
-import type { JSONRPCMessage, ServerNotification } from "@modelcontextprotocol/sdk/types.js";
 import { EdgeCancelSchema } from "../../protocol/edge.ts";
-import { ClientNotificationSchema, SessionClosedEventSchema } from "../../protocol/upstream.ts";
-import type { Subjects } from "../../protocol/subjects.ts";
+import { SessionClosedEventSchema, StreamEventSchema, type StreamEvent } from "../../protocol/upstream.ts";
+import { STREAM_GET, type Subjects } from "../../protocol/subjects.ts";
 import { decodeJson, encodeJson, listen, type Guard } from "../bus.ts";
 
-/** A request of a downstream session in flight on this worker. */
-export type InFlight = {
-  /** delivers a notification on the request's own response stream */
-  notify(n: ServerNotification): Promise<void>;
-  /** hands a message (the client's cancellation) to the SDK server answering the request */
-  deliver(m: JSONRPCMessage): void;
+/** A client stream held by this worker's edge. */
+export type HeldStream = {
+  /** the endpoint's scope: null for `/mcp`, else the one gateway (change notices go by it) */
+  scope: string | null;
+  /** a stream event published for this stream (live, over core NATS) */
+  deliver(event: StreamEvent): void;
+  close(): void;
 };
 
-/** The session's GET stream, when this worker holds it. */
-export type GetStream = { gid: string | null; notify(n: ServerNotification): Promise<void>; close(): void };
-
-type Links = { requests: Map<string, InFlight>; stream?: GetStream; sub: Subscription; closedSub: Subscription };
+type Links = { streams: Map<string, HeldStream>; requests: Map<string, (reason?: string) => void>; sub: Subscription; closedSub: Subscription };
 
 /**
- * What this worker holds of each downstream session: requests in flight and the GET stream.
- * While it holds anything of a session it listens on the session's notification subject
- * (upstream notifications: progress to the request it belongs to, the rest to the GET
- * stream) and on its closed event (a DELETE at another worker ends the GET stream here).
+ * What this worker holds of each client session: its open streams and its requests in flight.
+ * While it holds anything of a session it listens on the session's stream events (each goes
+ * to the stream it names) and on its closed event (a DELETE at another worker ends the
+ * streams here).
  */
 export class SessionLinks {
   readonly #sessions = new Map<string, Links>();
@@ -49,17 +46,19 @@ export class SessionLinks {
   #links(sid: string): Links {
     let l = this.#sessions.get(sid);
     if (!l) {
+      // a JetStream delivery into stream.> (another stream's consumer, an API answer) is refused by `listen`
       const opts = { ...this.guard, expect: "message" } as const;
-      const sub = listen(this.nc, this.s.upstream.clientNotification(sid), (msg) => void this.#onUpstream(sid, msg.data), opts);
+      const sub = listen(this.nc, this.s.stream.session(sid), (msg) => this.#onEvent(sid, msg.subject, msg.data), opts);
       const closedSub = listen(
         this.nc,
         this.s.evt.sessionClosed(sid),
         (msg) => {
-          if (SessionClosedEventSchema.safeParse(safeJson(msg.data)).data?.sid === sid) this.#sessions.get(sid)?.stream?.close();
+          if (SessionClosedEventSchema.safeParse(safeJson(msg.data)).data?.sid !== sid) return;
+          for (const stream of this.#sessions.get(sid)?.streams.values() ?? []) stream.close();
         },
         opts,
       );
-      l = { requests: new Map(), sub, closedSub };
+      l = { streams: new Map(), requests: new Map(), sub, closedSub };
       this.#sessions.set(sid, l);
     }
     return l;
@@ -67,53 +66,67 @@ export class SessionLinks {
 
   #release(sid: string): void {
     const l = this.#sessions.get(sid);
-    if (!l || l.requests.size > 0 || l.stream) return;
+    if (!l || l.requests.size > 0 || l.streams.size > 0) return;
     l.sub.unsubscribe();
     l.closedSub.unsubscribe();
     this.#sessions.delete(sid);
   }
 
-  /** Registers a request; the subscription is in place before the call leaves, so no progress is lost. */
-  async addRequest(sid: string, requestId: string, f: InFlight): Promise<() => void> {
-    this.#links(sid).requests.set(requestId, f);
+  /**
+   * Holds a stream of `sid` here; an older one of the same id here is closed. Resolves once
+   * the subscription is in place, so no event published after it is lost.
+   */
+  async hold(sid: string, streamId: string, stream: HeldStream): Promise<() => void> {
+    const l = this.#links(sid);
+    const old = l.streams.get(streamId);
+    l.streams.set(streamId, stream);
+    old?.close();
     // A flush cut short by a lost NATS connection is no failure: on reconnect nats.js sends
     // every subscription before what it buffered, so the call still leaves after its link.
     await this.nc.flush().catch(() => {});
     return () => {
-      const l = this.#sessions.get(sid);
-      if (l?.requests.get(requestId) === f) l.requests.delete(requestId);
+      const cur = this.#sessions.get(sid);
+      if (cur?.streams.get(streamId) === stream) cur.streams.delete(streamId);
       this.#release(sid);
     };
   }
 
-  /** Takes over the session's GET stream on this worker; an older one here is closed. */
-  setStream(sid: string, stream: GetStream): () => void {
+  /** Registers a request in flight here, so a cancellation posted at any worker reaches `abort`. */
+  addRequest(sid: string, requestId: string, abort: (reason?: string) => void): () => void {
     const l = this.#links(sid);
-    const old = l.stream;
-    l.stream = stream;
-    old?.close();
+    l.requests.set(requestId, abort);
     return () => {
       const cur = this.#sessions.get(sid);
-      if (cur?.stream === stream) delete cur.stream;
+      if (cur?.requests.get(requestId) === abort) cur.requests.delete(requestId);
       this.#release(sid);
     };
   }
 
   /** Sessions whose GET stream this worker holds: a client listening there is not idle. */
   streamSessionIds(): string[] {
-    return [...this.#sessions.entries()].flatMap(([sid, l]) => (l.stream ? [sid] : []));
+    return [...this.#sessions.entries()].flatMap(([sid, l]) => (l.streams.has(STREAM_GET) ? [sid] : []));
   }
 
-  /** Every GET stream held here, for change notices. */
-  streams(): GetStream[] {
-    return [...this.#sessions.values()].flatMap((l) => (l.stream ? [l.stream] : []));
+  /** Every GET stream held here, with its session, for change notices. */
+  getStreams(): Array<{ sid: string; scope: string | null }> {
+    return [...this.#sessions.entries()].flatMap(([sid, l]) => {
+      const get = l.streams.get(STREAM_GET);
+      return get ? [{ sid, scope: get.scope }] : [];
+    });
+  }
+
+  /** Open streams held here (a stopping worker waits for the POST streams among them). */
+  count(): number {
+    let n = 0;
+    for (const l of this.#sessions.values()) n += l.streams.size;
+    return n;
   }
 
   /** Cancels a request of `sid` if it is in flight here; false when it is not. */
   cancelLocal(sid: string, requestId: string, reason?: string): boolean {
-    const f = this.#sessions.get(sid)?.requests.get(requestId);
-    if (!f) return false;
-    f.deliver({ jsonrpc: "2.0", method: "notifications/cancelled", params: { requestId: parseWireId(requestId), ...(reason ? { reason } : {}) } });
+    const abort = this.#sessions.get(sid)?.requests.get(requestId);
+    if (!abort) return false;
+    abort(reason);
     return true;
   }
 
@@ -122,19 +135,22 @@ export class SessionLinks {
     if (!this.cancelLocal(sid, requestId, reason)) this.nc.publish(this.s.edge.cancel(sid), encodeJson({ requestId, ...(reason ? { reason } : {}) }));
   }
 
-  async #onUpstream(sid: string, data: Uint8Array): Promise<void> {
-    const r = ClientNotificationSchema.safeParse(safeJson(data));
-    if (!r.success) return void this.guard.log.warn({ sid }, "ignoring a malformed upstream notification");
-    const l = this.#sessions.get(sid);
-    const n = r.data.notification as ServerNotification;
-    const target = (r.data.requestId !== undefined ? l?.requests.get(r.data.requestId) : undefined) ?? (r.data.requestId === undefined ? l?.stream : undefined);
-    await target?.notify(n).catch((err) => this.guard.log.debug({ err, sid, method: n.method }, "could not deliver a notification"));
+  #onEvent(sid: string, subject: string, data: Uint8Array): void {
+    const at = this.s.parseStream(subject);
+    const r = StreamEventSchema.safeParse(safeJson(data));
+    if (!at || at.sid !== sid || !r.success) return void this.guard.log.warn({ sid }, "ignoring a malformed stream event");
+    this.#sessions.get(sid)?.streams.get(at.streamId)?.deliver(r.data);
+  }
+
+  /** Closes every stream held here. */
+  closeAll(): void {
+    for (const l of this.#sessions.values()) for (const stream of l.streams.values()) stream.close();
   }
 
   stop(): void {
     this.#cancelSub.unsubscribe();
     for (const [sid, l] of this.#sessions) {
-      l.stream?.close();
+      for (const stream of l.streams.values()) stream.close();
       l.sub.unsubscribe();
       l.closedSub.unsubscribe();
       this.#sessions.delete(sid);
@@ -155,6 +171,7 @@ export function wireKey(id: string | number): string {
   return typeof id === "number" ? `n${id}` : `s${id}`;
 }
 
-function parseWireId(key: string): string | number {
+/** The client's own JSON-RPC id of a `wireKey`. */
+export function parseWireId(key: string): string | number {
   return key.startsWith("n") ? Number(key.slice(1)) : key.slice(1);
 }

@@ -1,0 +1,111 @@
+// The MCP Streamable HTTP transport, server side, as the edge speaks it: bodies in, JSON or
+// SSE out. No MCP semantics here (those are clientMethods.ts); no session state (KV).
+import type { IncomingMessage, ServerResponse } from "node:http";
+import { ErrorCode, JSONRPCMessageSchema, type JSONRPCMessage } from "@modelcontextprotocol/sdk/types.js";
+
+export class HttpError extends Error {
+  constructor(
+    readonly status: number,
+    readonly rpcCode: number,
+    message: string,
+    readonly headers: Record<string, string> = {},
+  ) {
+    super(message);
+  }
+}
+
+/** Like the SDK server: a batch longer than this is refused whole. */
+const MAX_BATCH = 100;
+
+/** Reads a body of at most `max` bytes; a larger one is a 413 that closes the connection (ends the upload). */
+export function readBody(req: IncomingMessage, max: number): Promise<Buffer> {
+  const tooLarge = () => new HttpError(413, ErrorCode.InvalidRequest, `request body larger than ${max} bytes`, { connection: "close" });
+  if (Number(req.headers["content-length"] ?? 0) > max) return Promise.reject(tooLarge());
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    req.on("data", (c: Buffer) => {
+      size += c.length;
+      if (size <= max) return void chunks.push(c);
+      req.removeAllListeners("data");
+      req.pause();
+      reject(tooLarge());
+    });
+    req.on("end", () => resolve(Buffer.concat(chunks)));
+    req.on("error", reject);
+  });
+}
+
+/** A body as JSON-RPC messages (one or a batch), validated by the SDK's schema. */
+export function parseMessages(body: Buffer): JSONRPCMessage[] {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(body.toString("utf8"));
+  } catch {
+    throw new HttpError(400, ErrorCode.ParseError, "Parse error: the body is not valid JSON");
+  }
+  const list = Array.isArray(raw) ? raw : [raw];
+  if (list.length === 0) throw new HttpError(400, ErrorCode.InvalidRequest, "Invalid Request: empty batch");
+  if (list.length > MAX_BATCH) throw new HttpError(400, ErrorCode.InvalidRequest, `Invalid Request: a batch of more than ${MAX_BATCH} messages`);
+  return list.map((m) => {
+    const r = JSONRPCMessageSchema.safeParse(m);
+    if (!r.success) throw new HttpError(400, ErrorCode.InvalidRequest, "Invalid Request: not a JSON-RPC 2.0 message");
+    const id = (r.data as { id?: unknown }).id;
+    if (typeof id === "string" && id.length > 120) throw new HttpError(400, ErrorCode.InvalidRequest, "Invalid Request: request id longer than 120 characters");
+    return r.data;
+  });
+}
+
+/** The client takes `type` (a plain substring of Accept, as the SDK reads it). */
+export function accepts(req: IncomingMessage, type: "application/json" | "text/event-stream"): boolean {
+  return (req.headers.accept ?? "").includes(type);
+}
+
+export function isJsonContent(req: IncomingMessage): boolean {
+  return /^application\/json\s*(;|$)/i.test(req.headers["content-type"] ?? "");
+}
+
+export function sendJson(res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
+  res.writeHead(status, { "content-type": "application/json", ...headers }).end(JSON.stringify(body));
+}
+
+export function rpcErrorBody(code: number, message: string, id: string | number | null = null, data?: unknown) {
+  return { jsonrpc: "2.0" as const, id, error: data === undefined ? { code, message } : { code, message, data } };
+}
+
+/**
+ * One SSE response stream. Each event carries an id (`<streamId>.<uid>`) so a client that
+ * loses the stream can resume after the last one it saw, at any worker.
+ */
+export class SseStream {
+  #closed = false;
+
+  constructor(
+    private readonly res: ServerResponse,
+    headers: Record<string, string>,
+  ) {
+    res.writeHead(200, { "content-type": "text/event-stream", "cache-control": "no-cache, no-transform", connection: "keep-alive", "x-accel-buffering": "no", ...headers });
+    res.flushHeaders();
+    res.on("close", () => (this.#closed = true));
+  }
+
+  get closed(): boolean {
+    return this.#closed || this.res.writableEnded;
+  }
+
+  /** An event: a JSON-RPC message, or no data (the priming event). */
+  write(id: string, message?: unknown): void {
+    if (this.closed) return;
+    this.res.write(message === undefined ? `id: ${id}\ndata: \n\n` : `id: ${id}\nevent: message\ndata: ${JSON.stringify(message)}\n\n`);
+  }
+
+  end(): void {
+    if (this.closed) return;
+    this.#closed = true;
+    this.res.end();
+  }
+
+  onClose(f: () => void): void {
+    this.res.on("close", f);
+  }
+}
