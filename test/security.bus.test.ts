@@ -9,11 +9,13 @@ import { AckPolicy, DeliverPolicy, jetstream, jetstreamManager, type JetStreamMa
 import { Kvm, type KV } from "@nats-io/kv";
 import type { Msg, NatsConnection } from "@nats-io/transport-node";
 import { z } from "zod";
-import { buckets, eventStream, KEYS, QUEUE, subjects } from "../protocol/subjects.ts";
+import { buckets, eventStream, KEYS, QUEUE, streamLog, subjects } from "../protocol/subjects.ts";
+import { sessionKey } from "../protocol/edge.ts";
+import { publishStreamEvent } from "../runtime/streamLog.ts";
 import { encodeJson, request, type RefusalReason } from "../runtime/bus.ts";
 import { listCatalog } from "../runtime/pollerEffects.ts";
 import { startFixtureHttp, type FixtureHttp } from "./fixtures/fixtureHttp.ts";
-import { connectClient, putCatalog } from "./helpers/edge.ts";
+import { connectClient, INIT, putCatalog, raw } from "./helpers/edge.ts";
 import { startNats, type TestNats } from "./helpers/nats.ts";
 import { until } from "./helpers/wait.ts";
 import { startTestWorker, type TestWorker } from "./helpers/worker.ts";
@@ -21,6 +23,7 @@ import { startTestWorker, type TestWorker } from "./helpers/worker.ts";
 const s = subjects();
 const B = buckets();
 const EVENTS = eventStream().name;
+const STREAM_LOG = streamLog().name;
 const GATEWAYS = 7;
 /** hang bound of one request or of waiting for the server's deliveries */
 const BOUND_MS = 20_000;
@@ -259,6 +262,63 @@ describe("least privilege on the bus", () => {
     assert.notEqual(info.config.max_age, 1);
     for (const name of followers) assert.ok((await runtimeConsumers(EVENTS)).includes(name), `follower ${name} still exists`);
     for (const name of stateWatches) assert.ok((await runtimeConsumers(`KV_${B.state}`)).includes(name), `state watch ${name} still exists`);
+    await assertNothingChanged();
+  });
+
+  it("the stream log (tool results) is read by no route of admin or viewer, nor written through mcpgw.stream.>; what the runtime did not publish there is never replayed", async () => {
+    // a client session and one of its streams, as the runtime writes it: a secret, then the call's answer
+    const init = await raw(w.edge.port, { body: INIT });
+    const clientId = String(init.headers["mcp-session-id"]);
+    const sid = sessionKey(clientId);
+    const streamId = "attacked";
+    const subject = s.stream.event(sid, streamId);
+    const secret = `stream-secret-${Date.now()}`;
+    await publishStreamEvent(w.stores.js, s, sid, streamId, { uid: "s1", message: { jsonrpc: "2.0", method: "notifications/message", params: { level: "info", data: secret } } });
+
+    const seen: string[] = [];
+    for (const [who, nc, errors] of [["viewer", viewer, viewerErrors], ["admin", admin, adminErrors]] as const) {
+      const jsm = await jetstreamManager(nc, { timeout: 5_000 });
+      await assert.rejects(jsm.consumers.add(STREAM_LOG, { ack_policy: AckPolicy.None, filter_subject: subject }), /permission/i, `${who}: ephemeral consumer`);
+      await assert.rejects(jsm.consumers.add(STREAM_LOG, { name: `${who}-reader`, ack_policy: AckPolicy.None, filter_subject: subject }), /permission/i, `${who}: named consumer`);
+      await assert.rejects(jsm.consumers.add(STREAM_LOG, { durable_name: `${who}-durable`, ack_policy: AckPolicy.None }), /permission/i, `${who}: durable consumer`);
+      await assert.rejects(jsm.streams.getMessage(STREAM_LOG, { last_by_subj: subject }), /permission/i, `${who}: message get`);
+      await assert.rejects(jsm.streams.getMessage(STREAM_LOG, { seq: 1 }), /permission/i, `${who}: message get by sequence`);
+      // direct gets: the answer would come to the user's own inbox
+      const inbox = `_INBOX_${who}.direct`;
+      nc.subscribe(inbox, { callback: (_e, m) => void seen.push(new TextDecoder().decode(m.data)) });
+      nc.publish(`$JS.API.DIRECT.GET.${STREAM_LOG}`, encodeJson({ last_by_subj: subject }), { reply: inbox });
+      nc.publish(`$JS.API.DIRECT.GET.${STREAM_LOG}.${subject}`, new Uint8Array(), { reply: inbox });
+      nc.publish(subject, encodeJson({ uid: `forged-${who}`, message: { jsonrpc: "2.0", method: "notifications/message", params: { level: "info", data: "forged" } } }));
+      await nc.flush();
+      await until(
+        `${who}: the server refused the direct gets and the publish`,
+        () => [`$JS.API.DIRECT.GET.${STREAM_LOG}"`, `$JS.API.DIRECT.GET.${STREAM_LOG}.${subject}"`, `Publish to "${subject}"`].every((p) => errors.some((e) => e.includes(p))),
+        BOUND_MS,
+      );
+    }
+
+    // deliveries the server stores in the log under the stream's subject: KV entries a
+    // viewer's pull request sends there, a direct get answer of a stored event (which keeps
+    // the event's own Nats-Msg-Id), a JetStream API answer
+    const stored = async () => (await runtimeJsm.streams.info(STREAM_LOG, { subjects_filter: subject })).state.subjects?.[subject] ?? 0;
+    const vjsm = await jetstreamManager(viewer);
+    // (KV entries are written with an expected-sequence header, which their copies keep: the log refuses them)
+    await vjsm.consumers.add(`KV_${B.gateways}`, { name: "into-log", filter_subject: `$KV.${B.gateways}.>`, ack_policy: AckPolicy.None, deliver_policy: DeliverPolicy.All });
+    viewer.publish(`$JS.API.CONSUMER.MSG.NEXT.KV_${B.gateways}.into-log`, encodeJson({ batch: 100, no_wait: true }), { reply: subject });
+    viewer.publish(`$JS.API.DIRECT.GET.${EVENTS}`, encodeJson({ seq: 1 }), { reply: subject });
+    viewer.publish("$JS.API.INFO", new Uint8Array(), { reply: subject });
+    await until("the consumer delivered every entry", async () => (await vjsm.consumers.info(`KV_${B.gateways}`, "into-log")).num_pending === 0, BOUND_MS);
+    await until("the log stored the two answers", async () => (await stored()) >= 3, BOUND_MS);
+    const attacks = (await stored()) - 1;
+    await publishStreamEvent(w.stores.js, s, sid, streamId, { uid: "s2", requestId: "n1", reply: { ok: true, data: { result: { content: [] } } } });
+
+    const notRuntime0 = refused("not_a_runtime_event");
+    const replay = await raw(w.edge.port, { method: "GET", headers: { "mcp-session-id": clientId, "last-event-id": `${streamId}.0` }, timeoutMs: BOUND_MS });
+    const ids = replay.body.split("\n").filter((l) => l.startsWith("id: "));
+    assert.deepEqual(ids, [`id: ${streamId}.s1`, `id: ${streamId}.s2`], "only the runtime's own events are replayed");
+    assert.ok(replay.body.includes(secret), "the client itself gets its stream");
+    assert.equal(refused("not_a_runtime_event") - notRuntime0, attacks, "each stored delivery was refused");
+    assert.deepEqual(seen.filter((t) => t.includes(secret)), [], "nothing of the log reached admin or viewer");
     await assertNothingChanged();
   });
 
