@@ -25,24 +25,24 @@ export function withSubscription(record: DownstreamSession, gid: string, uri: st
   return { ...record, subscriptions };
 }
 
-/** The list a `notifications/<list>/list_changed` names, if it is one a session can have its own of. */
-export function listOfChange(method: string): ViewList | null {
-  const m = /^notifications\/(tools|prompts|resources)\/list_changed$/.exec(method);
-  return m ? (m[1] as ViewList) : null;
+/**
+ * Client capabilities for which an upstream may offer a client more than discovery saw (a
+ * tool that samples is offered only to a client that can sample): discovery declares none.
+ */
+const OFFER_CHANGING = ["sampling", "elicitation", "roots", "tasks"];
+
+/** Whether the upstreams may offer this client lists of its own (see OFFER_CHANGING). */
+export function offeredItsOwn(record: DownstreamSession): boolean {
+  return OFFER_CHANGING.some((c) => c in record.capabilities);
 }
 
 /**
- * An upstream changed `list` on this client's own upstream session of `gid`: from now on this
- * client's `list` of that gateway comes from its upstream session. Null when already so.
+ * The gateways whose `list` this session reads from its upstream session, not from the shared
+ * catalog: every gateway of the endpoint (`inScope`) for a client whose capabilities change
+ * what upstreams offer it, else those that changed that list on its session (`views`).
  */
-export function withView(record: DownstreamSession, gid: string, list: ViewList): DownstreamSession | null {
-  const current = record.views?.[gid] ?? [];
-  if (current.includes(list)) return null;
-  return { ...record, views: { ...record.views, [gid]: [...current, list] } };
-}
-
-/** The gateways whose `list` this session reads from its upstream session, not from the shared catalog. */
-export function ownViews(record: DownstreamSession, list: ViewList, scope: string | null): string[] {
+export function ownViews(record: DownstreamSession, list: ViewList, scope: string | null, inScope: () => string[]): string[] {
+  if (offeredItsOwn(record)) return inScope();
   return Object.entries(record.views ?? {}).flatMap(([gid, lists]) => (lists.includes(list) && (scope === null || scope === gid) ? [gid] : []));
 }
 

@@ -2,13 +2,11 @@ import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import {
   ClientStreamLifecycle,
-  listOfChange,
   negotiateVersion,
   ownViews,
   viewListOf,
   withLogLevel,
   withSubscription,
-  withView,
 } from "../actors/downstreamSession.ts";
 import type { DownstreamSession } from "../protocol/edge.ts";
 import { parseStreamEventId, streamEventId } from "../protocol/upstream.ts";
@@ -44,16 +42,18 @@ describe("client session policy", () => {
     assert.equal(withSubscription(record, G1, "fixture://a", false), null);
     assert.deepEqual(withSubscription(sub, G1, "fixture://a", false)!.subscriptions, {}, "the last unsubscribe removes the gateway");
 
-    const viewed = withView(record, G1, "tools")!;
-    assert.equal(withView(viewed, G1, "tools"), null);
-    assert.deepEqual(ownViews(viewed, "tools", null), [G1]);
-    assert.deepEqual(ownViews(viewed, "tools", G2), [], "another gateway's endpoint does not read G1's view");
-    assert.deepEqual(ownViews(viewed, "prompts", null), []);
+    const viewed: DownstreamSession = { ...record, views: { [G1]: ["tools"] } };
+    const all = () => [G1, G2];
+    assert.deepEqual(ownViews(viewed, "tools", null, all), [G1]);
+    assert.deepEqual(ownViews(viewed, "tools", G2, () => [G2]), [], "another gateway's endpoint does not read G1's view");
+    assert.deepEqual(ownViews(viewed, "prompts", null, all), []);
+    // a client that can sample may be offered tools discovery never saw: every list is its own
+    const sampler = { ...record, capabilities: { sampling: {} } };
+    assert.deepEqual(ownViews(sampler, "prompts", null, all), [G1, G2]);
+    assert.deepEqual(ownViews({ ...record, capabilities: { experimental: {} } }, "prompts", null, all), []);
   });
 
-  it("names lists by method and change notice", () => {
-    assert.equal(listOfChange("notifications/tools/list_changed"), "tools");
-    assert.equal(listOfChange("notifications/resources/updated"), null);
+  it("names the list a list request reads", () => {
     assert.equal(viewListOf("resources/templates/list"), "resources");
     assert.equal(viewListOf("tools/call"), null);
   });

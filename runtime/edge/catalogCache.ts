@@ -77,6 +77,12 @@ export class CatalogCache {
     return { gid, gatewayName: g.value.name, original, healthy: this.#health.get(gid)?.value !== "unhealthy" };
   }
 
+  /** The gateways an endpoint serves lists of: its own, or on `/mcp` every enabled, healthy one. */
+  gatewaysIn(scope: string | null): string[] {
+    if (scope !== null) return [scope];
+    return this.#facts().flatMap((g) => (g.enabled && g.healthy ? [g.gid] : []));
+  }
+
   /** The enabled gateway with this name, if any. */
   gatewayByName(name: string): string | undefined {
     for (const [gid, g] of this.#gateways) if (g.value.name === name && g.value.enabled) return gid;

@@ -198,7 +198,7 @@ export function clientMethods(deps: ClientMethodDeps): ClientMethods {
     const route = routeResource(view, uri);
     if (route) return route;
     // a URI no catalog lists: the gateway whose resources are this session's own, else the endpoint's gateway
-    const own = ownViews(ctx.record, "resources", ctx.scope)[0] ?? ctx.scope;
+    const own = ownViews(ctx.record, "resources", ctx.scope, () => cache.gatewaysIn(ctx.scope))[0] ?? ctx.scope;
     return own === null ? undefined : cache.passThrough(own, uri);
   };
 
@@ -220,7 +220,7 @@ export function clientMethods(deps: ClientMethodDeps): ClientMethods {
   /** `key` of the endpoint's view, with the lists this session has of its own from its upstream sessions. */
   async function sessionList(ctx: RequestContext, method: UpstreamMethod, key: "tools" | "prompts" | "resources" | "resourceTemplates", list: ViewList): Promise<Result[]> {
     const view = cache.view(ctx.scope);
-    const own = ownViews(ctx.record, list, ctx.scope);
+    const own = ownViews(ctx.record, list, ctx.scope, () => cache.gatewaysIn(ctx.scope));
     if (own.length === 0) return view[key];
     const gidOf = (item: Result): string | undefined => {
       if (key === "tools") return view.toolRoutes.get(String(item.name))?.gid;
@@ -231,7 +231,15 @@ export function clientMethods(deps: ClientMethodDeps): ClientMethods {
     const shared = view[key].filter((item) => !own.includes(gidOf(item) ?? ""));
     const mine = await Promise.all(
       own.map(async (gid) => {
-        const items = await upstreamList(ctx, gid, method, key);
+        let items: Result[];
+        try {
+          items = await upstreamList(ctx, gid, method, key);
+        } catch (err) {
+          // a gateway that cannot list for this session now: its shared catalog stands in
+          if (!(err instanceof RpcError)) throw err;
+          deps.log.debug({ sid: ctx.sid, gid, method, err: err.message }, "session list from the shared catalog");
+          return view[key].filter((item) => gidOf(item) === gid);
+        }
         const name = cache.gatewayName(gid);
         // on `/mcp` names carry their gateway, as in the shared catalog
         return ctx.scope === null && (key === "tools" || key === "prompts") ? items.map((i) => ({ ...i, name: `${name}${sep}${String(i.name)}` })) : items;
@@ -244,7 +252,7 @@ export function clientMethods(deps: ClientMethodDeps): ClientMethods {
     const list = viewListOf(method)!;
     return {
       schema,
-      local: (ctx) => ownViews(ctx.record, list, ctx.scope).length === 0,
+      local: (ctx) => ownViews(ctx.record, list, ctx.scope, () => cache.gatewaysIn(ctx.scope)).length === 0,
       async handle(params: { cursor?: string } | undefined, ctx) {
         const { page: items, nextCursor } = page(await sessionList(ctx, method, key, list), params?.cursor);
         return { [key]: items, ...(nextCursor ? { nextCursor } : {}) };

@@ -13,7 +13,7 @@ import {
   type JSONRPCMessage,
   type JSONRPCRequest,
 } from "@modelcontextprotocol/sdk/types.js";
-import { ClientStreamLifecycle, listOfChange, negotiateVersion, withView } from "../../actors/downstreamSession.ts";
+import { ClientStreamLifecycle, negotiateVersion } from "../../actors/downstreamSession.ts";
 import { sessionKey, type DownstreamSession } from "../../protocol/edge.ts";
 import { ProtocolError } from "../../protocol/envelope.ts";
 import { STREAM_GET } from "../../protocol/subjects.ts";
@@ -186,12 +186,9 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
   /**
    * Writes one stream event to a client stream: a message as it is (a server request keeps
    * its `serverRequestId`), a call's final answer as the JSON-RPC answer the live path gives.
-   * An upstream's list_changed on this client's own session makes that list the session's own.
    */
-  const writeEvent = (sse: SseStream, streamId: string, sid: string, event: StreamEvent, lifecycle?: ClientStreamLifecycle): boolean => {
+  const writeEvent = (sse: SseStream, streamId: string, event: StreamEvent, lifecycle?: ClientStreamLifecycle): boolean => {
     if ("message" in event) {
-      const list = event.gid ? listOfChange(event.message.method) : null;
-      if (list && event.gid) void sessions.update(sid, (r) => withView(r, event.gid!, list)).catch((err) => log.warn({ err, sid }, "could not record a session's own list"));
       sse.write(streamEventId(streamId, event.uid), event.message);
       return false;
     }
@@ -323,7 +320,7 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
     };
     const release = await links.hold(sid, streamId, {
       scope,
-      deliver: (event) => void (writeEvent(sse, streamId, sid, event, lifecycle) && finish()),
+      deliver: (event) => void (writeEvent(sse, streamId, event, lifecycle) && finish()),
       close: finish,
     });
     sse.onClose(() => {
@@ -363,7 +360,7 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
     };
     const release = await links.hold(sid, streamId, {
       scope,
-      deliver: (event) => void (resumeAt === null && writeEvent(sse, streamId, sid, event)),
+      deliver: (event) => void (resumeAt === null && writeEvent(sse, streamId, event)),
       close,
     });
     sse.onClose(() => {
@@ -373,7 +370,7 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
     if (resumeAt === null) return sse.write(streamEventId(streamId, PRIMING_UID));
     try {
       const ends = streamId !== STREAM_GET;
-      replay = await resumeStream(ctx.stores.js, ctx.stores.streamLogName, ctx.s, { sid, streamId, afterUid: resumeAt.uid }, (event) => void (writeEvent(sse, streamId, sid, event) && ends && close()), guardOpts);
+      replay = await resumeStream(ctx.stores.js, ctx.stores.streamLogName, ctx.s, { sid, streamId, afterUid: resumeAt.uid }, (event) => void (writeEvent(sse, streamId, event) && ends && close()), guardOpts);
       if (sse.closed) replay.stop();
     } catch (err) {
       release();
