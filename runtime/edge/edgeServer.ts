@@ -304,7 +304,7 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
     if (requests.every((r) => methods.isLocal(r, base))) {
       const answers = (await Promise.all(requests.map((r) => run(r, base)))).filter((a) => a !== null);
       if (answers.length === 0) return void res.writeHead(202, headers).end();
-      return sendJson(res, 200, messages.length === 1 ? answers[0] : answers, headers);
+      return sendJson(res, 200, messages.length === 1 && answers.length === 1 ? answers[0] : answers, headers);
     }
 
     // an SSE stream: priming event first, so the client can resume it at any worker
@@ -358,9 +358,11 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
       replay?.stop();
       sse.end();
     };
+    // the GET stream carries no answers; a resumed POST stream ends with its answer
+    const lifecycle = streamId === STREAM_GET ? new ClientStreamLifecycle("get") : undefined;
     const release = await links.hold(sid, streamId, {
       scope,
-      deliver: (event) => void (resumeAt === null && writeEvent(sse, streamId, event)),
+      deliver: (event) => void (resumeAt === null && writeEvent(sse, streamId, event, lifecycle)),
       close,
     });
     sse.onClose(() => {
@@ -369,8 +371,7 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
     });
     if (resumeAt === null) return sse.write(streamEventId(streamId, PRIMING_UID));
     try {
-      const ends = streamId !== STREAM_GET;
-      replay = await resumeStream(ctx.stores.js, ctx.stores.streamLogName, ctx.s, { sid, streamId, afterUid: resumeAt.uid }, (event) => void (writeEvent(sse, streamId, event) && ends && close()), guardOpts);
+      replay = await resumeStream(ctx.stores.js, ctx.stores.streamLogName, ctx.s, { sid, streamId, afterUid: resumeAt.uid }, (event) => void (writeEvent(sse, streamId, event, lifecycle) && close()), guardOpts);
       if (sse.closed) replay.stop();
     } catch (err) {
       release();
