@@ -10,7 +10,18 @@ import { getDefaultEnvironment, StdioClientTransport } from "@modelcontextprotoc
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
 import type { FetchLike, Transport } from "@modelcontextprotocol/sdk/shared/transport.js";
 import type { JsonSchemaValidator, jsonSchemaValidator } from "@modelcontextprotocol/sdk/validation/types.js";
-import { ErrorCode, isJSONRPCErrorResponse, isJSONRPCRequest, isJSONRPCResultResponse, McpError, ResultSchema, type Notification } from "@modelcontextprotocol/sdk/types.js";
+import {
+  ErrorCode,
+  isJSONRPCErrorResponse,
+  isJSONRPCNotification,
+  isJSONRPCRequest,
+  isJSONRPCResultResponse,
+  McpError,
+  ResultSchema,
+  type ClientCapabilities,
+  type Notification,
+  type Request,
+} from "@modelcontextprotocol/sdk/types.js";
 import { Agent, fetch as undiciFetch, Response as UndiciResponse, type Dispatcher } from "undici";
 import { GATEWAY_INTERNAL_HEADERS, mapGatewaySecrets, type GatewayRecord } from "../protocol/gateway.ts";
 import type { JsonRpcError } from "../protocol/upstream.ts";
@@ -51,6 +62,10 @@ type CallScope = {
   /** ends the request when its HTTP response grew past the answer limit (bytes read by then) */
   cut(bytes: number): void;
   cutAt?: number;
+  /** the caller's progress handler, called as each progress notice comes off the wire */
+  onprogress?: ((p: Progress) => void) | undefined;
+  /** the caller's tag for what the upstream sends about this request (`ServerRequestContext.related`) */
+  related?: unknown;
 };
 
 /**
@@ -96,7 +111,14 @@ export type UpstreamConnection = {
    */
   request(
     req: { method: string; params?: Record<string, unknown> | undefined },
-    opts: { headers: Record<string, string>; trace?: Record<string, string>; signal: AbortSignal; onprogress?: ((p: Progress) => void) | undefined },
+    opts: {
+      headers: Record<string, string>;
+      trace?: Record<string, string>;
+      signal: AbortSignal;
+      onprogress?: ((p: Progress) => void) | undefined;
+      /** handed back with each request the upstream sends about this one (`ServerRequestContext.related`) */
+      related?: unknown;
+    },
   ): Promise<CallOutcome>;
   /** polite close: end the upstream session (HTTP DELETE), close the transport (stdio: end stdin, SIGTERM) */
   close(): Promise<void>;
@@ -135,10 +157,34 @@ export type ConnectOptions = {
    * every output schema at every tools/list)
    */
   pollOnly?: boolean;
+  /**
+   * Every notification the upstream sends, as it comes off the wire and in wire order, except
+   * progress of a request sent with `onprogress` (that goes to its handler, before its result)
+   * and `notifications/cancelled` (which aborts the `signal` of the request it names).
+   */
   onNotification: (n: Notification) => void;
+  /** the capabilities this client declares to the upstream (none when absent) */
+  capabilities?: ClientCapabilities;
+  /**
+   * Answers a request the upstream sends its client (sampling, elicitation, roots, ...; the
+   * SDK answers ping itself): resolve with the result, or throw an error with `code`, `message`
+   * and `data`, sent back as that JSON-RPC error. Absent: the SDK answers "method not found".
+   */
+  onRequest?: (req: Request & { id: string | number }, ctx: ServerRequestContext) => Promise<Record<string, unknown>>;
   /** the transport closed by itself (child exited, stream ended) */
   onClosed: () => void;
   onError: (err: Error) => void;
+};
+
+export type ServerRequestContext = {
+  /**
+   * the `related` tag of the request it belongs to: over streamable HTTP, the request whose
+   * response stream carried it; over stdio and SSE (one stream for everything), the only request
+   * in flight; undefined when neither tells
+   */
+  related: unknown;
+  /** aborted when the upstream cancels its request or the connection closes */
+  signal: AbortSignal;
 };
 
 /** accepts any tool output (a poller's client never calls a tool) */
@@ -183,8 +229,7 @@ export function sharedUpstreamAgent(outbound: OutboundPolicy): Agent {
 /** Opens and initializes an upstream session. On failure nothing stays open. */
 export async function connectUpstream(opts: ConnectOptions): Promise<UpstreamConnection> {
   const { record } = opts;
-  const client = new Client(CLIENT_INFO, { capabilities: {}, ...(opts.pollOnly ? { jsonSchemaValidator: NO_OUTPUT_VALIDATION } : {}) });
-  client.fallbackNotificationHandler = async (n) => opts.onNotification(n);
+  const client = new Client(CLIENT_INFO, { capabilities: opts.capabilities ?? {}, ...(opts.pollOnly ? { jsonSchemaValidator: NO_OUTPUT_VALIDATION } : {}) });
   client.onerror = (err) => opts.onError(err);
 
   let transport: Transport;
@@ -293,8 +338,22 @@ export async function connectUpstream(opts: ConnectOptions): Promise<UpstreamCon
   // (ConnectionClosed -32000, RequestTimeout -32001), so the wire says which it was: each
   // call's request is seen going out (its id) and its error response coming back. The SDK
   // keeps a handler set before connect and calls it before its own.
+  //
+  // Notifications are taken here too, in wire order: the SDK hands them to handlers a
+  // microtask later, after it has already settled a response read in the same chunk, so a
+  // progress notice just before a result would reach nobody.
   const awaiting = new Map<string | number, CallScope>();
   transport.onmessage = (m) => {
+    if (isJSONRPCNotification(m)) {
+      if (m.method === "notifications/cancelled") return;
+      const token = m.params?.progressToken;
+      const call = m.method === "notifications/progress" && (typeof token === "number" || typeof token === "string") ? awaiting.get(token) : undefined;
+      if (call?.onprogress) {
+        const { progressToken: _sdkToken, _meta: _m, ...progress } = m.params as Record<string, unknown>;
+        return call.onprogress(progress as Progress);
+      }
+      return opts.onNotification({ method: m.method, ...(m.params ? { params: m.params } : {}) } as Notification);
+    }
     if (!isJSONRPCResultResponse(m) && !isJSONRPCErrorResponse(m)) return;
     const call = m.id === undefined ? undefined : awaiting.get(m.id);
     if (!call) return;
@@ -317,6 +376,19 @@ export async function connectUpstream(opts: ConnectOptions): Promise<UpstreamCon
     }
     return send(m, sendOpts);
   };
+
+  const onRequest = opts.onRequest;
+  if (onRequest) {
+    // over streamable HTTP the response stream a request came on runs in its call's async
+    // context; stdio and SSE carry everything on one stream, so only a lone call tells
+    const oneStream = record.transport !== "streamable-http";
+    client.fallbackRequestHandler = async (req, extra) => {
+      const store = requestContext.getStore();
+      const inFlight = new Set(awaiting.values());
+      const related = store?.owner === owner ? store.related : oneStream && inFlight.size === 1 ? [...inFlight][0]!.related : undefined;
+      return onRequest({ ...req, id: extra.requestId } as Request & { id: string | number }, { related, signal: extra.signal });
+    };
+  }
 
   let closing = false;
   client.onclose = () => {
@@ -352,7 +424,7 @@ export async function connectUpstream(opts: ConnectOptions): Promise<UpstreamCon
 
   return {
     client,
-    async request(req, { headers, trace = {}, signal: callerSignal, onprogress }) {
+    async request(req, { headers, trace = {}, signal: callerSignal, onprogress, related }) {
       const cutter = new AbortController();
       const signal = AbortSignal.any([callerSignal, cutter.signal]);
       const call: CallScope = {
@@ -364,11 +436,14 @@ export async function connectUpstream(opts: ConnectOptions): Promise<UpstreamCon
           call.cutAt = bytes;
           cutter.abort("answer too large");
         },
+        onprogress,
+        related,
       };
       latestHeaders = call.headers;
       try {
         const result = await requestContext.run(call, () =>
-          client.request(req as never, ResultSchema, { signal, timeout: SDK_TIMEOUT_OFF_MS, onprogress }),
+          // the SDK puts a progress token on the request only for a handler; progress itself is taken off the wire above
+          client.request(req as never, ResultSchema, { signal, timeout: SDK_TIMEOUT_OFF_MS, onprogress: onprogress && (() => {}) }),
         );
         return { result };
       } catch (err) {

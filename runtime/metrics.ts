@@ -4,7 +4,7 @@
 // scrape time from what the worker already caches (never from KV per scrape).
 import type { NatsConnection } from "@nats-io/transport-node";
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from "prom-client";
-import type { CloseCause } from "../actors/upstreamSession.machine.ts";
+import type { CloseCause } from "../actors/upstreamSession/machine.ts";
 import type { Logger } from "./logger.ts";
 
 /** How a forwarded client request ended (`outcome` of `mcpgw_calls_total`). */

@@ -15,7 +15,7 @@ import { startPollerHost } from "./pollerHost.ts";
 import { serveRegistry } from "./registryService.ts";
 import { SecretBox } from "./secretBox.ts";
 import { serveStatus } from "./statusService.ts";
-import { startUpstreamHost, type UpstreamHost } from "./upstreamHost.ts";
+import { startUpstreamHost, type UpstreamHost } from "./hosts/upstreamHost.ts";
 import { startEdge, type Edge } from "./edge/edgeServer.ts";
 import { createTracing, type Tracing } from "./tracing.ts";
 import { createUpstreamCaller } from "./upstreamClient.ts";

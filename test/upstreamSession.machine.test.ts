@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { createActor, fromPromise, SimulatedClock } from "xstate";
-import { stateName, upstreamSessionMachine, type ProbeMethod, type ProbeOutcome } from "../actors/upstreamSession.machine.ts";
+import { stateName, upstreamSessionMachine, type ProbeMethod, type ProbeOutcome } from "../actors/upstreamSession/machine.ts";
 
 const IDLE_VALIDATION = 60_000;
 const IDLE_TTL = 30 * 60_000;
@@ -34,8 +34,8 @@ function harness(opts: { probes?: ProbeScript; closeHangs?: boolean; forceHangs?
       }),
     },
     actions: {
-      startCalls: (_, p) => void log.started.push(...p.callIds),
-      failCalls: (_, p) => void log.failed.push(...p.callIds),
+      startCalls: (_, p) => void log.started.push(...p.calls.map((c) => c.id)),
+      failCalls: (_, p) => void log.failed.push(...p.calls.map((c) => c.id)),
       stopAccepting: () => void (log.stopped += 1),
       giveUp: () => void (log.gaveUp += 1),
     },
@@ -43,8 +43,11 @@ function harness(opts: { probes?: ProbeScript; closeHangs?: boolean; forceHangs?
   });
   const clock = new SimulatedClock();
   const actor = createActor(machine, { clock }).start();
+  actor.send({ type: "CLAIMED" });
   return { actor, clock, log, state: () => stateName(actor.getSnapshot().value) };
 }
+
+const call = (id: string) => ({ type: "CALL" as const, call: { id, requestId: `req-${id}` } });
 
 /** lets promise actors settle */
 const settle = () => new Promise((r) => setImmediate(r));
@@ -52,14 +55,14 @@ const settle = () => new Promise((r) => setImmediate(r));
 describe("upstream session machine", () => {
   it("queues calls while connecting, then serves them; calls before idleValidation skip the probe", async () => {
     const h = harness();
-    h.actor.send({ type: "CALL", callId: "c1" });
+    h.actor.send(call("c1"));
     assert.equal(h.state(), "connecting");
     assert.deepEqual(h.log.started, []);
     await settle();
     assert.equal(h.state(), "ready");
     assert.deepEqual(h.log.started, ["c1"]);
     h.clock.increment(IDLE_VALIDATION - 1);
-    h.actor.send({ type: "CALL", callId: "c2" });
+    h.actor.send(call("c2"));
     assert.deepEqual(h.log.started, ["c1", "c2"]);
     assert.deepEqual(h.log.probes, []);
     assert.equal(h.log.connects, 1);
@@ -69,7 +72,7 @@ describe("upstream session machine", () => {
     const h = harness();
     await settle();
     h.clock.increment(IDLE_VALIDATION);
-    h.actor.send({ type: "CALL", callId: "c1" });
+    h.actor.send(call("c1"));
     assert.equal(h.state(), "validating");
     assert.deepEqual(h.log.started, [], "the call waits for the probe");
     await settle();
@@ -83,7 +86,7 @@ describe("upstream session machine", () => {
     const h = harness({ probes: { ping: "method_not_found", "tools/list": "method_not_found" } });
     await settle();
     h.clock.increment(IDLE_VALIDATION);
-    h.actor.send({ type: "CALL", callId: "c1" });
+    h.actor.send(call("c1"));
     for (let i = 0; i < 5; i++) await settle();
     assert.deepEqual(h.log.probes, ["ping", "tools/list", "prompts/list"]);
     assert.deepEqual(h.log.started, ["c1"]);
@@ -95,7 +98,7 @@ describe("upstream session machine", () => {
     const h = harness({ probes: all });
     await settle();
     h.clock.increment(IDLE_VALIDATION);
-    h.actor.send({ type: "CALL", callId: "c1" });
+    h.actor.send(call("c1"));
     for (let i = 0; i < 6; i++) await settle();
     assert.deepEqual(h.log.probes, ["ping", "tools/list", "prompts/list", "resources/list"]);
     assert.deepEqual(h.log.started, ["c1"]);
@@ -106,7 +109,7 @@ describe("upstream session machine", () => {
     const h = harness({ probes: { ping: "transport_error" } });
     await settle();
     h.clock.increment(IDLE_VALIDATION);
-    h.actor.send({ type: "CALL", callId: "c1" });
+    h.actor.send(call("c1"));
     for (let i = 0; i < 4; i++) await settle();
     assert.equal(h.log.connects, 2);
     assert.deepEqual(h.log.started, ["c1"]);
@@ -117,7 +120,7 @@ describe("upstream session machine", () => {
     const h = harness({ probes: { ping: "hang" } });
     await settle();
     h.clock.increment(IDLE_VALIDATION);
-    h.actor.send({ type: "CALL", callId: "c1" });
+    h.actor.send(call("c1"));
     await settle();
     h.clock.increment(4_999);
     assert.equal(h.state(), "validating");
@@ -131,7 +134,7 @@ describe("upstream session machine", () => {
     const h = harness();
     await settle();
     h.clock.increment(IDLE_TTL - 1000);
-    h.actor.send({ type: "CALL", callId: "c1" }); // stale → probe → ready, timers restart
+    h.actor.send(call("c1")); // stale → probe → ready, timers restart
     await settle();
     assert.deepEqual(h.log.started, ["c1"]);
     h.actor.send({ type: "CALL_DONE", callId: "c1", transportFailed: false });
@@ -146,7 +149,7 @@ describe("upstream session machine", () => {
 
   it("does not expire while a call is in flight", async () => {
     const h = harness();
-    h.actor.send({ type: "CALL", callId: "c1" });
+    h.actor.send(call("c1"));
     await settle();
     h.clock.increment(IDLE_TTL);
     assert.equal(h.state(), "ready");
@@ -158,8 +161,8 @@ describe("upstream session machine", () => {
 
   it("a transport error during a call closes the session; a tool error does not", async () => {
     const h = harness();
-    h.actor.send({ type: "CALL", callId: "c1" });
-    h.actor.send({ type: "CALL", callId: "c2" });
+    h.actor.send(call("c1"));
+    h.actor.send(call("c2"));
     await settle();
     h.actor.send({ type: "CALL_DONE", callId: "c1", transportFailed: false });
     assert.equal(h.state(), "ready");
@@ -179,10 +182,11 @@ describe("upstream session machine", () => {
         }),
         closeGracefully: fromPromise(async () => {}),
       },
-      actions: { failCalls: (_, p) => void h.log.failed.push(...p.callIds) },
+      actions: { failCalls: (_, p) => void h.log.failed.push(...p.calls.map((c) => c.id)) },
     });
     const actor = createActor(machine, { clock: new SimulatedClock() }).start();
-    actor.send({ type: "CALL", callId: "c1" });
+    actor.send({ type: "CLAIMED" });
+    actor.send(call("c1"));
     await settle();
     await settle();
     assert.deepEqual(h.log.failed, ["c1"]);
@@ -212,7 +216,7 @@ describe("upstream session machine", () => {
     const h = harness({ closeHangs: true });
     await settle();
     h.actor.send({ type: "CLOSE", reason: "evicted", cause: "evicted" });
-    h.actor.send({ type: "CALL", callId: "late" });
+    h.actor.send(call("late"));
     assert.deepEqual(h.log.failed, ["late"]);
     assert.deepEqual(h.log.started, []);
   });

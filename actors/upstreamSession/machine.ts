@@ -1,0 +1,288 @@
+// The upstream session actor: one MCP client session to one upstream, owned by exactly one
+// downstream session. This machine owns the actor's whole life: claiming its key, when it
+// may serve calls, must be probed, recreated, drained or closed, and which calls are queued
+// or in flight. The runtime provides the effects (connect, probe, close) and runs the calls
+// it is told to start.
+import { assign, emit, fromPromise, setup } from "xstate";
+import { shortErrorText } from "../errorText.ts";
+
+/** Idle probe order; "method not found" moves to the next step, the end of the list means alive. */
+export const PROBE_METHODS = ["ping", "tools/list", "prompts/list", "resources/list"] as const;
+export type ProbeMethod = (typeof PROBE_METHODS)[number];
+export type ProbeOutcome = "ok" | "method_not_found";
+
+/** Why a session closed, in a bounded set of words (a metric label); `closeReason` says it in full. */
+export type CloseCause =
+  | "idle"
+  | "transport_error"
+  | "connect_failed"
+  | "upstream_closed"
+  | "client_session_ended"
+  | "gateway_removed"
+  | "gateway_changed"
+  | "gateway_disabled"
+  | "evicted"
+  | "drain"
+  | "requested"
+  | "shutdown";
+
+/** A call as the machine sees it; `payload` is the runtime's (the request, its reply address, ...). */
+export type SessionCall = { id: string; requestId: string; payload?: unknown };
+
+export type UpstreamSessionEvent =
+  /** this worker holds the claim on the actor's key: connect */
+  | { type: "CLAIMED" }
+  /** another actor holds it: go away without a word (it got the same messages) */
+  | { type: "CLAIM_LOST" }
+  | { type: "CALL"; call: SessionCall }
+  /** a started call finished; `transportFailed` when the upstream connection broke under it */
+  | { type: "CALL_DONE"; callId: string; transportFailed: boolean }
+  /** the client cancelled the request `requestId` */
+  | { type: "CANCEL"; requestId: string; reason: string }
+  | { type: "CLOSE"; reason: string; cause: CloseCause }
+  /** the worker stops: calls in flight may finish within shutdownTimeout, then close */
+  | { type: "DRAIN" };
+
+/** What the actor tells its host: serving, or closing (a spawn waiting for it answers with the reason). */
+export type UpstreamSessionEmitted = { type: "ready" } | { type: "closing"; reason: string };
+
+export type UpstreamSessionContext = {
+  /** calls waiting for the claim, the connection or a probe */
+  queued: SessionCall[];
+  /** started calls by id */
+  inflight: Record<string, SessionCall>;
+  probeStep: number;
+  closeReason: string;
+  closeCause: CloseCause | null;
+};
+
+export const upstreamSessionMachine = setup({
+  types: {
+    context: {} as UpstreamSessionContext,
+    events: {} as UpstreamSessionEvent,
+    emitted: {} as UpstreamSessionEmitted,
+  },
+  actors: {
+    /** opens a fresh upstream session (replacing any previous one) and initializes it */
+    connect: fromPromise<void>(async () => {
+      throw new Error("connect not provided");
+    }),
+    /** one idle-validation request; rejects on transport error */
+    probe: fromPromise<ProbeOutcome, { method: ProbeMethod }>(async () => {
+      throw new Error("probe not provided");
+    }),
+    /** polite close: end the upstream session, let the transport shut down */
+    closeGracefully: fromPromise<void>(async () => {
+      throw new Error("closeGracefully not provided");
+    }),
+    /** after the grace window: abort sockets, SIGKILL the child process */
+    forceClose: fromPromise<void>(async () => {
+      throw new Error("forceClose not provided");
+    }),
+  },
+  actions: {
+    recordClose: assign((_, params: { reason: string; cause: CloseCause }) => ({ closeReason: params.reason, closeCause: params.cause })),
+    forgetDoneCall: assign({
+      inflight: ({ context, event }) => {
+        if (event.type !== "CALL_DONE") return context.inflight;
+        const { [event.callId]: _done, ...rest } = context.inflight;
+        return rest;
+      },
+    }),
+    startCalls: (_, _params: { calls: SessionCall[] }) => {},
+    /** answers calls that never started with an error */
+    failCalls: (_, _params: { calls: SessionCall[]; reason: string }) => {},
+    /** ends started calls (their upstream requests are cancelled); each is answered with `reason` */
+    abortCalls: (_, _params: { calls: SessionCall[]; reason: string }) => {},
+    /** new calls go elsewhere; answers to what the upstream asked still reach the actor */
+    stopTakingCalls: () => {},
+    /** the actor stops accepting anything (its address goes away) */
+    stopAccepting: () => {},
+    /** the upstream neither closed nor could be forced; logged, then abandoned */
+    giveUp: (_, _params: { reason: string }) => {},
+  },
+  guards: {
+    transportFailed: ({ event }) => event.type === "CALL_DONE" && event.transportFailed,
+    hasCallsInFlight: ({ context }) => Object.keys(context.inflight).length > 0,
+    noCallsInFlight: ({ context }) => Object.keys(context.inflight).length === 0,
+    closeRequested: ({ context }) => context.closeCause !== null,
+    methodNotFoundWithStepsLeft: ({ context, event }) =>
+      (event as { output?: ProbeOutcome }).output === "method_not_found" && context.probeStep < PROBE_METHODS.length - 1,
+  },
+  delays: {
+    idleValidation: 60_000,
+    sessionIdleTtl: 30 * 60_000,
+    probeTimeout: 5_000,
+    shutdownTimeout: 5_000,
+  },
+}).createMachine({
+  id: "upstreamSession",
+  initial: "claiming",
+  context: { queued: [], inflight: {}, probeStep: 0, closeReason: "", closeCause: null },
+  on: {
+    // a cancelled call that has not started is answered at once; a started one is aborted
+    CANCEL: {
+      actions: [
+        {
+          type: "failCalls",
+          params: ({ context, event }) => ({ calls: context.queued.filter((c) => c.requestId === event.requestId), reason: event.reason }),
+        },
+        assign({ queued: ({ context, event }) => context.queued.filter((c) => c.requestId !== event.requestId) }),
+        {
+          type: "abortCalls",
+          params: ({ context, event }) => ({ calls: Object.values(context.inflight).filter((c) => c.requestId === event.requestId), reason: event.reason }),
+        },
+      ],
+    },
+  },
+  states: {
+    claiming: {
+      on: {
+        CALL: { actions: assign({ queued: ({ context, event }) => [...context.queued, event.call] }) },
+        // the record that matched may be stale by the time the claim is won: closed as soon as it starts
+        CLOSE: { actions: assign({ closeReason: ({ event }) => event.reason, closeCause: ({ event }) => event.cause }) },
+        DRAIN: { actions: { type: "recordClose", params: { reason: "worker shutting down", cause: "shutdown" } } },
+        CLAIMED: [{ guard: "closeRequested", target: "closing" }, { target: "open" }],
+        CLAIM_LOST: "abandoned",
+      },
+    },
+    open: {
+      initial: "connecting",
+      on: {
+        CLOSE: { target: "closing", actions: assign({ closeReason: ({ event }) => event.reason, closeCause: ({ event }) => event.cause }) },
+        DRAIN: [
+          { guard: "hasCallsInFlight", target: "draining", actions: { type: "recordClose", params: { reason: "worker shutting down", cause: "shutdown" } } },
+          { target: "closing", actions: { type: "recordClose", params: { reason: "worker shutting down", cause: "shutdown" } } },
+        ],
+        CALL_DONE: [
+          { guard: "transportFailed", target: "closing", actions: ["forgetDoneCall", { type: "recordClose", params: { reason: "transport error during a call", cause: "transport_error" } }] },
+          { actions: "forgetDoneCall" },
+        ],
+      },
+      states: {
+        connecting: {
+          on: { CALL: { actions: assign({ queued: ({ context, event }) => [...context.queued, event.call] }) } },
+          invoke: {
+            src: "connect",
+            onDone: { target: "ready" },
+            onError: {
+              target: "#upstreamSession.closing",
+              actions: assign({ closeReason: ({ event }) => `cannot connect: ${shortErrorText(event.error)}`, closeCause: "connect_failed" }),
+            },
+          },
+        },
+        ready: {
+          entry: [
+            { type: "startCalls", params: ({ context }) => ({ calls: context.queued }) },
+            assign({
+              inflight: ({ context }) => ({ ...context.inflight, ...Object.fromEntries(context.queued.map((c) => [c.id, c])) }),
+              queued: [],
+            }),
+            emit({ type: "ready" }),
+          ],
+          // Only incoming calls count as activity: each one re-enters `ready`, restarting both timers.
+          after: {
+            sessionIdleTtl: [
+              { guard: "hasCallsInFlight", target: "ready", reenter: true },
+              { target: "#upstreamSession.closing", actions: { type: "recordClose", params: { reason: "idle expiry", cause: "idle" } } },
+            ],
+          },
+          initial: "fresh",
+          states: {
+            fresh: {
+              after: { idleValidation: "stale" },
+              on: {
+                CALL: {
+                  target: "#upstreamSession.open.ready",
+                  reenter: true,
+                  actions: assign({ queued: ({ context, event }) => [...context.queued, event.call] }),
+                },
+              },
+            },
+            stale: {
+              on: {
+                CALL: {
+                  target: "#upstreamSession.open.validating",
+                  actions: assign({ queued: ({ context, event }) => [...context.queued, event.call], probeStep: 0 }),
+                },
+              },
+            },
+          },
+        },
+        validating: {
+          on: { CALL: { actions: assign({ queued: ({ context, event }) => [...context.queued, event.call] }) } },
+          invoke: {
+            src: "probe",
+            input: ({ context }) => ({ method: PROBE_METHODS[context.probeStep]! }),
+            onDone: [
+              {
+                guard: "methodNotFoundWithStepsLeft",
+                target: "validating",
+                reenter: true,
+                actions: assign({ probeStep: ({ context }) => context.probeStep + 1 }),
+              },
+              // answered, or every step said "method not found": the session is alive
+              { target: "ready" },
+            ],
+            onError: { target: "connecting" },
+          },
+          after: { probeTimeout: { target: "connecting" } },
+        },
+      },
+    },
+    // the worker stops: calls in flight finish (or shutdownTimeout passes), new ones go elsewhere
+    draining: {
+      entry: [
+        "stopTakingCalls",
+        { type: "failCalls", params: ({ context }) => ({ calls: context.queued, reason: context.closeReason }) },
+        assign({ queued: [] }),
+      ],
+      always: { guard: "noCallsInFlight", target: "closing" },
+      after: { shutdownTimeout: "closing" },
+      on: {
+        CALL: { actions: { type: "failCalls", params: ({ event }) => ({ calls: [event.call], reason: "the worker is shutting down" }) } },
+        CALL_DONE: [
+          { guard: "transportFailed", target: "closing", actions: "forgetDoneCall" },
+          { actions: "forgetDoneCall" },
+        ],
+        CLOSE: { target: "closing", actions: assign({ closeReason: ({ event }) => event.reason, closeCause: ({ event }) => event.cause }) },
+      },
+    },
+    closing: {
+      entry: [
+        "stopAccepting",
+        emit(({ context }) => ({ type: "closing" as const, reason: context.closeReason })),
+        { type: "failCalls", params: ({ context }) => ({ calls: context.queued, reason: context.closeReason }) },
+        { type: "abortCalls", params: ({ context }) => ({ calls: Object.values(context.inflight), reason: context.closeReason }) },
+        assign({ queued: [], inflight: {} }),
+      ],
+      on: { CALL: { actions: { type: "failCalls", params: ({ event }) => ({ calls: [event.call], reason: "the session is closing" }) } } },
+      invoke: { src: "closeGracefully", onDone: "closed", onError: "forcing" },
+      after: { shutdownTimeout: "forcing" },
+    },
+    forcing: {
+      on: { CALL: { actions: { type: "failCalls", params: ({ event }) => ({ calls: [event.call], reason: "the session is closing" }) } } },
+      invoke: { src: "forceClose", onDone: "closed", onError: "gaveUp" },
+      after: { shutdownTimeout: "gaveUp" },
+    },
+    gaveUp: {
+      entry: { type: "giveUp", params: ({ context }) => ({ reason: context.closeReason }) },
+      always: "closed",
+    },
+    closed: { type: "final" },
+    /** lost the claim before it started: nothing was opened, nothing to close */
+    abandoned: { type: "final" },
+  },
+});
+
+export type UpstreamSessionMachine = typeof upstreamSessionMachine;
+
+/** The short state name shown by snapshots: claiming, connecting, ready, validating, draining, closing, forcing, closed. */
+export function stateName(value: unknown): string {
+  if (typeof value === "string") return value;
+  if (value && typeof value === "object") {
+    const [k, v] = Object.entries(value)[0] ?? ["unknown", null];
+    return k === "open" ? stateName(typeof v === "string" ? v : v ? Object.keys(v)[0] : "open") : k;
+  }
+  return "unknown";
+}

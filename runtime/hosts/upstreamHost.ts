@@ -1,0 +1,268 @@
+// Hosts upstream session actors on this worker: each actor is the address
+// `<p>.upstream.<sid>.<gid>.*`, activated on request (spawn, queue group), owned through a
+// claim in the sessions bucket (upstreamClaims.ts), evicted on events and admin requests on
+// every worker (actors/upstreamSession/eviction.ts), drained and closed when the worker stops.
+import type { Subscription } from "@nats-io/transport-node";
+import { SpanKind } from "@opentelemetry/api";
+import type { z } from "zod";
+import { evicts, evictionOnGatewayEvent, evictionOnRequest, evictionOnSessionClosed, needsEnabledCheck, type Eviction } from "../../actors/upstreamSession/eviction.ts";
+import { getLive, parseEntry } from "../../actors/kvStore.ts";
+import { ProtocolError, parseRequest } from "../../protocol/envelope.ts";
+import { GatewayEventSchema, GatewayRecordSchema, type GatewayRecord } from "../../protocol/gateway.ts";
+import { KEYS, QUEUE } from "../../protocol/subjects.ts";
+import {
+  DrainRequestSchema,
+  SessionClosedEventSchema,
+  SessionEvictRequestSchema,
+  SessionListRequestSchema,
+  SpawnRequestSchema,
+  WorkerEvictReplySchema,
+  WorkerEvictRequestSchema,
+  WorkerSnapshotReplySchema,
+  WorkerSnapshotRequestSchema,
+  type UpstreamSessionInfo,
+} from "../../protocol/upstream.ts";
+import type { GatewayUsage, UsageReport } from "../../protocol/usage.ts";
+import { gather, serve } from "../bus.ts";
+import { followEvents, publishCore } from "../events.ts";
+import type { Logger } from "../logger.ts";
+import { SessionStore } from "../sessionStore.ts";
+import { endSpan, natsTraceHeaders, traceIdOf, type TraceHeaders } from "../tracing.ts";
+import type { Hosted, WorkerContext } from "../worker.ts";
+import { listChangedEvents } from "./listChangedEvents.ts";
+import { upstreamClaims } from "./upstreamClaims.ts";
+import { createUpstreamActor, type UpstreamActor } from "./upstreamActor.ts";
+
+/** How long a fan-out (session list, evict, drain) waits for one more worker to answer. */
+const FANOUT_STALL_MS = 300;
+const FANOUT_MAX_MS = 3_000;
+/** How often each worker looks for claims left by dead workers (at a random phase). */
+const CLAIM_SWEEP_MS = 10 * 60_000;
+
+export type UpstreamHost = Hosted & {
+  /** live and closing actors of this worker */
+  sessions(): UpstreamSessionInfo[];
+  /** deletes claims no actor answers for (left by workers that died); how many */
+  sweepStaleClaims(): Promise<number>;
+};
+
+export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHost> {
+  const { nc, s, stores, config } = ctx;
+  const log = ctx.log.child({ actor: "upstream" });
+  const me = config.workerId;
+  const claims = upstreamClaims({ nc, s, kv: stores.sessions, workerId: me });
+  const sessions = new SessionStore({ kv: stores.sessions, js: stores.js, s, log, idleTtlMs: config.edge.sessionIdleTtl });
+  const listChanged = listChangedEvents(stores.js, s, log);
+  /** every actor of this worker, by `<sid>.<gid>`: the serving one, and those still closing */
+  const actors = new Map<string, UpstreamActor>();
+  const closing = new Set<UpstreamActor>();
+  const activating = new Map<string, Promise<{ worker: string; created: boolean }>>();
+  const usage = new Map<string, { uses: number; lastUsedAt: number | null }>();
+  let stopping = false;
+
+  const keyOf = (sid: string, gid: string) => `${sid}.${gid}`;
+  const label = (r: GatewayRecord) => `${r.name} (${r.id})`;
+  const deps = {
+    ctx,
+    log,
+    sessions,
+    onListChanged: listChanged.notice,
+    onUse: (gid: string) => {
+      const u = usage.get(gid) ?? { uses: 0, lastUsedAt: null };
+      usage.set(gid, { uses: u.uses + 1, lastUsedAt: Date.now() });
+    },
+  };
+
+  async function loadGateway(gid: string): Promise<GatewayRecord> {
+    const record = parseEntry(GatewayRecordSchema, await getLive(stores.gateways, KEYS.gateway(gid)));
+    if (!record) throw new ProtocolError("unavailable", `gateway ${gid} is not registered`);
+    if (!record.enabled) throw new ProtocolError("unavailable", `gateway ${label(record)} is disabled`);
+    return record;
+  }
+
+  /** Subscribes a new actor's address (before its claim, so whoever sees the claim finds it). */
+  async function host(sid: string, gid: string, record: GatewayRecord, headers: Record<string, string>): Promise<UpstreamActor> {
+    const a = createUpstreamActor(deps, sid, gid, record, headers);
+    actors.set(keyOf(sid, gid), a);
+    void a.done.then(async (how) => {
+      if (actors.get(keyOf(sid, gid)) === a) actors.delete(keyOf(sid, gid));
+      closing.delete(a);
+      if (how === "abandoned") return;
+      // every way into `closing` names its cause
+      ctx.metrics.upstreamSessionClosed(record.name, a.actor.getSnapshot().context.closeCause!);
+      await claims.release(sid, gid, a.claimRevision);
+      log.debug({ sid, gid }, "upstream session closed");
+    });
+    a.actor.subscribe((snap) => {
+      // its address is gone: a new actor of the key may be hosted here meanwhile
+      if (!a.serving() && snap.value !== "claiming" && actors.get(keyOf(sid, gid)) === a) {
+        actors.delete(keyOf(sid, gid));
+        closing.add(a);
+      }
+    });
+    await nc.flush();
+    return a;
+  }
+
+  /** Hosts the actor for (sid, gid) here unless it is alive somewhere; exactly one wins. */
+  function activate(sid: string, gid: string, headers: Record<string, string>, trace: TraceHeaders = {}): Promise<{ worker: string; created: boolean }> {
+    const key = keyOf(sid, gid);
+    if (actors.get(key)?.actor.getSnapshot().matches("open")) return Promise.resolve({ worker: me, created: false });
+    const pending = activating.get(key);
+    if (pending) return pending;
+    // in the trace of the call that needs the actor: claiming and connecting are part of it
+    const span = ctx.tracing.startSpan("session activate", { kind: SpanKind.SERVER, parent: trace });
+    const p = claimAndStart(sid, gid, headers, log.child({ traceId: traceIdOf(span) }))
+      .then(
+        (r) => (endSpan(span), r),
+        (err: unknown) => {
+          endSpan(span, err instanceof Error ? err.message : String(err));
+          throw err;
+        },
+      )
+      .finally(() => activating.delete(key));
+    activating.set(key, p);
+    return p;
+  }
+
+  async function claimAndStart(sid: string, gid: string, headers: Record<string, string>, log: Logger): Promise<{ worker: string; created: boolean }> {
+    if (stopping) throw new ProtocolError("unavailable", `worker ${me} is shutting down`);
+    const record = await loadGateway(gid);
+    let a = await host(sid, gid, record, headers);
+    let revision = await claims.create(sid, gid).catch((err: unknown) => (a.actor.send({ type: "CLAIM_LOST" }), Promise.reject(err)));
+    if (revision === null) {
+      // the loser drops its address and what it got (the holder got the same messages)
+      const { closeReason, closeCause } = a.actor.getSnapshot().context;
+      a.actor.send({ type: "CLAIM_LOST" });
+      await a.done;
+      const holder = await claims.holder(sid, gid);
+      if (holder.alive) return { worker: holder.worker ?? "unknown", created: false };
+      a = await host(sid, gid, record, headers);
+      if (closeCause) a.actor.send({ type: "CLOSE", reason: closeReason, cause: closeCause });
+      revision = await claims.takeOver(sid, gid, holder).catch((err: unknown) => (a.actor.send({ type: "CLAIM_LOST" }), Promise.reject(err)));
+      if (revision === null) {
+        a.actor.send({ type: "CLAIM_LOST" });
+        return { worker: "unknown", created: false };
+      }
+      log.info({ sid, gid, previous: holder.worker }, "took over an upstream session claim whose owner is gone");
+    }
+    // Resolves once connected, so the spawner's call finds it serving. A failed connect is the
+    // spawn's answer: every retry would meet the same refusal, and the caller gets the reason.
+    a.claimRevision = revision;
+    ctx.metrics.upstreamSessionStarted(record.name);
+    a.actor.send({ type: "CLAIMED" });
+    if (stopping) a.actor.send({ type: "DRAIN" });
+    log.debug({ sid, gid }, "upstream session actor started");
+    await a.whenReady().catch((err: Error) => Promise.reject(new ProtocolError("unavailable", `gateway ${label(record)}: ${err.message}`)));
+    return { worker: me, created: true };
+  }
+
+  function evict(e: Eviction): number {
+    const picked = [...actors.values()].filter((a) => a.serving() && evicts(e, a));
+    for (const a of picked) a.actor.send({ type: "CLOSE", reason: e.reason, cause: e.cause });
+    if (picked.length) log.info({ count: picked.length, reason: e.reason }, "evicting upstream sessions");
+    return picked.length;
+  }
+
+  async function onEvent(subject: string, payload: unknown): Promise<void> {
+    if (s.parseGatewayEvent(subject)) {
+      const e = GatewayEventSchema.safeParse(payload);
+      if (!e.success) return;
+      const enabledNow = needsEnabledCheck(e.data) ? await loadGateway(e.data.gid).then(() => true, () => false) : undefined;
+      const eviction = evictionOnGatewayEvent(e.data, enabledNow);
+      if (eviction) evict(eviction);
+      return;
+    }
+    const closed = SessionClosedEventSchema.safeParse(payload);
+    if (subject.endsWith(".closed") && closed.success) evict(evictionOnSessionClosed(closed.data));
+  }
+
+  function usageReport(): UsageReport | null {
+    const liveBy = new Map<string, number>();
+    for (const a of actors.values()) if (a.actor.getSnapshot().matches("open")) liveBy.set(a.gid, (liveBy.get(a.gid) ?? 0) + 1);
+    const gids = new Set([...usage.keys(), ...liveBy.keys()]);
+    if (gids.size === 0) return null;
+    const gateways: GatewayUsage[] = [...gids].sort().map((gid) => ({
+      gid,
+      lastUsedAt: usage.get(gid)?.lastUsedAt ?? null,
+      uses: usage.get(gid)?.uses ?? 0,
+      liveSessions: liveBy.get(gid) ?? 0,
+    }));
+    usage.clear();
+    return { worker: me, at: Date.now(), gateways };
+  }
+  const usageTimer = setInterval(() => {
+    const report = usageReport();
+    if (report) publishCore(nc, s.evt.usage, report);
+  }, config.intervals.usageReport);
+  usageTimer.unref();
+
+  async function sweepStaleClaims(): Promise<number> {
+    const removed = await claims.sweepStale((sid, gid) => actors.has(keyOf(sid, gid)), () => stopping);
+    if (removed > 0) log.info({ removed }, "removed upstream session claims left by workers that are gone");
+    return removed;
+  }
+  const sweep = () => void sweepStaleClaims().catch((err) => log.warn({ err }, "sweep of stale upstream session claims failed"));
+  let sweepTimer: NodeJS.Timeout = setTimeout(function again() {
+    sweep();
+    sweepTimer = setTimeout(again, CLAIM_SWEEP_MS).unref();
+  }, Math.random() * CLAIM_SWEEP_MS).unref();
+
+  const snapshot = (filter: { sid?: string | undefined; gid?: string | undefined }) =>
+    [...actors.values(), ...closing]
+      .filter((a) => !a.actor.getSnapshot().matches("claiming") && (!filter.sid || a.sid === filter.sid) && (!filter.gid || a.gid === filter.gid))
+      .map((a) => a.info());
+
+  /** Asks every worker; gathers answers until none has come for a short while. */
+  const fanOut = <T extends z.ZodType>(subject: string, payload: unknown, schema: T) =>
+    gather(nc, subject, payload, schema, { stallMs: FANOUT_STALL_MS, maxMs: FANOUT_MAX_MS });
+
+  const opts = { log, refusals: ctx.refusals };
+  const subs: Subscription[] = [
+    serve(nc, s.upstream.spawn, (p, msg) => {
+      const req = parseRequest(SpawnRequestSchema, p, "spawn request");
+      return activate(req.sid, req.gid, req.headers ?? {}, natsTraceHeaders(msg.headers));
+    }, { ...opts, queue: QUEUE.spawn }),
+    serve(nc, s.upstream.snapshot, (p) => ({ worker: me, sessions: snapshot(parseRequest(WorkerSnapshotRequestSchema, p, "snapshot request")) }), opts),
+    serve(nc, s.upstream.evict, (p) => ({ worker: me, evicted: evict(evictionOnRequest(parseRequest(WorkerEvictRequestSchema, p, "evict request"))) }), opts),
+  ];
+  ctx.admin.endpoint(s.admin.sessionList, async (p) => {
+    const req = parseRequest(SessionListRequestSchema, p ?? {}, "session list request");
+    const replies = await fanOut(s.upstream.snapshot, req, WorkerSnapshotReplySchema);
+    const list = replies.flatMap((r) => r.sessions).sort((a, b) => a.gatewayName.localeCompare(b.gatewayName) || a.sid.localeCompare(b.sid));
+    return { workers: replies.map((r) => r.worker).sort(), sessions: list };
+  });
+  ctx.admin.endpoint(s.admin.sessionEvict, async (p) => {
+    const req = parseRequest(SessionEvictRequestSchema, p, "session evict request");
+    const replies = await fanOut(s.upstream.evict, req, WorkerEvictReplySchema);
+    return { evicted: replies.reduce((n, r) => n + r.evicted, 0), workers: replies.map((r) => r.worker).sort() };
+  });
+  ctx.admin.endpoint(s.admin.drain, async (p) => {
+    const req = parseRequest(DrainRequestSchema, p ?? {}, "drain request");
+    const replies = await fanOut(s.upstream.evict, { all: true, reason: req.reason ? `drain: ${req.reason}` : "drain" }, WorkerEvictReplySchema);
+    return { evicted: replies.reduce((n, r) => n + r.evicted, 0), workers: replies.map((r) => r.worker).sort() };
+  });
+  const events = await followEvents(stores.js, stores.streamName, [s.evt.gatewayAll, s.evt.sessionAll], onEvent, opts);
+
+  return {
+    sessions: () => snapshot({}),
+    sweepStaleClaims,
+    async stop() {
+      stopping = true;
+      subs.forEach((sub) => sub.unsubscribe());
+      clearInterval(usageTimer);
+      clearTimeout(sweepTimer);
+      listChanged.flush();
+      await events.stop();
+      await Promise.allSettled([...activating.values()]);
+      const all = [...actors.values(), ...closing];
+      // calls in flight finish within shutdownTimeout, then each session closes (bounded by its machine)
+      for (const a of all) a.actor.send({ type: "DRAIN" });
+      const bound = new Promise<void>((r) => setTimeout(r, 3 * config.intervals.shutdownTimeout + 250).unref());
+      await Promise.race([Promise.allSettled(all.map((a) => a.done)), bound]);
+      const report = usageReport();
+      if (report) publishCore(nc, s.evt.usage, report);
+      log.info({ closed: all.length }, "upstream sessions closed");
+    },
+  };
+}
