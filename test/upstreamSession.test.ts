@@ -195,18 +195,19 @@ describe("upstream sessions: operations", () => {
     const gid = await addGateway({ name: "notes", url: fixture.url("notes") });
     const a = sid("A");
     const notes: any[] = [];
-    const sub = nc.subscribe(s.upstream.clientNotification(a), { callback: (_e, m) => void notes.push(decodeJson(m.data)) });
+    const sub = nc.subscribe(s.stream.event(a, "post-1"), { callback: (_e, m) => void notes.push(decodeJson(m.data)) });
     const listChanged: any[] = [];
     const evSub = nc.subscribe(s.evt.gateway(gid, "list_changed"), { callback: (_e, m) => void listChanged.push(decodeJson(m.data)) });
     try {
       const req = tool(a, "progress", { steps: 3 });
-      const done = await caller.call(a, gid, { ...req, params: { ...req.params, _meta: { progressToken: "tok-1" } } });
+      const done = await caller.call(a, gid, { ...req, stream: "post-1", params: { ...req.params, _meta: { progressToken: "tok-1" } } });
       assert.equal(text(done), "done 3");
-      await waitFor("three progress notifications", () => notes.length >= 3);
+      await waitFor("three progress notifications and the answer on the call's stream", () => notes.length >= 4);
       assert.deepEqual(
-        notes.map((n) => [n.gid, n.requestId, n.notification.method, n.notification.params.progressToken, n.notification.params.progress]),
-        [1, 2, 3].map((i) => [gid, req.requestId, "notifications/progress", "tok-1", i]),
+        notes.slice(0, 3).map((n) => [n.gid, n.message.method, n.message.params.progressToken, n.message.params.progress]),
+        [1, 2, 3].map((i) => [gid, "notifications/progress", "tok-1", i]),
       );
+      assert.deepEqual([notes[3].requestId, notes[3].reply], [req.requestId, { ok: true, data: done }]);
 
       const ac = new AbortController();
       const sleeping = caller.call(a, gid, tool(a, "sleep", { ms: 10_000 }), ac.signal);
