@@ -221,3 +221,112 @@ describe("upstream session machine", () => {
     assert.deepEqual(h.log.started, []);
   });
 });
+
+describe("upstream session machine: claiming, cancellation, draining", () => {
+  /** like `harness`, left in `claiming`, recording aborted calls */
+  function unclaimed() {
+    const log = { started: [] as string[], failed: [] as string[], aborted: [] as string[], stoppedTaking: 0, stopped: 0 };
+    const machine = upstreamSessionMachine.provide({
+      actors: {
+        connect: fromPromise(async () => {}),
+        closeGracefully: fromPromise(async () => {}),
+      },
+      actions: {
+        startCalls: (_, p) => void log.started.push(...p.calls.map((c) => c.id)),
+        failCalls: (_, p) => void log.failed.push(...p.calls.map((c) => c.id)),
+        abortCalls: (_, p) => void log.aborted.push(...p.calls.map((c) => `${c.id}: ${p.reason}`)),
+        stopTakingCalls: () => void (log.stoppedTaking += 1),
+        stopAccepting: () => void (log.stopped += 1),
+      },
+      delays: { idleValidation: IDLE_VALIDATION, sessionIdleTtl: IDLE_TTL, probeTimeout: 5_000, shutdownTimeout: SHUTDOWN },
+    });
+    const clock = new SimulatedClock();
+    const actor = createActor(machine, { clock }).start();
+    return { actor, clock, log, state: () => stateName(actor.getSnapshot().value) };
+  }
+
+  it("buffers calls while claiming; a won claim connects and serves them, a lost one drops them untouched", async () => {
+    const won = unclaimed();
+    won.actor.send(call("c1"));
+    assert.equal(won.state(), "claiming");
+    won.actor.send({ type: "CLAIMED" });
+    await settle();
+    assert.deepEqual(won.log.started, ["c1"]);
+    const lost = unclaimed();
+    lost.actor.send(call("c1"));
+    lost.actor.send({ type: "CLAIM_LOST" });
+    assert.equal(lost.actor.getSnapshot().status, "done");
+    assert.equal(lost.state(), "abandoned");
+    assert.deepEqual([lost.log.started, lost.log.failed, lost.log.stopped], [[], [], 0], "the holder answers them");
+  });
+
+  it("an eviction while claiming closes the actor as soon as its claim is won", async () => {
+    const h = unclaimed();
+    h.actor.send(call("c1"));
+    h.actor.send({ type: "CLOSE", reason: "gateway removed", cause: "gateway_removed" });
+    assert.equal(h.state(), "claiming");
+    h.actor.send({ type: "CLAIMED" });
+    await settle();
+    assert.equal(h.state(), "closed");
+    assert.deepEqual(h.log.failed, ["c1"]);
+    assert.equal(h.actor.getSnapshot().context.closeCause, "gateway_removed");
+  });
+
+  it("a cancelled call is answered at once while queued, aborted once started", async () => {
+    const h = unclaimed();
+    h.actor.send(call("queued"));
+    h.actor.send({ type: "CANCEL", requestId: "req-queued", reason: "cancelled by the client" });
+    assert.deepEqual(h.log.failed, ["queued"]);
+    h.actor.send({ type: "CLAIMED" });
+    await settle();
+    assert.deepEqual(h.log.started, [], "never started");
+    h.actor.send(call("running"));
+    h.actor.send({ type: "CANCEL", requestId: "req-running", reason: "cancelled by the client" });
+    assert.deepEqual(h.log.aborted, ["running: cancelled by the client"]);
+    assert.deepEqual(Object.keys(h.actor.getSnapshot().context.inflight), ["running"], "in flight until it ends");
+  });
+
+  it("drain: calls in flight finish, new ones are refused, then it closes", async () => {
+    const h = unclaimed();
+    h.actor.send({ type: "CLAIMED" });
+    await settle();
+    h.actor.send(call("c1"));
+    h.actor.send(call("c2"));
+    h.actor.send({ type: "DRAIN" });
+    assert.equal(h.state(), "draining");
+    assert.equal(h.log.stoppedTaking, 1);
+    h.actor.send(call("late"));
+    assert.deepEqual(h.log.failed, ["late"]);
+    h.actor.send({ type: "CALL_DONE", callId: "c1", transportFailed: false });
+    assert.equal(h.state(), "draining");
+    h.actor.send({ type: "CALL_DONE", callId: "c2", transportFailed: false });
+    await settle();
+    assert.equal(h.state(), "closed");
+    assert.deepEqual(h.log.aborted, [], "nothing cut off");
+    assert.equal(h.actor.getSnapshot().context.closeCause, "shutdown");
+  });
+
+  it("drain is bounded: calls still in flight after shutdownTimeout are cut off", async () => {
+    const h = unclaimed();
+    h.actor.send({ type: "CLAIMED" });
+    await settle();
+    h.actor.send(call("slow"));
+    h.actor.send({ type: "DRAIN" });
+    h.clock.increment(SHUTDOWN - 1);
+    assert.equal(h.state(), "draining");
+    h.clock.increment(1);
+    await settle();
+    assert.equal(h.state(), "closed");
+    assert.deepEqual(h.log.aborted, ["slow: worker shutting down"]);
+  });
+
+  it("drain without calls in flight closes at once", async () => {
+    const h = unclaimed();
+    h.actor.send({ type: "CLAIMED" });
+    await settle();
+    h.actor.send({ type: "DRAIN" });
+    await settle();
+    assert.equal(h.state(), "closed");
+    assert.equal(h.log.stoppedTaking, 0);
+  });
+});
