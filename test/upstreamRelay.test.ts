@@ -224,6 +224,25 @@ describe("server → client requests", () => {
   });
 });
 
+describe("tasks", () => {
+  it("a tools/call with a task param creates a task at the upstream; tasks/get, tasks/list and tasks/result reach it", async () => {
+    const gid = await addGateway({ name: "tasker", transport: "stdio", stdio: { command: process.execPath, args: [EVERYTHING, "stdio"] } });
+    const sid = await clientSession({}, {});
+    const call = (method: "tasks/get" | "tasks/list" | "tasks/result", params?: Record<string, unknown>) => caller.call(sid, gid, { method, params, requestId: rid(), headers: {} });
+    const created = await caller.call(sid, gid, { ...tool("simulate-research-query", { topic: "gateways" }), params: { name: "simulate-research-query", arguments: { topic: "gateways" }, task: { ttl: 60_000 } } });
+    assert.ok("result" in created, JSON.stringify(created));
+    const task = created.result.task as { taskId: string; status: string };
+    assert.equal(typeof task.taskId, "string");
+    const got = await call("tasks/get", { taskId: task.taskId });
+    assert.ok("result" in got && got.result.taskId === task.taskId);
+    const listed = await call("tasks/list");
+    assert.ok("result" in listed && (listed.result.tasks as Array<{ taskId: string }>).some((t) => t.taskId === task.taskId));
+    const result = await call("tasks/result", { taskId: task.taskId });
+    assert.ok("result" in result, JSON.stringify(result));
+    assert.match(JSON.stringify(result.result.content), /gateways/);
+  });
+});
+
 describe("session-wide state and notifications", () => {
   const levelsSeen = (c: ReturnType<typeof playClient>) =>
     c.messages(STREAM_GET).filter((m) => m.method === "notifications/message").map((m) => m.params!.level);
