@@ -128,10 +128,9 @@ export function createMetrics() {
     help: "Times this worker's NATS connection was re-established",
     registers,
   });
-  // Registered so dashboards can be built now; nothing relays server→client requests yet.
   const relayedRequests = new Counter({
     name: "mcpgw_relayed_requests_total",
-    help: "Server-to-client requests (sampling, elicitation, roots) relayed from an upstream to its client (not relayed yet: always zero)",
+    help: "Server-to-client requests (sampling, elicitation, roots, ...) relayed from an upstream to its client",
     labelNames: ["gateway", "method"] as const,
     registers,
   });
@@ -144,7 +143,7 @@ export function createMetrics() {
     classifierLeader,
     clientSessions,
     natsReconnects,
-    /** for the server→client relay, when it exists */
+    /** requests an upstream sent its client, relayed (upstream session actors) */
     relayedRequests,
     /** one forwarded request ended */
     call(gateway: string, method: string, outcome: CallOutcome, seconds: number): void {

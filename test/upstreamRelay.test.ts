@@ -122,6 +122,8 @@ describe("server → client requests", () => {
       assert.equal(parseServerRequestId(req!.id)?.gid, gid, "the id routes to this gateway's actor");
       assert.deepEqual(client.answers, [{ ok: true, data: {} }]);
       assert.equal(client.messages(STREAM_GET).length, 0, "nothing on the GET stream");
+      const relayed = (await w.ctx.metrics.relayedRequests.get()).values.find((v) => v.labels.gateway === "sampler");
+      assert.deepEqual([relayed?.labels.method, relayed?.value], ["sampling/createMessage", 1]);
     } finally {
       client.stop();
     }
