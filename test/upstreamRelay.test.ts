@@ -280,6 +280,14 @@ describe("session-wide state and notifications", () => {
     }
   });
 
+  it("notifications/roots/list_changed on the session reaches the upstream", async () => {
+    const gid = await addGateway({ name: "rooter", url: fixture.url("rooter") });
+    const sid = await clientSession();
+    await caller.call(sid, gid, { method: "ping", requestId: rid(), headers: {} });
+    nc.publish(s.upstream.sessionWide(sid), encodeJson({ method: "notifications/roots/list_changed" }));
+    await waitFor("the upstream to hear of it", () => fixture.gateway("rooter").stats.rootsListChanged === 1);
+  });
+
   it("resources/subscribe passes through and resources/updated reaches the GET stream; a new actor re-subscribes the recorded URIs", async () => {
     const gid = await addGateway({ name: "subscriber", url: fixture.url("subscriber") });
     const sid = await clientSession();
@@ -314,10 +322,11 @@ describe("session-wide state and notifications", () => {
       await waitFor("the upstream's GET stream to open", () => fixture.gateway("changer").stats.openGetStreams > 0);
       fixture.gateway("changer").toolbox.add("newcomer");
       await waitFor("tools/list_changed on the GET stream", () => client.messages(STREAM_GET).some((m) => m.method === "notifications/tools/list_changed"));
-      await waitFor("the session's own view recorded", async () => {
-        const e = await w.stores.sessions.get(KEYS.downstreamSession(sid));
-        return JSON.stringify((e!.json() as DownstreamSession).views?.[gid]) === JSON.stringify(["tools"]);
-      });
+      const views = async () => ((await w.stores.sessions.get(KEYS.downstreamSession(sid)))!.json() as DownstreamSession).views;
+      await waitFor("the session's own view recorded", async () => JSON.stringify((await views())?.[gid]) === JSON.stringify(["tools"]));
+      // until its upstream session closes: then the shared catalog serves the client again
+      await nc.request(s.upstream.op(sid, gid, "close"), encodeJson({}), { timeout: REQUEST_MS });
+      await waitFor("the view withdrawn", async () => (await views())?.[gid] === undefined);
     } finally {
       client.stop();
     }

@@ -97,6 +97,8 @@ export function createUpstreamActor(deps: ActorDeps, sid: string, gid: string, r
   /** a level the client set after this actor read its session record */
   let levelSet: LoggingLevel | undefined;
   let clientCanListRoots = false;
+  /** this session recorded a list of its own in the client session (`views`): withdrawn when it closes */
+  let ownView = false;
 
   const respond = (msg: WholeRequest, env: Envelope<unknown>) => {
     if (msg.reply) publishWhole(nc, msg.reply, encodeJson(env));
@@ -213,6 +215,7 @@ export function createUpstreamActor(deps: ActorDeps, sid: string, gid: string, r
     if (!list) return;
     deps.onListChanged(gid, list);
     // from now on this client's view of that list is its upstream session's own
+    ownView = true;
     deps.sessions
       .update(sid, (r) => (r.views?.[gid]?.includes(list) ? null : { ...r, views: { ...r.views, [gid]: [...(r.views?.[gid] ?? []), list] } }))
       .catch((err) => log.warn({ sid, gid, err: (err as Error).message }, "cannot record the session's own list view"));
@@ -381,6 +384,16 @@ export function createUpstreamActor(deps: ActorDeps, sid: string, gid: string, r
       // calls a lost claim held are the holder's to answer
       if (snap.value === "abandoned") for (const c of snap.context.queued) (callOf(c).settled = true), clearTimeout(callOf(c).timer);
       resolve(snap.value === "abandoned" ? "abandoned" : "closed");
+      // its lists were this session's own: the shared catalog serves the client again
+      if (ownView) {
+        deps.sessions
+          .update(sid, (r) => {
+            if (!r.views?.[gid]) return null;
+            const { [gid]: _mine, ...views } = r.views;
+            return { ...r, views };
+          })
+          .catch((err) => log.debug({ sid, gid, err: (err as Error).message }, "cannot withdraw the session's own list view"));
+      }
     };
     actor.subscribe({ complete: end, error: end });
   });
