@@ -75,7 +75,7 @@ async function clientSession(extra: Partial<DownstreamSession> = {}, capabilitie
 type Seen = { streamId: string; event: StreamEvent };
 
 /** Plays the client: every event of the session's streams, in arrival order; answers requests with `answer` (none: never answers). */
-function playClient(sid: string, answer?: (m: { method: string; params?: Record<string, unknown> }) => Omit<UpstreamAnswerRequest, "id"> | undefined, on = s, gid?: () => string) {
+function playClient(sid: string, answer?: (m: { id?: string; method: string; params?: Record<string, unknown> }) => Omit<UpstreamAnswerRequest, "id"> | undefined, on = s) {
   const seen: Seen[] = [];
   const answers: unknown[] = [];
   const sub: Subscription = nc.subscribe(on.stream.session(sid), {
@@ -87,7 +87,7 @@ function playClient(sid: string, answer?: (m: { method: string; params?: Record<
       if (!reply) return;
       const target = parseServerRequestId(event.message.id)!.gid;
       void nc
-        .request(on.upstream.op(sid, gid?.() ?? target, "answer"), encodeJson({ id: event.message.id, ...reply }), { timeout: REQUEST_MS })
+        .request(on.upstream.op(sid, target, "answer"), encodeJson({ id: event.message.id, ...reply }), { timeout: REQUEST_MS })
         .then((r) => answers.push(AnyEnvelopeSchema.parse(decodeJson(r.data))));
     },
   });
@@ -155,6 +155,33 @@ describe("server → client requests", () => {
       const again = AnyEnvelopeSchema.parse(decodeJson((await nc.request(s.upstream.op(sid, gid, "answer"), encodeJson({ id: req!.id, result: roots }), { timeout: REQUEST_MS })).data));
       assert.equal(again.ok, false);
       assert.equal(!again.ok && again.error.code, "not_found");
+    } finally {
+      client.stop();
+    }
+  });
+
+  it("attack: another client session answers a request it was never sent; the upstream still waits for its own client", async () => {
+    const gid = await addGateway({ name: "targeted", url: fixture.url("targeted") });
+    const victim = await clientSession();
+    const attacker = await clientSession();
+    await caller.call(attacker, gid, { method: "ping", requestId: rid(), headers: {} });
+    const forged = { result: { role: "assistant", content: { type: "text", text: "forged" }, model: "evil" } };
+    const genuine = { result: { role: "assistant", content: { type: "text", text: "genuine" }, model: "m" } };
+    const refusals: unknown[] = [];
+    const client = playClient(victim, (m) => {
+      // the attacker's edge routes by its own session: the forged answer reaches the attacker's actor, never the victim's
+      void nc
+        .request(s.upstream.op(attacker, gid, "answer"), encodeJson({ id: m.id, ...forged }), { timeout: REQUEST_MS })
+        .then((r) => refusals.push(AnyEnvelopeSchema.parse(decodeJson(r.data))));
+      return undefined;
+    });
+    try {
+      const calling = caller.call(victim, gid, tool("sample", { prompt: "who?" }, { stream: "post-g" }));
+      await waitFor("the forged answer refused", () => refusals.length === 1);
+      assert.equal((refusals[0] as { ok: boolean; error?: { code: string } }).error?.code, "not_found");
+      const [req] = client.messages("post-g");
+      await nc.request(s.upstream.op(victim, gid, "answer"), encodeJson({ id: req!.id, ...genuine }), { timeout: REQUEST_MS });
+      assert.deepEqual(toolJson(await calling), genuine);
     } finally {
       client.stop();
     }

@@ -348,8 +348,8 @@ export function createUpstreamActor(deps: ActorDeps, sid: string, gid: string, r
       if (op === "answer") {
         const a = parseRequest(UpstreamAnswerRequestSchema, payload, "answer");
         const outcome = channel.answer(a);
-        // another actor of this key (the one before or after this one) answers for its own ids
-        if (outcome === "foreign") return;
+        // a draining actor shares the subject with its successor, which answers for every other id
+        if (outcome === "foreign" && actor.getSnapshot().matches("draining")) return;
         return respond(msg, outcome === "answered" ? ok({}) : fail("not_found", `no request ${a.id} is waiting for an answer`));
       }
       if (op === "notify") {
