@@ -1,12 +1,10 @@
 // One upstream session actor on this worker: its machine (actors/upstreamSession/machine.ts)
 // with the effects provided (connect, probe, close, calls), its address on the bus, and the
-// relay of what its upstream says to the client (clientChannel.ts).
+// relay of what its upstream says to the client (clientChannel.ts); its calls: upstreamCalls.ts.
 import type { Subscription } from "@nats-io/transport-node";
 import { ErrorCode, type Notification } from "@modelcontextprotocol/sdk/types.js";
-import { SpanKind, type Span } from "@opentelemetry/api";
 import { createActor, fromPromise, type Actor } from "xstate";
-import type { z } from "zod";
-import { stateName, upstreamSessionMachine, type ProbeMethod, type ProbeOutcome, type SessionCall, type UpstreamSessionMachine } from "../../actors/upstreamSession/machine.ts";
+import { stateName, upstreamSessionMachine, type ProbeMethod, type ProbeOutcome, type UpstreamSessionMachine } from "../../actors/upstreamSession/machine.ts";
 import type { LoggingLevel } from "../../protocol/edge.ts";
 import { fail, ok, parseRequest, type Envelope } from "../../protocol/envelope.ts";
 import type { GatewayRecord } from "../../protocol/gateway.ts";
@@ -15,31 +13,17 @@ import {
   UpstreamAnswerRequestSchema,
   UpstreamCallRequestSchema,
   UpstreamNotifyRequestSchema,
-  type UpstreamCallReply,
   type UpstreamSessionInfo,
 } from "../../protocol/upstream.ts";
 import { decodeJson, encodeJson, errorReply, listen } from "../bus.ts";
 import { callMessageLimit, publishWhole, wholeRequests, type WholeRequest } from "../largeMessages.ts";
 import type { Logger } from "../logger.ts";
-import { AnswerTooLargeError, closeWithin, connectUpstream, UpstreamRequestError, type UpstreamConnection } from "../mcpClient.ts";
+import { closeWithin, connectUpstream, type UpstreamConnection } from "../mcpClient.ts";
 import { gatewayScrubber, scrubbedError } from "../secretScrubber.ts";
 import type { SessionStore } from "../sessionStore.ts";
-import { endSpan, natsTraceHeaders, traceHeadersOf, traceIdOf } from "../tracing.ts";
 import type { WorkerContext } from "../worker.ts";
 import { clientChannel } from "./clientChannel.ts";
-
-type CallRequest = z.infer<typeof UpstreamCallRequestSchema>;
-
-/** A call's own effects: its reply address, deadline, abort and span. */
-type Call = {
-  req: CallRequest;
-  msg: WholeRequest;
-  abort: AbortController;
-  timer: NodeJS.Timeout;
-  settled: boolean;
-  span: Span;
-  log: Logger;
-};
+import { upstreamCalls, type CallRequest } from "./upstreamCalls.ts";
 
 export type UpstreamActor = {
   sid: string;
@@ -68,15 +52,13 @@ export type ActorDeps = {
   onUse(gid: string): void;
 };
 
-let callSeq = 0;
 const LIST_CHANGED = /^notifications\/(tools|prompts|resources)\/list_changed$/;
 
 export function createUpstreamActor(deps: ActorDeps, sid: string, gid: string, record: GatewayRecord, headers: Record<string, string>): UpstreamActor {
   const { ctx, log } = deps;
   const { nc, s, config } = ctx;
   const shutdownMs = config.intervals.shutdownTimeout;
-  /** an upstream's answer is held to the edge's body limit; the call's request, with what wraps it, to a little more */
-  const answerLimit = config.edge.maxBodyBytes;
+  /** a call's request, with what wraps it, is held to a little more than the edge's body limit */
   const requestLimit = callMessageLimit(config.edge.maxBodyBytes);
   const label = `${record.name} (${record.id})`;
   const scrub = gatewayScrubber(record, (sealed, id) => ctx.box.open(sealed, id));
@@ -104,104 +86,24 @@ export function createUpstreamActor(deps: ActorDeps, sid: string, gid: string, r
     if (msg.reply) publishWhole(nc, msg.reply, encodeJson(env));
   };
 
-  // ---- calls ----
-
-  function settle(call: Call, env: Envelope<UpstreamCallReply>): void {
-    if (call.settled) return;
-    call.settled = true;
-    clearTimeout(call.timer);
-    const outcome = !env.ok ? env.error.code : "rpcError" in env.data ? "upstream_error" : "ok";
-    endSpan(call.span, !env.ok ? env.error.message : "rpcError" in env.data ? env.data.rpcError.message : undefined);
-    call.log.debug({ sid, gid, method: call.req.method, outcome }, "upstream call answered");
-    let data: Uint8Array;
-    try {
-      data = encodeJson(env);
-    } catch (err) {
-      // a value JSON cannot write (nested past the stack): the upstream's, not ours
-      env = fail("unavailable", `gateway ${label} answered ${call.req.method} with a value that cannot be forwarded: ${(err as Error).message}`);
-      data = encodeJson(env);
-    }
-    if (data.length > answerLimit) {
-      env = fail("too_large", `gateway ${label} answered ${call.req.method} with ${data.length} bytes, over the limit of ${answerLimit} bytes`);
-      data = encodeJson(env);
-    }
-    if (call.msg.reply) publishWhole(nc, call.msg.reply, data);
-    // then on the call's stream, for a client that lost it and resumes
-    if (call.req.stream) channel.reply(call.req.stream, call.req.requestId, env);
-  }
-
-  const callOf = (c: SessionCall) => c.payload as Call;
-
-  async function runCall(c: SessionCall): Promise<void> {
-    const call = callOf(c);
-    let transportFailed = false;
-    try {
-      if (call.settled) return;
-      if (call.abort.signal.aborted) return settle(call, fail("unavailable", String(call.abort.signal.reason)));
-      const current = conn;
-      if (!current) return settle(call, fail("unavailable", `gateway ${label}: not connected`));
-      const { params, progressToken } = splitProgressToken(call.req.params);
-      const stream = channel.streamOf(call.req);
-      const upstreamSpan = ctx.tracing.startSpan(`upstream ${call.req.method}`, { kind: SpanKind.CLIENT, parent: call.span, attributes: { "mcp.method.name": call.req.method } });
-      try {
-        const outcome = await current.request(
-          { method: call.req.method, params },
-          {
-            headers: call.req.headers,
-            trace: traceHeadersOf(upstreamSpan),
-            signal: call.abort.signal,
-            related: call.req,
-            onprogress: progressToken === undefined ? undefined : (p) => channel.notify(stream, { method: "notifications/progress", params: { ...p, progressToken } }),
-          },
-        );
-        // the code only: the message may echo a secret (the client's copy is scrubbed below)
-        endSpan(upstreamSpan, "rpcError" in outcome ? `JSON-RPC error ${outcome.rpcError.code}` : undefined);
-        // an upstream's error (JSON-RPC or tool error) goes back as it came, its echo of our secrets masked
-        if ("rpcError" in outcome) return settle(call, ok({ rpcError: scrub.value(outcome.rpcError) }));
-        settle(call, ok({ result: outcome.result.isError === true ? scrub.value(outcome.result) : outcome.result }));
-      } catch (err) {
-        endSpan(upstreamSpan, scrubbedError(err, scrub).message);
-        // timed out (answered already), cancelled, or cut off by a close: the abort says which
-        if (call.abort.signal.aborted) return settle(call, fail("unavailable", String(call.abort.signal.reason)));
-        if (err instanceof AnswerTooLargeError) {
-          return settle(call, fail("too_large", `gateway ${label} answered ${call.req.method} with more than ${err.bytesRead} bytes, over the limit of ${answerLimit} bytes`));
-        }
-        const reason = scrubbedError(err, scrub).message;
-        // Only a failure of the current connection evicts: one replaced after a failed idle
-        // probe fails its leftover calls, and must not take the fresh connection down with it.
-        transportFailed = err instanceof UpstreamRequestError && err.transport && conn === current;
-        if (transportFailed) call.log.warn({ sid, gid, err: reason }, "upstream transport error; the session will be recreated");
-        const what = err instanceof UpstreamRequestError && err.transport ? "upstream transport error" : `invalid answer to ${call.req.method}`;
-        settle(call, fail("unavailable", `gateway ${label}: ${what}: ${reason}`));
-      }
-    } catch (err) {
-      // nothing an upstream sends may throw out of a call (an unhandled rejection ends the worker)
-      log.error({ sid, gid, err: scrubbedError(err, scrub).message }, "upstream call failed");
-      settle(call, fail("internal", "internal error; see the worker's log"));
-    } finally {
-      actor.send({ type: "CALL_DONE", callId: c.id, transportFailed });
-    }
-  }
+  const calls = upstreamCalls({
+    ctx,
+    log,
+    sid,
+    gid,
+    record,
+    scrub,
+    channel,
+    connection: () => conn,
+    onDone: (callId, transportFailed) => actor.send({ type: "CALL_DONE", callId, transportFailed }),
+  });
 
   function receiveCall(msg: WholeRequest, req: CallRequest): void {
-    const timeoutMs = req.timeoutMs ?? config.intervals.callTimeout;
-    const span = ctx.tracing.startSpan(`session ${req.method}`, {
-      kind: SpanKind.SERVER,
-      parent: natsTraceHeaders(msg.headers),
-      attributes: { "mcp.method.name": req.method, "mcpgw.gateway": record.name },
-    });
-    const call: Call = { req, msg, abort: new AbortController(), settled: false, span, log: log.child({ traceId: traceIdOf(span) }), timer: undefined as never };
-    // Every call is answered by its deadline, whatever the upstream does, and its upstream
-    // request is released then (the SDK forgets it and tells the upstream; its HTTP request ends).
-    call.timer = setTimeout(() => {
-      settle(call, fail("timeout", `gateway ${label} did not answer ${req.method} within ${timeoutMs} ms`));
-      call.abort.abort(`timed out after ${timeoutMs} ms`);
-    }, timeoutMs);
     useCount += 1;
     lastUsedAt = Date.now();
     latestHeaders = req.headers;
     deps.onUse(gid);
-    actor.send({ type: "CALL", call: { id: String(++callSeq), requestId: req.requestId, payload: call } });
+    actor.send({ type: "CALL", call: calls.receive(msg, req) });
   }
 
   // ---- what the upstream says to its client ----
@@ -306,9 +208,9 @@ export function createUpstreamActor(deps: ActorDeps, sid: string, gid: string, r
       }),
     },
     actions: {
-      startCalls: (_, p) => p.calls.forEach((c) => void runCall(c)),
-      failCalls: (_, p) => p.calls.forEach((c) => settle(callOf(c), fail("unavailable", `gateway ${label}: ${p.reason}`))),
-      abortCalls: (_, p) => p.calls.forEach((c) => callOf(c).abort.abort(`gateway ${label}: ${p.reason}`)),
+      startCalls: (_, p) => p.calls.forEach((c) => void calls.run(c)),
+      failCalls: (_, p) => p.calls.forEach((c) => calls.fail(c, p.reason)),
+      abortCalls: (_, p) => p.calls.forEach((c) => calls.abort(c, p.reason)),
       stopTakingCalls: () => {
         // calls go to a new actor elsewhere; the client's answers and cancellations still come here
         address.unsubscribe();
@@ -382,7 +284,7 @@ export function createUpstreamActor(deps: ActorDeps, sid: string, gid: string, r
       sessionWide.unsubscribe();
       const snap = actor.getSnapshot();
       // calls a lost claim held are the holder's to answer
-      if (snap.value === "abandoned") for (const c of snap.context.queued) (callOf(c).settled = true), clearTimeout(callOf(c).timer);
+      if (snap.value === "abandoned") snap.context.queued.forEach(calls.forget);
       resolve(snap.value === "abandoned" ? "abandoned" : "closed");
       // its lists were this session's own: the shared catalog serves the client again
       if (ownView) {
@@ -445,17 +347,4 @@ function safeJson(data: Uint8Array): unknown {
   } catch {
     return null;
   }
-}
-
-/**
- * Takes the downstream progress token out of a request's `_meta`: the SDK puts its own
- * there, and progress is re-labelled with the downstream token on the way back.
- */
-export function splitProgressToken(params: Record<string, unknown> | undefined): { params: Record<string, unknown> | undefined; progressToken: string | number | undefined } {
-  const meta = params?._meta as Record<string, unknown> | undefined;
-  const token = meta?.progressToken;
-  if (!params || (typeof token !== "string" && typeof token !== "number")) return { params, progressToken: undefined };
-  const { progressToken: _dropped, ...restMeta } = meta!;
-  const { _meta: _old, ...rest } = params;
-  return { params: Object.keys(restMeta).length ? { ...rest, _meta: restMeta } : rest, progressToken: token };
 }
