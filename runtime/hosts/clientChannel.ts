@@ -13,6 +13,7 @@ import {
   type UpstreamAnswerRequest,
 } from "../../protocol/upstream.ts";
 import { encodeJson } from "../bus.ts";
+import { streamEventHeaders } from "../streamLog.ts";
 import type { Logger } from "../logger.ts";
 
 /** The client's JSON-RPC error answer (or mcpgw's, when the client never answered), passed to the upstream as it is. */
@@ -56,7 +57,8 @@ export function clientChannel(deps: {
     const full = StreamEventSchema.parse({ uid: `${nonce}-${++seq}`, gid, ...event });
     const data = encodeJson(full);
     if (data.length > (nc.info?.max_payload ?? 1024 * 1024)) return false;
-    nc.publish(s.stream.event(sid, streamId), data);
+    // the id the stream log's replay requires (protocol/upstream.ts streamEventMsgId)
+    nc.publish(s.stream.event(sid, streamId), data, { headers: streamEventHeaders(sid, streamId, full.uid) });
     return true;
   }
 
