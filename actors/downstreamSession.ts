@@ -38,11 +38,14 @@ export function offeredItsOwn(record: DownstreamSession): boolean {
 
 /**
  * The gateways whose `list` this session reads from its upstream session, not from the shared
- * catalog: every gateway of the endpoint (`inScope`) for a client whose capabilities change
- * what upstreams offer it, else those that changed that list on its session (`views`).
+ * catalog: on a gateway's own endpoint, that gateway for a client whose capabilities change what
+ * upstreams offer it; else those that changed that list on its session (`views`). Never every
+ * gateway of `/mcp` for its capabilities alone: that would open an upstream session per gateway
+ * at a client's first list (discovery declares those capabilities, so the catalog has what a
+ * capable client is offered).
  */
 export function ownViews(record: DownstreamSession, list: ViewList, scope: string | null, inScope: () => string[]): string[] {
-  if (offeredItsOwn(record)) return inScope();
+  if (scope !== null && offeredItsOwn(record)) return inScope();
   return Object.entries(record.views ?? {}).flatMap(([gid, lists]) => (lists.includes(list) && (scope === null || scope === gid) ? [gid] : []));
 }
 

@@ -1,5 +1,5 @@
 import { DeliverPolicy, type ConsumerMessages, type JetStreamClient } from "@nats-io/jetstream";
-import type { MsgHdrs } from "@nats-io/transport-node";
+import { headers as natsHeaders, type MsgHdrs } from "@nats-io/transport-node";
 import { PRIMING_UID, StreamEventSchema, streamEventMsgId, type StreamEvent } from "../protocol/upstream.ts";
 import type { Subjects } from "../protocol/subjects.ts";
 import { decodeJson, encodeJson, type Guard } from "./bus.ts";
@@ -10,6 +10,13 @@ import { decodeJson, encodeJson, type Guard } from "./bus.ts";
  */
 export async function publishStreamEvent(js: JetStreamClient, s: Subjects, sid: string, streamId: string, event: StreamEvent): Promise<void> {
   await js.publish(s.stream.event(sid, streamId), encodeJson(event), { msgID: streamEventMsgId(sid, streamId, event.uid) });
+}
+
+/** The headers of a stream event published on core NATS: its `Nats-Msg-Id` marks it as the runtime's. */
+export function streamEventHeaders(sid: string, streamId: string, uid: string): MsgHdrs {
+  const h = natsHeaders();
+  h.set("Nats-Msg-Id", streamEventMsgId(sid, streamId, uid));
+  return h;
 }
 
 /**

@@ -47,9 +47,11 @@ describe("client session policy", () => {
     assert.deepEqual(ownViews(viewed, "tools", null, all), [G1]);
     assert.deepEqual(ownViews(viewed, "tools", G2, () => [G2]), [], "another gateway's endpoint does not read G1's view");
     assert.deepEqual(ownViews(viewed, "prompts", null, all), []);
-    // a client that can sample may be offered tools discovery never saw: every list is its own
+    // a client that can sample may be offered tools others are not: on a gateway's own endpoint
+    // its lists are its own; on /mcp the catalog (discovered as a capable client) serves it
     const sampler = { ...record, capabilities: { sampling: {} } };
-    assert.deepEqual(ownViews(sampler, "prompts", null, all), [G1, G2]);
+    assert.deepEqual(ownViews(sampler, "prompts", G2, () => [G2]), [G2]);
+    assert.deepEqual(ownViews(sampler, "prompts", null, all), [], "never an upstream session per gateway of /mcp for a capability alone");
     assert.deepEqual(ownViews({ ...record, capabilities: { experimental: {} } }, "prompts", null, all), []);
   });
 

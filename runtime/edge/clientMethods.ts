@@ -50,23 +50,20 @@ export class RpcError extends Error {
 
 export const SERVER_INFO = { name: "mcpgw", version: "0.1.0" };
 
-/**
- * What the edge offers. Tasks are listed only on a gateway's own endpoint: on `/mcp` a task
- * id names its gateway (`<gateway><separator><task id>`), but there is no one upstream to list them.
- */
-export function capabilities(scope: string | null): Record<string, unknown> {
+/** What the edge offers (on `/mcp` a task id names its gateway: `<gateway><separator><task id>`). */
+export function capabilities(): Record<string, unknown> {
   return {
     tools: { listChanged: true },
     prompts: { listChanged: true },
     resources: { listChanged: true, subscribe: true },
     completions: {},
     logging: {},
-    tasks: { ...(scope === null ? {} : { list: {} }), cancel: {}, requests: { tools: { call: {} } } },
+    tasks: { list: {}, cancel: {}, requests: { tools: { call: {} } } },
   };
 }
 
 export function initializeResult(protocolVersion: string, gatewayName: string | undefined): Record<string, unknown> {
-  return { protocolVersion, capabilities: capabilities(gatewayName === undefined ? null : "scoped"), serverInfo: gatewayName ? { ...SERVER_INFO, name: `mcpgw/${gatewayName}` } : SERVER_INFO };
+  return { protocolVersion, capabilities: capabilities(), serverInfo: gatewayName ? { ...SERVER_INFO, name: `mcpgw/${gatewayName}` } : SERVER_INFO };
 }
 
 /** One client request as the dispatch table sees it. */
@@ -118,6 +115,13 @@ export function rpcErrorOf(err: ProtocolError, gatewayName: string): { error: Rp
   if (err.code === "too_large") return { outcome: "too_large", error: new RpcError(ErrorCode.InternalError, `gateway ${gatewayName}: ${err.message}`, data) };
   if (err.code === "unavailable" || err.code === "not_found") return { outcome: "unavailable", error: new RpcError(ErrorCode.ConnectionClosed, `gateway ${gatewayName} unavailable: ${err.message}`, data) };
   return { outcome: "error", error: new RpcError(ErrorCode.InternalError, `gateway ${gatewayName}: ${err.message}`, data) };
+}
+
+/** On `/mcp` a task id names its gateway: `<gateway><separator><upstream task id>`, in a task a result carries or is. */
+export function federatedTaskResult(gatewayName: string, sep: string, result: Result): Result {
+  const rename = (t: unknown) => (t && typeof t === "object" && typeof (t as Result).taskId === "string" ? { ...(t as Result), taskId: `${gatewayName}${sep}${(t as Result).taskId}` } : t);
+  if (result.task) return { ...result, task: rename(result.task) };
+  return typeof result.taskId === "string" ? (rename(result) as Result) : result;
 }
 
 export type ClientMethods = {
@@ -262,12 +266,7 @@ export function clientMethods(deps: ClientMethodDeps): ClientMethods {
 
   /** On `/mcp` a task id names its gateway; elsewhere it is the upstream's own. */
   const taskRoute = (ctx: RequestContext, taskId: string): Route | undefined => cache.passThrough(ctx.scope, taskId);
-  const federatedTask = (ctx: RequestContext, route: Route, result: Result): Result => {
-    if (ctx.scope !== null) return result;
-    const rename = (t: unknown) => (t && typeof t === "object" && typeof (t as Result).taskId === "string" ? { ...(t as Result), taskId: `${route.gatewayName}${sep}${(t as Result).taskId}` } : t);
-    if (result.task) return { ...result, task: rename(result.task) };
-    return typeof result.taskId === "string" ? (rename(result) as Result) : result;
-  };
+  const federatedTask = (ctx: RequestContext, route: Route, result: Result): Result => (ctx.scope === null ? federatedTaskResult(route.gatewayName, sep, result) : result);
   const taskMethod = (method: UpstreamMethod, schema: Method["schema"]): Method => ({
     schema,
     async handle(params: { taskId: string }, ctx) {
@@ -351,7 +350,22 @@ export function clientMethods(deps: ClientMethodDeps): ClientMethods {
     "tasks/list": {
       schema: ListTasksRequestSchema,
       async handle(params: Result | undefined, ctx) {
-        if (ctx.scope === null) throw new RpcError(ErrorCode.MethodNotFound, "tasks/list is served on a gateway's own endpoint (/gateways/<name>/mcp)");
+        if (ctx.scope === null) {
+          // every gateway's tasks of this session, each id naming its gateway; one page
+          const lists = await Promise.all(
+            cache.gatewaysIn(null).map(async (gid) => {
+              const route = cache.passThrough(gid, "tasks")!;
+              try {
+                const r = await forward(ctx, route, "tasks/list", {}, `${ctx.requestId}.${gid}`);
+                return ((r.tasks as Result[] | undefined) ?? []).map((t) => federatedTaskResult(route.gatewayName, sep, t));
+              } catch (err) {
+                if (err instanceof RpcError) return [];
+                throw err;
+              }
+            }),
+          );
+          return { tasks: lists.flat() };
+        }
         const route = cache.passThrough(ctx.scope, "tasks");
         if (!route) throw new RpcError(ErrorCode.ConnectionClosed, "gateway unavailable");
         return forward(ctx, route, "tasks/list", params ?? {});

@@ -33,7 +33,7 @@ import { publishStreamEvent, resumeStream } from "../streamLog.ts";
 import type { UpstreamCaller } from "../upstreamClient.ts";
 import type { Hosted, WorkerContext } from "../worker.ts";
 import { CatalogCache } from "./catalogCache.ts";
-import { clientMethods, initializeResult, RpcError, rpcErrorOf, settle, type RequestContext } from "./clientMethods.ts";
+import { clientMethods, federatedTaskResult, initializeResult, RpcError, rpcErrorOf, settle, type RequestContext } from "./clientMethods.ts";
 import { consoleRoutes } from "./console/consoleRoutes.ts";
 import { bearerToken, HostGuard, isLoopbackAddress, SessionOwners, tokenDigests, tokenMatches } from "./security.ts";
 import { SessionLinks, parseWireId, wireKey } from "./sessionLinks.ts";
@@ -187,7 +187,7 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
    * Writes one stream event to a client stream: a message as it is (a server request keeps
    * its `serverRequestId`), a call's final answer as the JSON-RPC answer the live path gives.
    */
-  const writeEvent = (sse: SseStream, streamId: string, event: StreamEvent, lifecycle?: ClientStreamLifecycle): boolean => {
+  const writeEvent = (sse: SseStream, streamId: string, scope: string | null, event: StreamEvent, lifecycle?: ClientStreamLifecycle): boolean => {
     if ("message" in event) {
       sse.write(streamEventId(streamId, event.uid), event.message);
       return false;
@@ -198,7 +198,8 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
     const gatewayName = (event.gid && cache.gatewayName(event.gid)) || "upstream";
     if (event.reply.ok) {
       try {
-        outcome = { result: settle(event.reply.data) };
+        const result = settle(event.reply.data);
+        outcome = { result: scope === null ? federatedTaskResult(gatewayName, edge.toolSeparator, result) : result };
       } catch (err) {
         outcome = { error: err };
       }
@@ -320,7 +321,7 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
     };
     const release = await links.hold(sid, streamId, {
       scope,
-      deliver: (event) => void (writeEvent(sse, streamId, event, lifecycle) && finish()),
+      deliver: (event) => void (writeEvent(sse, streamId, scope, event, lifecycle) && finish()),
       close: finish,
     });
     sse.onClose(() => {
@@ -362,7 +363,7 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
     const lifecycle = streamId === STREAM_GET ? new ClientStreamLifecycle("get") : undefined;
     const release = await links.hold(sid, streamId, {
       scope,
-      deliver: (event) => void (resumeAt === null && writeEvent(sse, streamId, event, lifecycle)),
+      deliver: (event) => void (resumeAt === null && writeEvent(sse, streamId, scope, event, lifecycle)),
       close,
     });
     sse.onClose(() => {
@@ -371,7 +372,7 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
     });
     if (resumeAt === null) return sse.write(streamEventId(streamId, PRIMING_UID));
     try {
-      replay = await resumeStream(ctx.stores.js, ctx.stores.streamLogName, ctx.s, { sid, streamId, afterUid: resumeAt.uid }, (event) => void (writeEvent(sse, streamId, event, lifecycle) && close()), guardOpts);
+      replay = await resumeStream(ctx.stores.js, ctx.stores.streamLogName, ctx.s, { sid, streamId, afterUid: resumeAt.uid }, (event) => void (writeEvent(sse, streamId, scope, event, lifecycle) && close()), guardOpts);
       if (sse.closed) replay.stop();
     } catch (err) {
       release();

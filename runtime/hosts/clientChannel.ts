@@ -2,7 +2,6 @@
 // (`stream.<sid>.<streamId>`), and the requests its upstream sends the client, each waiting
 // for the client's answer on the actor's `answer` op.
 import { randomBytes } from "node:crypto";
-import type { JetStreamClient } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { STREAM_GET, type Subjects } from "../../protocol/subjects.ts";
 import {
@@ -14,7 +13,7 @@ import {
   type UpstreamAnswerRequest,
 } from "../../protocol/upstream.ts";
 import { encodeJson } from "../bus.ts";
-import { publishStreamEvent } from "../streamLog.ts";
+import { streamEventHeaders } from "../streamLog.ts";
 import type { Logger } from "../logger.ts";
 
 /** The client's JSON-RPC error answer (or mcpgw's, when the client never answered), passed to the upstream as it is. */
@@ -38,7 +37,6 @@ export type ClientChannel = ReturnType<typeof clientChannel>;
 
 export function clientChannel(deps: {
   nc: NatsConnection;
-  js: JetStreamClient;
   s: Subjects;
   sid: string;
   gid: string;
@@ -54,16 +52,13 @@ export function clientChannel(deps: {
   let seq = 0;
   const pending = new Map<string, Pending>();
 
-  /**
-   * Sent in call order (the stream log keeps them for resumption; its ack is not awaited);
-   * false when the event cannot travel (over max_payload).
-   */
+  /** false when the event cannot travel (over max_payload) */
   function publish(streamId: string, event: Record<string, unknown>): boolean {
     const full = StreamEventSchema.parse({ uid: `${nonce}-${++seq}`, gid, ...event });
-    if (encodeJson(full).length > (nc.info?.max_payload ?? 1024 * 1024)) return false;
-    publishStreamEvent(deps.js, s, sid, streamId, full).catch((err: unknown) =>
-      log.warn({ sid, gid, streamId, err: (err as Error).message }, "stream event not kept by the stream log"),
-    );
+    const data = encodeJson(full);
+    if (data.length > (nc.info?.max_payload ?? 1024 * 1024)) return false;
+    // the id the stream log's replay requires (protocol/upstream.ts streamEventMsgId)
+    nc.publish(s.stream.event(sid, streamId), data, { headers: streamEventHeaders(sid, streamId, full.uid) });
     return true;
   }
 

@@ -64,7 +64,6 @@ export function createUpstreamActor(deps: ActorDeps, sid: string, gid: string, r
   const scrub = gatewayScrubber(record, (sealed, id) => ctx.box.open(sealed, id));
   const channel = clientChannel({
     nc,
-    js: ctx.stores.js,
     s,
     sid,
     gid,
