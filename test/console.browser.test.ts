@@ -82,7 +82,7 @@ describe("web console in headless Chromium", () => {
     await page.fill("#gw-description", "fixture upstream");
     await page.click("#gw-submit");
     await row("fx").locator(".health.healthy").waitFor({ timeout: WAIT });
-    await row("fx").locator(".counts", { hasText: "9 / 1 / 1" }).waitFor({ timeout: WAIT });
+    await row("fx").locator(".counts", { hasText: "14 / 1 / 1" }).waitFor({ timeout: WAIT });
     const g = await worker.registry.get({ name: "fx" });
     assert.deepEqual([g.url, g.description, g.enabled], [fixture.url("fx"), "fixture upstream", true]);
   });

@@ -320,6 +320,36 @@ describe("upstream session machine: claiming, cancellation, draining", () => {
     assert.deepEqual(h.log.aborted, ["slow: worker shutting down"]);
   });
 
+  it("drain while claiming or connecting: the calls that waited there run first, then it drains", async () => {
+    const h = unclaimed();
+    h.actor.send(call("early"));
+    h.actor.send({ type: "DRAIN" });
+    assert.equal(h.state(), "claiming");
+    h.actor.send({ type: "CLAIMED" });
+    assert.equal(h.state(), "connecting");
+    h.actor.send(call("while-connecting"));
+    await settle();
+    assert.deepEqual(h.log.started, ["early", "while-connecting"], "arrived before the shutdown: served");
+    assert.deepEqual(h.log.failed, []);
+    assert.equal(h.state(), "draining");
+    h.actor.send(call("late"));
+    assert.deepEqual(h.log.failed, ["late"]);
+    h.actor.send({ type: "CALL_DONE", callId: "early", transportFailed: false });
+    h.actor.send({ type: "CALL_DONE", callId: "while-connecting", transportFailed: false });
+    await settle();
+    assert.equal(h.state(), "closed");
+    assert.equal(h.actor.getSnapshot().context.closeCause, "shutdown");
+  });
+
+  it("drain while claiming with nothing waiting closes as soon as the claim is won", async () => {
+    const h = unclaimed();
+    h.actor.send({ type: "DRAIN" });
+    h.actor.send({ type: "CLAIMED" });
+    await settle();
+    assert.equal(h.state(), "closed");
+    assert.deepEqual(h.log.started, []);
+  });
+
   it("drain without calls in flight closes at once", async () => {
     const h = unclaimed();
     h.actor.send({ type: "CLAIMED" });

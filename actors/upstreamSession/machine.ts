@@ -54,6 +54,8 @@ export type UpstreamSessionContext = {
   probeStep: number;
   closeReason: string;
   closeCause: CloseCause | null;
+  /** the worker stops while calls wait for the claim, the connection or a probe: they run first, then the actor drains */
+  drainRequested: boolean;
 };
 
 export const upstreamSessionMachine = setup({
@@ -106,6 +108,8 @@ export const upstreamSessionMachine = setup({
     hasCallsInFlight: ({ context }) => Object.keys(context.inflight).length > 0,
     noCallsInFlight: ({ context }) => Object.keys(context.inflight).length === 0,
     closeRequested: ({ context }) => context.closeCause !== null,
+    hasQueuedCalls: ({ context }) => context.queued.length > 0,
+    drainRequested: ({ context }) => context.drainRequested,
     methodNotFoundWithStepsLeft: ({ context, event }) =>
       (event as { output?: ProbeOutcome }).output === "method_not_found" && context.probeStep < PROBE_METHODS.length - 1,
   },
@@ -118,7 +122,7 @@ export const upstreamSessionMachine = setup({
 }).createMachine({
   id: "upstreamSession",
   initial: "claiming",
-  context: { queued: [], inflight: {}, probeStep: 0, closeReason: "", closeCause: null },
+  context: { queued: [], inflight: {}, probeStep: 0, closeReason: "", closeCause: null, drainRequested: false },
   on: {
     // a cancelled call that has not started is answered at once; a started one is aborted
     CANCEL: {
@@ -141,7 +145,11 @@ export const upstreamSessionMachine = setup({
         CALL: { actions: assign({ queued: ({ context, event }) => [...context.queued, event.call] }) },
         // the record that matched may be stale by the time the claim is won: closed as soon as it starts
         CLOSE: { actions: assign({ closeReason: ({ event }) => event.reason, closeCause: ({ event }) => event.cause }) },
-        DRAIN: { actions: { type: "recordClose", params: { reason: "worker shutting down", cause: "shutdown" } } },
+        // calls already waiting here arrived before the shutdown: they are served, then the actor drains
+        DRAIN: [
+          { guard: "hasQueuedCalls", actions: assign({ drainRequested: true }) },
+          { actions: { type: "recordClose", params: { reason: "worker shutting down", cause: "shutdown" } } },
+        ],
         CLAIMED: [{ guard: "closeRequested", target: "closing" }, { target: "open" }],
         CLAIM_LOST: "abandoned",
       },
@@ -161,7 +169,10 @@ export const upstreamSessionMachine = setup({
       },
       states: {
         connecting: {
-          on: { CALL: { actions: assign({ queued: ({ context, event }) => [...context.queued, event.call] }) } },
+          on: {
+            CALL: { actions: assign({ queued: ({ context, event }) => [...context.queued, event.call] }) },
+            DRAIN: { actions: assign({ drainRequested: true }) },
+          },
           invoke: {
             src: "connect",
             onDone: { target: "ready" },
@@ -180,6 +191,12 @@ export const upstreamSessionMachine = setup({
             }),
             emit({ type: "ready" }),
           ],
+          // a drain asked while connecting or probing: the calls that waited have just started
+          always: {
+            guard: "drainRequested",
+            target: "#upstreamSession.draining",
+            actions: { type: "recordClose", params: { reason: "worker shutting down", cause: "shutdown" } },
+          },
           // Only incoming calls count as activity: each one re-enters `ready`, restarting both timers.
           after: {
             sessionIdleTtl: [
@@ -210,7 +227,10 @@ export const upstreamSessionMachine = setup({
           },
         },
         validating: {
-          on: { CALL: { actions: assign({ queued: ({ context, event }) => [...context.queued, event.call] }) } },
+          on: {
+            CALL: { actions: assign({ queued: ({ context, event }) => [...context.queued, event.call] }) },
+            DRAIN: { actions: assign({ drainRequested: true }) },
+          },
           invoke: {
             src: "probe",
             input: ({ context }) => ({ method: PROBE_METHODS[context.probeStep]! }),
