@@ -68,7 +68,7 @@ describe("the edge's stateless path, driven by the Python SDK 2.3.0 client", { s
     assert.equal(fixture.gateway("py-path").opened.length - opened, 4, "one upstream session per credential (and one for the session client) for 18 calls");
   });
 
-  it("a wrong token is refused before any state is touched; GET and DELETE of the revision are 405", async () => {
+  it("a wrong token is refused before any state is touched; GET and DELETE of the revision are 405; an unserved version gets -32022", async () => {
     const opened = fixture.gateway("py-path").opened.length;
     const [bad] = await runPythonClients([{ url: w.edge.url, mode: "2026-07-28", token: "not-a-token-0123456789", calls: [["counter__increment", {}]] }]);
     assert.ok(bad!.error, JSON.stringify(bad));
@@ -78,5 +78,15 @@ describe("the edge's stateless path, driven by the Python SDK 2.3.0 client", { s
       assert.equal(res.status, 405, method);
       assert.equal(res.headers.get("allow"), "POST");
     }
+    // a version mcpgw does not serve: the revision's error naming what it does, and no upstream touched
+    const res = await fetch(w.edge.url, {
+      method: "POST",
+      headers: { authorization: `Bearer ${TOKENS[0]}`, accept: "application/json, text/event-stream", "content-type": "application/json", "mcp-protocol-version": "2099-01-01", "mcp-method": "tools/list" },
+      body: JSON.stringify({ jsonrpc: "2.0", id: 1, method: "tools/list", params: { _meta: { "io.modelcontextprotocol/protocolVersion": "2099-01-01", "io.modelcontextprotocol/clientCapabilities": {} } } }),
+    });
+    assert.equal(res.status, 400);
+    const body = (await res.json()) as { error: { code: number; data: { supported: string[] } } };
+    assert.deepEqual([body.error.code, body.error.data.supported], [-32022, ["2026-07-28"]]);
+    assert.equal(fixture.gateway("py-path").opened.length, opened);
   });
 });
