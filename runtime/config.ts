@@ -70,6 +70,7 @@ export const EnvSchema = z.object({
   MCPGW_EDGE_MAX_BODY: z.preprocess(blankIsUnset, int(DEFAULT_MAX_BODY_BYTES, 1024, 1024 * 1024 * 1024)),
   MCPGW_EDGE_SESSION_IDLE_TTL: z.preprocess(blankIsUnset, duration("30m", 1000)),
   MCPGW_EDGE_PAGE_SIZE: z.preprocess(blankIsUnset, int(500, 1, 100_000)),
+  MCPGW_LIST_TTL: z.preprocess(blankIsUnset, duration("60s", 0)),
   MCPGW_HEALTH_INTERVAL: z.preprocess(blankIsUnset, duration("60s", 100)),
   MCPGW_DISCOVERY_INTERVAL: z.preprocess(blankIsUnset, duration("300s", 100)),
   MCPGW_CLASSIFICATION_INTERVAL: z.preprocess(blankIsUnset, duration("60s", 100)),
@@ -129,6 +130,8 @@ export type Config = {
     /** a downstream session unused this long is closed */
     sessionIdleTtl: number;
     pageSize: number;
+    /** how long a 2026-07-28 client may reuse a list or discover result (the revision's `ttlMs`) */
+    listTtl: number;
   };
   /** admin credentials of the web console (never the client tokens: a console may add a stdio gateway) */
   console: { tokens: string[] };
@@ -211,6 +214,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       maxBodyBytes: e.MCPGW_EDGE_MAX_BODY,
       sessionIdleTtl: e.MCPGW_EDGE_SESSION_IDLE_TTL,
       pageSize: e.MCPGW_EDGE_PAGE_SIZE,
+      listTtl: e.MCPGW_LIST_TTL,
     },
     console: { tokens: consoleTokens },
     intervals: {

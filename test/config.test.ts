@@ -31,6 +31,8 @@ describe("configuration", () => {
       shutdownTimeout: 5_000,
       callTimeout: 60_000,
     });
+    assert.equal(c.edge.listTtl, 60_000);
+    assert.equal(loadConfig({ MCPGW_LIST_TTL: "5m" }).edge.listTtl, 300_000);
     assert.equal(c.maxConcurrentPolls, 16);
     assert.equal(c.unhealthyThreshold, 3);
     assert.match(c.workerId, /^w-[0-9a-f]{8}$/);
@@ -53,6 +55,7 @@ describe("configuration", () => {
       [{ MCPGW_DISCOVERY_INTERVAL: "5s" }, /MCPGW_DISCOVERY_INTERVAL: must be at least 10s/],
       [{ MCPGW_MAX_CONCURRENT_POLLS: "0" }, /MCPGW_MAX_CONCURRENT_POLLS/],
       [{ MCPGW_LOG_LEVEL: "loud" }, /MCPGW_LOG_LEVEL/],
+      [{ MCPGW_LIST_TTL: "a while" }, /MCPGW_LIST_TTL: not a duration/],
       [{ MCPGW_EDGE_TOKENS: "short" }, /MCPGW_EDGE_TOKENS/],
       [{ MCPGW_OUTBOUND_DENY: "loopback,metadata" }, /MCPGW_OUTBOUND_DENY: each must be one of loopback, private/],
       [{ MCPGW_METRICS_TOKEN: "short" }, /MCPGW_METRICS_TOKEN: each token must be at least 16/],

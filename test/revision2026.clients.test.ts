@@ -1,7 +1,6 @@
 // The Python MCP SDK 2.3.0 client in each of its modes (a 2025-11-25 session, 2026-07-28
 // stateless, `auto`), against server-everything directly, against mcpgw's two endpoints, and
-// against the SDK's own stateless server. What mcpgw does not serve yet is a `todo` test: it
-// runs and reports, and becomes a plain test when the edge speaks the revision (issue 14).
+// against the SDK's own stateless server. mcpgw serves both eras on the same endpoints.
 import assert from "node:assert/strict";
 import { createRequire } from "node:module";
 import { after, before, describe, it } from "node:test";
@@ -96,19 +95,17 @@ describe("the Python MCP SDK 2.3.0 client, each mode, direct and through mcpgw",
     assert.equal(callText(virt.calls?.[0]), "Echo: virtual");
   });
 
-  it("`auto` through mcpgw works today by falling back to a 2025-11-25 session (its probe is refused)", () => {
+  it("`auto` negotiates 2026-07-28 with mcpgw and calls through both endpoints", () => {
     for (const r of [report["/mcp auto"]!, report["virtual auto"]!]) {
       assert.equal(r.error, undefined, JSON.stringify(r));
-      assert.equal(r.calls?.length, 1);
-      assert.doesNotMatch(callText(r.calls?.[0]), /^error/);
+      assert.equal(r.protocolVersion, "2026-07-28", JSON.stringify(r));
+      assert.equal(r.listTtlMs, 60_000, "the list carries MCPGW_LIST_TTL's default as the revision's TTL hint");
     }
+    assert.equal(callText(report["/mcp auto"]!.calls?.[0]), "Echo: through mcpgw");
+    assert.equal(callText(report["virtual auto"]!.calls?.[0]), "Echo: virtual");
   });
 
-  it("`auto` negotiates 2026-07-28 with mcpgw", { todo: "issue 14: the edge answers server/discover" }, () => {
-    for (const r of [report["/mcp auto"]!, report["virtual auto"]!]) assert.equal(r.protocolVersion, "2026-07-28", JSON.stringify(r));
-  });
-
-  it("a 2026-07-28 client lists and calls through /mcp and /gateways/everything/mcp", { todo: "issue 14: the edge serves stateless requests" }, () => {
+  it("a 2026-07-28 client lists and calls through /mcp and /gateways/everything/mcp", () => {
     const fed = report["/mcp 2026-07-28"]!;
     assert.equal(fed.error, undefined, JSON.stringify(fed));
     assert.ok(fed.tools?.includes("everything__echo"));

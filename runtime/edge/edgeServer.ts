@@ -14,8 +14,11 @@ import {
   type JSONRPCRequest,
 } from "@modelcontextprotocol/sdk/types.js";
 import { ClientStreamLifecycle, negotiateVersion } from "../../actors/downstreamSession.ts";
+import { StatelessIdentity } from "../../actors/statelessIdentity.ts";
+import { eraOf } from "../../actors/statelessRequest.ts";
 import { sessionKey, type DownstreamSession } from "../../protocol/edge.ts";
 import { ProtocolError } from "../../protocol/envelope.ts";
+import { HEADER, isStatelessVersion } from "../../protocol/revision2026.ts";
 import { STREAM_GET } from "../../protocol/subjects.ts";
 import {
   parseServerRequestId,
@@ -29,15 +32,16 @@ import {
 import { encodeJson, isNatsUnavailable } from "../bus.ts";
 import { followConnection } from "../nats.ts";
 import { SessionStore, type LoadedSession } from "../sessionStore.ts";
+import { answerStateless, type StatelessDeps } from "../statelessRequests.ts";
 import { publishStreamEvent, resumeStream } from "../streamLog.ts";
 import type { UpstreamCaller } from "../upstreamClient.ts";
 import type { Hosted, WorkerContext } from "../worker.ts";
 import { CatalogCache } from "./catalogCache.ts";
-import { clientMethods, federatedTaskResult, initializeResult, RpcError, rpcErrorOf, settle, type RequestContext } from "./clientMethods.ts";
+import { capabilities, clientMethods, federatedTaskResult, initializeResult, RpcError, rpcErrorOf, SERVER_INFO, settle, type RequestContext } from "./clientMethods.ts";
 import { consoleRoutes } from "./console/consoleRoutes.ts";
 import { bearerToken, HostGuard, isLoopbackAddress, SessionOwners, tokenDigests, tokenMatches } from "./security.ts";
 import { SessionLinks, parseWireId, wireKey } from "./sessionLinks.ts";
-import { accepts, HttpError, isJsonContent, parseMessages, readBody, rpcErrorBody, sendJson, SseStream } from "./streamableHttp.ts";
+import { accepts, HttpError, isJsonContent, parseJson, parseMessages, readBody, rpcErrorBody, sendJson, SseStream } from "./streamableHttp.ts";
 
 export type Edge = Hosted & {
   /** takes no new connections; requests in flight go on until `drain` or `stop` */
@@ -133,6 +137,24 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
     metrics: ctx.metrics,
     tracing: ctx.tracing,
   });
+  /** the 2026-07-28 path: no session; upstream sessions keyed by credential (and partition), see actors/statelessIdentity.ts */
+  const stateless: StatelessDeps = {
+    identity: new StatelessIdentity(config.secretKey),
+    dispatch: async (request, rctx) => {
+      try {
+        return await methods.handle(request, rctx);
+      } catch (err) {
+        if (err instanceof RpcError || rctx.signal.aborted) throw err;
+        if (isNatsUnavailable(err)) throw new RpcError(ErrorCode.ConnectionClosed, "the gateway cannot reach NATS; retry later");
+        log.error({ err, sid: rctx.sid, method: request.method }, "stateless client request failed");
+        throw err;
+      }
+    },
+    capabilities: () => capabilities(),
+    serverInfo: (gatewayName) => (gatewayName ? { ...SERVER_INFO, name: `mcpgw/${gatewayName}` } : SERVER_INFO),
+    listTtlMs: edge.listTtl,
+    now: () => new Date(),
+  };
   /** a change notice goes through the stream log like every other event, so a resumed GET stream has it too */
   const stopNotices = cache.onChange(({ scope, lists }) => {
     for (const held of links.getStreams()) {
@@ -280,12 +302,39 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
     sendJson(res, 200, { jsonrpc: "2.0", id: init.id, result: initializeResult(record.protocolVersion, gatewayName) }, sessionHeaders(clientSessionId, record));
   };
 
+  /** One 2026-07-28 request: a JSON answer, no session id, no priming event (the revision does not resume). */
+  const handleStateless = async (req: IncomingMessage, res: ServerResponse, body: unknown, scope: string | null, credential: string) => {
+    const abort = new AbortController();
+    // a client that closes its request cancels it (the revision has no notifications/cancelled)
+    res.on("close", () => {
+      if (!res.writableFinished) abort.abort("the client closed the request");
+    });
+    const answer = await answerStateless(stateless, {
+      body,
+      headers: forwardableHeaders(req.headers),
+      credential,
+      owner: owners.of(credential),
+      scope,
+      ...(scope === null ? {} : { gatewayName: cache.gatewayName(scope) }),
+      signal: abort.signal,
+    });
+    if (res.writableEnded || abort.signal.aborted) return;
+    if (answer.body === null) return void res.writeHead(answer.status).end();
+    sendJson(res, answer.status, answer.body);
+  };
+
   const handlePost = async (req: IncomingMessage, res: ServerResponse, scope: string | null, credential: string) => {
     if (!accepts(req, "application/json") || !accepts(req, "text/event-stream")) {
       throw new HttpError(406, ErrorCode.ConnectionClosed, "Not Acceptable: Client must accept both application/json and text/event-stream");
     }
     if (!isJsonContent(req)) throw new HttpError(415, ErrorCode.InvalidRequest, "Unsupported Media Type: Content-Type must be application/json");
-    const messages = parseMessages(await readBody(req, edge.maxBodyBytes));
+    const json = parseJson(await readBody(req, edge.maxBodyBytes));
+    const versionHeader = req.headers[HEADER.protocolVersion];
+    const sessionId = req.headers["mcp-session-id"];
+    if (eraOf({ versionHeader: typeof versionHeader === "string" ? versionHeader : undefined, sessionId: typeof sessionId === "string" ? sessionId : undefined, body: json }) === "stateless") {
+      return handleStateless(req, res, json, scope, credential);
+    }
+    const messages = parseMessages({ json });
     const init = messages.find((m) => isJSONRPCRequest(m) && m.method === "initialize") as JSONRPCRequest | undefined;
     if (init) {
       if (messages.length > 1) throw new HttpError(400, ErrorCode.InvalidRequest, "Invalid Request: initialize must be sent alone");
@@ -388,6 +437,8 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
 
   const handleMcp = async (req: IncomingMessage, res: ServerResponse, scope: string | null, credential: string) => {
     if (req.method === "POST") return handlePost(req, res, scope, credential);
+    // the revision has no session to listen on or delete: every request is a POST
+    if (isStatelessVersion(req.headers[HEADER.protocolVersion])) throw new HttpError(405, ErrorCode.InvalidRequest, "Method Not Allowed: MCP 2026-07-28 requests are POSTs", { allow: "POST" });
     if (req.method === "GET") return handleGet(req, res, scope, credential);
     if (req.method === "DELETE") return handleDelete(req, res, scope, credential);
     throw new HttpError(405, ErrorCode.InvalidRequest, "Method Not Allowed", { allow: "GET, POST, DELETE" });

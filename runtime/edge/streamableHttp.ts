@@ -36,14 +36,18 @@ export function readBody(req: IncomingMessage, max: number): Promise<Buffer> {
   });
 }
 
-/** A body as JSON-RPC messages (one or a batch), validated by the SDK's schema. */
-export function parseMessages(body: Buffer): JSONRPCMessage[] {
-  let raw: unknown;
+/** A body as JSON; a 400 parse error when it is not. */
+export function parseJson(body: Buffer): unknown {
   try {
-    raw = JSON.parse(body.toString("utf8"));
+    return JSON.parse(body.toString("utf8"));
   } catch {
     throw new HttpError(400, ErrorCode.ParseError, "Parse error: the body is not valid JSON");
   }
+}
+
+/** A body (raw, or already parsed JSON) as JSON-RPC messages (one or a batch), validated by the SDK's schema. */
+export function parseMessages(body: Buffer | { json: unknown }): JSONRPCMessage[] {
+  const raw = Buffer.isBuffer(body) ? parseJson(body) : body.json;
   const list = Array.isArray(raw) ? raw : [raw];
   if (list.length === 0) throw new HttpError(400, ErrorCode.InvalidRequest, "Invalid Request: empty batch");
   if (list.length > MAX_BATCH) throw new HttpError(400, ErrorCode.InvalidRequest, `Invalid Request: a batch of more than ${MAX_BATCH} messages`);
