@@ -2,7 +2,7 @@
 // `<p>.upstream.<sid>.<gid>.*`, activated on request (spawn, queue group), owned through a
 // claim in the sessions bucket (upstreamClaims.ts), evicted on events and admin requests on
 // every worker (actors/upstreamSession/eviction.ts), drained and closed when the worker stops.
-import type { Subscription } from "@nats-io/transport-node";
+import type { MsgHdrs, Subscription } from "@nats-io/transport-node";
 import { SpanKind } from "@opentelemetry/api";
 import type { z } from "zod";
 import { evicts, evictionOnGatewayEvent, evictionOnRequest, evictionOnSessionClosed, needsEnabledCheck, type Eviction } from "../../actors/upstreamSession/eviction.ts";
@@ -15,6 +15,7 @@ import {
   SessionClosedEventSchema,
   SessionEvictRequestSchema,
   SessionListRequestSchema,
+  SpawnReplySchema,
   SpawnRequestSchema,
   WorkerEvictReplySchema,
   WorkerEvictRequestSchema,
@@ -23,7 +24,7 @@ import {
   type UpstreamSessionInfo,
 } from "../../protocol/upstream.ts";
 import type { GatewayUsage, UsageReport } from "../../protocol/usage.ts";
-import { gather, serve } from "../bus.ts";
+import { encodeJson, gather, isNoResponders, serve, unwrapReply } from "../bus.ts";
 import { followEvents, publishCore } from "../events.ts";
 import type { Logger } from "../logger.ts";
 import { SessionStore } from "../sessionStore.ts";
@@ -223,12 +224,28 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
   const spawns = serve(
     nc,
     s.upstream.spawn,
-    (p, msg) => {
+    async (p, msg) => {
       const req = parseRequest(SpawnRequestSchema, p, "spawn request");
-      return activate(req.sid, req.gid, req.headers ?? {}, natsTraceHeaders(msg.headers));
+      try {
+        return await activate(req.sid, req.gid, req.headers ?? {}, natsTraceHeaders(msg.headers));
+      } catch (err) {
+        // this worker began stopping under the activation (its drain closed the actor before a
+        // call reached it): another worker hosts it; this one no longer takes spawns
+        if (!stopping) throw err;
+        return handOver(req, msg.headers);
+      }
     },
     { ...opts, queue: QUEUE.spawn },
   );
+  async function handOver(req: z.infer<typeof SpawnRequestSchema>, headers: MsgHdrs | undefined): Promise<{ worker: string; created: boolean }> {
+    try {
+      const reply = await nc.request(s.upstream.spawn, encodeJson(req), { timeout: config.intervals.callTimeout, ...(headers ? { headers } : {}) });
+      return unwrapReply(reply.data, SpawnReplySchema);
+    } catch (err) {
+      if (isNoResponders(err)) throw new ProtocolError("unavailable", `worker ${me} is shutting down and no other worker can host a session for gateway ${req.gid}`);
+      throw err;
+    }
+  }
   const subs: Subscription[] = [
     spawns,
     serve(nc, s.upstream.snapshot, (p) => ({ worker: me, sessions: snapshot(parseRequest(WorkerSnapshotRequestSchema, p, "snapshot request")) }), opts),
