@@ -37,15 +37,23 @@ export function offeredItsOwn(record: DownstreamSession): boolean {
 }
 
 /**
+ * Up to how many gateways of `/mcp` a capable client's lists come from its own upstream
+ * sessions (one each, opened at its first list); past it, the shared catalog serves it, so a
+ * client's first list never opens an upstream session for every one of thousands of gateways.
+ */
+export const OWN_LISTS_MAX_GATEWAYS = 32;
+
+/**
  * The gateways whose `list` this session reads from its upstream session, not from the shared
- * catalog: on a gateway's own endpoint, that gateway for a client whose capabilities change what
- * upstreams offer it; else those that changed that list on its session (`views`). Never every
- * gateway of `/mcp` for its capabilities alone: that would open an upstream session per gateway
- * at a client's first list (discovery declares those capabilities, so the catalog has what a
- * capable client is offered).
+ * catalog: every gateway of the endpoint (`inScope`) for a client whose capabilities change what
+ * upstreams offer it (on `/mcp` only up to OWN_LISTS_MAX_GATEWAYS), else those that changed that
+ * list on its session (`views`).
  */
 export function ownViews(record: DownstreamSession, list: ViewList, scope: string | null, inScope: () => string[]): string[] {
-  if (scope !== null && offeredItsOwn(record)) return inScope();
+  if (offeredItsOwn(record)) {
+    const all = inScope();
+    if (scope !== null || all.length <= OWN_LISTS_MAX_GATEWAYS) return all;
+  }
   return Object.entries(record.views ?? {}).flatMap(([gid, lists]) => (lists.includes(list) && (scope === null || scope === gid) ? [gid] : []));
 }
 

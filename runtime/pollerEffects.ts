@@ -1,7 +1,6 @@
 // The real effects of a gateway poller: MCP health checks and discovery against the upstream,
 // catalog reconciliation in KV with its change event, poll stamps and the gateway status.
 import type { Client } from "@modelcontextprotocol/sdk/client/index.js";
-import { ErrorCode, McpError } from "@modelcontextprotocol/sdk/types.js";
 import type { KV } from "@nats-io/kv";
 import type { JetStreamClient } from "@nats-io/jetstream";
 import type { Dispatcher } from "undici";
@@ -18,17 +17,6 @@ import { closeWithin, connectUpstream, isMethodNotFound } from "./mcpClient.ts";
 
 /** An initialized MCP client for a gateway's polls. */
 export type ProbeConnection = { client: Client; close(): Promise<void> };
-/**
- * Discovery sees what an upstream offers a capable client (tools that sample, elicit or read
- * roots are offered only to one): the shared catalog serves such clients on `/mcp`. A poll
- * never calls a tool, so only `roots/list` can come: no roots.
- */
-const DISCOVERY_CAPABILITIES = { sampling: {}, elicitation: { form: {}, url: {} }, roots: { listChanged: true } };
-async function answerDiscoveryRequest(req: { method: string }): Promise<Record<string, unknown>> {
-  if (req.method === "roots/list") return { roots: [] };
-  throw new McpError(ErrorCode.MethodNotFound, `a gateway's poller answers no ${req.method}`);
-}
-
 /** `onClosed`: the upstream ended the connection by itself */
 export type GatewayConnector = (record: GatewayRecord, timeoutMs: number, onClosed: () => void) => Promise<ProbeConnection>;
 
@@ -46,8 +34,6 @@ export function probeConnector(open: (sealed: string, gid: string) => string, ou
       outbound,
       dispatcher,
       pollOnly: true,
-      capabilities: DISCOVERY_CAPABILITIES,
-      onRequest: answerDiscoveryRequest,
       onNotification: () => {},
       onClosed,
       onError: () => {},

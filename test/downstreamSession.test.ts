@@ -3,6 +3,7 @@ import { describe, it } from "node:test";
 import {
   ClientStreamLifecycle,
   negotiateVersion,
+  OWN_LISTS_MAX_GATEWAYS,
   ownViews,
   viewListOf,
   withLogLevel,
@@ -47,11 +48,14 @@ describe("client session policy", () => {
     assert.deepEqual(ownViews(viewed, "tools", null, all), [G1]);
     assert.deepEqual(ownViews(viewed, "tools", G2, () => [G2]), [], "another gateway's endpoint does not read G1's view");
     assert.deepEqual(ownViews(viewed, "prompts", null, all), []);
-    // a client that can sample may be offered tools others are not: on a gateway's own endpoint
-    // its lists are its own; on /mcp the catalog (discovered as a capable client) serves it
+    // a client that can sample may be offered tools discovery never saw: every list is its own
     const sampler = { ...record, capabilities: { sampling: {} } };
+    assert.deepEqual(ownViews(sampler, "prompts", null, all), [G1, G2]);
     assert.deepEqual(ownViews(sampler, "prompts", G2, () => [G2]), [G2]);
-    assert.deepEqual(ownViews(sampler, "prompts", null, all), [], "never an upstream session per gateway of /mcp for a capability alone");
+    // ...but on /mcp not from thousands of gateways at its first list: the catalog serves it there
+    const many = Array.from({ length: OWN_LISTS_MAX_GATEWAYS + 1 }, (_, i) => i.toString(16).padStart(16, "0"));
+    assert.deepEqual(ownViews(sampler, "prompts", null, () => many), []);
+    assert.deepEqual(ownViews({ ...viewed, capabilities: { sampling: {} } }, "tools", null, () => many), [G1], "its own views still hold");
     assert.deepEqual(ownViews({ ...record, capabilities: { experimental: {} } }, "prompts", null, all), []);
   });
 
