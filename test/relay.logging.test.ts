@@ -3,20 +3,13 @@
 // opens; set again, it reaches the open one. server-everything logs each resources/subscribe
 // at level info, which is what the cases watch.
 import assert from "node:assert/strict";
-import { after, before, describe, it } from "node:test";
+import { it } from "node:test";
 import type { ServerNotification } from "@modelcontextprotocol/sdk/types.js";
-import { PATH_NAMES, startFidelity, type Fidelity } from "./helpers/fidelity.ts";
+import { PATH_NAMES, fidelitySuite } from "./helpers/fidelity.ts";
 
 const logMentions = (uri: string) => (n: ServerNotification) => n.method === "notifications/message" && JSON.stringify(n.params).includes(uri);
 
-describe("relay: logging/setLevel", { timeout: 600_000 }, () => {
-  let fid: Fidelity;
-  before(async () => {
-    fid = await startFidelity();
-  });
-  after(async () => {
-    await fid?.stop();
-  });
+fidelitySuite("relay: logging/setLevel", { timeout: 600_000 }, (fid) => {
 
   for (const name of PATH_NAMES) {
     it(`logging/setLevel filters the upstream's log messages (${name})`, async () => {

@@ -3,20 +3,13 @@
 // last notice and the result leave the upstream back to back (the race that loses it), so each
 // path runs the call many times.
 import assert from "node:assert/strict";
-import { after, before, describe, it } from "node:test";
-import { PATH_NAMES, startFidelity, textOf, type Fidelity } from "./helpers/fidelity.ts";
+import { it } from "node:test";
+import { PATH_NAMES, fidelitySuite, textOf } from "./helpers/fidelity.ts";
 
 const RUNS = 16;
 const STEPS = 4;
 
-describe("relay: progress", { timeout: 600_000 }, () => {
-  let fid: Fidelity;
-  before(async () => {
-    fid = await startFidelity();
-  });
-  after(async () => {
-    await fid?.stop();
-  });
+fidelitySuite("relay: progress", { timeout: 600_000 }, (fid) => {
 
   for (const name of PATH_NAMES) {
     it(`progress: every notification in order before the result, ${RUNS} runs (${name})`, async () => {

@@ -2,19 +2,12 @@
 // roots/list is answered by the client, and the client's notifications/roots/list_changed
 // reaches the upstream (server-everything asks for the roots again and shows the new list).
 import assert from "node:assert/strict";
-import { after, before, describe, it } from "node:test";
+import { it } from "node:test";
 import type { Root } from "@modelcontextprotocol/sdk/types.js";
-import { HANG_MS, PATH_NAMES, startFidelity, textOf, type Fidelity } from "./helpers/fidelity.ts";
+import { HANG_MS, PATH_NAMES, fidelitySuite, textOf } from "./helpers/fidelity.ts";
 import { until } from "./helpers/wait.ts";
 
-describe("relay: roots", { timeout: 600_000 }, () => {
-  let fid: Fidelity;
-  before(async () => {
-    fid = await startFidelity();
-  });
-  after(async () => {
-    await fid?.stop();
-  });
+fidelitySuite("relay: roots", { timeout: 600_000 }, (fid) => {
 
   for (const name of PATH_NAMES) {
     it(`roots/list is answered by the client, roots/list_changed reaches the upstream (${name})`, async () => {

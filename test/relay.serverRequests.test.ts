@@ -5,21 +5,14 @@
 // client's answer shapes the tool's result, and an error answer or an upstream's own error
 // comes back as the upstream passes it on.
 import assert from "node:assert/strict";
-import { after, before, describe, it } from "node:test";
+import { it } from "node:test";
 import { McpError, type CreateMessageRequest, type ElicitRequest } from "@modelcontextprotocol/sdk/types.js";
-import { isListed, outcomeOf, PATH_NAMES, startFidelity, textOf, type Fidelity } from "./helpers/fidelity.ts";
+import { isListed, outcomeOf, PATH_NAMES, fidelitySuite, textOf } from "./helpers/fidelity.ts";
 
 const SAMPLING = { capabilities: { sampling: {} } };
 const ELICITATION = { capabilities: { elicitation: { form: {}, url: {} } } };
 
-describe("relay: server→client requests", { timeout: 900_000 }, () => {
-  let fid: Fidelity;
-  before(async () => {
-    fid = await startFidelity();
-  });
-  after(async () => {
-    await fid?.stop();
-  });
+fidelitySuite("relay: server→client requests", { timeout: 900_000 }, (fid) => {
 
   for (const name of PATH_NAMES) {
     it(`the tools offered to a client with sampling, elicitation and roots are listed (${name})`, async () => {

@@ -5,8 +5,8 @@
 // per-gateway endpoint an unknown tool is answered exactly as the upstream answers it.
 import assert from "node:assert/strict";
 import { gunzipSync } from "node:zlib";
-import { after, before, describe, it } from "node:test";
-import { HANG_MS, isListed, outcomeOf, PATH_NAMES, startFidelity, type Conn, type Fidelity, type Outcome } from "./helpers/fidelity.ts";
+import { it } from "node:test";
+import { HANG_MS, isListed, outcomeOf, PATH_NAMES, fidelitySuite, type Conn, type Outcome } from "./helpers/fidelity.ts";
 
 const CONTENT = "hello from a per-session resource";
 
@@ -26,14 +26,7 @@ async function resourceListed(conn: Conn, uri: string): Promise<boolean> {
 
 const failed = (o: Outcome) => "error" in o || (o.result as { isError?: boolean }).isError === true;
 
-describe("relay: the client's own session view", { timeout: 600_000 }, () => {
-  let fid: Fidelity;
-  before(async () => {
-    fid = await startFidelity();
-  });
-  after(async () => {
-    await fid?.stop();
-  });
+fidelitySuite("relay: the client's own session view", { timeout: 600_000 }, (fid) => {
 
   for (const name of PATH_NAMES) {
     it(`a resource registered for this session: list_changed reaches the client, listed and readable for it, not for another client (${name})`, async () => {

@@ -2,20 +2,13 @@
 // server-everything's toggle-subscriber-updates sends notifications/resources/updated for each
 // subscribed URI at once and then every 5 s, in subscription order.
 import assert from "node:assert/strict";
-import { after, before, describe, it } from "node:test";
+import { it } from "node:test";
 import type { ServerNotification } from "@modelcontextprotocol/sdk/types.js";
-import { PATH_NAMES, startFidelity, type Fidelity } from "./helpers/fidelity.ts";
+import { PATH_NAMES, fidelitySuite } from "./helpers/fidelity.ts";
 
 const updated = (uri: string) => (n: ServerNotification) => n.method === "notifications/resources/updated" && (n.params as { uri?: string }).uri === uri;
 
-describe("relay: resources/subscribe", { timeout: 600_000 }, () => {
-  let fid: Fidelity;
-  before(async () => {
-    fid = await startFidelity();
-  });
-  after(async () => {
-    await fid?.stop();
-  });
+fidelitySuite("relay: resources/subscribe", { timeout: 600_000 }, (fid) => {
 
   for (const name of PATH_NAMES) {
     it(`resources/subscribe: updates arrive, resources/unsubscribe stops them (${name})`, async () => {

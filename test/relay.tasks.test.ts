@@ -2,21 +2,14 @@
 // server-everything's simulate-research-query has taskSupport "required": called with a task,
 // it answers a task at once and works through four stages of a second each.
 import assert from "node:assert/strict";
-import { after, before, describe, it } from "node:test";
+import { it } from "node:test";
 import { CallToolResultSchema, CreateTaskResultSchema } from "@modelcontextprotocol/sdk/types.js";
-import { PATH_NAMES, startFidelity, textOf, type Conn, type Fidelity, type Path } from "./helpers/fidelity.ts";
+import { PATH_NAMES, fidelitySuite, textOf, type Conn, type Path } from "./helpers/fidelity.ts";
 
 const createTask = (conn: Conn, path: Path, topic: string) =>
   conn.client.request({ method: "tools/call", params: { name: path.tool("simulate-research-query"), arguments: { topic } } }, CreateTaskResultSchema, { task: { ttl: 120_000 } });
 
-describe("relay: tasks", { timeout: 600_000 }, () => {
-  let fid: Fidelity;
-  before(async () => {
-    fid = await startFidelity();
-  });
-  after(async () => {
-    await fid?.stop();
-  });
+fidelitySuite("relay: tasks", { timeout: 600_000 }, (fid) => {
 
   for (const name of PATH_NAMES) {
     it(`a taskSupport "required" tool returns a task; tasks/get, tasks/list and tasks/result reach it (${name})`, async () => {

@@ -3,6 +3,7 @@
 // runs on every path and a difference is a failing case that names its feature and path.
 import { spawn } from "node:child_process";
 import { createRequire } from "node:module";
+import { after, before, describe } from "node:test";
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js";
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
@@ -291,4 +292,21 @@ export async function outcomeOf(p: Promise<unknown>): Promise<Outcome> {
     const e = err as { code?: unknown; message: string; data?: unknown };
     return { error: { code: e.code, message: e.message, data: e.data } };
   }
+}
+
+/**
+ * One feature's cases on every path: a fidelity system started before them and stopped after.
+ * `fid` stands for it inside the cases (they run after it has started).
+ */
+export function fidelitySuite(title: string, opts: { timeout: number }, cases: (fid: Pick<Fidelity, "path">) => void): void {
+  describe(title, opts, () => {
+    let fid: Fidelity | undefined;
+    before(async () => {
+      fid = await startFidelity();
+    });
+    after(async () => {
+      await fid?.stop();
+    });
+    cases({ path: (name) => fid!.path(name) });
+  });
 }
