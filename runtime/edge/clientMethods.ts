@@ -62,8 +62,13 @@ export function capabilities(): Record<string, unknown> {
   };
 }
 
+/** Who answers: mcpgw, or on `/gateways/<name>/mcp` `mcpgw/<name>`. */
+export function serverInfo(gatewayName: string | undefined): { name: string; version: string } {
+  return gatewayName ? { ...SERVER_INFO, name: `mcpgw/${gatewayName}` } : SERVER_INFO;
+}
+
 export function initializeResult(protocolVersion: string, gatewayName: string | undefined): Record<string, unknown> {
-  return { protocolVersion, capabilities: capabilities(), serverInfo: gatewayName ? { ...SERVER_INFO, name: `mcpgw/${gatewayName}` } : SERVER_INFO };
+  return { protocolVersion, capabilities: capabilities(), serverInfo: serverInfo(gatewayName) };
 }
 
 /** One client request as the dispatch table sees it. */

@@ -37,7 +37,7 @@ import { publishStreamEvent, resumeStream } from "../streamLog.ts";
 import type { UpstreamCaller } from "../upstreamClient.ts";
 import type { Hosted, WorkerContext } from "../worker.ts";
 import { CatalogCache } from "./catalogCache.ts";
-import { capabilities, clientMethods, federatedTaskResult, initializeResult, RpcError, rpcErrorOf, SERVER_INFO, settle, type RequestContext } from "./clientMethods.ts";
+import { capabilities, clientMethods, federatedTaskResult, initializeResult, RpcError, rpcErrorOf, serverInfo, settle, type RequestContext } from "./clientMethods.ts";
 import { consoleRoutes } from "./console/consoleRoutes.ts";
 import { bearerToken, HostGuard, isLoopbackAddress, SessionOwners, tokenDigests, tokenMatches } from "./security.ts";
 import { SessionLinks, parseWireId, wireKey } from "./sessionLinks.ts";
@@ -140,18 +140,9 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
   /** the 2026-07-28 path: no session; upstream sessions keyed by credential (and partition), see actors/statelessIdentity.ts */
   const stateless: StatelessDeps = {
     identity: new StatelessIdentity(config.secretKey),
-    dispatch: async (request, rctx) => {
-      try {
-        return await methods.handle(request, rctx);
-      } catch (err) {
-        if (err instanceof RpcError || rctx.signal.aborted) throw err;
-        if (isNatsUnavailable(err)) throw new RpcError(ErrorCode.ConnectionClosed, "the gateway cannot reach NATS; retry later");
-        log.error({ err, sid: rctx.sid, method: request.method }, "stateless client request failed");
-        throw err;
-      }
-    },
+    dispatch: (request, rctx) => handleRequest(request, rctx),
     capabilities: () => capabilities(),
-    serverInfo: (gatewayName) => (gatewayName ? { ...SERVER_INFO, name: `mcpgw/${gatewayName}` } : SERVER_INFO),
+    serverInfo,
     listTtlMs: edge.listTtl,
     now: () => new Date(),
   };
@@ -261,19 +252,31 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
     }
   };
 
+  /**
+   * One client request of either era through the dispatch table. What fails reaches the client
+   * as an RpcError, except a bug: NATS out of reach is -32000 "retry later"; anything unexpected
+   * is logged here (the client gets "internal error").
+   */
+  async function handleRequest(request: { id: string | number; method: string; params?: Record<string, unknown> }, rctx: RequestContext): Promise<Record<string, unknown>> {
+    try {
+      return await methods.handle(request as JSONRPCRequest, rctx);
+    } catch (err) {
+      if (err instanceof RpcError || rctx.signal.aborted) throw err;
+      if (isNatsUnavailable(err)) throw new RpcError(ErrorCode.ConnectionClosed, "the gateway cannot reach NATS; retry later");
+      log.error({ err, sid: rctx.sid, method: request.method }, "client request failed");
+      throw err;
+    }
+  }
+
   /** Runs one client request; a request the client cancelled gets no answer (null). */
   const run = async (request: JSONRPCRequest, base: Omit<RequestContext, "requestId" | "signal">): Promise<Answer | null> => {
     const requestId = wireKey(request.id);
     const abort = new AbortController();
     const release = links.addRequest(base.sid, requestId, (reason) => abort.abort(reason ?? "cancelled"));
     try {
-      return answerOf(request.id, { result: await methods.handle(request, { ...base, requestId, signal: abort.signal }) });
+      return answerOf(request.id, { result: await handleRequest(request, { ...base, requestId, signal: abort.signal }) });
     } catch (err) {
       if (abort.signal.aborted) return null;
-      if (!(err instanceof RpcError)) {
-        if (isNatsUnavailable(err)) return answerOf(request.id, { error: new RpcError(ErrorCode.ConnectionClosed, "the gateway cannot reach NATS; retry later") });
-        log.error({ err, sid: base.sid, method: request.method }, "client request failed");
-      }
       return answerOf(request.id, { error: err });
     } finally {
       release();
