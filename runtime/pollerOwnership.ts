@@ -1,0 +1,194 @@
+// Which worker polls a gateway. The policy is actors/placement.ts: the rendezvous winner among
+// the live workers (heartbeat keys `worker.<id>` in the state bucket, judged on this worker's
+// own monotonic clock) claims `owner.<gid>` by compare-and-swap. A dead worker's gateways move
+// after the owner TTL; a worker that cannot renew its heartbeat steps down on its own before
+// others take over. The poller host (pollerHost.ts) starts and stops the pollers it is told to.
+import { performance } from "node:perf_hooks";
+import type { KvEntry } from "@nats-io/kv";
+import { encodeValue, isCasConflict, parseEntry } from "../actors/kvStore.ts";
+import { Liveness, mustStepDown, placementStep, type ClaimSeen } from "../actors/placement.ts";
+import { PollOwnerSchema } from "../protocol/poller.ts";
+import { KEYS } from "../protocol/subjects.ts";
+import { followKv } from "./kvWatch.ts";
+import type { Logger } from "./logger.ts";
+import type { WorkerContext } from "./worker.ts";
+
+/** What ownership needs of the poller host. */
+export type PollerSeats = {
+  /** enabled gateways this worker knows of */
+  gateways(): Iterable<string>;
+  exists(gid: string): boolean;
+  /** starts the gateway's poller (this worker holds its claim now) */
+  start(gid: string): Promise<void>;
+  /** stops the gateway's poller, if it runs */
+  stop(gid: string): void;
+};
+
+export type PollerOwnership = {
+  /** whether this worker holds the gateway's claim (its poller runs, or is starting) */
+  hosts(gid: string): boolean;
+  /** places every gateway now (the periodic reconcile does too) */
+  reconcile(): Promise<void>;
+  /** places one gateway now (added or changed); the periodic reconcile places them all */
+  placeOne(gid: string): Promise<void>;
+  /** stops polling and gives the claim back (compare-and-swap: only while it is still ours) */
+  release(gid: string): Promise<void>;
+  /** the gateway is gone: forget what was placed for it */
+  forget(gid: string): void;
+  /** no more ownership work (the connection closed for good) */
+  halt(): void;
+  /** hands every gateway over now rather than after the TTL, and removes this worker's heartbeat */
+  stop(): Promise<void>;
+};
+
+export async function startPollerOwnership(ctx: WorkerContext, seats: PollerSeats, log: Logger): Promise<PollerOwnership> {
+  const { config, stores } = ctx;
+  const me = config.workerId;
+  const ttl = config.poller.ownerTtl;
+  /** the latest poll claim (`owner.<gid>`) seen per gateway */
+  const claims = new Map<string, ClaimSeen>();
+  /** the claim revision this worker polls each gateway under */
+  const hosting = new Map<string, number>();
+  const liveness = new Liveness(me, ttl);
+  let lastHeartbeatOk = performance.now();
+  let stopped = false;
+
+  const stopHosting = (gid: string) => {
+    hosting.delete(gid);
+    seats.stop(gid);
+  };
+
+  const release = async (gid: string) => {
+    const revision = hosting.get(gid);
+    stopHosting(gid);
+    if (revision !== undefined) await stores.state.delete(KEYS.pollOwner(gid), { previousSeq: revision }).catch(() => {});
+  };
+
+  const claim = async (gid: string, step: { create: boolean; revision: number }) => {
+    const value = encodeValue({ worker: me, since: new Date().toISOString() });
+    try {
+      const revision = step.create ? await stores.state.create(KEYS.pollOwner(gid), value) : await stores.state.update(KEYS.pollOwner(gid), value, step.revision);
+      if ((claims.get(gid)?.revision ?? 0) < revision) claims.set(gid, { holder: me, revision });
+      // the watch may have delivered a newer claim of another worker meanwhile
+      if (claims.get(gid)!.holder !== me || stopped) return;
+      hosting.set(gid, Math.max(revision, hosting.get(gid) ?? 0));
+      await seats.start(gid);
+    } catch (err) {
+      if (!isCasConflict(err)) log.warn({ err, gid }, "could not claim a gateway");
+    }
+  };
+
+  /** What the placement policy says about one gateway now; `work` collects the KV writes it starts. */
+  const place = (gid: string, live: Set<string>, mine: (gid: string) => boolean, work: Promise<void>[]) => {
+    const seen = claims.get(gid);
+    const exists = seats.exists(gid);
+    const step = placementStep({
+      me,
+      exists,
+      wanted: exists && mine(gid),
+      claim: seen,
+      hosting: hosting.get(gid),
+      holderAlive: seen?.holder != null && live.has(seen.holder),
+    });
+    if (step.type === "claim") work.push(claim(gid, step));
+    else if (step.type === "release") work.push(release(gid));
+    else if (step.type === "adopt") hosting.set(gid, step.revision);
+    else if (step.type === "yield") {
+      log.info({ gid, by: seen?.holder }, "gateway taken over");
+      stopHosting(gid);
+    }
+  };
+
+  const placeOne = async (gid: string) => {
+    const now = performance.now();
+    if (stopped || mustStepDown(lastHeartbeatOk, now, ttl, liveness.live(now).size > 1)) return;
+    const work: Promise<void>[] = [];
+    place(gid, liveness.live(now), liveness.placedHere(now), work);
+    await Promise.all(work);
+  };
+
+  let reconciling = false;
+  const reconcile = async () => {
+    if (stopped || reconciling) return;
+    reconciling = true;
+    try {
+      const now = performance.now();
+      const live = liveness.live(now);
+      // a worker that could not renew its heartbeat may already be replaced: step down first
+      if (mustStepDown(lastHeartbeatOk, now, ttl, live.size > 1)) {
+        if (hosting.size > 0) log.warn({ gateways: hosting.size }, "heartbeat not renewed; stopping pollers");
+        for (const gid of [...hosting.keys()]) stopHosting(gid);
+        return;
+      }
+      const mine = liveness.placedHere(now);
+      const work: Promise<void>[] = [];
+      for (const gid of [...hosting.keys()]) place(gid, live, mine, work);
+      for (const gid of seats.gateways()) if (!hosting.has(gid)) place(gid, live, mine, work);
+      await Promise.all(work);
+      // heartbeat keys of workers gone for a long time (CAS: unless they came back)
+      for (const { worker, revision } of liveness.takeLongGone(performance.now())) {
+        await stores.state.delete(KEYS.pollerWorker(worker), { previousSeq: revision }).catch(() => {});
+      }
+    } finally {
+      reconciling = false;
+    }
+  };
+
+  const heartbeat = async () => {
+    try {
+      await stores.state.put(KEYS.pollerWorker(me), encodeValue({ worker: me, at: new Date().toISOString() }));
+      lastHeartbeatOk = performance.now();
+    } catch (err) {
+      log.warn({ err }, "poller heartbeat failed");
+    }
+  };
+
+  const onOwnerEntry = (e: KvEntry) => {
+    const gid = e.key.slice(KEYS.pollOwnerPrefix.length);
+    // this worker's own claim may be known before the watch delivers older entries
+    if ((claims.get(gid)?.revision ?? 0) > e.revision) return;
+    const holder = e.operation === "PUT" ? (parseEntry(PollOwnerSchema, e)?.worker ?? null) : null;
+    claims.set(gid, { holder, revision: e.revision });
+    // a takeover stops this worker's poller at once; anything else waits for the next reconcile
+    const revision = hosting.get(gid);
+    if (revision !== undefined && e.revision > revision) {
+      if (holder === me) hosting.set(gid, e.revision);
+      else {
+        log.info({ gid, by: holder }, "gateway taken over");
+        stopHosting(gid);
+      }
+    }
+  };
+
+  const onHeartbeatEntry = (e: KvEntry) =>
+    liveness.heard(e.key.slice(KEYS.pollerWorkerPrefix.length), e.operation === "PUT" ? e.revision : null, performance.now());
+
+  await heartbeat();
+  const watches = [
+    await followKv(stores.state, `${KEYS.pollerWorkerPrefix}*`, onHeartbeatEntry, log, "poller heartbeat watch"),
+    await followKv(stores.state, `${KEYS.pollOwnerPrefix}*`, onOwnerEntry, log, "poller owner watch"),
+  ];
+  const beat = setInterval(() => void heartbeat(), Math.max(100, Math.floor(ttl / 3)));
+  const tick = setInterval(() => void reconcile().catch((err) => log.error({ err }, "ownership reconcile failed")), Math.max(100, Math.floor(ttl / 6)));
+
+  const halt = () => {
+    stopped = true;
+    clearInterval(beat);
+    clearInterval(tick);
+  };
+
+  return {
+    hosts: (gid) => hosting.has(gid),
+    placeOne,
+    release,
+    forget: (gid) => liveness.forgetKey(gid),
+    halt,
+    reconcile,
+    async stop() {
+      halt();
+      for (const w of watches) w.stop();
+      await Promise.all([...hosting.keys()].map((gid) => release(gid)));
+      await stores.state.delete(KEYS.pollerWorker(me)).catch(() => {});
+    },
+  };
+}
