@@ -1,14 +1,17 @@
-// Which worker polls a gateway. The policy is actors/placement.ts: the rendezvous winner among
-// the live workers (heartbeat keys `worker.<id>` in the state bucket, judged on this worker's
-// own monotonic clock) claims `owner.<gid>` by compare-and-swap. A dead worker's gateways move
-// after the owner TTL; a worker that cannot renew its heartbeat steps down on its own before
-// others take over. The poller host (pollerHost.ts) starts and stops the pollers it is told to.
+// Which worker polls a gateway: placement (actors/placement.ts, claims carried out by
+// runtime/claims.ts) with the pollers' two parameters: the rendezvous winner among the live
+// workers wants the gateway, and a claim's holder is alive while its heartbeat key
+// (`worker.<id>` in the state bucket) changed within the owner TTL on this worker's own
+// monotonic clock. Claims are long-lived (`owner.<gid>`), kept up to date by a watch. A dead
+// worker's gateways move after the TTL; a worker that cannot renew its heartbeat steps down on
+// its own before others take over. The poller host (pollerHost.ts) starts and stops the
+// pollers it is told to.
 import { performance } from "node:perf_hooks";
 import type { KvEntry } from "@nats-io/kv";
-import { encodeValue, isCasConflict, parseEntry } from "../actors/kvStore.ts";
-import { Liveness, mustStepDown, placementStep, type ClaimSeen } from "../actors/placement.ts";
-import { PollOwnerSchema } from "../protocol/poller.ts";
+import { encodeValue } from "../actors/kvStore.ts";
+import { Liveness, mustStepDown } from "../actors/placement.ts";
 import { KEYS } from "../protocol/subjects.ts";
+import { Claims } from "./claims.ts";
 import { followKv } from "./kvWatch.ts";
 import type { Logger } from "./logger.ts";
 import type { WorkerContext } from "./worker.ts";
@@ -45,11 +48,12 @@ export async function startPollerOwnership(ctx: WorkerContext, seats: PollerSeat
   const { config, stores } = ctx;
   const me = config.workerId;
   const ttl = config.poller.ownerTtl;
-  /** the latest poll claim (`owner.<gid>`) seen per gateway */
-  const claims = new Map<string, ClaimSeen>();
   /** the claim revision this worker polls each gateway under */
   const hosting = new Map<string, number>();
   const liveness = new Liveness(me, ttl);
+  /** the live workers as of the current placement pass */
+  let live = liveness.live(performance.now());
+  const claims = new Claims({ kv: stores.state, me, holderAlive: (_key: string, holder: string) => live.has(holder) });
   let lastHeartbeatOk = performance.now();
   let stopped = false;
 
@@ -61,49 +65,40 @@ export async function startPollerOwnership(ctx: WorkerContext, seats: PollerSeat
   const release = async (gid: string) => {
     const revision = hosting.get(gid);
     stopHosting(gid);
-    if (revision !== undefined) await stores.state.delete(KEYS.pollOwner(gid), { previousSeq: revision }).catch(() => {});
+    if (revision !== undefined) await claims.release(KEYS.pollOwner(gid), revision);
   };
 
   const claim = async (gid: string, step: { create: boolean; revision: number }) => {
-    const value = encodeValue({ worker: me, since: new Date().toISOString() });
     try {
-      const revision = step.create ? await stores.state.create(KEYS.pollOwner(gid), value) : await stores.state.update(KEYS.pollOwner(gid), value, step.revision);
-      if ((claims.get(gid)?.revision ?? 0) < revision) claims.set(gid, { holder: me, revision });
-      // the watch may have delivered a newer claim of another worker meanwhile
-      if (claims.get(gid)!.holder !== me || stopped) return;
+      const revision = await claims.take(KEYS.pollOwner(gid), step);
+      // lost the race, or the watch delivered a newer claim of another worker meanwhile
+      if (revision === null || claims.seen(KEYS.pollOwner(gid))?.holder !== me || stopped) return;
       hosting.set(gid, Math.max(revision, hosting.get(gid) ?? 0));
       await seats.start(gid);
     } catch (err) {
-      if (!isCasConflict(err)) log.warn({ err, gid }, "could not claim a gateway");
+      log.warn({ err, gid }, "could not claim a gateway");
     }
   };
 
   /** What the placement policy says about one gateway now; `work` collects the KV writes it starts. */
-  const place = (gid: string, live: Set<string>, mine: (gid: string) => boolean, work: Promise<void>[]) => {
-    const seen = claims.get(gid);
+  const place = (gid: string, mine: (gid: string) => boolean, work: Promise<void>[]) => {
     const exists = seats.exists(gid);
-    const step = placementStep({
-      me,
-      exists,
-      wanted: exists && mine(gid),
-      claim: seen,
-      hosting: hosting.get(gid),
-      holderAlive: seen?.holder != null && live.has(seen.holder),
-    });
+    const step = claims.decide(KEYS.pollOwner(gid), { exists, wanted: exists && mine(gid), hosting: hosting.get(gid) });
     if (step.type === "claim") work.push(claim(gid, step));
     else if (step.type === "release") work.push(release(gid));
     else if (step.type === "adopt") hosting.set(gid, step.revision);
     else if (step.type === "yield") {
-      log.info({ gid, by: seen?.holder }, "gateway taken over");
+      log.info({ gid, by: claims.seen(KEYS.pollOwner(gid))?.holder }, "gateway taken over");
       stopHosting(gid);
     }
   };
 
   const placeOne = async (gid: string) => {
     const now = performance.now();
-    if (stopped || mustStepDown(lastHeartbeatOk, now, ttl, liveness.live(now).size > 1)) return;
+    live = liveness.live(now);
+    if (stopped || mustStepDown(lastHeartbeatOk, now, ttl, live.size > 1)) return;
     const work: Promise<void>[] = [];
-    place(gid, liveness.live(now), liveness.placedHere(now), work);
+    place(gid, liveness.placedHere(now), work);
     await Promise.all(work);
   };
 
@@ -113,7 +108,7 @@ export async function startPollerOwnership(ctx: WorkerContext, seats: PollerSeat
     reconciling = true;
     try {
       const now = performance.now();
-      const live = liveness.live(now);
+      live = liveness.live(now);
       // a worker that could not renew its heartbeat may already be replaced: step down first
       if (mustStepDown(lastHeartbeatOk, now, ttl, live.size > 1)) {
         if (hosting.size > 0) log.warn({ gateways: hosting.size }, "heartbeat not renewed; stopping pollers");
@@ -122,8 +117,8 @@ export async function startPollerOwnership(ctx: WorkerContext, seats: PollerSeat
       }
       const mine = liveness.placedHere(now);
       const work: Promise<void>[] = [];
-      for (const gid of [...hosting.keys()]) place(gid, live, mine, work);
-      for (const gid of seats.gateways()) if (!hosting.has(gid)) place(gid, live, mine, work);
+      for (const gid of [...hosting.keys()]) place(gid, mine, work);
+      for (const gid of seats.gateways()) if (!hosting.has(gid)) place(gid, mine, work);
       await Promise.all(work);
       // heartbeat keys of workers gone for a long time (CAS: unless they came back)
       for (const { worker, revision } of liveness.takeLongGone(performance.now())) {
@@ -146,12 +141,10 @@ export async function startPollerOwnership(ctx: WorkerContext, seats: PollerSeat
   const onOwnerEntry = (e: KvEntry) => {
     const gid = e.key.slice(KEYS.pollOwnerPrefix.length);
     // this worker's own claim may be known before the watch delivers older entries
-    if ((claims.get(gid)?.revision ?? 0) > e.revision) return;
-    const holder = e.operation === "PUT" ? (parseEntry(PollOwnerSchema, e)?.worker ?? null) : null;
-    claims.set(gid, { holder, revision: e.revision });
+    const { holder, revision: latest } = claims.heard(e);
     // a takeover stops this worker's poller at once; anything else waits for the next reconcile
     const revision = hosting.get(gid);
-    if (revision !== undefined && e.revision > revision) {
+    if (revision !== undefined && latest === e.revision && e.revision > revision) {
       if (holder === me) hosting.set(gid, e.revision);
       else {
         log.info({ gid, by: holder }, "gateway taken over");
@@ -181,7 +174,10 @@ export async function startPollerOwnership(ctx: WorkerContext, seats: PollerSeat
     hosts: (gid) => hosting.has(gid),
     placeOne,
     release,
-    forget: (gid) => liveness.forgetKey(gid),
+    forget: (gid) => {
+      liveness.forgetKey(gid);
+      claims.forget(KEYS.pollOwner(gid));
+    },
     halt,
     reconcile,
     async stop() {
