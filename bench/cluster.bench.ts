@@ -1,8 +1,8 @@
 // A NATS node loss under load: 3-node cluster, two worker processes with MCPGW_JS_REPLICAS=3,
 // a client session calling a tool and an operator listing gateways, each every 100 ms. The
 // node leading most of the buckets' streams is SIGKILLed; measured from the kill: the first
-// call and the first list that begin after it and succeed, a new session's first call, and
-// the slowest operation begun after it. The node is restarted and caught up between repetitions.
+// call and the first list that begin after it and succeed, a new session's initialize and its
+// first call, every state stream's new leader, and the slowest operation begun after it. The node is restarted and caught up between repetitions.
 // Run: node --import tsx bench/cluster.bench.ts
 import { performance } from "node:perf_hooks";
 import type { Client } from "@modelcontextprotocol/sdk/client/index.js";
@@ -18,7 +18,7 @@ import { busiestLeader, startNatsCluster, stateStreams } from "../test/helpers/n
 import { edgeUrlOf, runTs, workerEnv, type Proc } from "../test/helpers/processes.ts";
 import { until } from "../test/helpers/wait.ts";
 import { TEST_SECRET_KEY } from "../test/helpers/worker.ts";
-import { msRow, report } from "./report.ts";
+import { loadAverage, msRow, report } from "./report.ts";
 
 const REPS = 4;
 const AFTER_KILL_MS = 8_000;
@@ -49,6 +49,9 @@ try {
   const firstCall: number[] = [];
   const firstList: number[] = [];
   const freshCall: number[] = [];
+  const freshInit: number[] = [];
+  const elected: number[] = [];
+  const loads: string[] = [];
   const slowest: number[] = [];
   const failedAfter: string[] = [];
   for (let rep = 0; rep < REPS; rep++) {
@@ -57,6 +60,10 @@ try {
     // the operator's own connection avoids the node that will die: it measures, it is not measured
     const others = cluster.nodes.filter((n) => n !== victim).map((n) => n.url);
     const admin = await connectNats({ url: others.join(","), user: "admin", password: cluster.passwords.admin, name: "bench-admin" });
+    const survivor = await connectNats({ url: others.join(","), user: "runtime", password: cluster.passwords.runtime, name: "bench-watch" });
+    const watcher = await jetstreamManager(survivor);
+    const ledByVictim: string[] = [];
+    for (const name of stateStreams("mcpgw")) if ((await jsm.streams.info(name)).cluster?.leader === victim.name) ledByVictim.push(name);
     type Op = { what: string; start: number; end: number; ok: boolean; error?: string };
     const ops: Op[] = [];
     let stopAt = Infinity;
@@ -77,11 +84,23 @@ try {
     const killAt = performance.now();
     await victim.kill();
     stopAt = performance.now() + AFTER_KILL_MS;
+    loads.push(loadAverage());
+    // when each state stream the victim led has a new one (stream info through a survivor)
+    const elections = Promise.all(
+      ledByVictim.map(async (name) => {
+        while (performance.now() - killAt < REQUEST_MS) {
+          const leader = (await watcher.streams.info(name).catch(() => null))?.cluster?.leader;
+          if (leader && leader !== victim.name) return void elected.push(performance.now() - killAt);
+          await new Promise((r) => setTimeout(r, 50));
+        }
+      }),
+    );
     const fresh = (await connectClient(edges[1]!, { name: `fresh-${rep}` })).client;
+    freshInit.push(performance.now() - killAt);
     clients.push(fresh);
     await fresh.callTool({ name: "up__increment", arguments: {} }, undefined, { timeout: REQUEST_MS });
     freshCall.push(performance.now() - killAt);
-    await Promise.all(loops);
+    await Promise.all([...loops, elections]);
 
     const after = ops.filter((o) => o.start >= killAt);
     const first = (what: string) => Math.min(...after.filter((o) => o.what === what && o.ok).map((o) => o.end)) - killAt;
@@ -91,6 +110,7 @@ try {
     failedAfter.push(...after.filter((o) => !o.ok).map((o) => `${o.what} begun ${Math.round(o.start - killAt)} ms after the kill: ${o.error}`));
 
     await admin.close();
+    await survivor.close();
     await victim.restart();
     await until(
       "every replica caught up",
@@ -105,9 +125,12 @@ try {
     [
       msRow("kill → first call begun after it answered", firstCall, TARGET_MS, "target"),
       msRow("kill → first gateway list begun after it answered", firstList, TARGET_MS, "target"),
+      msRow("kill → a new session's initialize answered", freshInit, TARGET_MS, "target"),
       msRow("kill → a new session's first call answered", freshCall, TARGET_MS, "target"),
+      msRow("kill → a new leader of each state stream the victim led", elected, TARGET_MS, "target"),
       msRow("slowest operation begun after the kill", slowest, TARGET_MS, "target"),
       ["operations begun after a kill that failed", failedAfter.length ? failedAfter.join("; ") : "none"],
+      ["load average (1 min) at each kill", loads.join(", ")],
     ],
   );
   await operator.close();

@@ -22,10 +22,10 @@ describe("replicated state on a 3-node NATS cluster", () => {
     const jsm = await jetstreamManager(nc);
     const replicas = () => Promise.all(stateStreams("rtest").map(async (s) => (await jsm.streams.info(s)).config.num_replicas));
     await openStores(nc, "rtest", 1);
-    assert.deepEqual(await replicas(), [1, 1, 1, 1, 1]);
+    assert.deepEqual(await replicas(), [1, 1, 1, 1, 1, 1]);
     await openStores(nc, "rtest", 3);
-    assert.deepEqual(await replicas(), [3, 3, 3, 3, 3]);
+    assert.deepEqual(await replicas(), [3, 3, 3, 3, 3, 3]);
     await openStores(nc, "rtest", 1);
-    assert.deepEqual(await replicas(), [3, 3, 3, 3, 3]);
+    assert.deepEqual(await replicas(), [3, 3, 3, 3, 3, 3]);
   });
 });

@@ -3,7 +3,7 @@ import { tmpdir } from "node:os";
 import { dirname, join, relative } from "node:path";
 import { jetstreamManager } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
-import { buckets, eventStream } from "../../protocol/subjects.ts";
+import { buckets, eventStream, streamLog } from "../../protocol/subjects.ts";
 import { NATS_CONF, startEmbeddedNats, type EmbeddedNats, type NatsUser } from "../../runtime/embeddedNats.ts";
 import { connectNats } from "../../runtime/nats.ts";
 import { locateNatsServer } from "../../runtime/natsServerBinary.ts";
@@ -114,10 +114,10 @@ export async function startNatsCluster(size = 3): Promise<TestNatsCluster> {
   };
 }
 
-/** The streams behind every bucket and the event stream of `prefix`. */
+/** The streams behind every bucket, the event stream and the stream log of `prefix`. */
 export function stateStreams(prefix: string): string[] {
   const names = buckets(prefix);
-  return [...[names.state, names.gateways, names.catalog, names.sessions].map((b) => `KV_${b}`), eventStream(prefix).name];
+  return [...[names.state, names.gateways, names.catalog, names.sessions].map((b) => `KV_${b}`), eventStream(prefix).name, streamLog(prefix).name];
 }
 
 /** The node that leads the most of `prefix`'s streams (stream info `cluster.leader`). */
