@@ -11,6 +11,7 @@ import { z } from "zod";
 import { GatewayListReplySchema } from "../protocol/gateway.ts";
 import { subjects } from "../protocol/subjects.ts";
 import { request } from "../runtime/bus.ts";
+import { requestThroughNodeLoss } from "../runtime/jetstreamRetry.ts";
 import { connectNats } from "../runtime/nats.ts";
 import { startFixtureHttp } from "../test/fixtures/fixtureHttp.ts";
 import { connectClient } from "../test/helpers/edge.ts";
@@ -78,7 +79,8 @@ try {
     };
     const loops = [
       pace("call", () => session.callTool({ name: "up__increment", arguments: {} }, undefined, { timeout: REQUEST_MS })),
-      pace("list", () => request(admin, s.admin.gateway("list"), {}, GatewayListReplySchema, REQUEST_MS)),
+      // as the CLI asks: a request nobody received is asked again (runtime/jetstreamRetry.ts)
+      pace("list", () => requestThroughNodeLoss(admin, s.admin.gateway("list"), {}, GatewayListReplySchema, { timeoutMs: REQUEST_MS, readOnly: true })),
     ];
     await new Promise((r) => setTimeout(r, 1_000));
     const killAt = performance.now();

@@ -1,6 +1,6 @@
 // Replicated state on a 3-node NATS cluster: MCPGW_JS_REPLICAS brings every bucket and the
 // event stream to its count, and never lowers it. The node-loss scenario (SIGKILL of the node
-// leading the state under load) is test/cluster.nodeLoss.chaos.ts, run by `npm run chaos`.
+// leading the state under load) is test/cluster.nodeLoss.load.test.ts.
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { jetstreamManager } from "@nats-io/jetstream";

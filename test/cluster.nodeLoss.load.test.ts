@@ -1,13 +1,10 @@
-// Replicated state on a 3-node NATS cluster that loses a node: a scenario of the fault suite
-// (`npm run chaos`, which runs this file), not of `npm test`. Requests nobody received are
-// asked again (runtime/jetstreamRetry.ts requestThroughNodeLoss, the edge's spawn), but on a
-// machine loaded far beyond its cores a new session's first call after the kill can still
-// outlast its 30 s bound (a claim and a connect through streams electing leaders), so how
-// often a run fails depends on the machine. Two worker processes with
+// Replicated state on a 3-node NATS cluster that loses a node, under load (`npm test`'s
+// sequential phase; `npm run chaos` runs it too). Two worker processes with
 // MCPGW_JS_REPLICAS=3 know all three nodes; a client session calls a tool in a loop and an
 // operator adds, lists and removes gateways in a loop while the node that leads most of the
-// buckets' streams is SIGKILLed. How long service takes to come back is measured in
-// bench/cluster.bench.ts; the time bounds here only stop a hang.
+// state's streams is SIGKILLed; a session begun after the kill makes its first call. How long
+// service takes to come back is measured in bench/cluster.bench.ts; the time bounds here only
+// stop a hang.
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import type { Client } from "@modelcontextprotocol/sdk/client/index.js";
