@@ -69,8 +69,12 @@ export class Claims<A extends HolderAlive = HolderAlive> {
       if ((this.#seen.get(key)?.revision ?? 0) < revision) this.#seen.set(key, { holder: this.#me, revision });
       return revision;
     } catch (err) {
-      if (isCasConflict(err)) return null;
-      throw err;
+      if (!isCasConflict(err)) throw err;
+      // what holds the key now is the next decision's fact; a deleted key is taken at its delete's revision
+      const e = await this.#kv.get(key);
+      if (e) this.heard(e);
+      if (step.create && e && e.operation !== "PUT") return this.take(key, { create: false, revision: e.revision });
+      return null;
     }
   }
 
@@ -97,16 +101,16 @@ export class Claims<A extends HolderAlive = HolderAlive> {
     for (const key of keys) {
       if (stopping()) break;
       if (skip(key)) continue;
-      this.#seen.delete(key);
-      const seen = await this.read(key);
-      if (!seen || seen.holder === null || (await this.#holderAlive(key, seen.holder))) continue;
+      // read apart from what was seen: a sweep must not fill the cache with every key it met
+      const e = await this.#kv.get(key);
+      const holder = e?.operation === "PUT" ? (parseEntry(ClaimSchema, e)?.worker ?? null) : null;
+      if (!e || holder === null || (await this.#holderAlive(key, holder))) continue;
       try {
-        await this.#kv.delete(key, { previousSeq: seen.revision });
+        await this.#kv.delete(key, { previousSeq: e.revision });
         removed++;
       } catch (err) {
         if (!isCasConflict(err)) throw err;
       }
-      this.#seen.delete(key);
     }
     return removed;
   }

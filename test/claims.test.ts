@@ -62,6 +62,18 @@ describe("claims (runtime/claims.ts) on a real nats-server", () => {
     assert.ok((await a.take("k2", again as { create: boolean; revision: number }))! > rb);
   });
 
+  it("a create of a key whose claim was deleted takes it, and the losing create learns who holds it", async () => {
+    const e = new Claims({ kv, me: "e", holderAlive: () => true });
+    const f = new Claims({ kv, me: "f", holderAlive: () => true });
+    const first = (await e.take("k4", { create: true, revision: 0 }))!;
+    await e.release("k4", first);
+    // f never saw the delete: it asks for a create, as for a key never claimed
+    const again = await f.take("k4", { create: true, revision: 0 });
+    assert.ok(again !== null && again > first);
+    assert.equal(await e.take("k4", { create: true, revision: 0 }), null);
+    assert.deepEqual(e.seen("k4"), { holder: "f", revision: again });
+  });
+
   it("asks whether a holder is alive only when the step depends on it", async () => {
     let asked = 0;
     const c = new Claims({ kv, me: "c", holderAlive: () => (asked++, false) });

@@ -50,6 +50,8 @@ export function upstreamClaims(deps: { nc: NatsConnection; s: Subjects; kv: KV; 
     const key = KEYS.upstreamClaim(sid, gid);
     const seen = await claims.read(key);
     const step = await claims.decide(key, SPAWNED);
+    // kept only while this worker holds the claim (take records it, release forgets it)
+    claims.forget(key);
     return { worker: seen?.holder ?? null, takeOver: step.type === "claim" ? () => claims.take(key, step) : null };
   }
 
