@@ -123,7 +123,7 @@ try {
 
   report(
     "Cluster: SIGKILL of the NATS node leading the state",
-    `3 nats-server 2.9 nodes on loopback, 2 worker processes (MCPGW_JS_REPLICAS=3) knowing all three; a call and a gateway list every 100 ms each; ${REPS} kills of the node leading most of the 5 state streams (restarted and caught up in between). Ratios to the issue's target of ${TARGET_MS / 1000} s.`,
+    `3 nats-server 2.9 nodes on loopback, 2 worker processes (MCPGW_JS_REPLICAS=3) knowing all three; a call and a gateway list every 100 ms each; ${REPS} kills of the node leading most of the ${stateStreams("mcpgw").length} state streams (restarted and caught up in between). Ratios to the issue's target of ${TARGET_MS / 1000} s.`,
     [
       msRow("kill → first call begun after it answered", firstCall, TARGET_MS, "target"),
       msRow("kill → first gateway list begun after it answered", firstList, TARGET_MS, "target"),
