@@ -2,7 +2,8 @@
 // poller, an upstream session): a claim is a KV entry `{ worker, since }` whose revision is the
 // fencing token. It is taken with `create` (free key) or a compare-and-swap `update` at the
 // revision seen (deleted key, or held by a worker that is gone), and given back with a
-// compare-and-swap delete. Per actor kind only two facts differ, and the host supplies them:
+// compare-and-swap delete (runtime/claims.ts carries the steps out for both kinds). Per actor
+// kind only two facts differ, and the host supplies them:
 // whether this worker should host the key (pollers: the rendezvous winner among live workers;
 // upstream sessions: the worker asked to spawn it) and whether the claim's holder is alive
 // (pollers: its heartbeat changed within the TTL on this worker's clock; upstream sessions: its
@@ -37,6 +38,17 @@ export type PlacementStep =
   | { type: "release"; revision: number }
   /** stop hosting, leave the claim: another worker holds a newer one */
   | { type: "yield" };
+
+/**
+ * The holder whose liveness decides the step, or null when the step does not depend on it: only
+ * a claim of another worker, on a key this worker should host and does not, needs the answer
+ * (an upstream session's holder is judged by a request, so it is asked only then).
+ */
+export function holderToJudge(f: Omit<PlacementFacts, "holderAlive">): string | null {
+  const holder = f.claim?.holder ?? null;
+  if (f.hosting !== undefined || !f.exists || !f.wanted || holder === null || holder === f.me) return null;
+  return holder;
+}
 
 export function placementStep(f: PlacementFacts): PlacementStep {
   const { claim, hosting } = f;

@@ -1,4 +1,5 @@
 import { z } from "zod";
+import { ClaimSchema } from "./placement.ts";
 import { GatewayIdSchema, GatewayStatusSchema } from "./gateway.ts";
 
 /** Value of `poll.<gid>.health` / `poll.<gid>.discovery`: written only after a poll succeeded. */
@@ -10,8 +11,8 @@ export const PollStampSchema = z.object({
 });
 export type PollStamp = z.infer<typeof PollStampSchema>;
 
-/** Value of `owner.<gid>`: which worker polls a gateway; its KV revision is the claim. */
-export const PollOwnerSchema = z.object({ worker: z.string(), since: z.string() });
+/** Value of `owner.<gid>`: which worker polls a gateway; its KV revision is the claim (one kind of placement claim). */
+export const PollOwnerSchema = ClaimSchema;
 
 /**
  * Value of `worker.<id>`: a poller heartbeat. Liveness is judged by each reader on its own

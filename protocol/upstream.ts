@@ -1,4 +1,5 @@
 import { z } from "zod";
+import { ClaimSchema } from "./placement.ts";
 import { LoggingLevelSchema } from "./edge.ts";
 import { envelopeSchema } from "./envelope.ts";
 import { GatewayIdSchema } from "./gateway.ts";
@@ -183,8 +184,8 @@ export const SpawnRequestSchema = z
   .strict();
 export const SpawnReplySchema = z.object({ worker: z.string(), created: z.boolean() });
 
-/** Value of `up.<sid>.<gid>` in the sessions bucket: who hosts the actor. */
-export const UpstreamClaimSchema = z.object({ worker: z.string(), since: z.string() });
+/** Value of `up.<sid>.<gid>` in the sessions bucket: who hosts the actor (one kind of placement claim). */
+export const UpstreamClaimSchema = ClaimSchema;
 
 export const UpstreamSessionInfoSchema = z.object({
   sid: SessionIdSchema,

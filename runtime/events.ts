@@ -68,5 +68,7 @@ async function followOne(js: JetStreamClient, stream: string, filter: string, ha
 
 /** Core-NATS publish for high-volume, loss-tolerant events (usage). */
 export function publishCore(nc: NatsConnection, subject: string, event: unknown): void {
+  // a timer's report after the connection closed for good would throw out of the timer
+  if (nc.isClosed()) return;
   nc.publish(subject, encodeJson(event));
 }

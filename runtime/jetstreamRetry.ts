@@ -91,24 +91,42 @@ const OPENS_CONSUMER = new Set(["watch", "keys", "history"]);
 
 /**
  * nats-server 2.9 may place a new consumer on a replica whose node is dead; that creation is
- * never answered (about every other one, measured, for as long as the node is down). Such an
- * attempt is abandoned after this long and tried again rather than waiting out the 5 s
- * JetStream timeout; a consumer that opens later is stopped.
+ * never answered (about every other one, measured, for as long as the node is down). A second
+ * creation is asked for when the first has not answered within CONSUMER_HEDGE_MS (it is placed
+ * anew), the first to open is used and the other stopped; when neither has opened within
+ * CONSUMER_OPEN_MS the attempt fails as timed out and is tried again.
  */
 export const CONSUMER_OPEN_MS = 2_000;
+export const CONSUMER_HEDGE_MS = 500;
 
-async function openWithin<T extends { stop(): void }>(open: Promise<T>, ms: number): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const late = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new errors.TimeoutError()), ms);
-  });
+export async function openHedged<T extends { stop(): void }>(open: () => Promise<T>, hedgeMs = CONSUMER_HEDGE_MS, ms = CONSUMER_OPEN_MS): Promise<T> {
+  const timers: NodeJS.Timeout[] = [];
   try {
-    return await Promise.race([open, late]);
-  } catch (err) {
-    if (err instanceof errors.TimeoutError) void open.then((it) => it.stop(), () => {});
-    throw err;
+    return await new Promise<T>((resolve, reject) => {
+      let settled = false;
+      let started = 0;
+      let failed = 0;
+      const settle = (f: () => void) => {
+        if (settled) return false;
+        settled = true;
+        f();
+        return true;
+      };
+      const attempt = () => {
+        started++;
+        open().then(
+          // a consumer that opens after another won, or after the attempt gave up, is stopped
+          (it) => void (settle(() => resolve(it)) || it.stop()),
+          // one refusal (no leader yet) answers for both: the other is placed alike
+          (err: unknown) => void (++failed === started && settle(() => reject(err))),
+        );
+      };
+      attempt();
+      timers.push(setTimeout(() => !settled && attempt(), hedgeMs));
+      timers.push(setTimeout(() => settle(() => reject(new errors.TimeoutError())), ms));
+    });
   } finally {
-    clearTimeout(timer);
+    for (const t of timers) clearTimeout(t);
   }
 }
 
@@ -131,7 +149,7 @@ export function retryingKv(kv: KV, bucket: string, policy: RetryPolicy = DEFAULT
       if (typeof v !== "function") return v;
       if (typeof prop !== "string" || !RETRIED.has(prop)) return v.bind(target);
       const attempt = OPENS_CONSUMER.has(prop)
-        ? (args: unknown[]) => openWithin(v.apply(target, args) as Promise<{ stop(): void }>, CONSUMER_OPEN_MS)
+        ? (args: unknown[]) => openHedged(() => v.apply(target, args) as Promise<{ stop(): void }>)
         : (args: unknown[]) => v.apply(target, args) as Promise<unknown>;
       return (...args: unknown[]) => retryTransient(`${prop} ${bucket}`, () => attempt(args), policy, landed(prop, args));
     },

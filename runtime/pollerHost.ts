@@ -1,18 +1,14 @@
-// Hosts gateway pollers on this worker. Which worker polls a gateway is the placement policy's
-// (actors/placement.ts): the rendezvous winner among the live workers (heartbeat keys
-// `worker.<id>` in the state bucket, judged on this worker's own monotonic clock) claims
-// `owner.<gid>` by compare-and-swap. A dead worker's gateways move after the owner TTL; a worker
-// that cannot renew its heartbeat steps down on its own before others take over. Each poller
-// answers at its own address, `mcpgw.poller.<gid>.{refresh,status}`, wherever it runs.
+// Hosts gateway pollers on this worker. Which worker polls a gateway is decided in
+// pollerOwnership.ts; this host starts and stops the pollers it is given. Each poller answers
+// at its own address, `mcpgw.poller.<gid>.{refresh,status}`, wherever it runs.
 import { performance } from "node:perf_hooks";
 import type { KvEntry } from "@nats-io/kv";
 import type { Subscription } from "@nats-io/transport-node";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { createActor, fromPromise, type ActorRefFrom } from "xstate";
 import { shortErrorText } from "../actors/errorText.ts";
-import { encodeValue, entryJson, getLive, isCasConflict, parseEntry } from "../actors/kvStore.ts";
+import { encodeValue, entryJson, getLive, parseEntry } from "../actors/kvStore.ts";
 import { tierOf } from "../actors/discovery.ts";
-import { Liveness, mustStepDown, placementStep, type ClaimSeen } from "../actors/placement.ts";
 import { pollerMachine, statusOf, type DiscoveryOutcome, type PollKind, type PollState } from "../actors/poller.machine.ts";
 import { RefreshReplySchema } from "../protocol/catalog.ts";
 import { ProtocolError, parseRequest } from "../protocol/envelope.ts";
@@ -23,19 +19,20 @@ import {
   type GatewayRecord,
   type GatewayStatus,
 } from "../protocol/gateway.ts";
-import { PollOwnerSchema, PollerRequestSchema, type PollStamp, type PollerStatusReply } from "../protocol/poller.ts";
+import { PollerRequestSchema, type PollStamp, type PollerStatusReply } from "../protocol/poller.ts";
 import { KEYS, buckets, kvSubject } from "../protocol/subjects.ts";
 import { isNoResponders, request, serve } from "./bus.ts";
 import { followEvents } from "./events.ts";
 import { followKv } from "./kvWatch.ts";
 import { PollConnections } from "./pollConnections.ts";
+import { startPollerOwnership, type PollerOwnership } from "./pollerOwnership.ts";
 import { listCatalog, readGatewayStatus, readPollState, reconcileCatalog, type GatewayConnector, type ProbeConnection } from "./pollerEffects.ts";
 import { gatewayScrubber, scrubbedError } from "./secretScrubber.ts";
 import type { Hosted, WorkerContext } from "./worker.ts";
 
 type Poller = ActorRefFrom<typeof pollerMachine>;
-/** a poller this worker runs: under which claim revision, and its address subscription */
-type Owned = { actor: Poller; revision: number; address: Subscription };
+/** a poller this worker runs, and its address subscription */
+type Owned = { actor: Poller; address: Subscription };
 
 /**
  * At most `limit` polls at once on this worker; the rest wait their turn, health checks ahead of
@@ -72,7 +69,6 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
   const log = ctx.log.child({ actor: "poller" });
   const guard = { log, refusals: ctx.refusals };
   const me = config.workerId;
-  const ttl = config.poller.ownerTtl;
   const slots = new PollSlots(config.maxConcurrentPolls);
   const connections = new PollConnections(connect, config.poller.maxStdio);
   const open = (sealed: string, gid: string) => box.open(sealed, gid);
@@ -82,13 +78,9 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
   const gateways = new Map<string, GatewayRecord>();
   /** gateways added or reconnected since this worker saw them: whoever claims them discovers at once */
   const fresh = new Set<string>();
-  /** the latest poll claim (`owner.<gid>`) seen per gateway */
-  const claims = new Map<string, ClaimSeen>();
-  const liveness = new Liveness(me, ttl);
   const running = new Map<string, Owned>();
   /** the classification as last seen by this worker's watch (raw JSON; undefined when absent) */
   let classification: unknown;
-  let lastHeartbeatOk = performance.now();
   let stopped = false;
 
   // ---- one poller ----
@@ -192,17 +184,10 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
       guard,
     );
 
-  const startPoller = async (gid: string, revision: number) => {
+  const startPoller = async (gid: string) => {
     const [status, pushMissed] = await Promise.all([readGatewayStatus(stores.state, gid).catch(() => undefined), missedPush(gid)]);
-    if (stopped || running.has(gid) || !gateways.has(gid)) return;
-    // the claim may have moved while the status was read: taken over (do not start), or
-    // renewed by this worker's own reconcile (start with the newer revision, or the next
-    // reconcile would take it for a takeover and restart the poller)
-    const claimNow = claims.get(gid);
-    if (claimNow && claimNow.revision > revision) {
-      if (claimNow.holder !== me) return;
-      revision = claimNow.revision;
-    }
+    // the claim may have moved while the status was read
+    if (stopped || running.has(gid) || !gateways.has(gid) || !ownership.hosts(gid)) return;
     const actor = createActor(machine, {
       input: {
         gid,
@@ -219,7 +204,7 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
         discoverNow: fresh.delete(gid) || pushMissed,
       },
     });
-    running.set(gid, { actor, revision, address: serveAddress(gid, actor) });
+    running.set(gid, { actor, address: serveAddress(gid, actor) });
     actor.start();
     log.info({ gid }, "polling gateway");
   };
@@ -237,115 +222,11 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
     for (const r of [...refreshWaiting, ...refreshInFlight]) r.reject(gone);
   };
 
-  /** Stops polling and gives the claim back (CAS: only while it is still ours). */
-  const release = async (gid: string) => {
-    const owned = running.get(gid);
-    stopPoller(gid);
-    if (owned) await stores.state.delete(KEYS.pollOwner(gid), { previousSeq: owned.revision }).catch(() => {});
-  };
-
-  // ---- ownership (the policy: actors/placement.ts) ----
-
-  const claim = async (gid: string, step: { create: boolean; revision: number }) => {
-    const value = encodeValue({ worker: me, since: new Date().toISOString() });
-    try {
-      const revision = step.create ? await stores.state.create(KEYS.pollOwner(gid), value) : await stores.state.update(KEYS.pollOwner(gid), value, step.revision);
-      claims.set(gid, { holder: me, revision });
-      await startPoller(gid, revision);
-      // a poller this worker started meanwhile (restart after a gateway update) runs under this claim now
-      const owned = running.get(gid);
-      if (owned && owned.revision < revision) owned.revision = revision;
-    } catch (err) {
-      if (!isCasConflict(err)) log.warn({ err, gid }, "could not claim a gateway");
-    }
-  };
-
-  /** What the placement policy says about one gateway now; `work` collects the KV writes it starts. */
-  const place = (gid: string, live: Set<string>, mine: (gid: string) => boolean, work: Promise<void>[]) => {
-    const seen = claims.get(gid);
-    const owned = running.get(gid);
-    const exists = gateways.has(gid);
-    const step = placementStep({
-      me,
-      exists,
-      wanted: exists && mine(gid),
-      claim: seen,
-      hosting: owned?.revision,
-      holderAlive: seen?.holder != null && live.has(seen.holder),
-    });
-    if (step.type === "claim") work.push(claim(gid, step));
-    else if (step.type === "release") work.push(release(gid));
-    else if (step.type === "adopt") owned!.revision = step.revision;
-    else if (step.type === "yield") {
-      log.info({ gid, by: seen?.holder }, "gateway taken over");
-      stopPoller(gid);
-    }
-  };
-
-  /** Places one gateway now (it was added or changed); the periodic reconcile places them all. */
-  const placeOne = async (gid: string) => {
-    const now = performance.now();
-    if (stopped || mustStepDown(lastHeartbeatOk, now, ttl, liveness.live(now).size > 1)) return;
-    const work: Promise<void>[] = [];
-    place(gid, liveness.live(now), liveness.placedHere(now), work);
-    await Promise.all(work);
-  };
-
-  let reconciling = false;
-  const reconcileOwnership = async () => {
-    if (stopped || reconciling) return;
-    reconciling = true;
-    try {
-      const now = performance.now();
-      const live = liveness.live(now);
-      // a worker that could not renew its heartbeat may already be replaced: step down first
-      if (mustStepDown(lastHeartbeatOk, now, ttl, live.size > 1)) {
-        if (running.size > 0) log.warn({ gateways: running.size }, "heartbeat not renewed; stopping pollers");
-        for (const gid of [...running.keys()]) stopPoller(gid);
-        return;
-      }
-      const mine = liveness.placedHere(now);
-      const work: Promise<void>[] = [];
-      for (const gid of [...running.keys()]) place(gid, live, mine, work);
-      for (const gid of gateways.keys()) if (!running.has(gid)) place(gid, live, mine, work);
-      await Promise.all(work);
-      // heartbeat keys of workers gone for a long time (CAS: unless they came back)
-      for (const { worker, revision } of liveness.takeLongGone(performance.now())) {
-        await stores.state.delete(KEYS.pollerWorker(worker), { previousSeq: revision }).catch(() => {});
-      }
-    } finally {
-      reconciling = false;
-    }
-  };
-
-  const heartbeat = async () => {
-    try {
-      await stores.state.put(KEYS.pollerWorker(me), encodeValue({ worker: me, at: new Date().toISOString() }));
-      lastHeartbeatOk = performance.now();
-    } catch (err) {
-      log.warn({ err }, "poller heartbeat failed");
-    }
-  };
-
-  const onOwnerEntry = (e: KvEntry) => {
-    const gid = e.key.slice(KEYS.pollOwnerPrefix.length);
-    // this worker's own claim may be known before the watch delivers older entries
-    if ((claims.get(gid)?.revision ?? 0) > e.revision) return;
-    const holder = e.operation === "PUT" ? (parseEntry(PollOwnerSchema, e)?.worker ?? null) : null;
-    claims.set(gid, { holder, revision: e.revision });
-    // a takeover stops this worker's poller at once; anything else waits for the next reconcile
-    const owned = running.get(gid);
-    if (owned && e.revision > owned.revision) {
-      if (holder === me) owned.revision = e.revision;
-      else {
-        log.info({ gid, by: holder }, "gateway taken over");
-        stopPoller(gid);
-      }
-    }
-  };
-
-  const onHeartbeatEntry = (e: KvEntry) =>
-    liveness.heard(e.key.slice(KEYS.pollerWorkerPrefix.length), e.operation === "PUT" ? e.revision : null, performance.now());
+  const ownership: PollerOwnership = await startPollerOwnership(
+    ctx,
+    { gateways: () => gateways.keys(), exists: (gid) => gateways.has(gid), start: startPoller, stop: stopPoller },
+    log,
+  );
 
   // ---- gateways ----
 
@@ -363,10 +244,10 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
     if (ev.type === "list_changed") return void running.get(ev.gid)?.actor.send({ type: "LIST_CHANGED" });
     if (ev.type === "removed") {
       gateways.delete(ev.gid);
-      liveness.forgetKey(ev.gid);
+      ownership.forget(ev.gid);
       fresh.delete(ev.gid);
-      if (running.has(ev.gid)) {
-        await release(ev.gid);
+      if (ownership.hosts(ev.gid)) {
+        await ownership.release(ev.gid);
         await stores.state.delete(KEYS.gatewayStatus(ev.gid)).catch(() => {});
       }
       return;
@@ -375,15 +256,14 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
     const reconnect = ev.type === "added" || ev.connectChanged || ev.changedFields.includes("enabled");
     if (reconnect && gateways.has(ev.gid)) {
       fresh.add(ev.gid);
-      const owned = running.get(ev.gid);
       // restart with the new connection settings, keeping the claim
-      if (owned) {
+      if (running.has(ev.gid)) {
         stopPoller(ev.gid);
-        await startPoller(ev.gid, owned.revision);
+        await startPoller(ev.gid);
       }
     }
     // one gateway, not all of them: an import of 10,000 would otherwise place 10,000 × 10,000 times
-    await placeOne(ev.gid);
+    await ownership.placeOne(ev.gid);
   };
 
   // ---- manual refresh ----
@@ -417,28 +297,22 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
 
   // ---- start ----
 
-  await heartbeat();
   const onClassificationEntry = (e: KvEntry) => void (classification = e.operation === "PUT" ? entryJson(e) : undefined);
   const watches = [
     await followKv(stores.state, KEYS.classification, onClassificationEntry, log, "classification watch", { loadFirst: true }),
-    await followKv(stores.state, `${KEYS.pollerWorkerPrefix}*`, onHeartbeatEntry, log, "poller heartbeat watch"),
-    await followKv(stores.state, `${KEYS.pollOwnerPrefix}*`, onOwnerEntry, log, "poller owner watch"),
   ];
   // follow events before listing, so a gateway added in between is not missed
   const events = await followEvents(stores.js, stores.streamName, [s.evt.gatewayAll], onGatewayEvent, guard);
   for (const { record } of await ctx.registry.records()) if (record.enabled) gateways.set(record.id, record);
 
   ctx.admin.endpoint(s.admin.gateway("refresh"), refresh);
-  const beat = setInterval(() => void heartbeat(), Math.max(100, Math.floor(ttl / 3)));
-  const tick = setInterval(() => void reconcileOwnership().catch((err) => log.error({ err }, "ownership reconcile failed")), Math.max(100, Math.floor(ttl / 6)));
-  await reconcileOwnership();
+  await ownership.reconcile();
 
   // a worker that lost its NATS connection for good stops polling: it can record nothing
   void nc.closed().then(() => {
     stopped = true;
     slots.close();
-    clearInterval(beat);
-    clearInterval(tick);
+    ownership.halt();
     for (const gid of [...running.keys()]) stopPoller(gid);
     void connections.closeAll();
   });
@@ -447,14 +321,10 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
     async stop() {
       stopped = true;
       slots.close();
-      clearInterval(beat);
-      clearInterval(tick);
       await events.stop();
       for (const w of watches) w.stop();
-      // hand the gateways over now rather than after the TTL
-      await Promise.all([...running.keys()].map((gid) => release(gid)));
+      await ownership.stop();
       await connections.closeAll();
-      await stores.state.delete(KEYS.pollerWorker(me)).catch(() => {});
     },
   };
 }

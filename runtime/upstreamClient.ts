@@ -1,7 +1,7 @@
 // How anyone (the edge) talks to an upstream session actor: by its address. "No responders"
-// means nobody hosts it: ask a worker to, then retry (a spawn nobody received is asked again
-// within the call's budget). A timeout means the outcome is unknown, so it is reported,
-// never retried.
+// means nobody hosts it: ask a worker to, then retry (a spawn nobody received or answered is
+// asked again within the call's budget). A call that timed out has an unknown outcome, so it
+// is reported, never retried.
 import { headers as natsHeaders, type NatsConnection } from "@nats-io/transport-node";
 import { ProtocolError } from "../protocol/envelope.ts";
 import { SpawnReplySchema, UpstreamCallReplySchema, type UpstreamCallReply, type UpstreamCallRequest } from "../protocol/upstream.ts";
@@ -25,8 +25,21 @@ const MAX_ATTEMPTS = 5;
 /** Beyond the call's own timeout: the actor answers a timed-out call itself, so this is only for a lost worker. */
 const REPLY_MARGIN_MS = 2_000;
 const NOTIFY_TIMEOUT_MS = 2_000;
+/**
+ * How long one spawn request waits before it is asked again. A spawn that a NATS node loss
+ * dropped (routed to a worker's subscription through the node in the instant it died) is never
+ * answered; asking again is safe, since the key's claim lets at most one actor start: a
+ * repeated spawn joins the activation under way on the same worker, or finds its claim held by
+ * a live actor elsewhere and answers at once.
+ */
+export const SPAWN_ATTEMPT_MS = 5_000;
 
-export function createUpstreamCaller(nc: NatsConnection, s: Subjects, opts: { callTimeoutMs: number; maxBodyBytes?: number; log: Logger }): UpstreamCaller {
+export function createUpstreamCaller(
+  nc: NatsConnection,
+  s: Subjects,
+  opts: { callTimeoutMs: number; maxBodyBytes?: number; log: Logger; spawnAttemptMs?: number },
+): UpstreamCaller {
+  const spawnAttemptMs = opts.spawnAttemptMs ?? SPAWN_ATTEMPT_MS;
   const messageLimit = callMessageLimit(opts.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES);
   /** Asks a worker to host the actor; it answers once the actor is connected, or with why it could not connect. */
   async function spawn(sid: string, gid: string, headers: Record<string, string>, timeoutMs: number, trace: TraceHeaders): Promise<void> {
@@ -34,23 +47,19 @@ export function createUpstreamCaller(nc: NatsConnection, s: Subjects, opts: { ca
     for (const [k, v] of Object.entries(trace)) traceContext.set(k, v);
     const deadline = performance.now() + timeoutMs;
     // No responders: no worker is subscribed right now, as in the instant every worker is
-    // moving off a lost NATS node; nothing was received, so asking again is safe (within
-    // the call's budget). A timeout may have started a session: not repeated here.
+    // moving off a lost NATS node; no answer within SPAWN_ATTEMPT_MS: the request may have been
+    // lost with a node. Both are asked again within the call's budget (safe: see SPAWN_ATTEMPT_MS).
     const ask = async () => {
-      try {
-        const reply = await nc.request(s.upstream.spawn, encodeJson({ sid, gid, headers }), { timeout: Math.max(1, Math.round(deadline - performance.now())), headers: traceContext });
-        unwrapReply(reply.data, SpawnReplySchema);
-      } catch (err) {
-        if (err instanceof ProtocolError || isNoResponders(err)) throw err;
-        if (isTimeout(err)) throw new ProtocolError("timeout", `no worker started a session for gateway ${gid} in time`);
-        throw err;
-      }
+      const left = Math.max(1, Math.round(deadline - performance.now()));
+      const reply = await nc.request(s.upstream.spawn, encodeJson({ sid, gid, headers }), { timeout: Math.min(left, spawnAttemptMs), headers: traceContext });
+      unwrapReply(reply.data, SpawnReplySchema);
     };
     try {
       await retryTransient(`spawn a session for gateway ${gid}`, ask, { ...DEFAULT_RETRY, budgetMs: timeoutMs });
     } catch (err) {
       // only when nobody answered: a worker's own refusal (gateway unknown, connect failed) is the answer
       if (err instanceof ProtocolError && err.code === "unavailable" && isNoResponders(err.cause)) throw new ProtocolError("unavailable", `no worker can host a session for gateway ${gid}`);
+      if (err instanceof ProtocolError && err.code === "unavailable" && isTimeout(err.cause)) throw new ProtocolError("timeout", `no worker started a session for gateway ${gid} in time`);
       throw err;
     }
   }

@@ -9,7 +9,7 @@ import { errors, type Msg } from "@nats-io/transport-node";
 import { z } from "zod";
 import { ProtocolError } from "../protocol/envelope.ts";
 import { encodeJson } from "../runtime/bus.ts";
-import { READ_ATTEMPT_MS, requestThroughNodeLoss, retryingKv, retryTransient, transience, type RetryPolicy } from "../runtime/jetstreamRetry.ts";
+import { openHedged, READ_ATTEMPT_MS, requestThroughNodeLoss, retryingKv, retryTransient, transience, type RetryPolicy } from "../runtime/jetstreamRetry.ts";
 import { startNats, type TestNats } from "./helpers/nats.ts";
 
 const quick: RetryPolicy = { budgetMs: 300, firstDelayMs: 1, maxDelayMs: 20 };
@@ -82,6 +82,54 @@ describe("retryingKv", () => {
 
   it("a create repeated after a timeout that finds another value is a conflict", async () => {
     await assert.rejects(bucket('{"worker":"w2"}').create("k", '{"worker":"w1"}'), (err) => err instanceof JetStreamApiError && err.code === 10071);
+  });
+});
+
+describe("openHedged (a consumer creation nats-server 2.9 may never answer)", () => {
+  type Opened = { id: number; stopped: boolean; stop(): void };
+  /** opens consumer `i` after `delays[i]` ms (never when null), counting the attempts */
+  function consumers(delays: Array<number | null>) {
+    const made: Opened[] = [];
+    const open = () => {
+      const id = made.length;
+      const it: Opened = { id, stopped: false, stop: () => void (it.stopped = true) };
+      made.push(it);
+      const d = delays[id];
+      return new Promise<Opened>((resolve) => d != null && setTimeout(() => resolve(it), d));
+    };
+    return { open, made };
+  }
+  const settle = () => new Promise((r) => setTimeout(r, 400));
+
+  it("uses a consumer that opens before the hedge, and asks for no second one", async () => {
+    const c = consumers([0, 0]);
+    const it = await openHedged(c.open, 100, 2_000);
+    await settle();
+    assert.equal(it.id, 0);
+    assert.equal(c.made.length, 1);
+    assert.equal(it.stopped, false);
+  });
+
+  it("asks for a second consumer when the first does not answer, uses it, and stops the first if it opens late", async () => {
+    const c = consumers([300, 0]);
+    const it = await openHedged(c.open, 20, 2_000);
+    assert.equal(it.id, 1);
+    await settle();
+    assert.deepEqual(c.made.map((x) => x.stopped), [true, false], "the late first one is stopped, the one in use is not");
+  });
+
+  it("fails as timed out (outcome unknown: tried again) when neither opens in time", async () => {
+    const c = consumers([null, 250]);
+    await assert.rejects(openHedged(c.open, 20, 100), (err: unknown) => transience(err) === "outcome-unknown");
+    await settle();
+    assert.equal(c.made[1]!.stopped, true, "one that opens after the attempt gave up is stopped");
+  });
+
+  it("a refusal of both attempts is the answer (no leader yet: retryTransient's to judge)", async () => {
+    let n = 0;
+    const open = () => (n++, Promise.reject(unavailable()));
+    await assert.rejects(openHedged(open, 20, 2_000), (err: unknown) => err instanceof JetStreamApiError && err.code === 10008);
+    assert.equal(n, 1, "refused at once: no second attempt");
   });
 });
 

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { Liveness, mustStepDown, ownerOf, placementStep, type PlacementFacts } from "../actors/placement.ts";
+import { Liveness, holderToJudge, mustStepDown, ownerOf, placementStep, type PlacementFacts } from "../actors/placement.ts";
 
 const facts = (f: Partial<PlacementFacts>): PlacementFacts => ({ me: "a", exists: true, wanted: true, claim: undefined, hosting: undefined, holderAlive: true, ...f });
 
@@ -37,6 +37,20 @@ describe("placementStep", () => {
     assert.deepEqual(placementStep(facts({ claim: { holder: "b", revision: 5 }, hosting: 3 })), { type: "yield" });
     assert.deepEqual(placementStep(facts({ claim: { holder: null, revision: 5 }, hosting: 3 })), { type: "yield" });
     assert.deepEqual(placementStep(facts({ claim: { holder: "a", revision: 5 }, hosting: 3 })), { type: "adopt", revision: 5 });
+  });
+});
+
+describe("holderToJudge", () => {
+  it("names the holder only when the step depends on whether it is alive: another worker's claim on a key wanted here and not hosted", () => {
+    const held = { holder: "b", revision: 4 };
+    assert.equal(holderToJudge(facts({ claim: held })), "b");
+    for (const f of [{ claim: undefined }, { claim: { holder: null, revision: 4 } }, { claim: { holder: "a", revision: 4 } }, { claim: held, hosting: 2 }, { claim: held, wanted: false }, { claim: held, exists: false }]) {
+      const judged = facts(f);
+      assert.equal(holderToJudge(judged), null, JSON.stringify(f));
+      // and indeed the step is the same whatever the answer
+      assert.deepEqual(placementStep({ ...judged, holderAlive: true }), placementStep({ ...judged, holderAlive: false }), JSON.stringify(f));
+    }
+    assert.notDeepEqual(placementStep(facts({ claim: held, holderAlive: true })), placementStep(facts({ claim: held, holderAlive: false })));
   });
 });
 

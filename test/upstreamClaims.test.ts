@@ -1,8 +1,10 @@
-// Upstream session claims left by a worker that died: swept by a survivor; live ones stay.
+// Upstream session claims left by a worker that died: swept by a survivor; live ones stay. A
+// spawn lost on its way (as with a NATS node that dies under it) is asked again, and the claim
+// keeps it to one upstream session.
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { z } from "zod";
-import { KEYS, subjects } from "../protocol/subjects.ts";
+import { KEYS, QUEUE, subjects } from "../protocol/subjects.ts";
 import { SessionListReplySchema } from "../protocol/upstream.ts";
 import { encodeJson, isNoResponders, request } from "../runtime/bus.ts";
 import { createUpstreamCaller } from "../runtime/upstreamClient.ts";
@@ -66,6 +68,36 @@ describe("stale upstream session claims", () => {
     assert.equal(fixture.gateway("claimed").opened.length, before, "the survivor's session was reused");
     await caller.call(victimSessions[0]!, gid, echo());
     assert.equal(fixture.gateway("claimed").opened.length, before + 1, "a new upstream session for the dead worker's");
+    await nc.close();
+  });
+
+  it("a spawn nobody answers is asked again; the session still gets exactly one upstream session", async () => {
+    const w = await startTestWorker(nats, { MCPGW_SUBJECT_PREFIX: "sweep", MCPGW_WORKER_ID: "sw3" });
+    workers.push(w);
+    const nc = await nats.connect("runtime");
+    const gid = (await request(nc, s.admin.gateway("add"), { name: "lost", transport: "streamable-http", url: fixture.url("lost") }, z.object({ id: z.string() }), 20_000)).id;
+    // a member of the spawn queue group that drops the first spawn it gets, as a dead node would
+    let swallowed: string | null = null;
+    const hole = nc.subscribe(s.upstream.spawn, {
+      queue: QUEUE.spawn,
+      callback: (_err, msg) => {
+        swallowed ??= (msg.json() as { sid: string }).sid;
+        if (swallowed) hole.unsubscribe();
+      },
+    });
+    await nc.flush();
+    const caller = createUpstreamCaller(nc, s, { callTimeoutMs: 20_000, log: memoryLogger().log, spawnAttemptMs: 500 });
+    const echo = () => ({ method: "tools/call" as const, params: { name: "echo", arguments: { text: "x" } }, requestId: `r${Math.random()}`, headers: {} });
+    // sessions until the queue group gave one spawn to the hole (each has an even chance)
+    for (let i = 0; swallowed === null; i++) {
+      assert.ok(i < 40, "the queue group handed a spawn to the hole");
+      const reply = await caller.call(`lost${i}`, gid, echo());
+      assert.ok("result" in reply, JSON.stringify(reply));
+    }
+    const sid = swallowed as string;
+    assert.ok("result" in (await caller.call(sid, gid, echo())), "the session whose spawn was lost calls on");
+    const listed = await request(nc, s.admin.sessionList, { sid }, SessionListReplySchema, 20_000);
+    assert.equal(listed.sessions.length, 1, "one upstream session actor for the session whose spawn was lost");
     await nc.close();
   });
 });

@@ -1,6 +1,6 @@
 // Scenarios written as node:test files, run here in a process of their own and counted: the
 // attacks of the hardening work (test/security.*.test.ts, also in `npm test`), and the loss of
-// a NATS cluster node under load (test/cluster.nodeLoss.chaos.ts, only here: see its header).
+// a NATS cluster node under load (test/cluster.nodeLoss.load.test.ts, also in `npm test`).
 import { spawn } from "node:child_process";
 import { readdirSync } from "node:fs";
 import { join } from "node:path";
@@ -45,12 +45,12 @@ export async function attacks(): Promise<ScenarioResult> {
 }
 
 export async function clusterNodeLoss(): Promise<ScenarioResult> {
-  const r = await runTestFiles(["test/cluster.nodeLoss.chaos.ts"]);
+  const r = await runTestFiles(["test/cluster.nodeLoss.load.test.ts"]);
   const c = new Checks();
   const failure = /error: \|-\n([\s\S]*?)\n\s+code:/.exec(r.out)?.[1]?.replace(/\s+/g, " ").slice(0, 600);
   c.check("the node loss was survived: every call, new session and admin request begun after the kill succeeded, nothing internal, state intact", r.fail === 0 && r.pass > 0, failure);
   return {
-    scenario: "NATS cluster node loss (test/cluster.nodeLoss.chaos.ts)",
+    scenario: "NATS cluster node loss (test/cluster.nodeLoss.load.test.ts)",
     load: "2 workers with MCPGW_JS_REPLICAS=3 on a 3-node cluster; a client calling in a loop, an operator adding, listing and removing gateways in a loop",
     faults: "SIGKILL of the node leading most of the state's streams",
     failures: r.fail === 0 ? "none begun after the kill" : (failure ?? "see the test output"),

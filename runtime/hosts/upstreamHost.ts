@@ -139,10 +139,10 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
       a.actor.send({ type: "CLAIM_LOST" });
       await a.done;
       const holder = await claims.holder(sid, gid);
-      if (holder.alive) return { worker: holder.worker ?? "unknown", created: false };
+      if (!holder.takeOver) return { worker: holder.worker ?? "unknown", created: false };
       a = await host(sid, gid, record, headers);
       if (closeCause) a.actor.send({ type: "CLOSE", reason: closeReason, cause: closeCause });
-      revision = await claims.takeOver(sid, gid, holder).catch((err: unknown) => (a.actor.send({ type: "CLAIM_LOST" }), Promise.reject(err)));
+      revision = await holder.takeOver().catch((err: unknown) => (a.actor.send({ type: "CLAIM_LOST" }), Promise.reject(err)));
       if (revision === null) {
         a.actor.send({ type: "CLAIM_LOST" });
         return { worker: "unknown", created: false };

@@ -3,7 +3,7 @@ import { tmpdir } from "node:os";
 import { dirname, join, relative } from "node:path";
 import { jetstreamManager } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
-import { buckets, eventStream } from "../../protocol/subjects.ts";
+import { buckets, eventStream, streamLog } from "../../protocol/subjects.ts";
 import { NATS_CONF, startEmbeddedNats, type EmbeddedNats, type NatsUser } from "../../runtime/embeddedNats.ts";
 import { connectNats } from "../../runtime/nats.ts";
 import { locateNatsServer } from "../../runtime/natsServerBinary.ts";
@@ -14,10 +14,12 @@ import { until } from "./wait.ts";
  * One node's configuration: the project's nats.conf (users, permissions, JetStream) plus a
  * server name and routes to every node. `include` paths are relative to the including file.
  */
-export function clusterNodeConfig(opts: { file: string; serverName: string; clusterName: string; routePort: number; routePorts: number[] }): string {
+export function clusterNodeConfig(opts: { file: string; serverName: string; clusterName: string; routePort: number; routePorts: number[]; monitorPort?: number }): string {
   return [
     `server_name: ${opts.serverName}`,
     `include "${relative(dirname(opts.file), NATS_CONF)}"`,
+    // the monitoring endpoint (loopback): tests read a node's routes from it
+    ...(opts.monitorPort ? [`http: 127.0.0.1:${opts.monitorPort}`] : []),
     "cluster {",
     `  name: ${opts.clusterName}`,
     `  listen: 127.0.0.1:${opts.routePort}`,
@@ -31,6 +33,8 @@ export type ClusterNode = {
   name: string;
   url: string;
   running(): boolean;
+  /** how many routes to other nodes this node has now (its monitoring endpoint's /routez) */
+  routes(): Promise<number>;
   /** SIGKILL: no goodbye to routes or clients */
   kill(): Promise<void>;
   /** starts the node again on its ports with its store (it catches up from the others) */
@@ -52,13 +56,13 @@ export async function startNatsCluster(size = 3): Promise<TestNatsCluster> {
   const dir = mkdtempSync(join(tmpdir(), "mcpgw-cluster-"));
   const passwords = newPasswords();
   const bin = locateNatsServer(process.env.NATS_SERVER_BIN);
-  const ports = await Promise.all(Array.from({ length: size }, async () => ({ client: await freePort(), route: await freePort() })));
+  const ports = await Promise.all(Array.from({ length: size }, async () => ({ client: await freePort(), route: await freePort(), monitor: await freePort() })));
   const routePorts = ports.map((p) => p.route);
 
   const nodes = ports.map((p, i) => {
     const name = `n${i + 1}`;
     const file = join(dir, `${name}.conf`);
-    writeFileSync(file, clusterNodeConfig({ file, serverName: name, clusterName: "mcpgw-test", routePort: p.route, routePorts }));
+    writeFileSync(file, clusterNodeConfig({ file, serverName: name, clusterName: "mcpgw-test", routePort: p.route, routePorts, monitorPort: p.monitor }));
     let server: EmbeddedNats | null = null;
     let alive = false;
     const start = async () => {
@@ -71,6 +75,7 @@ export async function startNatsCluster(size = 3): Promise<TestNatsCluster> {
       name,
       url: `nats://127.0.0.1:${p.client}`,
       running: () => alive,
+      routes: async () => ((await (await fetch(`http://127.0.0.1:${p.monitor}/routez`)).json()) as { num_routes: number }).num_routes,
       start,
       async kill() {
         if (!server || !alive) return;
@@ -114,10 +119,10 @@ export async function startNatsCluster(size = 3): Promise<TestNatsCluster> {
   };
 }
 
-/** The streams behind every bucket and the event stream of `prefix`. */
+/** The streams behind every bucket, the event stream and the stream log of `prefix`. */
 export function stateStreams(prefix: string): string[] {
   const names = buckets(prefix);
-  return [...[names.state, names.gateways, names.catalog, names.sessions].map((b) => `KV_${b}`), eventStream(prefix).name];
+  return [...[names.state, names.gateways, names.catalog, names.sessions].map((b) => `KV_${b}`), eventStream(prefix).name, streamLog(prefix).name];
 }
 
 /** The node that leads the most of `prefix`'s streams (stream info `cluster.leader`). */
