@@ -29,7 +29,8 @@ const NOTIFY_TIMEOUT_MS = 2_000;
 export function createUpstreamCaller(nc: NatsConnection, s: Subjects, opts: { callTimeoutMs: number; maxBodyBytes?: number; log: Logger }): UpstreamCaller {
   const messageLimit = callMessageLimit(opts.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES);
   /** Asks a worker to host the actor; it answers once the actor is connected, or with why it could not connect. */
-  async function spawn(sid: string, gid: string, headers: Record<string, string>, timeoutMs: number, trace: TraceHeaders): Promise<void> {
+  async function spawn(sid: string, gid: string, req: UpstreamCallRequest, timeoutMs: number, trace: TraceHeaders): Promise<void> {
+    const body = encodeJson({ sid, gid, headers: req.headers ?? {}, ...(req.clientCapabilities ? { clientCapabilities: req.clientCapabilities } : {}) });
     const traceContext = natsHeaders();
     for (const [k, v] of Object.entries(trace)) traceContext.set(k, v);
     const deadline = performance.now() + timeoutMs;
@@ -38,7 +39,7 @@ export function createUpstreamCaller(nc: NatsConnection, s: Subjects, opts: { ca
     // the call's budget). A timeout may have started a session: not repeated here.
     const ask = async () => {
       try {
-        const reply = await nc.request(s.upstream.spawn, encodeJson({ sid, gid, headers }), { timeout: Math.max(1, Math.round(deadline - performance.now())), headers: traceContext });
+        const reply = await nc.request(s.upstream.spawn, body, { timeout: Math.max(1, Math.round(deadline - performance.now())), headers: traceContext });
         unwrapReply(reply.data, SpawnReplySchema);
       } catch (err) {
         if (err instanceof ProtocolError || isNoResponders(err)) throw err;
@@ -87,7 +88,7 @@ export function createUpstreamCaller(nc: NatsConnection, s: Subjects, opts: { ca
           data = await (signal ? raceAbort(pending, signal) : pending);
         } catch (err) {
           if (isNoResponders(err) && attempt < MAX_ATTEMPTS) {
-            const spawning = spawn(sid, gid, req.headers ?? {}, leftMs + REPLY_MARGIN_MS, trace);
+            const spawning = spawn(sid, gid, req, leftMs + REPLY_MARGIN_MS, trace);
             await (signal ? raceAbort(spawning, signal) : spawning);
             // the actor times the call from its arrival: only what is left of the budget
             sent = { ...req, timeoutMs: Math.max(1, deadline - Date.now()) };

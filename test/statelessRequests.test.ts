@@ -20,6 +20,14 @@ const deps: StatelessDeps = {
   serverInfo: (g) => ({ name: g ? `mcpgw/${g}` : "mcpgw", version: "0.1.0" }),
   listTtlMs: 30_000,
   now: () => new Date(0),
+  callTimeoutMs: 5_000,
+  follow: async () => () => {},
+  replay: async () => () => {},
+  answer: async () => false,
+  cancel: () => {},
+  settleEvent: () => ({}),
+  onCatalogChange: () => () => {},
+  closing: new AbortController().signal,
 };
 const envelope = { [META.protocolVersion]: "2026-07-28", [META.clientCapabilities]: { elicitation: {} }, [META.clientInfo]: { name: "py", version: "2.3.0" } };
 const headersFor = (method: string, extra: Record<string, string> = {}) => ({ "mcp-protocol-version": "2026-07-28", "mcp-method": method, ...extra });
@@ -45,7 +53,7 @@ describe("the edge's stateless path (answerStateless), with a fake dispatch tabl
     assert.equal(result.resultType, "complete");
     assert.deepEqual(result._meta, { [META.serverInfo]: { name: "mcpgw", version: "0.1.0" } });
     const { request, ctx } = seen[0]!;
-    assert.equal(ctx.sid, identity.sessionKeyOf("token-a"));
+    assert.equal(ctx.sid, identity.sessionKeyOf("token-a", undefined, { elicitation: {} }));
     assert.deepEqual(ctx.record.capabilities, { elicitation: {} });
     assert.deepEqual(request.params?._meta, { progressToken: 7 }, "only the client's own _meta travels on");
   });

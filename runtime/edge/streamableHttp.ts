@@ -103,6 +103,12 @@ export class SseStream {
     this.res.write(message === undefined ? `id: ${id}\ndata: \n\n` : `id: ${id}\nevent: message\ndata: ${JSON.stringify(message)}\n\n`);
   }
 
+  /** An event without an id (the stateless revision's streams do not resume). */
+  message(message: unknown): void {
+    if (this.closed) return;
+    this.res.write(`event: message\ndata: ${JSON.stringify(message)}\n\n`);
+  }
+
   end(): void {
     if (this.closed) return;
     this.#closed = true;
