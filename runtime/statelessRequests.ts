@@ -170,7 +170,16 @@ export async function answerStateless(
     if (!opened || !state.success) return staleState(id);
     const answers = answersOf(inputResponses, state.data, opened.gid);
     if ("code" in answers) return errorAnswer(id, answers);
-    for (const a of answers.answers) if (!(await deps.answer(sid, opened.gid, a))) return staleState(id);
+    for (const a of answers.answers) {
+      let taken: boolean;
+      try {
+        taken = await deps.answer(sid, opened.gid, a);
+      } catch {
+        // the upstream session did not confirm in time: the outcome is unknown
+        return errorAnswer(id, { code: -32001, message: "the answers could not be delivered to the waiting call in time" });
+      }
+      if (!taken) return staleState(id);
+    }
     const end = await followCall(deps, { sid, gid: opened.gid, streamId: state.data.stream, requestId: state.data.call, capabilities: declared, canAsk: true, out }, req.signal, (onEvent) =>
       deps.replay(sid, state.data.stream, state.data.after, onEvent),
     );

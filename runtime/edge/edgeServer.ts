@@ -67,6 +67,9 @@ const unavailable = () =>
 /** Unknown, of another gateway, of another owner: one answer, so it tells nothing about other sessions. */
 const sessionNotFound = () => new HttpError(404, -32001, "Session not found");
 
+/** How often a quiet stateless SSE answer gets a comment line (as the Python SDK's server does). */
+const SSE_KEEPALIVE_MS = 15_000;
+
 /** How long the edge waits for NATS to take a client's answer to a server request. */
 const ANSWER_TIMEOUT_MS = 5_000;
 
@@ -349,10 +352,16 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
       if (!res.writableFinished) abort.abort("the client closed the request");
     });
     let sse: SseStream | undefined;
+    let keepAlive: NodeJS.Timeout | undefined;
     const out = {
       notify: (message: Record<string, unknown>) => {
         if (abort.signal.aborted) return;
-        sse ??= new SseStream(res, {});
+        if (!sse) {
+          sse = new SseStream(res, {});
+          // a listen stream, or a long call, may be quiet for longer than a client's read timeout
+          keepAlive = setInterval(() => sse!.comment(), SSE_KEEPALIVE_MS).unref();
+          res.on("close", () => clearInterval(keepAlive));
+        }
         sse.message(message);
       },
     };
@@ -369,6 +378,7 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
       },
       out,
     );
+    clearInterval(keepAlive);
     if (res.writableEnded || abort.signal.aborted) return;
     if (sse) {
       if (answer.body !== null) sse.message(answer.body);
