@@ -72,6 +72,8 @@ export type StatelessDeps = {
   cancel(sid: string, gid: string, requestId: string): void;
   /** a call's final answer as a stream event, as the client gets it: its result, or a thrown RpcError */
   settleEvent(event: Extract<StreamEvent, { reply: unknown }>, scope: string | null): Result;
+  /** the events an upstream session of `sid` sends outside any call (`resources/updated`, ...); resolves once none can be missed */
+  followSessionNotices(sid: string, onEvent: (e: StreamEvent) => void): Promise<Stop>;
   /** calls `listener` with the lists of `scope`'s catalog that change from now on */
   onCatalogChange(scope: string | null, listener: (lists: CatalogList[]) => void): Stop;
   /** aborted when the worker stops: held `subscriptions/listen` streams end gracefully */
@@ -132,8 +134,12 @@ export async function answerStateless(
   if (method === "server/discover") {
     return { status: 200, body: { jsonrpc: "2.0", id, result: discoverResult({ capabilities: deps.capabilities(req.scope), serverInfo, ttlMs: deps.listTtlMs }) } };
   }
-  if (method === "subscriptions/listen") return listen(deps, id, body.params, req, out);
   if ((REMOVED_METHODS as readonly string[]).includes(method)) return errorAnswer(id, { code: REVISION_ERROR.methodNotFound, message: `Method not found: ${method}` });
+  const declared = checked.envelope[META.clientCapabilities];
+  const sid = deps.identity.sessionKeyOf(req.credential, partition, declared);
+  const record = statelessRecord({ sid, owner: req.owner, scope: req.scope, envelope: checked.envelope, now: deps.now() });
+  const contextOf = (signal: AbortSignal): StatelessContext => ({ sid, record, scope: req.scope, headers: req.headers, requestId: `st-${randomUUID()}`, signal, spawnCapabilities: relayCapabilities(declared) });
+  if (method === "subscriptions/listen") return listen(deps, id, body.params, { ...req, contextOf }, out);
 
   const { requestState, inputResponses, ...params } = { ...(body.params ?? {}) } as Result;
   // the envelope describes the client's hop to mcpgw; each upstream gets mcpgw's own
@@ -142,9 +148,6 @@ export async function answerStateless(
   if (Object.keys(meta).length > 0) params._meta = meta;
   else delete params._meta;
 
-  const declared = checked.envelope[META.clientCapabilities];
-  const sid = deps.identity.sessionKeyOf(req.credential, partition, declared);
-  const record = statelessRecord({ sid, owner: req.owner, scope: req.scope, envelope: checked.envelope, now: deps.now() });
   const complete = (result: Result): StatelessAnswer => {
     const withHints = LISTS.has(method) ? { ...listCacheHints(deps.listTtlMs), ...result } : result;
     const out: Result = { resultType: RESULT_TYPE.complete, ...withHints };
@@ -197,7 +200,7 @@ export async function answerStateless(
     }
   }
 
-  const ctx: StatelessContext = { sid, record, scope: req.scope, headers: req.headers, requestId: `st-${randomUUID()}`, signal: req.signal, spawnCapabilities: relayCapabilities(declared) };
+  const ctx = contextOf(req.signal);
   if (!FORWARDED.has(method)) {
     try {
       return complete(await deps.dispatch({ jsonrpc: "2.0", id, method, params }, ctx));
@@ -289,20 +292,52 @@ async function followCall(
 /**
  * `subscriptions/listen`: a held stream. Its first event acknowledges what mcpgw honours: the
  * catalog's list changes of this endpoint (from discovery, as every worker's catalog cache sees
- * them); resource subscriptions are not honoured (left out of the acknowledgment). Each event
- * carries the listen request's id; the stream ends when the client closes it, or gracefully
- * (the listen result) when the worker stops.
+ * them), and the resources the credential's upstream sessions subscribed to (a URI no gateway
+ * serves, or whose upstream refuses, is left out). Each event carries the listen request's id;
+ * the stream ends when the client closes it, or gracefully (the listen result) when the worker
+ * stops. The upstream subscriptions stay with the upstream session (another listen stream of
+ * the credential may rely on them) and end with it.
  */
-async function listen(deps: StatelessDeps, id: string | number, params: unknown, req: { scope: string | null; signal: AbortSignal }, out: StatelessOutput): Promise<StatelessAnswer> {
+async function listen(
+  deps: StatelessDeps,
+  id: string | number,
+  params: unknown,
+  req: { scope: string | null; signal: AbortSignal; contextOf(signal: AbortSignal): StatelessContext },
+  out: StatelessOutput,
+): Promise<StatelessAnswer> {
   const parsed = SubscriptionsListenParamsSchema.safeParse(params);
   if (!parsed.success) return errorAnswer(id, { code: REVISION_ERROR.invalidParams, message: `Invalid params for subscriptions/listen: ${parsed.error.issues.map((i) => `${i.path.join(".") || "(root)"}: ${i.message}`).join("; ")}` });
   const asked = parsed.data.notifications;
   const honoured: Record<CatalogList, boolean> = { tools: asked.toolsListChanged === true, prompts: asked.promptsListChanged === true, resources: asked.resourcesListChanged === true };
   const meta = { [META.subscriptionId]: id };
-  const filter = Object.fromEntries((Object.keys(honoured) as CatalogList[]).filter((l) => honoured[l]).map((l) => [`${l}ListChanged`, true]));
-  const stop = deps.onCatalogChange(req.scope, (lists) => {
+  const filter: Result = Object.fromEntries((Object.keys(honoured) as CatalogList[]).filter((l) => honoured[l]).map((l) => [`${l}ListChanged`, true]));
+  let uris: string[] = [];
+  const wanted = [...new Set(asked.resourceSubscriptions ?? [])];
+  // followed before subscribing, so no update after a subscription is missed; one under a subscribed URI counts (the revision allows sub-resources)
+  const stopUpdates = wanted.length === 0
+    ? () => {}
+    : await deps.followSessionNotices(req.contextOf(req.signal).sid, (event) => {
+        if (!("message" in event) || event.message.method !== "notifications/resources/updated") return;
+        const uri = event.message.params?.uri;
+        if (typeof uri === "string" && uris.some((u) => uri === u || uri.startsWith(u))) out.notify({ ...event.message, params: { ...event.message.params, _meta: meta } });
+      });
+  const subscribed = await Promise.all(
+    wanted.map((uri) =>
+      deps.dispatch({ jsonrpc: "2.0", id, method: "resources/subscribe", params: { uri } }, req.contextOf(req.signal)).then(
+        () => uri,
+        () => null,
+      ),
+    ),
+  );
+  uris = subscribed.filter((u): u is string => u !== null);
+  if (uris.length > 0) filter.resourceSubscriptions = uris;
+  const stopChanges = deps.onCatalogChange(req.scope, (lists) => {
     for (const l of lists) if (honoured[l]) out.notify({ jsonrpc: "2.0", method: LIST_CHANGED[l], params: { _meta: meta } });
   });
+  const stop = () => {
+    stopChanges();
+    stopUpdates();
+  };
   let end = () => {};
   try {
     out.notify({ jsonrpc: "2.0", method: "notifications/subscriptions/acknowledged", params: { notifications: filter, _meta: meta } });

@@ -27,6 +27,7 @@ const deps: StatelessDeps = {
   answer: async () => false,
   cancel: () => {},
   settleEvent: () => ({}),
+  followSessionNotices: async () => () => {},
   onCatalogChange: () => () => {},
   closing: new AbortController().signal,
 };

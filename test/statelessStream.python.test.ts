@@ -118,10 +118,13 @@ describe("the stateless path's streams, server requests and listen, driven by th
     assert.equal((fixture.gateway("py-stream").stats.calls.elicit ?? 0) - calls, 1, "one upstream call for the whole exchange");
   });
 
-  it("subscriptions/listen acknowledges what mcpgw honours and delivers the catalog's list changes", async () => {
-    const listener = startPythonListener({ url: w.edge.url, mode: "2026-07-28", token: TOKENS[2], listen: { tools: true, uris: ["test://static/resource/1"] } });
+  it("subscriptions/listen acknowledges what mcpgw honours and delivers the catalog's list changes and the upstream's resource updates", async () => {
+    const listener = startPythonListener({ url: w.edge.url, mode: "2026-07-28", token: TOKENS[2], listen: { tools: true, uris: ["fixture://info", "nowhere://x"], events: 2 } });
     const honored = await listener.honored;
-    assert.deepEqual(honored, { toolsListChanged: true }, "resource subscriptions are not honoured, and the acknowledgment says so");
+    assert.deepEqual(honored, { toolsListChanged: true, resourceSubscriptions: ["fixture://info"] }, "a URI no gateway serves is left out of the acknowledgment");
+    // the same credential's call: its upstream session subscribed for the listen stream
+    const [touched] = await runPythonClients([{ url: w.edge.url, mode: "2026-07-28", token: TOKENS[2], calls: [["counter__touch", { uri: "fixture://info" }]] }]);
+    assert.equal(callText(touched!.calls![0]), "notified", JSON.stringify(touched));
     const sdk = new Client({ name: "discovery", version: "1" });
     await sdk.connect(new StreamableHTTPClientTransport(new URL(fixture.url("py-stream"))));
     const lists = await listCatalog(sdk, 30_000);
@@ -129,6 +132,6 @@ describe("the stateless path's streams, server requests and listen, driven by th
     await putCatalog(w, counterGid, { ...lists, tools: [...lists.tools, { name: "added_later", inputSchema: { type: "object" } }] });
     const report = await listener.report;
     assert.equal(report.error, undefined, JSON.stringify(report));
-    assert.equal(report.event, "ToolsListChanged");
+    assert.deepEqual(report.events?.slice().sort(), ["ResourceUpdated", "ToolsListChanged"]);
   });
 });

@@ -26,11 +26,12 @@ import {
   PRIMING_UID,
   SessionIdSchema,
   streamEventId,
+  StreamEventSchema,
   UpstreamAnswerRequestSchema,
   type StreamEvent,
 } from "../../protocol/upstream.ts";
 import { z } from "zod";
-import { encodeJson, isNatsUnavailable, isNoResponders, unwrapReply } from "../bus.ts";
+import { decodeJson, encodeJson, isNatsUnavailable, isNoResponders, listen, unwrapReply } from "../bus.ts";
 import { followConnection } from "../nats.ts";
 import { SessionStore, type LoadedSession } from "../sessionStore.ts";
 import { answerStateless, type StatelessDeps } from "../statelessRequests.ts";
@@ -172,6 +173,19 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
       const outcome = replyOutcome(event, scope);
       if ("error" in outcome) throw outcome.error;
       return outcome.result;
+    },
+    followSessionNotices: async (sid, onEvent) => {
+      const sub = listen(
+        ctx.nc,
+        ctx.s.stream.event(sid, STREAM_GET),
+        (msg) => {
+          const event = StreamEventSchema.safeParse(decodeJsonOrNull(msg.data));
+          if (event.success) onEvent(event.data);
+        },
+        { ...guardOpts, expect: "message" },
+      );
+      await ctx.nc.flush().catch(() => {});
+      return () => sub.unsubscribe();
     },
     onCatalogChange: (scope, listener) => {
       cache.view(scope); // built now, so later changes of it are noticed
@@ -623,4 +637,12 @@ export function forwardableHeaders(headers: Record<string, string | string[] | u
     if (text.length <= 8192) out[k] = text;
   }
   return out;
+}
+
+function decodeJsonOrNull(data: Uint8Array): unknown {
+  try {
+    return decodeJson(data);
+  } catch {
+    return null;
+  }
 }

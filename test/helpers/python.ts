@@ -37,9 +37,9 @@ export type PythonClientReport = {
   calls?: Array<{ name: string; result?: { content?: Array<{ type: string; text?: string }>; isError?: boolean; structuredContent?: unknown }; error?: PythonError; progress?: number[] }>;
   /** how many elicitation / sampling requests the client's callbacks answered */
   asked?: { elicitation: number; sampling: number };
-  /** a listen run: the filter the server acknowledged, and the first event's type (e.g. `ToolsListChanged`) */
+  /** a listen run: the filter the server acknowledged, and the types of the events it got (e.g. `ToolsListChanged`) */
   honored?: Record<string, unknown>;
-  event?: string;
+  events?: string[];
   /** the connection failed (the handshake, or the list) */
   error?: PythonError;
 };
@@ -60,7 +60,7 @@ export type PythonClientRun = {
   /** collect each call's progress */
   progress?: boolean;
   /** after the calls, listen for these change notices (see `startPythonListener`) */
-  listen?: { tools?: boolean; prompts?: boolean; resources?: boolean; uris?: string[] };
+  listen?: { tools?: boolean; prompts?: boolean; resources?: boolean; uris?: string[]; events?: number };
 };
 
 /**

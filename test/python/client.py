@@ -5,7 +5,7 @@ Reads a plan from stdin, a JSON list of runs:
     [{"url": "http://...", "mode": "legacy" | "2026-07-28" | "auto", "token": "...",
       "calls": [["tool name", {"arg": "value"}], ...],
       "elicit": {"field": "value"}, "sample": "text", "progress": true,
-      "listen": {"tools": true, "prompts": false, "resources": false}}, ...]
+      "listen": {"tools": true, "uris": ["..."], "events": 2}}, ...]
 
 and makes them all at once (one interpreter: importing the SDK is the slow part). `legacy` is
 a 2025-11-25 session client (initialize, Mcp-Session-Id); `2026-07-28` speaks the stateless
@@ -18,7 +18,7 @@ call's result or error, and the connection's error if it failed.
 content) / sampling request (that text) the server asks, counting them (`asked`); `progress`
 collects each call's progress notifications. `listen` (one run alone) opens
 `subscriptions/listen` after the calls, prints `{"honored": ...}` on a line of its own, waits
-for the first event and reports it (`event`) with the rest.
+for `events` events (1 unless given) and reports their types (`events`) with the rest.
 """
 
 from __future__ import annotations
@@ -100,10 +100,12 @@ async def run(plan: dict[str, Any]) -> dict[str, Any]:
                         honored = sub.honored.model_dump(mode="json", by_alias=True, exclude_none=True)
                         out["honored"] = honored
                         print(json.dumps({"honored": honored}), flush=True)
+                        out["events"] = []
                         with anyio.fail_after(60):
                             async for event in sub:
-                                out["event"] = type(event).__name__
-                                break
+                                out["events"].append(type(event).__name__)
+                                if len(out["events"]) >= wanted.get("events", 1):
+                                    break
         except BaseException as exc:  # noqa: BLE001 - reported, not raised: the test reads it
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
