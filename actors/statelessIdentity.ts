@@ -35,13 +35,17 @@ export class StatelessIdentity {
    * The session key (`sid`) of a stateless client's upstream sessions: 32 hex digits, the form
    * `sessionKey` gives, so upstream session actors, subjects and KV keys take it unchanged.
    * `credential`: the bearer token ("" for the anonymous client of MCPGW_EDGE_AUTH=none);
-   * `partition`: the client's `Mcpgw-Partition`, if any. Keyed (HMAC under a key derived from
+   * `partition`: the client's `Mcpgw-Partition`, if any; `capabilities`: the request's, of which
+   * those its upstream session declares (`relayCapabilities`) count. Keyed (HMAC under a key derived from
    * MCPGW_SECRET_KEY), so no one who lacks the secret key can tie a sid to a credential; the
    * "s" before it keeps it apart from every sessionKey input.
    */
-  sessionKeyOf(credential: string, partition?: string): string {
+  sessionKeyOf(credential: string, partition?: string, capabilities: Record<string, unknown> = {}): string {
     const p = partition === undefined ? "" : PartitionSchema.parse(partition);
-    return createHmac("sha256", this.#sessionKey).update(JSON.stringify(["s", credential, p])).digest("hex").slice(0, 32);
+    const profile = canonicalJson(relayCapabilities(capabilities));
+    // no capability to relay: the key of the credential (and partition) alone
+    const input = profile === "{}" ? ["s", credential, p] : ["s", credential, p, profile];
+    return createHmac("sha256", this.#sessionKey).update(JSON.stringify(input)).digest("hex").slice(0, 32);
   }
 
   /**
@@ -75,6 +79,31 @@ export class StatelessIdentity {
   #tag(body: string): string {
     return createHmac("sha256", this.#stateKey).update(body).digest("base64url");
   }
+}
+
+/**
+ * The capabilities of a stateless request that its upstream session declares upstream: those an
+ * upstream's requests to the client need (sampling, elicitation, roots). An upstream session is
+ * initialized once, so they are part of its key (`sessionKeyOf`): a request that declares
+ * others reaches another upstream session of the same credential, never one that declared
+ * more or less than it did.
+ */
+export function relayCapabilities(capabilities: Record<string, unknown>): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const name of ["elicitation", "roots", "sampling"]) if (capabilities[name] !== undefined && capabilities[name] !== null) out[name] = capabilities[name];
+  return out;
+}
+
+/** JSON with every object's keys sorted: equal values, equal text. */
+function canonicalJson(v: unknown): string {
+  if (Array.isArray(v)) return `[${v.map(canonicalJson).join(",")}]`;
+  if (typeof v === "object" && v !== null) {
+    return `{${Object.keys(v)
+      .sort()
+      .map((k) => `${JSON.stringify(k)}:${canonicalJson((v as Record<string, unknown>)[k])}`)
+      .join(",")}}`;
+  }
+  return JSON.stringify(v) ?? "null";
 }
 
 /**

@@ -18,7 +18,7 @@ import { startFixtureHttp } from "../test/fixtures/fixtureHttp.ts";
 import { startNats } from "../test/helpers/nats.ts";
 import { PYTHON, startPythonStatelessServer } from "../test/helpers/python.ts";
 import { startTestWorker, TEST_SECRET_KEY } from "../test/helpers/worker.ts";
-import { msRow, ratio, report, stats } from "./report.ts";
+import { loadAverage, msRow, ratio, report, stats } from "./report.ts";
 import { existsSync } from "node:fs";
 
 const CALLS = 60;
@@ -67,6 +67,23 @@ try {
     ["upstream sessions opened by the calls: one key, a key per call", `${reusedOpened}, ${freshOpened} (of ${CALLS} calls each)`],
     ["new key per call / reused key, p50", ratio(p50(freshMs) / p50(reusedMs))],
   ];
+
+  // the whole stateless path: one 2026-07-28 POST per call through the edge (its call stream followed, a JSON answer)
+  const statelessPost = () =>
+    fetch(w.edge.url.replace(/\/mcp$/, "/gateways/bench/mcp"), {
+      method: "POST",
+      headers: { accept: "application/json, text/event-stream", "content-type": "application/json", "mcp-protocol-version": "2026-07-28", "mcp-method": "tools/call", "mcp-name": "echo" },
+      body: JSON.stringify({ jsonrpc: "2.0", id: 1, method: "tools/call", params: { name: "echo", arguments: { text: "x" }, _meta: { "io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {} } } }),
+    }).then(async (res) => {
+      const body = (await res.json()) as { result?: unknown };
+      if (!body.result) throw new Error(`stateless call failed: ${JSON.stringify(body)}`);
+    });
+  await timed(WARMUP, statelessPost);
+  const cpu0 = process.cpuUsage();
+  const edgeMs = await timed(CALLS, statelessPost);
+  const cpu = process.cpuUsage(cpu0);
+  rows.push(msRow("edge, 2026-07-28 POST tools/call (one stateless key)", edgeMs, p50(directMs), "direct p50"));
+  rows.push(["edge, 2026-07-28 POST: CPU of this process (edge, actor, fixture, client) per call", `${Math.round((cpu.user + cpu.system) / CALLS)} µs (load ${loadAverage()})`]);
 
   if (existsSync(PYTHON)) {
     const py = await startPythonStatelessServer();

@@ -45,6 +45,11 @@ export const UpstreamCallRequestSchema = z
      * and, for resumption, the call's final answer; absent: related messages go to the GET stream
      */
     stream: z.string().regex(/^[A-Za-z0-9_-]{1,64}$/).optional(),
+    /**
+     * a client without a session record (stateless, 2026-07-28): the capabilities its upstream
+     * session declares if this call has to start one (carried into the spawn); absent: `ds.<sid>`'s
+     */
+    clientCapabilities: z.record(z.string(), z.unknown()).optional(),
   })
   .strict();
 export type UpstreamCallRequest = z.input<typeof UpstreamCallRequestSchema>;
@@ -180,6 +185,8 @@ export const SpawnRequestSchema = z
     gid: GatewayIdSchema,
     /** headers of the downstream request that needs the actor: its initialize carries their passthrough subset */
     headers: z.record(z.string(), z.string().max(8192)).optional(),
+    /** what the new session declares upstream when its client has no session record (see the call's `clientCapabilities`) */
+    clientCapabilities: z.record(z.string(), z.unknown()).optional(),
   })
   .strict();
 export const SpawnReplySchema = z.object({ worker: z.string(), created: z.boolean() });

@@ -42,7 +42,8 @@ export function createUpstreamCaller(
   const spawnAttemptMs = opts.spawnAttemptMs ?? SPAWN_ATTEMPT_MS;
   const messageLimit = callMessageLimit(opts.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES);
   /** Asks a worker to host the actor; it answers once the actor is connected, or with why it could not connect. */
-  async function spawn(sid: string, gid: string, headers: Record<string, string>, timeoutMs: number, trace: TraceHeaders): Promise<void> {
+  async function spawn(sid: string, gid: string, req: UpstreamCallRequest, timeoutMs: number, trace: TraceHeaders): Promise<void> {
+    const body = encodeJson({ sid, gid, headers: req.headers ?? {}, ...(req.clientCapabilities ? { clientCapabilities: req.clientCapabilities } : {}) });
     const traceContext = natsHeaders();
     for (const [k, v] of Object.entries(trace)) traceContext.set(k, v);
     const deadline = performance.now() + timeoutMs;
@@ -51,7 +52,7 @@ export function createUpstreamCaller(
     // lost with a node. Both are asked again within the call's budget (safe: see SPAWN_ATTEMPT_MS).
     const ask = async () => {
       const left = Math.max(1, Math.round(deadline - performance.now()));
-      const reply = await nc.request(s.upstream.spawn, encodeJson({ sid, gid, headers }), { timeout: Math.min(left, spawnAttemptMs), headers: traceContext });
+      const reply = await nc.request(s.upstream.spawn, body, { timeout: Math.min(left, spawnAttemptMs), headers: traceContext });
       unwrapReply(reply.data, SpawnReplySchema);
     };
     try {
@@ -96,7 +97,7 @@ export function createUpstreamCaller(
           data = await (signal ? raceAbort(pending, signal) : pending);
         } catch (err) {
           if (isNoResponders(err) && attempt < MAX_ATTEMPTS) {
-            const spawning = spawn(sid, gid, req.headers ?? {}, leftMs + REPLY_MARGIN_MS, trace);
+            const spawning = spawn(sid, gid, req, leftMs + REPLY_MARGIN_MS, trace);
             await (signal ? raceAbort(spawning, signal) : spawning);
             // the actor times the call from its arrival: only what is left of the budget
             sent = { ...req, timeoutMs: Math.max(1, deadline - Date.now()) };

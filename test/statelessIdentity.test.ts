@@ -25,6 +25,16 @@ describe("stateless identity: whose upstream sessions a stateless request reache
     assert.equal(keys.size, 15);
   });
 
+  it("keys by the capabilities an upstream session declares (sampling, elicitation, roots), in any order, and by nothing else the request declares", () => {
+    const none = id.sessionKeyOf("token-a");
+    assert.equal(id.sessionKeyOf("token-a", undefined, { experimental: { x: {} }, tasks: {} }), none, "capabilities no upstream request needs do not divide state");
+    const both = id.sessionKeyOf("token-a", undefined, { elicitation: { form: {} }, sampling: {} });
+    assert.equal(id.sessionKeyOf("token-a", undefined, { sampling: {}, elicitation: { form: {} }, tasks: {} }), both);
+    const keys = new Set([none, both, id.sessionKeyOf("token-a", undefined, { elicitation: { form: {} } }), id.sessionKeyOf("token-a", undefined, { elicitation: { form: {}, url: {} } }), id.sessionKeyOf("token-a", undefined, { roots: {} })]);
+    assert.equal(keys.size, 5, "a session declared with other capabilities is another session");
+    assert.notEqual(id.sessionKeyOf("token-b", undefined, { sampling: {} }), id.sessionKeyOf("token-a", undefined, { sampling: {} }));
+  });
+
   it("does not collide with the session key of a session id spelled like the stateless input", () => {
     // the derivation is keyed and framed, so no Mcp-Session-Id maps onto a stateless client's key
     assert.notEqual(id.sessionKeyOf("token-a"), sessionKey("token-a"));

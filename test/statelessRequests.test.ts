@@ -3,6 +3,7 @@ import { randomBytes } from "node:crypto";
 import { describe, it } from "node:test";
 import { StatelessIdentity } from "../actors/statelessIdentity.ts";
 import { META } from "../protocol/revision2026.ts";
+import { serverRequestId, type StreamEvent } from "../protocol/upstream.ts";
 import { answerStateless, type StatelessContext, type StatelessDeps } from "../runtime/statelessRequests.ts";
 
 const identity = new StatelessIdentity(randomBytes(32).toString("hex"));
@@ -20,6 +21,15 @@ const deps: StatelessDeps = {
   serverInfo: (g) => ({ name: g ? `mcpgw/${g}` : "mcpgw", version: "0.1.0" }),
   listTtlMs: 30_000,
   now: () => new Date(0),
+  callTimeoutMs: 5_000,
+  follow: async () => () => {},
+  replay: async () => () => {},
+  answer: async () => false,
+  cancel: () => {},
+  settleEvent: () => ({}),
+  followSessionNotices: async () => () => {},
+  onCatalogChange: () => () => {},
+  closing: new AbortController().signal,
 };
 const envelope = { [META.protocolVersion]: "2026-07-28", [META.clientCapabilities]: { elicitation: {} }, [META.clientInfo]: { name: "py", version: "2.3.0" } };
 const headersFor = (method: string, extra: Record<string, string> = {}) => ({ "mcp-protocol-version": "2026-07-28", "mcp-method": method, ...extra });
@@ -45,7 +55,7 @@ describe("the edge's stateless path (answerStateless), with a fake dispatch tabl
     assert.equal(result.resultType, "complete");
     assert.deepEqual(result._meta, { [META.serverInfo]: { name: "mcpgw", version: "0.1.0" } });
     const { request, ctx } = seen[0]!;
-    assert.equal(ctx.sid, identity.sessionKeyOf("token-a"));
+    assert.equal(ctx.sid, identity.sessionKeyOf("token-a", undefined, { elicitation: {} }));
     assert.deepEqual(ctx.record.capabilities, { elicitation: {} });
     assert.deepEqual(request.params?._meta, { progressToken: 7 }, "only the client's own _meta travels on");
   });
@@ -95,5 +105,99 @@ describe("the edge's stateless path (answerStateless), with a fake dispatch tabl
     assert.deepEqual(await ask({ jsonrpc: "2.0", method: "notifications/cancelled", params: {} }, headersFor("notifications/cancelled")), { status: 202, body: null });
     const r = await ask({ jsonrpc: "2.0", method: "notifications/cancelled" }, { "mcp-protocol-version": "2099-01-01" });
     assert.equal(r.status, 400);
+  });
+});
+
+describe("a forwarded stateless request while its call runs: progress, the upstream's requests, the client leaving", () => {
+  const GID = "0123456789abcdef";
+  const caps = { elicitation: {} };
+  const callBody = (extra: Record<string, unknown> = {}) => ({ jsonrpc: "2.0", id: 9, method: "tools/call", params: { name: "echo", ...extra, _meta: { ...envelope, [META.clientCapabilities]: caps } } });
+  const message = (uid: string, m: Record<string, unknown>): StreamEvent => ({ uid, gid: GID, message: { jsonrpc: "2.0", ...m } as never });
+
+  /** A dispatch that never answers by itself, a stream the test writes to, and what reached the upstream session. */
+  function harness(answerTaken = true) {
+    const h = {
+      onEvent: undefined as ((e: StreamEvent) => void) | undefined,
+      callSignal: undefined as AbortSignal | undefined,
+      answered: [] as unknown[],
+      notified: [] as unknown[],
+      deps: undefined as unknown as StatelessDeps,
+    };
+    h.deps = {
+      ...deps,
+      dispatch: (_request, ctx) => {
+        h.callSignal = ctx.signal;
+        return new Promise(() => {});
+      },
+      follow: async (_sid, _stream, onEvent) => {
+        h.onEvent = onEvent;
+        return () => (h.onEvent = undefined);
+      },
+      replay: async (_sid, _stream, _after, onEvent) => {
+        h.onEvent = onEvent;
+        return () => (h.onEvent = undefined);
+      },
+      answer: async (_sid, gid, a) => {
+        h.answered.push({ gid, ...a });
+        return answerTaken;
+      },
+      settleEvent: (event) => ({ content: [{ type: "text", text: JSON.stringify(event.reply) }] }),
+    };
+    return h;
+  }
+  const until = async (what: () => boolean) => {
+    for (let i = 0; i < 1000 && !what(); i++) await new Promise((r) => setImmediate(r));
+    assert.ok(what());
+  };
+  const send = (h: ReturnType<typeof harness>, body: unknown, signal: AbortSignal) =>
+    answerStateless(h.deps, { body, headers: headersFor("tools/call", { "mcp-name": "echo" }), credential: "token-a", owner: "a".repeat(64), scope: null, signal }, { notify: (m) => h.notified.push(m) });
+
+  it("streams progress, refuses what the request did not declare, answers input_required for what it did; the call outlives the request then", async () => {
+    const h = harness();
+    const client = new AbortController();
+    const pending = send(h, callBody(), client.signal);
+    await until(() => h.onEvent !== undefined && h.callSignal !== undefined);
+    h.onEvent!(message("n-1", { method: "notifications/progress", params: { progressToken: 1, progress: 1 } }));
+    h.onEvent!(message("n-2", { id: serverRequestId(GID, "n", 2), method: "sampling/createMessage", params: {} }));
+    h.onEvent!(message("n-3", { id: serverRequestId(GID, "n", 3), method: "elicitation/create", params: { message: "name?" } }));
+    const r = await pending;
+    assert.equal(h.notified.length, 1, "the progress notice went out before the answer");
+    assert.deepEqual(h.answered, [{ gid: GID, id: serverRequestId(GID, "n", 2), error: { code: -32601, message: "the client did not declare the capability for sampling/createMessage" } }]);
+    const result = (r.body as { result: { resultType: string; inputRequests: Record<string, unknown>; requestState: string } }).result;
+    assert.equal(result.resultType, "input_required");
+    assert.deepEqual(Object.keys(result.inputRequests), [serverRequestId(GID, "n", 3)]);
+    const state = identity.openState(identity.sessionKeyOf("token-a", undefined, caps), result.requestState);
+    assert.equal(state?.gid, GID);
+    assert.equal((state?.payload as { after: string }).after, "n-3", "the next round reads on after the request it asked");
+    client.abort();
+    assert.equal(h.callSignal!.aborted, false, "the call waits upstream for the client's answers");
+
+    // the repeated request: the answer goes to the actor, the call's answer comes from its stream
+    const again = harness();
+    const repeated = send(again, callBody({ requestState: result.requestState, inputResponses: { [serverRequestId(GID, "n", 3)]: { action: "accept", content: { name: "ada" } } } }), new AbortController().signal);
+    await until(() => again.onEvent !== undefined);
+    assert.deepEqual(again.answered, [{ gid: GID, id: serverRequestId(GID, "n", 3), result: { action: "accept", content: { name: "ada" } } }]);
+    again.onEvent!({ uid: "n-4", gid: GID, requestId: "someone-else", reply: { ok: true, data: { result: { wrong: true } } } });
+    again.onEvent!({ uid: "n-5", gid: GID, requestId: (state!.payload as { call: string }).call, reply: { ok: true, data: { result: {} } } });
+    const done = (await repeated).body as { result: { resultType: string; content: unknown } };
+    assert.equal(done.result.resultType, "complete");
+    assert.doesNotMatch(JSON.stringify(done.result.content), /wrong/);
+
+    // once no actor waits for those answers, the same state is refused
+    const stale = harness(false);
+    const replayed = await send(stale, callBody({ requestState: result.requestState, inputResponses: { [serverRequestId(GID, "n", 3)]: { action: "accept" } } }), new AbortController().signal);
+    assert.deepEqual([replayed.status, (replayed.body as { error: { code: number } }).error.code], [400, -32602]);
+    assert.equal(stale.onEvent, undefined, "nothing followed");
+  });
+
+  it("a client that leaves before anything is asked of it cancels its call", async () => {
+    const h = harness();
+    const client = new AbortController();
+    const pending = send(h, callBody(), client.signal);
+    await until(() => h.callSignal !== undefined);
+    client.abort();
+    await pending;
+    assert.equal(h.callSignal!.aborted, true);
+    assert.equal(h.onEvent, undefined, "its stream is no longer followed");
   });
 });

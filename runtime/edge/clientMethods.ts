@@ -83,6 +83,8 @@ export type RequestContext = {
   requestId: string;
   /** the client stream the answer goes out on (absent: a JSON answer) */
   streamId?: string;
+  /** a stateless client's capabilities, which an upstream session this request starts declares (a session's come from `ds.<sid>`) */
+  spawnCapabilities?: Record<string, unknown>;
   signal: AbortSignal;
 };
 
@@ -171,7 +173,7 @@ export function clientMethods(deps: ClientMethodDeps): ClientMethods {
         const reply = await deps.caller.call(
           ctx.sid,
           route.gid,
-          { method, params, requestId, headers: ctx.headers, timeoutMs: deps.callTimeoutMs, ...(ctx.streamId ? { stream: ctx.streamId } : {}) },
+          { method, params, requestId, headers: ctx.headers, timeoutMs: deps.callTimeoutMs, ...(ctx.streamId ? { stream: ctx.streamId } : {}), ...(ctx.spawnCapabilities ? { clientCapabilities: ctx.spawnCapabilities } : {}) },
           ctx.signal,
           traceHeadersOf(span),
         );

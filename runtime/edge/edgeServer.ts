@@ -26,10 +26,12 @@ import {
   PRIMING_UID,
   SessionIdSchema,
   streamEventId,
+  StreamEventSchema,
   UpstreamAnswerRequestSchema,
   type StreamEvent,
 } from "../../protocol/upstream.ts";
-import { encodeJson, isNatsUnavailable } from "../bus.ts";
+import { z } from "zod";
+import { decodeJson, encodeJson, isNatsUnavailable, isNoResponders, listen, unwrapReply } from "../bus.ts";
 import { followConnection } from "../nats.ts";
 import { SessionStore, type LoadedSession } from "../sessionStore.ts";
 import { answerStateless, type StatelessDeps } from "../statelessRequests.ts";
@@ -65,6 +67,9 @@ const unavailable = () =>
 
 /** Unknown, of another gateway, of another owner: one answer, so it tells nothing about other sessions. */
 const sessionNotFound = () => new HttpError(404, -32001, "Session not found");
+
+/** How often a quiet stateless SSE answer gets a comment line (as the Python SDK's server does). */
+const SSE_KEEPALIVE_MS = 15_000;
 
 /** How long the edge waits for NATS to take a client's answer to a server request. */
 const ANSWER_TIMEOUT_MS = 5_000;
@@ -137,6 +142,8 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
     metrics: ctx.metrics,
     tracing: ctx.tracing,
   });
+  /** aborted when the edge stops accepting: held stateless listen streams end gracefully */
+  const closing = new AbortController();
   /** the 2026-07-28 path: no session; upstream sessions keyed by credential (and partition), see actors/statelessIdentity.ts */
   const stateless: StatelessDeps = {
     identity: new StatelessIdentity(config.secretKey),
@@ -145,6 +152,46 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
     serverInfo,
     listTtlMs: edge.listTtl,
     now: () => new Date(),
+    callTimeoutMs: config.intervals.callTimeout,
+    follow: (sid, streamId, onEvent) => links.hold(sid, streamId, { scope: null, deliver: onEvent, close: () => {} }),
+    replay: async (sid, streamId, afterUid, onEvent) => {
+      const replay = await resumeStream(ctx.stores.js, ctx.stores.streamLogName, ctx.s, { sid, streamId, afterUid }, onEvent, guardOpts);
+      return () => replay.stop();
+    },
+    answer: async (sid, gid, answer) => {
+      try {
+        unwrapReply((await ctx.nc.request(ctx.s.upstream.op(sid, gid, "answer"), encodeJson(answer), { timeout: ANSWER_TIMEOUT_MS })).data, z.unknown());
+        return true;
+      } catch (err) {
+        // nobody hosts that session any more, or it waits for no such answer
+        if (isNoResponders(err) || err instanceof ProtocolError) return false;
+        throw err;
+      }
+    },
+    cancel: (sid, gid, requestId) => void caller.notify(sid, gid, requestId, "the client closed the request"),
+    settleEvent: (event, scope) => {
+      const outcome = replyOutcome(event, scope);
+      if ("error" in outcome) throw outcome.error;
+      return outcome.result;
+    },
+    followSessionNotices: async (sid, onEvent) => {
+      const sub = listen(
+        ctx.nc,
+        ctx.s.stream.event(sid, STREAM_GET),
+        (msg) => {
+          const event = StreamEventSchema.safeParse(decodeJsonOrNull(msg.data));
+          if (event.success) onEvent(event.data);
+        },
+        { ...guardOpts, expect: "message" },
+      );
+      await ctx.nc.flush().catch(() => {});
+      return () => sub.unsubscribe();
+    },
+    onCatalogChange: (scope, listener) => {
+      cache.view(scope); // built now, so later changes of it are noticed
+      return cache.onChange((change) => change.scope === scope && listener(change.lists));
+    },
+    closing: closing.signal,
   };
   /** a change notice goes through the stream log like every other event, so a resumed GET stream has it too */
   const stopNotices = cache.onChange(({ scope, lists }) => {
@@ -196,6 +243,18 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
   /** The headers every answer of a session carries. */
   const sessionHeaders = (clientSessionId: string, record: DownstreamSession) => ({ "mcp-session-id": clientSessionId, "mcp-protocol-version": record.protocolVersion });
 
+  /** A call's final answer kept on its stream, as the live path gives it: the upstream's result, or the client's error. */
+  function replyOutcome(event: Extract<StreamEvent, { reply: unknown }>, scope: string | null): { result: Record<string, unknown> } | { error: unknown } {
+    const gatewayName = (event.gid && cache.gatewayName(event.gid)) || "upstream";
+    if (!event.reply.ok) return { error: rpcErrorOf(new ProtocolError(event.reply.error.code, event.reply.error.message), gatewayName).error };
+    try {
+      const result = settle(event.reply.data);
+      return { result: scope === null ? federatedTaskResult(gatewayName, edge.toolSeparator, result) : result };
+    } catch (err) {
+      return { error: err };
+    }
+  }
+
   /**
    * Writes one stream event to a client stream: a message as it is (a server request keeps
    * its `serverRequestId`), a call's final answer as the JSON-RPC answer the live path gives.
@@ -207,17 +266,7 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
     }
     const verdict = lifecycle ? lifecycle.answer(event.requestId) : "write-and-end";
     if (verdict === "drop") return false;
-    let outcome: { result: Record<string, unknown> } | { error: unknown };
-    const gatewayName = (event.gid && cache.gatewayName(event.gid)) || "upstream";
-    if (event.reply.ok) {
-      try {
-        const result = settle(event.reply.data);
-        outcome = { result: scope === null ? federatedTaskResult(gatewayName, edge.toolSeparator, result) : result };
-      } catch (err) {
-        outcome = { error: err };
-      }
-    } else outcome = { error: rpcErrorOf(new ProtocolError(event.reply.error.code, event.reply.error.message), gatewayName).error };
-    sse.write(streamEventId(streamId, event.uid), answerOf(parseWireId(event.requestId), outcome));
+    sse.write(streamEventId(streamId, event.uid), answerOf(parseWireId(event.requestId), replyOutcome(event, scope)));
     return verdict === "write-and-end";
   };
 
@@ -305,23 +354,50 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
     sendJson(res, 200, { jsonrpc: "2.0", id: init.id, result: initializeResult(record.protocolVersion, gatewayName) }, sessionHeaders(clientSessionId, record));
   };
 
-  /** One 2026-07-28 request: a JSON answer, no session id, no priming event (the revision does not resume). */
+  /**
+   * One 2026-07-28 request: JSON, or an SSE stream once something comes before the answer
+   * (progress, a listen stream's events), the answer its last event; no session id, no event
+   * ids, no priming event (the revision does not resume).
+   */
   const handleStateless = async (req: IncomingMessage, res: ServerResponse, body: unknown, scope: string | null, credential: string) => {
     const abort = new AbortController();
     // a client that closes its request cancels it (the revision has no notifications/cancelled)
     res.on("close", () => {
       if (!res.writableFinished) abort.abort("the client closed the request");
     });
-    const answer = await answerStateless(stateless, {
-      body,
-      headers: forwardableHeaders(req.headers),
-      credential,
-      owner: owners.of(credential),
-      scope,
-      ...(scope === null ? {} : { gatewayName: cache.gatewayName(scope) }),
-      signal: abort.signal,
-    });
+    let sse: SseStream | undefined;
+    let keepAlive: NodeJS.Timeout | undefined;
+    const out = {
+      notify: (message: Record<string, unknown>) => {
+        if (abort.signal.aborted) return;
+        if (!sse) {
+          sse = new SseStream(res, {});
+          // a listen stream, or a long call, may be quiet for longer than a client's read timeout
+          keepAlive = setInterval(() => sse!.comment(), SSE_KEEPALIVE_MS).unref();
+          res.on("close", () => clearInterval(keepAlive));
+        }
+        sse.message(message);
+      },
+    };
+    const answer = await answerStateless(
+      stateless,
+      {
+        body,
+        headers: forwardableHeaders(req.headers),
+        credential,
+        owner: owners.of(credential),
+        scope,
+        ...(scope === null ? {} : { gatewayName: cache.gatewayName(scope) }),
+        signal: abort.signal,
+      },
+      out,
+    );
+    clearInterval(keepAlive);
     if (res.writableEnded || abort.signal.aborted) return;
+    if (sse) {
+      if (answer.body !== null) sse.message(answer.body);
+      return sse.end();
+    }
     if (answer.body === null) return void res.writeHead(answer.status).end();
     sendJson(res, answer.status, answer.body);
   };
@@ -524,6 +600,7 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
     sessions,
     listeningSessions: () => links.streamSessionIds(),
     async stopAccepting() {
+      closing.abort();
       http.close();
       http.closeIdleConnections();
     },
@@ -560,4 +637,12 @@ export function forwardableHeaders(headers: Record<string, string | string[] | u
     if (text.length <= 8192) out[k] = text;
   }
   return out;
+}
+
+function decodeJsonOrNull(data: Uint8Array): unknown {
+  try {
+    return decodeJson(data);
+  } catch {
+    return null;
+  }
 }

@@ -103,6 +103,17 @@ export class SseStream {
     this.res.write(message === undefined ? `id: ${id}\ndata: \n\n` : `id: ${id}\nevent: message\ndata: ${JSON.stringify(message)}\n\n`);
   }
 
+  /** A comment line: keeps a quiet stream open behind proxies and clients with a read timeout. */
+  comment(): void {
+    if (!this.closed) this.res.write(": ping\n\n");
+  }
+
+  /** An event without an id (the stateless revision's streams do not resume). */
+  message(message: unknown): void {
+    if (this.closed) return;
+    this.res.write(`event: message\ndata: ${JSON.stringify(message)}\n\n`);
+  }
+
   end(): void {
     if (this.closed) return;
     this.#closed = true;

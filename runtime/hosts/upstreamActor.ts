@@ -54,7 +54,8 @@ export type ActorDeps = {
 
 const LIST_CHANGED = /^notifications\/(tools|prompts|resources)\/list_changed$/;
 
-export function createUpstreamActor(deps: ActorDeps, sid: string, gid: string, record: GatewayRecord, headers: Record<string, string>): UpstreamActor {
+/** `spawnCapabilities`: what a stateless client declared (it has no `ds.<sid>`); a session's record wins. */
+export function createUpstreamActor(deps: ActorDeps, sid: string, gid: string, record: GatewayRecord, headers: Record<string, string>, spawnCapabilities?: Record<string, unknown>): UpstreamActor {
   const { ctx, log } = deps;
   const { nc, s, config } = ctx;
   const shutdownMs = config.intervals.shutdownTimeout;
@@ -162,7 +163,7 @@ export function createUpstreamActor(deps: ActorDeps, sid: string, gid: string, r
         // grace, then force, for a connection replaced after a failed probe
         if (previous) void closeWithin(previous, shutdownMs);
         const session = await deps.sessions.load(sid).catch(() => null);
-        const capabilities = session?.record.capabilities ?? {};
+        const capabilities = session?.record.capabilities ?? spawnCapabilities ?? {};
         clientCanListRoots = Boolean((capabilities.roots as { listChanged?: boolean } | undefined)?.listChanged);
         // declared before the connect: the transport may report a close while it is still connecting
         let opened: UpstreamConnection | null = null;

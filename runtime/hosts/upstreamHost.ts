@@ -40,6 +40,9 @@ const FANOUT_MAX_MS = 3_000;
 /** How often each worker looks for claims left by dead workers (at a random phase). */
 const CLAIM_SWEEP_MS = 10 * 60_000;
 
+/** What the spawn of an actor brings it: the downstream request's headers, and a stateless client's capabilities. */
+type Spawn = { headers: Record<string, string>; clientCapabilities?: Record<string, unknown> | undefined };
+
 export type UpstreamHost = Hosted & {
   /** live and closing actors of this worker */
   sessions(): UpstreamSessionInfo[];
@@ -84,8 +87,8 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
   }
 
   /** Subscribes a new actor's address (before its claim, so whoever sees the claim finds it). */
-  async function host(sid: string, gid: string, record: GatewayRecord, headers: Record<string, string>): Promise<UpstreamActor> {
-    const a = createUpstreamActor(deps, sid, gid, record, headers);
+  async function host(sid: string, gid: string, record: GatewayRecord, spawn: Spawn): Promise<UpstreamActor> {
+    const a = createUpstreamActor(deps, sid, gid, record, spawn.headers, spawn.clientCapabilities);
     actors.set(keyOf(sid, gid), a);
     void a.done.then(async (how) => {
       if (actors.get(keyOf(sid, gid)) === a) actors.delete(keyOf(sid, gid));
@@ -108,14 +111,14 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
   }
 
   /** Hosts the actor for (sid, gid) here unless it is alive somewhere; exactly one wins. */
-  function activate(sid: string, gid: string, headers: Record<string, string>, trace: TraceHeaders = {}): Promise<{ worker: string; created: boolean }> {
+  function activate(sid: string, gid: string, spawn: Spawn, trace: TraceHeaders = {}): Promise<{ worker: string; created: boolean }> {
     const key = keyOf(sid, gid);
     if (actors.get(key)?.actor.getSnapshot().matches("open")) return Promise.resolve({ worker: me, created: false });
     const pending = activating.get(key);
     if (pending) return pending;
     // in the trace of the call that needs the actor: claiming and connecting are part of it
     const span = ctx.tracing.startSpan("session activate", { kind: SpanKind.SERVER, parent: trace });
-    const p = claimAndStart(sid, gid, headers, log.child({ traceId: traceIdOf(span) }))
+    const p = claimAndStart(sid, gid, spawn, log.child({ traceId: traceIdOf(span) }))
       .then(
         (r) => (endSpan(span), r),
         (err: unknown) => {
@@ -128,10 +131,10 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
     return p;
   }
 
-  async function claimAndStart(sid: string, gid: string, headers: Record<string, string>, log: Logger): Promise<{ worker: string; created: boolean }> {
+  async function claimAndStart(sid: string, gid: string, spawn: Spawn, log: Logger): Promise<{ worker: string; created: boolean }> {
     if (stopping) throw new ProtocolError("unavailable", `worker ${me} is shutting down`);
     const record = await loadGateway(gid);
-    let a = await host(sid, gid, record, headers);
+    let a = await host(sid, gid, record, spawn);
     let revision = await claims.create(sid, gid).catch((err: unknown) => (a.actor.send({ type: "CLAIM_LOST" }), Promise.reject(err)));
     if (revision === null) {
       // the loser drops its address and what it got (the holder got the same messages)
@@ -140,7 +143,7 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
       await a.done;
       const holder = await claims.holder(sid, gid);
       if (!holder.takeOver) return { worker: holder.worker ?? "unknown", created: false };
-      a = await host(sid, gid, record, headers);
+      a = await host(sid, gid, record, spawn);
       if (closeCause) a.actor.send({ type: "CLOSE", reason: closeReason, cause: closeCause });
       revision = await holder.takeOver().catch((err: unknown) => (a.actor.send({ type: "CLAIM_LOST" }), Promise.reject(err)));
       if (revision === null) {
@@ -227,7 +230,7 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
     async (p, msg) => {
       const req = parseRequest(SpawnRequestSchema, p, "spawn request");
       try {
-        return await activate(req.sid, req.gid, req.headers ?? {}, natsTraceHeaders(msg.headers));
+        return await activate(req.sid, req.gid, { headers: req.headers ?? {}, clientCapabilities: req.clientCapabilities }, natsTraceHeaders(msg.headers));
       } catch (err) {
         // this worker began stopping under the activation (its drain closed the actor before a
         // call reached it): another worker hosts it; this one no longer takes spawns

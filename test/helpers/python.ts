@@ -34,7 +34,12 @@ export type PythonClientReport = {
   protocolVersion?: string;
   tools?: string[];
   listTtlMs?: number | null;
-  calls?: Array<{ name: string; result?: { content?: Array<{ type: string; text?: string }>; isError?: boolean; structuredContent?: unknown }; error?: PythonError }>;
+  calls?: Array<{ name: string; result?: { content?: Array<{ type: string; text?: string }>; isError?: boolean; structuredContent?: unknown }; error?: PythonError; progress?: number[] }>;
+  /** how many elicitation / sampling requests the client's callbacks answered */
+  asked?: { elicitation: number; sampling: number };
+  /** a listen run: the filter the server acknowledged, and the types of the events it got (e.g. `ToolsListChanged`) */
+  honored?: Record<string, unknown>;
+  events?: string[];
   /** the connection failed (the handshake, or the list) */
   error?: PythonError;
 };
@@ -43,18 +48,38 @@ export type PythonClientReport = {
 const PYTHON_BOUND_MS = 120_000;
 
 /** One run of test/python/client.py: connect to `url` in `mode`, list tools, make each call in turn. */
-export type PythonClientRun = { url: string; mode: PythonClientMode; token?: string; calls?: Array<[string, Record<string, unknown>]> };
+export type PythonClientRun = {
+  url: string;
+  mode: PythonClientMode;
+  token?: string;
+  calls?: Array<[string, Record<string, unknown>]>;
+  /** declare elicitation and accept every request with this content */
+  elicit?: Record<string, unknown>;
+  /** declare sampling and answer every request with this text */
+  sample?: string;
+  /** collect each call's progress */
+  progress?: boolean;
+  /** after the calls, listen for these change notices (see `startPythonListener`) */
+  listen?: { tools?: boolean; prompts?: boolean; resources?: boolean; uris?: string[]; events?: number };
+};
 
 /**
  * Makes every run at once in one Python process (importing the SDK is the slow part) and
  * returns their reports in the same order. The plan, tokens included, goes on stdin, never argv.
  */
-export async function runPythonClients(runs: PythonClientRun[]): Promise<PythonClientReport[]> {
+export async function runPythonClients(runs: PythonClientRun[], onLine?: (line: string) => void): Promise<PythonClientReport[]> {
   const child = spawn(PYTHON, [resolve(ROOT, "test/python/client.py")], { cwd: ROOT, env: { PATH: process.env.PATH, HOME: process.env.HOME }, stdio: ["pipe", "pipe", "pipe"] });
   keepUntilExit(child);
   let stdout = "";
   let stderr = "";
-  child.stdout.on("data", (c: Buffer) => (stdout += c.toString("utf8")));
+  child.stdout.on("data", (c: Buffer) => {
+    const before = stdout.length;
+    stdout += c.toString("utf8");
+    if (!onLine) return;
+    const start = stdout.lastIndexOf("\n", before - 1) + 1;
+    const done = stdout.lastIndexOf("\n");
+    if (done >= start) for (const line of stdout.slice(start, done).split("\n")) if (line) onLine(line);
+  });
   child.stderr.on("data", (c: Buffer) => (stderr += c.toString("utf8")));
   child.stdin.end(JSON.stringify(runs));
   let timer: NodeJS.Timeout | undefined;
@@ -64,7 +89,24 @@ export async function runPythonClients(runs: PythonClientRun[]): Promise<PythonC
   ]).finally(() => clearTimeout(timer));
   if (code === "hung") child.kill("SIGKILL");
   if (code !== 0) throw new Error(`python client ${code === "hung" ? `did not finish within ${PYTHON_BOUND_MS} ms` : `exited ${code}`}: ${stderr.slice(-2000)}`);
-  return JSON.parse(stdout) as PythonClientReport[];
+  // the report is the last line (a listen run prints its acknowledgment before it)
+  return JSON.parse(stdout.trim().split("\n").at(-1)!) as PythonClientReport[];
+}
+
+/**
+ * One run with `listen`: resolves `honored` once the client holds its listen stream
+ * (acknowledged), so the test can change the catalog then; `report` once it got its first event.
+ */
+export function startPythonListener(run: PythonClientRun & { listen: NonNullable<PythonClientRun["listen"]> }): { honored: Promise<Record<string, unknown>>; report: Promise<PythonClientReport> } {
+  let acked!: (h: Record<string, unknown>) => void;
+  const honored = new Promise<Record<string, unknown>>((r) => (acked = r));
+  const report = runPythonClients([run], (line) => {
+    const m = JSON.parse(line) as { honored?: Record<string, unknown> };
+    if (m.honored) acked(m.honored);
+  }).then((r) => r[0]!);
+  // a run that ends before it listens (refused, failed) ends the wait for its acknowledgment too
+  void report.then((r) => acked(r.honored ?? {}), () => acked({}));
+  return { honored, report };
 }
 
 /** One run on its own (see `runPythonClients`). */
