@@ -295,17 +295,31 @@ export async function outcomeOf(p: Promise<unknown>): Promise<Outcome> {
 }
 
 /**
- * One feature's cases on every path: a fidelity system started before them and stopped after.
+ * The system every fidelity suite of this test process runs on, started by the first suite that
+ * needs it and stopped after the process's last test: `test/relay.test.ts` imports every feature
+ * of `test/relay/`, so the features share one system instead of starting one each.
+ */
+let shared: { system?: Promise<Fidelity> } | undefined;
+
+/**
+ * One feature's cases on every path, on the test process's shared fidelity system (a feature file
+ * run alone, `node --import tsx --test test/relay/<feature>.ts`, has it to itself).
  * `fid` stands for it inside the cases (they run after it has started).
  */
 export function fidelitySuite(title: string, opts: { timeout: number }, cases: (fid: Pick<Fidelity, "path">) => void): void {
+  if (!shared) {
+    const holder: { system?: Promise<Fidelity> } = {};
+    shared = holder;
+    // registered while the file is evaluated, so on its root test: it runs after every suite
+    after(async () => {
+      await holder.system?.then((fid) => fid.stop(), () => {});
+    });
+  }
+  const holder = shared;
   describe(title, opts, () => {
     let fid: Fidelity | undefined;
     before(async () => {
-      fid = await startFidelity();
-    });
-    after(async () => {
-      await fid?.stop();
+      fid = await (holder.system ??= startFidelity());
     });
     cases({ path: (name) => fid!.path(name) });
   });
