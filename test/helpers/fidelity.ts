@@ -296,8 +296,8 @@ export async function outcomeOf(p: Promise<unknown>): Promise<Outcome> {
 
 /**
  * The system every fidelity suite of this test process runs on, started by the first suite that
- * needs it and stopped after the process's last test: `test/relay.test.ts` imports every feature
- * of `test/relay/`, so the features share one system instead of starting one each.
+ * needs it and stopped after its last test: `test/relay.test.ts` imports every feature of
+ * `test/relay/`, so the features share one system instead of starting one each.
  */
 let shared: { system?: Promise<Fidelity> } | undefined;
 
@@ -310,13 +310,14 @@ export function fidelitySuite(title: string, opts: { timeout: number }, cases: (
   if (!shared) {
     const holder: { system?: Promise<Fidelity> } = {};
     shared = holder;
-    // registered while the file is evaluated, so on its root test: it runs after every suite
+    // registered while the features are loaded, on the suite (or file) that loads them: it runs after all of them
     after(async () => {
       await holder.system?.then((fid) => fid.stop(), () => {});
     });
   }
   const holder = shared;
-  describe(title, opts, () => {
+  // a feature's cases one after the other, whatever the file runs at once (test/relay.test.ts runs features side by side)
+  describe(title, { concurrency: 1, ...opts }, () => {
     let fid: Fidelity | undefined;
     before(async () => {
       fid = await (holder.system ??= startFidelity());
