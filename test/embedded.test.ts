@@ -22,7 +22,7 @@ describe("embedded default (npm start)", () => {
     const env = { MCPGW_DATA_DIR: dataDir, MCPGW_NATS_PORT: String(await freePort()), MCPGW_EDGE_PORT: String(await freePort()), MCPGW_LOG_LEVEL: "info" };
     const worker = runTs("runtime/main.ts", [], env);
     procs.push(worker);
-    await worker.waitFor(/worker started/);
+    await worker.waitFor(/worker started/, 60_000); // start-up bound: tsx and an embedded nats-server
     assert.match(worker.output(), /nats context save/, "tells the operator how to use the nats CLI");
 
     const secrets = join(dataDir, "secrets");
@@ -50,7 +50,7 @@ describe("embedded default (npm start)", () => {
     // a second start keeps its state and its secrets
     const again = runTs("runtime/main.ts", [], env);
     procs.push(again);
-    await again.waitFor(/worker started/);
+    await again.waitFor(/worker started/, 60_000);
     const ls = runTs("runtime/cli/main.ts", ["gateway", "ls"], env);
     assert.equal((await ls.exited).code, 0, ls.output());
     assert.match(ls.output(), /^first\s+[0-9a-f]{16}\s+streamable-http/m);

@@ -295,17 +295,32 @@ export async function outcomeOf(p: Promise<unknown>): Promise<Outcome> {
 }
 
 /**
- * One feature's cases on every path: a fidelity system started before them and stopped after.
+ * The system every fidelity suite of this test process runs on, started by the first suite that
+ * needs it and stopped after its last test: `test/relay.test.ts` imports every feature of
+ * `test/relay/`, so the features share one system instead of starting one each.
+ */
+let shared: { system?: Promise<Fidelity> } | undefined;
+
+/**
+ * One feature's cases on every path, on the test process's shared fidelity system (a feature file
+ * run alone, `node --import tsx --test test/relay/<feature>.ts`, has it to itself).
  * `fid` stands for it inside the cases (they run after it has started).
  */
 export function fidelitySuite(title: string, opts: { timeout: number }, cases: (fid: Pick<Fidelity, "path">) => void): void {
-  describe(title, opts, () => {
+  if (!shared) {
+    const holder: { system?: Promise<Fidelity> } = {};
+    shared = holder;
+    // registered while the features are loaded, on the suite (or file) that loads them: it runs after all of them
+    after(async () => {
+      await holder.system?.then((fid) => fid.stop(), () => {});
+    });
+  }
+  const holder = shared;
+  // a feature's cases one after the other, whatever the file runs at once (test/relay.test.ts runs features side by side)
+  describe(title, { concurrency: 1, ...opts }, () => {
     let fid: Fidelity | undefined;
     before(async () => {
-      fid = await startFidelity();
-    });
-    after(async () => {
-      await fid?.stop();
+      fid = await (holder.system ??= startFidelity());
     });
     cases({ path: (name) => fid!.path(name) });
   });

@@ -4,7 +4,7 @@
 import assert from "node:assert/strict";
 import { it } from "node:test";
 import type { ServerNotification } from "@modelcontextprotocol/sdk/types.js";
-import { PATH_NAMES, fidelitySuite } from "./helpers/fidelity.ts";
+import { PATH_NAMES, fidelitySuite } from "../helpers/fidelity.ts";
 
 const updated = (uri: string) => (n: ServerNotification) => n.method === "notifications/resources/updated" && (n.params as { uri?: string }).uri === uri;
 

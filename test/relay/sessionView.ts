@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import { gunzipSync } from "node:zlib";
 import { it } from "node:test";
-import { HANG_MS, isListed, outcomeOf, PATH_NAMES, fidelitySuite, type Conn, type Outcome } from "./helpers/fidelity.ts";
+import { HANG_MS, isListed, outcomeOf, PATH_NAMES, fidelitySuite, type Conn, type Outcome } from "../helpers/fidelity.ts";
 
 const CONTENT = "hello from a per-session resource";
 

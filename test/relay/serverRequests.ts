@@ -7,7 +7,7 @@
 import assert from "node:assert/strict";
 import { it } from "node:test";
 import { McpError, type CreateMessageRequest, type ElicitRequest } from "@modelcontextprotocol/sdk/types.js";
-import { isListed, outcomeOf, PATH_NAMES, fidelitySuite, textOf } from "./helpers/fidelity.ts";
+import { isListed, outcomeOf, PATH_NAMES, fidelitySuite, textOf } from "../helpers/fidelity.ts";
 
 const SAMPLING = { capabilities: { sampling: {} } };
 const ELICITATION = { capabilities: { elicitation: { form: {}, url: {} } } };

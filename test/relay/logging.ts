@@ -5,7 +5,7 @@
 import assert from "node:assert/strict";
 import { it } from "node:test";
 import type { ServerNotification } from "@modelcontextprotocol/sdk/types.js";
-import { PATH_NAMES, fidelitySuite } from "./helpers/fidelity.ts";
+import { PATH_NAMES, fidelitySuite } from "../helpers/fidelity.ts";
 
 const logMentions = (uri: string) => (n: ServerNotification) => n.method === "notifications/message" && JSON.stringify(n.params).includes(uri);
 

@@ -4,7 +4,7 @@
 import assert from "node:assert/strict";
 import { it } from "node:test";
 import { CallToolResultSchema, CreateTaskResultSchema } from "@modelcontextprotocol/sdk/types.js";
-import { PATH_NAMES, fidelitySuite, textOf, type Conn, type Path } from "./helpers/fidelity.ts";
+import { PATH_NAMES, fidelitySuite, textOf, type Conn, type Path } from "../helpers/fidelity.ts";
 
 const createTask = (conn: Conn, path: Path, topic: string) =>
   conn.client.request({ method: "tools/call", params: { name: path.tool("simulate-research-query"), arguments: { topic } } }, CreateTaskResultSchema, { task: { ttl: 120_000 } });

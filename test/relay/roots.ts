@@ -4,8 +4,8 @@
 import assert from "node:assert/strict";
 import { it } from "node:test";
 import type { Root } from "@modelcontextprotocol/sdk/types.js";
-import { HANG_MS, PATH_NAMES, fidelitySuite, textOf } from "./helpers/fidelity.ts";
-import { until } from "./helpers/wait.ts";
+import { HANG_MS, PATH_NAMES, fidelitySuite, textOf } from "../helpers/fidelity.ts";
+import { until } from "../helpers/wait.ts";
 
 fidelitySuite("relay: roots", { timeout: 600_000 }, (fid) => {
 

@@ -4,7 +4,7 @@
 // path runs the call many times.
 import assert from "node:assert/strict";
 import { it } from "node:test";
-import { PATH_NAMES, fidelitySuite, textOf } from "./helpers/fidelity.ts";
+import { PATH_NAMES, fidelitySuite, textOf } from "../helpers/fidelity.ts";
 
 const RUNS = 16;
 const STEPS = 4;
