@@ -7,7 +7,8 @@ import { CatalogSchema } from "../protocol/catalog.ts";
 import { GatewayRecordSchema, type GatewayRecord } from "../protocol/gateway.ts";
 import { AnswerTooLargeError } from "../runtime/mcpClient.ts";
 import { OutboundRefusedError } from "../runtime/outboundConnector.ts";
-import { connectStatelessUpstream, encodeHeaderValue, listStatelessCatalog, NotStatelessUpstreamError, type StatelessConnectOptions, type StatelessUpstream } from "../runtime/revision2026Upstream.ts";
+import { listStatelessCatalog } from "../runtime/pollerEffects.ts";
+import { connectStatelessUpstream, encodeHeaderValue, NotStatelessUpstreamError, type StatelessConnectOptions, type StatelessUpstream } from "../runtime/revision2026Upstream.ts";
 import { startFixtureHttp, type FixtureHttp } from "./fixtures/fixtureHttp.ts";
 import { pythonSkip, startPythonStatelessServer } from "./helpers/python.ts";
 
