@@ -14,6 +14,7 @@ import { mapGatewaySecrets, type GatewayRecord } from "../protocol/gateway.ts";
 import {
   DiscoverResultSchema,
   HEADER,
+  InputRequiredResultSchema,
   isStatelessVersion,
   META,
   NAME_BEARING_METHODS,
@@ -51,7 +52,16 @@ export type StatelessConnectOptions = {
   dispatcher?: Dispatcher;
   /** a notification the upstream sent on a request's stream that is not that request's progress */
   onNotification: (n: Notification) => void;
+  /**
+   * Answers one of the requests an `input_required` result asks the client (elicitation,
+   * sampling, roots), as `ConnectOptions.onRequest` answers a session's server requests; its
+   * result goes back in the repeated request. Absent: an `input_required` result is the answer.
+   */
+  onRequest?: ConnectOptions["onRequest"];
 };
+
+/** Rounds of `input_required` one request may take (the Python client's bound) before it fails. */
+export const MAX_INPUT_ROUNDS = 10;
 
 /** The upstream's `server/discover` was no evidence that it speaks a revision served here. */
 export class NotStatelessUpstreamError extends Error {
@@ -202,8 +212,30 @@ export async function connectStatelessUpstream(opts: StatelessConnectOptions): P
       version,
       discovered: discovered.data,
       async request(req, call): Promise<CallOutcome> {
-        const answer = await post(req.method, req.params ?? {}, version, call);
-        return answer.kind === "result" ? { result: answer.result } : { rpcError: answer.error };
+        let params = req.params ?? {};
+        for (let round = 1; ; round++) {
+          const answer = await post(req.method, params, version, call);
+          if (answer.kind === "error") return { rpcError: answer.error };
+          const asked = InputRequiredResultSchema.safeParse(answer.result);
+          const onRequest = opts.onRequest;
+          if (!asked.success || !onRequest) return { result: answer.result };
+          if (round > MAX_INPUT_ROUNDS) throw new UpstreamRequestError(false, new Error(`the upstream asked for input more than ${MAX_INPUT_ROUNDS} times in one ${req.method}`));
+          // the revision's server requests, asked the client as a session's are; answered in the repeated request
+          let responses: Record<string, Record<string, unknown>>;
+          try {
+            const entries = Object.entries(asked.data.inputRequests ?? {});
+            const answers = await Promise.all(entries.map(([key, r]) => onRequest({ ...r, id: key } as never, { related: call.related, signal: call.signal })));
+            responses = Object.fromEntries(entries.map(([key], i) => [key, answers[i]!]));
+          } catch (err) {
+            if (call.signal.aborted) throw call.signal.reason;
+            // the revision has no error answer to an input request: the client's refusal is the call's
+            const e = err as Partial<JsonRpcError>;
+            if (typeof e.code === "number" && typeof e.message === "string") return { rpcError: e.data === undefined ? { code: e.code, message: e.message } : { code: e.code, message: e.message, data: e.data } };
+            throw err;
+          }
+          const { requestState } = asked.data;
+          params = { ...(req.params ?? {}), inputResponses: responses, ...(requestState === undefined ? {} : { requestState }) };
+        }
       },
       // no session to end upstream: only this connection's own sockets
       async close() {
@@ -279,6 +311,7 @@ function statelessOptions(opts: ConnectOptions): StatelessConnectOptions {
     ...(opts.signal ? { signal: opts.signal } : {}),
     ...(opts.dispatcher ? { dispatcher: opts.dispatcher } : {}),
     onNotification: (n) => opts.onNotification(n as Parameters<ConnectOptions["onNotification"]>[0]),
+    ...(opts.onRequest ? { onRequest: opts.onRequest } : {}),
   };
 }
 

@@ -65,7 +65,7 @@ describe("an upstream that speaks only 2026-07-28 (the Python SDK's stateless se
     const r = await conn.request({ method: "tools/list" }, call());
     assert.ok("result" in r);
     const names = (r.result.tools as Array<{ name: string }>).map((t) => t.name).sort();
-    assert.deepEqual(names, ["counter_add", "counter_new", "echo", "fail", "progress"]);
+    assert.deepEqual(names, ["counter_add", "counter_new", "echo", "fail", "greet", "progress"]);
     assert.equal(r.result.ttlMs, 60_000);
     assert.equal(r.result.cacheScope, "public");
   });
@@ -134,7 +134,7 @@ describe("an upstream that speaks only 2026-07-28 (the Python SDK's stateless se
 
   it("discovers the upstream's catalog as the poller's discovery stores it", async () => {
     const lists = await listStatelessCatalog(conn, 30_000);
-    assert.deepEqual(lists.tools.map((t) => t.name).sort(), ["counter_add", "counter_new", "echo", "fail", "progress"]);
+    assert.deepEqual(lists.tools.map((t) => t.name).sort(), ["counter_add", "counter_new", "echo", "fail", "greet", "progress"]);
     assert.deepEqual([lists.prompts.length, lists.resources.length, lists.resourceTemplates.length], [0, 0, 0]);
     assert.ok(CatalogSchema.pick({ tools: true, prompts: true, resources: true, resourceTemplates: true }).safeParse(lists).success);
   });

@@ -5,8 +5,9 @@
 // through `/mcp` and `/gateways/<name>/mcp`, with progress, cancellation and its own errors.
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
-import type { Client } from "@modelcontextprotocol/sdk/client/index.js";
-import { McpError } from "@modelcontextprotocol/sdk/types.js";
+import { Client } from "@modelcontextprotocol/sdk/client/index.js";
+import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
+import { ElicitRequestSchema, McpError } from "@modelcontextprotocol/sdk/types.js";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { CatalogSchema } from "../protocol/catalog.ts";
 import { GatewayViewSchema, type GatewayView } from "../protocol/gateway.ts";
@@ -65,7 +66,7 @@ describe("an upstream that speaks only 2026-07-28, beside a session-era one", { 
     };
     const stateless = await until("the stateless gateway's discovery", () => catalogOf(gids.pystateless!), 60_000);
     assert.equal(stateless.era, "stateless");
-    assert.deepEqual(stateless.tools.map((t) => t.name).sort(), ["counter_add", "counter_new", "echo", "fail", "progress"]);
+    assert.deepEqual(stateless.tools.map((t) => t.name).sort(), ["counter_add", "counter_new", "echo", "fail", "greet", "progress"]);
     const sessionEra = await until("server-everything's discovery", () => catalogOf(gids.everything!), 60_000);
     assert.equal(sessionEra.era, "session");
     assert.ok(sessionEra.tools.some((t) => t.name === "echo"));
@@ -149,6 +150,28 @@ describe("an upstream that speaks only 2026-07-28, beside a session-era one", { 
     await assert.rejects(pending, /cancelled by the test/);
     assert.ok(seen.length < 100);
     assert.equal(text(await client.callTool({ name: "pystateless__echo", arguments: { text: "after" } })), "after");
+  });
+
+  it("its input_required reaches a session client as an elicitation, whose answer goes back in the repeated request", async () => {
+    const client = new Client({ name: "eliciting", version: "1" }, { capabilities: { elicitation: { form: {} } } });
+    const asked: string[] = [];
+    client.setRequestHandler(ElicitRequestSchema, async (req) => {
+      asked.push(req.params.message);
+      return { action: "accept", content: { name: "Ada" } };
+    });
+    await client.connect(new StreamableHTTPClientTransport(new URL(w.edge.url), { requestInit: { headers: { authorization: `Bearer ${TOKENS[0]}` } } }));
+    clients.push(client);
+    assert.equal(text(await client.callTool({ name: "pystateless__greet", arguments: {} })), "Hello, Ada!");
+    assert.deepEqual(asked, ["What is your name?"]);
+    // a client that cannot be asked gets what the upstream answers such a client
+    const want = await directly("tools/call", { name: "greet", arguments: {} });
+    const plain = await session();
+    const got = await plain.callTool({ name: "pystateless__greet", arguments: {} }).then(
+      (r) => ({ result: r }),
+      (e: unknown) => ({ rpcError: { code: (e as McpError).code, message: (e as McpError).message } }),
+    );
+    if ("rpcError" in want) assert.deepEqual(got, { rpcError: { code: want.rpcError.code, message: `MCP error ${want.rpcError.code}: ${want.rpcError.message}` } });
+    else assert.deepEqual("result" in got && got.result.content, want.result.content);
   });
 
   it("a Python client in 2026-07-28 mode lists and calls it through /mcp and /gateways/pystateless/mcp", async () => {
