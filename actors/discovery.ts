@@ -1,7 +1,7 @@
 // Pure logic of discovery and poll scheduling: catalog hashing and diffing, classification
 // tiers, poll timestamps and the per-gateway poll phase. No I/O.
 import { createHash } from "node:crypto";
-import { CATALOG_LISTS, type Catalog, type CatalogDiff, type CatalogList, type CatalogListDiff } from "../protocol/catalog.ts";
+import { CATALOG_LISTS, type Catalog, type CatalogDiff, type CatalogList, type CatalogListDiff, type UpstreamEra } from "../protocol/catalog.ts";
 import { ClassificationSchema, isClassificationValid, type Classification, type Tier } from "../protocol/classification.ts";
 import { PollStampSchema } from "../protocol/poller.ts";
 
@@ -59,14 +59,18 @@ export function diffCatalogs(before: CatalogLists | null, after: CatalogLists): 
 
 export const EMPTY_DIFF: CatalogDiff = { added: emptyListDiff(), updated: emptyListDiff(), removed: emptyListDiff() };
 
-export type Reconciled = { changed: boolean; catalog: Catalog; diff: CatalogDiff };
+/** `changed`: the lists changed; `write`: the stored catalog is to be replaced (the lists, or only the era, changed). */
+export type Reconciled = { changed: boolean; write: boolean; catalog: Catalog; diff: CatalogDiff };
 
-/** Compares what discovery found with the stored catalog; `changed` false means nothing is to be written. */
-export function reconcile(gid: string, current: Catalog | null, found: CatalogLists, at: string): Reconciled {
+/** Compares what discovery found (and the era it found the upstream speaking, when it knows) with the stored catalog. */
+export function reconcile(gid: string, current: Catalog | null, found: CatalogLists, at: string, era?: UpstreamEra): Reconciled {
   const hash = catalogHash(found);
-  if (current && current.hash === hash) return { changed: false, catalog: current, diff: EMPTY_DIFF };
-  const catalog: Catalog = { gid, hash, discoveredAt: at, ...found };
-  return { changed: true, catalog, diff: diffCatalogs(current, found) };
+  if (current && current.hash === hash) {
+    if (era === undefined || current.era === era) return { changed: false, write: false, catalog: current, diff: EMPTY_DIFF };
+    return { changed: false, write: true, catalog: { ...current, era }, diff: EMPTY_DIFF };
+  }
+  const catalog: Catalog = { gid, hash, discoveredAt: at, ...(era === undefined ? {} : { era }), ...found };
+  return { changed: true, write: true, catalog, diff: diffCatalogs(current, found) };
 }
 
 /** Discovery interval multiplier per tier: cold polls at 3×, everything else at the base interval. */

@@ -10,12 +10,21 @@ export const CatalogResourceTemplateSchema = z.looseObject({ uriTemplate: z.stri
 export const CATALOG_LISTS = ["tools", "prompts", "resources", "resourceTemplates"] as const;
 export type CatalogList = (typeof CATALOG_LISTS)[number];
 
+/**
+ * Which MCP revision a gateway's upstream speaks, as discovery found it: `session` (initialize
+ * and a session: 2025-11-25 and older) or `stateless` (2026-07-28: `server/discover`, no session).
+ */
+export const UpstreamEraSchema = z.enum(["session", "stateless"]);
+export type UpstreamEra = z.infer<typeof UpstreamEraSchema>;
+
 /** Value of `cat.<gid>` in the catalog bucket: what discovery found, with a content hash. */
 export const CatalogSchema = z.object({
   gid: GatewayIdSchema,
   /** sha256 of the canonical JSON of the four lists */
   hash: z.string(),
   discoveredAt: z.string(),
+  /** the revision the upstream speaks; absent in a catalog discovered before eras were told apart (unknown) */
+  era: UpstreamEraSchema.optional(),
   tools: z.array(CatalogToolSchema),
   prompts: z.array(CatalogPromptSchema),
   resources: z.array(CatalogResourceSchema),

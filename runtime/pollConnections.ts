@@ -1,6 +1,7 @@
 // The MCP connections of this worker's pollers: one per polled gateway, kept open between its
-// polls, so a health check is one ping and a discovery its lists on a session that already
-// exists, instead of initialize, initialized, ping and close each time. A timeout or a broken
+// polls, so a health check is one ping (`server/discover` for a stateless upstream) and a
+// discovery its lists on a session that already exists, instead of initialize, initialized,
+// ping and close each time. A timeout or a broken
 // transport drops the connection (a poll that found its kept session broken tries once more on
 // a new one: the upstream may only have forgotten it); so does the upstream closing it, the
 // poller stopping, or the gateway's connection fields changing (its poller restarts). Stdio gateways
@@ -108,11 +109,13 @@ export class PollConnections {
 }
 
 /**
- * How a poll request failed, as the SDK reports it (polls use the SDK client's own methods,
- * not `UpstreamConnection.request`): closed connection or anything not from the protocol is the
- * transport, the SDK's timeout is a timeout, any other JSON-RPC error is the upstream's answer.
+ * How a poll request failed, as the SDK reports it (a session's polls use the SDK client's own
+ * methods; a stateless upstream's lists report its errors the same way): closed connection or
+ * anything not from the protocol is the transport, the SDK's timeout (or a stateless request's
+ * `AbortSignal.timeout`) is a timeout, any other JSON-RPC error is the upstream's answer.
  */
 function classifyFailure(err: unknown): "transport" | "timeout" | "rpc" {
+  if (err instanceof DOMException && err.name === "TimeoutError") return "timeout";
   if (err instanceof McpError) {
     if (err.code === ErrorCode.ConnectionClosed) return "transport";
     if (err.code === ErrorCode.RequestTimeout) return "timeout";

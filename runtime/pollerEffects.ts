@@ -8,40 +8,52 @@ import { reconcile, type CatalogLists } from "../actors/discovery.ts";
 import { encodeValue, entryJson, getLive, isCasConflict, parseEntry } from "../actors/kvStore.ts";
 import type { OutboundPolicy } from "../actors/outboundPolicy.ts";
 import type { DiscoveryOutcome, PollKind, PollState } from "../actors/poller.machine.ts";
-import { CatalogSchema, type Catalog } from "../protocol/catalog.ts";
+import { CatalogSchema, type Catalog, type UpstreamEra } from "../protocol/catalog.ts";
 import { GatewayStatusSchema, type GatewayRecord, type GatewayStatus } from "../protocol/gateway.ts";
 import { PollStampSchema } from "../protocol/poller.ts";
 import { KEYS, type Subjects } from "../protocol/subjects.ts";
 import { publishEvent } from "./events.ts";
-import { closeWithin, connectUpstream, isMethodNotFound } from "./mcpClient.ts";
+import { McpError } from "@modelcontextprotocol/sdk/types.js";
+import { closeWithin, isMethodNotFound } from "./mcpClient.ts";
+import { checkStatelessUpstream, connectEitherEra, type StatelessUpstream } from "./revision2026Upstream.ts";
 
-/** An initialized MCP client for a gateway's polls. */
-export type ProbeConnection = { client: Client; close(): Promise<void> };
+/**
+ * A gateway's connection for its polls, in the era its upstream speaks: a health check is
+ * `ping` on a session, `server/discover` on a stateless upstream (the revision has no `ping`;
+ * discover is its one request that touches no state); a discovery lists the catalog.
+ */
+export type ProbeConnection = {
+  era: UpstreamEra;
+  check(signal?: AbortSignal): Promise<void>;
+  list(signal?: AbortSignal): Promise<CatalogLists>;
+  close(): Promise<void>;
+};
 /** `onClosed`: the upstream ended the connection by itself */
 export type GatewayConnector = (record: GatewayRecord, timeoutMs: number, onClosed: () => void) => Promise<ProbeConnection>;
 
 /**
  * Probes use the same connection builder as upstream sessions, with no downstream headers,
- * over `dispatcher`: one keep-alive HTTP agent shared by every poll of the worker.
+ * over `dispatcher`: one keep-alive HTTP agent shared by every poll of the worker. Each new
+ * connection finds the era anew (a kept one is made rarely), and discovery records it.
  */
 export function probeConnector(open: (sealed: string, gid: string) => string, outbound: OutboundPolicy, dispatcher: Dispatcher): GatewayConnector {
   return async (record, timeoutMs, onClosed) => {
-    const conn = await connectUpstream({
-      record,
-      open,
-      initialHeaders: {},
-      timeoutMs,
-      outbound,
-      dispatcher,
-      pollOnly: true,
-      onNotification: () => {},
-      onClosed,
-      onError: () => {},
-    });
+    const c = await connectEitherEra(
+      { record, open, initialHeaders: {}, timeoutMs, outbound, dispatcher, pollOnly: true, onNotification: () => {}, onClosed, onError: () => {} },
+      undefined,
+    );
+    // bounded: an upstream that ignores the polite close is forced
+    const close = () => closeWithin(c.conn, 2_000);
+    if (c.era === "stateless") {
+      const conn = c.conn;
+      return { era: c.era, close, check: (signal) => checkStatelessUpstream(conn, timeoutMs, signal), list: (signal) => listStatelessCatalog(conn, timeoutMs, signal) };
+    }
+    const { client } = c.conn;
     return {
-      client: conn.client,
-      // bounded: an upstream that ignores the polite close is forced
-      close: () => closeWithin(conn, 2_000),
+      era: c.era,
+      close,
+      check: async (signal) => void (await client.ping({ timeout: timeoutMs, signal })),
+      list: (signal) => listCatalog(client, timeoutMs, signal),
     };
   };
 }
@@ -86,6 +98,31 @@ export async function listCatalog(client: Client, timeoutMs: number, signal?: Ab
   return { tools, prompts, resources, resourceTemplates } as CatalogLists;
 }
 
+/**
+ * Every tool, prompt, resource and resource template a stateless upstream offers, as it sent
+ * them (what discovery's `listCatalog` does with an SDK client), by the capabilities its
+ * `server/discover` named; "method not found" is an empty list.
+ */
+export async function listStatelessCatalog(conn: StatelessUpstream, timeoutMs: number, signal?: AbortSignal): Promise<CatalogLists> {
+  const caps = conn.discovered.capabilities;
+  const list = (method: string, key: string) =>
+    listAll(async (cursor?: string) => {
+      const bound = AbortSignal.timeout(timeoutMs);
+      const r = await conn.request({ method, params: cursor === undefined ? {} : { cursor } }, { headers: {}, signal: signal ? AbortSignal.any([signal, bound]) : bound });
+      // the shape listAll knows: "method not found" as the SDK's error
+      if ("rpcError" in r) throw new McpError(r.rpcError.code, r.rpcError.message, r.rpcError.data);
+      const next = r.result.nextCursor;
+      return { items: (r.result[key] ?? []) as Record<string, unknown>[], nextCursor: typeof next === "string" ? next : undefined };
+    });
+  const [tools, prompts, resources, resourceTemplates] = await Promise.all([
+    caps.tools ? list("tools/list", "tools") : [],
+    caps.prompts ? list("prompts/list", "prompts") : [],
+    caps.resources ? list("resources/list", "resources") : [],
+    caps.resources ? list("resources/templates/list", "resourceTemplates") : [],
+  ]);
+  return { tools, prompts, resources, resourceTemplates } as CatalogLists;
+}
+
 export type CatalogStore = { catalog: KV; js: JetStreamClient; s: Subjects; now: () => Date };
 
 /**
@@ -93,15 +130,15 @@ export type CatalogStore = { catalog: KV; js: JetStreamClient; s: Subjects; now:
  * catalog, never a mix) and publishes what changed. Compare-and-swap on the entry read,
  * so a concurrent refresh elsewhere cannot be overwritten with an older view.
  */
-export async function reconcileCatalog(store: CatalogStore, gid: string, found: CatalogLists): Promise<DiscoveryOutcome> {
+export async function reconcileCatalog(store: CatalogStore, gid: string, found: CatalogLists, era?: UpstreamEra): Promise<DiscoveryOutcome> {
   const key = KEYS.catalog(gid);
   for (let attempt = 0; ; attempt++) {
     const entry = await store.catalog.get(key);
     const current: Catalog | null = entry?.operation === "PUT" ? parseEntry(CatalogSchema, entry) : null;
     const at = store.now().toISOString();
-    const r = reconcile(gid, current, found, at);
+    const r = reconcile(gid, current, found, at, era);
     const counts = { tools: found.tools.length, prompts: found.prompts.length, resources: found.resources.length };
-    if (!r.changed) return { changed: false, hash: r.catalog.hash, diff: r.diff, counts };
+    if (!r.write) return { changed: false, hash: r.catalog.hash, diff: r.diff, counts };
     try {
       if (entry) await store.catalog.update(key, encodeValue(r.catalog), entry.revision);
       else await store.catalog.create(key, encodeValue(r.catalog));
@@ -109,6 +146,8 @@ export async function reconcileCatalog(store: CatalogStore, gid: string, found: 
       if (isCasConflict(err) && attempt < 2) continue;
       throw err;
     }
+    // the era alone changed: nothing a client sees did
+    if (!r.changed) return { changed: false, hash: r.catalog.hash, diff: r.diff, counts };
     await publishEvent(store.js, store.s.evt.catalogChanged(gid), { gid, hash: r.catalog.hash, at, diff: r.diff });
     return { changed: true, hash: r.catalog.hash, diff: r.diff, counts };
   }

@@ -26,7 +26,7 @@ import { followEvents } from "./events.ts";
 import { followKv } from "./kvWatch.ts";
 import { PollConnections } from "./pollConnections.ts";
 import { startPollerOwnership, type PollerOwnership } from "./pollerOwnership.ts";
-import { listCatalog, readGatewayStatus, readPollState, reconcileCatalog, type GatewayConnector, type ProbeConnection } from "./pollerEffects.ts";
+import { readGatewayStatus, readPollState, reconcileCatalog, type GatewayConnector, type ProbeConnection } from "./pollerEffects.ts";
 import { gatewayScrubber, scrubbedError } from "./secretScrubber.ts";
 import type { Hosted, WorkerContext } from "./worker.ts";
 
@@ -122,8 +122,8 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
   /** a discovery over a probe connection: list the upstream's catalog, reconcile it into KV */
   const discoverOver =
     (gid: string, signal?: AbortSignal) =>
-    async ({ client }: ProbeConnection): Promise<DiscoveryOutcome> =>
-      reconcileCatalog(catalogStore, gid, await listCatalog(client, config.poller.timeout, signal));
+    async (conn: ProbeConnection): Promise<DiscoveryOutcome> =>
+      reconcileCatalog(catalogStore, gid, await conn.list(signal), conn.era);
 
   const putJson = (key: string, value: unknown, what: string) =>
     void stores.state.put(key, encodeValue(value)).catch((err) => log.warn({ err, key }, `could not write ${what}`));
@@ -135,9 +135,7 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
         probe(
           input.gid,
           "health",
-          async ({ client }) => {
-            await client.ping({ timeout: config.poller.timeout, signal });
-          },
+          (conn) => conn.check(signal),
           signal,
         ),
       ),

@@ -4,15 +4,17 @@
 // and info in `_meta` and the routing headers. It has the `request`/`close`/`forceClose` shape
 // of runtime/mcpClient.ts's connections, so an upstream session actor can hold either.
 import { randomUUID } from "node:crypto";
-import { McpError } from "@modelcontextprotocol/sdk/types.js";
 import { EventSourceParserStream } from "eventsource-parser/stream";
 import { Agent, fetch as undiciFetch, type Dispatcher } from "undici";
-import type { CatalogLists } from "../actors/discovery.ts";
+import type { KV } from "@nats-io/kv";
+import { entryJson, getLive } from "../actors/kvStore.ts";
 import type { OutboundPolicy } from "../actors/outboundPolicy.ts";
-import type { GatewayRecord } from "../protocol/gateway.ts";
+import { UpstreamEraSchema, type UpstreamEra } from "../protocol/catalog.ts";
+import { mapGatewaySecrets, type GatewayRecord } from "../protocol/gateway.ts";
 import {
   DiscoverResultSchema,
   HEADER,
+  InputRequiredResultSchema,
   isStatelessVersion,
   META,
   NAME_BEARING_METHODS,
@@ -21,10 +23,10 @@ import {
   UnsupportedVersionDataSchema,
   type DiscoverResult,
 } from "../protocol/revision2026.ts";
+import { KEYS } from "../protocol/subjects.ts";
 import type { JsonRpcError } from "../protocol/upstream.ts";
-import { AnswerTooLargeError, CLIENT_INFO, httpTarget, passthroughHeaders, UpstreamRequestError, type CallOutcome, type UpstreamConnection } from "./mcpClient.ts";
+import { AnswerTooLargeError, CLIENT_INFO, connectUpstream, httpTarget, passthroughHeaders, UpstreamRequestError, type CallOutcome, type ConnectOptions, type UpstreamConnection } from "./mcpClient.ts";
 import { guardedConnector, outboundRefusalOf } from "./outboundConnector.ts";
-import { listAll } from "./pollerEffects.ts";
 
 type Progress = { progress: number; total?: number; message?: string };
 type Notification = { method: string; params?: Record<string, unknown> };
@@ -50,7 +52,16 @@ export type StatelessConnectOptions = {
   dispatcher?: Dispatcher;
   /** a notification the upstream sent on a request's stream that is not that request's progress */
   onNotification: (n: Notification) => void;
+  /**
+   * Answers one of the requests an `input_required` result asks the client (elicitation,
+   * sampling, roots), as `ConnectOptions.onRequest` answers a session's server requests; its
+   * result goes back in the repeated request. Absent: an `input_required` result is the answer.
+   */
+  onRequest?: ConnectOptions["onRequest"];
 };
+
+/** Rounds of `input_required` one request may take (the Python client's bound) before it fails. */
+export const MAX_INPUT_ROUNDS = 10;
 
 /** The upstream's `server/discover` was no evidence that it speaks a revision served here. */
 export class NotStatelessUpstreamError extends Error {
@@ -79,8 +90,13 @@ type Answer = { kind: "result"; result: Record<string, unknown> } | { kind: "err
 export async function connectStatelessUpstream(opts: StatelessConnectOptions): Promise<StatelessUpstream> {
   const { record } = opts;
   const { url, headers: targetHeaders } = httpTarget(record, opts.open);
-  const own = opts.dispatcher ? undefined : new Agent({ connect: guardedConnector(opts.outbound, {}) });
-  const agent = opts.dispatcher ?? own!;
+  // a gateway with TLS material gets its own agent, as session connections do
+  const tls = mapGatewaySecrets(record, (sealed) => opts.open(sealed, record.id)).tls;
+  const own =
+    opts.dispatcher && !tls
+      ? undefined
+      : new Agent({ connect: guardedConnector(opts.outbound, tls ? { ca: tls.ca, cert: tls.cert, key: tls.key, rejectUnauthorized: tls.rejectUnauthorized ?? true } : {}) });
+  const agent = own ?? opts.dispatcher!;
   let nextId = 1;
 
   /** One POST: the answer to `method`, its progress and other notifications read from its stream on the way. */
@@ -166,7 +182,11 @@ export async function connectStatelessUpstream(opts: StatelessConnectOptions): P
 
   const discover = async (version: string): Promise<Answer> => {
     const signal = opts.signal ? AbortSignal.any([opts.signal, AbortSignal.timeout(opts.timeoutMs)]) : AbortSignal.timeout(opts.timeoutMs);
-    return post("server/discover", {}, version, { headers: opts.initialHeaders, signal });
+    return post("server/discover", {}, version, { headers: opts.initialHeaders, signal }).catch((err: unknown) => {
+      // a bare 4xx (no JSON-RPC answer) is a refusal too, as the revision's clients read it
+      if (err instanceof UpstreamRequestError && !err.transport) throw new NotStatelessUpstreamError(`the upstream refused server/discover: ${err.message}`);
+      throw err;
+    });
   };
 
   try {
@@ -192,8 +212,30 @@ export async function connectStatelessUpstream(opts: StatelessConnectOptions): P
       version,
       discovered: discovered.data,
       async request(req, call): Promise<CallOutcome> {
-        const answer = await post(req.method, req.params ?? {}, version, call);
-        return answer.kind === "result" ? { result: answer.result } : { rpcError: answer.error };
+        let params = req.params ?? {};
+        for (let round = 1; ; round++) {
+          const answer = await post(req.method, params, version, call);
+          if (answer.kind === "error") return { rpcError: answer.error };
+          const asked = InputRequiredResultSchema.safeParse(answer.result);
+          const onRequest = opts.onRequest;
+          if (!asked.success || !onRequest) return { result: answer.result };
+          if (round > MAX_INPUT_ROUNDS) throw new UpstreamRequestError(false, new Error(`the upstream asked for input more than ${MAX_INPUT_ROUNDS} times in one ${req.method}`));
+          // the revision's server requests, asked the client as a session's are; answered in the repeated request
+          let responses: Record<string, Record<string, unknown>>;
+          try {
+            const entries = Object.entries(asked.data.inputRequests ?? {});
+            const answers = await Promise.all(entries.map(([key, r]) => onRequest({ ...r, id: key } as never, { related: call.related, signal: call.signal })));
+            responses = Object.fromEntries(entries.map(([key], i) => [key, answers[i]!]));
+          } catch (err) {
+            if (call.signal.aborted) throw call.signal.reason;
+            // the revision has no error answer to an input request: the client's refusal is the call's
+            const e = err as Partial<JsonRpcError>;
+            if (typeof e.code === "number" && typeof e.message === "string") return { rpcError: e.data === undefined ? { code: e.code, message: e.message } : { code: e.code, message: e.message, data: e.data } };
+            throw err;
+          }
+          const { requestState } = asked.data;
+          params = { ...(req.params ?? {}), inputResponses: responses, ...(requestState === undefined ? {} : { requestState }) };
+        }
       },
       // no session to end upstream: only this connection's own sockets
       async close() {
@@ -217,27 +259,68 @@ function answerOf(msg: { result?: Record<string, unknown>; error?: JsonRpcError 
   return { kind: "result", result: msg.result ?? {} };
 }
 
+/** A health check of a stateless upstream (the revision has no `ping`): `server/discover`, answered with a version served here. */
+export async function checkStatelessUpstream(conn: StatelessUpstream, timeoutMs: number, signal?: AbortSignal): Promise<void> {
+  const bound = AbortSignal.timeout(timeoutMs);
+  const r = await conn.request({ method: "server/discover" }, { headers: {}, signal: signal ? AbortSignal.any([signal, bound]) : bound });
+  // not the upstream's error to report as such: it no longer speaks the revision (the caller connects anew, and probes again)
+  if ("rpcError" in r) throw new NotStatelessUpstreamError(`the upstream refused server/discover: ${r.rpcError.message}`, r.rpcError);
+  const d = DiscoverResultSchema.safeParse(r.result);
+  if (!d.success || !d.data.supportedVersions.includes(conn.version)) throw new NotStatelessUpstreamError(`the upstream no longer serves ${conn.version}`);
+}
+
+/** An upstream connection of either era: a session (the SDK client) or stateless requests. */
+export type EraConnection = { era: "session"; conn: UpstreamConnection } | { era: "stateless"; conn: StatelessUpstream };
+
 /**
- * Every tool, prompt, resource and resource template a stateless upstream offers, as it sent
- * them (what discovery's `listCatalog` does with an SDK client), by the capabilities its
- * `server/discover` named; "method not found" is an empty list.
+ * Connects to a gateway in the revision it speaks. Stdio and SSE gateways speak sessions. A
+ * streamable-HTTP gateway is probed with `server/discover` first unless its era is known to be
+ * `session` (every session-era server refuses the probe: it then gets `initialize`); a connect
+ * in the known session era that fails probes once more, since the upstream may have moved on.
  */
-export async function listStatelessCatalog(conn: StatelessUpstream, timeoutMs: number, signal?: AbortSignal): Promise<CatalogLists> {
-  const caps = conn.discovered.capabilities;
-  const list = (method: string, key: string) =>
-    listAll(async (cursor?: string) => {
-      const bound = AbortSignal.timeout(timeoutMs);
-      const r = await conn.request({ method, params: cursor === undefined ? {} : { cursor } }, { headers: {}, signal: signal ? AbortSignal.any([signal, bound]) : bound });
-      // the shape listAll knows: "method not found" as the SDK's error
-      if ("rpcError" in r) throw new McpError(r.rpcError.code, r.rpcError.message, r.rpcError.data);
-      const next = r.result.nextCursor;
-      return { items: (r.result[key] ?? []) as Record<string, unknown>[], nextCursor: typeof next === "string" ? next : undefined };
-    });
-  const [tools, prompts, resources, resourceTemplates] = await Promise.all([
-    caps.tools ? list("tools/list", "tools") : [],
-    caps.prompts ? list("prompts/list", "prompts") : [],
-    caps.resources ? list("resources/list", "resources") : [],
-    caps.resources ? list("resources/templates/list", "resourceTemplates") : [],
-  ]);
-  return { tools, prompts, resources, resourceTemplates } as CatalogLists;
+export async function connectEitherEra(opts: ConnectOptions, known: UpstreamEra | undefined): Promise<EraConnection> {
+  const session = async (): Promise<EraConnection> => ({ era: "session", conn: await connectUpstream(opts) });
+  if (opts.record.transport !== "streamable-http") return session();
+  const stateless = async (): Promise<EraConnection> => ({ era: "stateless", conn: await connectStatelessUpstream(statelessOptions(opts)) });
+  if (known === "session") {
+    try {
+      return await session();
+    } catch (err) {
+      if (opts.signal?.aborted) throw err;
+      // the session's own failure is what to report when the upstream does not speak the revision either
+      return stateless().catch(() => Promise.reject(err));
+    }
+  }
+  try {
+    return await stateless();
+  } catch (err) {
+    if (!(err instanceof NotStatelessUpstreamError)) throw err;
+    return session();
+  }
+}
+
+function statelessOptions(opts: ConnectOptions): StatelessConnectOptions {
+  return {
+    record: opts.record,
+    open: opts.open,
+    capabilities: opts.capabilities ?? {},
+    initialHeaders: typeof opts.initialHeaders === "function" ? opts.initialHeaders() : opts.initialHeaders,
+    timeoutMs: opts.timeoutMs,
+    outbound: opts.outbound,
+    ...(opts.maxAnswerBytes === undefined ? {} : { maxAnswerBytes: opts.maxAnswerBytes }),
+    ...(opts.signal ? { signal: opts.signal } : {}),
+    ...(opts.dispatcher ? { dispatcher: opts.dispatcher } : {}),
+    onNotification: (n) => opts.onNotification(n as Parameters<ConnectOptions["onNotification"]>[0]),
+    ...(opts.onRequest ? { onRequest: opts.onRequest } : {}),
+  };
+}
+
+/**
+ * The era discovery recorded in the gateway's catalog (`cat.<gid>`); undefined when there is
+ * none yet or it names none. Only the one field is read, not the lists checked.
+ */
+export async function knownEra(catalog: Pick<KV, "get">, gid: string): Promise<UpstreamEra | undefined> {
+  const e = await getLive(catalog, KEYS.catalog(gid));
+  const era = UpstreamEraSchema.safeParse((e ? (entryJson(e) as { era?: unknown } | undefined) : undefined)?.era);
+  return era.success ? era.data : undefined;
 }

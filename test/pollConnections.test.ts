@@ -1,11 +1,10 @@
 // The pollers' kept MCP connections with a fake connector: reuse, replacement, the stdio bound.
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import type { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { ErrorCode, McpError } from "@modelcontextprotocol/sdk/types.js";
 import type { GatewayRecord } from "../protocol/gateway.ts";
 import { PollConnections } from "../runtime/pollConnections.ts";
-import type { GatewayConnector } from "../runtime/pollerEffects.ts";
+import type { GatewayConnector, ProbeConnection } from "../runtime/pollerEffects.ts";
 
 type FakeConn = { n: number; gid: string; open: boolean; onClosed: () => void };
 
@@ -14,17 +13,21 @@ function harness(maxStdio = 2) {
   const connect: GatewayConnector = async (record, _timeout, onClosed) => {
     const c: FakeConn = { n: conns.length, gid: record.id, open: true, onClosed };
     conns.push(c);
-    return {
-      client: c as unknown as Client,
+    const conn: ProbeConnection & { fake: FakeConn } = {
+      era: "session",
+      check: async () => {},
+      list: async () => ({ tools: [], prompts: [], resources: [], resourceTemplates: [] }),
       close: async () => {
         c.open = false;
       },
+      fake: c,
     };
+    return conn;
   };
   const pool = new PollConnections(connect, maxStdio);
   const gw = (id: string, transport: GatewayRecord["transport"] = "streamable-http") => ({ id, transport }) as GatewayRecord;
   const use = (record: GatewayRecord, fn: (c: FakeConn) => Promise<unknown> = async () => {}, keep = true) =>
-    pool.use(record, 1000, ({ client }) => fn(client as unknown as FakeConn), keep);
+    pool.use(record, 1000, (conn) => fn((conn as ProbeConnection & { fake: FakeConn }).fake), keep);
   const openOf = (gid: string) => conns.filter((c) => c.gid === gid && c.open);
   return { conns, pool, gw, use, openOf };
 }

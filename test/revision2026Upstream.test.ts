@@ -7,7 +7,8 @@ import { CatalogSchema } from "../protocol/catalog.ts";
 import { GatewayRecordSchema, type GatewayRecord } from "../protocol/gateway.ts";
 import { AnswerTooLargeError } from "../runtime/mcpClient.ts";
 import { OutboundRefusedError } from "../runtime/outboundConnector.ts";
-import { connectStatelessUpstream, encodeHeaderValue, listStatelessCatalog, NotStatelessUpstreamError, type StatelessConnectOptions, type StatelessUpstream } from "../runtime/revision2026Upstream.ts";
+import { listStatelessCatalog } from "../runtime/pollerEffects.ts";
+import { connectEitherEra, connectStatelessUpstream, encodeHeaderValue, NotStatelessUpstreamError, type StatelessConnectOptions, type StatelessUpstream } from "../runtime/revision2026Upstream.ts";
 import { startFixtureHttp, type FixtureHttp } from "./fixtures/fixtureHttp.ts";
 import { pythonSkip, startPythonStatelessServer } from "./helpers/python.ts";
 
@@ -64,7 +65,7 @@ describe("an upstream that speaks only 2026-07-28 (the Python SDK's stateless se
     const r = await conn.request({ method: "tools/list" }, call());
     assert.ok("result" in r);
     const names = (r.result.tools as Array<{ name: string }>).map((t) => t.name).sort();
-    assert.deepEqual(names, ["counter_add", "counter_new", "echo", "fail", "progress"]);
+    assert.deepEqual(names, ["counter_add", "counter_new", "echo", "fail", "greet", "progress"]);
     assert.equal(r.result.ttlMs, 60_000);
     assert.equal(r.result.cacheScope, "public");
   });
@@ -133,13 +134,36 @@ describe("an upstream that speaks only 2026-07-28 (the Python SDK's stateless se
 
   it("discovers the upstream's catalog as the poller's discovery stores it", async () => {
     const lists = await listStatelessCatalog(conn, 30_000);
-    assert.deepEqual(lists.tools.map((t) => t.name).sort(), ["counter_add", "counter_new", "echo", "fail", "progress"]);
+    assert.deepEqual(lists.tools.map((t) => t.name).sort(), ["counter_add", "counter_new", "echo", "fail", "greet", "progress"]);
     assert.deepEqual([lists.prompts.length, lists.resources.length, lists.resourceTemplates.length], [0, 0, 0]);
     assert.ok(CatalogSchema.pick({ tools: true, prompts: true, resources: true, resourceTemplates: true }).safeParse(lists).success);
   });
 
   it("tells a session-era upstream apart: its refusal of server/discover is no stateless upstream", async () => {
     await assert.rejects(connectStatelessUpstream(options(fixture.url("counter"))), NotStatelessUpstreamError);
+  });
+
+  it("connects in whichever era the upstream speaks, whatever era was known: a wrong one costs one more try", async () => {
+    const base = { open: () => assert.fail("no secrets"), initialHeaders: {}, timeoutMs: 30_000, outbound: { deny: [] }, onNotification: () => {}, onClosed: () => {}, onError: () => {} };
+    const cases = [
+      [server.url, undefined, "stateless"],
+      [server.url, "session", "stateless"],
+      [fixture.url("era"), undefined, "session"],
+      [fixture.url("era"), "stateless", "session"],
+      [fixture.url("era"), "session", "session"],
+    ] as const;
+    for (const [url, known, want] of cases) {
+      const opened = fixture.gateway("era").opened.length;
+      const requests = fixture.gateway("era").stats.headers.length;
+      const c = await connectEitherEra({ ...base, record: record(url) }, known);
+      await c.conn.close();
+      assert.equal(c.era, want, `${url} known as ${known}`);
+      if (url === server.url) continue;
+      assert.equal(fixture.gateway("era").opened.length - opened, 1, "one session opened");
+      // initialize, initialized, its GET stream and DELETE; a probe first unless the era was known to be session
+      const probes = fixture.gateway("era").stats.headers.filter((h, i) => i >= requests && h["mcp-protocol-version"] === "2026-07-28").length;
+      assert.equal(probes, known === "session" ? 0 : 1);
+    }
   });
 
   it("attack: an upstream address the outbound policy denies is never reached", async () => {

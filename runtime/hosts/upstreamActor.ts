@@ -18,7 +18,8 @@ import {
 import { decodeJson, encodeJson, errorReply, listen } from "../bus.ts";
 import { callMessageLimit, publishWhole, wholeRequests, type WholeRequest } from "../largeMessages.ts";
 import type { Logger } from "../logger.ts";
-import { closeWithin, connectUpstream, type UpstreamConnection } from "../mcpClient.ts";
+import { closeWithin, type UpstreamConnection } from "../mcpClient.ts";
+import { connectEitherEra, knownEra, type EraConnection } from "../revision2026Upstream.ts";
 import { gatewayScrubber, scrubbedError } from "../secretScrubber.ts";
 import type { SessionStore } from "../sessionStore.ts";
 import type { WorkerContext } from "../worker.ts";
@@ -76,7 +77,7 @@ export function createUpstreamActor(deps: ActorDeps, sid: string, gid: string, r
   let lastUsedAt: number | null = null;
   let useCount = 0;
   let latestHeaders = headers;
-  let conn: UpstreamConnection | null = null;
+  let conn: EraConnection["conn"] | null = null;
   /** a level the client set after this actor read its session record */
   let levelSet: LoggingLevel | undefined;
   let clientCanListRoots = false;
@@ -126,8 +127,9 @@ export function createUpstreamActor(deps: ActorDeps, sid: string, gid: string, r
 
   // ---- what the client says to all of its upstream sessions ----
 
-  async function applyLevel(c: UpstreamConnection, level: LoggingLevel): Promise<void> {
-    if (!c.client.getServerCapabilities()?.logging) return;
+  async function applyLevel(c: EraConnection["conn"], level: LoggingLevel): Promise<void> {
+    // a stateless upstream has no session to set a level on
+    if (!("client" in c) || !c.client.getServerCapabilities()?.logging) return;
     await c.client.setLoggingLevel(level, { timeout: config.intervals.probeTimeout });
   }
 
@@ -139,7 +141,7 @@ export function createUpstreamActor(deps: ActorDeps, sid: string, gid: string, r
     if (m.data.method === "logging/setLevel") {
       levelSet = m.data.params.level;
       if (c) applyLevel(c, levelSet).catch(failed);
-    } else if (c && clientCanListRoots) {
+    } else if (c && "client" in c && clientCanListRoots) {
       c.client.sendRootsListChanged().catch(failed);
     }
   }
@@ -162,12 +164,16 @@ export function createUpstreamActor(deps: ActorDeps, sid: string, gid: string, r
         conn = null;
         // grace, then force, for a connection replaced after a failed probe
         if (previous) void closeWithin(previous, shutdownMs);
-        const session = await deps.sessions.load(sid).catch(() => null);
+        // the era discovery found: a session connect then probes server/discover only while it is unknown
+        const [session, era] = await Promise.all([
+          deps.sessions.load(sid).catch(() => null),
+          record.transport === "streamable-http" ? knownEra(ctx.stores.catalog, gid).catch(() => undefined) : undefined,
+        ]);
         const capabilities = session?.record.capabilities ?? spawnCapabilities ?? {};
         clientCanListRoots = Boolean((capabilities.roots as { listChanged?: boolean } | undefined)?.listChanged);
         // declared before the connect: the transport may report a close while it is still connecting
-        let opened: UpstreamConnection | null = null;
-        opened = await connectUpstream({
+        let opened: EraConnection | null = null;
+        opened = await connectEitherEra({
           record,
           open: (sealed, id) => ctx.box.open(sealed, id),
           initialHeaders: () => latestHeaders,
@@ -181,22 +187,25 @@ export function createUpstreamActor(deps: ActorDeps, sid: string, gid: string, r
           onNotification: onUpstreamNotification,
           onRequest: (req, { related, signal }) => channel.ask(channel.streamOf(related as CallRequest | undefined), req, signal),
           onClosed: () => {
-            if (opened !== null && conn === opened) actor.send({ type: "CLOSE", reason: "the upstream closed the connection", cause: "upstream_closed" });
+            if (opened !== null && conn === opened.conn) actor.send({ type: "CLOSE", reason: "the upstream closed the connection", cause: "upstream_closed" });
           },
           onError: (err) => log.debug({ gid, err: scrub.text(err.message) }, "upstream transport reported an error"),
-        }).catch((err: unknown) => {
+        }, era).catch((err: unknown) => {
           // its text becomes the close reason, which the spawner answers with
           throw scrubbedError(err, scrub);
         });
         if (signal.aborted) {
-          opened.forceClose();
+          opened.conn.forceClose();
           throw new Error("closed while connecting");
         }
-        await restoreSessionState(opened, session?.record.logLevel, session?.record.subscriptions?.[gid] ?? []);
-        conn = opened;
-        log.debug({ sid, gid }, "upstream session connected");
+        // a stateless upstream keeps nothing between requests: no level or subscription to restore
+        if (opened.era === "session") await restoreSessionState(opened.conn, session?.record.logLevel, session?.record.subscriptions?.[gid] ?? []);
+        conn = opened.conn;
+        log.debug({ sid, gid, era: opened.era }, "upstream session connected");
       }),
       probe: fromPromise<ProbeOutcome, { method: ProbeMethod }>(async ({ input }) => {
+        // the revision removed ping: the probe goes on to its next method without asking
+        if (input.method === "ping" && !("client" in conn!)) return "method_not_found";
         const outcome = await conn!.request({ method: input.method }, { headers: latestHeaders, signal: AbortSignal.timeout(config.intervals.probeTimeout) });
         // any answer, even an error, shows the session alive
         return "rpcError" in outcome && outcome.rpcError.code === ErrorCode.MethodNotFound ? "method_not_found" : "ok";

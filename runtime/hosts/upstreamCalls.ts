@@ -39,7 +39,8 @@ export function upstreamCalls(deps: {
   record: GatewayRecord;
   scrub: Scrubber;
   channel: ClientChannel;
-  connection: () => UpstreamConnection | null;
+  /** the actor's connection, of either era: only its `request` is used */
+  connection: () => Pick<UpstreamConnection, "request"> | null;
   onDone: (callId: string, transportFailed: boolean) => void;
 }) {
   const { ctx, log, sid, gid, record, scrub, channel } = deps;

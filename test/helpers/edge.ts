@@ -2,7 +2,7 @@ import { request as httpRequest } from "node:http";
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
 import { catalogHash } from "../../actors/discovery.ts";
-import type { Catalog } from "../../protocol/catalog.ts";
+import type { Catalog, UpstreamEra } from "../../protocol/catalog.ts";
 import type { GatewayStatus } from "../../protocol/gateway.ts";
 import { KEYS } from "../../protocol/subjects.ts";
 import type { Worker } from "../../runtime/worker.ts";
@@ -11,11 +11,12 @@ type Lists = Partial<Pick<Catalog, "tools" | "prompts" | "resources" | "resource
 
 /**
  * Writes a gateway's catalog into the catalog bucket the way discovery does (used where a
- * test needs a catalog the upstream does not have, e.g. 10,000 tools).
+ * test needs a catalog the upstream does not have, e.g. 10,000 tools), with the era discovery
+ * would have found (a session upstream's, unless told).
  */
-export async function putCatalog(w: Worker, gid: string, lists: Lists): Promise<void> {
+export async function putCatalog(w: Worker, gid: string, lists: Lists, era: UpstreamEra = "session"): Promise<void> {
   const body = { tools: [], prompts: [], resources: [], resourceTemplates: [], ...lists };
-  const catalog: Catalog = { gid, hash: catalogHash(body), discoveredAt: new Date().toISOString(), ...body };
+  const catalog: Catalog = { gid, hash: catalogHash(body), discoveredAt: new Date().toISOString(), era, ...body };
   await w.stores.catalog.put(KEYS.catalog(gid), JSON.stringify(catalog));
 }
 

@@ -17,11 +17,13 @@ import json
 import secrets
 import socket
 import sys
+from typing import Annotated
 
 import uvicorn
 from mcp.server.caching import CacheHint
-from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver import Context, Elicit, MCPServer, Resolve
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
+from pydantic import BaseModel
 
 server = MCPServer(
     "py-stateless",
@@ -69,6 +71,20 @@ async def progress(steps: int, ctx: Context, pause: float = 0.0) -> str:
 def fail(message: str) -> str:
     """Always raises: a tool error with this message."""
     raise ValueError(message)
+
+
+class Name(BaseModel):
+    name: str
+
+
+def ask_name() -> Elicit[Name]:
+    return Elicit("What is your name?", Name)
+
+
+@server.tool()
+def greet(who: Annotated[Name, Resolve(ask_name)]) -> str:
+    """Asks the client for a name (elicitation: the revision's input_required), then greets it."""
+    return f"Hello, {who.name}!"
 
 
 def modern_only(app):
