@@ -225,13 +225,11 @@ export function createUpstreamActor(deps: ActorDeps, sid: string, gid: string, r
       giveUp: (_, p) => log.error({ sid, gid, reason: p.reason }, "upstream session did not close within 2× shutdownTimeout; abandoned"),
     },
     delays: {
-      idleValidation: config.intervals.idleValidation,
-      sessionIdleTtl: config.intervals.sessionIdleTtl,
       probeTimeout: config.intervals.probeTimeout,
       shutdownTimeout: shutdownMs,
     },
   });
-  const actor = createActor(machine);
+  const actor = createActor(machine, { input: { idleValidationMs: config.intervals.idleValidation, sessionIdleTtlMs: config.intervals.sessionIdleTtl } });
   const closeReason = () => actor.getSnapshot().context.closeReason || "session closing";
 
   // ---- its address ----
