@@ -20,7 +20,7 @@ import { callMessageLimit, publishWhole, wholeRequests, type WholeRequest } from
 import type { Logger } from "../logger.ts";
 import { closeWithin, connectUpstream, type UpstreamConnection } from "../mcpClient.ts";
 import { gatewayScrubber, scrubbedError } from "../secretScrubber.ts";
-import type { SessionStore } from "../sessionStore.ts";
+import type { LoadedSession, SessionStore } from "../sessionStore.ts";
 import type { WorkerContext } from "../worker.ts";
 import { clientChannel } from "./clientChannel.ts";
 import { upstreamCalls, type CallRequest } from "./upstreamCalls.ts";
@@ -54,7 +54,18 @@ export type ActorDeps = {
 
 const LIST_CHANGED = /^notifications\/(tools|prompts|resources)\/list_changed$/;
 
-export function createUpstreamActor(deps: ActorDeps, sid: string, gid: string, record: GatewayRecord, headers: Record<string, string>): UpstreamActor {
+/**
+ * `session`: the client session record, already being read (the host reads it while it claims,
+ * so the first connect does not wait for one more KV round trip); a reconnect reads it again.
+ */
+export function createUpstreamActor(
+  deps: ActorDeps,
+  sid: string,
+  gid: string,
+  record: GatewayRecord,
+  headers: Record<string, string>,
+  session?: Promise<LoadedSession | null>,
+): UpstreamActor {
   const { ctx, log } = deps;
   const { nc, s, config } = ctx;
   const shutdownMs = config.intervals.shutdownTimeout;
@@ -76,6 +87,7 @@ export function createUpstreamActor(deps: ActorDeps, sid: string, gid: string, r
   let useCount = 0;
   let latestHeaders = headers;
   let conn: UpstreamConnection | null = null;
+  let preloaded = session;
   /** a level the client set after this actor read its session record */
   let levelSet: LoggingLevel | undefined;
   let clientCanListRoots = false;
@@ -161,7 +173,8 @@ export function createUpstreamActor(deps: ActorDeps, sid: string, gid: string, r
         conn = null;
         // grace, then force, for a connection replaced after a failed probe
         if (previous) void closeWithin(previous, shutdownMs);
-        const session = await deps.sessions.load(sid).catch(() => null);
+        const session = await (preloaded ?? deps.sessions.load(sid)).catch(() => null);
+        preloaded = undefined;
         const capabilities = session?.record.capabilities ?? {};
         clientCanListRoots = Boolean((capabilities.roots as { listChanged?: boolean } | undefined)?.listChanged);
         // declared before the connect: the transport may report a close while it is still connecting
