@@ -117,6 +117,71 @@ export function wholeRequests(nc: NatsConnection, limit: number, onRequest: (req
   };
 }
 
+/** A request waiting on the connection's reply subscription: its parts, by its reply token. */
+type Waiting = { limit: number; subject: string; assembly: Assembly | null; resolve(data: Uint8Array): void; reject(err: unknown): void };
+
+/**
+ * One reply subscription per connection (`<inbox>.*`), as `nc.request` keeps its own: a request
+ * costs no `SUB` and `UNSUB` of an inbox of its own (a socket write and server work each).
+ * Each request's reply subject is unique (`<inbox>.<n>`), which responders key parts by.
+ */
+class ReplyInbox {
+  readonly #prefix: string;
+  readonly #waiting = new Map<string, Waiting>();
+  #n = 0;
+  readonly #sub: Subscription;
+
+  constructor(nc: NatsConnection) {
+    // the connection's own inbox prefix, as nc.request would use (not on the public interface)
+    this.#prefix = createInbox((nc as { options?: { inboxPrefix?: string } }).options?.inboxPrefix);
+    this.#sub = nc.subscribe(`${this.#prefix}.*`, { callback: (err, msg) => this.#deliver(err, msg) });
+    // the connection closed (or the subscription failed): nothing more can come
+    void this.#sub.closed.then(() => this.#failAll(new errors.ClosedConnectionError()));
+  }
+
+  get closed(): boolean {
+    return this.#sub.isClosed();
+  }
+
+  /** a reply subject for one request, and its removal */
+  open(w: Waiting): { reply: string; done(): void } {
+    const token = String(++this.#n);
+    this.#waiting.set(token, w);
+    return { reply: `${this.#prefix}.${token}`, done: () => this.#waiting.delete(token) };
+  }
+
+  #failAll(err: unknown): void {
+    for (const w of this.#waiting.values()) w.reject(err);
+    this.#waiting.clear();
+  }
+
+  #deliver(err: Error | null, msg: Msg): void {
+    if (err) return this.#failAll(err);
+    const w = this.#waiting.get(msg.subject.slice(this.#prefix.length + 1));
+    if (!w) return;
+    if (msg.data.length === 0 && msg.headers?.code === 503) return w.reject(new errors.NoRespondersError(w.subject));
+    try {
+      const part = partHeader(msg.headers);
+      if (!part) return w.resolve(msg.data);
+      if (!w.assembly) {
+        if (part.size > w.limit) throw new ProtocolError("too_large", sizeText("reply", part.size, w.limit));
+        w.assembly = new Assembly(part);
+      }
+      const whole = w.assembly.add(part, msg.data);
+      if (whole) w.resolve(whole);
+    } catch (e) {
+      w.reject(e);
+    }
+  }
+}
+
+const replyInboxes = new WeakMap<NatsConnection, ReplyInbox>();
+function replyInboxOf(nc: NatsConnection): ReplyInbox {
+  let inbox = replyInboxes.get(nc);
+  if (!inbox || inbox.closed) replyInboxes.set(nc, (inbox = new ReplyInbox(nc)));
+  return inbox;
+}
+
 /**
  * Sends a request of any size up to `limit` and returns its whole reply (up to `limit`).
  * Errors are those of `nc.request`: no responders (nobody subscribes to `subject`) and
@@ -129,37 +194,17 @@ export async function requestWhole(
   opts: { timeoutMs: number; limit: number; headers?: Record<string, string> },
 ): Promise<Uint8Array> {
   if (data.length > opts.limit) throw new ProtocolError("too_large", sizeText("request", data.length, opts.limit));
-  // the connection's own inbox prefix, as nc.request would use (not on the public interface)
-  const inbox = createInbox((nc as { options?: { inboxPrefix?: string } }).options?.inboxPrefix);
-  let sub: Subscription | undefined;
   let timer: NodeJS.Timeout | undefined;
+  let waiting: { reply: string; done(): void } | undefined;
   try {
     return await new Promise<Uint8Array>((resolve, reject) => {
-      let assembly: Assembly | null = null;
-      sub = nc.subscribe(inbox, {
-        callback: (err, msg) => {
-          if (err) return reject(err);
-          if (msg.data.length === 0 && msg.headers?.code === 503) return reject(new errors.NoRespondersError(subject));
-          try {
-            const part = partHeader(msg.headers);
-            if (!part) return resolve(msg.data);
-            if (!assembly) {
-              if (part.size > opts.limit) throw new ProtocolError("too_large", sizeText("reply", part.size, opts.limit));
-              assembly = new Assembly(part);
-            }
-            const whole = assembly.add(part, msg.data);
-            if (whole) resolve(whole);
-          } catch (e) {
-            reject(e);
-          }
-        },
-      });
+      waiting = replyInboxOf(nc).open({ limit: opts.limit, subject, assembly: null, resolve, reject });
       timer = setTimeout(() => reject(new errors.TimeoutError()), opts.timeoutMs);
-      publishWhole(nc, subject, data, inbox, opts.headers);
+      publishWhole(nc, subject, data, waiting.reply, opts.headers);
     });
   } finally {
     clearTimeout(timer);
-    sub?.unsubscribe();
+    waiting?.done();
   }
 }
 

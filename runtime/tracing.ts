@@ -4,8 +4,8 @@
 // workers share a process in tests): the provider is this worker's and context is passed
 // explicitly. Spans are exported over OTLP/HTTP only when an endpoint is configured;
 // without one the trace context still propagates and trace ids still reach the logs.
-import { defaultTextMapGetter, defaultTextMapSetter, ROOT_CONTEXT, SpanStatusCode, trace, TraceFlags, type Attributes, type Span, type SpanKind, type Tracer } from "@opentelemetry/api";
-import { W3CTraceContextPropagator } from "@opentelemetry/core";
+import { defaultTextMapGetter, ROOT_CONTEXT, SpanStatusCode, trace, TraceFlags, type Attributes, type Span, type SpanKind, type Tracer } from "@opentelemetry/api";
+import { parseTraceParent, TraceState, W3CTraceContextPropagator } from "@opentelemetry/core";
 import { OTLPTraceExporter } from "@opentelemetry/exporter-trace-otlp-http";
 import { resourceFromAttributes } from "@opentelemetry/resources";
 import { BasicTracerProvider, BatchSpanProcessor, RandomIdGenerator } from "@opentelemetry/sdk-trace-base";
@@ -30,7 +30,7 @@ export function createTracing(opts: { otlpEndpoint?: string | undefined; workerI
   const endpoint = opts.otlpEndpoint?.replace(/\/+$/, "");
   const parentContext = (parent: Span | TraceHeaders | undefined) =>
     parent === undefined ? ROOT_CONTEXT : isSpan(parent) ? trace.setSpan(ROOT_CONTEXT, parent) : propagator.extract(ROOT_CONTEXT, parent, defaultTextMapGetter);
-  if (endpoint === undefined) return contextOnlyTracing(parentContext);
+  if (endpoint === undefined) return contextOnlyTracing();
   const provider = new BasicTracerProvider({
     resource: resourceFromAttributes({ "service.name": "mcpgw", "service.instance.id": opts.workerId }),
     spanProcessors: [new BatchSpanProcessor(new OTLPTraceExporter({ url: `${endpoint}/v1/traces` }))],
@@ -48,11 +48,12 @@ export function createTracing(opts: { otlpEndpoint?: string | undefined; workerI
  * the parent's when there is one) and a span id of its own. A recording span would be built,
  * timed and dropped on every call for nothing (about half of a call's instrumentation).
  */
-function contextOnlyTracing(parentContext: (parent: Span | TraceHeaders | undefined) => ReturnType<typeof trace.setSpan>): Tracing {
+function contextOnlyTracing(): Tracing {
   const ids = new RandomIdGenerator();
   return {
     startSpan(_name, { parent }) {
-      const p = trace.getSpanContext(parentContext(parent));
+      // the parent's context read directly: no OpenTelemetry context objects per span
+      const p = parent === undefined ? undefined : isSpan(parent) ? parent.spanContext() : spanContextOfHeaders(parent);
       const valid = p !== undefined && trace.isSpanContextValid(p);
       return trace.wrapSpanContext({
         traceId: valid ? p.traceId : ids.generateTraceId(),
@@ -67,10 +68,23 @@ function contextOnlyTracing(parentContext: (parent: Span | TraceHeaders | undefi
   };
 }
 
-/** The trace context of `span` as headers for the next hop. */
+/** The remote span context in W3C trace context headers, as the propagator reads it (a malformed `traceparent` is none). */
+function spanContextOfHeaders(h: TraceHeaders): ReturnType<Span["spanContext"]> | undefined {
+  const parent = h.traceparent;
+  const sc = parent === undefined ? null : parseTraceParent(parent);
+  if (!sc) return undefined;
+  sc.isRemote = true;
+  if (h.tracestate) sc.traceState = new TraceState(h.tracestate);
+  return sc;
+}
+
+/** The trace context of `span` as headers for the next hop (what the W3C propagator writes, without a context per call). */
 export function traceHeadersOf(span: Span): TraceHeaders {
-  const out: TraceHeaders = {};
-  propagator.inject(trace.setSpan(ROOT_CONTEXT, span), out, defaultTextMapSetter);
+  const sc = span.spanContext();
+  if (!trace.isSpanContextValid(sc)) return {};
+  const out: TraceHeaders = { traceparent: `00-${sc.traceId}-${sc.spanId}-0${Number(sc.traceFlags || TraceFlags.NONE).toString(16)}` };
+  const state = sc.traceState?.serialize();
+  if (state) out.tracestate = state;
   return out;
 }
 

@@ -7,6 +7,9 @@ const IDLE_VALIDATION = 60_000;
 const IDLE_TTL = 30 * 60_000;
 const SHUTDOWN = 5_000;
 
+/** the machine's clock is the simulated one, so idleness is measured in simulated time */
+const inputOf = (clock: SimulatedClock) => ({ now: () => clock.now(), idleValidationMs: IDLE_VALIDATION, sessionIdleTtlMs: IDLE_TTL });
+
 type ProbeScript = Partial<Record<ProbeMethod, ProbeOutcome | "transport_error" | "hang">>;
 
 /** The machine with fake effects that record what they were asked to do. */
@@ -39,10 +42,10 @@ function harness(opts: { probes?: ProbeScript; closeHangs?: boolean; forceHangs?
       stopAccepting: () => void (log.stopped += 1),
       giveUp: () => void (log.gaveUp += 1),
     },
-    delays: { idleValidation: IDLE_VALIDATION, sessionIdleTtl: IDLE_TTL, probeTimeout: 5_000, shutdownTimeout: SHUTDOWN },
+    delays: { probeTimeout: 5_000, shutdownTimeout: SHUTDOWN },
   });
   const clock = new SimulatedClock();
-  const actor = createActor(machine, { clock }).start();
+  const actor = createActor(machine, { clock, input: inputOf(clock) }).start();
   actor.send({ type: "CLAIMED" });
   return { actor, clock, log, state: () => stateName(actor.getSnapshot().value) };
 }
@@ -66,6 +69,33 @@ describe("upstream session machine", () => {
     assert.deepEqual(h.log.started, ["c1", "c2"]);
     assert.deepEqual(h.log.probes, []);
     assert.equal(h.log.connects, 1);
+  });
+
+  it("goes stale exactly idleValidation after its last call, and expires sessionIdleTtl after it, though calls restart no timer", async () => {
+    const h = harness();
+    await settle();
+    h.clock.increment(IDLE_VALIDATION / 2);
+    h.actor.send(call("c1"));
+    h.actor.send({ type: "CALL_DONE", callId: "c1", transportFailed: false });
+    // past the timer armed when the session became ready: re-armed for what is left
+    h.clock.increment(IDLE_VALIDATION - 1);
+    h.actor.send(call("c2"));
+    h.actor.send({ type: "CALL_DONE", callId: "c2", transportFailed: false });
+    assert.deepEqual(h.log.started, ["c1", "c2"]);
+    assert.deepEqual(h.log.probes, [], "each call came within idleValidation of the one before");
+    h.clock.increment(IDLE_VALIDATION);
+    h.actor.send(call("c3"));
+    assert.equal(h.state(), "validating", "idleValidation after c2: probed");
+    await settle();
+    assert.deepEqual(h.log.probes, ["ping"]);
+    h.actor.send({ type: "CALL_DONE", callId: "c3", transportFailed: false });
+    // the probe's end counts as activity, as the call that asked for it does
+    h.clock.increment(IDLE_TTL - 1);
+    assert.equal(h.state(), "ready");
+    h.clock.increment(1);
+    await settle();
+    assert.equal(h.state(), "closed");
+    assert.equal(h.actor.getSnapshot().context.closeCause, "idle");
   });
 
   it("healthy probe after idleValidation reuses the session", async () => {
@@ -184,7 +214,7 @@ describe("upstream session machine", () => {
       },
       actions: { failCalls: (_, p) => void h.log.failed.push(...p.calls.map((c) => c.id)) },
     });
-    const actor = createActor(machine, { clock: new SimulatedClock() }).start();
+    const actor = createActor(machine, { clock: new SimulatedClock(), input: {} }).start();
     actor.send({ type: "CLAIMED" });
     actor.send(call("c1"));
     await settle();
@@ -238,10 +268,10 @@ describe("upstream session machine: claiming, cancellation, draining", () => {
         stopTakingCalls: () => void (log.stoppedTaking += 1),
         stopAccepting: () => void (log.stopped += 1),
       },
-      delays: { idleValidation: IDLE_VALIDATION, sessionIdleTtl: IDLE_TTL, probeTimeout: 5_000, shutdownTimeout: SHUTDOWN },
+      delays: { probeTimeout: 5_000, shutdownTimeout: SHUTDOWN },
     });
     const clock = new SimulatedClock();
-    const actor = createActor(machine, { clock }).start();
+    const actor = createActor(machine, { clock, input: inputOf(clock) }).start();
     return { actor, clock, log, state: () => stateName(actor.getSnapshot().value) };
   }
 

@@ -56,13 +56,25 @@ export type UpstreamSessionContext = {
   closeCause: CloseCause | null;
   /** the worker stops while calls wait for the claim, the connection or a probe: they run first, then the actor drains */
   drainRequested: boolean;
+  /** the actor's clock (monotonic ms): idleness is measured from the last call, not by restarting timers on every call */
+  now: () => number;
+  /** when the session last became ready or received a call (by `now`) */
+  lastActiveAt: number;
+  idleValidationMs: number;
+  sessionIdleTtlMs: number;
 };
+
+/** What the host gives the actor: its clock and idle thresholds (defaults: performance.now, 60 s, 30 min). */
+export type UpstreamSessionInput = { now?: () => number; idleValidationMs?: number; sessionIdleTtlMs?: number };
+
+const idleFor = (c: UpstreamSessionContext) => c.now() - c.lastActiveAt;
 
 export const upstreamSessionMachine = setup({
   types: {
     context: {} as UpstreamSessionContext,
     events: {} as UpstreamSessionEvent,
     emitted: {} as UpstreamSessionEmitted,
+    input: {} as UpstreamSessionInput | undefined,
   },
   actors: {
     /** opens a fresh upstream session (replacing any previous one) and initializes it */
@@ -91,6 +103,7 @@ export const upstreamSessionMachine = setup({
         return rest;
       },
     }),
+    /** starts calls: their upstream requests are sent */
     startCalls: (_, _params: { calls: SessionCall[] }) => {},
     /** answers calls that never started with an error */
     failCalls: (_, _params: { calls: SessionCall[]; reason: string }) => {},
@@ -110,19 +123,41 @@ export const upstreamSessionMachine = setup({
     closeRequested: ({ context }) => context.closeCause !== null,
     hasQueuedCalls: ({ context }) => context.queued.length > 0,
     drainRequested: ({ context }) => context.drainRequested,
+    /** a call came within idleValidation of now: not stale yet */
+    usedWithinIdleValidation: ({ context }) => idleFor(context) < context.idleValidationMs,
+    /** a call is in flight, or came within sessionIdleTtl of now */
+    notIdleExpired: ({ context }) => Object.keys(context.inflight).length > 0 || idleFor(context) < context.sessionIdleTtlMs,
     methodNotFoundWithStepsLeft: ({ context, event }) =>
       (event as { output?: ProbeOutcome }).output === "method_not_found" && context.probeStep < PROBE_METHODS.length - 1,
   },
   delays: {
-    idleValidation: 60_000,
-    sessionIdleTtl: 30 * 60_000,
+    // Timers are not restarted per call (a re-entered state costs every call its timers): at
+    // expiry a session used since is re-armed for what is left, so it goes stale exactly
+    // idleValidation after its last call, and expires sessionIdleTtl after it.
+    untilStale: ({ context }) => Math.max(0, context.lastActiveAt + context.idleValidationMs - context.now()),
+    untilIdleExpiry: ({ context }) => {
+      const left = context.lastActiveAt + context.sessionIdleTtlMs - context.now();
+      // still busy past the TTL (a long call): look again a TTL later
+      return left > 0 ? left : context.sessionIdleTtlMs;
+    },
     probeTimeout: 5_000,
     shutdownTimeout: 5_000,
   },
 }).createMachine({
   id: "upstreamSession",
   initial: "claiming",
-  context: { queued: [], inflight: {}, probeStep: 0, closeReason: "", closeCause: null, drainRequested: false },
+  context: ({ input }) => ({
+    queued: [],
+    inflight: {},
+    probeStep: 0,
+    closeReason: "",
+    closeCause: null,
+    drainRequested: false,
+    now: input?.now ?? (() => performance.now()),
+    lastActiveAt: 0,
+    idleValidationMs: input?.idleValidationMs ?? 60_000,
+    sessionIdleTtlMs: input?.sessionIdleTtlMs ?? 30 * 60_000,
+  }),
   on: {
     // a cancelled call that has not started is answered at once; a started one is aborted
     CANCEL: {
@@ -188,6 +223,7 @@ export const upstreamSessionMachine = setup({
             assign({
               inflight: ({ context }) => ({ ...context.inflight, ...Object.fromEntries(context.queued.map((c) => [c.id, c])) }),
               queued: [],
+              lastActiveAt: ({ context }) => context.now(),
             }),
             emit({ type: "ready" }),
           ],
@@ -197,30 +233,46 @@ export const upstreamSessionMachine = setup({
             target: "#upstreamSession.draining",
             actions: { type: "recordClose", params: { reason: "worker shutting down", cause: "shutdown" } },
           },
-          // Only incoming calls count as activity: each one re-enters `ready`, restarting both timers.
-          after: {
-            sessionIdleTtl: [
-              { guard: "hasCallsInFlight", target: "ready", reenter: true },
-              { target: "#upstreamSession.closing", actions: { type: "recordClose", params: { reason: "idle expiry", cause: "idle" } } },
-            ],
-          },
-          initial: "fresh",
+          // Only incoming calls count as activity (each sets lastActiveAt; the hot path is one transition).
+          type: "parallel",
           states: {
-            fresh: {
-              after: { idleValidation: "stale" },
-              on: {
-                CALL: {
-                  target: "#upstreamSession.open.ready",
-                  reenter: true,
-                  actions: assign({ queued: ({ context, event }) => [...context.queued, event.call] }),
+            expiry: {
+              initial: "watching",
+              states: {
+                watching: {
+                  after: {
+                    untilIdleExpiry: [
+                      { guard: "notIdleExpired", target: "watching", reenter: true },
+                      { target: "#upstreamSession.closing", actions: { type: "recordClose", params: { reason: "idle expiry", cause: "idle" } } },
+                    ],
+                  },
                 },
               },
             },
-            stale: {
-              on: {
-                CALL: {
-                  target: "#upstreamSession.open.validating",
-                  actions: assign({ queued: ({ context, event }) => [...context.queued, event.call], probeStep: 0 }),
+            validity: {
+              initial: "fresh",
+              states: {
+                fresh: {
+                  after: { untilStale: [{ guard: "usedWithinIdleValidation", target: "fresh", reenter: true }, { target: "stale" }] },
+                  on: {
+                    CALL: {
+                      actions: [
+                        { type: "startCalls", params: ({ event }) => ({ calls: [event.call] }) },
+                        assign({
+                          inflight: ({ context, event }) => ({ ...context.inflight, [event.call.id]: event.call }),
+                          lastActiveAt: ({ context }) => context.now(),
+                        }),
+                      ],
+                    },
+                  },
+                },
+                stale: {
+                  on: {
+                    CALL: {
+                      target: "#upstreamSession.open.validating",
+                      actions: assign({ queued: ({ context, event }) => [...context.queued, event.call], probeStep: 0 }),
+                    },
+                  },
                 },
               },
             },

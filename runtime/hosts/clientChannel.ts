@@ -10,10 +10,12 @@ import {
   StreamEventSchema,
   type ClientBoundMessage,
   type JsonRpcError,
+  type StreamEvent,
+  type UpstreamCallReply,
   type UpstreamAnswerRequest,
 } from "../../protocol/upstream.ts";
-import { encodeJson } from "../bus.ts";
-import { streamEventHeaders } from "../streamLog.ts";
+import type { Envelope } from "../../protocol/envelope.ts";
+import { publishStreamEvent } from "../streamLog.ts";
 import type { Logger } from "../logger.ts";
 
 /** The client's JSON-RPC error answer (or mcpgw's, when the client never answered), passed to the upstream as it is. */
@@ -52,14 +54,14 @@ export function clientChannel(deps: {
   let seq = 0;
   const pending = new Map<string, Pending>();
 
-  /** false when the event cannot travel (over max_payload) */
-  function publish(streamId: string, event: Record<string, unknown>): boolean {
-    const full = StreamEventSchema.parse({ uid: `${nonce}-${++seq}`, gid, ...event });
-    const data = encodeJson(full);
-    if (data.length > (nc.info?.max_payload ?? 1024 * 1024)) return false;
-    // the id the stream log's replay requires (protocol/upstream.ts streamEventMsgId)
-    nc.publish(s.stream.event(sid, streamId), data, { headers: streamEventHeaders(sid, streamId, full.uid) });
-    return true;
+  /**
+   * False when the event cannot travel (over max_payload). What an upstream sends is checked
+   * against the event schema; a call's answer is the actor's own envelope, built to it.
+   */
+  function publish(streamId: string, event: { message: ClientBoundMessage } | { requestId: string; reply: Envelope<UpstreamCallReply> }): boolean {
+    const uid = `${nonce}-${++seq}`;
+    const full: StreamEvent = "message" in event ? StreamEventSchema.parse({ uid, gid, ...event }) : { uid, gid, ...event };
+    return publishStreamEvent(nc, s, sid, streamId, full);
   }
 
   function notify(streamId: string, message: { method: string; params?: Record<string, unknown> | undefined }): void {
@@ -77,7 +79,7 @@ export function clientChannel(deps: {
     notify,
 
     /** The call's final answer on its stream, for a client that resumes it; skipped when over max_payload. */
-    reply(streamId: string, requestId: string, reply: unknown): void {
+    reply(streamId: string, requestId: string, reply: Envelope<UpstreamCallReply>): void {
       try {
         if (!publish(streamId, { requestId, reply })) log.debug({ sid, gid, requestId }, "call answer over max_payload: not kept on its stream");
       } catch (err) {

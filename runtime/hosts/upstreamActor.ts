@@ -21,7 +21,7 @@ import type { Logger } from "../logger.ts";
 import { closeWithin, type UpstreamConnection } from "../mcpClient.ts";
 import { connectEitherEra, knownEra, type EraConnection } from "../revision2026Upstream.ts";
 import { gatewayScrubber, scrubbedError } from "../secretScrubber.ts";
-import type { SessionStore } from "../sessionStore.ts";
+import type { LoadedSession, SessionStore } from "../sessionStore.ts";
 import type { WorkerContext } from "../worker.ts";
 import { clientChannel } from "./clientChannel.ts";
 import { upstreamCalls, type CallRequest } from "./upstreamCalls.ts";
@@ -55,8 +55,19 @@ export type ActorDeps = {
 
 const LIST_CHANGED = /^notifications\/(tools|prompts|resources)\/list_changed$/;
 
-/** `spawnCapabilities`: what a stateless client declared (it has no `ds.<sid>`); a session's record wins. */
-export function createUpstreamActor(deps: ActorDeps, sid: string, gid: string, record: GatewayRecord, headers: Record<string, string>, spawnCapabilities?: Record<string, unknown>): UpstreamActor {
+/**
+ * `start.capabilities`: what a stateless client declared (it has no `ds.<sid>`; a session's record
+ * wins). `start.session`: the client session record, already being read (the host reads it while
+ * it claims, so the first connect does not wait for one more KV round trip); a reconnect reads it again.
+ */
+export function createUpstreamActor(
+  deps: ActorDeps,
+  sid: string,
+  gid: string,
+  record: GatewayRecord,
+  headers: Record<string, string>,
+  start: { capabilities?: Record<string, unknown>; session?: Promise<LoadedSession | null> } = {},
+): UpstreamActor {
   const { ctx, log } = deps;
   const { nc, s, config } = ctx;
   const shutdownMs = config.intervals.shutdownTimeout;
@@ -78,6 +89,7 @@ export function createUpstreamActor(deps: ActorDeps, sid: string, gid: string, r
   let useCount = 0;
   let latestHeaders = headers;
   let conn: EraConnection["conn"] | null = null;
+  let preloaded = start.session;
   /** a level the client set after this actor read its session record */
   let levelSet: LoggingLevel | undefined;
   let clientCanListRoots = false;
@@ -166,10 +178,11 @@ export function createUpstreamActor(deps: ActorDeps, sid: string, gid: string, r
         if (previous) void closeWithin(previous, shutdownMs);
         // the era discovery found: a session connect then probes server/discover only while it is unknown
         const [session, era] = await Promise.all([
-          deps.sessions.load(sid).catch(() => null),
+          (preloaded ?? deps.sessions.load(sid)).catch(() => null),
           record.transport === "streamable-http" ? knownEra(ctx.stores.catalog, gid).catch(() => undefined) : undefined,
         ]);
-        const capabilities = session?.record.capabilities ?? spawnCapabilities ?? {};
+        preloaded = undefined;
+        const capabilities = session?.record.capabilities ?? start.capabilities ?? {};
         clientCanListRoots = Boolean((capabilities.roots as { listChanged?: boolean } | undefined)?.listChanged);
         // declared before the connect: the transport may report a close while it is still connecting
         let opened: EraConnection | null = null;
@@ -235,13 +248,11 @@ export function createUpstreamActor(deps: ActorDeps, sid: string, gid: string, r
       giveUp: (_, p) => log.error({ sid, gid, reason: p.reason }, "upstream session did not close within 2× shutdownTimeout; abandoned"),
     },
     delays: {
-      idleValidation: config.intervals.idleValidation,
-      sessionIdleTtl: config.intervals.sessionIdleTtl,
       probeTimeout: config.intervals.probeTimeout,
       shutdownTimeout: shutdownMs,
     },
   });
-  const actor = createActor(machine);
+  const actor = createActor(machine, { input: { idleValidationMs: config.intervals.idleValidation, sessionIdleTtlMs: config.intervals.sessionIdleTtl } });
   const closeReason = () => actor.getSnapshot().context.closeReason || "session closing";
 
   // ---- its address ----

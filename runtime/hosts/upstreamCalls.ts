@@ -26,7 +26,8 @@ type Call = {
   timer: NodeJS.Timeout;
   settled: boolean;
   span: Span;
-  log: Logger;
+  /** in the call's log lines (a child logger per call would cost every call one) */
+  traceId: string;
 };
 
 let callSeq = 0;
@@ -56,7 +57,7 @@ export function upstreamCalls(deps: {
     clearTimeout(call.timer);
     const outcome = !env.ok ? env.error.code : "rpcError" in env.data ? "upstream_error" : "ok";
     endSpan(call.span, !env.ok ? env.error.message : "rpcError" in env.data ? env.data.rpcError.message : undefined);
-    call.log.debug({ sid, gid, method: call.req.method, outcome }, "upstream call answered");
+    log.debug({ traceId: call.traceId, sid, gid, method: call.req.method, outcome }, "upstream call answered");
     let data: Uint8Array;
     try {
       data = encodeJson(env);
@@ -113,13 +114,13 @@ export function upstreamCalls(deps: {
         // Only a failure of the current connection evicts: one replaced after a failed idle
         // probe fails its leftover calls, and must not take the fresh connection down with it.
         transportFailed = err instanceof UpstreamRequestError && err.transport && deps.connection() === current;
-        if (transportFailed) call.log.warn({ sid, gid, err: reason }, "upstream transport error; the session will be recreated");
+        if (transportFailed) log.warn({ traceId: call.traceId, sid, gid, err: reason }, "upstream transport error; the session will be recreated");
         const what = err instanceof UpstreamRequestError && err.transport ? "upstream transport error" : `invalid answer to ${call.req.method}`;
         settle(call, fail("unavailable", `gateway ${label}: ${what}: ${reason}`));
       }
     } catch (err) {
       // nothing an upstream sends may throw out of a call (an unhandled rejection ends the worker)
-      log.error({ sid, gid, err: scrubbedError(err, scrub).message }, "upstream call failed");
+      log.error({ traceId: call.traceId, sid, gid, err: scrubbedError(err, scrub).message }, "upstream call failed");
       settle(call, fail("internal", "internal error; see the worker's log"));
     } finally {
       deps.onDone(c.id, transportFailed);
@@ -134,7 +135,7 @@ export function upstreamCalls(deps: {
       parent: natsTraceHeaders(msg.headers),
       attributes: { "mcp.method.name": req.method, "mcpgw.gateway": record.name },
     });
-    const call: Call = { req, msg, abort: new AbortController(), settled: false, span, log: log.child({ traceId: traceIdOf(span) }), timer: undefined as never };
+    const call: Call = { req, msg, abort: new AbortController(), settled: false, span, traceId: traceIdOf(span), timer: undefined as never };
     // Every call is answered by its deadline, whatever the upstream does, and its upstream
     // request is released then (the SDK forgets it and tells the upstream; its HTTP request ends).
     call.timer = setTimeout(() => {

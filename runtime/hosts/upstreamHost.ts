@@ -27,7 +27,7 @@ import type { GatewayUsage, UsageReport } from "../../protocol/usage.ts";
 import { encodeJson, gather, isNoResponders, serve, unwrapReply } from "../bus.ts";
 import { followEvents, publishCore } from "../events.ts";
 import type { Logger } from "../logger.ts";
-import { SessionStore } from "../sessionStore.ts";
+import { SessionStore, type LoadedSession } from "../sessionStore.ts";
 import { endSpan, natsTraceHeaders, traceIdOf, type TraceHeaders } from "../tracing.ts";
 import type { Hosted, WorkerContext } from "../worker.ts";
 import { listChangedEvents } from "./listChangedEvents.ts";
@@ -86,9 +86,13 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
     return record;
   }
 
-  /** Subscribes a new actor's address (before its claim, so whoever sees the claim finds it). */
-  async function host(sid: string, gid: string, record: GatewayRecord, spawn: Spawn): Promise<UpstreamActor> {
-    const a = createUpstreamActor(deps, sid, gid, record, spawn.headers, spawn.clientCapabilities);
+  /**
+   * Subscribes a new actor's address before its claim, so whoever sees the claim finds it: the
+   * claim is written by a request on this same connection after the SUB, and a server handles
+   * a connection's messages in order, so no flush (a round trip) is needed between them.
+   */
+  function host(sid: string, gid: string, record: GatewayRecord, spawn: Spawn, session?: Promise<LoadedSession | null>): UpstreamActor {
+    const a = createUpstreamActor(deps, sid, gid, record, spawn.headers, { ...(spawn.clientCapabilities ? { capabilities: spawn.clientCapabilities } : {}), ...(session ? { session } : {}) });
     actors.set(keyOf(sid, gid), a);
     void a.done.then(async (how) => {
       if (actors.get(keyOf(sid, gid)) === a) actors.delete(keyOf(sid, gid));
@@ -106,7 +110,6 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
         closing.add(a);
       }
     });
-    await nc.flush();
     return a;
   }
 
@@ -133,8 +136,11 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
 
   async function claimAndStart(sid: string, gid: string, spawn: Spawn, log: Logger): Promise<{ worker: string; created: boolean }> {
     if (stopping) throw new ProtocolError("unavailable", `worker ${me} is shutting down`);
+    // the client session record (capabilities, log level, subscriptions) is read while the gateway is and the claim is made
+    const session = sessions.load(sid);
+    session.catch(() => {});
     const record = await loadGateway(gid);
-    let a = await host(sid, gid, record, spawn);
+    let a = host(sid, gid, record, spawn, session);
     let revision = await claims.create(sid, gid).catch((err: unknown) => (a.actor.send({ type: "CLAIM_LOST" }), Promise.reject(err)));
     if (revision === null) {
       // the loser drops its address and what it got (the holder got the same messages)
@@ -143,7 +149,7 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
       await a.done;
       const holder = await claims.holder(sid, gid);
       if (!holder.takeOver) return { worker: holder.worker ?? "unknown", created: false };
-      a = await host(sid, gid, record, spawn);
+      a = host(sid, gid, record, spawn, session);
       if (closeCause) a.actor.send({ type: "CLOSE", reason: closeReason, cause: closeCause });
       revision = await holder.takeOver().catch((err: unknown) => (a.actor.send({ type: "CLAIM_LOST" }), Promise.reject(err)));
       if (revision === null) {
