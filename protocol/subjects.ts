@@ -18,6 +18,14 @@ function token(s: string, what: string): string {
 export const GATEWAY_EVENT_KINDS = ["added", "updated", "removed", "list_changed"] as const;
 export type GatewayEventKind = (typeof GATEWAY_EVENT_KINDS)[number];
 
+/**
+ * The last token of a stream event's subject: `message`, what the client is sent as it comes
+ * (edges holding a stream subscribe to these); `answer`, a call's final answer, which the live
+ * path has from the call's reply and only a resumed stream reads from the stream log.
+ */
+export const STREAM_EVENT_KINDS = ["message", "answer"] as const;
+export type StreamEventKind = (typeof STREAM_EVENT_KINDS)[number];
+
 export const ADMIN_GATEWAY_OPS = ["add", "update", "remove", "get", "list", "refresh"] as const;
 export type AdminGatewayOp = (typeof ADMIN_GATEWAY_OPS)[number];
 
@@ -113,15 +121,23 @@ export function subjects(prefix: string = DEFAULT_PREFIX) {
     },
     stream: {
       /**
-       * One client-bound SSE stream of a client session: a POST's response stream (`streamId`
-       * chosen by the edge that answers the POST, carried in the call) or `STREAM_GET`, the
-       * session's GET stream. Every message for the client travels here (progress, logs,
-       * list changes, server→client requests, a call's final answer); the stream-log
-       * JetStream stream keeps them for a bounded time, so any worker can resume a stream.
+       * One event of a client-bound SSE stream of a client session: a POST's response stream
+       * (`streamId` chosen by the edge that answers the POST, carried in the call) or
+       * `STREAM_GET`, the session's GET stream; `kind` is `streamEventKind` of the event. Every
+       * message for the client travels here (progress, logs, list changes, server→client
+       * requests) and, for resumption only, a call's final answer; the stream-log JetStream
+       * stream keeps them for a bounded time, so any worker can resume a stream.
        */
-      event: (sid: string, streamId: string) => `${p}.stream.${token(sid, "session id")}.${token(streamId, "stream id")}`,
-      /** every stream of one session (an edge holding any of them subscribes) */
-      session: (sid: string) => `${p}.stream.${token(sid, "session id")}.*`,
+      event: (sid: string, streamId: string, kind: StreamEventKind) => `${p}.stream.${token(sid, "session id")}.${token(streamId, "stream id")}.${kind}`,
+      /**
+       * the messages of every stream of one session (an edge holding any of them subscribes):
+       * not the answers, which the live path has from the call's reply
+       */
+      sessionMessages: (sid: string) => `${p}.stream.${token(sid, "session id")}.*.message`,
+      /** every event of every stream of one session */
+      session: (sid: string) => `${p}.stream.${token(sid, "session id")}.>`,
+      /** every event of one stream, answers included (resumption's consumer: one filter subject) */
+      ofStream: (sid: string, streamId: string) => `${p}.stream.${token(sid, "session id")}.${token(streamId, "stream id")}.*`,
       all: `${p}.stream.>`,
     },
     edge: {
@@ -157,10 +173,12 @@ export function subjects(prefix: string = DEFAULT_PREFIX) {
       const parts = subject.split(".");
       return parts.length === 5 && parts[0] === p && parts[2] === "edge" && parts[4] === "cancel" ? parts[3]! : null;
     },
-    /** parse `<p>.stream.<sid>.<streamId>` */
-    parseStream(subject: string): { sid: string; streamId: string } | null {
+    /** parse `<p>.stream.<sid>.<streamId>.<kind>` */
+    parseStream(subject: string): { sid: string; streamId: string; kind: StreamEventKind } | null {
       const parts = subject.split(".");
-      return parts.length === 4 && parts[0] === p && parts[1] === "stream" ? { sid: parts[2]!, streamId: parts[3]! } : null;
+      if (parts.length !== 5 || parts[0] !== p || parts[1] !== "stream") return null;
+      const kind = parts[4] as StreamEventKind;
+      return STREAM_EVENT_KINDS.includes(kind) ? { sid: parts[2]!, streamId: parts[3]!, kind } : null;
     },
     /** parse `<p>.upstream.<sid>.<gid>.<op>` */
     parseUpstream(subject: string): { sid: string; gid: string; op: UpstreamOp } | null {

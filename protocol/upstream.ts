@@ -3,6 +3,7 @@ import { ClaimSchema } from "./placement.ts";
 import { LoggingLevelSchema } from "./edge.ts";
 import { envelopeSchema } from "./envelope.ts";
 import { GatewayIdSchema } from "./gateway.ts";
+import type { StreamEventKind } from "./subjects.ts";
 
 /** Downstream session ids are subject tokens. */
 export const SessionIdSchema = z.string().regex(/^[A-Za-z0-9_-]{1,128}$/, "must be 1-128 of A-Z a-z 0-9 _ -");
@@ -132,6 +133,11 @@ export const StreamEventSchema = z.union([
     .strict(),
 ]);
 export type StreamEvent = z.infer<typeof StreamEventSchema>;
+
+/** The subject kind of a stream event (protocol/subjects.ts STREAM_EVENT_KINDS): a call's final answer, or a message. */
+export function streamEventKind(event: StreamEvent): StreamEventKind {
+  return "requestId" in event ? "answer" : "message";
+}
 
 const STREAM_TOKEN = /^[A-Za-z0-9_-]{1,64}$/;
 

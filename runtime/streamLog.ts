@@ -1,22 +1,24 @@
 import { DeliverPolicy, type ConsumerMessages, type JetStreamClient } from "@nats-io/jetstream";
-import { headers as natsHeaders, type MsgHdrs } from "@nats-io/transport-node";
-import { PRIMING_UID, StreamEventSchema, streamEventMsgId, type StreamEvent } from "../protocol/upstream.ts";
+import { headers as natsHeaders, type MsgHdrs, type NatsConnection } from "@nats-io/transport-node";
+import { PRIMING_UID, StreamEventSchema, streamEventKind, streamEventMsgId, type StreamEvent } from "../protocol/upstream.ts";
 import type { Subjects } from "../protocol/subjects.ts";
 import { decodeJson, encodeJson, type Guard } from "./bus.ts";
 
 /**
- * Publishes one event of a client stream: the edge holding the stream writes it to the client,
- * and the stream log keeps it for a client that resumes the stream at any worker.
+ * Publishes one event of a client stream, the one way every publisher does (the upstream
+ * session actors, the edge's change notices): core NATS, no acknowledgement (the stream log
+ * stores it on its way; a test that needs it stored waits for the store). Its `Nats-Msg-Id`
+ * names the stream and the uid, which the log's replay requires (`storedStreamEvent`).
+ * Messages go where the edges holding the stream listen; a call's final answer only to the log.
+ * False, and nothing sent, when the event is over the server's max_payload.
  */
-export async function publishStreamEvent(js: JetStreamClient, s: Subjects, sid: string, streamId: string, event: StreamEvent): Promise<void> {
-  await js.publish(s.stream.event(sid, streamId), encodeJson(event), { msgID: streamEventMsgId(sid, streamId, event.uid) });
-}
-
-/** The headers of a stream event published on core NATS: its `Nats-Msg-Id` marks it as the runtime's. */
-export function streamEventHeaders(sid: string, streamId: string, uid: string): MsgHdrs {
-  const h = natsHeaders();
-  h.set("Nats-Msg-Id", streamEventMsgId(sid, streamId, uid));
-  return h;
+export function publishStreamEvent(nc: NatsConnection, s: Subjects, sid: string, streamId: string, event: StreamEvent): boolean {
+  const data = encodeJson(event);
+  if (data.length > (nc.info?.max_payload ?? 1024 * 1024)) return false;
+  const headers = natsHeaders();
+  headers.set("Nats-Msg-Id", streamEventMsgId(sid, streamId, event.uid));
+  nc.publish(s.stream.event(sid, streamId, streamEventKind(event)), data, { headers });
+  return true;
 }
 
 /**
@@ -49,7 +51,7 @@ export async function resumeStream(
   onEvent: (e: StreamEvent) => void,
   guard: Guard,
 ): Promise<{ stop(): void }> {
-  const consumer = await js.consumers.get(streamLogName, { filter_subjects: s.stream.event(at.sid, at.streamId), deliver_policy: DeliverPolicy.All });
+  const consumer = await js.consumers.get(streamLogName, { filter_subjects: s.stream.ofStream(at.sid, at.streamId), deliver_policy: DeliverPolicy.All });
   let found = at.afterUid === PRIMING_UID;
   let held: StreamEvent[] = [];
   const messages: ConsumerMessages = await consumer.consume({

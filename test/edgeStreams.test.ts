@@ -99,8 +99,8 @@ describe("edge streams: SSE ids, stream events, resumption at any worker, sessio
     const streamId = "resumeMe01";
     const progress: StreamEvent = { uid: "u1", gid, message: { jsonrpc: "2.0", method: "notifications/progress", params: { progressToken: 1, progress: 1 } } };
     const reply: StreamEvent = { uid: "u2", gid, requestId: "n5", reply: { ok: true, data: { rpcError: { code: -32602, message: "the upstream's own error", data: { why: 1 } } } } };
-    await publishStreamEvent(a.stores.js, s, sid, streamId, progress);
-    await publishStreamEvent(a.stores.js, s, sid, streamId, reply);
+    publishStreamEvent(a.nc, s, sid, streamId, progress);
+    publishStreamEvent(a.nc, s, sid, streamId, reply);
 
     const all = await raw(b.edge.port, { method: "GET", path, headers: { ...headers, "last-event-id": `${streamId}.0` }, timeoutMs: BOUND_MS });
     assert.equal(all.status, 200);
@@ -139,9 +139,9 @@ describe("edge streams: SSE ids, stream events, resumption at any worker, sessio
     const sub = b.nc.subscribe(s.upstream.op(sid, gid, "answer"), { callback: (_e, m) => void (answers.push(decodeJson(m.data)), m.respond(encodeJson({ ok: true, data: {} }))) });
     await b.nc.flush();
     try {
-      await publishStreamEvent(b.stores.js, s, sid, STREAM_GET, { uid: "log1", gid, message: { jsonrpc: "2.0", method: "notifications/message", params: { level: "info", data: "from upstream" } } });
+      publishStreamEvent(b.nc, s, sid, STREAM_GET, { uid: "log1", gid, message: { jsonrpc: "2.0", method: "notifications/message", params: { level: "info", data: "from upstream" } } });
       const id = serverRequestId(gid, "nonce1", 1);
-      await publishStreamEvent(b.stores.js, s, sid, STREAM_GET, {
+      publishStreamEvent(b.nc, s, sid, STREAM_GET, {
         uid: "req1",
         gid,
         message: { jsonrpc: "2.0", id, method: "sampling/createMessage", params: { messages: [{ role: "user", content: { type: "text", text: "q" } }], maxTokens: 5 } },

@@ -271,9 +271,9 @@ describe("least privilege on the bus", () => {
     const clientId = String(init.headers["mcp-session-id"]);
     const sid = sessionKey(clientId);
     const streamId = "attacked";
-    const subject = s.stream.event(sid, streamId);
+    const subject = s.stream.event(sid, streamId, "message");
     const secret = `stream-secret-${Date.now()}`;
-    await publishStreamEvent(w.stores.js, s, sid, streamId, { uid: "s1", message: { jsonrpc: "2.0", method: "notifications/message", params: { level: "info", data: secret } } });
+    publishStreamEvent(w.nc, s, sid, streamId, { uid: "s1", message: { jsonrpc: "2.0", method: "notifications/message", params: { level: "info", data: secret } } });
 
     const seen: string[] = [];
     for (const [who, nc, errors] of [["viewer", viewer, viewerErrors], ["admin", admin, adminErrors]] as const) {
@@ -310,7 +310,7 @@ describe("least privilege on the bus", () => {
     await until("the consumer delivered every entry", async () => (await vjsm.consumers.info(`KV_${B.gateways}`, "into-log")).num_pending === 0, BOUND_MS);
     await until("the log stored the two answers", async () => (await stored()) >= 3, BOUND_MS);
     const attacks = (await stored()) - 1;
-    await publishStreamEvent(w.stores.js, s, sid, streamId, { uid: "s2", requestId: "n1", reply: { ok: true, data: { result: { content: [] } } } });
+    publishStreamEvent(w.nc, s, sid, streamId, { uid: "s2", requestId: "n1", reply: { ok: true, data: { result: { content: [] } } } });
 
     const notRuntime0 = refused("not_a_runtime_event");
     const replay = await raw(w.edge.port, { method: "GET", headers: { "mcp-session-id": clientId, "last-event-id": `${streamId}.0` }, timeoutMs: BOUND_MS });

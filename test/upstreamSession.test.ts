@@ -195,7 +195,7 @@ describe("upstream sessions: operations", () => {
     const gid = await addGateway({ name: "notes", url: fixture.url("notes") });
     const a = sid("A");
     const notes: any[] = [];
-    const sub = nc.subscribe(s.stream.event(a, "post-1"), { callback: (_e, m) => void notes.push(decodeJson(m.data)) });
+    const sub = nc.subscribe(s.stream.ofStream(a, "post-1"), { callback: (_e, m) => void notes.push(decodeJson(m.data)) });
     const listChanged: any[] = [];
     const evSub = nc.subscribe(s.evt.gateway(gid, "list_changed"), { callback: (_e, m) => void listChanged.push(decodeJson(m.data)) });
     try {

@@ -152,7 +152,11 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
       if (held.scope !== scope) continue;
       for (const l of lists) {
         const event: StreamEvent = { uid: `e${randomBytes(9).toString("base64url")}`, message: { jsonrpc: "2.0", method: LIST_CHANGED[l] } };
-        publishStreamEvent(ctx.stores.js, ctx.s, held.sid, STREAM_GET, event).catch((err) => log.debug({ err }, "could not publish a change notice"));
+        try {
+          publishStreamEvent(ctx.nc, ctx.s, held.sid, STREAM_GET, event);
+        } catch (err) {
+          log.debug({ err }, "could not publish a change notice");
+        }
       }
     }
   });

@@ -48,7 +48,7 @@ export class SessionLinks {
     if (!l) {
       // a JetStream delivery into stream.> (another stream's consumer, an API answer) is refused by `listen`
       const opts = { ...this.guard, expect: "message" } as const;
-      const sub = listen(this.nc, this.s.stream.session(sid), (msg) => this.#onEvent(sid, msg.subject, msg.data), opts);
+      const sub = listen(this.nc, this.s.stream.sessionMessages(sid), (msg) => this.#onEvent(sid, msg.subject, msg.data), opts);
       const closedSub = listen(
         this.nc,
         this.s.evt.sessionClosed(sid),

@@ -12,8 +12,7 @@ import {
   type JsonRpcError,
   type UpstreamAnswerRequest,
 } from "../../protocol/upstream.ts";
-import { encodeJson } from "../bus.ts";
-import { streamEventHeaders } from "../streamLog.ts";
+import { publishStreamEvent } from "../streamLog.ts";
 import type { Logger } from "../logger.ts";
 
 /** The client's JSON-RPC error answer (or mcpgw's, when the client never answered), passed to the upstream as it is. */
@@ -55,11 +54,7 @@ export function clientChannel(deps: {
   /** false when the event cannot travel (over max_payload) */
   function publish(streamId: string, event: Record<string, unknown>): boolean {
     const full = StreamEventSchema.parse({ uid: `${nonce}-${++seq}`, gid, ...event });
-    const data = encodeJson(full);
-    if (data.length > (nc.info?.max_payload ?? 1024 * 1024)) return false;
-    // the id the stream log's replay requires (protocol/upstream.ts streamEventMsgId)
-    nc.publish(s.stream.event(sid, streamId), data, { headers: streamEventHeaders(sid, streamId, full.uid) });
-    return true;
+    return publishStreamEvent(nc, s, sid, streamId, full);
   }
 
   function notify(streamId: string, message: { method: string; params?: Record<string, unknown> | undefined }): void {
