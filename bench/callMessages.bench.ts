@@ -3,7 +3,7 @@
 // message it is delivered, every socket write). Two in-process workers on one nats-server, the SDK
 // fixture upstream in its own process, one client session; calls through the worker that hosts
 // the session's upstream actor, then through the other one. Counts per call, averaged over
-// CALLMSG_CALLS (50) after a warm-up. Counts, not time: the load of the machine does not change them.
+// CALLMSG_CALLS (200) after a warm-up; and this process's CPU time per call. Counts, not time: the load of the machine does not change them.
 // Run: node --import tsx bench/callMessages.bench.ts
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
@@ -16,9 +16,9 @@ import { startFixtureProcess } from "../test/fixtures/fixtureHttp.ts";
 import { startNats } from "../test/helpers/nats.ts";
 import { until } from "../test/helpers/wait.ts";
 import { startTestWorker, type TestWorker } from "../test/helpers/worker.ts";
-import { table } from "./report.ts";
+import { loadAverage, table } from "./report.ts";
 
-const CALLS = Number(process.env.CALLMSG_CALLS ?? 50);
+const CALLS = Number(process.env.CALLMSG_CALLS ?? 200);
 const OPS = ["PUB", "HPUB", "SUB", "UNSUB", "PING", "MSG", "HMSG", "writes"] as const;
 type Op = (typeof OPS)[number];
 type Counts = Record<Op, number>;
@@ -89,7 +89,10 @@ try {
     for (let i = 0; i < 3; i++) await call();
     await new Promise((r) => setTimeout(r, 300));
     const before = new Map([...counts].map(([w, c]) => [w, { ...c }]));
+    const cpu0 = process.cpuUsage();
     for (let i = 0; i < CALLS; i++) await call();
+    const cpu = process.cpuUsage(cpu0);
+    const cpuPerCall = ((cpu.user + cpu.system) / 1000 / CALLS).toFixed(2);
     // trailing operations of the last call (an UNSUB after its answer)
     await new Promise((r) => setTimeout(r, 300));
     for (const [who, w] of [
@@ -99,10 +102,10 @@ try {
       const n = (op: Op) => (counts.get(w)![op] - before.get(w)![op]) / CALLS;
       const sent = n("PUB") + n("HPUB") + n("SUB") + n("UNSUB") + n("PING");
       const received = n("MSG") + n("HMSG");
-      rows.push([label, who, ...OPS.map((op) => n(op).toFixed(2)), sent.toFixed(2), received.toFixed(2)]);
+      rows.push([label, who, ...OPS.map((op) => n(op).toFixed(2)), sent.toFixed(2), received.toFixed(2), who === "hosting worker" ? `${cpuPerCall} ms` : ""]);
     }
   }
-  table("NATS operations per call", `tools/call of echo, ${CALLS} sequential calls of one session after a warm-up, counted on each worker\'s NATS connection, per call; "writes": socket writes of that connection.`, ["calls", "connection", ...OPS, "sent", "received"], rows);
+  table("NATS operations per call", `tools/call of echo, ${CALLS} sequential calls of one session after a warm-up, counted on each worker\'s NATS connection, per call; "writes": socket writes of that connection. CPU per call: this process (the SDK client and both workers; the upstream runs in its own), load average ${loadAverage()}.`, ["calls", "connection", ...OPS, "sent", "received", "CPU per call"], rows);
   await transport.terminateSession().catch(() => {});
   await client.close();
 } finally {
