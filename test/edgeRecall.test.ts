@@ -2,11 +2,15 @@ import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { sessionKey } from "../protocol/edge.ts";
-import { KEYS } from "../protocol/subjects.ts";
+import { KEYS, subjects } from "../protocol/subjects.ts";
+import type { StreamEvent } from "../protocol/upstream.ts";
+import { SessionLinks } from "../runtime/edge/sessionLinks.ts";
+import { Refusals } from "../runtime/bus.ts";
+import { publishStreamEvent } from "../runtime/streamLog.ts";
 import { startFixtureHttp, type FixtureHttp } from "./fixtures/fixtureHttp.ts";
 import { INIT, putCatalog, raw, until } from "./helpers/edge.ts";
 import { startNats, type TestNats } from "./helpers/nats.ts";
-import { startTestWorker, type TestWorker } from "./helpers/worker.ts";
+import { memoryLogger, startTestWorker, type TestWorker } from "./helpers/worker.ts";
 
 // A worker remembers the client sessions it served (SessionStore.recall): a call reads no
 // record from KV. These tests attack that memory with the races it must lose to: a session
@@ -125,5 +129,42 @@ describe("edge: a session the idle sweep ended is not served from memory", () =>
     await until("a sweep ended the idle session", async () => (await sys.a.stores.sessions.get(KEYS.downstreamSession(sid)).then((e) => e?.operation)) !== "PUT", BOUND_MS);
     const call = await sys.increment(sys.b, headers);
     assert.equal(call.status, 404, call.body);
+  });
+});
+
+describe("edge: a session's stream subscription lingers after its last request at a worker", () => {
+  let nats: TestNats;
+  before(async () => {
+    nats = await startNats();
+  });
+  after(async () => {
+    await nats?.stop();
+  });
+
+  it("keeps the subscription after the last request, delivers on it when a stream is held again, drops it when the session ends", async () => {
+    const nc = await nats.connect("runtime");
+    const { log } = memoryLogger("silent");
+    const links = new SessionLinks(nc, subjects("mcpgw"), { log, refusals: new Refusals() });
+    try {
+      const release = links.addRequest("sess1", "n1", () => {});
+      release();
+      assert.equal(links.subscribedSessions(), 1, "lingering after the request");
+      const delivered: StreamEvent[] = [];
+      const unhold = await links.hold("sess1", "post1", { scope: null, deliver: (e) => void delivered.push(e), close: () => {} });
+      assert.equal(links.subscribedSessions(), 1, "the same subscription");
+      const sender = await nats.connect("runtime");
+      publishStreamEvent(sender, subjects("mcpgw"), "sess1", "post1", { uid: "u1", message: { jsonrpc: "2.0", method: "notifications/progress", params: { progressToken: 1, progress: 1 } } });
+      publishStreamEvent(sender, subjects("mcpgw"), "sess1", "post1", { uid: "u2", requestId: "n1", reply: { ok: true, data: { result: {} } } });
+      await sender.flush();
+      await until("the message", () => delivered.length === 1, BOUND_MS);
+      await nc.flush();
+      assert.deepEqual(delivered.map((e) => e.uid), ["u1"], "a message is delivered live; the answer's copy is not");
+      unhold();
+      assert.equal(links.subscribedSessions(), 1);
+      links.ended("sess1");
+      assert.equal(links.subscribedSessions(), 0, "an ended session's subscription goes");
+    } finally {
+      links.stop();
+    }
   });
 });
