@@ -1,12 +1,18 @@
 import type { JetStreamClient } from "@nats-io/jetstream";
 import type { KV } from "@nats-io/kv";
+import type { NatsConnection } from "@nats-io/transport-node";
 import { getLive, isCasConflict, parseEntry } from "../actors/kvStore.ts";
 import { DownstreamSessionSchema, type DownstreamSession } from "../protocol/edge.ts";
 import { KEYS, type Subjects } from "../protocol/subjects.ts";
+import { SessionClosedEventSchema } from "../protocol/upstream.ts";
+import { decodeJson, listen, type Guard } from "./bus.ts";
 import { publishEvent } from "./events.ts";
 import type { Logger } from "./logger.ts";
 
 export type LoadedSession = { record: DownstreamSession; revision: number };
+
+/** How many records `recall` keeps in memory (the least recently used go first). */
+const RECALLED_MAX = 10_000;
 
 /**
  * Downstream session records in the sessions bucket (`ds.<sid>`): any worker serves any
@@ -15,6 +21,16 @@ export type LoadedSession = { record: DownstreamSession; revision: number };
  */
 export class SessionStore {
   #sweeper: NodeJS.Timeout | undefined;
+  /**
+   * Records `recall` serves from memory, kept only while `followEnds` listens: a session that
+   * ends anywhere (a DELETE at any worker, the idle sweep of any worker) publishes its
+   * `closed` event before its end is answered, and that event removes it here.
+   */
+  readonly #known = new Map<string, LoadedSession>();
+  #following = false;
+  /** moves on at every forgetting: a read that started before one may hold what was just forgotten */
+  #generation = 0;
+  #unfollow: () => void = () => {};
 
   constructor(
     private readonly deps: {
@@ -34,7 +50,76 @@ export class SessionStore {
   }
 
   async create(record: DownstreamSession): Promise<void> {
-    await this.deps.kv.create(KEYS.downstreamSession(record.sid), JSON.stringify(record));
+    const revision = await this.deps.kv.create(KEYS.downstreamSession(record.sid), JSON.stringify(record));
+    this.#remember(record.sid, { record, revision });
+  }
+
+  /**
+   * Keeps records in memory for `recall` from now on: listens to every session's `closed`
+   * event (and forgets that session), and forgets everything when the NATS connection drops
+   * (an event may be missed meanwhile); `onEnded` hears of each end too. Resolves once the
+   * listener is in place.
+   */
+  async followEnds(nc: NatsConnection, guard: Guard, onEnded: (sid: string) => void = () => {}): Promise<void> {
+    const sub = listen(
+      nc,
+      this.deps.s.evt.sessionAll,
+      (msg) => {
+        let payload: unknown;
+        try {
+          payload = decodeJson(msg.data);
+        } catch {
+          return;
+        }
+        const closed = SessionClosedEventSchema.safeParse(payload);
+        if (!msg.subject.endsWith(".closed") || !closed.success) return;
+        this.#forget(closed.data.sid);
+        onEnded(closed.data.sid);
+      },
+      { ...guard, expect: "message" },
+    );
+    await nc.flush();
+    this.#following = true;
+    void (async () => {
+      for await (const status of nc.status()) {
+        if (status.type === "disconnect" || status.type === "reconnect") this.#forgetAll();
+      }
+    })();
+    this.#unfollow = () => {
+      this.#following = false;
+      sub.unsubscribe();
+      this.#forgetAll();
+    };
+  }
+  #remember(sid: string, s: LoadedSession): void {
+    if (!this.#following) return;
+    this.#known.delete(sid);
+    this.#known.set(sid, s);
+    if (this.#known.size > RECALLED_MAX) this.#known.delete(this.#known.keys().next().value!);
+  }
+
+  #forget(sid: string): void {
+    this.#generation++;
+    this.#known.delete(sid);
+  }
+
+  #forgetAll(): void {
+    this.#generation++;
+    this.#known.clear();
+  }
+
+  /**
+   * The session as far as a request needs what never changes after its initialize (owner,
+   * gateway, protocol version, capabilities) and that it exists: from memory when this worker
+   * has it (see `followEnds`), else read. What another worker or an actor changes (`views`,
+   * `logLevel`, `subscriptions`, `lastSeenAt`) may be older here than in KV: read it with `load`.
+   */
+  async recall(sid: string): Promise<LoadedSession | null> {
+    const known = this.#known.get(sid);
+    if (!known) return this.load(sid);
+    this.#known.delete(sid);
+    this.#known.set(sid, known);
+    return known;
   }
 
   /**
@@ -44,13 +129,17 @@ export class SessionStore {
    */
   async update(sid: string, mutate: (record: DownstreamSession) => DownstreamSession | null): Promise<LoadedSession | null> {
     for (let attempt = 0; attempt < 8; attempt++) {
-      const s = await this.load(sid);
-      if (!s) return null;
+      const s = await this.#read(sid);
+      if (!s) {
+        this.#known.delete(sid);
+        return null;
+      }
       const next = mutate(s.record);
       if (next === null) return s;
       const record = DownstreamSessionSchema.parse(next);
       try {
         const revision = await this.deps.kv.update(KEYS.downstreamSession(sid), JSON.stringify(record), s.revision);
+        this.#remember(sid, { record, revision });
         return { record, revision };
       } catch (err) {
         if (!isCasConflict(err)) throw err;
@@ -59,7 +148,17 @@ export class SessionStore {
     throw new Error(`session ${sid}: too many concurrent changes`);
   }
 
+  /** The session as KV has it now (and, when following, as `recall` will have it). */
   async load(sid: string): Promise<LoadedSession | null> {
+    const generation = this.#generation;
+    const s = await this.#read(sid);
+    // a session forgotten while this read was under way may be the one it read: not kept
+    if (s && generation === this.#generation) this.#remember(sid, s);
+    else if (!s) this.#known.delete(sid);
+    return s;
+  }
+
+  async #read(sid: string): Promise<LoadedSession | null> {
     const e = await getLive(this.deps.kv, KEYS.downstreamSession(sid));
     const record = parseEntry(DownstreamSessionSchema, e);
     return e && record ? { record, revision: e.revision } : null;
@@ -70,13 +169,20 @@ export class SessionStore {
     const now = this.#now();
     if (now.getTime() - Date.parse(s.record.lastSeenAt) < this.deps.idleTtlMs / 10) return;
     const record = { ...s.record, lastSeenAt: now.toISOString() };
-    await this.deps.kv.update(KEYS.downstreamSession(s.record.sid), JSON.stringify(record), s.revision).catch((err) => {
-      if (!isCasConflict(err)) this.deps.log.warn({ err, sid: s.record.sid }, "could not record session use");
-    });
+    const sid = s.record.sid;
+    try {
+      const revision = await this.deps.kv.update(KEYS.downstreamSession(sid), JSON.stringify(record), s.revision);
+      if (this.#known.has(sid)) this.#remember(sid, { record, revision });
+    } catch (err) {
+      // a record changed elsewhere: the next request reads it again (and records its use then)
+      if (isCasConflict(err)) this.#known.delete(sid);
+      else this.deps.log.warn({ err, sid }, "could not record session use");
+    }
   }
 
   /** Ends a session; false when it was already gone (or changed under us, for `expectedRevision`). */
   async end(sid: string, reason: string, expectedRevision?: number): Promise<boolean> {
+    this.#forget(sid);
     try {
       await this.deps.kv.delete(KEYS.downstreamSession(sid), expectedRevision === undefined ? undefined : { previousSeq: expectedRevision });
     } catch (err) {
@@ -95,7 +201,7 @@ export class SessionStore {
     const keys: string[] = [];
     for await (const k of await this.deps.kv.keys(`${KEYS.downstreamSessionPrefix}>`)) keys.push(k);
     for (const key of keys) {
-      const s = await this.load(key.slice(KEYS.downstreamSessionPrefix.length)).catch(() => null);
+      const s = await this.#read(key.slice(KEYS.downstreamSessionPrefix.length)).catch(() => null);
       if (!s) continue;
       if (this.#now().getTime() - Date.parse(s.record.lastSeenAt) <= this.deps.idleTtlMs) alive++;
       else if (await this.end(s.record.sid, "idle", s.revision)) ended++;
@@ -112,7 +218,7 @@ export class SessionStore {
     const every = Math.max(1000, Math.min(60_000, Math.floor(this.deps.idleTtlMs / 4)));
     const round = async () => {
       for (const sid of listening()) {
-        const s = await this.load(sid).catch(() => null);
+        const s = await this.#read(sid).catch(() => null);
         if (s) await this.touch(s);
       }
       await this.sweep();
@@ -125,5 +231,6 @@ export class SessionStore {
 
   stop(): void {
     clearInterval(this.#sweeper);
+    this.#unfollow();
   }
 }

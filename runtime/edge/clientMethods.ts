@@ -106,6 +106,8 @@ type Method = {
   schema: z.ZodType<{ params?: unknown }>;
   /** answered without an upstream (a JSON answer will do) */
   local?: (ctx: Pick<RequestContext, "record" | "scope">) => boolean;
+  /** reads what other workers and actors change in the session record (`views`): needs it as KV has it now */
+  readsViews?: true;
   handle(params: any, ctx: RequestContext): Promise<Result>;
 };
 
@@ -132,6 +134,8 @@ export function federatedTaskResult(gatewayName: string, sep: string, result: Re
 }
 
 export type ClientMethods = {
+  /** true when `request` reads the session's `views`, which may have changed since this worker last read the record */
+  readsViews(request: JSONRPCRequest): boolean;
   /** true when `request` needs no upstream (its answer can be plain JSON) */
   isLocal(request: JSONRPCRequest, ctx: Pick<RequestContext, "record" | "scope">): boolean;
   /** the request's result; throws RpcError for the client */
@@ -263,6 +267,7 @@ export function clientMethods(deps: ClientMethodDeps): ClientMethods {
     const list = viewListOf(method)!;
     return {
       schema,
+      readsViews: true,
       local: (ctx) => ownViews(ctx.record, list, ctx.scope, () => cache.gatewaysIn(ctx.scope)).length === 0,
       async handle(params: { cursor?: string } | undefined, ctx) {
         const { page: items, nextCursor } = page(await sessionList(ctx, method, key, list), params?.cursor);
@@ -285,6 +290,7 @@ export function clientMethods(deps: ClientMethodDeps): ClientMethods {
 
   const subscription = (method: "resources/subscribe" | "resources/unsubscribe", schema: Method["schema"]): Method => ({
     schema,
+    readsViews: true,
     async handle(params: { uri: string }, ctx) {
       const route = resource(ctx, params.uri);
       if (!route) throw notFound(method, new RpcError(-32002, `resource not found: ${params.uri}`, { uri: params.uri }));
@@ -319,6 +325,7 @@ export function clientMethods(deps: ClientMethodDeps): ClientMethods {
     },
     "resources/read": {
       schema: ReadResourceRequestSchema,
+      readsViews: true,
       async handle(params: { uri: string }, ctx) {
         const route = resource(ctx, params.uri);
         if (!route) throw notFound("resources/read", new RpcError(-32002, `resource not found: ${params.uri}`, { uri: params.uri }));
@@ -389,6 +396,7 @@ export function clientMethods(deps: ClientMethodDeps): ClientMethods {
   };
 
   return {
+    readsViews: (request) => table[request.method]?.readsViews === true,
     isLocal(request, ctx) {
       const m = table[request.method];
       return !m || (m.local?.(ctx) ?? false);

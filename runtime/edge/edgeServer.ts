@@ -130,6 +130,7 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
     onSwept: (alive) => ctx.metrics.clientSessions.set(alive),
   });
   const links = new SessionLinks(ctx.nc, ctx.s, guardOpts);
+  await sessions.followEnds(ctx.nc, guardOpts, (sid) => links.ended(sid));
   sessions.startSweeping(() => links.streamSessionIds());
   const methods = clientMethods({
     cache,
@@ -229,13 +230,15 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
 
   /**
    * The session a request names, if `credential` owns it. The client's id stops here: the
-   * session is looked up, and known behind the edge, by its key.
+   * session is looked up, and known behind the edge, by its key. `fresh`: read from KV (the
+   * request reads what changes in the record), else as this worker remembers it
+   * (SessionStore.recall: what never changes, and that the session has not ended).
    */
-  const loadSession = async (req: IncomingMessage, scope: string | null, credential: string): Promise<LoadedSession & { clientSessionId: string }> => {
+  const loadSession = async (req: IncomingMessage, scope: string | null, credential: string, fresh: boolean): Promise<LoadedSession & { clientSessionId: string }> => {
     const clientSessionId = req.headers["mcp-session-id"];
     if (typeof clientSessionId !== "string" || clientSessionId === "") throw new HttpError(400, ErrorCode.ConnectionClosed, "Bad Request: Mcp-Session-Id header is required");
     if (!SessionIdSchema.safeParse(clientSessionId).success) throw sessionNotFound();
-    const s = await sessions.load(sessionKey(clientSessionId));
+    const s = await (fresh ? sessions.load(sessionKey(clientSessionId)) : sessions.recall(sessionKey(clientSessionId)));
     if (!s || s.record.gid !== scope || !owners.owns(s.record.owner, credential)) throw sessionNotFound();
     const version = req.headers["mcp-protocol-version"];
     if (typeof version === "string" && !SUPPORTED_PROTOCOL_VERSIONS.includes(version)) {
@@ -423,12 +426,12 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
       if (messages.length > 1) throw new HttpError(400, ErrorCode.InvalidRequest, "Invalid Request: initialize must be sent alone");
       return handleInitialize(res, init, scope, credential);
     }
-    const s = await loadSession(req, scope, credential);
+    const requests = messages.filter(isJSONRPCRequest);
+    const s = await loadSession(req, scope, credential, requests.some((r) => methods.readsViews(r)));
     const sid = s.record.sid;
     await sessions.touch(s);
     handleNotifications(sid, messages);
     await handleResponses(sid, messages.filter((m) => isJSONRPCResponse(m) || isJSONRPCError(m)));
-    const requests = messages.filter(isJSONRPCRequest);
     const headers = sessionHeaders(s.clientSessionId, s.record);
     if (requests.length === 0) return void res.writeHead(202, headers).end();
 
@@ -476,7 +479,7 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
 
   const handleGet = async (req: IncomingMessage, res: ServerResponse, scope: string | null, credential: string) => {
     if (!accepts(req, "text/event-stream")) throw new HttpError(406, ErrorCode.ConnectionClosed, "Not Acceptable: Client must accept text/event-stream");
-    const s = await loadSession(req, scope, credential);
+    const s = await loadSession(req, scope, credential, false);
     const sid = s.record.sid;
     await sessions.touch(s);
     cache.view(scope); // built now, so later changes of it are noticed and pushed on this stream
@@ -513,7 +516,7 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
   };
 
   const handleDelete = async (req: IncomingMessage, res: ServerResponse, scope: string | null, credential: string) => {
-    const s = await loadSession(req, scope, credential);
+    const s = await loadSession(req, scope, credential, true);
     await sessions.end(s.record.sid, "deleted by client");
     res.writeHead(200).end();
   };

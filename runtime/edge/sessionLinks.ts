@@ -1,6 +1,6 @@
 import type { NatsConnection, Subscription } from "@nats-io/transport-node";
 import { EdgeCancelSchema } from "../../protocol/edge.ts";
-import { SessionClosedEventSchema, StreamEventSchema, type StreamEvent } from "../../protocol/upstream.ts";
+import { StreamEventSchema, type StreamEvent } from "../../protocol/upstream.ts";
 import { STREAM_GET, type Subjects } from "../../protocol/subjects.ts";
 import { decodeJson, encodeJson, listen, type Guard } from "../bus.ts";
 
@@ -13,23 +13,42 @@ export type HeldStream = {
   close(): void;
 };
 
-type Links = { streams: Map<string, HeldStream>; requests: Map<string, (reason?: string) => void>; sub: Subscription; closedSub: Subscription };
+type Links = {
+  streams: Map<string, HeldStream>;
+  requests: Map<string, (reason?: string) => void>;
+  sub: Subscription;
+  /** the subscription is in place at the server (a flush after the SUB) */
+  ready: Promise<void>;
+  /** since when nothing of the session is held here (lingering), else undefined */
+  idleSince: number | undefined;
+};
+
+/** How long a session's subscription lingers after the last thing held of it here, and how many may. */
+export const LINGER = { ms: 60_000, sessions: 1_000 } as const;
 
 /**
  * What this worker holds of each client session: its open streams and its requests in flight.
- * While it holds anything of a session it listens on the session's stream events (each goes
- * to the stream it names) and on its closed event (a DELETE at another worker ends the
- * streams here).
+ * While it holds anything of a session it listens on the messages of the session's streams
+ * (each goes to the stream it names). The subscription lingers a while after the last thing
+ * held (at most `LINGER.sessions` of them, for `LINGER.ms`), so a session calling again here
+ * pays its SUB, the flush and the UNSUB once, not per call. The edge tells it of a session
+ * that ended (`ended`: a DELETE at another worker ends the streams here).
  */
 export class SessionLinks {
   readonly #sessions = new Map<string, Links>();
+  /** lingering sessions, oldest first */
+  readonly #idle = new Set<string>();
   readonly #cancelSub: Subscription;
+  readonly #sweeper: NodeJS.Timeout;
 
   constructor(
     private readonly nc: NatsConnection,
     private readonly s: Subjects,
     private readonly guard: Guard,
+    private readonly now: () => number = Date.now,
   ) {
+    this.#sweeper = setInterval(() => this.#dropIdle(this.now() - LINGER.ms), LINGER.ms / 4);
+    this.#sweeper.unref();
     // Cancellations from clients whose request is in flight here but who posted them elsewhere.
     this.#cancelSub = listen(
       nc,
@@ -47,29 +66,54 @@ export class SessionLinks {
     let l = this.#sessions.get(sid);
     if (!l) {
       // a JetStream delivery into stream.> (another stream's consumer, an API answer) is refused by `listen`
-      const opts = { ...this.guard, expect: "message" } as const;
-      const sub = listen(this.nc, this.s.stream.sessionMessages(sid), (msg) => this.#onEvent(sid, msg.subject, msg.data), opts);
-      const closedSub = listen(
-        this.nc,
-        this.s.evt.sessionClosed(sid),
-        (msg) => {
-          if (SessionClosedEventSchema.safeParse(safeJson(msg.data)).data?.sid !== sid) return;
-          for (const stream of this.#sessions.get(sid)?.streams.values() ?? []) stream.close();
-        },
-        opts,
-      );
-      l = { streams: new Map(), requests: new Map(), sub, closedSub };
+      const sub = listen(this.nc, this.s.stream.sessionMessages(sid), (msg) => this.#onEvent(sid, msg.subject, msg.data), { ...this.guard, expect: "message" });
+      // A flush cut short by a lost NATS connection is no failure: on reconnect nats.js sends
+      // every subscription before what it buffered, so the call still leaves after its link.
+      l = { streams: new Map(), requests: new Map(), sub, ready: this.nc.flush().catch(() => {}), idleSince: undefined };
       this.#sessions.set(sid, l);
+    } else if (l.idleSince !== undefined) {
+      l.idleSince = undefined;
+      this.#idle.delete(sid);
     }
     return l;
   }
 
+  /** Nothing of `sid` held here any more: its subscription lingers (the oldest beyond the bound goes). */
   #release(sid: string): void {
     const l = this.#sessions.get(sid);
-    if (!l || l.requests.size > 0 || l.streams.size > 0) return;
+    if (!l || l.requests.size > 0 || l.streams.size > 0 || l.idleSince !== undefined) return;
+    l.idleSince = this.now();
+    this.#idle.add(sid);
+    if (this.#idle.size > LINGER.sessions) this.#drop(this.#idle.values().next().value!);
+  }
+
+  #drop(sid: string): void {
+    const l = this.#sessions.get(sid);
+    this.#idle.delete(sid);
+    if (!l) return;
     l.sub.unsubscribe();
-    l.closedSub.unsubscribe();
     this.#sessions.delete(sid);
+  }
+
+  /** Drops the lingering sessions idle since before `before`. */
+  #dropIdle(before: number): void {
+    for (const sid of this.#idle) {
+      if ((this.#sessions.get(sid)?.idleSince ?? 0) >= before) break;
+      this.#drop(sid);
+    }
+  }
+
+  /** Subscriptions of sessions held or lingering here (a figure for tests and metrics). */
+  subscribedSessions(): number {
+    return this.#sessions.size;
+  }
+
+  /** A session ended (anywhere): its streams here close, its subscription goes. */
+  ended(sid: string): void {
+    const l = this.#sessions.get(sid);
+    if (!l) return;
+    for (const stream of l.streams.values()) stream.close();
+    if (l.requests.size === 0 && l.streams.size === 0) this.#drop(sid);
   }
 
   /**
@@ -81,9 +125,7 @@ export class SessionLinks {
     const old = l.streams.get(streamId);
     l.streams.set(streamId, stream);
     old?.close();
-    // A flush cut short by a lost NATS connection is no failure: on reconnect nats.js sends
-    // every subscription before what it buffered, so the call still leaves after its link.
-    await this.nc.flush().catch(() => {});
+    await l.ready;
     return () => {
       const cur = this.#sessions.get(sid);
       if (cur?.streams.get(streamId) === stream) cur.streams.delete(streamId);
@@ -148,13 +190,14 @@ export class SessionLinks {
   }
 
   stop(): void {
+    clearInterval(this.#sweeper);
     this.#cancelSub.unsubscribe();
     for (const [sid, l] of this.#sessions) {
       for (const stream of l.streams.values()) stream.close();
       l.sub.unsubscribe();
-      l.closedSub.unsubscribe();
       this.#sessions.delete(sid);
     }
+    this.#idle.clear();
   }
 }
 

@@ -1,0 +1,115 @@
+// NATS protocol operations per call (issue 11): what one `tools/call` costs on the bus, counted
+// on each worker's own connection (its nats.js protocol handler: every command it sends, every
+// message it is delivered, every socket write). Two in-process workers on one nats-server, the SDK
+// fixture upstream in its own process, one client session; calls through the worker that hosts
+// the session's upstream actor, then through the other one. Counts per call, averaged over
+// CALLMSG_CALLS (200) after a warm-up; and this process's CPU time per call. Counts, not time: the load of the machine does not change them.
+// Run: node --import tsx bench/callMessages.bench.ts
+import { Client } from "@modelcontextprotocol/sdk/client/index.js";
+import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
+import type { NatsConnection } from "@nats-io/transport-node";
+import { sessionKey } from "../protocol/edge.ts";
+import { GatewayViewSchema } from "../protocol/gateway.ts";
+import { subjects } from "../protocol/subjects.ts";
+import { request } from "../runtime/bus.ts";
+import { startFixtureProcess } from "../test/fixtures/fixtureHttp.ts";
+import { startNats } from "../test/helpers/nats.ts";
+import { until } from "../test/helpers/wait.ts";
+import { startTestWorker, type TestWorker } from "../test/helpers/worker.ts";
+import { loadAverage, table } from "./report.ts";
+
+const CALLS = Number(process.env.CALLMSG_CALLS ?? 200);
+const OPS = ["PUB", "HPUB", "SUB", "UNSUB", "PING", "MSG", "HMSG", "writes"] as const;
+type Op = (typeof OPS)[number];
+type Counts = Record<Op, number>;
+
+/** Counts what `nc` sends and is delivered, from its protocol handler (nats.js internals: a bench may). */
+function counted(nc: NatsConnection): Counts {
+  const counts = Object.fromEntries(OPS.map((op) => [op, 0])) as Counts;
+  const protocol = (nc as unknown as { protocol: Record<string, (...args: unknown[]) => unknown> & { transport: { send(b: Uint8Array): void } } }).protocol;
+  const sendCommand = protocol.sendCommand!.bind(protocol);
+  protocol.sendCommand = (cmd: unknown, ...payloads: unknown[]) => {
+    const text = typeof cmd === "string" ? cmd : new TextDecoder().decode((cmd as Uint8Array).subarray(0, 6));
+    const verb = text.split(" ", 1)[0] as Op;
+    if (OPS.includes(verb)) counts[verb]++;
+    return sendCommand(cmd, ...payloads);
+  };
+  const flush = protocol.flush!.bind(protocol);
+  protocol.flush = (...args: unknown[]) => {
+    counts.PING++;
+    return flush(...args);
+  };
+  const processMsg = protocol.processMsg!.bind(protocol);
+  protocol.processMsg = (msg: unknown, data: unknown) => {
+    counts[(msg as { hdr: number }).hdr > 0 ? "HMSG" : "MSG"]++;
+    return processMsg(msg, data);
+  };
+  const transport = protocol.transport;
+  const send = transport.send.bind(transport);
+  transport.send = (b: Uint8Array) => {
+    counts.writes++;
+    return send(b);
+  };
+  return counts;
+}
+
+const nats = await startNats();
+const upstream = await startFixtureProcess();
+const workers: TestWorker[] = [];
+try {
+  const a = await startTestWorker(nats);
+  const b = await startTestWorker(nats);
+  const counts = new Map([a, b].map((w) => [w, counted(w.nc)]));
+  workers.push(a, b);
+  const admin = await nats.connect("admin");
+  await request(admin, subjects("mcpgw").admin.gateway("add"), { name: "up", transport: "streamable-http", url: upstream.url("gw") }, GatewayViewSchema, 60_000);
+
+  let target = a.edge.url;
+  const routed: typeof fetch = (input, init) => {
+    const u = new URL(input instanceof Request ? input.url : String(input));
+    u.host = new URL(target).host;
+    return fetch(u, init);
+  };
+  const transport = new StreamableHTTPClientTransport(new URL(a.edge.url), { fetch: routed });
+  const client = new Client({ name: "callmsg", version: "1.0.0" });
+  await client.connect(transport);
+  await until("the gateway's tools at the edge", async () => (await client.listTools()).tools.some((t) => t.name === "up__echo"), 60_000);
+  const call = () => client.callTool({ name: "up__echo", arguments: { text: "x" } });
+  await call();
+  const sid = sessionKey(transport.sessionId!);
+  const host = [a, b].find((w) => w.upstream.sessions().some((x) => x.sid === sid))!;
+  const other = host === a ? b : a;
+
+  const rows: string[][] = [];
+  for (const [label, via] of [
+    ["through the hosting worker", host],
+    ["through the other worker", other],
+  ] as const) {
+    target = via.edge.url;
+    for (let i = 0; i < 3; i++) await call();
+    await new Promise((r) => setTimeout(r, 300));
+    const before = new Map([...counts].map(([w, c]) => [w, { ...c }]));
+    const cpu0 = process.cpuUsage();
+    for (let i = 0; i < CALLS; i++) await call();
+    const cpu = process.cpuUsage(cpu0);
+    const cpuPerCall = ((cpu.user + cpu.system) / 1000 / CALLS).toFixed(2);
+    // trailing operations of the last call (an UNSUB after its answer)
+    await new Promise((r) => setTimeout(r, 300));
+    for (const [who, w] of [
+      ["hosting worker", host],
+      ["other worker", other],
+    ] as const) {
+      const n = (op: Op) => (counts.get(w)![op] - before.get(w)![op]) / CALLS;
+      const sent = n("PUB") + n("HPUB") + n("SUB") + n("UNSUB") + n("PING");
+      const received = n("MSG") + n("HMSG");
+      rows.push([label, who, ...OPS.map((op) => n(op).toFixed(2)), sent.toFixed(2), received.toFixed(2), who === "hosting worker" ? `${cpuPerCall} ms` : ""]);
+    }
+  }
+  table("NATS operations per call", `tools/call of echo, ${CALLS} sequential calls of one session after a warm-up, counted on each worker\'s NATS connection, per call; "writes": socket writes of that connection. CPU per call: this process (the SDK client and both workers; the upstream runs in its own), load average ${loadAverage()}.`, ["calls", "connection", ...OPS, "sent", "received", "CPU per call"], rows);
+  await transport.terminateSession().catch(() => {});
+  await client.close();
+} finally {
+  for (const w of workers) await w.stop().catch(() => {});
+  await upstream.stop();
+  await nats.stop();
+}
