@@ -64,6 +64,9 @@ export type StatelessConnectOptions = {
 export const MAX_INPUT_ROUNDS = 10;
 
 /** The upstream's `server/discover` was no evidence that it speaks a revision served here. */
+/** An HTTP answer that carries no JSON-RPC answer (a status, maybe a page): the upstream is there. */
+class HttpAnswerError extends Error {}
+
 export class NotStatelessUpstreamError extends Error {
   constructor(
     message: string,
@@ -171,7 +174,7 @@ export async function connectStatelessUpstream(opts: StatelessConnectOptions): P
       }
       // an error answer may come at a 4xx status (the revision maps its codes onto them)
       if (type.startsWith("application/json") && body && (body.result !== undefined || body.error !== undefined)) return answerOf(body);
-      throw new UpstreamRequestError(res.status >= 500 || res.status === 200, new Error(`upstream answered ${method} with HTTP ${res.status}${type ? ` (${type})` : ""}`));
+      throw new UpstreamRequestError(res.status >= 500 || res.status === 200, new HttpAnswerError(`upstream answered ${method} with HTTP ${res.status}${type ? ` (${type})` : ""}`));
     } catch (err) {
       if (call.signal.aborted) throw call.signal.reason;
       if (err instanceof AnswerTooLargeError || err instanceof UpstreamRequestError) throw err;
@@ -183,8 +186,10 @@ export async function connectStatelessUpstream(opts: StatelessConnectOptions): P
   const discover = async (version: string): Promise<Answer> => {
     const signal = opts.signal ? AbortSignal.any([opts.signal, AbortSignal.timeout(opts.timeoutMs)]) : AbortSignal.timeout(opts.timeoutMs);
     return post("server/discover", {}, version, { headers: opts.initialHeaders, signal }).catch((err: unknown) => {
-      // a bare 4xx (no JSON-RPC answer) is a refusal too, as the revision's clients read it
-      if (err instanceof UpstreamRequestError && !err.transport) throw new NotStatelessUpstreamError(`the upstream refused server/discover: ${err.message}`);
+      // A bare 4xx (no JSON-RPC answer) is a refusal too, as the revision's clients read it. So is
+      // a bare 5xx: the upstream answers HTTP but not in this revision, and the session connect
+      // that follows reports what is wrong in the upstream's own words (masked), as before.
+      if (err instanceof UpstreamRequestError && (!err.transport || err.cause instanceof HttpAnswerError)) throw new NotStatelessUpstreamError(`the upstream refused server/discover: ${err.message}`);
       throw err;
     });
   };
