@@ -441,7 +441,9 @@ export async function connectUpstream(opts: ConnectOptions): Promise<UpstreamCon
         if (call.wireError) return { rpcError: call.wireError };
         // not sent, or the transport closed under it (the SDK's own ConnectionClosed: the upstream's is on the wire)
         const transportFailed = call.sendFailed === true || client.transport === undefined || (err instanceof McpError && err.code === ErrorCode.ConnectionClosed);
-        throw new UpstreamRequestError(transportFailed, err);
+        // a lost response stream aborted the request: its reason says more than the SDK's wrap of it
+        const why = abort.signal.aborted && abort.signal.reason instanceof Error ? abort.signal.reason : err;
+        throw new UpstreamRequestError(transportFailed, why);
       } finally {
         sending = null;
         callerSignal.removeEventListener("abort", onCallerAbort);

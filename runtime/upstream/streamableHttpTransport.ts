@@ -332,6 +332,9 @@ export class StreamableHttpTransport implements Transport {
   #jsonSink(origin: RequestId, scope: RequestScope | undefined): BodySink {
     const chunks: Buffer[] = [];
     const read = this.#counted(scope, (c) => chunks.push(c));
+    const lost = (err: Error) => {
+      if (!this.#closed && !scope?.signal?.aborted) scope?.lost?.(err);
+    };
     return {
       onData: read,
       onEnd: () => {
@@ -339,11 +342,17 @@ export class StreamableHttpTransport implements Transport {
         try {
           data = JSON.parse(Buffer.concat(chunks).toString("utf8"));
         } catch (err) {
-          return this.onerror?.(err as Error);
+          this.onerror?.(err as Error);
+          return lost(err as Error);
         }
-        for (const m of Array.isArray(data) ? data : [data]) this.#deliver(m, origin);
+        let answered = false;
+        for (const raw of Array.isArray(data) ? data : [data]) {
+          const m = this.#deliver(raw, origin);
+          if (m && "id" in m && m.id === origin && !("method" in m)) answered = true;
+        }
+        if (!answered) lost(new Error("the upstream's response carried no answer"));
       },
-      onError: () => {},
+      onError: lost,
     };
   }
 
