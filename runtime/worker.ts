@@ -85,8 +85,15 @@ export async function startWorker(config: Config, nc: NatsConnection, log: Logge
 
   // first to start, last to stop: spans of everything stopping are still exported
   const hosted: Hosted[] = [{ stop: () => tracing.shutdown() }];
-  // closed after every upstream session and poller stopped
-  hosted.push({ stop: () => upstreamAgent.close() });
+  // closed after every upstream session and poller stopped (bounded: a request an upstream never ends is cut)
+  hosted.push({
+    stop: async () => {
+      let timer: NodeJS.Timeout | undefined;
+      const closed = await Promise.race([upstreamAgent.close().then(() => true), new Promise<boolean>((r) => (timer = setTimeout(() => r(false), config.intervals.shutdownTimeout)))]);
+      clearTimeout(timer);
+      if (!closed) await upstreamAgent.destroy();
+    },
+  });
   serveRegistry(admin, registry, s);
   serveStatus(ctx);
   // Each actor kind's host is started here, in dependency order.
