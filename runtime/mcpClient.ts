@@ -1,13 +1,12 @@
 // Builds one MCP SDK client for one upstream session from a gateway record: transport,
-// auth, static and passthrough headers, TLS material. Nothing here is shared between
-// upstream sessions: each connection has its own HTTP agent (so closing one can abort
-// its sockets) or its own child process. Gateway pollers may pass one shared keep-alive
-// agent instead (`dispatcher`), used for gateways without TLS material.
-import { AsyncLocalStorage } from "node:async_hooks";
+// auth, static and passthrough headers, TLS material. No MCP state is shared between
+// upstream sessions (each has its own Mcp-Session-Id, requests and streams, or its own child
+// process); HTTP connections carry none, so a worker passes one keep-alive agent
+// (`dispatcher`) that every connection to a gateway without TLS material shares. Without one,
+// or with TLS material, a connection has its own agent.
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { SSEClientTransport } from "@modelcontextprotocol/sdk/client/sse.js";
 import { getDefaultEnvironment, StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js";
-import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
 import type { FetchLike, Transport } from "@modelcontextprotocol/sdk/shared/transport.js";
 import type { JsonSchemaValidator, jsonSchemaValidator } from "@modelcontextprotocol/sdk/validation/types.js";
 import {
@@ -19,10 +18,12 @@ import {
   McpError,
   ResultSchema,
   type ClientCapabilities,
+  type ServerCapabilities,
   type Notification,
   type Request,
 } from "@modelcontextprotocol/sdk/types.js";
 import { Agent, fetch as undiciFetch, Response as UndiciResponse, type Dispatcher } from "undici";
+import { StreamableHttpTransport, type RequestScope } from "./upstream/streamableHttpTransport.ts";
 import { GATEWAY_INTERNAL_HEADERS, mapGatewaySecrets, type GatewayRecord } from "../protocol/gateway.ts";
 import type { JsonRpcError } from "../protocol/upstream.ts";
 import type { OutboundPolicy } from "../actors/outboundPolicy.ts";
@@ -45,35 +46,21 @@ const AGENT_CLOSE_GRACE_MS = 1_000;
 const SDK_TIMEOUT_OFF_MS = 2 ** 31 - 1;
 
 /** One downstream call's upstream request, as the connection's transport sees it go out and come back. */
-type CallScope = {
-  owner: object;
-  /** its passthrough headers */
-  headers: Record<string, string>;
-  /** the W3C trace context of its upstream span */
-  trace: Record<string, string>;
-  /** aborts its HTTP request and response stream */
-  signal: AbortSignal;
+type CallScope = RequestScope & {
+  /** aborts its HTTP request and response stream, and the SDK's request with it */
+  abort: AbortController;
   /** the JSON-RPC id the SDK gave it on the wire */
   wireId?: string | number;
   /** the error response the upstream sent for it, exactly as it came */
   wireError?: JsonRpcError;
-  /** the transport could not send it (HTTP error status, refused connection, closed pipe) */
+  /** the transport could not send it (HTTP error status, refused connection, closed pipe), or lost its answer's stream */
   sendFailed?: boolean;
-  /** ends the request when its HTTP response grew past the answer limit (bytes read by then) */
-  cut(bytes: number): void;
   cutAt?: number;
   /** the caller's progress handler, called as each progress notice comes off the wire */
   onprogress?: ((p: Progress) => void) | undefined;
   /** the caller's tag for what the upstream sends about this request (`ServerRequestContext.related`) */
   related?: unknown;
 };
-
-/**
- * The downstream call an upstream request is sent for. One instance for the whole process on
- * purpose: Node 20 pays for every live AsyncLocalStorage on every promise, so one per
- * connection made 1,000 sessions quadratic. `owner` keeps connections apart.
- */
-const requestContext = new AsyncLocalStorage<CallScope>();
 
 export type CallOutcome = { result: Record<string, unknown> } | { rpcError: JsonRpcError };
 
@@ -152,9 +139,8 @@ export type ConnectOptions = {
   dispatcher?: Dispatcher;
   /**
    * a poller's connection: no standalone GET stream (it waits for no server-initiated message,
-   * and the stream would hold a socket and tens of KB per gateway between polls) and no tool
-   * output validator (it never calls a tool; the SDK would build an Ajv per client and compile
-   * every output schema at every tools/list)
+   * and the stream would hold a socket per gateway between polls). A session's connection opens
+   * one only when the upstream declares something it may send unprompted (`talksUnprompted`).
    */
   pollOnly?: boolean;
   /**
@@ -187,7 +173,11 @@ export type ServerRequestContext = {
   signal: AbortSignal;
 };
 
-/** accepts any tool output (a poller's client never calls a tool) */
+/**
+ * Accepts any tool output: the gateway never has the SDK check one (calls go through `request`,
+ * their results relayed as they came; pollers list tools but never call them). One for the
+ * process: the SDK's default builds an Ajv instance per client (tens of KB per session).
+ */
 const NO_OUTPUT_VALIDATION: jsonSchemaValidator = {
   getValidator<T>(): JsonSchemaValidator<T> {
     return (input) => ({ valid: true, data: input as T, errorMessage: undefined });
@@ -226,10 +216,16 @@ export function sharedUpstreamAgent(outbound: OutboundPolicy): Agent {
   return new Agent({ connect: guardedConnector(outbound, {}) });
 }
 
+/** Whether a server may send messages outside any request (on the standalone GET stream). */
+function talksUnprompted(caps: ServerCapabilities | undefined): boolean {
+  if (!caps) return true;
+  return Boolean(caps.logging || caps.resources?.subscribe || caps.tools?.listChanged || caps.prompts?.listChanged || caps.resources?.listChanged || caps.tasks);
+}
+
 /** Opens and initializes an upstream session. On failure nothing stays open. */
 export async function connectUpstream(opts: ConnectOptions): Promise<UpstreamConnection> {
   const { record } = opts;
-  const client = new Client(CLIENT_INFO, { capabilities: opts.capabilities ?? {}, ...(opts.pollOnly ? { jsonSchemaValidator: NO_OUTPUT_VALIDATION } : {}) });
+  const client = new Client(CLIENT_INFO, { capabilities: opts.capabilities ?? {}, jsonSchemaValidator: NO_OUTPUT_VALIDATION });
   client.onerror = (err) => opts.onError(err);
 
   let transport: Transport;
@@ -239,10 +235,15 @@ export async function connectUpstream(opts: ConnectOptions): Promise<UpstreamCon
   let politeEnd: () => Promise<void> = async () => {};
   /** after a polite close: keep-alive sockets would otherwise stay open until the upstream drops them */
   let releaseSockets: () => Promise<void> = async () => {};
-  const owner = {};
   let latestHeaders: Record<string, string> | null = null;
   const fallbackHeaders = () =>
     latestHeaders ?? passthroughHeaders(record.passthroughHeaders, typeof opts.initialHeaders === "function" ? opts.initialHeaders() : opts.initialHeaders);
+  /** each call's request by its JSON-RPC id, from when it goes out until its answer is in */
+  const awaiting = new Map<string | number, CallScope>();
+  /** the call whose request the SDK is about to send (it sends synchronously within `client.request`) */
+  let sending: CallScope | null = null;
+  /** over streamable HTTP: the transport says which request's stream carried each message */
+  let streamable: StreamableHttpTransport | null = null;
 
   if (record.transport === "stdio") {
     const clear = mapGatewaySecrets(record, (sealed) => opts.open(sealed, record.id));
@@ -276,49 +277,23 @@ export async function connectUpstream(opts: ConnectOptions): Promise<UpstreamCon
           tls ? { ca: tls.ca, cert: tls.cert, key: tls.key, rejectUnauthorized: tls.rejectUnauthorized ?? true } : {},
         ),
       });
-    const fetchUpstream: FetchLike = (input, init) => {
-      // what a server without a GET stream answers (the SDK then goes on without one)
-      if (opts.pollOnly && init?.method === "GET") return Promise.resolve(new Response(null, { status: 405 }));
-      const store = requestContext.getStore();
-      const call = store?.owner === owner ? store : undefined;
-      const h = new Headers(init?.headers);
-      // passthrough first, so neither static headers nor auth can be overridden by a client
-      for (const [k, v] of Object.entries(call?.headers ?? fallbackHeaders())) if (!h.has(k)) h.set(k, v);
-      // the gateway's own span, whatever trace context a client passed through
-      for (const [k, v] of Object.entries(call?.trace ?? {})) h.set(k, v);
-      for (const [k, v] of Object.entries(headers)) h.set(k, v);
-      const plain = Object.fromEntries(h.entries());
-      // a call's request ends with the call: a timed-out or cancelled call keeps no socket
-      const signal = call ? (init?.signal ? AbortSignal.any([init.signal, call.signal]) : call.signal) : init?.signal;
-      // a refusal is the reason itself, not undici's "fetch failed" around it
-      const sent = undiciFetch(input, { ...(init as object), headers: plain, signal, dispatcher: agent }).catch((err: unknown) => {
-        throw outboundRefusalOf(err) ?? err;
-      });
-      const limit = opts.maxAnswerBytes;
-      if (!call || limit === undefined) return sent as unknown as Promise<Response>;
-      return sent.then((res) => {
-        if (res.status !== 200 || !res.body) return res;
-        let bytes = 0;
-        const counted = res.body.pipeThrough(
-          new TransformStream<Uint8Array, Uint8Array>({
-            transform(chunk, controller) {
-              bytes += chunk.byteLength;
-              if (bytes <= limit) return controller.enqueue(chunk);
-              call.cut(bytes);
-              controller.error(new Error(`answer over ${limit} bytes`));
-            },
-          }),
-        );
-        return new UndiciResponse(counted, { status: res.status, statusText: res.statusText, headers: res.headers });
-      }) as unknown as Promise<Response>;
-    };
     if (record.transport === "sse") {
-      transport = new SSEClientTransport(url, { fetch: fetchUpstream });
+      transport = new SSEClientTransport(url, { fetch: legacySseFetch(agent, headers, awaiting, fallbackHeaders) });
     } else {
-      const streamable = new StreamableHTTPClientTransport(url, { fetch: fetchUpstream });
+      streamable = new StreamableHttpTransport({
+        url,
+        headers,
+        dispatcher: agent,
+        scopeOf: (id) => awaiting.get(id),
+        defaultHeaders: fallbackHeaders,
+        // a poller waits for nothing unprompted; a session only when the upstream may send it
+        wantsStandaloneStream: () => !opts.pollOnly && talksUnprompted(client.getServerCapabilities()),
+      });
       transport = streamable;
-      politeEnd = () => streamable.terminateSession();
+      const own = streamable;
+      politeEnd = () => own.terminateSession();
     }
+    // the transport's close ends this session's own requests and streams; an agent of its own goes too
     forceClose = () => {
       if (!shared) void agent.destroy().catch(() => {});
     };
@@ -342,7 +317,9 @@ export async function connectUpstream(opts: ConnectOptions): Promise<UpstreamCon
   // Notifications are taken here too, in wire order: the SDK hands them to handlers a
   // microtask later, after it has already settled a response read in the same chunk, so a
   // progress notice just before a result would reach nobody.
-  const awaiting = new Map<string | number, CallScope>();
+  /** the call a server→client request relates to, by the request's id, until its handler runs */
+  const relatedOf = new Map<string | number, unknown>();
+  const oneStream = record.transport !== "streamable-http";
   transport.onmessage = (m) => {
     if (isJSONRPCNotification(m)) {
       if (m.method === "notifications/cancelled") return;
@@ -353,6 +330,14 @@ export async function connectUpstream(opts: ConnectOptions): Promise<UpstreamCon
         return call.onprogress(progress as Progress);
       }
       return opts.onNotification({ method: m.method, ...(m.params ? { params: m.params } : {}) } as Notification);
+    }
+    if (isJSONRPCRequest(m)) {
+      // over streamable HTTP the response stream it came on names its call; stdio and SSE carry
+      // everything on one stream, so only a lone call tells (the SDK answers ping itself)
+      if (!opts.onRequest || m.method === "ping") return;
+      const origin = streamable ? streamable.deliveringFor : oneStream && awaiting.size === 1 ? [...awaiting.keys()][0] : undefined;
+      relatedOf.set(m.id, origin === undefined ? undefined : awaiting.get(origin)?.related);
+      return;
     }
     if (!isJSONRPCResultResponse(m) && !isJSONRPCErrorResponse(m)) return;
     const call = m.id === undefined ? undefined : awaiting.get(m.id);
@@ -365,12 +350,13 @@ export async function connectUpstream(opts: ConnectOptions): Promise<UpstreamCon
   };
   const send = transport.send.bind(transport);
   transport.send = (m, sendOpts) => {
-    const store = requestContext.getStore();
-    if (store?.owner === owner && isJSONRPCRequest(m)) {
-      store.wireId = m.id;
-      awaiting.set(m.id, store);
+    const call = sending;
+    if (call && isJSONRPCRequest(m)) {
+      sending = null;
+      call.wireId = m.id;
+      awaiting.set(m.id, call);
       return send(m, sendOpts).catch((err: unknown) => {
-        store.sendFailed = true;
+        call.sendFailed = true;
         throw err;
       });
     }
@@ -379,13 +365,9 @@ export async function connectUpstream(opts: ConnectOptions): Promise<UpstreamCon
 
   const onRequest = opts.onRequest;
   if (onRequest) {
-    // over streamable HTTP the response stream a request came on runs in its call's async
-    // context; stdio and SSE carry everything on one stream, so only a lone call tells
-    const oneStream = record.transport !== "streamable-http";
     client.fallbackRequestHandler = async (req, extra) => {
-      const store = requestContext.getStore();
-      const inFlight = new Set(awaiting.values());
-      const related = store?.owner === owner ? store.related : oneStream && inFlight.size === 1 ? [...inFlight][0]!.related : undefined;
+      const related = relatedOf.get(extra.requestId);
+      relatedOf.delete(extra.requestId);
       return onRequest({ ...req, id: extra.requestId } as Request & { id: string | number }, { related, signal: extra.signal });
     };
   }
@@ -424,36 +406,47 @@ export async function connectUpstream(opts: ConnectOptions): Promise<UpstreamCon
 
   return {
     client,
-    async request(req, { headers, trace = {}, signal: callerSignal, onprogress, related }) {
-      const cutter = new AbortController();
-      const signal = AbortSignal.any([callerSignal, cutter.signal]);
+    async request(req, { headers, trace, signal: callerSignal, onprogress, related }) {
+      callerSignal.throwIfAborted();
+      const abort = new AbortController();
       const call: CallScope = {
-        owner,
         headers: passthroughHeaders(record.passthroughHeaders, headers),
         trace,
-        signal,
+        abort,
+        signal: abort.signal,
+        maxBytes: opts.maxAnswerBytes,
         cut: (bytes) => {
           call.cutAt = bytes;
-          cutter.abort("answer too large");
+          abort.abort("answer too large");
+        },
+        lost: (err) => {
+          call.sendFailed = true;
+          abort.abort(err);
         },
         onprogress,
         related,
       };
+      const onCallerAbort = () => abort.abort(callerSignal.reason);
+      callerSignal.addEventListener("abort", onCallerAbort, { once: true });
       latestHeaders = call.headers;
       try {
-        const result = await requestContext.run(call, () =>
-          // the SDK puts a progress token on the request only for a handler; progress itself is taken off the wire above
-          client.request(req as never, ResultSchema, { signal, timeout: SDK_TIMEOUT_OFF_MS, onprogress: onprogress && (() => {}) }),
-        );
-        return { result };
+        sending = call;
+        // the SDK puts a progress token on the request only for a handler; progress itself is taken off the wire above
+        const pending = client.request(req as never, ResultSchema, { signal: abort.signal, timeout: SDK_TIMEOUT_OFF_MS, onprogress: onprogress && (() => {}) });
+        sending = null;
+        return { result: await pending };
       } catch (err) {
         if (callerSignal.aborted) throw err;
         if (call.cutAt !== undefined) throw new AnswerTooLargeError(call.cutAt, opts.maxAnswerBytes!);
         if (call.wireError) return { rpcError: call.wireError };
         // not sent, or the transport closed under it (the SDK's own ConnectionClosed: the upstream's is on the wire)
         const transportFailed = call.sendFailed === true || client.transport === undefined || (err instanceof McpError && err.code === ErrorCode.ConnectionClosed);
-        throw new UpstreamRequestError(transportFailed, err);
+        // a lost response stream aborted the request: its reason says more than the SDK's wrap of it
+        const why = abort.signal.aborted && abort.signal.reason instanceof Error ? abort.signal.reason : err;
+        throw new UpstreamRequestError(transportFailed, why);
       } finally {
+        sending = null;
+        callerSignal.removeEventListener("abort", onCallerAbort);
         if (call.wireId !== undefined) awaiting.delete(call.wireId);
       }
     },
@@ -471,6 +464,34 @@ export async function connectUpstream(opts: ConnectOptions): Promise<UpstreamCon
       forceClose();
       void client.close().catch(() => {});
     },
+  };
+}
+
+/**
+ * The legacy SSE transport's fetch (the SDK's transport, over undici's fetch): a POST carries
+ * its call's passthrough headers and ends with it; answers come on the GET stream.
+ */
+function legacySseFetch(
+  agent: Dispatcher,
+  headers: Record<string, string>,
+  awaiting: Map<string | number, CallScope>,
+  fallbackHeaders: () => Record<string, string>,
+): FetchLike {
+  return (input, init) => {
+    const body = typeof init?.body === "string" ? init.body : undefined;
+    // the SDK sends each message alone; its id says which call it is
+    const id = body && init?.method === "POST" ? (JSON.parse(body) as { id?: string | number }).id : undefined;
+    const call = id === undefined ? undefined : awaiting.get(id);
+    const h = new Headers(init?.headers);
+    // passthrough first, so neither static headers nor auth can be overridden by a client
+    for (const [k, v] of Object.entries(call?.headers ?? fallbackHeaders())) if (!h.has(k)) h.set(k, v);
+    for (const [k, v] of Object.entries(call?.trace ?? {})) h.set(k, v);
+    for (const [k, v] of Object.entries(headers)) h.set(k, v);
+    const signal = call?.signal ?? init?.signal;
+    // a refusal is the reason itself, not undici's "fetch failed" around it
+    return undiciFetch(input, { ...(init as object), headers: Object.fromEntries(h.entries()), signal, dispatcher: agent }).catch((err: unknown) => {
+      throw outboundRefusalOf(err) ?? err;
+    }) as unknown as Promise<Response>;
   };
 }
 

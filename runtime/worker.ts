@@ -1,3 +1,4 @@
+import type { Dispatcher } from "undici";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { Registry } from "../actors/registry.ts";
 import { startAdminService, type AdminService } from "./adminService.ts";
@@ -36,6 +37,11 @@ export type WorkerContext = {
   /** this worker's Prometheus registry and the series hosts record into */
   metrics: Metrics;
   tracing: Tracing;
+  /**
+   * one keep-alive HTTP agent for every upstream connection of this worker (sessions and polls
+   * to gateways without TLS material): HTTP connections carry no MCP session state
+   */
+  upstreamAgent: Dispatcher;
 };
 
 /** A running part of a worker; stopped in reverse start order. */
@@ -73,18 +79,25 @@ export async function startWorker(config: Config, nc: NatsConnection, log: Logge
   const admin = await startAdminService(nc, s, config.workerId, { log: workerLog, refusals });
   const metrics = createMetrics();
   const tracing = createTracing({ otlpEndpoint: config.otlpEndpoint, workerId: config.workerId });
-  const ctx: WorkerContext = { config, nc, log: workerLog, s, stores, box, registry, admin, refusals, metrics, tracing };
+  const upstreamAgent = sharedUpstreamAgent(config.outbound);
+  const ctx: WorkerContext = { config, nc, log: workerLog, s, stores, box, registry, admin, refusals, metrics, tracing, upstreamAgent };
   countReconnects(nc, metrics, ctx.log);
 
   // first to start, last to stop: spans of everything stopping are still exported
   const hosted: Hosted[] = [{ stop: () => tracing.shutdown() }];
+  // closed after every upstream session and poller stopped (bounded: a request an upstream never ends is cut)
+  hosted.push({
+    stop: async () => {
+      let timer: NodeJS.Timeout | undefined;
+      const closed = await Promise.race([upstreamAgent.close().then(() => true), new Promise<boolean>((r) => (timer = setTimeout(() => r(false), config.intervals.shutdownTimeout)))]);
+      clearTimeout(timer);
+      if (!closed) await upstreamAgent.destroy();
+    },
+  });
   serveRegistry(admin, registry, s);
   serveStatus(ctx);
   // Each actor kind's host is started here, in dependency order.
-  // one keep-alive pool for every poll of this worker, closed after the pollers stopped
-  const pollAgent = sharedUpstreamAgent(config.outbound);
-  hosted.push({ stop: () => pollAgent.close() });
-  hosted.push(await startPollerHost(ctx, probeConnector((sealed, gid) => box.open(sealed, gid), config.outbound, pollAgent)));
+  hosted.push(await startPollerHost(ctx, probeConnector((sealed, gid) => box.open(sealed, gid), config.outbound, upstreamAgent)));
   const edge = await startEdge(ctx, createUpstreamCaller(nc, s, { callTimeoutMs: config.intervals.callTimeout, maxBodyBytes: config.edge.maxBodyBytes, log: ctx.log }));
   // stopped after the upstream sessions: a call in flight then still hears why it ended
   hosted.push(edge);

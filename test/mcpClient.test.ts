@@ -1,24 +1,31 @@
-// One upstream connection against a real MCP server over HTTP: what a close leaves behind.
+// One upstream connection against a real MCP server over HTTP: what a close leaves behind,
+// what a shared keep-alive agent keeps apart, what each call carries, when a session opens
+// its standalone stream, and how an answer that grows too large or breaks off ends.
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { DEFAULT_OUTBOUND_POLICY } from "../actors/outboundPolicy.ts";
 import { GatewayRecordSchema, type GatewayRecord } from "../protocol/gateway.ts";
-import { connectUpstream } from "../runtime/mcpClient.ts";
+import { AnswerTooLargeError, connectUpstream, sharedUpstreamAgent, UpstreamRequestError, type ConnectOptions } from "../runtime/mcpClient.ts";
 import { startFixtureHttp, type FixtureHttp } from "./fixtures/fixtureHttp.ts";
+import { startRawUpstream, type RawUpstream } from "./fixtures/rawUpstream.ts";
 import { until } from "./helpers/wait.ts";
 
 let fixture: FixtureHttp;
+let raw: RawUpstream;
 
 before(async () => {
   fixture = await startFixtureHttp();
+  raw = await startRawUpstream();
 });
 
 after(async () => {
   await fixture?.close();
+  await raw?.close();
 });
 
-const record = (transport: "streamable-http" | "sse", url: string): GatewayRecord =>
+const record = (transport: "streamable-http" | "sse", url: string, extra: Record<string, unknown> = {}): GatewayRecord =>
   GatewayRecordSchema.parse({
+    ...extra,
     id: "0123456789abcdef",
     name: `close-${transport}`,
     transport,
@@ -83,5 +90,104 @@ describe("upstream connection handshake", () => {
     abort.abort(new Error("poller stopped"));
     // the 10-minute timeout could not explain an end within the test's run
     await assert.rejects(connecting, /poller stopped/);
+  });
+});
+
+const connect = (url: string, more: Partial<ConnectOptions> = {}) =>
+  connectUpstream({
+    record: record("streamable-http", url),
+    open: () => assert.fail("this gateway has no secrets"),
+    initialHeaders: {},
+    timeoutMs: 20_000,
+    outbound: DEFAULT_OUTBOUND_POLICY,
+    onNotification: () => {},
+    onClosed: () => {},
+    onError: () => {},
+    ...more,
+  });
+
+const never = () => new AbortController().signal;
+const textOf = (outcome: unknown) => ((outcome as { result: { content: Array<{ text: string }> } }).result.content[0]!.text);
+
+describe("connections sharing one keep-alive agent", () => {
+  it("closing one session ends its own requests and standalone stream; the other goes on over the same agent", async () => {
+    const agent = sharedUpstreamAgent(DEFAULT_OUTBOUND_POLICY);
+    try {
+      const a = await connect(fixture.url("shared-a"), { dispatcher: agent });
+      const b = await connect(fixture.url("shared-b"), { dispatcher: agent });
+      // the fixture declares list changes and logging: each session listens on its own GET stream
+      await until("both standalone streams open", () => fixture.gateway("shared-a").stats.openGetStreams === 1 && fixture.gateway("shared-b").stats.openGetStreams === 1);
+      const hanging = a.request({ method: "tools/call", params: { name: "hang" } }, { headers: {}, signal: never() });
+      await until("the call reached the upstream", () => fixture.gateway("shared-a").stats.calls.hang === 1);
+      const ended = assert.rejects(hanging, (err: unknown) => err instanceof UpstreamRequestError && err.transport, "the call ended with its session");
+      await a.close();
+      await ended;
+      await until("a's standalone stream closed at the upstream", () => fixture.gateway("shared-a").stats.openGetStreams === 0);
+      assert.equal(fixture.gateway("shared-b").stats.openGetStreams, 1, "b's stream is untouched");
+      assert.equal(textOf(await b.request({ method: "tools/call", params: { name: "echo", arguments: { text: "still here" } } }, { headers: {}, signal: never() })), "still here");
+      await b.close();
+    } finally {
+      await agent.close();
+    }
+  });
+
+  it("a session whose upstream declares nothing it could say unprompted opens no standalone stream", async () => {
+    const before = raw.methods.GET ?? 0;
+    const conn = await connect(raw.url);
+    assert.equal(textOf(await conn.request({ method: "tools/call", params: { name: "echo", arguments: { text: "x" } } }, { headers: {}, signal: never() })), "x");
+    await conn.close();
+    assert.equal(raw.methods.GET ?? 0, before, "no GET was sent");
+  });
+});
+
+describe("what each call carries", () => {
+  it("concurrent calls each carry their own passthrough headers and trace context; auth is never overridden", async () => {
+    const conn = await connectUpstream({
+      record: record("streamable-http", fixture.url("carry"), { passthroughHeaders: ["x-tenant"], auth: { type: "bearer", token: "enc:v1:aXY:Y2lwaGVy:dGFn" } }),
+      open: () => "the-gateway-token",
+      initialHeaders: {},
+      timeoutMs: 20_000,
+      outbound: DEFAULT_OUTBOUND_POLICY,
+      onNotification: () => {},
+      onClosed: () => {},
+      onError: () => {},
+    });
+    const whoami = (tenant: string) =>
+      conn.request(
+        { method: "tools/call", params: { name: "whoami" } },
+        { headers: { "x-tenant": tenant, authorization: "Bearer client-token" }, trace: { traceparent: `00-${tenant.padStart(32, "0")}-00f067aa0ba902b7-01` }, signal: never() },
+      );
+    const seen = (await Promise.all(["a1", "b2", "c3", "d4"].map(whoami))).map((o) => JSON.parse(textOf(o)) as Record<string, string>);
+    for (const [i, tenant] of ["a1", "b2", "c3", "d4"].entries()) {
+      assert.equal(seen[i]!["x-tenant"], tenant);
+      assert.equal(seen[i]!.traceparent, `00-${tenant.padStart(32, "0")}-00f067aa0ba902b7-01`);
+      assert.equal(seen[i]!.authorization, "Bearer the-gateway-token");
+    }
+    await conn.close();
+  });
+});
+
+describe("answers that grow too large or break off", () => {
+  it("an answer past maxAnswerBytes ends its request where it is; the session goes on", async () => {
+    const conn = await connect(fixture.url("bounded"), { maxAnswerBytes: 2_000 });
+    await assert.rejects(
+      conn.request({ method: "tools/call", params: { name: "echo", arguments: { text: "x".repeat(10_000) } } }, { headers: {}, signal: never() }),
+      (err: unknown) => err instanceof AnswerTooLargeError && err.bytesRead > 2_000 && err.limit === 2_000,
+    );
+    assert.equal(textOf(await conn.request({ method: "tools/call", params: { name: "echo", arguments: { text: "small" } } }, { headers: {}, signal: never() })), "small");
+    await conn.close();
+  });
+
+  it("an answer cut off half way fails its call as a transport error at once, not at its deadline", async () => {
+    const conn = await connect(raw.url);
+    await assert.rejects(
+      conn.request({ method: "tools/call", params: { name: "cut" } }, { headers: {}, signal: never() }),
+      (err: unknown) => err instanceof UpstreamRequestError && err.transport,
+    );
+    await assert.rejects(
+      conn.request({ method: "tools/call", params: { name: "garbage" } }, { headers: {}, signal: never() }),
+      (err: unknown) => err instanceof UpstreamRequestError && err.transport,
+    );
+    await conn.close();
   });
 });

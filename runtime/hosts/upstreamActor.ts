@@ -192,6 +192,7 @@ export function createUpstreamActor(
           initialHeaders: () => latestHeaders,
           timeoutMs: config.intervals.callTimeout,
           outbound: config.outbound,
+          dispatcher: ctx.upstreamAgent,
           // the raw answer (SSE framing, JSON-RPC envelope) may be a little larger than the result it carries
           maxAnswerBytes: requestLimit,
           signal,
