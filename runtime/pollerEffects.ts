@@ -7,7 +7,7 @@ import type { Dispatcher } from "undici";
 import { reconcile, type CatalogLists } from "../actors/discovery.ts";
 import { encodeValue, entryJson, getLive, isCasConflict, parseEntry } from "../actors/kvStore.ts";
 import type { OutboundPolicy } from "../actors/outboundPolicy.ts";
-import type { DiscoveryOutcome, PollKind, PollState } from "../actors/poller.machine.ts";
+import type { DiscoveryOutcome, PollKind } from "../actors/pollScheduler.ts";
 import { CatalogSchema, type Catalog, type UpstreamEra } from "../protocol/catalog.ts";
 import { GatewayStatusSchema, type GatewayRecord, type GatewayStatus } from "../protocol/gateway.ts";
 import { PollStampSchema } from "../protocol/poller.ts";
@@ -153,15 +153,10 @@ export async function reconcileCatalog(store: CatalogStore, gid: string, found: 
   }
 }
 
-/**
- * The poll stamp of `kind`, read now (a health check reads one key, not both), and the
- * classification as the worker's watch last saw it (one value shared by every poller, not a
- * read of the whole list per poll); raw, the machine decides what they mean.
- */
-export async function readPollState(state: KV, gid: string, kind: PollKind, classification: unknown): Promise<PollState> {
+/** The poll stamp of `kind` (raw: the scheduler decides what it means). */
+export async function readStamp(state: KV, gid: string, kind: PollKind): Promise<unknown> {
   const e = await getLive(state, kind === "health" ? KEYS.pollHealth(gid) : KEYS.pollDiscovery(gid));
-  const stamp = e ? entryJson(e) : undefined;
-  return kind === "health" ? { health: stamp, discovery: undefined, classification } : { health: undefined, discovery: stamp, classification };
+  return e ? entryJson(e) : undefined;
 }
 
 /**
