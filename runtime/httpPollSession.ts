@@ -109,6 +109,8 @@ export class HttpPollSession implements PollClient {
     } catch (err) {
       throw failure(err, timeout, method);
     }
+    // the signal may abort after the answer was read (the poller stopped): that error belongs to nobody
+    res.body.on("error", () => {});
     try {
       // 404: the upstream no longer knows the session (restarted, expired it): a transport failure, the caller reconnects
       if (res.statusCode !== 200) throw new McpError(ErrorCode.ConnectionClosed, `${method}: HTTP ${res.statusCode} from the upstream`);
