@@ -60,23 +60,23 @@ export class HttpPollSession implements PollClient {
   }
 
   ping(opts: RequestOptions): Promise<unknown> {
-    return this.#call("ping", undefined, opts);
+    return this.request("ping", undefined, opts);
   }
 
   listTools(params: Cursor, opts: RequestOptions) {
-    return this.#call("tools/list", params, opts).then((r) => ListToolsResultSchema.parse(r));
+    return this.request("tools/list", params, opts).then((r) => ListToolsResultSchema.parse(r));
   }
 
   listPrompts(params: Cursor, opts: RequestOptions) {
-    return this.#call("prompts/list", params, opts).then((r) => ListPromptsResultSchema.parse(r));
+    return this.request("prompts/list", params, opts).then((r) => ListPromptsResultSchema.parse(r));
   }
 
   listResources(params: Cursor, opts: RequestOptions) {
-    return this.#call("resources/list", params, opts).then((r) => ListResourcesResultSchema.parse(r));
+    return this.request("resources/list", params, opts).then((r) => ListResourcesResultSchema.parse(r));
   }
 
   listResourceTemplates(params: Cursor, opts: RequestOptions) {
-    return this.#call("resources/templates/list", params, opts).then((r) => ListResourceTemplatesResultSchema.parse(r));
+    return this.request("resources/templates/list", params, opts).then((r) => ListResourceTemplatesResultSchema.parse(r));
   }
 
   /** Ends the upstream session (HTTP DELETE), bounded; a server that keeps none answers 405, which is fine. */
@@ -99,7 +99,8 @@ export class HttpPollSession implements PollClient {
     return request(url, { method, headers: h, body, signal, dispatcher: this.#o.dispatcher });
   }
 
-  async #call(method: string, params: Record<string, unknown> | undefined, opts: RequestOptions): Promise<Record<string, unknown>> {
+  /** One JSON-RPC request on the session: its result, or the upstream's error as an McpError with its code. */
+  async request(method: string, params: Record<string, unknown> | undefined, opts: RequestOptions): Promise<Record<string, unknown>> {
     const id = ++this.#nextId;
     const timeout = AbortSignal.timeout(opts.timeout);
     const signal = opts.signal ? AbortSignal.any([opts.signal, timeout]) : timeout;
