@@ -102,13 +102,29 @@ export class HttpPollSession implements PollClient {
   /** One JSON-RPC request on the session: its result, or the upstream's error as an McpError with its code. */
   async request(method: string, params: Record<string, unknown> | undefined, opts: RequestOptions): Promise<Record<string, unknown>> {
     const id = ++this.#nextId;
-    const timeout = AbortSignal.timeout(opts.timeout);
-    const signal = opts.signal ? AbortSignal.any([opts.signal, timeout]) : timeout;
+    // one timer, cleared when the request and its body are done: AbortSignal.timeout would fire
+    // (and build its DOMException) for every ping that had long been answered
+    const deadline = new AbortController();
+    let timedOut = false;
+    const timer = setTimeout(() => ((timedOut = true), deadline.abort()), opts.timeout);
+    const cancel = () => deadline.abort(opts.signal?.reason);
+    opts.signal?.addEventListener("abort", cancel, { once: true });
+    const done = () => {
+      clearTimeout(timer);
+      opts.signal?.removeEventListener("abort", cancel);
+    };
+    if (opts.signal?.aborted) cancel();
+    const failure = (err: unknown) => {
+      if (err instanceof McpError) return err;
+      if (timedOut) return new McpError(ErrorCode.RequestTimeout, `${method} timed out`);
+      return outboundRefusalOf(err) ?? err;
+    };
     let res: Dispatcher.ResponseData;
     try {
-      res = await this.#send("POST", JSON.stringify({ jsonrpc: "2.0", id, method, ...(params ? { params } : {}) }), signal);
+      res = await this.#send("POST", JSON.stringify({ jsonrpc: "2.0", id, method, ...(params ? { params } : {}) }), deadline.signal);
     } catch (err) {
-      throw failure(err, timeout, method);
+      done();
+      throw failure(err);
     }
     // the signal may abort after the answer was read (the poller stopped): that error belongs to nobody
     res.body.on("error", () => {});
@@ -119,10 +135,12 @@ export class HttpPollSession implements PollClient {
       const message = type.includes("text/event-stream") ? await answerFromStream(res.body, id) : await jsonBody(res.body);
       return resultOf(message, id, method);
     } catch (err) {
-      throw failure(err, timeout, method);
+      throw failure(err);
     } finally {
-      // an SSE stream may stay open after the answer: end it, the socket goes back to the pool or is closed
-      if (!res.body.destroyed) res.body.destroy();
+      // read what is left (an SSE stream ends after its answer), so the socket goes back to the pool
+      // instead of being closed; one the upstream keeps open is cut at the poll's deadline
+      if (res.body.destroyed) done();
+      else void res.body.dump({ limit: MAX_POLL_ANSWER_BYTES, signal: deadline.signal }).catch(() => {}).finally(done);
     }
   }
 }
@@ -166,11 +184,4 @@ function resultOf(message: unknown, id: number, method: string): Record<string, 
   if (m.error && typeof m.error.code === "number") throw new McpError(m.error.code, String(m.error.message ?? ""), m.error.data);
   if (typeof m.result !== "object" || m.result === null) throw new McpError(ErrorCode.ConnectionClosed, `${method}: the upstream's answer has no result`);
   return m.result as Record<string, unknown>;
-}
-
-/** What the caller sees of a failure: a timeout as the SDK's, an outbound refusal as itself, the upstream's own error as it is. */
-function failure(err: unknown, timeout: AbortSignal, method: string): unknown {
-  if (err instanceof McpError) return err;
-  if (timeout.aborted) return new McpError(ErrorCode.RequestTimeout, `${method} timed out`);
-  return outboundRefusalOf(err) ?? err;
 }
