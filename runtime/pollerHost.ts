@@ -86,11 +86,11 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
   const stateBucket = buckets(config.prefix).state;
 
   /**
-   * A gateway added or changed is discovered at once, up to `maxConcurrentPolls` a second: beyond
-   * that (an import of thousands) at its slot, spread over the discovery interval, so the import's
-   * adds do not wait behind thousands of connects at once.
+   * A gateway added or changed is discovered at once, up to 32 a second: beyond that (an import of
+   * thousands) at its slot, spread over the discovery interval, so the import's adds do not wait
+   * behind thousands of connects at once.
    */
-  const immediateDiscoveries = new PerSecondBudget(config.maxConcurrentPolls);
+  const immediateDiscoveries = new PerSecondBudget(32);
   const gateways = new Map<string, GatewayRecord>();
   /** gateways added or reconnected since this worker saw them: whoever claims them discovers at once (an added one has no state to read) */
   const fresh = new Map<string, "added" | "changed">();
