@@ -9,7 +9,7 @@ import { GatewayRecordSchema, type GatewayRecord } from "../protocol/gateway.ts"
 import { HttpPollSession } from "../runtime/httpPollSession.ts";
 import { sharedUpstreamAgent } from "../runtime/mcpClient.ts";
 import { PollConnections } from "../runtime/pollConnections.ts";
-import { listCatalog, probeConnector } from "../runtime/pollerEffects.ts";
+import { probeConnector } from "../runtime/pollerEffects.ts";
 import { startFixtureHttp, type FixtureHttp } from "./fixtures/fixtureHttp.ts";
 
 let fixture: FixtureHttp;
@@ -41,10 +41,9 @@ const record = (name: string, url = fixture.url(name)): GatewayRecord =>
 describe("HTTP poll session", () => {
   it("pings and lists on the one session it opened: one initialize for every poll", async () => {
     const conn = await connect(record("kept"), 5_000, () => {});
-    assert.ok(conn.client instanceof HttpPollSession, "a streamable-HTTP gateway on the shared agent keeps its session as data");
-    for (let i = 0; i < 5; i++) await conn.client.ping({ timeout: 5_000 });
+    for (let i = 0; i < 5; i++) await conn.check();
     fixture.gateway("kept").toolbox.add("new_tool");
-    const lists = await listCatalog(conn.client, 5_000);
+    const lists = await conn.list();
     assert.ok(lists.tools.some((t) => t.name === "echo") && lists.tools.some((t) => t.name === "new_tool"));
     assert.ok(lists.prompts.length > 0 && lists.resources.length > 0);
     assert.equal(fixture.gateway("kept").stats.initializes, 1);
@@ -55,7 +54,10 @@ describe("HTTP poll session", () => {
 
   it("hands on the upstream's own JSON-RPC error with its code, and keeps the session", async () => {
     const conn = await connect(record("errors"), 5_000, () => {});
-    const session = conn.client as HttpPollSession;
+    await conn.check();
+    // the same session as data, as the connector keeps it: an unknown method is the upstream's own error
+    const sessionId = [...fixture.gateway("errors").sessions.keys()][0]!;
+    const session = new HttpPollSession({ record: record("errors"), open: () => "", dispatcher: agent, sessionId, protocolVersion: "2025-06-18", capabilities: {} });
     await assert.rejects(session.request("no/such/method", undefined, { timeout: 5_000 }), (err: unknown) => err instanceof McpError && err.code === ErrorCode.MethodNotFound);
     await session.ping({ timeout: 5_000 });
     assert.equal(fixture.gateway("errors").stats.initializes, 1);
@@ -65,19 +67,19 @@ describe("HTTP poll session", () => {
   it("a session the upstream forgot fails as a transport error, and the pool's retry opens a new one", async () => {
     const pool = new PollConnections(connect, 2);
     const gw = record("forgot");
-    await pool.use(gw, 5_000, ({ client }) => client.ping({ timeout: 5_000 }));
+    await pool.use(gw, 5_000, (c) => c.check());
     const kept = fixture.gateway("forgot");
     await fixture.dropSessions("forgot");
     // the kept session is gone upstream: the ping fails as ConnectionClosed, the pool reconnects once
-    await pool.use(gw, 5_000, ({ client }) => client.ping({ timeout: 5_000 }));
+    await pool.use(gw, 5_000, (c) => c.check());
     assert.equal(kept.stats.initializes, 2);
     await pool.closeAll();
   });
 
   it("a frozen upstream is a timeout, not a transport failure", async () => {
-    const conn = await connect(record("frozen"), 5_000, () => {});
+    const conn = await connect(record("frozen"), 2_000, () => {});
     fixture.setFrozen("frozen", true);
-    await assert.rejects(conn.client.ping({ timeout: 300 }), (err: unknown) => err instanceof McpError && err.code === ErrorCode.RequestTimeout);
+    await assert.rejects(conn.check(), (err: unknown) => err instanceof McpError && err.code === ErrorCode.RequestTimeout);
     fixture.setFrozen("frozen", false);
     await conn.close();
   });
@@ -85,7 +87,7 @@ describe("HTTP poll session", () => {
   it("an upstream answering 503 fails the poll as a transport failure", async () => {
     const conn = await connect(record("down"), 5_000, () => {});
     fixture.setDown("down", true);
-    await assert.rejects(conn.client.ping({ timeout: 5_000 }), (err: unknown) => err instanceof McpError && err.code === ErrorCode.ConnectionClosed && /HTTP 503/.test(err.message));
+    await assert.rejects(conn.check(), (err: unknown) => err instanceof McpError && err.code === ErrorCode.ConnectionClosed && /HTTP 503/.test(err.message));
     fixture.setDown("down", false);
     await conn.close();
   });
