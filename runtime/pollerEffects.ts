@@ -1,19 +1,19 @@
 // The real effects of a gateway poller: MCP health checks and discovery against the upstream,
 // catalog reconciliation in KV with its change event, poll stamps and the gateway status.
-import type { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import type { KV } from "@nats-io/kv";
 import type { JetStreamClient } from "@nats-io/jetstream";
 import type { Dispatcher } from "undici";
 import { reconcile, type CatalogLists } from "../actors/discovery.ts";
 import { encodeValue, entryJson, getLive, isCasConflict, parseEntry } from "../actors/kvStore.ts";
 import type { OutboundPolicy } from "../actors/outboundPolicy.ts";
-import type { DiscoveryOutcome, PollKind, PollState } from "../actors/poller.machine.ts";
+import type { DiscoveryOutcome, PollKind } from "../actors/pollScheduler.ts";
 import { CatalogSchema, type Catalog, type UpstreamEra } from "../protocol/catalog.ts";
 import { GatewayStatusSchema, type GatewayRecord, type GatewayStatus } from "../protocol/gateway.ts";
 import { PollStampSchema } from "../protocol/poller.ts";
 import { KEYS, type Subjects } from "../protocol/subjects.ts";
 import { publishEvent } from "./events.ts";
-import { McpError } from "@modelcontextprotocol/sdk/types.js";
+import { McpError, type ServerCapabilities } from "@modelcontextprotocol/sdk/types.js";
+import { HttpPollSession, type PollClient } from "./httpPollSession.ts";
 import { closeWithin, isMethodNotFound } from "./mcpClient.ts";
 import { checkStatelessUpstream, connectEitherEra, type StatelessUpstream } from "./revision2026Upstream.ts";
 
@@ -34,9 +34,20 @@ export type GatewayConnector = (record: GatewayRecord, timeoutMs: number, onClos
 /**
  * Probes use the same connection builder as upstream sessions, with no downstream headers,
  * over `dispatcher`: one keep-alive HTTP agent shared by every poll of the worker. Each new
- * connection finds the era anew (a kept one is made rarely), and discovery records it.
+ * connection finds the era anew (a kept one is made rarely), and discovery records it. A
+ * session with a streamable-HTTP gateway on that agent is kept as data (HttpPollSession): the
+ * SDK client that initialized it is let go, the session stays open upstream.
  */
 export function probeConnector(open: (sealed: string, gid: string) => string, outbound: OutboundPolicy, dispatcher: Dispatcher): GatewayConnector {
+  /** servers' capabilities by their JSON: thousands of gateways of a few kinds share a few objects */
+  const capabilities = new Map<string, ServerCapabilities>();
+  const shared = (caps: ServerCapabilities | undefined) => {
+    if (!caps) return caps;
+    const key = JSON.stringify(caps);
+    let kept = capabilities.get(key);
+    if (!kept) capabilities.set(key, (kept = caps));
+    return kept;
+  };
   return async (record, timeoutMs, onClosed) => {
     const c = await connectEitherEra(
       { record, open, initialHeaders: {}, timeoutMs, outbound, dispatcher, pollOnly: true, onNotification: () => {}, onClosed, onError: () => {} },
@@ -47,6 +58,23 @@ export function probeConnector(open: (sealed: string, gid: string) => string, ou
     if (c.era === "stateless") {
       const conn = c.conn;
       return { era: c.era, close, check: (signal) => checkStatelessUpstream(conn, timeoutMs, signal), list: (signal) => listStatelessCatalog(conn, timeoutMs, signal) };
+    }
+    if (record.transport === "streamable-http" && !record.tls) {
+      const transport = c.conn.client.transport as { sessionId?: string; protocolVersion?: string } | undefined;
+      const session = new HttpPollSession({
+        record,
+        open,
+        dispatcher,
+        sessionId: transport?.sessionId,
+        protocolVersion: transport?.protocolVersion,
+        capabilities: shared(c.conn.client.getServerCapabilities()),
+      });
+      return {
+        era: c.era,
+        close: () => session.close(),
+        check: async (signal) => void (await session.ping({ timeout: timeoutMs, signal })),
+        list: (signal) => listCatalog(session, timeoutMs, signal),
+      };
     }
     const { client } = c.conn;
     return {
@@ -84,7 +112,7 @@ export async function listAll<T>(fetchPage: (cursor?: string) => Promise<{ items
 }
 
 /** Every tool, prompt, resource and resource template the upstream offers, as it sent them. */
-export async function listCatalog(client: Client, timeoutMs: number, signal?: AbortSignal): Promise<CatalogLists> {
+export async function listCatalog(client: PollClient, timeoutMs: number, signal?: AbortSignal): Promise<CatalogLists> {
   const caps = client.getServerCapabilities() ?? {};
   const opts = { timeout: timeoutMs, signal };
   const [tools, prompts, resources, resourceTemplates] = await Promise.all([
@@ -153,15 +181,10 @@ export async function reconcileCatalog(store: CatalogStore, gid: string, found: 
   }
 }
 
-/**
- * The poll stamp of `kind`, read now (a health check reads one key, not both), and the
- * classification as the worker's watch last saw it (one value shared by every poller, not a
- * read of the whole list per poll); raw, the machine decides what they mean.
- */
-export async function readPollState(state: KV, gid: string, kind: PollKind, classification: unknown): Promise<PollState> {
+/** The poll stamp of `kind` (raw: the scheduler decides what it means). */
+export async function readStamp(state: KV, gid: string, kind: PollKind): Promise<unknown> {
   const e = await getLive(state, kind === "health" ? KEYS.pollHealth(gid) : KEYS.pollDiscovery(gid));
-  const stamp = e ? entryJson(e) : undefined;
-  return kind === "health" ? { health: stamp, discovery: undefined, classification } : { health: undefined, discovery: stamp, classification };
+  return e ? entryJson(e) : undefined;
 }
 
 /**

@@ -1,15 +1,15 @@
 // Hosts gateway pollers on this worker. Which worker polls a gateway is decided in
 // pollerOwnership.ts; this host starts and stops the pollers it is given. Each poller answers
-// at its own address, `mcpgw.poller.<gid>.{refresh,status}`, wherever it runs.
+// at its own address, `mcpgw.poller.<gid>.{refresh,status}`, wherever it runs. The pollers
+// themselves are records of one schedule (actors/pollScheduler.ts), not an actor each.
 import { performance } from "node:perf_hooks";
 import type { KvEntry } from "@nats-io/kv";
 import type { Subscription } from "@nats-io/transport-node";
 import { jetstreamManager } from "@nats-io/jetstream";
-import { createActor, fromPromise, type ActorRefFrom } from "xstate";
 import { shortErrorText } from "../actors/errorText.ts";
 import { encodeValue, entryJson, getLive, parseEntry } from "../actors/kvStore.ts";
 import { tierOf } from "../actors/discovery.ts";
-import { pollerMachine, statusOf, type DiscoveryOutcome, type PollKind, type PollState } from "../actors/poller.machine.ts";
+import { PollScheduler, type DiscoveryOutcome, type PollKind } from "../actors/pollScheduler.ts";
 import { RefreshReplySchema } from "../protocol/catalog.ts";
 import { ProtocolError, parseRequest } from "../protocol/envelope.ts";
 import {
@@ -17,7 +17,6 @@ import {
   GatewayRecordSchema,
   GatewayRefreshRequestSchema,
   type GatewayRecord,
-  type GatewayStatus,
 } from "../protocol/gateway.ts";
 import { PollerRequestSchema, type PollStamp, type PollerStatusReply } from "../protocol/poller.ts";
 import { KEYS, buckets, kvSubject } from "../protocol/subjects.ts";
@@ -26,13 +25,12 @@ import { followEvents } from "./events.ts";
 import { followKv } from "./kvWatch.ts";
 import { PollConnections } from "./pollConnections.ts";
 import { startPollerOwnership, type PollerOwnership } from "./pollerOwnership.ts";
-import { readGatewayStatus, readPollState, reconcileCatalog, type GatewayConnector, type ProbeConnection } from "./pollerEffects.ts";
+import { readGatewayStatus, readStamp, reconcileCatalog, type GatewayConnector, type ProbeConnection } from "./pollerEffects.ts";
 import { gatewayScrubber, scrubbedError } from "./secretScrubber.ts";
 import type { Hosted, WorkerContext } from "./worker.ts";
 
-type Poller = ActorRefFrom<typeof pollerMachine>;
-/** a poller this worker runs, and its address subscription */
-type Owned = { actor: Poller; address: Subscription };
+/** a poller this worker runs: its address subscription */
+type Owned = { address: Subscription };
 
 /**
  * At most `limit` polls at once on this worker; the rest wait their turn, health checks ahead of
@@ -64,6 +62,18 @@ class PollSlots {
   }
 }
 
+/** At most `limit` takes a second (by this worker's monotonic clock). */
+class PerSecondBudget {
+  #second = -1;
+  #taken = 0;
+  constructor(readonly limit: number) {}
+  take(): boolean {
+    const second = Math.floor(performance.now() / 1000);
+    if (second !== this.#second) [this.#second, this.#taken] = [second, 0];
+    return this.#taken++ < this.limit;
+  }
+}
+
 export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnector): Promise<Hosted> {
   const { config, nc, s, stores, box } = ctx;
   const log = ctx.log.child({ actor: "poller" });
@@ -75,9 +85,15 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
   const jsm = await jetstreamManager(nc);
   const stateBucket = buckets(config.prefix).state;
 
+  /**
+   * A gateway added or changed is discovered at once, up to 32 a second: beyond that (an import of
+   * thousands) at its slot, spread over the discovery interval, so the import's adds do not wait
+   * behind thousands of connects at once.
+   */
+  const immediateDiscoveries = new PerSecondBudget(32);
   const gateways = new Map<string, GatewayRecord>();
-  /** gateways added or reconnected since this worker saw them: whoever claims them discovers at once */
-  const fresh = new Set<string>();
+  /** gateways added or reconnected since this worker saw them: whoever claims them discovers at once (an added one has no state to read) */
+  const fresh = new Map<string, "added" | "changed">();
   const running = new Map<string, Owned>();
   /** the classification as last seen by this worker's watch (raw JSON; undefined when absent) */
   let classification: unknown;
@@ -128,29 +144,36 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
   const putJson = (key: string, value: unknown, what: string) =>
     void stores.state.put(key, encodeValue(value)).catch((err) => log.warn({ err, key }, `could not write ${what}`));
 
-  const machine = pollerMachine.provide({
-    actors: {
-      readPollState: fromPromise<PollState, { gid: string; kind: PollKind }>(({ input }) => readPollState(stores.state, input.gid, input.kind, classification)),
-      checkHealth: fromPromise<void, { gid: string }>(({ input, signal }) =>
+  const pollers = new PollScheduler({
+    timings: {
+      health: config.intervals.health,
+      discovery: config.intervals.discovery,
+      listChangedDebounce: config.poller.listChangedDebounce,
+      backoffMax: config.poller.backoffMax,
+    },
+    unhealthyThreshold: config.unhealthyThreshold,
+    clock: { now: () => Date.now(), setTimeout: (fn, ms) => setTimeout(fn, ms), clearTimeout: (t) => clearTimeout(t as NodeJS.Timeout) },
+    random: Math.random,
+    effects: {
+      readStamp: (gid, kind) => readStamp(stores.state, gid, kind),
+      classification: () => classification,
+      checkHealth: (gid, signal) =>
         probe(
-          input.gid,
+          gid,
           "health",
           (conn) => conn.check(signal),
           signal,
         ),
-      ),
-      discover: fromPromise<DiscoveryOutcome, { gid: string }>(({ input, signal }) => probe(input.gid, "discovery", discoverOver(input.gid, signal), signal)),
-    },
-    actions: {
-      recordPoll: ({ context }, p) => {
-        const stamp: PollStamp = { at: p.at, nextAt: p.nextAt, worker: me };
-        if (p.kind === "discovery") return putJson(KEYS.pollDiscovery(context.gid), stamp, "a poll stamp");
+      discover: (gid, signal) => probe(gid, "discovery", discoverOver(gid, signal), signal),
+      recordPoll: (gid, kind, at, nextAt) => {
+        const stamp: PollStamp = { at, nextAt, worker: me };
+        if (kind === "discovery") return putJson(KEYS.pollDiscovery(gid), stamp, "a poll stamp");
         // A health stamp is a record for readers (last success, next check), not a fence: a lost one
         // costs at most one extra check by a successor. So it is published without waiting for the
         // store's acknowledgement: one message instead of a request, its inbox and timer per check.
-        nc.publish(kvSubject(stateBucket, KEYS.pollHealth(context.gid)), encodeValue(stamp));
+        nc.publish(kvSubject(stateBucket, KEYS.pollHealth(gid)), encodeValue(stamp));
       },
-      writeStatus: ({ context }, status) => putJson(KEYS.gatewayStatus(context.gid), status, "a gateway status"),
+      writeStatus: (gid, status) => putJson(KEYS.gatewayStatus(gid), status, "a gateway status"),
     },
   });
 
@@ -168,42 +191,34 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
   };
 
   /** The poller's own address, `mcpgw.poller.<gid>.<op>`: whoever asks reaches it on whichever worker polls the gateway. */
-  const serveAddress = (gid: string, actor: Poller) =>
+  const serveAddress = (gid: string) =>
     serve(
       nc,
       s.poller.actor(gid),
       async (payload, msg) => {
         const op = msg.subject.slice(msg.subject.lastIndexOf(".") + 1);
         parseRequest(PollerRequestSchema, payload, `poller ${op} request`);
-        if (op === "status") return { gid, worker: me, status: statusOf(actor.getSnapshot().context) } satisfies PollerStatusReply;
-        if (op === "refresh") return reply(gid, await refreshHere(actor).catch(asUnavailable));
+        const status = pollers.status(gid);
+        if (!status) throw new ProtocolError("unavailable", "the gateway's poller stopped (gateway changed, removed or moved); try again");
+        if (op === "status") return { gid, worker: me, status } satisfies PollerStatusReply;
+        if (op === "refresh") return reply(gid, await refreshHere(gid).catch(asUnavailable));
         throw new ProtocolError("invalid_request", `unknown poller operation ${JSON.stringify(op)}`);
       },
       guard,
     );
 
   const startPoller = async (gid: string) => {
-    const [status, pushMissed] = await Promise.all([readGatewayStatus(stores.state, gid).catch(() => undefined), missedPush(gid)]);
+    const freshness = fresh.get(gid);
+    // a gateway just added has no status and no missed notice to read (it is discovered at once)
+    const [status, pushMissed] =
+      freshness === "added"
+        ? [undefined, false]
+        : await Promise.all([readGatewayStatus(stores.state, gid).catch(() => undefined), freshness ? false : missedPush(gid)]);
     // the claim may have moved while the status was read
     if (stopped || running.has(gid) || !gateways.has(gid) || !ownership.hosts(gid)) return;
-    const actor = createActor(machine, {
-      input: {
-        gid,
-        timings: {
-          health: config.intervals.health,
-          discovery: config.intervals.discovery,
-          listChangedDebounce: config.poller.listChangedDebounce,
-          backoffMax: config.poller.backoffMax,
-        },
-        unhealthyThreshold: config.unhealthyThreshold,
-        now: () => Date.now(),
-        random: Math.random,
-        status: status satisfies GatewayStatus | undefined,
-        discoverNow: fresh.delete(gid) || pushMissed,
-      },
-    });
-    running.set(gid, { actor, address: serveAddress(gid, actor) });
-    actor.start();
+    fresh.delete(gid);
+    running.set(gid, { address: serveAddress(gid) });
+    pollers.start(gid, { status, discoverNow: (freshness !== undefined || pushMissed) && immediateDiscoveries.take() });
     log.info({ gid }, "polling gateway");
   };
 
@@ -213,11 +228,10 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
     if (!owned) return;
     running.delete(gid);
     owned.address.unsubscribe();
-    const { refreshWaiting, refreshInFlight } = owned.actor.getSnapshot().context;
-    owned.actor.stop();
+    const unanswered = pollers.stop(gid);
     connections.drop(gid);
     const gone = new ProtocolError("unavailable", "the gateway's poller stopped during the refresh (gateway changed, removed or moved); try again");
-    for (const r of [...refreshWaiting, ...refreshInFlight]) r.reject(gone);
+    for (const r of unanswered) r.reject(gone);
   };
 
   const ownership: PollerOwnership = await startPollerOwnership(
@@ -239,7 +253,7 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
     const parsed = GatewayEventSchema.safeParse(payload);
     if (!parsed.success) return void log.warn({ subject }, "ignoring a malformed gateway event");
     const ev = parsed.data;
-    if (ev.type === "list_changed") return void running.get(ev.gid)?.actor.send({ type: "LIST_CHANGED" });
+    if (ev.type === "list_changed") return void pollers.listChanged(ev.gid);
     if (ev.type === "removed") {
       gateways.delete(ev.gid);
       ownership.forget(ev.gid);
@@ -253,7 +267,7 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
     await loadGateway(ev.gid);
     const reconnect = ev.type === "added" || ev.connectChanged || ev.changedFields.includes("enabled");
     if (reconnect && gateways.has(ev.gid)) {
-      fresh.add(ev.gid);
+      fresh.set(ev.gid, ev.type === "added" ? "added" : "changed");
       // restart with the new connection settings, keeping the claim
       if (running.has(ev.gid)) {
         stopPoller(ev.gid);
@@ -266,8 +280,10 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
 
   // ---- manual refresh ----
 
-  const refreshHere = (actor: Poller): Promise<DiscoveryOutcome> =>
-    new Promise((resolve, reject) => actor.send({ type: "REFRESH", responder: { resolve, reject } }));
+  const refreshHere = (gid: string): Promise<DiscoveryOutcome> =>
+    new Promise((resolve, reject) => {
+      if (!pollers.refresh(gid, { resolve, reject })) reject(new ProtocolError("unavailable", "the gateway's poller stopped; try again"));
+    });
 
   /** A discovery outside any poller (nobody polls the gateway right now); reconciles all the same. */
   const refreshOnce = (gid: string): Promise<DiscoveryOutcome> => probe(gid, "discovery", discoverOver(gid), undefined, false);
@@ -312,6 +328,7 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
     slots.close();
     ownership.halt();
     for (const gid of [...running.keys()]) stopPoller(gid);
+    pollers.stopAll();
     void connections.closeAll();
   });
 
@@ -322,6 +339,7 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
       await events.stop();
       for (const w of watches) w.stop();
       await ownership.stop();
+      pollers.stopAll();
       await connections.closeAll();
     },
   };

@@ -1,8 +1,8 @@
-// The poller machine on a SimulatedClock with fake effects: timing, health state, tiers, stamps.
+// The pollers' schedule on a SimulatedClock with fake effects: timing, health state, tiers, stamps.
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { createActor, fromPromise, SimulatedClock } from "xstate";
-import { pollerMachine, type DiscoveryOutcome, type PollKind, type PollState, type RefreshResponder } from "../actors/poller.machine.ts";
+import { SimulatedClock } from "xstate";
+import { PollScheduler, type DiscoveryOutcome, type PollKind, type RefreshResponder } from "../actors/pollScheduler.ts";
 import { delayToSlot, phaseOf } from "../actors/discovery.ts";
 import type { GatewayStatus } from "../protocol/gateway.ts";
 
@@ -18,7 +18,7 @@ type Options = { classification?: unknown; discoverNow?: boolean; discoveryInter
 function harness(opts: Options = {}) {
   const clock = new SimulatedClock();
   const upstream = { tools: new Set(["echo"]), up: true, discoveryFails: false };
-  /** what readPollState finds besides the stamps; tests change it while the poller runs */
+  /** the classification the worker's watch holds, and whether the stamps can be read; tests change them while the poller runs */
   const kv = { classification: opts.classification, readFails: false };
   const stamps = new Map<PollKind, { at: string; nextAt: string | null; worker: string }>();
   const catalog = { tools: [] as string[] };
@@ -27,48 +27,46 @@ function harness(opts: Options = {}) {
   const recorded: Array<{ kind: PollKind; at: string }> = [];
   const statuses: GatewayStatus[] = [];
   const reads: PollKind[] = [];
-  const machine = pollerMachine.provide({
-    actors: {
-      readPollState: fromPromise<PollState, { gid: string; kind: PollKind }>(async ({ input }) => {
-        reads.push(input.kind);
+  const pollers = new PollScheduler({
+    timings: { health: H, discovery: opts.discoveryInterval ?? D, listChangedDebounce: 2 * S, backoffMax: 10 * 60 * S },
+    unhealthyThreshold: 3,
+    clock,
+    random: () => 0,
+    effects: {
+      readStamp: async (_gid, kind) => {
+        reads.push(kind);
         if (kv.readFails) throw new Error("state bucket unreachable");
-        return { health: stamps.get("health"), discovery: stamps.get("discovery"), classification: kv.classification };
-      }),
-      checkHealth: fromPromise<void, { gid: string }>(async () => {
+        return stamps.get(kind);
+      },
+      classification: () => kv.classification,
+      checkHealth: async () => {
         healthChecks.push(clock.now());
         if (!upstream.up) throw new Error("connect ECONNREFUSED");
-      }),
-      discover: fromPromise<DiscoveryOutcome, { gid: string }>(async () => {
+      },
+      discover: async () => {
         discoveries.push(clock.now());
         if (!upstream.up || upstream.discoveryFails) throw new Error("tools/list failed");
         const tools = [...upstream.tools].sort();
         const changed = tools.join() !== catalog.tools.join();
         catalog.tools = tools;
         return { changed, hash: tools.join(), diff: { added: EMPTY, updated: EMPTY, removed: EMPTY }, counts: { tools: tools.length, prompts: 0, resources: 0 } };
-      }),
-    },
-    actions: {
-      recordPoll: (_, p) => {
-        recorded.push({ kind: p.kind, at: p.at });
-        stamps.set(p.kind, { at: p.at, nextAt: p.nextAt, worker: "w1" });
       },
-      writeStatus: (_, status) => {
+      recordPoll: (_gid, kind, at, nextAt) => {
+        recorded.push({ kind, at });
+        stamps.set(kind, { at, nextAt, worker: "w1" });
+      },
+      writeStatus: (_gid, status) => {
         statuses.push(status);
       },
     },
   });
-  const actor = createActor(machine, {
-    clock,
-    input: {
-      gid: GID,
-      timings: { health: H, discovery: opts.discoveryInterval ?? D, listChangedDebounce: 2 * S, backoffMax: 10 * 60 * S },
-      unhealthyThreshold: 3,
-      now: () => clock.now(),
-      random: () => 0,
-      discoverNow: opts.discoverNow,
-    },
-  });
-  actor.start();
+  pollers.start(GID, { discoverNow: opts.discoverNow });
+  /** what the tests did with the actor: send it an event, stop it */
+  const actor = {
+    send: (e: { type: "LIST_CHANGED" } | { type: "REFRESH"; responder: RefreshResponder }) =>
+      e.type === "LIST_CHANGED" ? pollers.listChanged(GID) : pollers.refresh(GID, e.responder),
+    stop: () => pollers.stopAll(),
+  };
   /** advances simulated time in 1 s steps, letting promise effects settle after each */
   const advance = async (ms: number) => {
     for (let t = 0; t < ms; t += S) {
@@ -97,7 +95,7 @@ const classification = (now: number, hot: string[], cold: string[], validForMs: 
   meta: { total: 1, hotCap: 0, hotActual: hot.length, eligible: 1, belowCapReason: null },
 });
 
-describe("poller machine", () => {
+describe("poller schedule", () => {
   it("puts a new tool in the catalog within one discovery interval and drops a removed one", async () => {
     const h = harness();
     await h.advance(D);
@@ -172,15 +170,15 @@ describe("poller machine", () => {
 
   for (const [name, lose] of [
     ["deleted", (kv: { classification: unknown }) => void (kv.classification = undefined)],
-    ["unreadable", (kv: { readFails: boolean }) => void (kv.readFails = true)],
+    ["expiring", (kv: { classification: unknown }, now: number) => void (kv.classification = classification(now - 2 * D, [], [GID], 2 * D))],
   ] as const) {
     it(`a cold gateway whose classification is ${name} discovers at 1× from the next slot on`, async () => {
       const h = harness({ classification: classification(0, [], [GID], 24 * 3_600_000) });
       await h.advance(4 * D);
       assert.equal(h.discoveries.length, 2, "cold: the first slot, then 3 intervals later");
       const lastCold = h.discoveries.at(-1)!;
-      lose(h.kv as never);
       const lostAt = h.clock.now();
+      lose(h.kv, lostAt);
       await h.advance(3 * D);
       const after = h.discoveries.filter((t) => t > lostAt);
       assert.ok(after.length >= 2, `discoveries after the loss: ${after.map((t) => t - lastCold)}`);
@@ -190,6 +188,20 @@ describe("poller machine", () => {
       h.actor.stop();
     });
   }
+
+  it("discovers at its first slot, at 1×, when the stamp cannot be read (fail open), and reads no stamp once it has discovered", async () => {
+    const h = harness({ classification: classification(0, [], [GID], 24 * 3_600_000) });
+    h.kv.readFails = true;
+    await h.advance(D);
+    assert.equal(h.discoveries.length, 1, "discovered despite the unreadable stamp");
+    assert.equal(h.lastStatus()?.tier, "unclassified");
+    const reads = h.reads.filter((k) => k === "discovery").length;
+    await h.advance(3 * D);
+    assert.equal(h.discoveries.length, 2, "then cold: 3 intervals later");
+    assert.equal(h.reads.filter((k) => k === "discovery").length, reads, "no stamp read after its own discovery");
+    assert.equal(h.lastStatus()?.tier, "cold");
+    h.actor.stop();
+  });
 
   it("a failed discovery does not advance poll.<gid>.discovery", async () => {
     const h = harness();
@@ -268,6 +280,50 @@ describe("poller machine", () => {
     assert.equal(r.counts.tools, 2);
     assert.equal(h.discoveries.length, 1);
     h.actor.stop();
+  });
+
+  it("spreads 10,000 gateways' checks over the interval with one timer: each checked once per interval, busiest second ≤ 2× mean", async () => {
+    const clock = new SimulatedClock();
+    const checks = new Map<string, number[]>();
+    const timers = { live: 0 };
+    const pollers = new PollScheduler({
+      timings: { health: H, discovery: 100 * D, listChangedDebounce: 2 * S, backoffMax: 10 * H },
+      unhealthyThreshold: 3,
+      clock: {
+        now: () => clock.now(),
+        setTimeout: (fn, ms) => (timers.live++, clock.setTimeout(() => (timers.live--, fn()), ms)),
+        clearTimeout: (id) => (timers.live--, clock.clearTimeout(id as never)),
+      },
+      random: Math.random,
+      effects: {
+        readStamp: async () => undefined,
+        classification: () => undefined,
+        checkHealth: async (gid) => void checks.get(gid)!.push(clock.now()),
+        discover: async () => ({ changed: false, hash: "", diff: { added: EMPTY, updated: EMPTY, removed: EMPTY }, counts: { tools: 0, prompts: 0, resources: 0 } }),
+        recordPoll: () => {},
+        writeStatus: () => {},
+      },
+    });
+    for (let i = 0; i < 10_000; i++) {
+      checks.set(`gw${i}`, []);
+      pollers.start(`gw${i}`);
+    }
+    assert.equal(timers.live, 1, "one timer for all pollers");
+    for (let t = 0; t < 3 * H; t += S) {
+      clock.increment(S);
+      for (let i = 0; i < 4; i++) await new Promise((r) => setImmediate(r));
+    }
+    const perSecond = new Array<number>(60).fill(0);
+    for (const times of checks.values()) {
+      assert.ok(times.length >= 2, "checked in each interval");
+      for (const g of gaps(times)) assert.ok(g <= 1.1 * H, `gap ${g} ms`);
+      for (const t of times) if (t >= H && t < 2 * H) perSecond[Math.floor((t - H) / S)]!++;
+    }
+    const mean = perSecond.reduce((a, b) => a + b, 0) / 60;
+    assert.ok(Math.abs(mean - 10_000 / 60) < 1, `mean ${mean} checks per second`);
+    assert.ok(Math.max(...perSecond) <= 2 * mean, `busiest second ${Math.max(...perSecond)}, mean ${mean}`);
+    pollers.stopAll();
+    assert.equal(timers.live, 0);
   });
 
   it("writes the status only when a field readers act on changes", async () => {

@@ -1,0 +1,443 @@
+// The gateway pollers of one worker: one per enabled gateway it owns, each a small plain record
+// driven by one schedule (a priority queue of due times and one timer) instead of an actor with
+// its own timers, so ten thousand gateways cost ten thousand records, not ten thousand actors.
+// Per gateway, two independent loops: health checks on their own interval (never gated by
+// classification) and discovery at the base interval scaled by the gateway's tier. Discovery
+// wakes at every slot of the base interval and reads the tier then, so a cold gateway whose
+// classification is deleted or expires is back at 1× on the next slot. Effects (MCP client, KV,
+// clock) are provided by the runtime; tests drive it on xstate's SimulatedClock.
+import FlatQueue from "flatqueue";
+import type { CatalogDiff } from "../protocol/catalog.ts";
+import type { Tier } from "../protocol/classification.ts";
+import type { GatewayStatus } from "../protocol/gateway.ts";
+import { shortErrorText } from "./errorText.ts";
+import { DISCOVERY_MULTIPLIER, delayToSlot, lastPollAt, phaseOf, slotAlreadyPolled, tierOf } from "./discovery.ts";
+
+export type PollKind = "health" | "discovery";
+
+export type DiscoveryOutcome = {
+  changed: boolean;
+  hash: string;
+  diff: CatalogDiff;
+  counts: { tools: number; prompts: number; resources: number };
+};
+
+/** Someone waiting for a manual refresh's result. */
+export type RefreshResponder = { resolve(outcome: DiscoveryOutcome): void; reject(err: unknown): void };
+
+export type PollerTimings = {
+  health: number;
+  discovery: number;
+  listChangedDebounce: number;
+  /** cap of the exponential backoff of an unhealthy gateway */
+  backoffMax: number;
+};
+
+/** The timer source: the host's real one, or a SimulatedClock in tests. */
+export type SchedulerClock = { now(): number; setTimeout(fn: () => void, ms: number): unknown; clearTimeout(id: unknown): void };
+
+export type PollEffects = {
+  /** the stored stamp of `kind` (raw; only read until this worker has polled the gateway itself) */
+  readStamp(gid: string, kind: PollKind): Promise<unknown>;
+  /** the classification as the worker last saw it (raw) */
+  classification(): unknown;
+  /** a ping on the gateway's connection; rejects when the gateway does not answer */
+  checkHealth(gid: string, signal: AbortSignal): Promise<void>;
+  /** list everything, reconcile into the catalog, publish the change */
+  discover(gid: string, signal: AbortSignal): Promise<DiscoveryOutcome>;
+  /** records a successful poll (`poll.<gid>.<kind>`) */
+  recordPoll(gid: string, kind: PollKind, at: string, nextAt: string | null): void;
+  writeStatus(gid: string, status: GatewayStatus): void;
+};
+
+export type SchedulerOptions = {
+  timings: PollerTimings;
+  unhealthyThreshold: number;
+  clock: SchedulerClock;
+  /** in [0, 1): the jitter source */
+  random: () => number;
+  effects: PollEffects;
+};
+
+/** How a poller starts: the stored status (a takeover continues it), and whether to discover at once (a gateway just added or changed). */
+export type PollerStart = { status?: GatewayStatus | undefined; discoverNow?: boolean };
+
+/** One gateway's poller: its state as data. */
+type Poll = {
+  readonly gid: string;
+  readonly phase: number;
+  stopped: boolean;
+  health: GatewayStatus["health"];
+  consecutiveFailures: number;
+  lastSuccessAt: number | null;
+  lastError: string | null;
+  tools: number;
+  prompts: number;
+  resources: number;
+  tier: Tier;
+  healthStep: "waiting" | "deciding" | "checking";
+  healthDueAt: number;
+  /** this poller ran a health check already (its slots are its own since: no stamp to read) */
+  checkedHere: boolean;
+  discoveryStep: "waiting" | "deciding" | "discovering" | "debouncing";
+  discoveryDueAt: number;
+  /** the last discovery this poller completed (after one, it reads no stamp before a slot) */
+  discoveredAt: number | null;
+  /** when the last discovery ended (push-triggered ones are throttled by it) */
+  discoveryEndedAt: number | null;
+  pushPending: boolean;
+  refreshWaiting: RefreshResponder[] | null;
+  refreshInFlight: RefreshResponder[] | null;
+  /** the in-flight polls, aborted when the poller stops */
+  polling: AbortController | null;
+  /** last status handed to writeStatus; a new one is written only when it differs in a field readers act on */
+  published: GatewayStatus | null;
+};
+
+const iso = (ms: number | null) => (ms === null ? null : new Date(ms).toISOString());
+
+/** Fields a reader acts on; the timestamps alone are not worth a write (poll stamps carry them). */
+const STATUS_FIELDS = ["health", "lastError", "consecutiveFailures", "tools", "prompts", "resources", "tier"] as const;
+const statusDiffers = (a: GatewayStatus | null, b: GatewayStatus) => !a || STATUS_FIELDS.some((k) => a[k] !== b[k]);
+
+export class PollScheduler {
+  readonly #o: SchedulerOptions;
+  readonly #polls = new Map<string, Poll>();
+  /** due times; an entry whose poll moved on (stopped, rescheduled) is skipped when it comes up */
+  readonly #health = new FlatQueue<Poll>();
+  readonly #discovery = new FlatQueue<Poll>();
+  #timer: unknown = null;
+  #timerAt = Infinity;
+
+  constructor(options: SchedulerOptions) {
+    this.#o = options;
+  }
+
+  get size(): number {
+    return this.#polls.size;
+  }
+
+  has(gid: string): boolean {
+    return this.#polls.has(gid);
+  }
+
+  /** Starts polling a gateway: its first check at its next slot, its first discovery at once or at its slot. */
+  start(gid: string, start: PollerStart = {}): void {
+    if (this.#polls.has(gid)) return;
+    const s = start.status;
+    const p: Poll = {
+      gid,
+      phase: phaseOf(gid),
+      stopped: false,
+      health: s?.health ?? "unknown",
+      consecutiveFailures: s?.consecutiveFailures ?? 0,
+      lastSuccessAt: s?.lastSuccessAt ? Date.parse(s.lastSuccessAt) : null,
+      lastError: s?.lastError ?? null,
+      tools: s?.tools ?? 0,
+      prompts: s?.prompts ?? 0,
+      resources: s?.resources ?? 0,
+      tier: s?.tier ?? "unclassified",
+      healthStep: "waiting",
+      healthDueAt: 0,
+      checkedHere: false,
+      discoveryStep: "waiting",
+      discoveryDueAt: 0,
+      discoveredAt: null,
+      discoveryEndedAt: null,
+      pushPending: false,
+      refreshWaiting: null,
+      refreshInFlight: null,
+      polling: null,
+      published: s ?? null,
+    };
+    this.#polls.set(gid, p);
+    // a new poller (start, takeover) waits for the gateway's slot, so polls stay spread
+    this.#scheduleHealth(p, true);
+    if (start.discoverNow) this.#discover(p);
+    else this.#scheduleDiscovery(p, true);
+  }
+
+  /** Stops a poller; returns the manual refreshes it had not answered yet (the caller tells them why). */
+  stop(gid: string): RefreshResponder[] {
+    const p = this.#polls.get(gid);
+    if (!p) return [];
+    this.#polls.delete(gid);
+    p.stopped = true;
+    p.polling?.abort();
+    return [...(p.refreshWaiting ?? []), ...(p.refreshInFlight ?? [])];
+  }
+
+  /** Stops every poller and the timer. */
+  stopAll(): RefreshResponder[] {
+    const pending = [...this.#polls.keys()].flatMap((gid) => this.stop(gid));
+    if (this.#timer !== null) this.#o.clock.clearTimeout(this.#timer);
+    this.#timer = null;
+    this.#timerAt = Infinity;
+    return pending;
+  }
+
+  status(gid: string): GatewayStatus | undefined {
+    const p = this.#polls.get(gid);
+    return p && this.#statusOf(p);
+  }
+
+  /** The upstream said its lists changed: push beats poll (discover at once, unless one just ran). */
+  listChanged(gid: string): void {
+    const p = this.#polls.get(gid);
+    if (!p) return;
+    if (p.discoveryStep === "waiting") {
+      const now = this.#o.clock.now();
+      if (p.discoveryEndedAt !== null && now - p.discoveryEndedAt < this.#o.timings.listChangedDebounce) this.#debounce(p);
+      else this.#discover(p);
+    } else if (p.discoveryStep !== "debouncing") p.pushPending = true;
+  }
+
+  /** A manual refresh: discovers now (or right after the discovery running) and answers with its outcome. */
+  refresh(gid: string, responder: RefreshResponder): boolean {
+    const p = this.#polls.get(gid);
+    if (!p) return false;
+    (p.refreshWaiting ??= []).push(responder);
+    if (p.discoveryStep === "waiting" || p.discoveryStep === "debouncing") this.#discover(p);
+    return true;
+  }
+
+  // ---- the schedule ----
+
+  #due(p: Poll, kind: PollKind, at: number): void {
+    if (kind === "health") {
+      p.healthDueAt = at;
+      this.#health.push(p, at);
+    } else {
+      p.discoveryDueAt = at;
+      this.#discovery.push(p, at);
+    }
+    if (at < this.#timerAt) this.#arm(at);
+  }
+
+  #arm(at: number): void {
+    if (this.#timer !== null) this.#o.clock.clearTimeout(this.#timer);
+    this.#timerAt = at;
+    // setTimeout's delay is a 32-bit integer
+    this.#timer = this.#o.clock.setTimeout(() => this.#fire(), Math.min(Math.max(0, at - this.#o.clock.now()), 2 ** 31 - 1));
+  }
+
+  #fire(): void {
+    this.#timer = null;
+    this.#timerAt = Infinity;
+    const now = this.#o.clock.now();
+    for (const [queue, kind] of [[this.#health, "health"], [this.#discovery, "discovery"]] as const) {
+      while (queue.length > 0 && queue.peekValue()! <= now) {
+        const at = queue.peekValue()!;
+        const p = queue.pop()!;
+        if (p.stopped) continue;
+        if (kind === "health" && p.healthStep === "waiting" && p.healthDueAt === at) this.#healthDue(p);
+        if (kind === "discovery" && p.discoveryDueAt === at) {
+          if (p.discoveryStep === "waiting") this.#discoveryDue(p);
+          else if (p.discoveryStep === "debouncing") this.#discover(p);
+        }
+      }
+    }
+    const next = Math.min(this.#health.peekValue() ?? Infinity, this.#discovery.peekValue() ?? Infinity);
+    if (next < Infinity) this.#arm(next);
+  }
+
+  /** Jitter added to every slot: up to 5% of the period, at most 2 s. */
+  #jitter(period: number): number {
+    return Math.floor(this.#o.random() * Math.min(period / 20, 2000));
+  }
+
+  /** next slot; `first` (a poller starting) takes the very next one, otherwise at least half a period away */
+  #scheduleHealth(p: Poll, first = false): void {
+    const now = this.#o.clock.now();
+    const { health: period, backoffMax } = this.#o.timings;
+    const threshold = this.#o.unhealthyThreshold;
+    const delay =
+      p.health === "unhealthy"
+        ? // exponential backoff once unhealthy: 2×, 4×, 8× … the interval, capped
+          Math.min(period * 2 ** (p.consecutiveFailures - threshold + 1), Math.max(backoffMax, period))
+        : delayToSlot(now, period, p.phase, first ? 0 : period / 2) + this.#jitter(period);
+    p.healthStep = "waiting";
+    this.#due(p, "health", now + delay);
+  }
+
+  /** next slot of the base interval (whether it is due for the gateway's tier is decided then) */
+  #scheduleDiscovery(p: Poll, first = false): void {
+    const now = this.#o.clock.now();
+    const period = this.#o.timings.discovery;
+    this.#due(p, "discovery", now + delayToSlot(now, period, p.phase, first ? 0 : period / 2) + this.#jitter(period));
+  }
+
+  #debounce(p: Poll): void {
+    p.discoveryStep = "debouncing";
+    this.#due(p, "discovery", this.#o.clock.now() + this.#o.timings.listChangedDebounce);
+  }
+
+  // ---- health ----
+
+  #healthDue(p: Poll): void {
+    // only a new poller's first slot may have been checked by the worker that polled before it;
+    // after that this poller is the only one, and a check costs one ping and nothing else
+    if (p.checkedHere) return this.#check(p);
+    p.healthStep = "deciding";
+    this.#o.effects.readStamp(p.gid, "health").then(
+      (stamp) => {
+        if (p.stopped) return;
+        const now = this.#o.clock.now();
+        // another worker already ran this slot's check: wait for the next slot
+        if (p.health !== "unhealthy" && slotAlreadyPolled(lastPollAt(stamp, now), now, this.#o.timings.health)) this.#scheduleHealth(p);
+        else this.#check(p);
+      },
+      // state unreadable: check anyway (fail open)
+      () => void (p.stopped || this.#check(p)),
+    );
+  }
+
+  #check(p: Poll): void {
+    p.healthStep = "checking";
+    p.checkedHere = true;
+    this.#o.effects.checkHealth(p.gid, this.#signal(p)).then(
+      () => {
+        if (p.stopped) return;
+        this.#succeed(p);
+        this.#scheduleHealth(p);
+        this.#o.effects.recordPoll(p.gid, "health", iso(p.lastSuccessAt)!, iso(p.healthDueAt));
+        this.#publish(p);
+      },
+      (err: unknown) => {
+        if (p.stopped) return;
+        this.#fail(p, err);
+        this.#scheduleHealth(p);
+        this.#publish(p);
+      },
+    );
+  }
+
+  // ---- discovery ----
+
+  #discoveryDue(p: Poll): void {
+    // after its own first discovery the poller knows when it last discovered: no stamp to read
+    if (p.discoveredAt !== null) return this.#decide(p, p.discoveredAt);
+    p.discoveryStep = "deciding";
+    this.#o.effects.readStamp(p.gid, "discovery").then(
+      (stamp) => void (p.stopped || this.#decide(p, lastPollAt(stamp, this.#o.clock.now()))),
+      () => {
+        if (p.stopped) return;
+        // state unreadable: discover anyway, at the base interval (fail open)
+        p.tier = "unclassified";
+        this.#discover(p);
+      },
+    );
+  }
+
+  #decide(p: Poll, last: number | null): void {
+    if (p.refreshWaiting?.length) return this.#discover(p);
+    if (p.pushPending) return this.#debounce(p);
+    const now = this.#o.clock.now();
+    // judged by the tier now, not the one of the previous slot
+    p.tier = tierOf(this.#o.effects.classification(), p.gid, now);
+    const base = this.#o.timings.discovery;
+    // an unhealthy gateway is probed by health checks (with backoff) only
+    if (p.health === "unhealthy" || slotAlreadyPolled(last, now, base * DISCOVERY_MULTIPLIER[p.tier], base)) {
+      p.discoveryStep = "waiting";
+      this.#scheduleDiscovery(p);
+      this.#publish(p);
+      return;
+    }
+    this.#discover(p);
+  }
+
+  #discover(p: Poll): void {
+    p.discoveryStep = "discovering";
+    p.refreshInFlight = p.refreshWaiting;
+    p.refreshWaiting = null;
+    p.pushPending = false;
+    this.#o.effects.discover(p.gid, this.#signal(p)).then(
+      (outcome) => {
+        if (p.stopped) return;
+        const now = this.#o.clock.now();
+        p.discoveryEndedAt = now;
+        p.discoveredAt = now;
+        this.#succeed(p);
+        ({ tools: p.tools, prompts: p.prompts, resources: p.resources } = outcome.counts);
+        this.#scheduleDiscovery(p);
+        // the slot at which the next discovery falls due for the current tier
+        const base = this.#o.timings.discovery;
+        this.#o.effects.recordPoll(p.gid, "discovery", iso(p.lastSuccessAt)!, iso(p.discoveryDueAt + base * DISCOVERY_MULTIPLIER[p.tier] - base));
+        this.#answerRefresh(p, (r) => r.resolve(outcome));
+        this.#publish(p);
+        this.#settle(p);
+      },
+      (err: unknown) => {
+        if (p.stopped) return;
+        p.discoveryEndedAt = this.#o.clock.now();
+        this.#fail(p, err);
+        this.#scheduleDiscovery(p);
+        this.#answerRefresh(p, (r) => r.reject(err));
+        this.#publish(p);
+        this.#settle(p);
+      },
+    );
+  }
+
+  /** after a discovery: refreshes that came meanwhile go next, then notices (debounced), else the next slot */
+  #settle(p: Poll): void {
+    if (p.refreshWaiting?.length) this.#discover(p);
+    else if (p.pushPending) this.#debounce(p);
+    else p.discoveryStep = "waiting";
+  }
+
+  #answerRefresh(p: Poll, answer: (r: RefreshResponder) => void): void {
+    for (const r of p.refreshInFlight ?? []) answer(r);
+    p.refreshInFlight = null;
+  }
+
+  // ---- shared ----
+
+  /** one abort controller per poller while it polls (health and discovery may overlap) */
+  #signal(p: Poll): AbortSignal {
+    p.polling ??= new AbortController();
+    return p.polling.signal;
+  }
+
+  #succeed(p: Poll): void {
+    p.health = "healthy";
+    p.consecutiveFailures = 0;
+    p.lastError = null;
+    p.lastSuccessAt = this.#o.clock.now();
+    this.#idle(p);
+  }
+
+  #fail(p: Poll, err: unknown): void {
+    p.consecutiveFailures++;
+    p.lastError = shortErrorText(err);
+    if (p.consecutiveFailures >= this.#o.unhealthyThreshold) p.health = "unhealthy";
+    this.#idle(p);
+  }
+
+  /** drops the abort controller once neither loop is polling */
+  #idle(p: Poll): void {
+    if (p.healthStep !== "checking" || p.discoveryStep !== "discovering") p.polling = null;
+  }
+
+  #statusOf(p: Poll): GatewayStatus {
+    return {
+      health: p.health,
+      lastSuccessAt: iso(p.lastSuccessAt),
+      lastError: p.lastError,
+      consecutiveFailures: p.consecutiveFailures,
+      tools: p.tools,
+      prompts: p.prompts,
+      resources: p.resources,
+      tier: p.tier,
+      nextPollAt: iso(p.healthDueAt || null),
+    };
+  }
+
+  /** hands the status to `writeStatus` only when a field readers act on changed */
+  #publish(p: Poll): void {
+    const status = this.#statusOf(p);
+    if (!statusDiffers(p.published, status)) return;
+    p.published = status;
+    this.#o.effects.writeStatus(p.gid, status);
+  }
+}
