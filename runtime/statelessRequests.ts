@@ -23,27 +23,17 @@ import {
 } from "../protocol/revision2026.ts";
 import type { ClientBoundMessage, StreamEvent, UpstreamAnswerRequest } from "../protocol/upstream.ts";
 import { parseServerRequestId } from "../protocol/upstream.ts";
+import type { RequestContext } from "./edge/clientMethods.ts";
 
 type Result = Record<string, unknown>;
 type JsonRpcRequest = { jsonrpc: "2.0"; id: string | number; method: string; params?: Result };
 type CatalogList = "tools" | "prompts" | "resources";
 
 /**
- * What the dispatch table needs of one request (relay-edge's `RequestContext`). `requestId` is
- * fresh per request: many clients may share one sid and reuse JSON-RPC ids. `streamId`: where
- * the upstream session publishes what it says about the call (progress, its requests, the answer).
+ * What the dispatch table needs of one request: the edge's own `RequestContext`. `requestId` is
+ * fresh per request: many clients may share one sid and reuse JSON-RPC ids.
  */
-export type StatelessContext = {
-  sid: string;
-  record: DownstreamSession;
-  scope: string | null;
-  headers: Record<string, string>;
-  requestId: string;
-  streamId?: string;
-  /** what an upstream session this request starts declares upstream */
-  spawnCapabilities?: Record<string, unknown>;
-  signal: AbortSignal;
-};
+export type StatelessContext = RequestContext;
 
 /** The edge's dispatch table: a result, or a thrown error with a JSON-RPC `code` that reaches the client as is. */
 export type StatelessDispatch = (request: JsonRpcRequest, ctx: StatelessContext) => Promise<Result>;
