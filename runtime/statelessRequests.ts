@@ -8,7 +8,6 @@ import { randomBytes, randomUUID } from "node:crypto";
 import { answersOf, inputRequiredResult, triageServerRequests } from "../actors/inputRequired.ts";
 import { PartitionSchema, relayCapabilities, StatelessIdentity, statelessRecord } from "../actors/statelessIdentity.ts";
 import { checkStatelessRequest, discoverResult, isRejection, listCacheHints, unsupportedVersion, type Rejection } from "../actors/statelessRequest.ts";
-import type { DownstreamSession } from "../protocol/edge.ts";
 import {
   ERROR_HTTP_STATUS,
   HEADER,
