@@ -78,7 +78,7 @@ describe("the Python MCP SDK 2.3.0 client, each mode, direct and through mcpgw",
   it("the SDK's stateless server directly: 2026-07-28 and `auto` (which negotiates it) call it; the session client is refused", () => {
     for (const r of [report["stateless auto"]!, report["stateless 2026-07-28"]!]) {
       assert.equal(r.protocolVersion, "2026-07-28", JSON.stringify(r));
-      assert.deepEqual(r.tools?.sort(), ["counter_add", "counter_new", "echo", "fail", "progress"]);
+      assert.deepEqual(r.tools?.sort(), ["counter_add", "counter_new", "echo", "fail", "greet", "progress"]);
       assert.equal(r.listTtlMs, 60_000, "the list carries the revision's TTL hint");
       assert.equal(callText(r.calls?.[0]), "stateless");
     }
