@@ -36,7 +36,27 @@ export async function runGatewayProcess(opts: { afterStart?: (worker: Worker) =>
   }
   const log = createLogger({ level: config.logLevel, name: "mcpgw" });
 
+  // Signals are taken from the first moment: one that arrives while the worker starts stops it
+  // once it is up (a process killed half-started could leave its nats-server behind), and the
+  // shutdown bound holds from the signal, so a start that hangs cannot make it wait forever.
   let embedded: EmbeddedNats | undefined;
+  let shutdown: ((signal: string) => Promise<void>) | undefined;
+  let stopRequested: string | undefined;
+  const onSignal = (signal: string) => {
+    if (shutdown) return void shutdown(signal);
+    if (stopRequested) return;
+    stopRequested = signal;
+    log.info({ signal }, "stopping once started");
+    setTimeout(() => giveUp(2 * config.intervals.shutdownTimeout), 2 * config.intervals.shutdownTimeout).unref();
+  };
+  const giveUp = (boundMs: number) => {
+    log.error({ boundMs }, "shutdown did not finish within its bound; exiting anyway");
+    embedded?.process.kill("SIGKILL");
+    process.exit(1);
+  };
+  process.on("SIGINT", () => onSignal("SIGINT"));
+  process.on("SIGTERM", () => onSignal("SIGTERM"));
+
   let natsOptions: NatsOptions;
   if (config.nats.url) {
     if (!config.secretKey) die("MCPGW_SECRET_KEY is required when NATS_URL is set (64 hex characters; e.g. `openssl rand -hex 32`)");
@@ -89,18 +109,14 @@ export async function runGatewayProcess(opts: { afterStart?: (worker: Worker) =>
   );
 
   let stopping = false;
-  const shutdown = async (signal: string) => {
+  shutdown = async (signal: string) => {
     if (stopping) return;
     stopping = true;
     log.info({ signal }, "shutting down");
     // The close bound holds even when something ignores cancellation or the event loop is
     // saturated: at twice the shutdown timeout the process gives up, says so, and exits.
     const bound = 2 * config.intervals.shutdownTimeout;
-    setTimeout(() => {
-      log.error({ boundMs: bound }, "shutdown did not finish within its bound; exiting anyway");
-      embedded?.process.kill("SIGKILL");
-      process.exit(1);
-    }, bound).unref();
+    setTimeout(() => giveUp(bound), bound).unref();
     try {
       await worker.stop();
       await nc.drain();
@@ -110,8 +126,7 @@ export async function runGatewayProcess(opts: { afterStart?: (worker: Worker) =>
     await embedded?.stop();
     process.exit(0);
   };
-  process.on("SIGINT", () => void shutdown("SIGINT"));
-  process.on("SIGTERM", () => void shutdown("SIGTERM"));
+  if (stopRequested) void shutdown(stopRequested);
   nc.closed().then((err) => {
     if (!stopping) {
       log.fatal({ err }, "NATS connection closed");
