@@ -10,7 +10,6 @@ import { performance } from "node:perf_hooks";
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
 import { StatelessIdentity } from "../actors/statelessIdentity.ts";
-import { GatewayRecordSchema } from "../protocol/gateway.ts";
 import { subjects } from "../protocol/subjects.ts";
 import { connectStatelessUpstream } from "../runtime/revision2026Upstream.ts";
 import { createUpstreamCaller } from "../runtime/upstreamClient.ts";
@@ -20,6 +19,7 @@ import { PYTHON, startPythonStatelessServer } from "../test/helpers/python.ts";
 import { startTestWorker, TEST_SECRET_KEY } from "../test/helpers/worker.ts";
 import { loadAverage, msRow, ratio, report, stats } from "./report.ts";
 import { existsSync } from "node:fs";
+import { gatewayRecord } from "../test/helpers/gateways.ts";
 
 const CALLS = 60;
 const WARMUP = 5;
@@ -88,7 +88,7 @@ try {
   if (existsSync(PYTHON)) {
     const py = await startPythonStatelessServer();
     try {
-      const record = GatewayRecordSchema.parse({ id: "0123456789abcdef", name: "py", transport: "streamable-http", url: py.url, tags: [], description: "", enabled: true, createdAt: new Date().toISOString(), updatedAt: new Date().toISOString() });
+      const record = gatewayRecord({ name: "py", transport: "streamable-http", url: py.url });
       const t0 = performance.now();
       const conn = await connectStatelessUpstream({ record, open: () => "", capabilities: {}, initialHeaders: {}, timeoutMs: 30_000, outbound: { deny: [] }, onNotification: () => {} });
       const connectMs = performance.now() - t0;

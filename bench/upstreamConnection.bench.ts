@@ -16,9 +16,9 @@ import { performance } from "node:perf_hooks";
 import { setFlagsFromString } from "node:v8";
 import { runInNewContext } from "node:vm";
 import { DEFAULT_OUTBOUND_POLICY } from "../actors/outboundPolicy.ts";
-import { GatewayRecordSchema } from "../protocol/gateway.ts";
 import { ROOT } from "../test/helpers/processes.ts";
 import { loadAverage, msFine, report, stats } from "./report.ts";
+import { gatewayRecord } from "../test/helpers/gateways.ts";
 
 type McpClientModule = typeof import("../runtime/mcpClient.ts");
 const num = (name: string, dflt: number) => Number(process.env[name] ?? dflt);
@@ -33,7 +33,7 @@ const gc = runInNewContext("gc") as () => void;
 
 const lean = spawn(process.execPath, ["--import", "tsx", resolve(ROOT, "test/fixtures/rawUpstreamProcess.ts")], { stdio: ["ignore", "pipe", "inherit"] });
 const url = `http://127.0.0.1:${/port (\d+)/.exec(String((await once(lean.stdout!, "data"))[0]))![1]}/mcp`;
-const record = GatewayRecordSchema.parse({ id: "0123456789abcdef", name: "lean", transport: "streamable-http", url, createdAt: new Date().toISOString(), updatedAt: new Date().toISOString() });
+const record = gatewayRecord({ name: "lean", transport: "streamable-http", url });
 const agent = sharedUpstreamAgent(DEFAULT_OUTBOUND_POLICY);
 const connect = () =>
   connectUpstream({

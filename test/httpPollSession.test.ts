@@ -5,12 +5,13 @@ import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { ErrorCode, McpError } from "@modelcontextprotocol/sdk/types.js";
 import { DEFAULT_OUTBOUND_POLICY } from "../actors/outboundPolicy.ts";
-import { GatewayRecordSchema, type GatewayRecord } from "../protocol/gateway.ts";
+import type { GatewayRecord } from "../protocol/gateway.ts";
 import { HttpPollSession } from "../runtime/httpPollSession.ts";
 import { sharedUpstreamAgent } from "../runtime/mcpClient.ts";
 import { PollConnections } from "../runtime/pollConnections.ts";
 import { probeConnector } from "../runtime/pollerEffects.ts";
 import { startFixtureHttp, type FixtureHttp } from "./fixtures/fixtureHttp.ts";
+import { gatewayRecord } from "./helpers/gateways.ts";
 
 let fixture: FixtureHttp;
 const agent = sharedUpstreamAgent(DEFAULT_OUTBOUND_POLICY);
@@ -26,17 +27,7 @@ after(async () => {
 });
 
 const record = (name: string, url = fixture.url(name)): GatewayRecord =>
-  GatewayRecordSchema.parse({
-    id: Buffer.from(name).toString("hex").padEnd(16, "0").slice(0, 16),
-    name,
-    transport: "streamable-http",
-    url,
-    tags: [],
-    description: "",
-    enabled: true,
-    createdAt: new Date().toISOString(),
-    updatedAt: new Date().toISOString(),
-  });
+  gatewayRecord({ id: Buffer.from(name).toString("hex").padEnd(16, "0").slice(0, 16), name, transport: "streamable-http", url });
 
 describe("HTTP poll session", () => {
   it("pings and lists on the one session it opened: one initialize for every poll", async () => {

@@ -4,11 +4,12 @@
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { DEFAULT_OUTBOUND_POLICY } from "../actors/outboundPolicy.ts";
-import { GatewayRecordSchema, type GatewayRecord } from "../protocol/gateway.ts";
+import type { GatewayRecord } from "../protocol/gateway.ts";
 import { AnswerTooLargeError, connectUpstream, sharedUpstreamAgent, UpstreamRequestError, type ConnectOptions } from "../runtime/mcpClient.ts";
 import { startFixtureHttp, type FixtureHttp } from "./fixtures/fixtureHttp.ts";
 import { startRawUpstream, type RawUpstream } from "./fixtures/rawUpstream.ts";
 import { until } from "./helpers/wait.ts";
+import { gatewayRecord } from "./helpers/gateways.ts";
 
 let fixture: FixtureHttp;
 let raw: RawUpstream;
@@ -24,18 +25,7 @@ after(async () => {
 });
 
 const record = (transport: "streamable-http" | "sse", url: string, extra: Record<string, unknown> = {}): GatewayRecord =>
-  GatewayRecordSchema.parse({
-    ...extra,
-    id: "0123456789abcdef",
-    name: `close-${transport}`,
-    transport,
-    url,
-    tags: [],
-    description: "",
-    enabled: true,
-    createdAt: new Date().toISOString(),
-    updatedAt: new Date().toISOString(),
-  });
+  gatewayRecord({ ...extra, name: `close-${transport}`, transport, url });
 
 describe("upstream connection close", () => {
   for (const transport of ["streamable-http", "sse"] as const) {

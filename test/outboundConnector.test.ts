@@ -7,10 +7,11 @@ import type { AddressInfo } from "node:net";
 import { after, before, describe, it } from "node:test";
 import { Agent, fetch } from "undici";
 import { DEFAULT_OUTBOUND_POLICY, type OutboundPolicy } from "../actors/outboundPolicy.ts";
-import { GatewayRecordSchema, type GatewayRecord } from "../protocol/gateway.ts";
+import type { GatewayRecord } from "../protocol/gateway.ts";
 import { connectUpstream } from "../runtime/mcpClient.ts";
 import { guardedConnector, guardedLookup, outboundRefusalOf, OutboundRefusedError } from "../runtime/outboundConnector.ts";
 import { startFixtureHttp, type FixtureHttp } from "./fixtures/fixtureHttp.ts";
+import { gatewayRecord } from "./helpers/gateways.ts";
 
 let fixture: FixtureHttp;
 let redirector: Server;
@@ -36,15 +37,7 @@ after(async () => {
 
 const LOOPBACK_DENIED: OutboundPolicy = { deny: ["loopback"] };
 
-const record = (transport: "streamable-http" | "sse", url: string): GatewayRecord =>
-  GatewayRecordSchema.parse({
-    id: "0123456789abcdef",
-    name: "guarded",
-    transport,
-    url,
-    createdAt: new Date().toISOString(),
-    updatedAt: new Date().toISOString(),
-  });
+const record = (transport: "streamable-http" | "sse", url: string): GatewayRecord => gatewayRecord({ name: "guarded", transport, url });
 
 const connect = (transport: "streamable-http" | "sse", url: string, outbound: OutboundPolicy) =>
   connectUpstream({

@@ -4,26 +4,16 @@ import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import type { OutboundPolicy } from "../actors/outboundPolicy.ts";
 import { CatalogSchema } from "../protocol/catalog.ts";
-import { GatewayRecordSchema, type GatewayRecord } from "../protocol/gateway.ts";
+import type { GatewayRecord } from "../protocol/gateway.ts";
 import { AnswerTooLargeError } from "../runtime/mcpClient.ts";
 import { OutboundRefusedError } from "../runtime/outboundConnector.ts";
 import { listStatelessCatalog } from "../runtime/pollerEffects.ts";
 import { connectEitherEra, connectStatelessUpstream, encodeHeaderValue, NotStatelessUpstreamError, type StatelessConnectOptions, type StatelessUpstream } from "../runtime/revision2026Upstream.ts";
 import { startFixtureHttp, type FixtureHttp } from "./fixtures/fixtureHttp.ts";
 import { pythonSkip, startPythonStatelessServer } from "./helpers/python.ts";
+import { gatewayRecord } from "./helpers/gateways.ts";
 
-const record = (url: string): GatewayRecord =>
-  GatewayRecordSchema.parse({
-    id: "0123456789abcdef",
-    name: "py-stateless",
-    transport: "streamable-http",
-    url,
-    tags: [],
-    description: "",
-    enabled: true,
-    createdAt: new Date().toISOString(),
-    updatedAt: new Date().toISOString(),
-  });
+const record = (url: string): GatewayRecord => gatewayRecord({ name: "py-stateless", transport: "streamable-http", url });
 
 const text = (r: Record<string, unknown>) => ((r.content as Array<{ text?: string }>)[0]?.text ?? "");
 const call = (signal = AbortSignal.timeout(30_000)) => ({ headers: {}, signal });
