@@ -130,7 +130,11 @@ export class StreamableHttpTransport implements Transport {
         },
       });
       if (res.error) throw new StreamableHttpError(res.status, `Error POSTing to endpoint: ${res.error}`);
-      if (res.status === 202 && isInitializedNotification(message) && this.#o.wantsStandaloneStream()) this.#openStandalone(undefined, 0);
+      // The session is ready only once its standalone stream is open (or refused): what the
+      // upstream says unprompted after the first call (a list_changed) must find it there.
+      if (res.status === 202 && isInitializedNotification(message) && this.#o.wantsStandaloneStream()) {
+        await new Promise<void>((opened) => this.#openStandalone(undefined, 0, opened));
+      }
     } catch (err) {
       this.onerror?.(err as Error);
       throw err;
@@ -430,8 +434,8 @@ export class StreamableHttpTransport implements Transport {
   }
 
   /** The standalone stream: what the upstream says outside any request. A 405 means it offers none. */
-  #openStandalone(lastEventId: string | undefined, attempt: number): void {
-    if (this.#closed) return;
+  #openStandalone(lastEventId: string | undefined, attempt: number, opened: () => void = () => {}): void {
+    if (this.#closed) return opened();
     const headers: Record<string, string> = { ...this.#headers(undefined), accept: "text/event-stream" };
     if (lastEventId) headers["last-event-id"] = lastEventId;
     const reopen = (from: string | undefined, failures: number) => {
@@ -442,13 +446,15 @@ export class StreamableHttpTransport implements Transport {
       const delay = this.#serverRetryMs ?? Math.min(RECONNECT.initialMs * RECONNECT.factor ** failures, RECONNECT.maxMs);
       this.#reconnectTimer = setTimeout(() => this.#openStandalone(from, failures), delay);
     };
-    this.#request("GET", headers, undefined, undefined, { body: () => this.#sseSink(undefined, undefined, (last) => reopen(last ?? lastEventId, 0)) }).then(
+    this.#request("GET", headers, undefined, undefined, { onHeaders: () => opened(), body: () => this.#sseSink(undefined, undefined, (last) => reopen(last ?? lastEventId, 0)) }).then(
       (r) => {
+        opened();
         if (r.status === 405 || !r.error) return;
         this.onerror?.(new StreamableHttpError(r.status, `Failed to open SSE stream: ${r.error}`));
         reopen(lastEventId, attempt + 1);
       },
       (err: Error) => {
+        opened();
         if (this.#closed) return;
         this.onerror?.(err);
         reopen(lastEventId, attempt + 1);
