@@ -30,6 +30,8 @@ export type ExchangeRequest = {
   /** a response that may stay quiet for long (a standalone SSE stream): no body timeout, only an abort ends it */
   quiet?: boolean;
   signal?: AbortSignal | undefined;
+  /** ends the exchange, its body included, this many ms after it starts (`DeadlineError`); a timer, not a signal */
+  deadlineMs?: number | undefined;
   /** holds the exchange while it is in flight (to abort it from outside) */
   track?: { add(e: InFlight): unknown; delete(e: InFlight): unknown };
 };
@@ -40,6 +42,11 @@ export type ExchangeHandler = {
   /** the sink for a (non-redirect) response's body; none: a 2xx body is dropped, another's text kept for `error` */
   body(r: HttpResponse): BodySink | undefined;
 };
+
+/** An exchange's deadline passed: its request, or its body, was ended there. */
+export class DeadlineError extends Error {
+  override name = "DeadlineError";
+}
 
 const MAX_REDIRECTS = 5;
 const REDIRECTS = [301, 302, 303, 307, 308];
@@ -79,6 +86,7 @@ export function exchange(req: ExchangeRequest, handler: ExchangeHandler, hops = 
     };
     /** the exchange is over: no more bytes, no more aborts */
     const over = (err: Error | null) => {
+      clearTimeout(timer);
       track?.delete(entry);
       signal?.removeEventListener("abort", onAbort);
       if (err) sink?.onError(err);
@@ -94,6 +102,7 @@ export function exchange(req: ExchangeRequest, handler: ExchangeHandler, hops = 
     };
     const onAbort = () => entry.abort(signal!.reason instanceof Error ? signal!.reason : new Error(String(signal!.reason)));
     signal?.addEventListener("abort", onAbort, { once: true });
+    const timer = req.deadlineMs === undefined ? undefined : setTimeout(() => entry.abort(new DeadlineError(`no end within ${req.deadlineMs} ms`)), req.deadlineMs);
     track?.add(entry);
     req.dispatcher.dispatch(
       { origin: req.url.origin, path: req.url.pathname + req.url.search, method: req.method, headers: req.headers, body: req.body, ...(req.quiet ? { bodyTimeout: 0 } : {}) },
@@ -217,11 +226,6 @@ type Message = { id?: unknown; method?: unknown; result?: unknown; error?: unkno
 const isAnswerTo = (m: unknown, id: string | number): m is Record<string, unknown> =>
   typeof m === "object" && m !== null && (m as Message).id === id && (m as Message).method === undefined;
 
-/** The POST's deadline passed (the request, or its body after the answer, was ended there). */
-export class PostDeadlineError extends Error {
-  override name = "PostDeadlineError";
-}
-
 export type JsonRpcPostRequest = {
   dispatcher: Dispatcher;
   url: URL;
@@ -234,7 +238,7 @@ export type JsonRpcPostRequest = {
   /** bytes of the response past which it is ended, failing with `tooLarge(bytesRead, maxBytes)` if not answered yet */
   maxBytes?: number | undefined;
   tooLarge?(bytesRead: number, limit: number): Error;
-  /** ends the exchange, its body included, at this many ms: `PostDeadlineError` if not answered yet */
+  /** ends the exchange, its body included, at this many ms: `DeadlineError` if not answered yet */
   deadlineMs?: number | undefined;
   /** ends the exchange at once, with the signal's reason if not answered yet */
   signal?: AbortSignal | undefined;
@@ -263,27 +267,19 @@ export type JsonRpcReply = {
  */
 export function postJsonRpc(req: JsonRpcPostRequest): Promise<JsonRpcReply> {
   return new Promise((resolve, reject) => {
-    let inFlight: InFlight | undefined;
     let done = false;
-    let timer: NodeJS.Timeout | undefined;
     const finish = (err: Error | null, reply?: JsonRpcReply) => {
       if (done) return;
       done = true;
       if (err) reject(err);
       else resolve(reply!);
     };
-    /** the body is over (or never came): nothing left to bound */
-    const ended = () => clearTimeout(timer);
-    if (req.deadlineMs !== undefined) timer = setTimeout(() => inFlight?.abort(new PostDeadlineError(`no answer within ${req.deadlineMs} ms`)), req.deadlineMs);
     const tooLarge = (bytes: number) => (req.tooLarge ? req.tooLarge(bytes, req.maxBytes!) : new Error(`answer over ${req.maxBytes} bytes`));
     const headers = { ...req.headers, "content-type": "application/json", accept: "application/json, text/event-stream" };
     const sinkFor = (r: HttpResponse): BodySink => {
       const type = mediaType(header(r, "content-type"));
       const reply = (answer: Record<string, unknown> | undefined) => finish(null, { status: r.status, type, answer });
-      const failed = (err: Error) => {
-        ended();
-        finish(err);
-      };
+      const failed = (err: Error) => finish(err);
       if (type === "text/event-stream" && r.status >= 200 && r.status < 300) {
         let answered = false;
         const read = sseReader((event) => {
@@ -300,13 +296,12 @@ export function postJsonRpc(req: JsonRpcPostRequest): Promise<JsonRpcReply> {
             reply(m);
           } else if (typeof m === "object" && m !== null) req.onMessage?.(m as Record<string, unknown>);
         });
-        return { onData: bounded(req.maxBytes, tooLarge, read), onEnd: () => (ended(), reply(undefined)), onError: failed };
+        return { onData: bounded(req.maxBytes, tooLarge, read), onEnd: () => reply(undefined), onError: failed };
       }
       const chunks: Buffer[] = [];
       return {
         onData: bounded(req.maxBytes, tooLarge, (c) => chunks.push(c)),
         onEnd: () => {
-          ended();
           if (type !== "application/json") return reply(undefined);
           let messages: unknown[];
           try {
@@ -335,13 +330,9 @@ export function postJsonRpc(req: JsonRpcPostRequest): Promise<JsonRpcReply> {
         headers,
         body: req.body,
         signal: req.signal,
-        track: { add: (e) => void (inFlight = e), delete: () => false },
+        deadlineMs: req.deadlineMs,
       },
       { body: sinkFor },
-    ).catch((err: Error) => {
-      // failed before its response started (refused, unreachable, aborted): later failures reach the sink
-      ended();
-      finish(err);
-    });
+    ).catch((err: Error) => finish(err)); // failed before its response started (refused, unreachable, aborted); later failures reach the sink
   });
 }
