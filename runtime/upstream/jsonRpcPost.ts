@@ -30,7 +30,7 @@ export type ExchangeRequest = {
   /** a response that may stay quiet for long (a standalone SSE stream): no body timeout, only an abort ends it */
   quiet?: boolean;
   signal?: AbortSignal | undefined;
-  /** ends the exchange, its body included, this many ms after it starts (`DeadlineError`); a timer, not a signal */
+  /** ends the exchange, its body included, this many ms after it starts (`DeadlineError`; each redirect hop starts anew); a timer, not a signal */
   deadlineMs?: number | undefined;
   /** holds the exchange while it is in flight (to abort it from outside) */
   track?: { add(e: InFlight): unknown; delete(e: InFlight): unknown };
@@ -279,7 +279,7 @@ export function postJsonRpc(req: JsonRpcPostRequest): Promise<JsonRpcReply> {
     const sinkFor = (r: HttpResponse): BodySink => {
       const type = mediaType(header(r, "content-type"));
       const reply = (answer: Record<string, unknown> | undefined) => finish(null, { status: r.status, type, answer });
-      const failed = (err: Error) => finish(err);
+      const failed = (err: Error) => void finish(err);
       if (type === "text/event-stream" && r.status >= 200 && r.status < 300) {
         let answered = false;
         const read = sseReader((event) => {
@@ -298,11 +298,13 @@ export function postJsonRpc(req: JsonRpcPostRequest): Promise<JsonRpcReply> {
         });
         return { onData: bounded(req.maxBytes, tooLarge, read), onEnd: () => reply(undefined), onError: failed };
       }
+      // a body of another type (a status page) carries no answer: read to its end, not kept
+      const isJson = type === "application/json";
       const chunks: Buffer[] = [];
       return {
-        onData: bounded(req.maxBytes, tooLarge, (c) => chunks.push(c)),
+        onData: bounded(req.maxBytes, tooLarge, (c) => void (isJson && chunks.push(c))),
         onEnd: () => {
-          if (type !== "application/json") return reply(undefined);
+          if (!isJson) return reply(undefined);
           let messages: unknown[];
           try {
             messages = jsonMessages(chunks);
