@@ -4,8 +4,8 @@
 // and info in `_meta` and the routing headers. It has the `request`/`close`/`forceClose` shape
 // of runtime/mcpClient.ts's connections, so an upstream session actor can hold either.
 import { randomUUID } from "node:crypto";
-import { EventSourceParserStream } from "eventsource-parser/stream";
-import { Agent, fetch as undiciFetch, type Dispatcher } from "undici";
+import { Agent, type Dispatcher } from "undici";
+import { ErrorCode, McpError } from "@modelcontextprotocol/sdk/types.js";
 import type { KV } from "@nats-io/kv";
 import { entryJson, getLive } from "../actors/kvStore.ts";
 import type { OutboundPolicy } from "../actors/outboundPolicy.ts";
@@ -27,11 +27,16 @@ import { KEYS } from "../protocol/subjects.ts";
 import type { JsonRpcError } from "../protocol/upstream.ts";
 import { AnswerTooLargeError, CLIENT_INFO, connectUpstream, httpTarget, passthroughHeaders, UpstreamRequestError, type CallOutcome, type ConnectOptions, type UpstreamConnection } from "./mcpClient.ts";
 import { guardedConnector, outboundRefusalOf } from "./outboundConnector.ts";
+import { DeadlineError, postJsonRpc, type JsonRpcReply } from "./upstream/jsonRpcPost.ts";
 
 type Progress = { progress: number; total?: number; message?: string };
 type Notification = { method: string; params?: Record<string, unknown> };
 
-export type StatelessUpstream = Pick<UpstreamConnection, "request" | "close" | "forceClose"> & {
+type RequestCall = Parameters<UpstreamConnection["request"]>[1];
+
+export type StatelessUpstream = Pick<UpstreamConnection, "close" | "forceClose"> & {
+  /** as a session's `request`; a caller of its own (a health check) may bound it by `deadlineMs` instead of a signal */
+  request(req: Parameters<UpstreamConnection["request"]>[0], call: Omit<RequestCall, "signal"> & { signal?: AbortSignal; deadlineMs?: number }): Promise<CallOutcome>;
   /** the version every request speaks */
   version: string;
   /** what the upstream answered to `server/discover` */
@@ -107,7 +112,7 @@ export async function connectStatelessUpstream(opts: StatelessConnectOptions): P
     method: string,
     params: Record<string, unknown>,
     version: string,
-    call: { headers: Record<string, string>; trace?: Record<string, string>; signal: AbortSignal; onprogress?: ((p: Progress) => void) | undefined },
+    call: { headers: Record<string, string>; trace?: Record<string, string>; signal?: AbortSignal | undefined; deadlineMs?: number | undefined; onprogress?: ((p: Progress) => void) | undefined },
   ): Promise<Answer> {
     const meta: Record<string, unknown> = {
       ...((params._meta as Record<string, unknown> | undefined) ?? {}),
@@ -131,61 +136,43 @@ export async function connectStatelessUpstream(opts: StatelessConnectOptions): P
     const nameKey = NAME_BEARING_METHODS[method];
     const name = nameKey === undefined ? undefined : params[nameKey];
     if (typeof name === "string") h[HEADER.name] = encodeHeaderValue(name);
-    let res;
+    let reply: JsonRpcReply;
     try {
-      res = await undiciFetch(url, { method: "POST", headers: h, body: JSON.stringify({ jsonrpc: "2.0", id, method, params: { ...params, _meta: meta } }), signal: call.signal, dispatcher: agent });
+      reply = await postJsonRpc({
+        dispatcher: agent,
+        url,
+        headers: h,
+        body: JSON.stringify({ jsonrpc: "2.0", id, method, params: { ...params, _meta: meta } }),
+        id,
+        maxBytes: opts.maxAnswerBytes,
+        tooLarge: (bytes, limit) => new AnswerTooLargeError(bytes, limit),
+        signal: call.signal,
+        deadlineMs: call.deadlineMs,
+        onMessage: (msg) => {
+          if (typeof msg.method !== "string" || msg.id !== undefined) return;
+          const params = msg.params as Record<string, unknown> | undefined;
+          if (msg.method === "notifications/progress" && progressToken !== undefined && params?.progressToken === progressToken) {
+            const { progress, total, message } = params as Progress;
+            call.onprogress?.({ progress, ...(total === undefined ? {} : { total }), ...(message === undefined ? {} : { message }) });
+          } else opts.onNotification({ method: msg.method, ...(params ? { params } : {}) });
+        },
+      });
     } catch (err) {
-      if (call.signal.aborted) throw call.signal.reason;
+      if (call.signal?.aborted) throw call.signal.reason;
+      if (err instanceof AnswerTooLargeError || err instanceof DeadlineError) throw err;
       throw new UpstreamRequestError(true, outboundRefusalOf(err) ?? err);
     }
-    const type = (res.headers.get("content-type") ?? "").toLowerCase();
-    let bytes = 0;
-    const limit = opts.maxAnswerBytes;
-    const counted = res.body?.pipeThrough(
-      new TransformStream<Uint8Array, Uint8Array>({
-        transform(chunk, controller) {
-          bytes += chunk.byteLength;
-          if (limit !== undefined && bytes > limit) return controller.error(new AnswerTooLargeError(bytes, limit));
-          controller.enqueue(chunk);
-        },
-      }),
-    );
-    try {
-      if (type.startsWith("text/event-stream") && res.status === 200 && counted) {
-        const events = counted.pipeThrough(new TextDecoderStream()).pipeThrough(new EventSourceParserStream());
-        for await (const event of events) {
-          if (!event.data) continue; // a priming event, or a keepalive
-          const msg = JSON.parse(event.data) as { id?: unknown; method?: string; params?: Record<string, unknown>; result?: Record<string, unknown>; error?: JsonRpcError };
-          if (msg.method !== undefined && msg.id === undefined) {
-            if (msg.method === "notifications/progress" && progressToken !== undefined && msg.params?.progressToken === progressToken) {
-              const { progress, total, message } = msg.params as Progress;
-              call.onprogress?.({ progress, ...(total === undefined ? {} : { total }), ...(message === undefined ? {} : { message }) });
-            } else opts.onNotification({ method: msg.method, ...(msg.params ? { params: msg.params } : {}) });
-          } else if (msg.id === id) return answerOf(msg);
-        }
-        throw new UpstreamRequestError(true, new Error(`the upstream's stream for ${method} ended without an answer`));
-      }
-      const text = counted ? await new Response(counted).text() : "";
-      let body: { id?: unknown; result?: Record<string, unknown>; error?: JsonRpcError } | undefined;
-      try {
-        body = text ? JSON.parse(text) : undefined;
-      } catch {
-        body = undefined;
-      }
-      // an error answer may come at a 4xx status (the revision maps its codes onto them)
-      if (type.startsWith("application/json") && body && (body.result !== undefined || body.error !== undefined)) return answerOf(body);
-      throw new UpstreamRequestError(res.status >= 500 || res.status === 200, new HttpAnswerError(`upstream answered ${method} with HTTP ${res.status}${type ? ` (${type})` : ""}`));
-    } catch (err) {
-      if (call.signal.aborted) throw call.signal.reason;
-      if (err instanceof AnswerTooLargeError || err instanceof UpstreamRequestError) throw err;
-      if (err instanceof Error && err.cause instanceof AnswerTooLargeError) throw err.cause;
-      throw new UpstreamRequestError(true, err);
-    }
+    const { status, type, answer } = reply;
+    // an error answer may come at a 4xx status (the revision maps its codes onto them)
+    if (answer && (answer.result !== undefined || answer.error !== undefined)) return answerOf(answer as { result?: Record<string, unknown>; error?: JsonRpcError });
+    if (type === "text/event-stream" && status === 200) throw new UpstreamRequestError(true, new Error(`the upstream's stream for ${method} ended without an answer`));
+    throw new UpstreamRequestError(status >= 500 || status === 200, new HttpAnswerError(`upstream answered ${method} with HTTP ${status}${type ? ` (${type})` : ""}`));
   }
 
   const discover = async (version: string): Promise<Answer> => {
-    const signal = opts.signal ? AbortSignal.any([opts.signal, AbortSignal.timeout(opts.timeoutMs)]) : AbortSignal.timeout(opts.timeoutMs);
-    return post("server/discover", {}, version, { headers: opts.initialHeaders, signal }).catch((err: unknown) => {
+    return post("server/discover", {}, version, { headers: opts.initialHeaders, signal: opts.signal, deadlineMs: opts.timeoutMs }).catch((err: unknown) => {
+      // a timeout as a session's handshake reports one
+      if (err instanceof DeadlineError) throw new McpError(ErrorCode.RequestTimeout, `server/discover not answered within ${opts.timeoutMs} ms`);
       // A bare 4xx (no JSON-RPC answer) is a refusal too, as the revision's clients read it. So is
       // a bare 5xx: the upstream answers HTTP but not in this revision, and the session connect
       // that follows reports what is wrong in the upstream's own words (masked), as before.
@@ -229,10 +216,11 @@ export async function connectStatelessUpstream(opts: StatelessConnectOptions): P
           let responses: Record<string, Record<string, unknown>>;
           try {
             const entries = Object.entries(asked.data.inputRequests ?? {});
-            const answers = await Promise.all(entries.map(([key, r]) => onRequest({ ...r, id: key } as never, { related: call.related, signal: call.signal })));
+            const signal = call.signal ?? new AbortController().signal;
+            const answers = await Promise.all(entries.map(([key, r]) => onRequest({ ...r, id: key } as never, { related: call.related, signal })));
             responses = Object.fromEntries(entries.map(([key], i) => [key, answers[i]!]));
           } catch (err) {
-            if (call.signal.aborted) throw call.signal.reason;
+            if (call.signal?.aborted) throw call.signal.reason;
             // the revision has no error answer to an input request: the client's refusal is the call's
             const e = err as Partial<JsonRpcError>;
             if (typeof e.code === "number" && typeof e.message === "string") return { rpcError: e.data === undefined ? { code: e.code, message: e.message } : { code: e.code, message: e.message, data: e.data } };
@@ -266,8 +254,10 @@ function answerOf(msg: { result?: Record<string, unknown>; error?: JsonRpcError 
 
 /** A health check of a stateless upstream (the revision has no `ping`): `server/discover`, answered with a version served here. */
 export async function checkStatelessUpstream(conn: StatelessUpstream, timeoutMs: number, signal?: AbortSignal): Promise<void> {
-  const bound = AbortSignal.timeout(timeoutMs);
-  const r = await conn.request({ method: "server/discover" }, { headers: {}, signal: signal ? AbortSignal.any([signal, bound]) : bound });
+  const r = await conn.request({ method: "server/discover" }, { headers: {}, deadlineMs: timeoutMs, ...(signal ? { signal } : {}) }).catch((err: unknown) => {
+    // a timeout as the SDK reports one, so the poll counts it as such
+    throw err instanceof DeadlineError ? new McpError(ErrorCode.RequestTimeout, "server/discover timed out") : err;
+  });
   // not the upstream's error to report as such: it no longer speaks the revision (the caller connects anew, and probes again)
   if ("rpcError" in r) throw new NotStatelessUpstreamError(`the upstream refused server/discover: ${r.rpcError.message}`, r.rpcError);
   const d = DiscoverResultSchema.safeParse(r.result);

@@ -1,14 +1,13 @@
-// The client side of MCP's Streamable HTTP transport, over undici's dispatch API: one
-// dispatch per HTTP request, its response bytes parsed as they arrive (JSON or SSE), no
-// WHATWG fetch, web streams or AbortSignal per request. The SDK `Client` still does the
+// The client side of MCP's Streamable HTTP transport, its HTTP exchanges those of
+// ./jsonRpcPost.ts (one undici dispatch each, the response bytes parsed as they arrive, no
+// WHATWG fetch, web streams or AbortSignal per request). The SDK `Client` still does the
 // protocol over it (it implements the SDK's `Transport`). It knows which outgoing request
 // each incoming message belongs to (the POST whose response stream carried it), which is
 // how a server→client request finds its call without async context tracking.
-import { isWithinOrigin } from "@modelcontextprotocol/sdk/shared/transport.js";
 import type { Transport, TransportSendOptions } from "@modelcontextprotocol/sdk/shared/transport.js";
 import { isInitializedNotification, isJSONRPCRequest, JSONRPCMessageSchema, type JSONRPCMessage, type RequestId } from "@modelcontextprotocol/sdk/types.js";
-import { createParser, type EventSourceMessage } from "eventsource-parser";
 import type { Dispatcher } from "undici";
+import { bounded, eventMessage, exchange, header, jsonMessages, mediaType, sseReader, type BodySink, type HttpResponse, type InFlight } from "./jsonRpcPost.ts";
 
 /** What one outgoing request carries besides the transport's own headers. */
 export type RequestScope = {
@@ -52,29 +51,8 @@ export class StreamableHttpError extends Error {
   }
 }
 
-const MAX_REDIRECTS = 5;
-/** how much of an error response's body is kept for its message */
-const ERROR_BODY_BYTES = 4_096;
 /** the SDK's reconnection schedule for the standalone stream */
 const RECONNECT = { initialMs: 1_000, maxMs: 30_000, factor: 1.5, maxRetries: 2 };
-
-type Response = { status: number; headers: Record<string, string | string[] | undefined> };
-
-/** What a response body is read into: raw chunks as they come, then the end or a failure. */
-type BodySink = {
-  onData(chunk: Buffer): void;
-  onEnd(): void;
-  onError(err: Error): void;
-};
-
-type InFlight = { abort(reason: Error): void };
-
-const header = (res: Response, name: string): string | undefined => {
-  const v = res.headers[name];
-  return Array.isArray(v) ? v[0] : v;
-};
-
-const mediaType = (value: string | undefined) => value?.split(";")[0]!.trim().toLowerCase();
 
 export class StreamableHttpTransport implements Transport {
   onclose?: () => void;
@@ -170,167 +148,31 @@ export class StreamableHttpTransport implements Transport {
   }
 
   /**
-   * One HTTP exchange (redirects within the origin followed, as the SDK's transport does).
-   * Resolves when the response starts, for a 2xx response whose body `handle.body` takes (it is
-   * fed as it arrives, until it ends or the request is aborted); else when the response is over,
-   * with `error` set for one that is not 2xx: its text, or why a redirect was not followed.
+   * One HTTP exchange of this session, ended by `close`: `handler.body` reads a 2xx response's
+   * body; another's text is the resolved `error`.
    */
   #request(
     method: "GET" | "POST" | "DELETE",
     headers: Record<string, string>,
     body: string | undefined,
     signal: AbortSignal | undefined,
-    handle: { onHeaders?(r: Response): void; body(r: Response): BodySink | undefined },
-    url = this.#o.url,
-    hops = 0,
-  ): Promise<Response & { error?: string }> {
-    return new Promise((resolve, reject) => {
-      if (this.#closed) return reject(new Error("transport closed"));
-      if (signal?.aborted) return reject(signal.reason);
-      let controller: Dispatcher.DispatchController | null = null;
-      let abortedWith: Error | null = null;
-      let res: Response | null = null;
-      let sink: BodySink | undefined;
-      let errorText: Buffer[] | null = null;
-      let errorBytes = 0;
-      let redirect: URL | null = null;
-      let settled = false;
-      const settle = (err: Error | null, value?: Response & { error?: string }) => {
-        if (settled) return;
-        settled = true;
-        if (err) reject(err);
-        else resolve(value!);
-      };
-      /** the exchange is over: no more bytes, no more aborts */
-      const over = (err: Error | null) => {
-        this.#inFlight.delete(entry);
-        signal?.removeEventListener("abort", onAbort);
-        if (err) sink?.onError(err);
-        settle(err);
-      };
-      const entry: InFlight = {
-        abort: (reason) => {
-          if (abortedWith) return;
-          abortedWith = reason;
-          if (controller) controller.abort(reason);
-          else over(reason);
-        },
-      };
-      const onAbort = () => entry.abort(signal!.reason instanceof Error ? signal!.reason : new Error(String(signal!.reason)));
-      signal?.addEventListener("abort", onAbort, { once: true });
-      this.#inFlight.add(entry);
-      this.#o.dispatcher.dispatch(
-        {
-          origin: url.origin,
-          path: url.pathname + url.search,
-          method,
-          headers,
-          body,
-          // a quiet standalone stream is normal: only an abort ends it
-          ...(method === "GET" ? { bodyTimeout: 0 } : {}),
-        },
-        {
-          onRequestStart: (c) => {
-            controller = c;
-            if (abortedWith) c.abort(abortedWith);
-          },
-          onResponseStart: (c, status, hdrs) => {
-            res = { status, headers: hdrs as Response["headers"] };
-            handle.onHeaders?.(res);
-            if (status >= 300 && status < 400) {
-              redirect = this.#redirectTarget(res, method, url, hops);
-              if (redirect) return;
-            }
-            if (status < 200 || status >= 300) {
-              errorText = [];
-              return;
-            }
-            try {
-              sink = handle.body(res);
-            } catch (err) {
-              settle(err as Error);
-              return entry.abort(err as Error);
-            }
-            if (sink) settle(null, res);
-          },
-          onResponseData: (_c, chunk) => {
-            if (sink) {
-              try {
-                sink.onData(chunk);
-              } catch (err) {
-                entry.abort(err as Error);
-              }
-            } else if (errorText && errorBytes < ERROR_BODY_BYTES) {
-              errorText.push(chunk);
-              errorBytes += chunk.length;
-            }
-          },
-          onResponseEnd: () => {
-            const r = res!;
-            if (redirect) {
-              over(null);
-              this.#request(method, headers, body, signal, handle, redirect, hops + 1).then(
-                (v) => settle(null, v),
-                (e: Error) => settle(e),
-              );
-              return;
-            }
-            if (errorText) {
-              const text = Buffer.concat(errorText).toString("utf8").slice(0, ERROR_BODY_BYTES);
-              settle(null, { ...r, error: this.#unfollowed(r, url) ?? text });
-            } else settle(null, r);
-            sink?.onEnd();
-            over(null);
-          },
-          onResponseError: (_c, err) => over(abortedWith ?? err),
-        },
-      );
-    });
-  }
-
-  /** A redirect the SDK's transport would follow: 307/308 (or any for GET), within the origin, at most 5 hops. */
-  #redirectTarget(res: Response, method: string, from: URL, hops: number): URL | null {
-    const location = header(res, "location");
-    if (!location || hops >= MAX_REDIRECTS || ![301, 302, 303, 307, 308].includes(res.status)) return null;
-    if (method !== "GET" && res.status !== 307 && res.status !== 308) return null;
-    let to: URL;
-    try {
-      to = new URL(location, from);
-    } catch {
-      return null;
-    }
-    const addsUserinfo = (to.username || to.password) && (to.username !== from.username || to.password !== from.password);
-    return !addsUserinfo && isWithinOrigin(from, to) ? to : null;
-  }
-
-  /** The SDK's words for a redirect left unfollowed, its target without userinfo, query or fragment. */
-  #unfollowed(res: Response, from: URL): string | undefined {
-    const location = header(res, "location");
-    if (!location || ![301, 302, 303, 307, 308].includes(res.status)) return undefined;
-    let to: URL;
-    try {
-      to = new URL(location, from);
-    } catch {
-      return undefined;
-    }
-    to.username = to.password = to.search = to.hash = "";
-    if (to.protocol === "http:" && from.protocol === "https:") return `Redirect to plain http not followed; try ${to.href.replace(/^http:/, "https:")} instead`;
-    return `Redirect to ${to.href} not followed`;
+    handler: { onHeaders?(r: HttpResponse): void; body(r: HttpResponse): BodySink | undefined },
+  ): Promise<HttpResponse & { error?: string }> {
+    if (this.#closed) return Promise.reject(new Error("transport closed"));
+    // a quiet standalone stream is normal: only an abort ends it
+    const ok = (r: HttpResponse) => r.status >= 200 && r.status < 300;
+    return exchange(
+      { dispatcher: this.#o.dispatcher, url: this.#o.url, method, headers, body, signal, quiet: method === "GET", track: this.#inFlight },
+      { ...handler, body: (r) => (ok(r) ? handler.body(r) : undefined) },
+    );
   }
 
   /** Counts a response's bytes against its scope's bound: past it, the request is ended where it is. */
   #counted(scope: RequestScope | undefined, read: (chunk: Buffer) => void): (chunk: Buffer) => void {
-    const limit = scope?.maxBytes;
-    if (limit === undefined) return read;
-    let bytes = 0;
-    return (chunk) => {
-      bytes += chunk.length;
-      if (bytes > limit) {
-        scope!.cut?.(bytes);
-        throw new Error(`answer over ${limit} bytes`);
-      }
-      read(chunk);
-    };
+    return bounded(scope?.maxBytes, (bytes) => {
+      scope!.cut?.(bytes);
+      return new Error(`answer over ${scope!.maxBytes} bytes`);
+    }, read);
   }
 
   #jsonSink(origin: RequestId, scope: RequestScope | undefined): BodySink {
@@ -342,15 +184,15 @@ export class StreamableHttpTransport implements Transport {
     return {
       onData: read,
       onEnd: () => {
-        let data: unknown;
+        let messages: unknown[];
         try {
-          data = JSON.parse(Buffer.concat(chunks).toString("utf8"));
+          messages = jsonMessages(chunks);
         } catch (err) {
           this.onerror?.(err as Error);
           return lost(err as Error);
         }
         let answered = false;
-        for (const raw of Array.isArray(data) ? data : [data]) {
+        for (const raw of messages) {
           const m = this.#deliver(raw, origin);
           if (m && "id" in m && m.id === origin && !("method" in m)) answered = true;
         }
@@ -368,23 +210,22 @@ export class StreamableHttpTransport implements Transport {
   #sseSink(origin: RequestId | undefined, scope: RequestScope | undefined, onOpenEnded?: (lastEventId: string | undefined) => void): BodySink {
     let lastEventId: string | undefined;
     let answered = false;
-    const decoder = new TextDecoder();
-    const parser = createParser({
-      onEvent: (event: EventSourceMessage) => {
+    const parse = sseReader(
+      (event) => {
         if (event.id) lastEventId = event.id;
-        if (!event.data || (event.event && event.event !== "message")) return;
         let raw: unknown;
         try {
-          raw = JSON.parse(event.data);
+          raw = eventMessage(event);
         } catch (err) {
           return this.onerror?.(err as Error);
         }
+        if (raw === undefined) return;
         const m = this.#deliver(raw, origin);
         if (m && origin !== undefined && "id" in m && m.id === origin && !("method" in m)) answered = true;
       },
-      onRetry: (ms) => (this.#serverRetryMs = ms),
-    });
-    const read = this.#counted(scope, (chunk) => parser.feed(decoder.decode(chunk, { stream: true })));
+      (ms) => (this.#serverRetryMs = ms),
+    );
+    const read = this.#counted(scope, parse);
     const ended = (err?: Error) => {
       if (this.#closed) return;
       if (origin === undefined) return onOpenEnded?.(lastEventId);
