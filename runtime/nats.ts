@@ -1,15 +1,24 @@
 import { readFileSync } from "node:fs";
-import { connect, credsAuthenticator, type NatsConnection } from "@nats-io/transport-node";
+import { credsAuthenticator, NatsConnectionImpl, setTransportFactory, type NatsConnection } from "@nats-io/transport-node";
+import { nodeResolveHost } from "@nats-io/transport-node/lib/node_transport.js";
 import { DiscardPolicy, jetstream, jetstreamManager, JetStreamApiError, StorageType, type JetStreamClient, type JetStreamManager, type StreamConfig } from "@nats-io/jetstream";
 import { Kvm, type KV } from "@nats-io/kv";
 import { buckets, eventStream, inboxPrefixOf, streamLog, type Buckets } from "../protocol/subjects.ts";
 import { retryingJs, retryingKv, retryTransient } from "./jetstreamRetry.ts";
+import { GatheringTransport } from "./natsTransport.ts";
 
 /** `inboxPrefix` defaults to the user's own (nats.conf lets admin and viewer read no other). */
 export type NatsOptions = { url: string; user?: string; password?: string; credsFile?: string; name?: string; inboxPrefix?: string };
 
+/**
+ * Every NATS connection of the runtime, CLI and tests is made here, with writes gathered per
+ * turn of the event loop (natsTransport.ts). nats.js keeps its transport factory in one
+ * process-wide slot, read at every (re)connect: this is the only place that sets it, as
+ * `connect` of @nats-io/transport-node would, with the gathering transport.
+ */
 export async function connectNats(opts: NatsOptions): Promise<NatsConnection> {
-  return connect({
+  setTransportFactory({ factory: () => new GatheringTransport(), dnsResolveFn: nodeResolveHost });
+  return NatsConnectionImpl.connect({
     servers: opts.url.split(","),
     name: opts.name ?? "mcpgw",
     user: opts.user,

@@ -1,0 +1,116 @@
+// What every NATS message costs a worker (issues 11 and 12): socket writes and CPU time per
+// operation on one connection, with nats.js's own Node transport (one write per microtask flush)
+// and with the runtime's (runtime/natsTransport.ts: one write per turn of the event loop),
+// in alternating rounds in one process so a busy machine weighs on both alike.
+// - KV puts as 10,000 pollers make them: KVPUT_COUNT (1,000) puts, each started by a timer of its
+//   own, all falling due together (one macrotask each), to the state bucket;
+// - request/reply as the runtime's own callers make them: REQ_COUNT (1,000) requests, REQ_PARALLEL
+//   (16) at a time, answered by a responder on a second connection: `nc.request` (nats.js's
+//   mux, which builds a `RequestError` with its stack for every answered request) beside
+//   `requestWhole` (runtime/largeMessages.ts: one reply subscription of the runtime's own).
+// CPU is this process's (both ends of the requests; nats-server runs in its own). Counts do not
+// depend on the load of the machine; CPU does: the load average is printed beside it.
+// Run: node --import tsx bench/natsWrites.bench.ts
+import { Kvm } from "@nats-io/kv";
+import { connect, type NatsConnection } from "@nats-io/transport-node";
+import { KEYS, subjects } from "../protocol/subjects.ts";
+import { encodeJson } from "../runtime/bus.ts";
+import { requestWhole } from "../runtime/largeMessages.ts";
+import { connectNats, openStores } from "../runtime/nats.ts";
+import { startNats } from "../test/helpers/nats.ts";
+import { loadAverage, table } from "./report.ts";
+
+const PUTS = Number(process.env.KVPUT_COUNT ?? 1000);
+const REQUESTS = Number(process.env.REQ_COUNT ?? 1000);
+const PARALLEL = Number(process.env.REQ_PARALLEL ?? 16);
+const ROUNDS = Number(process.env.NATSWRITES_ROUNDS ?? 3);
+
+/** Socket writes of `nc` so far: calls of its transport's `_send` (nats.js internals: a bench may). */
+function writesOf(nc: NatsConnection): () => number {
+  let writes = 0;
+  const transport = (nc as unknown as { protocol: { transport: { _send(b: Uint8Array): Promise<void> } } }).protocol.transport;
+  const send = transport._send.bind(transport);
+  transport._send = (b) => {
+    writes++;
+    return send(b);
+  };
+  return () => writes;
+}
+
+const cpuMs = (since: NodeJS.CpuUsage) => {
+  const u = process.cpuUsage(since);
+  return (u.user + u.system) / 1000;
+};
+
+const nats = await startNats();
+try {
+  const opts = { url: nats.url, user: "runtime", password: nats.passwords.runtime };
+  // nats.js's own transport first: its `connect` sets the process-wide transport factory, which
+  // connectNats then sets back to the runtime's for the second connection.
+  const plain = await connect({ servers: nats.url, user: opts.user, pass: opts.password, noAsyncTraces: true });
+  const gathering = await connectNats(opts);
+  const responder = await connectNats(opts);
+  const transports = [
+    ["nats.js transport", plain, writesOf(plain)],
+    ["gathering transport", gathering, writesOf(gathering)],
+  ] as const;
+
+  const stores = await openStores(responder, "mcpgw");
+  const value = encodeJson({ gid: "g", ok: true, checkedAt: new Date().toISOString(), latencyMs: 3, failures: 0, error: null });
+  const putRows = new Map<string, { writes: number; cpu: number; n: number }>();
+  const reqRows = new Map<string, { writes: number; cpu: number; n: number }>();
+  const subject = subjects("mcpgw").upstream.op("bench", "bench", "status");
+  responder.subscribe(subject, { callback: (_err, msg) => void msg.respond(msg.data) });
+  await responder.flush();
+
+  for (let round = 0; round < ROUNDS; round++) {
+    for (const [label, nc, writes] of transports) {
+      const kv = await new Kvm(nc).open(stores.names.state);
+      await kv.put(KEYS.pollHealth("g0"), value);
+      const w0 = writes();
+      const cpu0 = process.cpuUsage();
+      await Promise.all(
+        Array.from({ length: PUTS }, (_, i) => new Promise<unknown>((resolve, reject) => setTimeout(() => kv.put(KEYS.pollHealth(`g${i}`), value).then(resolve, reject), 0))),
+      );
+      const put = putRows.get(label) ?? { writes: 0, cpu: 0, n: 0 };
+      putRows.set(label, { writes: put.writes + writes() - w0, cpu: put.cpu + cpuMs(cpu0), n: put.n + PUTS });
+    }
+    for (const [label, nc, writes] of transports) {
+      for (const [how, ask] of [
+        ["nc.request", (data: Uint8Array) => nc.request(subject, data, { timeout: 10_000 })],
+        ["requestWhole", (data: Uint8Array) => requestWhole(nc, subject, data, { timeoutMs: 10_000, limit: 1024 * 1024 })],
+      ] as const) {
+        await ask(value);
+        const w0 = writes();
+        const cpu0 = process.cpuUsage();
+        let next = 0;
+        await Promise.all(
+          Array.from({ length: PARALLEL }, async () => {
+            while (next++ < REQUESTS) await ask(value);
+          }),
+        );
+        const key = `${label}|${how}`;
+        const r = reqRows.get(key) ?? { writes: 0, cpu: 0, n: 0 };
+        reqRows.set(key, { writes: r.writes + writes() - w0, cpu: r.cpu + cpuMs(cpu0), n: r.n + REQUESTS });
+      }
+    }
+  }
+
+  table(
+    "NATS writes of KV puts",
+    `${PUTS} puts to the state bucket, each started by a timer of its own, all due at once (as pollers' timers fall due), ${ROUNDS} rounds alternating the two transports; per 1,000 puts: socket writes of the putting connection; CPU per put: this process. Load average ${loadAverage()}.`,
+    ["transport", "writes per 1,000 puts", "CPU per put"],
+    [...putRows].map(([label, r]) => [label, ((r.writes / r.n) * 1000).toFixed(0), `${((r.cpu / r.n) * 1000).toFixed(0)} µs`]),
+  );
+  table(
+    "NATS writes and CPU of an answered request",
+    `${REQUESTS} requests, ${PARALLEL} at a time, to a responder on a second connection of this process (which echoes), ${ROUNDS} rounds alternating; writes: the requesting connection's socket writes per request; CPU per request: this process, both ends. Load average ${loadAverage()}.`,
+    ["transport", "request path", "writes per request", "CPU per request"],
+    [...reqRows].map(([key, r]) => [...key.split("|"), (r.writes / r.n).toFixed(2), `${((r.cpu / r.n) * 1000).toFixed(0)} µs`]),
+  );
+  await plain.close();
+  await gathering.close();
+  await responder.close();
+} finally {
+  await nats.stop();
+}
