@@ -3,7 +3,6 @@ import { errors } from "@nats-io/transport-node";
 import type { z } from "zod";
 import { AnyEnvelopeSchema, ProtocolError, fail, ok, type Envelope } from "../protocol/envelope.ts";
 import { isInbox } from "../protocol/subjects.ts";
-import { requestWhole, singleMessageLimit } from "./largeMessages.ts";
 import type { Logger } from "./logger.ts";
 
 const encoder = new TextEncoder();
@@ -176,10 +175,6 @@ export function isNatsUnavailable(err: unknown): boolean {
 /**
  * Sends a request and returns the envelope's data parsed with `schema`; an error
  * envelope becomes a `ProtocolError`. NATS errors (no responders, timeout) pass through.
- * It waits on the connection's one reply subscription (`requestWhole`), not `nc.request`,
- * which builds an error with its stack trace for every request answered (nats.js's
- * `RequestOne.cancel`; no option turns it off): about 40% of the CPU of a request
- * (bench/natsWrites.bench.ts). The request is one message, as `answerRequest` takes it.
  */
 export async function request<T extends z.ZodType>(
   nc: NatsConnection,
@@ -188,8 +183,8 @@ export async function request<T extends z.ZodType>(
   schema: T,
   timeoutMs: number,
 ): Promise<z.infer<T>> {
-  const data = await requestWhole(nc, subject, encodeJson(payload), { timeoutMs, limit: singleMessageLimit(nc) });
-  return unwrapReply(data, schema);
+  const msg = await nc.request(subject, encodeJson(payload), { timeout: timeoutMs });
+  return unwrapReply(msg.data, schema);
 }
 
 /** A reply envelope's data parsed with `schema`; an error envelope becomes a `ProtocolError`. */

@@ -30,11 +30,6 @@ function partHeader(h: MsgHdrs | undefined): PartHeader | null {
   return { count, index, size };
 }
 
-/** The largest message `publishWhole` sends whole, in one message: what the server takes, less room for headers. */
-export function singleMessageLimit(nc: NatsConnection): number {
-  return (nc.info?.max_payload ?? 1024 * 1024) - HEADER_ROOM;
-}
-
 const sizeText = (what: string, size: number, limit: number) => `${what} of ${size} bytes exceeds the limit of ${limit} bytes`;
 
 /**
@@ -42,7 +37,7 @@ const sizeText = (what: string, size: number, limit: number) => `${what} of ${si
  * takes; `extra` headers (trace context) go on the message, or on every part.
  */
 export function publishWhole(nc: NatsConnection, subject: string, data: Uint8Array, reply?: string, extra: Record<string, string> = {}): void {
-  const max = singleMessageLimit(nc);
+  const max = (nc.info?.max_payload ?? 1024 * 1024) - HEADER_ROOM;
   const withExtra = () => {
     const h = headers();
     for (const [k, v] of Object.entries(extra)) h.set(k, v);
