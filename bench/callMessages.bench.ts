@@ -26,7 +26,7 @@ type Counts = Record<Op, number>;
 /** Counts what `nc` sends and is delivered, from its protocol handler (nats.js internals: a bench may). */
 function counted(nc: NatsConnection): Counts {
   const counts = Object.fromEntries(OPS.map((op) => [op, 0])) as Counts;
-  const protocol = (nc as unknown as { protocol: Record<string, (...args: unknown[]) => unknown> & { transport: { send(b: Uint8Array): void } } }).protocol;
+  const protocol = (nc as unknown as { protocol: Record<string, (...args: unknown[]) => unknown> & { transport: { _send(b: Uint8Array): Promise<void> } } }).protocol;
   const sendCommand = protocol.sendCommand!.bind(protocol);
   protocol.sendCommand = (cmd: unknown, ...payloads: unknown[]) => {
     const text = typeof cmd === "string" ? cmd : new TextDecoder().decode((cmd as Uint8Array).subarray(0, 6));
@@ -44,11 +44,12 @@ function counted(nc: NatsConnection): Counts {
     counts[(msg as { hdr: number }).hdr > 0 ? "HMSG" : "MSG"]++;
     return processMsg(msg, data);
   };
+  // the socket writes: the transport's `_send` (nats.js's transport writes each `send`; the runtime's gathers them per turn)
   const transport = protocol.transport;
-  const send = transport.send.bind(transport);
-  transport.send = (b: Uint8Array) => {
+  const write = transport._send.bind(transport);
+  transport._send = (b: Uint8Array) => {
     counts.writes++;
-    return send(b);
+    return write(b);
   };
   return counts;
 }

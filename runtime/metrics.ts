@@ -5,7 +5,7 @@
 import type { NatsConnection } from "@nats-io/transport-node";
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from "prom-client";
 import type { CloseCause } from "../actors/upstreamSession/machine.ts";
-import type { Logger } from "./logger.ts";
+import { followConnection } from "./nats.ts";
 
 /** How a forwarded client request ended (`outcome` of `mcpgw_calls_total`). */
 export type CallOutcome =
@@ -170,8 +170,6 @@ export function createMetrics() {
 }
 
 /** Counts reconnects of `nc` until it closes. */
-export function countReconnects(nc: NatsConnection, metrics: Metrics, log: Logger): void {
-  void (async () => {
-    for await (const s of nc.status()) if (s.type === "reconnect") metrics.natsReconnects.inc();
-  })().catch((err) => log.warn({ err }, "NATS status stream ended"));
+export function countReconnects(nc: NatsConnection, metrics: Metrics): void {
+  followConnection(nc).onChange((change) => change === "reconnect" && metrics.natsReconnects.inc());
 }

@@ -1,15 +1,24 @@
 import { readFileSync } from "node:fs";
-import { connect, credsAuthenticator, type NatsConnection } from "@nats-io/transport-node";
+import { credsAuthenticator, NatsConnectionImpl, setTransportFactory, type NatsConnection } from "@nats-io/transport-node";
+import { nodeResolveHost } from "@nats-io/transport-node/lib/node_transport.js";
 import { DiscardPolicy, jetstream, jetstreamManager, JetStreamApiError, StorageType, type JetStreamClient, type JetStreamManager, type StreamConfig } from "@nats-io/jetstream";
 import { Kvm, type KV } from "@nats-io/kv";
 import { buckets, eventStream, inboxPrefixOf, streamLog, type Buckets } from "../protocol/subjects.ts";
 import { retryingJs, retryingKv, retryTransient } from "./jetstreamRetry.ts";
+import { GatheringTransport } from "./natsTransport.ts";
 
 /** `inboxPrefix` defaults to the user's own (nats.conf lets admin and viewer read no other). */
 export type NatsOptions = { url: string; user?: string; password?: string; credsFile?: string; name?: string; inboxPrefix?: string };
 
+/**
+ * Every NATS connection of the runtime, CLI and tests is made here, with writes gathered per
+ * turn of the event loop (natsTransport.ts). nats.js keeps its transport factory in one
+ * process-wide slot, read at every (re)connect: this is the only place that sets it, as
+ * `connect` of @nats-io/transport-node would, with the gathering transport.
+ */
 export async function connectNats(opts: NatsOptions): Promise<NatsConnection> {
-  return connect({
+  setTransportFactory({ factory: () => new GatheringTransport(), dnsResolveFn: nodeResolveHost });
+  return NatsConnectionImpl.connect({
     servers: opts.url.split(","),
     name: opts.name ?? "mcpgw",
     user: opts.user,
@@ -24,36 +33,61 @@ export async function connectNats(opts: NatsOptions): Promise<NatsConnection> {
   });
 }
 
+/** A change of a connection's state that its followers hear of. */
+export type ConnectionChange = "disconnect" | "reconnect";
+
+export type ConnectionFollower = {
+  /** connected now: not from a disconnect until the next reconnect, while requests would only wait for their timeout */
+  connected(): boolean;
+  /** resolves at the next reconnect (at once when connected), or with false after `withinMs` */
+  reconnected(withinMs: number): Promise<boolean>;
+  /** calls `f` (which must not throw) at every disconnect and reconnect, until the connection closes or the returned function is called */
+  onChange(f: (change: ConnectionChange) => void): () => void;
+};
+
+const followers = new WeakMap<NatsConnection, ConnectionFollower>();
+
 /**
- * Whether a connection is connected now (not from a disconnect until the next reconnect,
- * while requests would only wait for their timeout), and a wait for the next reconnect.
- * Follows it until it closes.
+ * The one follower of `nc`'s status: the single reader of `nc.status()` for everyone who needs
+ * to know whether the connection is up (the edge, the session store, the metrics), who
+ * subscribe to it. Follows the connection until it closes.
  */
-export function followConnection(nc: NatsConnection): { connected(): boolean; reconnected(withinMs: number): Promise<boolean> } {
+export function followConnection(nc: NatsConnection): ConnectionFollower {
+  let follower = followers.get(nc);
+  if (!follower) followers.set(nc, (follower = newFollower(nc)));
+  return follower;
+}
+
+function newFollower(nc: NatsConnection): ConnectionFollower {
   let connected = true;
-  const waiters = new Set<() => void>();
+  const listeners = new Set<(change: ConnectionChange) => void>();
   void (async () => {
     for await (const s of nc.status()) {
-      if (s.type === "disconnect") connected = false;
-      else if (s.type === "reconnect") {
-        connected = true;
-        for (const w of waiters) w();
-      }
+      if (s.type !== "disconnect" && s.type !== "reconnect") continue;
+      connected = s.type === "reconnect";
+      for (const f of listeners) f(s.type);
     }
   })();
   const isConnected = () => connected && !nc.isClosed();
+  const onChange = (f: (change: ConnectionChange) => void) => {
+    // a listener of its own per subscriber: the same function subscribed twice is two subscriptions
+    const listener = (change: ConnectionChange) => f(change);
+    listeners.add(listener);
+    return () => void listeners.delete(listener);
+  };
   return {
     connected: isConnected,
+    onChange,
     reconnected(withinMs) {
       if (isConnected()) return Promise.resolve(true);
       return new Promise<boolean>((resolve) => {
         const done = () => {
           clearTimeout(timer);
-          waiters.delete(done);
+          stop();
           resolve(isConnected());
         };
         const timer = setTimeout(done, withinMs);
-        waiters.add(done);
+        const stop = onChange((change) => change === "reconnect" && done());
       });
     },
   };

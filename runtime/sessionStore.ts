@@ -6,6 +6,7 @@ import { DownstreamSessionSchema, type DownstreamSession } from "../protocol/edg
 import { KEYS, type Subjects } from "../protocol/subjects.ts";
 import { SessionClosedEventSchema } from "../protocol/upstream.ts";
 import { decodeJson, listen, type Guard } from "./bus.ts";
+import { followConnection } from "./nats.ts";
 import { publishEvent } from "./events.ts";
 import type { Logger } from "./logger.ts";
 
@@ -80,13 +81,10 @@ export class SessionStore {
     );
     await nc.flush();
     this.#following = true;
-    void (async () => {
-      for await (const status of nc.status()) {
-        if (status.type === "disconnect" || status.type === "reconnect") this.#forgetAll();
-      }
-    })();
+    const stopFollowing = followConnection(nc).onChange(() => this.#forgetAll());
     this.#unfollow = () => {
       this.#following = false;
+      stopFollowing();
       sub.unsubscribe();
       this.#forgetAll();
     };

@@ -81,7 +81,7 @@ export async function startWorker(config: Config, nc: NatsConnection, log: Logge
   const tracing = createTracing({ otlpEndpoint: config.otlpEndpoint, workerId: config.workerId });
   const upstreamAgent = sharedUpstreamAgent(config.outbound);
   const ctx: WorkerContext = { config, nc, log: workerLog, s, stores, box, registry, admin, refusals, metrics, tracing, upstreamAgent };
-  countReconnects(nc, metrics, ctx.log);
+  countReconnects(nc, metrics);
 
   // first to start, last to stop: spans of everything stopping are still exported
   const hosted: Hosted[] = [{ stop: () => tracing.shutdown() }];
