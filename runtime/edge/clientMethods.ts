@@ -165,7 +165,6 @@ export function clientMethods(deps: ClientMethodDeps): ClientMethods {
     const started = performance.now();
     // a child of the client's trace context when it sent one (`traceparent`), else a new trace
     const span = deps.tracing.startSpan(`edge ${method}`, { kind: SpanKind.SERVER, parent: ctx.headers, attributes: { "mcp.method.name": method, "mcpgw.gateway": route.gatewayName } });
-    const log = deps.log.child({ traceId: traceIdOf(span) });
     let outcome: CallOutcome = "error";
     let failure: string | undefined;
     try {
@@ -194,7 +193,7 @@ export function clientMethods(deps: ClientMethodDeps): ClientMethods {
           outcome = "cancelled";
           throw new RpcError(ErrorCode.RequestTimeout, "cancelled by the client");
         }
-        log.error({ err, sid: ctx.sid, gid: route.gid, method }, "upstream call failed");
+        deps.log.error({ err, traceId: traceIdOf(span), sid: ctx.sid, gid: route.gid, method }, "upstream call failed");
         throw new RpcError(ErrorCode.InternalError, `gateway ${route.gatewayName}: the call failed; see the worker's log`, { gateway: route.gatewayName });
       }
     } catch (err) {
@@ -203,7 +202,8 @@ export function clientMethods(deps: ClientMethodDeps): ClientMethods {
     } finally {
       deps.metrics.call(route.gatewayName, method, outcome, (performance.now() - started) / 1000);
       endSpan(span, failure);
-      log.debug({ sid: ctx.sid, gid: route.gid, method, outcome }, "call forwarded");
+      // no logger per call: the line is built only when debug logging is on
+      if (deps.log.isLevelEnabled("debug")) deps.log.debug({ traceId: traceIdOf(span), sid: ctx.sid, gid: route.gid, method, outcome }, "call forwarded");
     }
   }
 

@@ -190,12 +190,17 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
     },
     closing: closing.signal,
   };
+  // Stream ids and event uids need to be unique, not secret (a stream is read only through its
+  // session, by its owner): a random prefix drawn once, then a counter, no syscall per request.
+  const idPrefix = randomBytes(9).toString("base64url");
+  let idCount = 0;
+  const nextId = () => `${idPrefix}${(idCount++).toString(36)}`;
   /** a change notice goes through the stream log like every other event, so a resumed GET stream has it too */
   const stopNotices = cache.onChange(({ scope, lists }) => {
     for (const held of links.getStreams()) {
       if (held.scope !== scope) continue;
       for (const l of lists) {
-        const event: StreamEvent = { uid: `e${randomBytes(9).toString("base64url")}`, message: { jsonrpc: "2.0", method: LIST_CHANGED[l] } };
+        const event: StreamEvent = { uid: `e${nextId()}`, message: { jsonrpc: "2.0", method: LIST_CHANGED[l] } };
         try {
           publishStreamEvent(ctx.nc, ctx.s, held.sid, STREAM_GET, event);
         } catch (err) {
@@ -439,7 +444,7 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
     }
 
     // an SSE stream: priming event first, so the client can resume it at any worker
-    const streamId = randomBytes(12).toString("base64url");
+    const streamId = nextId();
     const lifecycle = new ClientStreamLifecycle("post", requests.map((r) => wireKey(r.id)));
     const sse = new SseStream(res, headers);
     inFlight.add(lifecycle);
