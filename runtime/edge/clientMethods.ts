@@ -31,6 +31,7 @@ import type { DownstreamSession, LoggingLevel } from "../../protocol/edge.ts";
 import { ProtocolError } from "../../protocol/envelope.ts";
 import type { SessionWideMessage, UpstreamCallReply, UpstreamMethod } from "../../protocol/upstream.ts";
 import type { Logger } from "../logger.ts";
+import { passthroughHeaders } from "../mcpClient.ts";
 import type { CallOutcome, Metrics } from "../metrics.ts";
 import type { SessionStore } from "../sessionStore.ts";
 import { endSpan, traceHeadersOf, traceIdOf, type Tracing } from "../tracing.ts";
@@ -176,7 +177,8 @@ export function clientMethods(deps: ClientMethodDeps): ClientMethods {
         const reply = await deps.caller.call(
           ctx.sid,
           route.gid,
-          { method, params, requestId, headers: ctx.headers, timeoutMs: deps.callTimeoutMs, ...(ctx.streamId ? { stream: ctx.streamId } : {}), ...(ctx.spawnCapabilities ? { clientCapabilities: ctx.spawnCapabilities } : {}) },
+          // only the headers the gateway lets through travel (the actor filters by the same list)
+          { method, params, requestId, headers: passthroughHeaders(cache.passthroughHeaders(route.gid), ctx.headers), timeoutMs: deps.callTimeoutMs, ...(ctx.streamId ? { stream: ctx.streamId } : {}), ...(ctx.spawnCapabilities ? { clientCapabilities: ctx.spawnCapabilities } : {}) },
           ctx.signal,
           traceHeadersOf(span),
         );
