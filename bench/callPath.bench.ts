@@ -320,8 +320,8 @@ async function sdkPhase(admin: NatsConnection, edges: Record<string, string>) {
   return { paths, figures, loads };
 }
 
-type LeanFigures = { latencies: number[]; calls: number; ms: number; generator: number; cpu: Record<Role, number> };
-const newLeanFigures = (): LeanFigures => ({ latencies: [], calls: 0, ms: 0, generator: 0, cpu: { workers: 0, nats: 0, hub: 0, upstream: 0 } });
+type LeanFigures = { latencies: number[]; calls: number; failures: number; firstFailure?: string | undefined; ms: number; generator: number; cpu: Record<Role, number> };
+const newLeanFigures = (): LeanFigures => ({ latencies: [], calls: 0, failures: 0, ms: 0, generator: 0, cpu: { workers: 0, nats: 0, hub: 0, upstream: 0 } });
 
 /** mcpgw's own ceiling: the lean upstream through one worker, with the lean generator; direct to it as the reference. */
 async function leanPhase(admin: NatsConnection, edgeUrl: string) {
@@ -338,7 +338,7 @@ async function leanPhase(admin: NatsConnection, edgeUrl: string) {
   const leanPaths = { direct: await openLeanSessions({ url: leanUrl, tool: "echo" }, SESSIONS), mcpgw: await openLeanSessions({ url: edgeUrl, tool: "lean__echo" }, SESSIONS) };
   const leanFigures = { direct: newLeanFigures(), mcpgw: newLeanFigures() };
   // one call each (the mcpgw sessions' actors are placed), then alternating halves
-  for (const p of Object.values(leanPaths)) await Promise.all(Array.from({ length: SESSIONS }, (_, i) => p.call(i)));
+  for (const p of Object.values(leanPaths)) await p.run(WAIT_MS, SESSIONS);
   // what the worker spends with nothing to do (timers, KV watches, NATS pings): at a low call
   // rate on a busy machine it is a large share of "CPU per call", so the figure is given net of it too
   const idle0 = cpuByRole();
@@ -357,6 +357,8 @@ async function leanPhase(admin: NatsConnection, edgeUrl: string) {
       f.calls += r.calls;
       f.ms += r.elapsedMs;
       f.generator += r.cpuSeconds;
+      f.failures += r.failures;
+      f.firstFailure ??= r.firstFailure;
       for (const role of Object.keys(pids) as Role[]) f.cpu[role] += cpu1[role] - cpu0[role];
     }
   }
@@ -375,6 +377,7 @@ async function leanPhase(admin: NatsConnection, edgeUrl: string) {
       name === "mcpgw" ? msFine(leanPerCall(f, f.cpu.nats)) : "—",
       msFine(leanPerCall(f, f.cpu.upstream)),
       msFine(leanPerCall(f, f.generator)),
+      f.failures === 0 ? "0" : `${f.failures} (first: ${f.firstFailure!.slice(0, 200).replace(/\s+/g, " ")})`,
     ];
   });
   table(
@@ -383,7 +386,7 @@ async function leanPhase(admin: NatsConnection, edgeUrl: string) {
       `as the reference, in alternating halves (direct ${LEAN_MS / 2000} s, mcpgw ${LEAN_MS / 1000} s, at most ${LEAN_MAX_CALLS} calls each). The client is the lean generator (bench/leanLoad.ts: ` +
       `initialized sessions, raw keep-alive POSTs, each answer read to its end and checked), so the figure is the server's, not the SDK client's. CPU per call: CPU time of each process during the load ÷ calls; ` +
       `"net of idle": less what the worker used at rest (${(workerIdlePerSecond * 1000).toFixed(0)} ms of CPU per second, measured over ${LEAN_IDLE_MS / 1000} s before the load). "3,000 calls/s through one worker" needs the worker at ≤ 0.33 ms. 2 shared cores; load average ${leanLoads.join(", ")}.`,
-    ["path", "calls/s", "p50 / p99", "CPU per call: worker", "nats-server", "upstream", "generator"],
+    ["path", "calls/s", "p50 / p99", "CPU per call: worker", "nats-server", "upstream", "generator", "calls not answered with their result"],
     leanRows,
   );
 

@@ -14,6 +14,9 @@ export type LeanLoadResult = {
   elapsedMs: number;
   /** CPU seconds this process spent while the calls ran (the generator's own cost) */
   cpuSeconds: number;
+  /** calls whose answer was not their result (an error answer, a wrong one, a failed request), and the first such */
+  failures: number;
+  firstFailure?: string;
 };
 
 type Reply = { status: number; headers: IncomingHttpHeaders; body: string };
@@ -118,9 +121,11 @@ export class LeanSessions {
     return ms;
   }
 
-  /** Every session calls back to back until `ms` have passed or `maxCalls` calls were made in all. */
+  /** Every session calls back to back until `ms` have passed or `maxCalls` calls were made in all; a failed call is counted, not thrown. */
   async run(ms: number, maxCalls = Number.POSITIVE_INFINITY): Promise<LeanLoadResult> {
     const latencies: number[] = [];
+    let failures = 0;
+    let firstFailure: string | undefined;
     const cpu0 = process.cpuUsage();
     const t0 = performance.now();
     const end = t0 + ms;
@@ -129,13 +134,18 @@ export class LeanSessions {
       this.sessions.map(async (_, i) => {
         while (performance.now() < end && started < maxCalls) {
           started++;
-          latencies.push(await this.call(i));
+          try {
+            latencies.push(await this.call(i));
+          } catch (err) {
+            failures++;
+            firstFailure ??= String(err);
+          }
         }
       }),
     );
     const elapsedMs = performance.now() - t0;
     const cpu = process.cpuUsage(cpu0);
-    return { latencies, calls: latencies.length, elapsedMs, cpuSeconds: (cpu.user + cpu.system) / 1e6 };
+    return { latencies, calls: latencies.length, elapsedMs, cpuSeconds: (cpu.user + cpu.system) / 1e6, failures, ...(firstFailure ? { firstFailure } : {}) };
   }
 
   /** Ends the sessions (DELETE where there is a session id) and the connections. */
