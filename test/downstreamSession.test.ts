@@ -11,7 +11,7 @@ import {
 } from "../actors/downstreamSession.ts";
 import type { DownstreamSession } from "../protocol/edge.ts";
 import { parseStreamEventId, streamEventId } from "../protocol/upstream.ts";
-import { HttpError, parseMessages } from "../runtime/edge/streamableHttp.ts";
+import { HttpError, isAnswer, isNotification, isRequest, parseMessages } from "../runtime/edge/streamableHttp.ts";
 
 const G1 = "0123456789abcdef";
 const G2 = "fedcba9876543210";
@@ -101,5 +101,39 @@ describe("Streamable HTTP layer: client messages", () => {
     assert.deepEqual(status(() => parseMessages(Buffer.from("[]"))), [400, -32600]);
     assert.deepEqual(status(() => parseMessages(Buffer.from(JSON.stringify(Array.from({ length: 101 }, (_, i) => ({ jsonrpc: "2.0", id: i, method: "ping" })))))), [400, -32600]);
     assert.deepEqual(status(() => parseMessages(Buffer.from(JSON.stringify({ jsonrpc: "2.0", id: "x".repeat(121), method: "ping" })))), [400, -32600]);
+  });
+  it("refuses what the SDK's schema refuses, whether or not the quick check of a plain request looks at it; tells requests, notifications and answers apart", () => {
+    const one = (m: unknown) => parseMessages(Buffer.from(JSON.stringify(m)));
+    // each is one field away from a plain request: the SDK's schema judges it, with the same 400
+    for (const bad of [
+      { jsonrpc: "2.0", id: 1, method: "ping", extra: true },
+      { jsonrpc: "2.0", id: 1.5, method: "ping" },
+      { jsonrpc: "2.0", id: null, method: "ping" },
+      { jsonrpc: "2.0", id: 1, method: "ping", params: [1] },
+      { jsonrpc: "2.0", id: 1, method: "ping", params: { _meta: { progressToken: {} } } },
+      { jsonrpc: "1.0", id: 1, method: "ping" },
+      { jsonrpc: "2.0", id: 1, method: 7 },
+      { jsonrpc: "2.0", id: 1, result: {}, method: "ping" },
+    ]) {
+      assert.deepEqual(status(() => one(bad)), [400, -32600], JSON.stringify(bad));
+    }
+    // and what it accepts the schema accepts too: `_meta` and answers go to the schema
+    assert.equal(one({ jsonrpc: "2.0", id: 1, method: "tools/call", params: { name: "t", _meta: { progressToken: 3 } } }).length, 1);
+    const [req, note, result, error] = parseMessages(
+      Buffer.from(
+        JSON.stringify([
+          { jsonrpc: "2.0", id: "a", method: "tools/call", params: { name: "t", arguments: {} } },
+          { jsonrpc: "2.0", method: "notifications/initialized" },
+          { jsonrpc: "2.0", id: "s1", result: {} },
+          { jsonrpc: "2.0", id: "s2", error: { code: 1, message: "no" } },
+        ]),
+      ),
+    );
+    assert.deepEqual([req, note, result, error].map((m) => [isRequest(m!), isNotification(m!), isAnswer(m!)]), [
+      [true, false, false],
+      [false, true, false],
+      [false, false, true],
+      [false, false, true],
+    ]);
   });
 });

@@ -5,6 +5,9 @@ import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js";
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
 import type { Transport } from "@modelcontextprotocol/sdk/shared/transport.js";
+import { sessionKey } from "../protocol/edge.ts";
+import { subjects } from "../protocol/subjects.ts";
+import { decodeJson } from "../runtime/bus.ts";
 import { listCatalog } from "../runtime/pollerEffects.ts";
 import { startFixtureHttp, type FixtureHttp } from "./fixtures/fixtureHttp.ts";
 import { ToolListChangedNotificationSchema } from "@modelcontextprotocol/sdk/types.js";
@@ -133,6 +136,29 @@ describe("edge: calls through upstream session actors", () => {
     });
     assert.equal(fixture.gateway("flaky").stats.calls.echo ?? 0, 0, "the upstream never ran the tool");
     fixture.setDown("flaky", false);
+    await client.close();
+  });
+  it("sends the upstream only the client headers its gateway lets through, filtered at the edge", async () => {
+    const gw = await w1.registry.add({ name: "hdr", transport: "streamable-http", url: fixture.url("hdr"), passthroughHeaders: ["X-Tenant"] });
+    await discover(w1, gw.id, new StreamableHTTPClientTransport(new URL(fixture.url("hdr"))));
+    const withHeaders: typeof fetch = (input, init) => {
+      const headers = new Headers(init?.headers);
+      headers.set("x-tenant", "t1");
+      headers.set("x-other", "no");
+      return fetch(input, { ...init, headers });
+    };
+    const { client, transport } = await connectClient(w1.edge.url, { fetch: withHeaders });
+    await until("the hdr gateway's tools", async () => (await client.listTools()).tools.some((t) => t.name === "hdr__echo"));
+    // the first call places the actor (a subscriber of its subject before that would hide "no responders")
+    assert.equal(text(await client.callTool({ name: "hdr__echo", arguments: { text: "first" } })), "first");
+    // what the next call's message on the bus carries, seen by a second subscriber of the actor's call subject
+    const seen: Array<{ headers?: Record<string, string> }> = [];
+    const sub = w2.nc.subscribe(subjects("mcpgw").upstream.op(sessionKey(transport.sessionId!), gw.id, "call"), { callback: (_e, m) => void seen.push(decodeJson(m.data) as { headers?: Record<string, string> }) });
+    await w2.nc.flush();
+    assert.equal(text(await client.callTool({ name: "hdr__echo", arguments: { text: "h" } })), "h");
+    sub.unsubscribe();
+    assert.ok(seen.length > 0, "the call crossed the bus");
+    for (const m of seen) assert.deepEqual(m.headers, { "x-tenant": "t1" });
     await client.close();
   });
 });

@@ -18,7 +18,7 @@ export type ViewChange = { scope: string | null; lists: ViewList[] };
  * rebuilt after any change; `onChange` hears which scopes' lists differ.
  */
 export class CatalogCache {
-  readonly #gateways = new Map<string, Watched<{ name: string; enabled: boolean }>>();
+  readonly #gateways = new Map<string, Watched<{ name: string; enabled: boolean; passthroughHeaders: string[] }>>();
   readonly #catalogs = new Map<string, Watched<Catalog>>();
   readonly #health = new Map<string, Watched<GatewayStatus["health"]>>();
   readonly #views = new Map<string | null, CatalogView>();
@@ -53,6 +53,11 @@ export class CatalogCache {
   onChange(listener: (change: ViewChange) => void): () => void {
     this.#listeners.add(listener);
     return () => this.#listeners.delete(listener);
+  }
+
+  /** The names of the downstream request's headers gateway `gid` lets through to its upstream. */
+  passthroughHeaders(gid: string): string[] {
+    return this.#gateways.get(gid)?.value.passthroughHeaders ?? [];
   }
 
   gatewayName(gid: string): string | undefined {
@@ -141,7 +146,7 @@ export class CatalogCache {
     const gid = e.key.slice(KEYS.gatewayPrefix.length);
     return this.#put(this.#gateways, gid, e, () => {
       const r = GatewayRecordSchema.safeParse(e.json());
-      return r.success ? { name: r.data.name, enabled: r.data.enabled } : undefined;
+      return r.success ? { name: r.data.name, enabled: r.data.enabled, passthroughHeaders: r.data.passthroughHeaders } : undefined;
     });
   }
 

@@ -31,6 +31,7 @@ import type { DownstreamSession, LoggingLevel } from "../../protocol/edge.ts";
 import { ProtocolError } from "../../protocol/envelope.ts";
 import type { SessionWideMessage, UpstreamCallReply, UpstreamMethod } from "../../protocol/upstream.ts";
 import type { Logger } from "../logger.ts";
+import { passthroughHeaders } from "../mcpClient.ts";
 import type { CallOutcome, Metrics } from "../metrics.ts";
 import type { SessionStore } from "../sessionStore.ts";
 import { endSpan, traceHeadersOf, traceIdOf, type Tracing } from "../tracing.ts";
@@ -165,7 +166,6 @@ export function clientMethods(deps: ClientMethodDeps): ClientMethods {
     const started = performance.now();
     // a child of the client's trace context when it sent one (`traceparent`), else a new trace
     const span = deps.tracing.startSpan(`edge ${method}`, { kind: SpanKind.SERVER, parent: ctx.headers, attributes: { "mcp.method.name": method, "mcpgw.gateway": route.gatewayName } });
-    const log = deps.log.child({ traceId: traceIdOf(span) });
     let outcome: CallOutcome = "error";
     let failure: string | undefined;
     try {
@@ -177,7 +177,8 @@ export function clientMethods(deps: ClientMethodDeps): ClientMethods {
         const reply = await deps.caller.call(
           ctx.sid,
           route.gid,
-          { method, params, requestId, headers: ctx.headers, timeoutMs: deps.callTimeoutMs, ...(ctx.streamId ? { stream: ctx.streamId } : {}), ...(ctx.spawnCapabilities ? { clientCapabilities: ctx.spawnCapabilities } : {}) },
+          // only the headers the gateway lets through travel (the actor filters by the same list)
+          { method, params, requestId, headers: passthroughHeaders(cache.passthroughHeaders(route.gid), ctx.headers), timeoutMs: deps.callTimeoutMs, ...(ctx.streamId ? { stream: ctx.streamId } : {}), ...(ctx.spawnCapabilities ? { clientCapabilities: ctx.spawnCapabilities } : {}) },
           ctx.signal,
           traceHeadersOf(span),
         );
@@ -194,7 +195,7 @@ export function clientMethods(deps: ClientMethodDeps): ClientMethods {
           outcome = "cancelled";
           throw new RpcError(ErrorCode.RequestTimeout, "cancelled by the client");
         }
-        log.error({ err, sid: ctx.sid, gid: route.gid, method }, "upstream call failed");
+        deps.log.error({ err, traceId: traceIdOf(span), sid: ctx.sid, gid: route.gid, method }, "upstream call failed");
         throw new RpcError(ErrorCode.InternalError, `gateway ${route.gatewayName}: the call failed; see the worker's log`, { gateway: route.gatewayName });
       }
     } catch (err) {
@@ -203,7 +204,8 @@ export function clientMethods(deps: ClientMethodDeps): ClientMethods {
     } finally {
       deps.metrics.call(route.gatewayName, method, outcome, (performance.now() - started) / 1000);
       endSpan(span, failure);
-      log.debug({ sid: ctx.sid, gid: route.gid, method, outcome }, "call forwarded");
+      // no logger per call: the line is built only when debug logging is on
+      if (deps.log.isLevelEnabled("debug")) deps.log.debug({ traceId: traceIdOf(span), sid: ctx.sid, gid: route.gid, method, outcome }, "call forwarded");
     }
   }
 

@@ -4,10 +4,6 @@ import type { AddressInfo } from "node:net";
 import {
   ErrorCode,
   InitializeRequestSchema,
-  isJSONRPCError,
-  isJSONRPCNotification,
-  isJSONRPCRequest,
-  isJSONRPCResponse,
   LATEST_PROTOCOL_VERSION,
   SUPPORTED_PROTOCOL_VERSIONS,
   type JSONRPCMessage,
@@ -43,7 +39,7 @@ import { capabilities, clientMethods, federatedTaskResult, initializeResult, Rpc
 import { consoleRoutes } from "./console/consoleRoutes.ts";
 import { bearerToken, HostGuard, isLoopbackAddress, SessionOwners, tokenDigests, tokenMatches } from "./security.ts";
 import { SessionLinks, parseWireId, wireKey } from "./sessionLinks.ts";
-import { accepts, HttpError, isJsonContent, parseJson, parseMessages, readBody, rpcErrorBody, sendJson, SseStream } from "./streamableHttp.ts";
+import { accepts, HttpError, isAnswer, isJsonContent, isNotification, isRequest, parseJson, parseMessages, readBody, rpcErrorBody, sendJson, SseStream } from "./streamableHttp.ts";
 
 export type Edge = Hosted & {
   /** takes no new connections; requests in flight go on until `drain` or `stop` */
@@ -194,12 +190,17 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
     },
     closing: closing.signal,
   };
+  // Stream ids and event uids need to be unique, not secret (a stream is read only through its
+  // session, by its owner): a random prefix drawn once, then a counter, no syscall per request.
+  const idPrefix = randomBytes(9).toString("base64url");
+  let idCount = 0;
+  const nextId = () => `${idPrefix}${(idCount++).toString(36)}`;
   /** a change notice goes through the stream log like every other event, so a resumed GET stream has it too */
   const stopNotices = cache.onChange(({ scope, lists }) => {
     for (const held of links.getStreams()) {
       if (held.scope !== scope) continue;
       for (const l of lists) {
-        const event: StreamEvent = { uid: `e${randomBytes(9).toString("base64url")}`, message: { jsonrpc: "2.0", method: LIST_CHANGED[l] } };
+        const event: StreamEvent = { uid: `e${nextId()}`, message: { jsonrpc: "2.0", method: LIST_CHANGED[l] } };
         try {
           publishStreamEvent(ctx.nc, ctx.s, held.sid, STREAM_GET, event);
         } catch (err) {
@@ -265,16 +266,16 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
   /**
    * Writes one stream event to a client stream: a message as it is (a server request keeps
    * its `serverRequestId`), a call's final answer as the JSON-RPC answer the live path gives.
+   * A stream's last answer goes to `end`, which writes it with the stream's end.
    */
-  const writeEvent = (sse: SseStream, streamId: string, scope: string | null, event: StreamEvent, lifecycle?: ClientStreamLifecycle): boolean => {
-    if ("message" in event) {
-      sse.write(streamEventId(streamId, event.uid), event.message);
-      return false;
-    }
+  const writeEvent = (sse: SseStream, streamId: string, scope: string | null, event: StreamEvent, lifecycle: ClientStreamLifecycle | undefined, end: (last: { id: string; message: unknown }) => void): void => {
+    const id = streamEventId(streamId, event.uid);
+    if ("message" in event) return sse.write(id, event.message);
     const verdict = lifecycle ? lifecycle.answer(event.requestId) : "write-and-end";
-    if (verdict === "drop") return false;
-    sse.write(streamEventId(streamId, event.uid), answerOf(parseWireId(event.requestId), replyOutcome(event, scope)));
-    return verdict === "write-and-end";
+    if (verdict === "drop") return;
+    const message = answerOf(parseWireId(event.requestId), replyOutcome(event, scope));
+    if (verdict === "write-and-end") end({ id, message });
+    else sse.write(id, message);
   };
 
   const handleResponses = async (sid: string, responses: JSONRPCMessage[]) => {
@@ -282,7 +283,7 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
       responses.map(async (m) => {
         const id = (m as { id?: unknown }).id;
         const target = parseServerRequestId(id);
-        const answer = UpstreamAnswerRequestSchema.safeParse(isJSONRPCError(m) ? { id, error: m.error } : { id, result: (m as { result?: unknown }).result });
+        const answer = UpstreamAnswerRequestSchema.safeParse("error" in m ? { id, error: m.error } : { id, result: (m as { result?: unknown }).result });
         if (!target || !answer.success) return void log.debug({ sid }, "ignoring a response to no request of an upstream");
         try {
           await ctx.nc.request(ctx.s.upstream.op(sid, target.gid, "answer"), encodeJson(answer.data), { timeout: ANSWER_TIMEOUT_MS });
@@ -296,7 +297,7 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
 
   const handleNotifications = (sid: string, notes: JSONRPCMessage[]) => {
     for (const m of notes) {
-      if (!isJSONRPCNotification(m)) continue;
+      if (!isNotification(m)) continue;
       if (m.method === "notifications/cancelled") {
         const p = m.params as { requestId?: unknown; reason?: unknown } | undefined;
         if (typeof p?.requestId === "string" || typeof p?.requestId === "number") {
@@ -402,8 +403,7 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
     clearInterval(keepAlive);
     if (res.writableEnded || abort.signal.aborted) return;
     if (sse) {
-      if (answer.body !== null) sse.message(answer.body);
-      return sse.end();
+      return sse.end(answer.body === null ? undefined : { message: answer.body });
     }
     if (answer.body === null) return void res.writeHead(answer.status).end();
     sendJson(res, answer.status, answer.body);
@@ -421,17 +421,17 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
       return handleStateless(req, res, json, scope, credential);
     }
     const messages = parseMessages({ json });
-    const init = messages.find((m) => isJSONRPCRequest(m) && m.method === "initialize") as JSONRPCRequest | undefined;
+    const requests = messages.filter(isRequest);
+    const init = requests.find((m) => m.method === "initialize");
     if (init) {
       if (messages.length > 1) throw new HttpError(400, ErrorCode.InvalidRequest, "Invalid Request: initialize must be sent alone");
       return handleInitialize(res, init, scope, credential);
     }
-    const requests = messages.filter(isJSONRPCRequest);
     const s = await loadSession(req, scope, credential, requests.some((r) => methods.readsViews(r)));
     const sid = s.record.sid;
     await sessions.touch(s);
     handleNotifications(sid, messages);
-    await handleResponses(sid, messages.filter((m) => isJSONRPCResponse(m) || isJSONRPCError(m)));
+    await handleResponses(sid, messages.filter(isAnswer));
     const headers = sessionHeaders(s.clientSessionId, s.record);
     if (requests.length === 0) return void res.writeHead(202, headers).end();
 
@@ -444,19 +444,19 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
     }
 
     // an SSE stream: priming event first, so the client can resume it at any worker
-    const streamId = randomBytes(12).toString("base64url");
+    const streamId = nextId();
     const lifecycle = new ClientStreamLifecycle("post", requests.map((r) => wireKey(r.id)));
     const sse = new SseStream(res, headers);
     inFlight.add(lifecycle);
     let answered = 0;
-    const finish = () => {
+    const finish = (last?: { id: string; message: unknown }) => {
       lifecycle.end();
       settled(lifecycle);
-      sse.end();
+      sse.end(last);
     };
     const release = await links.hold(sid, streamId, {
       scope,
-      deliver: (event) => void (writeEvent(sse, streamId, scope, event, lifecycle) && finish()),
+      deliver: (event) => writeEvent(sse, streamId, scope, event, lifecycle, finish),
       close: finish,
     });
     sse.onClose(() => {
@@ -470,8 +470,9 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
         const answer = await run(r, { ...base, streamId });
         const verdict = lifecycle.answer(wireKey(r.id));
         if (verdict === "drop") return;
-        if (answer) sse.write(streamEventId(streamId, `a${answered++}`), answer);
-        if (verdict === "write-and-end") finish();
+        const last = answer ? { id: streamEventId(streamId, `a${answered++}`), message: answer } : undefined;
+        if (verdict === "write-and-end") finish(last);
+        else if (last) sse.write(last.id, last.message);
       }),
     );
     release();
@@ -490,15 +491,15 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
     const sse = new SseStream(res, sessionHeaders(s.clientSessionId, s.record));
     // a resumed stream: stored events after the client's last one, then the live ones, all from the stream log
     let replay: { stop(): void } | undefined;
-    const close = () => {
+    const close = (last?: { id: string; message: unknown }) => {
       replay?.stop();
-      sse.end();
+      sse.end(last);
     };
     // the GET stream carries no answers; a resumed POST stream ends with its answer
     const lifecycle = streamId === STREAM_GET ? new ClientStreamLifecycle("get") : undefined;
     const release = await links.hold(sid, streamId, {
       scope,
-      deliver: (event) => void (resumeAt === null && writeEvent(sse, streamId, scope, event, lifecycle)),
+      deliver: (event) => void (resumeAt === null && writeEvent(sse, streamId, scope, event, lifecycle, (last) => sse.write(last.id, last.message))),
       close,
     });
     sse.onClose(() => {
@@ -507,7 +508,7 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
     });
     if (resumeAt === null) return sse.write(streamEventId(streamId, PRIMING_UID));
     try {
-      replay = await resumeStream(ctx.stores.js, ctx.stores.streamLogName, ctx.s, { sid, streamId, afterUid: resumeAt.uid }, (event) => void (writeEvent(sse, streamId, scope, event, lifecycle) && close()), guardOpts);
+      replay = await resumeStream(ctx.stores.js, ctx.stores.streamLogName, ctx.s, { sid, streamId, afterUid: resumeAt.uid }, (event) => writeEvent(sse, streamId, scope, event, lifecycle, close), guardOpts);
       if (sse.closed) replay.stop();
     } catch (err) {
       release();

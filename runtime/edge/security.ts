@@ -17,6 +17,8 @@ export function tokenMatches(token: string, tokens: Buffer[]): boolean {
   return ok;
 }
 
+const OWNER_DIGESTS_MAX = 1024;
+
 /**
  * Who owns a client session: a keyed digest of the credential that created it. The record
  * in KV (readable by `viewer`) holds the digest, never the credential; without the key,
@@ -24,6 +26,12 @@ export function tokenMatches(token: string, tokens: Buffer[]): boolean {
  */
 export class SessionOwners {
   readonly #key: Buffer;
+  /**
+   * Digests of credentials seen: an HMAC per request is measurable on the call path. Only
+   * accepted credentials get here (a configured token, or "" without client auth), so it holds
+   * at most those; bounded anyway.
+   */
+  readonly #digests = new Map<string, string>();
 
   constructor(secretKeyHex: string) {
     this.#key = Buffer.from(hkdfSync("sha256", Buffer.from(secretKeyHex, "hex"), Buffer.alloc(0), "mcpgw edge session owner", 32));
@@ -31,7 +39,13 @@ export class SessionOwners {
 
   /** The owner digest (hex) of a credential; "" is the anonymous client of `MCPGW_EDGE_AUTH=none`. */
   of(credential: string): string {
-    return createHmac("sha256", this.#key).update(credential).digest("hex");
+    let owner = this.#digests.get(credential);
+    if (owner === undefined) {
+      owner = createHmac("sha256", this.#key).update(credential).digest("hex");
+      if (this.#digests.size >= OWNER_DIGESTS_MAX) this.#digests.clear();
+      this.#digests.set(credential, owner);
+    }
+    return owner;
   }
 
   /** Whether `credential` is `owner`, in constant time. */

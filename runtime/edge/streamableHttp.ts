@@ -1,7 +1,15 @@
 // The MCP Streamable HTTP transport, server side, as the edge speaks it: bodies in, JSON or
 // SSE out. No MCP semantics here (those are clientMethods.ts); no session state (KV).
 import type { IncomingMessage, ServerResponse } from "node:http";
-import { ErrorCode, JSONRPCMessageSchema, type JSONRPCMessage } from "@modelcontextprotocol/sdk/types.js";
+import {
+  ErrorCode,
+  JSONRPCMessageSchema,
+  type JSONRPCErrorResponse,
+  type JSONRPCMessage,
+  type JSONRPCNotification,
+  type JSONRPCRequest,
+  type JSONRPCResultResponse,
+} from "@modelcontextprotocol/sdk/types.js";
 
 export class HttpError extends Error {
   constructor(
@@ -45,6 +53,21 @@ export function parseJson(body: Buffer): unknown {
   }
 }
 
+/**
+ * A request or notification as clients send nearly all of them: only the envelope's own fields,
+ * an integer or string id, params an object without `_meta`. Whatever this accepts the SDK's
+ * schema accepts too; anything else (answers, `_meta`, anything unusual) is the schema's to judge.
+ */
+function isPlainCall(m: unknown): m is JSONRPCMessage {
+  if (typeof m !== "object" || m === null || Array.isArray(m)) return false;
+  const o = m as Record<string, unknown>;
+  if (o.jsonrpc !== "2.0" || typeof o.method !== "string") return false;
+  for (const k in o) if (k !== "jsonrpc" && k !== "id" && k !== "method" && k !== "params") return false;
+  if ("id" in o && typeof o.id !== "string" && !Number.isSafeInteger(o.id)) return false;
+  const p = o.params;
+  return p === undefined || (typeof p === "object" && p !== null && !Array.isArray(p) && !("_meta" in p));
+}
+
 /** A body (raw, or already parsed JSON) as JSON-RPC messages (one or a batch), validated by the SDK's schema. */
 export function parseMessages(body: Buffer | { json: unknown }): JSONRPCMessage[] {
   const raw = Buffer.isBuffer(body) ? parseJson(body) : body.json;
@@ -52,13 +75,25 @@ export function parseMessages(body: Buffer | { json: unknown }): JSONRPCMessage[
   if (list.length === 0) throw new HttpError(400, ErrorCode.InvalidRequest, "Invalid Request: empty batch");
   if (list.length > MAX_BATCH) throw new HttpError(400, ErrorCode.InvalidRequest, `Invalid Request: a batch of more than ${MAX_BATCH} messages`);
   return list.map((m) => {
-    const r = JSONRPCMessageSchema.safeParse(m);
-    if (!r.success) throw new HttpError(400, ErrorCode.InvalidRequest, "Invalid Request: not a JSON-RPC 2.0 message");
-    const id = (r.data as { id?: unknown }).id;
+    let message: JSONRPCMessage;
+    if (isPlainCall(m)) message = m;
+    else {
+      const r = JSONRPCMessageSchema.safeParse(m);
+      if (!r.success) throw new HttpError(400, ErrorCode.InvalidRequest, "Invalid Request: not a JSON-RPC 2.0 message");
+      message = r.data;
+    }
+    const id = (message as { id?: unknown }).id;
     if (typeof id === "string" && id.length > 120) throw new HttpError(400, ErrorCode.InvalidRequest, "Invalid Request: request id longer than 120 characters");
-    return r.data;
+    return message;
   });
 }
+
+// What a message is, once parseMessages validated it (each schema of the union has its own
+// fields, so a field tells them apart without parsing again)
+export const isRequest = (m: JSONRPCMessage): m is JSONRPCRequest => "method" in m && "id" in m;
+export const isNotification = (m: JSONRPCMessage): m is JSONRPCNotification => "method" in m && !("id" in m);
+/** a client's answer to a server request: a result or an error */
+export const isAnswer = (m: JSONRPCMessage): m is JSONRPCResultResponse | JSONRPCErrorResponse => !("method" in m);
 
 /** The client takes `type` (a plain substring of Accept, as the SDK reads it). */
 export function accepts(req: IncomingMessage, type: "application/json" | "text/event-stream"): boolean {
@@ -79,17 +114,23 @@ export function rpcErrorBody(code: number, message: string, id: string | number 
 
 /**
  * One SSE response stream. Each event carries an id (`<streamId>.<uid>`) so a client that
- * loses the stream can resume after the last one it saw, at any worker.
+ * loses the stream can resume after the last one it saw, at any worker. Socket writes are
+ * what a call costs most here: the headers go out with the first event, and the last event
+ * with the end of the response, each in one write.
  */
 export class SseStream {
   #closed = false;
+  #written = false;
 
   constructor(
     private readonly res: ServerResponse,
     headers: Record<string, string>,
   ) {
     res.writeHead(200, { "content-type": "text/event-stream", "cache-control": "no-cache, no-transform", connection: "keep-alive", "x-accel-buffering": "no", ...headers });
-    res.flushHeaders();
+    // a stream with nothing to send at once still shows the client it is open, on the next turn
+    setImmediate(() => {
+      if (!this.#written && !this.closed) res.flushHeaders();
+    });
     res.on("close", () => (this.#closed = true));
   }
 
@@ -99,28 +140,41 @@ export class SseStream {
 
   /** An event: a JSON-RPC message, or no data (the priming event). */
   write(id: string, message?: unknown): void {
-    if (this.closed) return;
-    this.res.write(message === undefined ? `id: ${id}\ndata: \n\n` : `id: ${id}\nevent: message\ndata: ${JSON.stringify(message)}\n\n`);
+    this.#send(sseEvent(id, message));
   }
 
   /** A comment line: keeps a quiet stream open behind proxies and clients with a read timeout. */
   comment(): void {
-    if (!this.closed) this.res.write(": ping\n\n");
+    this.#send(": ping\n\n");
   }
 
   /** An event without an id (the stateless revision's streams do not resume). */
   message(message: unknown): void {
-    if (this.closed) return;
-    this.res.write(`event: message\ndata: ${JSON.stringify(message)}\n\n`);
+    this.#send(sseEvent(undefined, message));
   }
 
-  end(): void {
+  /** Ends the stream, after its last event when there is one (in the same write). */
+  end(last?: { id?: string; message: unknown }): void {
     if (this.closed) return;
     this.#closed = true;
-    this.res.end();
+    this.#written = true;
+    if (last) this.res.end(sseEvent(last.id, last.message));
+    else this.res.end();
   }
 
   onClose(f: () => void): void {
     this.res.on("close", f);
   }
+
+  #send(text: string): void {
+    if (this.closed) return;
+    this.#written = true;
+    this.res.write(text);
+  }
+}
+
+/** One SSE event's text: with an id or without, a JSON-RPC message or no data (a priming event). */
+function sseEvent(id: string | undefined, message: unknown): string {
+  const head = id === undefined ? "" : `id: ${id}\n`;
+  return message === undefined ? `${head}data: \n\n` : `${head}event: message\ndata: ${JSON.stringify(message)}\n\n`;
 }
