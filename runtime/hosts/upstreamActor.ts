@@ -3,8 +3,8 @@
 // relay of what its upstream says to the client (clientChannel.ts); its calls: upstreamCalls.ts.
 import type { Subscription } from "@nats-io/transport-node";
 import { ErrorCode, type Notification } from "@modelcontextprotocol/sdk/types.js";
-import { createActor, fromPromise, type Actor } from "xstate";
-import { stateName, upstreamSessionMachine, type ProbeMethod, type ProbeOutcome, type UpstreamSessionMachine } from "../../actors/upstreamSession/machine.ts";
+import { createActor, type Actor } from "xstate";
+import { stateName, upstreamSessionMachine, type ProbeMethod, type ProbeOutcome, type UpstreamSessionEffects, type UpstreamSessionMachine } from "../../actors/upstreamSession/machine.ts";
 import type { LoggingLevel } from "../../protocol/edge.ts";
 import { fail, ok, parseRequest, type Envelope } from "../../protocol/envelope.ts";
 import type { GatewayRecord } from "../../protocol/gateway.ts";
@@ -169,91 +169,91 @@ export function createUpstreamActor(
 
   // ---- the machine ----
 
-  const machine = upstreamSessionMachine.provide({
-    actors: {
-      connect: fromPromise<void>(async ({ signal }) => {
-        const previous = conn;
-        conn = null;
-        // grace, then force, for a connection replaced after a failed probe
-        if (previous) void closeWithin(previous, shutdownMs);
-        // the era discovery found: a session connect then probes server/discover only while it is unknown
-        const [session, era] = await Promise.all([
-          (preloaded ?? deps.sessions.load(sid)).catch(() => null),
-          record.transport === "streamable-http" ? knownEra(ctx.stores.catalog, gid).catch(() => undefined) : undefined,
-        ]);
-        preloaded = undefined;
-        const capabilities = session?.record.capabilities ?? start.capabilities ?? {};
-        clientCanListRoots = Boolean((capabilities.roots as { listChanged?: boolean } | undefined)?.listChanged);
-        // declared before the connect: the transport may report a close while it is still connecting
-        let opened: EraConnection | null = null;
-        opened = await connectEitherEra({
-          record,
-          open: (sealed, id) => ctx.box.open(sealed, id),
-          initialHeaders: () => latestHeaders,
-          timeoutMs: config.intervals.callTimeout,
-          outbound: config.outbound,
-          dispatcher: ctx.upstreamAgent,
-          // the raw answer (SSE framing, JSON-RPC envelope) may be a little larger than the result it carries
-          maxAnswerBytes: requestLimit,
-          signal,
-          // exactly what the client declared: the upstream offers through mcpgw what it offers the client directly
-          capabilities,
-          onNotification: onUpstreamNotification,
-          onRequest: (req, { related, signal }) => channel.ask(channel.streamOf(related as CallRequest | undefined), req, signal),
-          onClosed: () => {
-            if (opened !== null && conn === opened.conn) actor.send({ type: "CLOSE", reason: "the upstream closed the connection", cause: "upstream_closed" });
-          },
-          onError: (err) => log.debug({ gid, err: scrub.text(err.message) }, "upstream transport reported an error"),
-        }, era).catch((err: unknown) => {
-          // its text becomes the close reason, which the spawner answers with
-          throw scrubbedError(err, scrub);
-        });
-        if (signal.aborted) {
-          opened.conn.forceClose();
-          throw new Error("closed while connecting");
-        }
-        // a stateless upstream keeps nothing between requests: no level or subscription to restore
-        if (opened.era === "session") await restoreSessionState(opened.conn, session?.record.logLevel, session?.record.subscriptions?.[gid] ?? []);
-        conn = opened.conn;
-        log.debug({ sid, gid, era: opened.era }, "upstream session connected");
-      }),
-      probe: fromPromise<ProbeOutcome, { method: ProbeMethod }>(async ({ input }) => {
-        // the revision removed ping: the probe goes on to its next method without asking
-        if (input.method === "ping" && !("client" in conn!)) return "method_not_found";
-        const outcome = await conn!.request({ method: input.method }, { headers: latestHeaders, signal: AbortSignal.timeout(config.intervals.probeTimeout) });
-        // any answer, even an error, shows the session alive
-        return "rpcError" in outcome && outcome.rpcError.code === ErrorCode.MethodNotFound ? "method_not_found" : "ok";
-      }),
-      closeGracefully: fromPromise<void>(async () => {
-        await conn?.close();
-      }),
-      forceClose: fromPromise<void>(async () => {
-        conn?.forceClose();
-      }),
+  const effects: UpstreamSessionEffects = {
+    async connect(signal) {
+      const previous = conn;
+      conn = null;
+      // grace, then force, for a connection replaced after a failed probe
+      if (previous) void closeWithin(previous, shutdownMs);
+      // the era discovery found: a session connect then probes server/discover only while it is unknown
+      const [session, era] = await Promise.all([
+        (preloaded ?? deps.sessions.load(sid)).catch(() => null),
+        record.transport === "streamable-http" ? knownEra(ctx.stores.catalog, gid).catch(() => undefined) : undefined,
+      ]);
+      preloaded = undefined;
+      const capabilities = session?.record.capabilities ?? start.capabilities ?? {};
+      clientCanListRoots = Boolean((capabilities.roots as { listChanged?: boolean } | undefined)?.listChanged);
+      // declared before the connect: the transport may report a close while it is still connecting
+      let opened: EraConnection | null = null;
+      opened = await connectEitherEra({
+        record,
+        open: (sealed, id) => ctx.box.open(sealed, id),
+        initialHeaders: () => latestHeaders,
+        timeoutMs: config.intervals.callTimeout,
+        outbound: config.outbound,
+        dispatcher: ctx.upstreamAgent,
+        // the raw answer (SSE framing, JSON-RPC envelope) may be a little larger than the result it carries
+        maxAnswerBytes: requestLimit,
+        signal,
+        // exactly what the client declared: the upstream offers through mcpgw what it offers the client directly
+        capabilities,
+        onNotification: onUpstreamNotification,
+        onRequest: (req, { related, signal }) => channel.ask(channel.streamOf(related as CallRequest | undefined), req, signal),
+        onClosed: () => {
+          if (opened !== null && conn === opened.conn) actor.send({ type: "CLOSE", reason: "the upstream closed the connection", cause: "upstream_closed" });
+        },
+        onError: (err) => log.debug({ gid, err: scrub.text(err.message) }, "upstream transport reported an error"),
+      }, era).catch((err: unknown) => {
+        // its text becomes the close reason, which the spawner answers with
+        throw scrubbedError(err, scrub);
+      });
+      if (signal.aborted) {
+        opened.conn.forceClose();
+        throw new Error("closed while connecting");
+      }
+      // a stateless upstream keeps nothing between requests: no level or subscription to restore
+      if (opened.era === "session") await restoreSessionState(opened.conn, session?.record.logLevel, session?.record.subscriptions?.[gid] ?? []);
+      conn = opened.conn;
+      log.debug({ sid, gid, era: opened.era }, "upstream session connected");
     },
-    actions: {
-      startCalls: (_, p) => p.calls.forEach((c) => void calls.run(c)),
-      failCalls: (_, p) => p.calls.forEach((c) => calls.fail(c, p.reason)),
-      abortCalls: (_, p) => p.calls.forEach((c) => calls.abort(c, p.reason)),
-      stopTakingCalls: () => {
-        // calls go to a new actor elsewhere; the client's answers and cancellations still come here
-        address.unsubscribe();
-        address = listen(nc, s.upstream.op(sid, gid, "answer"), (msg) => receive(null, msg), guard);
-        extra = listen(nc, s.upstream.op(sid, gid, "notify"), (msg) => receive(null, msg), guard);
-      },
-      stopAccepting: () => {
-        address.unsubscribe();
-        extra?.unsubscribe();
-        sessionWide.unsubscribe();
-      },
-      giveUp: (_, p) => log.error({ sid, gid, reason: p.reason }, "upstream session did not close within 2× shutdownTimeout; abandoned"),
+    async probe(method: ProbeMethod): Promise<ProbeOutcome> {
+      // the revision removed ping: the probe goes on to its next method without asking
+      if (method === "ping" && !("client" in conn!)) return "method_not_found";
+      const outcome = await conn!.request({ method }, { headers: latestHeaders, signal: AbortSignal.timeout(config.intervals.probeTimeout) });
+      // any answer, even an error, shows the session alive
+      return "rpcError" in outcome && outcome.rpcError.code === ErrorCode.MethodNotFound ? "method_not_found" : "ok";
     },
-    delays: {
-      probeTimeout: config.intervals.probeTimeout,
-      shutdownTimeout: shutdownMs,
+    async closeGracefully() {
+      await conn?.close();
+    },
+    async forceClose() {
+      conn?.forceClose();
+    },
+    startCalls: (list) => list.forEach((c) => void calls.run(c)),
+    failCalls: (list, reason) => list.forEach((c) => calls.fail(c, reason)),
+    abortCalls: (list, reason) => list.forEach((c) => calls.abort(c, reason)),
+    stopTakingCalls: () => {
+      // calls go to a new actor elsewhere; the client's answers and cancellations still come here
+      address.unsubscribe();
+      address = listen(nc, s.upstream.op(sid, gid, "answer"), (msg) => receive(null, msg), guard);
+      extra = listen(nc, s.upstream.op(sid, gid, "notify"), (msg) => receive(null, msg), guard);
+    },
+    stopAccepting: () => {
+      address.unsubscribe();
+      extra?.unsubscribe();
+      sessionWide.unsubscribe();
+    },
+    giveUp: (reason) => log.error({ sid, gid, reason }, "upstream session did not close within 2× shutdownTimeout; abandoned"),
+  };
+  const actor = createActor(upstreamSessionMachine, {
+    input: {
+      effects,
+      idleValidationMs: config.intervals.idleValidation,
+      sessionIdleTtlMs: config.intervals.sessionIdleTtl,
+      probeTimeoutMs: config.intervals.probeTimeout,
+      shutdownTimeoutMs: shutdownMs,
     },
   });
-  const actor = createActor(machine, { input: { idleValidationMs: config.intervals.idleValidation, sessionIdleTtlMs: config.intervals.sessionIdleTtl } });
   const closeReason = () => actor.getSnapshot().context.closeReason || "session closing";
 
   // ---- its address ----
