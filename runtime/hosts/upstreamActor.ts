@@ -38,6 +38,8 @@ export type UpstreamActor = {
   /** resolves once connected, rejects with the close reason when it closes first */
   whenReady(): Promise<void>;
   info(): UpstreamSessionInfo;
+  /** what the client said to all of its upstream sessions (`upstream.sessionWide`), handed over by the host */
+  sessionWide(data: Uint8Array): void;
   /** claiming or open: it serves (or will serve) calls */
   serving(): boolean;
   closeReason(): string;
@@ -146,6 +148,7 @@ export function createUpstreamActor(
   }
 
   function onSessionWide(data: Uint8Array): void {
+    if (!accepting) return;
     const m = SessionWideMessageSchema.safeParse(safeJson(data));
     if (!m.success) return void log.debug({ sid, gid }, "malformed session-wide message ignored");
     const c = conn;
@@ -241,7 +244,7 @@ export function createUpstreamActor(
     stopAccepting: () => {
       address.unsubscribe();
       extra?.unsubscribe();
-      sessionWide.unsubscribe();
+      accepting = false;
     },
     giveUp: (reason) => log.error({ sid, gid, reason }, "upstream session did not close within 2× shutdownTimeout; abandoned"),
   };
@@ -297,13 +300,14 @@ export function createUpstreamActor(
   // every part of a request carries its requester's inbox, so the guard sees each part
   let address: Subscription = listen(nc, s.upstream.actor(sid, gid), (msg) => receive(null, msg), guard);
   let extra: Subscription | undefined;
-  const sessionWide = listen(nc, s.upstream.sessionWide(sid), (msg) => onSessionWide(msg.data), { log, refusals: ctx.refusals, expect: "message" });
+  /** takes session-wide messages until it closes (the host's one subscription hands them over) */
+  let accepting = true;
 
   const done = new Promise<"closed" | "abandoned">((resolve) => {
     const end = () => {
       address.unsubscribe();
       extra?.unsubscribe();
-      sessionWide.unsubscribe();
+      accepting = false;
       const snap = actor.getSnapshot();
       // calls a lost claim held are the holder's to answer
       if (snap.value === "abandoned") snap.context.queued.forEach(calls.forget);
@@ -346,6 +350,7 @@ export function createUpstreamActor(
     done,
     info,
     closeReason,
+    sessionWide: onSessionWide,
     serving: () => {
       const snap = actor.getSnapshot();
       return snap.status === "active" && (snap.matches("claiming") || snap.matches("open"));

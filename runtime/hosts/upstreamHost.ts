@@ -24,7 +24,7 @@ import {
   type UpstreamSessionInfo,
 } from "../../protocol/upstream.ts";
 import type { GatewayUsage, UsageReport } from "../../protocol/usage.ts";
-import { encodeJson, gather, isNoResponders, serve, unwrapReply } from "../bus.ts";
+import { encodeJson, gather, isNoResponders, listen, serve, unwrapReply } from "../bus.ts";
 import { followEvents, publishCore } from "../events.ts";
 import type { Logger } from "../logger.ts";
 import { SessionStore, type LoadedSession } from "../sessionStore.ts";
@@ -62,6 +62,8 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
   /** every actor of this worker, by `<sid>.<gid>`: the serving one, and those still closing */
   const actors = new Map<string, UpstreamActor>();
   const closing = new Set<UpstreamActor>();
+  /** every actor of this worker (serving or closing) by its client session: session-wide messages go to them */
+  const bySession = new Map<string, UpstreamActor[]>();
   const activating = new Map<string, Promise<{ worker: string; created: boolean }>>();
   const usage = new Map<string, { uses: number; lastUsedAt: number | null }>();
   let stopping = false;
@@ -94,9 +96,13 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
   function host(sid: string, gid: string, record: GatewayRecord, spawn: Spawn, session?: Promise<LoadedSession | null>): UpstreamActor {
     const a = createUpstreamActor(deps, sid, gid, record, spawn.headers, { ...(spawn.clientCapabilities ? { capabilities: spawn.clientCapabilities } : {}), ...(session ? { session } : {}) });
     actors.set(keyOf(sid, gid), a);
+    bySession.set(sid, [...(bySession.get(sid) ?? []), a]);
     void a.done.then(async (how) => {
       if (actors.get(keyOf(sid, gid)) === a) actors.delete(keyOf(sid, gid));
       closing.delete(a);
+      const others = bySession.get(sid)?.filter((x) => x !== a) ?? [];
+      if (others.length) bySession.set(sid, others);
+      else bySession.delete(sid);
       if (how === "abandoned") return;
       // every way into `closing` names its cause
       ctx.metrics.upstreamSessionClosed(record.name, a.actor.getSnapshot().context.closeCause!);
@@ -257,6 +263,17 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
   }
   const subs: Subscription[] = [
     spawns,
+    // one subscription for every session's session-wide messages, not one per actor (they are
+    // messages, not requests: a worker with no actor of that session drops them)
+    listen(
+      nc,
+      s.upstream.sessionWideAll,
+      (msg) => {
+        const sid = s.parseSessionWide(msg.subject);
+        for (const a of (sid && bySession.get(sid)) || []) a.sessionWide(msg.data);
+      },
+      { ...opts, expect: "message" },
+    ),
     serve(nc, s.upstream.snapshot, (p) => ({ worker: me, sessions: snapshot(parseRequest(WorkerSnapshotRequestSchema, p, "snapshot request")) }), opts),
     serve(nc, s.upstream.evict, (p) => ({ worker: me, evicted: evict(evictionOnRequest(parseRequest(WorkerEvictRequestSchema, p, "evict request"))) }), opts),
   ];
