@@ -20,7 +20,7 @@ import { callMessageLimit, publishWhole, wholeRequests, type WholeRequest } from
 import type { Logger } from "../logger.ts";
 import { closeWithin, type UpstreamConnection } from "../mcpClient.ts";
 import { connectEitherEra, knownEra, type EraConnection } from "../revision2026Upstream.ts";
-import { gatewayScrubber, scrubbedError } from "../secretScrubber.ts";
+import { gatewayScrubber, scrubbedError, type Scrubber } from "../secretScrubber.ts";
 import type { LoadedSession, SessionStore } from "../sessionStore.ts";
 import type { WorkerContext } from "../worker.ts";
 import { clientChannel } from "./clientChannel.ts";
@@ -45,6 +45,14 @@ export type UpstreamActor = {
   closeReason(): string;
 };
 
+/** A gateway as its actors use it: its record, and the scrubber of its opened secrets (one per gateway revision, shared by its sessions). */
+export type HostedGateway = { record: GatewayRecord; scrub: Scrubber };
+
+/** Builds the shared part of a gateway for its actors. */
+export function hostedGateway(record: GatewayRecord, open: (sealed: string, gid: string) => string): HostedGateway {
+  return { record, scrub: gatewayScrubber(record, open) };
+}
+
 export type ActorDeps = {
   ctx: WorkerContext;
   log: Logger;
@@ -66,7 +74,7 @@ export function createUpstreamActor(
   deps: ActorDeps,
   sid: string,
   gid: string,
-  record: GatewayRecord,
+  gateway: HostedGateway,
   headers: Record<string, string>,
   start: { capabilities?: Record<string, unknown>; session?: Promise<LoadedSession | null> } = {},
 ): UpstreamActor {
@@ -75,8 +83,8 @@ export function createUpstreamActor(
   const shutdownMs = config.intervals.shutdownTimeout;
   /** a call's request, with what wraps it, is held to a little more than the edge's body limit */
   const requestLimit = callMessageLimit(config.edge.maxBodyBytes);
+  const { record, scrub } = gateway;
   const label = `${record.name} (${record.id})`;
-  const scrub = gatewayScrubber(record, (sealed, id) => ctx.box.open(sealed, id));
   const channel = clientChannel({
     nc,
     s,
