@@ -1,5 +1,5 @@
-// One upstream session actor on this worker: its machine (actors/upstreamSession/machine.ts)
-// with the effects provided (connect, probe, close, calls), its address on the bus, and the
+// One upstream session actor on this worker: its machine (actors/upstreamSession/machine.ts,
+// one for the process) with this actor's effects in its input (connect, probe, close, calls), its address on the bus, and the
 // relay of what its upstream says to the client (clientChannel.ts); its calls: upstreamCalls.ts.
 import type { Subscription } from "@nats-io/transport-node";
 import { ErrorCode, type Notification } from "@modelcontextprotocol/sdk/types.js";
