@@ -6,7 +6,7 @@
 // Run: node --import tsx bench/actorCallCost.bench.ts   (ACTORCOST_N: operations per figure, 20,000)
 import { headers as natsHeaders } from "@nats-io/transport-node";
 import { SpanKind } from "@opentelemetry/api";
-import { createActor, fromPromise } from "xstate";
+import { createActor } from "xstate";
 import { upstreamSessionMachine } from "../actors/upstreamSession/machine.ts";
 import { parseRequest } from "../protocol/envelope.ts";
 import { UpstreamCallReplySchema, UpstreamCallRequestSchema } from "../protocol/upstream.ts";
@@ -26,8 +26,23 @@ function cpuPerOp(f: (i: number) => void): number {
   return (d.user + d.system) / N;
 }
 
-const machine = upstreamSessionMachine.provide({ actors: { connect: fromPromise(async () => {}) }, actions: { startCalls: () => {} } });
-const actor = createActor(machine, { input: {} }).start();
+const nothing = () => {};
+const actor = createActor(upstreamSessionMachine, {
+  input: {
+    effects: {
+      connect: async () => {},
+      probe: async () => "ok",
+      closeGracefully: async () => {},
+      forceClose: async () => {},
+      startCalls: nothing,
+      failCalls: nothing,
+      abortCalls: nothing,
+      stopTakingCalls: nothing,
+      stopAccepting: nothing,
+      giveUp: nothing,
+    },
+  },
+}).start();
 actor.send({ type: "CLAIMED" });
 await new Promise((r) => setTimeout(r, 10));
 

@@ -6,9 +6,14 @@
 // Reports the worker's memory per session (RSS and heap growth ÷ sessions, upstream MCP client
 // included), what holds it (two heap snapshots: their difference per session, by constructor),
 // and tools/call latency on random sessions while all of them are alive.
+// The heap snapshots come last: writing one makes V8 and the allocator take native memory the
+// process keeps (about the heap's size again), which would count as the sessions' RSS. The
+// first is taken with every session alive, the second after SESSIONS_SNAPSHOT_CLOSE of them
+// were closed (DELETE); what closing them freed, per session, is what a live session holds.
 // Run: node --import tsx bench/sessions.bench.ts
-// SESSIONS_COUNT (10000), SESSIONS_PARALLEL (32 opened at once), SESSIONS_SNAPSHOT_AT (500: heap
-// snapshots at the warm-up and at this many sessions; 0 for none), SESSIONS_CALLS (1000).
+// SESSIONS_COUNT (10000), SESSIONS_PARALLEL (32 opened at once), SESSIONS_SNAPSHOT_CLOSE (500; 0:
+// no snapshots), SESSIONS_CALLS (1000), SESSIONS_NODE_ARGS (V8 flags for the worker, e.g.
+// "--max-semi-space-size=1").
 import { spawn } from "node:child_process";
 import { once } from "node:events";
 import { mkdtempSync, readdirSync, rmSync, statSync } from "node:fs";
@@ -28,7 +33,8 @@ import { loadAverage, msFine, report, rssMbOf, stats } from "./report.ts";
 const num = (name: string, dflt: number) => Number(process.env[name] ?? dflt);
 const COUNT = num("SESSIONS_COUNT", 10_000);
 const PARALLEL = num("SESSIONS_PARALLEL", 32);
-const SNAPSHOT_AT = num("SESSIONS_SNAPSHOT_AT", 500);
+const SNAPSHOT_CLOSE = num("SESSIONS_SNAPSHOT_CLOSE", 500);
+const NODE_ARGS = (process.env.SESSIONS_NODE_ARGS ?? "").split(" ").filter(Boolean);
 const CALLS = num("SESSIONS_CALLS", 1_000);
 /** sessions opened before the baseline, so code loaded and caches filled on first use are not counted per session */
 const WARM = 20;
@@ -76,12 +82,13 @@ async function openSession(url: string): Promise<string> {
 }
 
 /** The worker's own figures from its /metrics: heap, and the upstream sessions it hosts. */
-async function scrape(edge: string): Promise<{ heapUsed: number; heapTotal: number; upstreamSessions: number }> {
+async function scrape(edge: string): Promise<{ heapUsed: number; heapTotal: number; external: number; upstreamSessions: number }> {
   const text = await (await fetch(new URL("/metrics", edge))).text();
   const value = (re: RegExp) => [...text.matchAll(re)].reduce((n, m) => n + Number(m[1]), 0);
   return {
     heapUsed: value(/^nodejs_heap_size_used_bytes (\S+)$/gm),
     heapTotal: value(/^nodejs_heap_size_total_bytes (\S+)$/gm),
+    external: value(/^nodejs_external_memory_bytes (\S+)$/gm),
     upstreamSessions: value(/^mcpgw_upstream_sessions\{[^}]*\} (\S+)$/gm),
   };
 }
@@ -113,7 +120,7 @@ async function main() {
   nats = await startNats();
   lean = spawn(process.execPath, ["--import", "tsx", resolve(ROOT, "test/fixtures/rawUpstreamProcess.ts")], { stdio: ["ignore", "pipe", "inherit"] });
   const leanUrl = `http://127.0.0.1:${/port (\d+)/.exec(String((await once(lean.stdout!, "data"))[0]))![1]}/mcp`;
-  const nodeArgs = SNAPSHOT_AT > 0 ? ["--heapsnapshot-signal=SIGUSR2", `--diagnostic-dir=${dir}`] : [];
+  const nodeArgs = [...NODE_ARGS, ...(SNAPSHOT_CLOSE > 0 ? ["--heapsnapshot-signal=SIGUSR2", `--diagnostic-dir=${dir}`] : [])];
   worker = run(process.execPath, [...nodeArgs, "--import", "tsx", resolve(ROOT, "runtime/main.ts")], workerEnv(nats, TEST_SECRET_KEY, { MCPGW_WORKER_ID: "sessions", MCPGW_LOG_LEVEL: "warn" }));
   const edge = await edgeUrlOf(worker);
   const pid = worker.child.pid!;
@@ -152,17 +159,7 @@ async function main() {
 
   await openUntil(WARM);
   await sleep(2_000);
-  const snap0 = SNAPSHOT_AT > 0 ? await snapshot(edge) : null;
   const base = { rss: rssMbOf(pid), ...(await scrape(edge)), sessions: sessions.length };
-  let perSession: ReturnType<typeof growthPer> | null = null;
-  if (snap0 && SNAPSHOT_AT > WARM && SNAPSHOT_AT < COUNT) {
-    await openUntil(SNAPSHOT_AT);
-    await sleep(2_000);
-    const snap1 = await snapshot(edge);
-    perSession = growthPer(holdings(snap0), holdings(snap1), sessions.length - base.sessions);
-    rmSync(snap1);
-  }
-  if (snap0) rmSync(snap0);
   const loadOpen = loadAverage();
   await openUntil(COUNT);
   await sleep(5_000);
@@ -192,18 +189,40 @@ async function main() {
   );
   const parallelRate = parallel.length / ((performance.now() - p0) / 1000);
   const after = await scrape(edge);
+  const rssAfterCalls = rssMbOf(pid);
+
+  // what a live session holds: the heap freed by closing some of them, between two snapshots
+  let perSession: ReturnType<typeof growthPer> | null = null;
+  const closed = Math.min(SNAPSHOT_CLOSE, sessions.length - 1);
+  if (closed > 0) {
+    const live = await snapshot(edge);
+    const alive = holdings(live);
+    rmSync(live);
+    const gone = sessions.splice(0, closed);
+    for (let i = 0; i < gone.length; i += PARALLEL) {
+      await Promise.all(gone.slice(i, i + PARALLEL).map((id) => fetch(edge, { method: "DELETE", headers: { "mcp-session-id": id, "mcp-protocol-version": PROTOCOL_VERSION } })));
+    }
+    const left = after.upstreamSessions - closed;
+    await until("the closed sessions' upstream sessions gone", async () => (await scrape(edge)).upstreamSessions <= left, 5 * WAIT_MS);
+    await sleep(2_000);
+    const fewer = await snapshot(edge);
+    perSession = growthPer(holdings(fewer), alive, closed);
+    rmSync(fewer);
+  }
   const seq = stats(latencies);
   const par = stats(parallel);
 
   const rows: Array<[string, string]> = [
     ["client sessions open (each with its upstream session)", `${all.sessions.toLocaleString("en")}; failed ${failures.length}${failures[0] ? ` (${failures[0]})` : ""}; upstream sessions the worker reports: ${after.upstreamSessions.toLocaleString("en")}`],
     ["opened per second (initialize, initialized, first call; " + PARALLEL + " at once)", `${(all.sessions / (openMs / 1000)).toFixed(0)} (load average ${loadOpen})`],
-    ["worker RSS: idle, after the warm-up, with every session", `${rssIdle.toFixed(0)} MB, ${base.rss.toFixed(0)} MB, ${all.rss.toFixed(0)} MB`],
+    ["worker RSS: idle, after the warm-up, with every session, after the calls", `${rssIdle.toFixed(0)} MB, ${base.rss.toFixed(0)} MB, ${all.rss.toFixed(0)} MB, ${rssAfterCalls.toFixed(0)} MB`],
     ["RSS per session [≤ 100 KB]", kb(((all.rss - base.rss) * 1024 * 1024) / added)],
     ["heap used per session (no forced GC) [≤ 100 KB]", `${kb((all.heapUsed - base.heapUsed) / added)} (heap used ${(all.heapUsed / 2 ** 20).toFixed(0)} MB of ${(all.heapTotal / 2 ** 20).toFixed(0)} MB)`],
+    ["heap committed (heapTotal) and external memory per session", `${kb((all.heapTotal - base.heapTotal) / added)}, ${kb((all.external - base.external) / added)}`],
+    ["worker flags", NODE_ARGS.join(" ") || "none"],
   ];
   if (perSession) {
-    rows.push([`heap retained per session (snapshots at ${base.sessions} and ${SNAPSHOT_AT}, after GC)`, kb(perSession.total)]);
+    rows.push([`heap a live session holds (snapshots after GC: ${after.upstreamSessions.toLocaleString("en")} sessions, then ${closed} closed)`, kb(perSession.total)]);
     for (const r of perSession.rows.slice(0, 8)) rows.push([`  … ${r.what}`, `${kb(r.bytes)} (${r.count.toFixed(1)} objects)`]);
     // the classes among them say whose objects these are (the SDK client, XState, nats.js, undici…)
     const named = perSession.rows.filter((r) => /^[A-Z]/.test(r.what) && !/^(Object|Array|Map|Set|Promise|system \/)/.test(r.what) && r.count >= 0.9);

@@ -118,6 +118,8 @@ export function subjects(prefix: string = DEFAULT_PREFIX) {
        * to all of its upstreams (`notifications/roots/list_changed`, `logging/setLevel`)
        */
       sessionWide: (sid: string) => `${p}.internal.session.${token(sid, "session id")}.upstreams`,
+      /** every session's session-wide messages: one subscription per worker, handed to its actors of that session */
+      sessionWideAll: `${p}.internal.session.*.upstreams`,
     },
     stream: {
       /**
@@ -172,6 +174,11 @@ export function subjects(prefix: string = DEFAULT_PREFIX) {
     parseEdgeCancel(subject: string): string | null {
       const parts = subject.split(".");
       return parts.length === 5 && parts[0] === p && parts[2] === "edge" && parts[4] === "cancel" ? parts[3]! : null;
+    },
+    /** parse `<p>.internal.session.<sid>.upstreams` → sid */
+    parseSessionWide(subject: string): string | null {
+      const parts = subject.split(".");
+      return parts.length === 5 && parts[0] === p && parts[1] === "internal" && parts[2] === "session" && parts[4] === "upstreams" ? parts[3]! : null;
     },
     /** parse `<p>.stream.<sid>.<streamId>.<kind>` */
     parseStream(subject: string): { sid: string; streamId: string; kind: StreamEventKind } | null {

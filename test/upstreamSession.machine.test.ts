@@ -1,14 +1,36 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { createActor, fromPromise, SimulatedClock } from "xstate";
-import { stateName, upstreamSessionMachine, type ProbeMethod, type ProbeOutcome } from "../actors/upstreamSession/machine.ts";
+import { createActor, SimulatedClock } from "xstate";
+import { stateName, upstreamSessionMachine, type ProbeMethod, type ProbeOutcome, type UpstreamSessionEffects } from "../actors/upstreamSession/machine.ts";
 
 const IDLE_VALIDATION = 60_000;
 const IDLE_TTL = 30 * 60_000;
 const SHUTDOWN = 5_000;
 
 /** the machine's clock is the simulated one, so idleness is measured in simulated time */
-const inputOf = (clock: SimulatedClock) => ({ now: () => clock.now(), idleValidationMs: IDLE_VALIDATION, sessionIdleTtlMs: IDLE_TTL });
+const inputOf = (clock: SimulatedClock, effects: UpstreamSessionEffects) => ({
+  effects,
+  now: () => clock.now(),
+  idleValidationMs: IDLE_VALIDATION,
+  sessionIdleTtlMs: IDLE_TTL,
+  probeTimeoutMs: 5_000,
+  shutdownTimeoutMs: SHUTDOWN,
+});
+
+/** Effects that do nothing and succeed, with `some` in their place. */
+const fakeEffects = (some: Partial<UpstreamSessionEffects>): UpstreamSessionEffects => ({
+  connect: async () => {},
+  probe: async () => "ok",
+  closeGracefully: async () => {},
+  forceClose: async () => {},
+  startCalls: () => {},
+  failCalls: () => {},
+  abortCalls: () => {},
+  stopTakingCalls: () => {},
+  stopAccepting: () => {},
+  giveUp: () => {},
+  ...some,
+});
 
 type ProbeScript = Partial<Record<ProbeMethod, ProbeOutcome | "transport_error" | "hang">>;
 
@@ -16,36 +38,31 @@ type ProbeScript = Partial<Record<ProbeMethod, ProbeOutcome | "transport_error" 
 function harness(opts: { probes?: ProbeScript; closeHangs?: boolean; forceHangs?: boolean } = {}) {
   const log = { connects: 0, probes: [] as ProbeMethod[], started: [] as string[], failed: [] as string[], gaveUp: 0, stopped: 0, forced: 0 };
   const never = new Promise<never>(() => {});
-  const machine = upstreamSessionMachine.provide({
-    actors: {
-      connect: fromPromise(async () => {
-        log.connects += 1;
-      }),
-      probe: fromPromise<ProbeOutcome, { method: ProbeMethod }>(async ({ input }) => {
-        log.probes.push(input.method);
-        const outcome = opts.probes?.[input.method] ?? "ok";
-        if (outcome === "transport_error") throw new Error("socket hang up");
-        if (outcome === "hang") return never;
-        return outcome;
-      }),
-      closeGracefully: fromPromise(async () => {
-        if (opts.closeHangs) await never;
-      }),
-      forceClose: fromPromise(async () => {
-        log.forced += 1;
-        if (opts.forceHangs) await never;
-      }),
+  const effects = fakeEffects({
+    connect: async () => {
+      log.connects += 1;
     },
-    actions: {
-      startCalls: (_, p) => void log.started.push(...p.calls.map((c) => c.id)),
-      failCalls: (_, p) => void log.failed.push(...p.calls.map((c) => c.id)),
-      stopAccepting: () => void (log.stopped += 1),
-      giveUp: () => void (log.gaveUp += 1),
+    probe: async (method) => {
+      log.probes.push(method);
+      const outcome = opts.probes?.[method] ?? "ok";
+      if (outcome === "transport_error") throw new Error("socket hang up");
+      if (outcome === "hang") return never;
+      return outcome;
     },
-    delays: { probeTimeout: 5_000, shutdownTimeout: SHUTDOWN },
+    closeGracefully: async () => {
+      if (opts.closeHangs) await never;
+    },
+    forceClose: async () => {
+      log.forced += 1;
+      if (opts.forceHangs) await never;
+    },
+    startCalls: (calls) => void log.started.push(...calls.map((c) => c.id)),
+    failCalls: (calls) => void log.failed.push(...calls.map((c) => c.id)),
+    stopAccepting: () => void (log.stopped += 1),
+    giveUp: () => void (log.gaveUp += 1),
   });
   const clock = new SimulatedClock();
-  const actor = createActor(machine, { clock, input: inputOf(clock) }).start();
+  const actor = createActor(upstreamSessionMachine, { clock, input: inputOf(clock, effects) }).start();
   actor.send({ type: "CLAIMED" });
   return { actor, clock, log, state: () => stateName(actor.getSnapshot().value) };
 }
@@ -205,16 +222,13 @@ describe("upstream session machine", () => {
 
   it("a failed connect fails the queued calls and closes", async () => {
     const h = harness();
-    const machine = upstreamSessionMachine.provide({
-      actors: {
-        connect: fromPromise<void>(async () => {
-          throw new Error("ECONNREFUSED");
-        }),
-        closeGracefully: fromPromise(async () => {}),
+    const effects = fakeEffects({
+      connect: async () => {
+        throw new Error("ECONNREFUSED");
       },
-      actions: { failCalls: (_, p) => void h.log.failed.push(...p.calls.map((c) => c.id)) },
+      failCalls: (calls) => void h.log.failed.push(...calls.map((c) => c.id)),
     });
-    const actor = createActor(machine, { clock: new SimulatedClock(), input: {} }).start();
+    const actor = createActor(upstreamSessionMachine, { clock: new SimulatedClock(), input: { effects } }).start();
     actor.send({ type: "CLAIMED" });
     actor.send(call("c1"));
     await settle();
@@ -256,22 +270,15 @@ describe("upstream session machine: claiming, cancellation, draining", () => {
   /** like `harness`, left in `claiming`, recording aborted calls */
   function unclaimed() {
     const log = { started: [] as string[], failed: [] as string[], aborted: [] as string[], stoppedTaking: 0, stopped: 0 };
-    const machine = upstreamSessionMachine.provide({
-      actors: {
-        connect: fromPromise(async () => {}),
-        closeGracefully: fromPromise(async () => {}),
-      },
-      actions: {
-        startCalls: (_, p) => void log.started.push(...p.calls.map((c) => c.id)),
-        failCalls: (_, p) => void log.failed.push(...p.calls.map((c) => c.id)),
-        abortCalls: (_, p) => void log.aborted.push(...p.calls.map((c) => `${c.id}: ${p.reason}`)),
-        stopTakingCalls: () => void (log.stoppedTaking += 1),
-        stopAccepting: () => void (log.stopped += 1),
-      },
-      delays: { probeTimeout: 5_000, shutdownTimeout: SHUTDOWN },
+    const effects = fakeEffects({
+      startCalls: (calls) => void log.started.push(...calls.map((c) => c.id)),
+      failCalls: (calls) => void log.failed.push(...calls.map((c) => c.id)),
+      abortCalls: (calls, reason) => void log.aborted.push(...calls.map((c) => `${c.id}: ${reason}`)),
+      stopTakingCalls: () => void (log.stoppedTaking += 1),
+      stopAccepting: () => void (log.stopped += 1),
     });
     const clock = new SimulatedClock();
-    const actor = createActor(machine, { clock, input: inputOf(clock) }).start();
+    const actor = createActor(upstreamSessionMachine, { clock, input: inputOf(clock, effects) }).start();
     return { actor, clock, log, state: () => stateName(actor.getSnapshot().value) };
   }
 

@@ -1,8 +1,9 @@
 // The upstream session actor: one MCP client session to one upstream, owned by exactly one
 // downstream session. This machine owns the actor's whole life: claiming its key, when it
 // may serve calls, must be probed, recreated, drained or closed, and which calls are queued
-// or in flight. The runtime provides the effects (connect, probe, close) and runs the calls
-// it is told to start.
+// or in flight. The runtime gives each actor its effects (connect, probe, close, the calls it
+// is told to start) in its input: the machine is built once per process and shared by every
+// actor (a `provide` per actor would copy its whole state tree for each session).
 import { assign, emit, fromPromise, setup } from "xstate";
 import { shortErrorText } from "../errorText.ts";
 
@@ -62,11 +63,49 @@ export type UpstreamSessionContext = {
   lastActiveAt: number;
   idleValidationMs: number;
   sessionIdleTtlMs: number;
+  probeTimeoutMs: number;
+  shutdownTimeoutMs: number;
+  effects: UpstreamSessionEffects;
 };
 
-/** What the host gives the actor: its clock and idle thresholds (defaults: performance.now, 60 s, 30 min). */
-export type UpstreamSessionInput = { now?: () => number; idleValidationMs?: number; sessionIdleTtlMs?: number };
+/** What an actor does to the world; the host gives each actor its own (tests give fakes). */
+export type UpstreamSessionEffects = {
+  /** opens a fresh upstream session (replacing any previous one) and initializes it */
+  connect(signal: AbortSignal): Promise<void>;
+  /** one idle-validation request; rejects on transport error */
+  probe(method: ProbeMethod): Promise<ProbeOutcome>;
+  /** polite close: end the upstream session, let the transport shut down */
+  closeGracefully(): Promise<void>;
+  /** after the grace window: abort sockets, SIGKILL the child process */
+  forceClose(): Promise<void>;
+  /** starts calls: their upstream requests are sent */
+  startCalls(calls: SessionCall[]): void;
+  /** answers calls that never started with an error */
+  failCalls(calls: SessionCall[], reason: string): void;
+  /** ends started calls (their upstream requests are cancelled); each is answered with `reason` */
+  abortCalls(calls: SessionCall[], reason: string): void;
+  /** new calls go elsewhere; answers to what the upstream asked still reach the actor */
+  stopTakingCalls(): void;
+  /** the actor stops accepting anything (its address goes away) */
+  stopAccepting(): void;
+  /** the upstream neither closed nor could be forced; logged, then abandoned */
+  giveUp(reason: string): void;
+};
 
+/**
+ * What the host gives the actor: its effects, its clock, idle thresholds and time bounds
+ * (defaults: performance.now, 60 s, 30 min, probe 5 s, shutdown 5 s).
+ */
+export type UpstreamSessionInput = {
+  effects: UpstreamSessionEffects;
+  now?: () => number;
+  idleValidationMs?: number;
+  sessionIdleTtlMs?: number;
+  probeTimeoutMs?: number;
+  shutdownTimeoutMs?: number;
+};
+
+const performanceNow = () => performance.now();
 const idleFor = (c: UpstreamSessionContext) => c.now() - c.lastActiveAt;
 
 export const upstreamSessionMachine = setup({
@@ -74,25 +113,13 @@ export const upstreamSessionMachine = setup({
     context: {} as UpstreamSessionContext,
     events: {} as UpstreamSessionEvent,
     emitted: {} as UpstreamSessionEmitted,
-    input: {} as UpstreamSessionInput | undefined,
+    input: {} as UpstreamSessionInput,
   },
   actors: {
-    /** opens a fresh upstream session (replacing any previous one) and initializes it */
-    connect: fromPromise<void>(async () => {
-      throw new Error("connect not provided");
-    }),
-    /** one idle-validation request; rejects on transport error */
-    probe: fromPromise<ProbeOutcome, { method: ProbeMethod }>(async () => {
-      throw new Error("probe not provided");
-    }),
-    /** polite close: end the upstream session, let the transport shut down */
-    closeGracefully: fromPromise<void>(async () => {
-      throw new Error("closeGracefully not provided");
-    }),
-    /** after the grace window: abort sockets, SIGKILL the child process */
-    forceClose: fromPromise<void>(async () => {
-      throw new Error("forceClose not provided");
-    }),
+    connect: fromPromise<void, UpstreamSessionEffects>(({ input, signal }) => input.connect(signal)),
+    probe: fromPromise<ProbeOutcome, { effects: UpstreamSessionEffects; method: ProbeMethod }>(({ input }) => input.effects.probe(input.method)),
+    closeGracefully: fromPromise<void, UpstreamSessionEffects>(({ input }) => input.closeGracefully()),
+    forceClose: fromPromise<void, UpstreamSessionEffects>(({ input }) => input.forceClose()),
   },
   actions: {
     recordClose: assign((_, params: { reason: string; cause: CloseCause }) => ({ closeReason: params.reason, closeCause: params.cause })),
@@ -103,18 +130,12 @@ export const upstreamSessionMachine = setup({
         return rest;
       },
     }),
-    /** starts calls: their upstream requests are sent */
-    startCalls: (_, _params: { calls: SessionCall[] }) => {},
-    /** answers calls that never started with an error */
-    failCalls: (_, _params: { calls: SessionCall[]; reason: string }) => {},
-    /** ends started calls (their upstream requests are cancelled); each is answered with `reason` */
-    abortCalls: (_, _params: { calls: SessionCall[]; reason: string }) => {},
-    /** new calls go elsewhere; answers to what the upstream asked still reach the actor */
-    stopTakingCalls: () => {},
-    /** the actor stops accepting anything (its address goes away) */
-    stopAccepting: () => {},
-    /** the upstream neither closed nor could be forced; logged, then abandoned */
-    giveUp: (_, _params: { reason: string }) => {},
+    startCalls: ({ context }, params: { calls: SessionCall[] }) => context.effects.startCalls(params.calls),
+    failCalls: ({ context }, params: { calls: SessionCall[]; reason: string }) => context.effects.failCalls(params.calls, params.reason),
+    abortCalls: ({ context }, params: { calls: SessionCall[]; reason: string }) => context.effects.abortCalls(params.calls, params.reason),
+    stopTakingCalls: ({ context }) => context.effects.stopTakingCalls(),
+    stopAccepting: ({ context }) => context.effects.stopAccepting(),
+    giveUp: ({ context }, params: { reason: string }) => context.effects.giveUp(params.reason),
   },
   guards: {
     transportFailed: ({ event }) => event.type === "CALL_DONE" && event.transportFailed,
@@ -140,8 +161,8 @@ export const upstreamSessionMachine = setup({
       // still busy past the TTL (a long call): look again a TTL later
       return left > 0 ? left : context.sessionIdleTtlMs;
     },
-    probeTimeout: 5_000,
-    shutdownTimeout: 5_000,
+    probeTimeout: ({ context }) => context.probeTimeoutMs,
+    shutdownTimeout: ({ context }) => context.shutdownTimeoutMs,
   },
 }).createMachine({
   id: "upstreamSession",
@@ -153,10 +174,13 @@ export const upstreamSessionMachine = setup({
     closeReason: "",
     closeCause: null,
     drainRequested: false,
-    now: input?.now ?? (() => performance.now()),
+    now: input.now ?? performanceNow,
     lastActiveAt: 0,
-    idleValidationMs: input?.idleValidationMs ?? 60_000,
-    sessionIdleTtlMs: input?.sessionIdleTtlMs ?? 30 * 60_000,
+    idleValidationMs: input.idleValidationMs ?? 60_000,
+    sessionIdleTtlMs: input.sessionIdleTtlMs ?? 30 * 60_000,
+    probeTimeoutMs: input.probeTimeoutMs ?? 5_000,
+    shutdownTimeoutMs: input.shutdownTimeoutMs ?? 5_000,
+    effects: input.effects,
   }),
   on: {
     // a cancelled call that has not started is answered at once; a started one is aborted
@@ -210,6 +234,7 @@ export const upstreamSessionMachine = setup({
           },
           invoke: {
             src: "connect",
+            input: ({ context }) => context.effects,
             onDone: { target: "ready" },
             onError: {
               target: "#upstreamSession.closing",
@@ -285,7 +310,7 @@ export const upstreamSessionMachine = setup({
           },
           invoke: {
             src: "probe",
-            input: ({ context }) => ({ method: PROBE_METHODS[context.probeStep]! }),
+            input: ({ context }) => ({ effects: context.effects, method: PROBE_METHODS[context.probeStep]! }),
             onDone: [
               {
                 guard: "methodNotFoundWithStepsLeft",
@@ -329,12 +354,12 @@ export const upstreamSessionMachine = setup({
         assign({ queued: [], inflight: {} }),
       ],
       on: { CALL: { actions: { type: "failCalls", params: ({ event }) => ({ calls: [event.call], reason: "the session is closing" }) } } },
-      invoke: { src: "closeGracefully", onDone: "closed", onError: "forcing" },
+      invoke: { src: "closeGracefully", input: ({ context }) => context.effects, onDone: "closed", onError: "forcing" },
       after: { shutdownTimeout: "forcing" },
     },
     forcing: {
       on: { CALL: { actions: { type: "failCalls", params: ({ event }) => ({ calls: [event.call], reason: "the session is closing" }) } } },
-      invoke: { src: "forceClose", onDone: "closed", onError: "gaveUp" },
+      invoke: { src: "forceClose", input: ({ context }) => context.effects, onDone: "closed", onError: "gaveUp" },
       after: { shutdownTimeout: "gaveUp" },
     },
     gaveUp: {

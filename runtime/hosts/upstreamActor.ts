@@ -1,10 +1,10 @@
-// One upstream session actor on this worker: its machine (actors/upstreamSession/machine.ts)
-// with the effects provided (connect, probe, close, calls), its address on the bus, and the
+// One upstream session actor on this worker: its machine (actors/upstreamSession/machine.ts,
+// one for the process) with this actor's effects in its input (connect, probe, close, calls), its address on the bus, and the
 // relay of what its upstream says to the client (clientChannel.ts); its calls: upstreamCalls.ts.
 import type { Subscription } from "@nats-io/transport-node";
 import { ErrorCode, type Notification } from "@modelcontextprotocol/sdk/types.js";
-import { createActor, fromPromise, type Actor } from "xstate";
-import { stateName, upstreamSessionMachine, type ProbeMethod, type ProbeOutcome, type UpstreamSessionMachine } from "../../actors/upstreamSession/machine.ts";
+import { createActor, type Actor } from "xstate";
+import { stateName, upstreamSessionMachine, type ProbeMethod, type ProbeOutcome, type UpstreamSessionEffects, type UpstreamSessionMachine } from "../../actors/upstreamSession/machine.ts";
 import type { LoggingLevel } from "../../protocol/edge.ts";
 import { fail, ok, parseRequest, type Envelope } from "../../protocol/envelope.ts";
 import type { GatewayRecord } from "../../protocol/gateway.ts";
@@ -20,7 +20,7 @@ import { callMessageLimit, publishWhole, wholeRequests, type WholeRequest } from
 import type { Logger } from "../logger.ts";
 import { closeWithin, type UpstreamConnection } from "../mcpClient.ts";
 import { connectEitherEra, knownEra, type EraConnection } from "../revision2026Upstream.ts";
-import { gatewayScrubber, scrubbedError } from "../secretScrubber.ts";
+import { gatewayScrubber, scrubbedError, type Scrubber } from "../secretScrubber.ts";
 import type { LoadedSession, SessionStore } from "../sessionStore.ts";
 import type { WorkerContext } from "../worker.ts";
 import { clientChannel } from "./clientChannel.ts";
@@ -38,10 +38,20 @@ export type UpstreamActor = {
   /** resolves once connected, rejects with the close reason when it closes first */
   whenReady(): Promise<void>;
   info(): UpstreamSessionInfo;
+  /** what the client said to all of its upstream sessions (`upstream.sessionWide`), handed over by the host */
+  sessionWide(data: Uint8Array): void;
   /** claiming or open: it serves (or will serve) calls */
   serving(): boolean;
   closeReason(): string;
 };
+
+/** A gateway as its actors use it: its record, and the scrubber of its opened secrets (one per gateway revision, shared by its sessions). */
+export type HostedGateway = { record: GatewayRecord; scrub: Scrubber };
+
+/** Builds the shared part of a gateway for its actors. */
+export function hostedGateway(record: GatewayRecord, open: (sealed: string, gid: string) => string): HostedGateway {
+  return { record, scrub: gatewayScrubber(record, open) };
+}
 
 export type ActorDeps = {
   ctx: WorkerContext;
@@ -64,7 +74,7 @@ export function createUpstreamActor(
   deps: ActorDeps,
   sid: string,
   gid: string,
-  record: GatewayRecord,
+  gateway: HostedGateway,
   headers: Record<string, string>,
   start: { capabilities?: Record<string, unknown>; session?: Promise<LoadedSession | null> } = {},
 ): UpstreamActor {
@@ -73,8 +83,8 @@ export function createUpstreamActor(
   const shutdownMs = config.intervals.shutdownTimeout;
   /** a call's request, with what wraps it, is held to a little more than the edge's body limit */
   const requestLimit = callMessageLimit(config.edge.maxBodyBytes);
+  const { record, scrub } = gateway;
   const label = `${record.name} (${record.id})`;
-  const scrub = gatewayScrubber(record, (sealed, id) => ctx.box.open(sealed, id));
   const channel = clientChannel({
     nc,
     s,
@@ -146,6 +156,7 @@ export function createUpstreamActor(
   }
 
   function onSessionWide(data: Uint8Array): void {
+    if (!accepting) return;
     const m = SessionWideMessageSchema.safeParse(safeJson(data));
     if (!m.success) return void log.debug({ sid, gid }, "malformed session-wide message ignored");
     const c = conn;
@@ -169,91 +180,91 @@ export function createUpstreamActor(
 
   // ---- the machine ----
 
-  const machine = upstreamSessionMachine.provide({
-    actors: {
-      connect: fromPromise<void>(async ({ signal }) => {
-        const previous = conn;
-        conn = null;
-        // grace, then force, for a connection replaced after a failed probe
-        if (previous) void closeWithin(previous, shutdownMs);
-        // the era discovery found: a session connect then probes server/discover only while it is unknown
-        const [session, era] = await Promise.all([
-          (preloaded ?? deps.sessions.load(sid)).catch(() => null),
-          record.transport === "streamable-http" ? knownEra(ctx.stores.catalog, gid).catch(() => undefined) : undefined,
-        ]);
-        preloaded = undefined;
-        const capabilities = session?.record.capabilities ?? start.capabilities ?? {};
-        clientCanListRoots = Boolean((capabilities.roots as { listChanged?: boolean } | undefined)?.listChanged);
-        // declared before the connect: the transport may report a close while it is still connecting
-        let opened: EraConnection | null = null;
-        opened = await connectEitherEra({
-          record,
-          open: (sealed, id) => ctx.box.open(sealed, id),
-          initialHeaders: () => latestHeaders,
-          timeoutMs: config.intervals.callTimeout,
-          outbound: config.outbound,
-          dispatcher: ctx.upstreamAgent,
-          // the raw answer (SSE framing, JSON-RPC envelope) may be a little larger than the result it carries
-          maxAnswerBytes: requestLimit,
-          signal,
-          // exactly what the client declared: the upstream offers through mcpgw what it offers the client directly
-          capabilities,
-          onNotification: onUpstreamNotification,
-          onRequest: (req, { related, signal }) => channel.ask(channel.streamOf(related as CallRequest | undefined), req, signal),
-          onClosed: () => {
-            if (opened !== null && conn === opened.conn) actor.send({ type: "CLOSE", reason: "the upstream closed the connection", cause: "upstream_closed" });
-          },
-          onError: (err) => log.debug({ gid, err: scrub.text(err.message) }, "upstream transport reported an error"),
-        }, era).catch((err: unknown) => {
-          // its text becomes the close reason, which the spawner answers with
-          throw scrubbedError(err, scrub);
-        });
-        if (signal.aborted) {
-          opened.conn.forceClose();
-          throw new Error("closed while connecting");
-        }
-        // a stateless upstream keeps nothing between requests: no level or subscription to restore
-        if (opened.era === "session") await restoreSessionState(opened.conn, session?.record.logLevel, session?.record.subscriptions?.[gid] ?? []);
-        conn = opened.conn;
-        log.debug({ sid, gid, era: opened.era }, "upstream session connected");
-      }),
-      probe: fromPromise<ProbeOutcome, { method: ProbeMethod }>(async ({ input }) => {
-        // the revision removed ping: the probe goes on to its next method without asking
-        if (input.method === "ping" && !("client" in conn!)) return "method_not_found";
-        const outcome = await conn!.request({ method: input.method }, { headers: latestHeaders, signal: AbortSignal.timeout(config.intervals.probeTimeout) });
-        // any answer, even an error, shows the session alive
-        return "rpcError" in outcome && outcome.rpcError.code === ErrorCode.MethodNotFound ? "method_not_found" : "ok";
-      }),
-      closeGracefully: fromPromise<void>(async () => {
-        await conn?.close();
-      }),
-      forceClose: fromPromise<void>(async () => {
-        conn?.forceClose();
-      }),
+  const effects: UpstreamSessionEffects = {
+    async connect(signal) {
+      const previous = conn;
+      conn = null;
+      // grace, then force, for a connection replaced after a failed probe
+      if (previous) void closeWithin(previous, shutdownMs);
+      // the era discovery found: a session connect then probes server/discover only while it is unknown
+      const [session, era] = await Promise.all([
+        (preloaded ?? deps.sessions.load(sid)).catch(() => null),
+        record.transport === "streamable-http" ? knownEra(ctx.stores.catalog, gid).catch(() => undefined) : undefined,
+      ]);
+      preloaded = undefined;
+      const capabilities = session?.record.capabilities ?? start.capabilities ?? {};
+      clientCanListRoots = Boolean((capabilities.roots as { listChanged?: boolean } | undefined)?.listChanged);
+      // declared before the connect: the transport may report a close while it is still connecting
+      let opened: EraConnection | null = null;
+      opened = await connectEitherEra({
+        record,
+        open: (sealed, id) => ctx.box.open(sealed, id),
+        initialHeaders: () => latestHeaders,
+        timeoutMs: config.intervals.callTimeout,
+        outbound: config.outbound,
+        dispatcher: ctx.upstreamAgent,
+        // the raw answer (SSE framing, JSON-RPC envelope) may be a little larger than the result it carries
+        maxAnswerBytes: requestLimit,
+        signal,
+        // exactly what the client declared: the upstream offers through mcpgw what it offers the client directly
+        capabilities,
+        onNotification: onUpstreamNotification,
+        onRequest: (req, { related, signal }) => channel.ask(channel.streamOf(related as CallRequest | undefined), req, signal),
+        onClosed: () => {
+          if (opened !== null && conn === opened.conn) actor.send({ type: "CLOSE", reason: "the upstream closed the connection", cause: "upstream_closed" });
+        },
+        onError: (err) => log.debug({ gid, err: scrub.text(err.message) }, "upstream transport reported an error"),
+      }, era).catch((err: unknown) => {
+        // its text becomes the close reason, which the spawner answers with
+        throw scrubbedError(err, scrub);
+      });
+      if (signal.aborted) {
+        opened.conn.forceClose();
+        throw new Error("closed while connecting");
+      }
+      // a stateless upstream keeps nothing between requests: no level or subscription to restore
+      if (opened.era === "session") await restoreSessionState(opened.conn, session?.record.logLevel, session?.record.subscriptions?.[gid] ?? []);
+      conn = opened.conn;
+      log.debug({ sid, gid, era: opened.era }, "upstream session connected");
     },
-    actions: {
-      startCalls: (_, p) => p.calls.forEach((c) => void calls.run(c)),
-      failCalls: (_, p) => p.calls.forEach((c) => calls.fail(c, p.reason)),
-      abortCalls: (_, p) => p.calls.forEach((c) => calls.abort(c, p.reason)),
-      stopTakingCalls: () => {
-        // calls go to a new actor elsewhere; the client's answers and cancellations still come here
-        address.unsubscribe();
-        address = listen(nc, s.upstream.op(sid, gid, "answer"), (msg) => receive(null, msg), guard);
-        extra = listen(nc, s.upstream.op(sid, gid, "notify"), (msg) => receive(null, msg), guard);
-      },
-      stopAccepting: () => {
-        address.unsubscribe();
-        extra?.unsubscribe();
-        sessionWide.unsubscribe();
-      },
-      giveUp: (_, p) => log.error({ sid, gid, reason: p.reason }, "upstream session did not close within 2× shutdownTimeout; abandoned"),
+    async probe(method: ProbeMethod): Promise<ProbeOutcome> {
+      // the revision removed ping: the probe goes on to its next method without asking
+      if (method === "ping" && !("client" in conn!)) return "method_not_found";
+      const outcome = await conn!.request({ method }, { headers: latestHeaders, signal: AbortSignal.timeout(config.intervals.probeTimeout) });
+      // any answer, even an error, shows the session alive
+      return "rpcError" in outcome && outcome.rpcError.code === ErrorCode.MethodNotFound ? "method_not_found" : "ok";
     },
-    delays: {
-      probeTimeout: config.intervals.probeTimeout,
-      shutdownTimeout: shutdownMs,
+    async closeGracefully() {
+      await conn?.close();
+    },
+    async forceClose() {
+      conn?.forceClose();
+    },
+    startCalls: (list) => list.forEach((c) => void calls.run(c)),
+    failCalls: (list, reason) => list.forEach((c) => calls.fail(c, reason)),
+    abortCalls: (list, reason) => list.forEach((c) => calls.abort(c, reason)),
+    stopTakingCalls: () => {
+      // calls go to a new actor elsewhere; the client's answers and cancellations still come here
+      address.unsubscribe();
+      address = listen(nc, s.upstream.op(sid, gid, "answer"), (msg) => receive(null, msg), guard);
+      extra = listen(nc, s.upstream.op(sid, gid, "notify"), (msg) => receive(null, msg), guard);
+    },
+    stopAccepting: () => {
+      address.unsubscribe();
+      extra?.unsubscribe();
+      accepting = false;
+    },
+    giveUp: (reason) => log.error({ sid, gid, reason }, "upstream session did not close within 2× shutdownTimeout; abandoned"),
+  };
+  const actor = createActor(upstreamSessionMachine, {
+    input: {
+      effects,
+      idleValidationMs: config.intervals.idleValidation,
+      sessionIdleTtlMs: config.intervals.sessionIdleTtl,
+      probeTimeoutMs: config.intervals.probeTimeout,
+      shutdownTimeoutMs: shutdownMs,
     },
   });
-  const actor = createActor(machine, { input: { idleValidationMs: config.intervals.idleValidation, sessionIdleTtlMs: config.intervals.sessionIdleTtl } });
   const closeReason = () => actor.getSnapshot().context.closeReason || "session closing";
 
   // ---- its address ----
@@ -297,13 +308,14 @@ export function createUpstreamActor(
   // every part of a request carries its requester's inbox, so the guard sees each part
   let address: Subscription = listen(nc, s.upstream.actor(sid, gid), (msg) => receive(null, msg), guard);
   let extra: Subscription | undefined;
-  const sessionWide = listen(nc, s.upstream.sessionWide(sid), (msg) => onSessionWide(msg.data), { log, refusals: ctx.refusals, expect: "message" });
+  /** takes session-wide messages until it closes (the host's one subscription hands them over) */
+  let accepting = true;
 
   const done = new Promise<"closed" | "abandoned">((resolve) => {
     const end = () => {
       address.unsubscribe();
       extra?.unsubscribe();
-      sessionWide.unsubscribe();
+      accepting = false;
       const snap = actor.getSnapshot();
       // calls a lost claim held are the holder's to answer
       if (snap.value === "abandoned") snap.context.queued.forEach(calls.forget);
@@ -346,6 +358,7 @@ export function createUpstreamActor(
     done,
     info,
     closeReason,
+    sessionWide: onSessionWide,
     serving: () => {
       const snap = actor.getSnapshot();
       return snap.status === "active" && (snap.matches("claiming") || snap.matches("open"));

@@ -24,7 +24,7 @@ import {
   type UpstreamSessionInfo,
 } from "../../protocol/upstream.ts";
 import type { GatewayUsage, UsageReport } from "../../protocol/usage.ts";
-import { encodeJson, gather, isNoResponders, serve, unwrapReply } from "../bus.ts";
+import { encodeJson, gather, isNoResponders, listen, serve, unwrapReply } from "../bus.ts";
 import { followEvents, publishCore } from "../events.ts";
 import type { Logger } from "../logger.ts";
 import { SessionStore, type LoadedSession } from "../sessionStore.ts";
@@ -32,7 +32,7 @@ import { endSpan, natsTraceHeaders, traceIdOf, type TraceHeaders } from "../trac
 import type { Hosted, WorkerContext } from "../worker.ts";
 import { listChangedEvents } from "./listChangedEvents.ts";
 import { upstreamClaims } from "./upstreamClaims.ts";
-import { createUpstreamActor, type UpstreamActor } from "./upstreamActor.ts";
+import { createUpstreamActor, hostedGateway, type HostedGateway, type UpstreamActor } from "./upstreamActor.ts";
 
 /** How long a fan-out (session list, evict, drain) waits for one more worker to answer. */
 const FANOUT_STALL_MS = 300;
@@ -62,6 +62,8 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
   /** every actor of this worker, by `<sid>.<gid>`: the serving one, and those still closing */
   const actors = new Map<string, UpstreamActor>();
   const closing = new Set<UpstreamActor>();
+  /** every actor of this worker (serving or closing) by its client session: session-wide messages go to them */
+  const bySession = new Map<string, UpstreamActor[]>();
   const activating = new Map<string, Promise<{ worker: string; created: boolean }>>();
   const usage = new Map<string, { uses: number; lastUsedAt: number | null }>();
   let stopping = false;
@@ -79,11 +81,25 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
     },
   };
 
-  async function loadGateway(gid: string): Promise<GatewayRecord> {
-    const record = parseEntry(GatewayRecordSchema, await getLive(stores.gateways, KEYS.gateway(gid)));
-    if (!record) throw new ProtocolError("unavailable", `gateway ${gid} is not registered`);
-    if (!record.enabled) throw new ProtocolError("unavailable", `gateway ${label(record)} is disabled`);
-    return record;
+  /**
+   * Each gateway's record as last read, by its KV revision: every session of a gateway shares
+   * one parsed record and one scrubber (read again at each spawn, parsed only when it changed).
+   */
+  const gateways = new Map<string, { revision: number; gateway: HostedGateway }>();
+
+  async function loadGateway(gid: string): Promise<HostedGateway> {
+    const entry = await getLive(stores.gateways, KEYS.gateway(gid));
+    const known = gateways.get(gid);
+    let gateway = entry && known?.revision === entry.revision ? known.gateway : null;
+    if (!gateway) {
+      const record = parseEntry(GatewayRecordSchema, entry);
+      gateway = record && hostedGateway(record, (sealed, id) => ctx.box.open(sealed, id));
+      if (entry && gateway) gateways.set(gid, { revision: entry.revision, gateway });
+      else gateways.delete(gid);
+    }
+    if (!gateway) throw new ProtocolError("unavailable", `gateway ${gid} is not registered`);
+    if (!gateway.record.enabled) throw new ProtocolError("unavailable", `gateway ${label(gateway.record)} is disabled`);
+    return gateway;
   }
 
   /**
@@ -91,12 +107,17 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
    * claim is written by a request on this same connection after the SUB, and a server handles
    * a connection's messages in order, so no flush (a round trip) is needed between them.
    */
-  function host(sid: string, gid: string, record: GatewayRecord, spawn: Spawn, session?: Promise<LoadedSession | null>): UpstreamActor {
-    const a = createUpstreamActor(deps, sid, gid, record, spawn.headers, { ...(spawn.clientCapabilities ? { capabilities: spawn.clientCapabilities } : {}), ...(session ? { session } : {}) });
+  function host(sid: string, gid: string, gateway: HostedGateway, spawn: Spawn, session?: Promise<LoadedSession | null>): UpstreamActor {
+    const { record } = gateway;
+    const a = createUpstreamActor(deps, sid, gid, gateway, spawn.headers, { ...(spawn.clientCapabilities ? { capabilities: spawn.clientCapabilities } : {}), ...(session ? { session } : {}) });
     actors.set(keyOf(sid, gid), a);
+    bySession.set(sid, [...(bySession.get(sid) ?? []), a]);
     void a.done.then(async (how) => {
       if (actors.get(keyOf(sid, gid)) === a) actors.delete(keyOf(sid, gid));
       closing.delete(a);
+      const others = bySession.get(sid)?.filter((x) => x !== a) ?? [];
+      if (others.length) bySession.set(sid, others);
+      else bySession.delete(sid);
       if (how === "abandoned") return;
       // every way into `closing` names its cause
       ctx.metrics.upstreamSessionClosed(record.name, a.actor.getSnapshot().context.closeCause!);
@@ -139,8 +160,9 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
     // the client session record (capabilities, log level, subscriptions) is read while the gateway is and the claim is made
     const session = sessions.load(sid);
     session.catch(() => {});
-    const record = await loadGateway(gid);
-    let a = host(sid, gid, record, spawn, session);
+    const gateway = await loadGateway(gid);
+    const { record } = gateway;
+    let a = host(sid, gid, gateway, spawn, session);
     let revision = await claims.create(sid, gid).catch((err: unknown) => (a.actor.send({ type: "CLAIM_LOST" }), Promise.reject(err)));
     if (revision === null) {
       // the loser drops its address and what it got (the holder got the same messages)
@@ -149,7 +171,7 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
       await a.done;
       const holder = await claims.holder(sid, gid);
       if (!holder.takeOver) return { worker: holder.worker ?? "unknown", created: false };
-      a = host(sid, gid, record, spawn, session);
+      a = host(sid, gid, gateway, spawn, session);
       if (closeCause) a.actor.send({ type: "CLOSE", reason: closeReason, cause: closeCause });
       revision = await holder.takeOver().catch((err: unknown) => (a.actor.send({ type: "CLAIM_LOST" }), Promise.reject(err)));
       if (revision === null) {
@@ -180,6 +202,8 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
     if (s.parseGatewayEvent(subject)) {
       const e = GatewayEventSchema.safeParse(payload);
       if (!e.success) return;
+      // a removed gateway's opened secrets are not kept (an update is seen by its revision at the next spawn)
+      if (e.data.type === "removed") gateways.delete(e.data.gid);
       const enabledNow = needsEnabledCheck(e.data) ? await loadGateway(e.data.gid).then(() => true, () => false) : undefined;
       const eviction = evictionOnGatewayEvent(e.data, enabledNow);
       if (eviction) evict(eviction);
@@ -257,6 +281,17 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
   }
   const subs: Subscription[] = [
     spawns,
+    // one subscription for every session's session-wide messages, not one per actor (they are
+    // messages, not requests: a worker with no actor of that session drops them)
+    listen(
+      nc,
+      s.upstream.sessionWideAll,
+      (msg) => {
+        const sid = s.parseSessionWide(msg.subject);
+        for (const a of (sid && bySession.get(sid)) || []) a.sessionWide(msg.data);
+      },
+      { ...opts, expect: "message" },
+    ),
     serve(nc, s.upstream.snapshot, (p) => ({ worker: me, sessions: snapshot(parseRequest(WorkerSnapshotRequestSchema, p, "snapshot request")) }), opts),
     serve(nc, s.upstream.evict, (p) => ({ worker: me, evicted: evict(evictionOnRequest(parseRequest(WorkerEvictRequestSchema, p, "evict request"))) }), opts),
   ];
