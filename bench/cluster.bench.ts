@@ -108,15 +108,22 @@ try {
         }
       }),
     );
-    const fresh = (await connectClient(edges[1]!, { name: `fresh-${rep}` })).client;
-    freshInit.push(performance.now() - killAt);
-    clients.push(fresh);
-    await fresh.callTool({ name: "up__increment", arguments: {} }, undefined, { timeout: REQUEST_MS });
-    freshCall.push(performance.now() - killAt);
+    // a new session: its initialize and first call (a failure is reported with the others, not thrown)
+    let step = "initialize";
+    const freshDone = (async () => {
+      const fresh = (await connectClient(edges[1]!, { name: `fresh-${rep}` })).client;
+      freshInit.push(performance.now() - killAt);
+      clients.push(fresh);
+      step = "first call";
+      await fresh.callTool({ name: "up__increment", arguments: {} }, undefined, { timeout: REQUEST_MS });
+      return performance.now() - killAt;
+    })().catch((err: unknown) => void failedAfter.push(`a new session's ${step}: ${String(err).slice(0, 120)}`));
+    const freshAt = await freshDone;
+    if (freshAt !== undefined) freshCall.push(freshAt);
     await Promise.all([...loops, elections]);
     // what the new session's writes (its record, its upstream session's claim) had to wait for, when the victim led it
     const sessionsLeader = electedAt.get(`KV_${buckets("mcpgw").sessions}`);
-    if (sessionsLeader !== undefined) beyondLeader.push(freshCall.at(-1)! - sessionsLeader);
+    if (sessionsLeader !== undefined && freshAt !== undefined) beyondLeader.push(freshAt - sessionsLeader);
 
     const after = ops.filter((o) => o.start >= killAt);
     const first = (what: string) => Math.min(...after.filter((o) => o.what === what && o.ok).map((o) => o.end)) - killAt;
