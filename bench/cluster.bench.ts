@@ -133,9 +133,6 @@ try {
     slowest.push(Math.max(...after.map((o) => o.end - o.start)));
     failedAfter.push(...after.filter((o) => !o.ok).map((o) => `${o.what} begun ${Math.round(o.start - killAt)} ms after the kill: ${o.error}`));
 
-    // the added gateways go again, so every repetition lists the same few
-    const { gateways } = await request(operator, s.admin.gateway("list"), {}, GatewayListReplySchema, REQUEST_MS);
-    for (const g of gateways.filter((x) => x.name.startsWith("bench-"))) await request(operator, s.admin.gateway("remove"), { name: g.name }, GatewayRemoveReplySchema, REQUEST_MS);
     await admin.close();
     await survivor.close();
     await victim.restart();
@@ -144,6 +141,9 @@ try {
       async () => (await Promise.all(stateStreams("mcpgw").map((n) => jsm.streams.info(n)))).every((i) => (i.cluster?.replicas ?? []).length === 2 && i.cluster!.replicas!.every((r) => r.current && !r.offline)),
       60_000,
     );
+    // the added gateways go again (the node is back), so every repetition lists the same few
+    const { gateways } = await requestThroughNodeLoss(operator, s.admin.gateway("list"), {}, GatewayListReplySchema, { timeoutMs: REQUEST_MS, readOnly: true });
+    for (const g of gateways.filter((x) => x.name.startsWith("bench-"))) await request(operator, s.admin.gateway("remove"), { name: g.name }, GatewayRemoveReplySchema, REQUEST_MS);
   }
 
   report(
