@@ -126,15 +126,6 @@ describe("openHedged (a consumer creation nats-server 2.9 may never answer)", ()
     assert.equal(c.made[1]!.stopped, true, "one that opens after the attempt gave up is stopped");
   });
 
-  it("keeps asking every hedge interval while none answers (no meta leader yet): the first asked after the election opens", async () => {
-    const c = consumers([null, null, 0]);
-    const it = await openHedged(c.open, 20, 2_000);
-    assert.equal(it.id, 2);
-    const asked = c.made.length;
-    await settle();
-    assert.equal(c.made.length, asked, "none asked once one opened");
-  });
-
   it("hedged: a read whose first copy is never answered is answered by the second; never more copies than allowed", async () => {
     let asked = 0;
     const read = () => (asked++ === 0 ? new Promise<string>(() => {}) : Promise.resolve("value"));
