@@ -164,6 +164,8 @@ try {
   );
   await operator.close();
 } finally {
+  // a worker that ended during the run is a finding: what it said last
+  for (const w of workers) if (w.child.exitCode !== null || w.child.signalCode !== null) console.error(`a worker exited (${w.child.exitCode ?? w.child.signalCode}): ${w.output().slice(-3000)}`);
   await Promise.allSettled(clients.map((c) => c.close()));
   for (const { child } of workers) if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
   await Promise.all(workers.map((w) => w.exited));

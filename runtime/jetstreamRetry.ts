@@ -27,15 +27,6 @@ export type RetryPolicy = {
  */
 export const DEFAULT_RETRY: RetryPolicy = { budgetMs: 20_000, firstDelayMs: 50, maxDelayMs: 250 };
 
-/**
- * How long one JetStream request (a KV read or write, an event publish) waits for its answer.
- * A live leader or replica answers in milliseconds (a few hundred on a loaded machine); a
- * request that went to the node in the instant it died is never answered, and nats.js's
- * default of 5 s was what such a request, and everything waiting on it, lost after a kill.
- * Repeating it is safe: see retryingKv and retryingJs.
- */
-export const JS_ATTEMPT_MS = 2_000;
-
 /** JetStream API codes that mean "no leader / not available right now" (nats-server errors.json). */
 const UNAVAILABLE_API_CODES = new Set([
   10008, // JetStream system temporarily unavailable
@@ -109,8 +100,8 @@ const OPENS_CONSUMER = new Set(["watch", "keys", "history"]);
  * is answered while the JetStream meta group has no leader. A second creation is asked for
  * when the first has not answered within CONSUMER_HEDGE_MS (it is placed anew), the first to
  * open is used and the other stopped; when neither has opened within CONSUMER_OPEN_MS the
- * attempt fails as timed out and is tried again. Not more copies: asked every 0.5 s by every
- * listing under load, they kept a recovering meta leader busy (bench/cluster.bench.ts).
+ * attempt fails as timed out and is tried again. Not more copies: one every 0.5 s, tried with
+ * every listing under load (bench/cluster.bench.ts), recovered no sooner and added requests.
  */
 export const CONSUMER_OPEN_MS = 2_000;
 export const CONSUMER_HEDGE_MS = 500;
@@ -120,18 +111,11 @@ export function openHedged<T extends { stop(): void }>(open: () => Promise<T>, h
 }
 
 /**
- * A KV read (a direct get, answered by any replica) that went to the node in the instant it
- * died is never answered; a second copy asked after READ_HEDGE_MS reaches a live replica. Only
- * one: on a merely slow server every extra copy is load.
- */
-export const READ_HEDGE_MS = 500;
-
-/**
  * Runs `op`, and again every `hedgeMs` while none has answered (at most `copies` in all); the
  * first answer is used and `discard` gets any later one. Every copy refused: the last refusal.
  * None answered within `ms`: a timeout (outcome unknown, for retryTransient to repeat).
  */
-export async function hedged<T>(op: () => Promise<T>, o: { hedgeMs: number; ms: number; copies: number; discard?: (late: T) => void }): Promise<T> {
+async function hedged<T>(op: () => Promise<T>, o: { hedgeMs: number; ms: number; copies: number; discard?: (late: T) => void }): Promise<T> {
   const timers: NodeJS.Timeout[] = [];
   try {
     return await new Promise<T>((resolve, reject) => {
@@ -182,9 +166,7 @@ export function retryingKv(kv: KV, bucket: string, policy: RetryPolicy = DEFAULT
       if (typeof prop !== "string" || !RETRIED.has(prop)) return v.bind(target);
       const attempt = OPENS_CONSUMER.has(prop)
         ? (args: unknown[]) => openHedged(() => v.apply(target, args) as Promise<{ stop(): void }>)
-        : prop === "get"
-          ? (args: unknown[]) => hedged(() => v.apply(target, args) as Promise<unknown>, { hedgeMs: READ_HEDGE_MS, ms: JS_ATTEMPT_MS, copies: 2 })
-          : (args: unknown[]) => v.apply(target, args) as Promise<unknown>;
+        : (args: unknown[]) => v.apply(target, args) as Promise<unknown>;
       return (...args: unknown[]) => retryTransient(`${prop} ${bucket}`, () => attempt(args), policy, landed(prop, args));
     },
   });
@@ -196,7 +178,7 @@ export function retryingKv(kv: KV, bucket: string, policy: RetryPolicy = DEFAULT
  */
 export function retryingJs(js: JetStreamClient, policy: RetryPolicy = DEFAULT_RETRY): JetStreamClient {
   const publish: JetStreamClient["publish"] = (subject, data, opts) => {
-    const withId = { timeout: JS_ATTEMPT_MS, ...opts, msgID: opts?.msgID ?? randomUUID() };
+    const withId = { ...opts, msgID: opts?.msgID ?? randomUUID() };
     return retryTransient(`publish ${subject}`, () => js.publish(subject, data, withId), policy);
   };
   return new Proxy(js, {

@@ -9,7 +9,7 @@ import { errors, type Msg } from "@nats-io/transport-node";
 import { z } from "zod";
 import { ProtocolError } from "../protocol/envelope.ts";
 import { encodeJson } from "../runtime/bus.ts";
-import { hedged, openHedged, READ_ATTEMPT_MS, requestThroughNodeLoss, retryingKv, retryTransient, transience, type RetryPolicy } from "../runtime/jetstreamRetry.ts";
+import { openHedged, READ_ATTEMPT_MS, requestThroughNodeLoss, retryingKv, retryTransient, transience, type RetryPolicy } from "../runtime/jetstreamRetry.ts";
 import { startNats, type TestNats } from "./helpers/nats.ts";
 
 const quick: RetryPolicy = { budgetMs: 300, firstDelayMs: 1, maxDelayMs: 20 };
@@ -124,16 +124,6 @@ describe("openHedged (a consumer creation nats-server 2.9 may never answer)", ()
     await assert.rejects(openHedged(c.open, 20, 100), (err: unknown) => transience(err) === "outcome-unknown");
     await settle();
     assert.equal(c.made[1]!.stopped, true, "one that opens after the attempt gave up is stopped");
-  });
-
-  it("hedged: a read whose first copy is never answered is answered by the second; never more copies than allowed", async () => {
-    let asked = 0;
-    const read = () => (asked++ === 0 ? new Promise<string>(() => {}) : Promise.resolve("value"));
-    assert.equal(await hedged(read, { hedgeMs: 20, ms: 2_000, copies: 2 }), "value");
-    let lost = 0;
-    const never = () => (lost++, new Promise<string>(() => {}));
-    await assert.rejects(hedged(never, { hedgeMs: 10, ms: 100, copies: 2 }), (err: unknown) => transience(err) === "outcome-unknown");
-    assert.equal(lost, 2);
   });
 
   it("a refusal of both attempts is the answer (no leader yet: retryTransient's to judge)", async () => {
