@@ -14,7 +14,7 @@ import { KEYS, type Subjects } from "../protocol/subjects.ts";
 import { publishEvent } from "./events.ts";
 import { McpError, type ServerCapabilities } from "@modelcontextprotocol/sdk/types.js";
 import { HttpPollSession, type PollClient } from "./httpPollSession.ts";
-import { closeWithin, isMethodNotFound } from "./mcpClient.ts";
+import { closeWithin, isMethodNotFound, type UpstreamConnection } from "./mcpClient.ts";
 import { checkStatelessUpstream, connectEitherEra, type StatelessUpstream } from "./revision2026Upstream.ts";
 
 /**
@@ -53,12 +53,7 @@ export function probeConnector(open: (sealed: string, gid: string) => string, ou
       { record, open, initialHeaders: {}, timeoutMs, outbound, dispatcher, pollOnly: true, onNotification: () => {}, onClosed, onError: () => {} },
       undefined,
     );
-    // bounded: an upstream that ignores the polite close is forced
-    const close = () => closeWithin(c.conn, 2_000);
-    if (c.era === "stateless") {
-      const conn = c.conn;
-      return { era: c.era, close, check: (signal) => checkStatelessUpstream(conn, timeoutMs, signal), list: (signal) => listStatelessCatalog(conn, timeoutMs, signal) };
-    }
+    if (c.era === "stateless") return statelessProbe(c.conn, timeoutMs);
     if (record.transport === "streamable-http" && !record.tls) {
       const transport = c.conn.client.transport as { sessionId?: string; protocolVersion?: string } | undefined;
       const session = new HttpPollSession({
@@ -69,20 +64,42 @@ export function probeConnector(open: (sealed: string, gid: string) => string, ou
         protocolVersion: transport?.protocolVersion,
         capabilities: shared(c.conn.client.getServerCapabilities()),
       });
-      return {
-        era: c.era,
-        close: () => session.close(),
-        check: async (signal) => void (await session.ping({ timeout: timeoutMs, signal })),
-        list: (signal) => listCatalog(session, timeoutMs, signal),
-      };
+      return sessionProbe(session, timeoutMs);
     }
-    const { client } = c.conn;
-    return {
-      era: c.era,
-      close,
-      check: async (signal) => void (await client.ping({ timeout: timeoutMs, signal })),
-      list: (signal) => listCatalog(client, timeoutMs, signal),
-    };
+    return clientProbe(c.conn, timeoutMs);
+  };
+}
+
+// Each kind of probe is built in a function of its own: closures made in one scope share its
+// context, so a kept session's ping would otherwise hold the SDK client (and its transport) that
+// only opened it, ten thousand of them at scale.
+
+function sessionProbe(session: HttpPollSession, timeoutMs: number): ProbeConnection {
+  return {
+    era: "session",
+    close: () => session.close(),
+    check: async (signal) => void (await session.ping({ timeout: timeoutMs, signal })),
+    list: (signal) => listCatalog(session, timeoutMs, signal),
+  };
+}
+
+function statelessProbe(conn: StatelessUpstream, timeoutMs: number): ProbeConnection {
+  return {
+    era: "stateless",
+    // bounded: an upstream that ignores the polite close is forced
+    close: () => closeWithin(conn, 2_000),
+    check: (signal) => checkStatelessUpstream(conn, timeoutMs, signal),
+    list: (signal) => listStatelessCatalog(conn, timeoutMs, signal),
+  };
+}
+
+function clientProbe(conn: UpstreamConnection, timeoutMs: number): ProbeConnection {
+  const { client } = conn;
+  return {
+    era: "session",
+    close: () => closeWithin(conn, 2_000),
+    check: async (signal) => void (await client.ping({ timeout: timeoutMs, signal })),
+    list: (signal) => listCatalog(client, timeoutMs, signal),
   };
 }
 
