@@ -12,6 +12,7 @@
 // SCALE_NODE_ARGS (node flags of the worker, e.g. "--cpu-prof --heapsnapshot-signal=SIGUSR2"),
 // SCALE_WORKER_LOG (a file for the worker's output).
 import { readFileSync, writeFileSync } from "node:fs";
+import { createServer } from "node:net";
 import { loadavg } from "node:os";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { createActor, toPromise, type AnyActorLogic, type InputFrom, type OutputFrom } from "xstate";
@@ -55,6 +56,24 @@ const fixtureStats = async () => {
   return { initializeRequests: all.reduce((a, s) => a + s.initializeRequests, 0), sessions: all.reduce((a, s) => a + s.sessions, 0) };
 };
 const mb = (x: number) => `${Math.round(x)} MB`;
+const freePort = () =>
+  new Promise<number>((done) => {
+    const srv = createServer().listen(0, "127.0.0.1", () => {
+      const { port } = srv.address() as { port: number };
+      srv.close(() => done(port));
+    });
+  });
+/**
+ * The worker's own memory figures (its /metrics, prom-client's process.memoryUsage()): V8 heap
+ * reserved and used, and memory outside the heap (buffers); RSS beyond these is the allocator's.
+ * Read at the window's ends only: a scrape with 10,000 gateways' series is work of its own.
+ */
+const workerMemory = async (port: number) => {
+  const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+  const metric = (name: string) => Number(new RegExp(`^${name} (\\S+)`, "m").exec(text)?.[1] ?? NaN) / 2 ** 20;
+  return { heapTotal: metric("nodejs_heap_size_total_bytes"), heapUsed: metric("nodejs_heap_size_used_bytes"), external: metric("nodejs_external_memory_bytes") };
+};
+const memText = (m: Awaited<ReturnType<typeof workerMemory>>) => `heap ${mb(m.heapUsed)} used of ${mb(m.heapTotal)}, external ${mb(m.external)}`;
 const sleep = (t: number) => new Promise((r) => setTimeout(r, t));
 
 /**
@@ -125,7 +144,8 @@ async function main() {
   const s = subjects("mcpgw");
 
   const nodeArgs = (process.env.SCALE_NODE_ARGS ?? "").split(" ").filter(Boolean);
-  worker = run(process.execPath, [...nodeArgs, "--import", "tsx", resolve(ROOT, "runtime/main.ts")], workerEnv(nats, TEST_SECRET_KEY, { MCPGW_LOG_LEVEL: "warn" }));
+  const edgePort = await freePort();
+  worker = run(process.execPath, [...nodeArgs, "--import", "tsx", resolve(ROOT, "runtime/main.ts")], workerEnv(nats, TEST_SECRET_KEY, { MCPGW_LOG_LEVEL: "warn", MCPGW_EDGE_PORT: String(edgePort) }));
   const pid = worker.child.pid!;
   await until("the worker serving admin requests", async () => {
     try {
@@ -195,6 +215,7 @@ async function main() {
   const up0 = await fixtureStats();
   const seq0 = await Promise.all(["KV_mcpgw_state", "KV_mcpgw_catalog"].map(async (n) => (await jsm.streams.info(n)).state.last_seq));
   const rss: number[] = [rssMb(pid)];
+  const mem0 = await workerMemory(edgePort).catch(() => null);
   const cpuSamples: number[] = [];
   let lastCpu = cpu0;
   while (Date.now() < windowStart + WINDOW_MS) {
@@ -205,6 +226,7 @@ async function main() {
     lastCpu = c;
   }
   const windowEnd = Date.now();
+  const mem1 = await workerMemory(edgePort).catch(() => null);
   const cpuMean = ((cpuSeconds(pid) - cpu0) / ((windowEnd - windowStart) / 1000)) * 100;
   const up1 = await fixtureStats();
   const seq1 = await Promise.all(["KV_mcpgw_state", "KV_mcpgw_catalog"].map(async (n) => (await jsm.streams.info(n)).state.last_seq));
@@ -256,6 +278,7 @@ async function main() {
       ["machine load average (1, 5, 15 min): at the adds, at the window, at the end", `${loadAtAdds}; ${loadAtWindow}; ${load()}`],
       ["worker RSS: idle, right after the adds", `${mb(rssIdle)}, ${mb(rssAfterAdds)}`],
       ["worker RSS over the window [≤ 300 MB, flat]", `start ${mb(rss[0]!)}, end ${mb(rss.at(-1)!)}, min ${mb(Math.min(...rss))}, max ${mb(Math.max(...rss))}`],
+      ["worker memory (process.memoryUsage): window start; end", `${mem0 ? memText(mem0) : "unread"}; ${mem1 ? memText(mem1) : "unread"}`],
       ["worker CPU over the window [≤ 20% of one core]", `mean ${cpuMean.toFixed(1)}%, busiest ${SAMPLE_MS / 1000} s ${Math.max(...cpuSamples).toFixed(1)}%`],
       [
         "last add → every gateway checked once",
