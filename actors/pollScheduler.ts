@@ -37,16 +37,16 @@ export type PollerTimings = {
 export type SchedulerClock = { now(): number; setTimeout(fn: () => void, ms: number): unknown; clearTimeout(id: unknown): void };
 
 export type PollEffects = {
-  /** the stored stamp of `kind` (raw; only read until this worker has polled the gateway itself) */
-  readStamp(gid: string, kind: PollKind): Promise<unknown>;
+  /** the stored discovery stamp (raw; only read until this worker has discovered the gateway itself) */
+  readDiscoveryStamp(gid: string): Promise<unknown>;
   /** the classification as the worker last saw it (raw) */
   classification(): unknown;
   /** a ping on the gateway's connection; rejects when the gateway does not answer */
   checkHealth(gid: string, signal: AbortSignal): Promise<void>;
   /** list everything, reconcile into the catalog, publish the change */
   discover(gid: string, signal: AbortSignal): Promise<DiscoveryOutcome>;
-  /** records a successful poll (`poll.<gid>.<kind>`) */
-  recordPoll(gid: string, kind: PollKind, at: string, nextAt: string | null): void;
+  /** records a successful discovery (`poll.<gid>.discovery`); a health check records nothing (see #publish) */
+  recordDiscovery(gid: string, at: string, nextAt: string | null): void;
   writeStatus(gid: string, status: GatewayStatus): void;
 };
 
@@ -75,10 +75,8 @@ type Poll = {
   prompts: number;
   resources: number;
   tier: Tier;
-  healthStep: "waiting" | "deciding" | "checking";
+  healthStep: "waiting" | "checking";
   healthDueAt: number;
-  /** this poller ran a health check already (its slots are its own since: no stamp to read) */
-  checkedHere: boolean;
   discoveryStep: "waiting" | "deciding" | "discovering" | "debouncing";
   discoveryDueAt: number;
   /** the last discovery this poller completed (after one, it reads no stamp before a slot) */
@@ -96,9 +94,16 @@ type Poll = {
 
 const iso = (ms: number | null) => (ms === null ? null : new Date(ms).toISOString());
 
-/** Fields a reader acts on; the timestamps alone are not worth a write (poll stamps carry them). */
+/** Fields a reader acts on; the timestamps alone are not worth a write (the poller's address answers them live). */
 const STATUS_FIELDS = ["health", "lastError", "consecutiveFailures", "tools", "prompts", "resources", "tier"] as const;
 const statusDiffers = (a: GatewayStatus | null, b: GatewayStatus) => !a || STATUS_FIELDS.some((k) => a[k] !== b[k]);
+
+/**
+ * After how long a stored status whose fields did not change is written again, so its
+ * `lastSuccessAt` in KV is at most this (plus an interval) old for a healthy gateway: at 10,000
+ * gateways and 60 s checks, a tenth of them a minute instead of every check.
+ */
+export const STATUS_REFRESH_MS = 10 * 60_000;
 
 export class PollScheduler {
   readonly #o: SchedulerOptions;
@@ -139,7 +144,6 @@ export class PollScheduler {
       tier: s?.tier ?? "unclassified",
       healthStep: "waiting",
       healthDueAt: 0,
-      checkedHere: false,
       discoveryStep: "waiting",
       discoveryDueAt: 0,
       discoveredAt: null,
@@ -274,33 +278,18 @@ export class PollScheduler {
 
   // ---- health ----
 
+  /**
+   * A check reads and writes no state: a new poller (takeover) waits for the gateway's slot, which
+   * is the same on every worker, so at worst a handover checks one slot twice; and a successful
+   * check is written only when the status changed (or rarely, see STATUS_REFRESH_MS).
+   */
   #healthDue(p: Poll): void {
-    // only a new poller's first slot may have been checked by the worker that polled before it;
-    // after that this poller is the only one, and a check costs one ping and nothing else
-    if (p.checkedHere) return this.#check(p);
-    p.healthStep = "deciding";
-    this.#o.effects.readStamp(p.gid, "health").then(
-      (stamp) => {
-        if (p.stopped) return;
-        const now = this.#o.clock.now();
-        // another worker already ran this slot's check: wait for the next slot
-        if (p.health !== "unhealthy" && slotAlreadyPolled(lastPollAt(stamp, now), now, this.#o.timings.health)) this.#scheduleHealth(p);
-        else this.#check(p);
-      },
-      // state unreadable: check anyway (fail open)
-      () => void (p.stopped || this.#check(p)),
-    );
-  }
-
-  #check(p: Poll): void {
     p.healthStep = "checking";
-    p.checkedHere = true;
     this.#o.effects.checkHealth(p.gid, this.#signal(p)).then(
       () => {
         if (p.stopped) return;
         this.#succeed(p);
         this.#scheduleHealth(p);
-        this.#o.effects.recordPoll(p.gid, "health", iso(p.lastSuccessAt)!, iso(p.healthDueAt));
         this.#publish(p);
       },
       (err: unknown) => {
@@ -318,7 +307,7 @@ export class PollScheduler {
     // after its own first discovery the poller knows when it last discovered: no stamp to read
     if (p.discoveredAt !== null) return this.#decide(p, p.discoveredAt);
     p.discoveryStep = "deciding";
-    this.#o.effects.readStamp(p.gid, "discovery").then(
+    this.#o.effects.readDiscoveryStamp(p.gid).then(
       (stamp) => void (p.stopped || this.#decide(p, lastPollAt(stamp, this.#o.clock.now()))),
       () => {
         if (p.stopped) return;
@@ -362,7 +351,7 @@ export class PollScheduler {
         this.#scheduleDiscovery(p);
         // the slot at which the next discovery falls due for the current tier
         const base = this.#o.timings.discovery;
-        this.#o.effects.recordPoll(p.gid, "discovery", iso(p.lastSuccessAt)!, iso(p.discoveryDueAt + base * DISCOVERY_MULTIPLIER[p.tier] - base));
+        this.#o.effects.recordDiscovery(p.gid, iso(p.lastSuccessAt)!, iso(p.discoveryDueAt + base * DISCOVERY_MULTIPLIER[p.tier] - base));
         this.#answerRefresh(p, (r) => r.resolve(outcome));
         this.#publish(p);
         this.#settle(p);
@@ -419,6 +408,12 @@ export class PollScheduler {
     if (p.healthStep !== "checking" || p.discoveryStep !== "discovering") p.polling = null;
   }
 
+  #stale(stored: GatewayStatus, now: GatewayStatus): boolean {
+    if (now.lastSuccessAt === null) return false;
+    if (stored.lastSuccessAt === null) return true;
+    return Date.parse(now.lastSuccessAt) - Date.parse(stored.lastSuccessAt) >= STATUS_REFRESH_MS;
+  }
+
   #statusOf(p: Poll): GatewayStatus {
     return {
       health: p.health,
@@ -433,10 +428,10 @@ export class PollScheduler {
     };
   }
 
-  /** hands the status to `writeStatus` only when a field readers act on changed */
+  /** hands the status to `writeStatus` when a field readers act on changed, or the stored one's last success is many intervals old */
   #publish(p: Poll): void {
     const status = this.#statusOf(p);
-    if (!statusDiffers(p.published, status)) return;
+    if (!statusDiffers(p.published, status) && !this.#stale(p.published!, status)) return;
     p.published = status;
     this.#o.effects.writeStatus(p.gid, status);
   }

@@ -12,6 +12,7 @@
 // SCALE_NODE_ARGS (node flags of the worker, e.g. "--cpu-prof --heapsnapshot-signal=SIGUSR2"),
 // SCALE_WORKER_LOG (a file for the worker's output).
 import { readFileSync, writeFileSync } from "node:fs";
+import { createServer } from "node:net";
 import { loadavg } from "node:os";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { createActor, toPromise, type AnyActorLogic, type InputFrom, type OutputFrom } from "xstate";
@@ -19,13 +20,12 @@ import { parseEntry } from "../actors/kvStore.ts";
 import { UsageAggregate } from "../actors/usageAggregate.ts";
 import { ClassificationSchema } from "../protocol/classification.ts";
 import { GatewayListReplySchema, GatewayViewSchema } from "../protocol/gateway.ts";
-import { PollStampSchema } from "../protocol/poller.ts";
 import { KEYS, subjects } from "../protocol/subjects.ts";
 import { request } from "../runtime/bus.ts";
 import { parseDuration } from "../runtime/config.ts";
 import { createClassifierEffects, followRoster } from "../runtime/classifierHost.ts";
 import { openStores, type Stores } from "../runtime/nats.ts";
-import { startFixtureProcess } from "../test/fixtures/fixtureHttp.ts";
+import { drainPings, startFixtureProcess } from "../test/fixtures/fixtureHttp.ts";
 import { startNats, type TestNats } from "../test/helpers/nats.ts";
 import { ROOT, run, workerEnv, type Proc } from "../test/helpers/processes.ts";
 import { resolve } from "node:path";
@@ -56,6 +56,24 @@ const fixtureStats = async () => {
   return { initializeRequests: all.reduce((a, s) => a + s.initializeRequests, 0), sessions: all.reduce((a, s) => a + s.sessions, 0) };
 };
 const mb = (x: number) => `${Math.round(x)} MB`;
+const freePort = () =>
+  new Promise<number>((done) => {
+    const srv = createServer().listen(0, "127.0.0.1", () => {
+      const { port } = srv.address() as { port: number };
+      srv.close(() => done(port));
+    });
+  });
+/**
+ * The worker's own memory figures (its /metrics, prom-client's process.memoryUsage()): V8 heap
+ * reserved and used, and memory outside the heap (buffers); RSS beyond these is the allocator's.
+ * Read at the window's ends only: a scrape with 10,000 gateways' series is work of its own.
+ */
+const workerMemory = async (port: number) => {
+  const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+  const metric = (name: string) => Number(new RegExp(`^${name} (\\S+)`, "m").exec(text)?.[1] ?? NaN) / 2 ** 20;
+  return { heapTotal: metric("nodejs_heap_size_total_bytes"), heapUsed: metric("nodejs_heap_size_used_bytes"), external: metric("nodejs_external_memory_bytes") };
+};
+const memText = (m: Awaited<ReturnType<typeof workerMemory>>) => `heap ${mb(m.heapUsed)} used of ${mb(m.heapTotal)}, external ${mb(m.external)}`;
 const sleep = (t: number) => new Promise((r) => setTimeout(r, t));
 
 /**
@@ -126,7 +144,8 @@ async function main() {
   const s = subjects("mcpgw");
 
   const nodeArgs = (process.env.SCALE_NODE_ARGS ?? "").split(" ").filter(Boolean);
-  worker = run(process.execPath, [...nodeArgs, "--import", "tsx", resolve(ROOT, "runtime/main.ts")], workerEnv(nats, TEST_SECRET_KEY, { MCPGW_LOG_LEVEL: "warn" }));
+  const edgePort = await freePort();
+  worker = run(process.execPath, [...nodeArgs, "--import", "tsx", resolve(ROOT, "runtime/main.ts")], workerEnv(nats, TEST_SECRET_KEY, { MCPGW_LOG_LEVEL: "warn", MCPGW_EDGE_PORT: String(edgePort) }));
   const pid = worker.child.pid!;
   await until("the worker serving admin requests", async () => {
     try {
@@ -138,16 +157,19 @@ async function main() {
   }, 60_000);
   const rssIdle = rssMb(pid);
 
+  // health checks as the upstreams saw them (a ping each, by gateway name): a check writes nothing to KV
   const firstCheck = new Map<string, number>();
   const checks: Array<{ gid: string; at: number }> = [];
-  const watch = await stores.state.watch({ key: "poll.*.health" });
-  void (async () => {
-    for await (const e of watch) {
-      if (e.operation !== "PUT") continue;
-      const gid = e.key.split(".")[1]!;
-      const at = Date.parse(PollStampSchema.parse(e.json()).at);
-      if (!firstCheck.has(gid)) firstCheck.set(gid, at);
-      checks.push({ gid, at });
+  let following = true;
+  const followPings = (async () => {
+    while (following) {
+      for (const f of fixtures) {
+        for (const [gid, at] of await drainPings(f.port).catch(() => [] as Array<[string, number]>)) {
+          if (!firstCheck.has(gid)) firstCheck.set(gid, at);
+          checks.push({ gid, at });
+        }
+      }
+      await sleep(1_000);
     }
   })();
 
@@ -193,6 +215,7 @@ async function main() {
   const up0 = await fixtureStats();
   const seq0 = await Promise.all(["KV_mcpgw_state", "KV_mcpgw_catalog"].map(async (n) => (await jsm.streams.info(n)).state.last_seq));
   const rss: number[] = [rssMb(pid)];
+  const mem0 = await workerMemory(edgePort).catch(() => null);
   const cpuSamples: number[] = [];
   let lastCpu = cpu0;
   while (Date.now() < windowStart + WINDOW_MS) {
@@ -203,10 +226,12 @@ async function main() {
     lastCpu = c;
   }
   const windowEnd = Date.now();
+  const mem1 = await workerMemory(edgePort).catch(() => null);
   const cpuMean = ((cpuSeconds(pid) - cpu0) / ((windowEnd - windowStart) / 1000)) * 100;
   const up1 = await fixtureStats();
   const seq1 = await Promise.all(["KV_mcpgw_state", "KV_mcpgw_catalog"].map(async (n) => (await jsm.streams.info(n)).state.last_seq));
-  watch.stop();
+  following = false;
+  await followPings;
   const intervals = (windowEnd - windowStart) / HEALTH_MS;
 
   // health checks in the window: per second, and the gap between two checks of one gateway
@@ -253,6 +278,7 @@ async function main() {
       ["machine load average (1, 5, 15 min): at the adds, at the window, at the end", `${loadAtAdds}; ${loadAtWindow}; ${load()}`],
       ["worker RSS: idle, right after the adds", `${mb(rssIdle)}, ${mb(rssAfterAdds)}`],
       ["worker RSS over the window [≤ 300 MB, flat]", `start ${mb(rss[0]!)}, end ${mb(rss.at(-1)!)}, min ${mb(Math.min(...rss))}, max ${mb(Math.max(...rss))}`],
+      ["worker memory (process.memoryUsage): window start; end", `${mem0 ? memText(mem0) : "unread"}; ${mem1 ? memText(mem1) : "unread"}`],
       ["worker CPU over the window [≤ 20% of one core]", `mean ${cpuMean.toFixed(1)}%, busiest ${SAMPLE_MS / 1000} s ${Math.max(...cpuSamples).toFixed(1)}%`],
       [
         "last add → every gateway checked once",

@@ -9,12 +9,14 @@ import type { OutboundPolicy } from "../actors/outboundPolicy.ts";
 import type { DiscoveryOutcome, PollKind } from "../actors/pollScheduler.ts";
 import { CatalogSchema, type Catalog, type UpstreamEra } from "../protocol/catalog.ts";
 import { GatewayStatusSchema, type GatewayRecord, type GatewayStatus } from "../protocol/gateway.ts";
-import { PollStampSchema } from "../protocol/poller.ts";
+import { PollerStatusReplySchema } from "../protocol/poller.ts";
 import { KEYS, type Subjects } from "../protocol/subjects.ts";
+import type { NatsConnection } from "@nats-io/transport-node";
+import { request } from "./bus.ts";
 import { publishEvent } from "./events.ts";
 import { McpError, type ServerCapabilities } from "@modelcontextprotocol/sdk/types.js";
 import { HttpPollSession, type PollClient } from "./httpPollSession.ts";
-import { closeWithin, isMethodNotFound } from "./mcpClient.ts";
+import { closeWithin, isMethodNotFound, type UpstreamConnection } from "./mcpClient.ts";
 import { checkStatelessUpstream, connectEitherEra, type StatelessUpstream } from "./revision2026Upstream.ts";
 
 /**
@@ -53,12 +55,7 @@ export function probeConnector(open: (sealed: string, gid: string) => string, ou
       { record, open, initialHeaders: {}, timeoutMs, outbound, dispatcher, pollOnly: true, onNotification: () => {}, onClosed, onError: () => {} },
       undefined,
     );
-    // bounded: an upstream that ignores the polite close is forced
-    const close = () => closeWithin(c.conn, 2_000);
-    if (c.era === "stateless") {
-      const conn = c.conn;
-      return { era: c.era, close, check: (signal) => checkStatelessUpstream(conn, timeoutMs, signal), list: (signal) => listStatelessCatalog(conn, timeoutMs, signal) };
-    }
+    if (c.era === "stateless") return statelessProbe(c.conn, timeoutMs);
     if (record.transport === "streamable-http" && !record.tls) {
       const transport = c.conn.client.transport as { sessionId?: string; protocolVersion?: string } | undefined;
       const session = new HttpPollSession({
@@ -69,20 +66,42 @@ export function probeConnector(open: (sealed: string, gid: string) => string, ou
         protocolVersion: transport?.protocolVersion,
         capabilities: shared(c.conn.client.getServerCapabilities()),
       });
-      return {
-        era: c.era,
-        close: () => session.close(),
-        check: async (signal) => void (await session.ping({ timeout: timeoutMs, signal })),
-        list: (signal) => listCatalog(session, timeoutMs, signal),
-      };
+      return sessionProbe(session, timeoutMs);
     }
-    const { client } = c.conn;
-    return {
-      era: c.era,
-      close,
-      check: async (signal) => void (await client.ping({ timeout: timeoutMs, signal })),
-      list: (signal) => listCatalog(client, timeoutMs, signal),
-    };
+    return clientProbe(c.conn, timeoutMs);
+  };
+}
+
+// Each kind of probe is built in a function of its own: closures made in one scope share its
+// context, so a kept session's ping would otherwise hold the SDK client (and its transport) that
+// only opened it, ten thousand of them at scale.
+
+function sessionProbe(session: HttpPollSession, timeoutMs: number): ProbeConnection {
+  return {
+    era: "session",
+    close: () => session.close(),
+    check: async (signal) => void (await session.ping({ timeout: timeoutMs, signal })),
+    list: (signal) => listCatalog(session, timeoutMs, signal),
+  };
+}
+
+function statelessProbe(conn: StatelessUpstream, timeoutMs: number): ProbeConnection {
+  return {
+    era: "stateless",
+    // bounded: an upstream that ignores the polite close is forced
+    close: () => closeWithin(conn, 2_000),
+    check: (signal) => checkStatelessUpstream(conn, timeoutMs, signal),
+    list: (signal) => listStatelessCatalog(conn, timeoutMs, signal),
+  };
+}
+
+function clientProbe(conn: UpstreamConnection, timeoutMs: number): ProbeConnection {
+  const { client } = conn;
+  return {
+    era: "session",
+    close: () => closeWithin(conn, 2_000),
+    check: async (signal) => void (await client.ping({ timeout: timeoutMs, signal })),
+    list: (signal) => listCatalog(client, timeoutMs, signal),
   };
 }
 
@@ -181,22 +200,29 @@ export async function reconcileCatalog(store: CatalogStore, gid: string, found: 
   }
 }
 
-/** The poll stamp of `kind` (raw: the scheduler decides what it means). */
-export async function readStamp(state: KV, gid: string, kind: PollKind): Promise<unknown> {
-  const e = await getLive(state, kind === "health" ? KEYS.pollHealth(gid) : KEYS.pollDiscovery(gid));
+/** The discovery stamp (raw: the scheduler decides what it means). */
+export async function readDiscoveryStamp(state: KV, gid: string): Promise<unknown> {
+  const e = await getLive(state, KEYS.pollDiscovery(gid));
   return e ? entryJson(e) : undefined;
 }
 
-/**
- * A gateway's status for `gateway get/ls`: the stored status, with last success and next
- * poll taken from the health stamp when that is newer (stamps are written every poll,
- * the status only when something in it changed).
- */
-export async function readGatewayStatus(state: KV, gid: string): Promise<GatewayStatus | undefined> {
-  const [statusEntry, stampEntry] = await Promise.all([getLive(state, KEYS.gatewayStatus(gid)), getLive(state, KEYS.pollHealth(gid))]);
-  const status = parseEntry(GatewayStatusSchema, statusEntry);
-  if (!status) return undefined;
-  const stamp = parseEntry(PollStampSchema, stampEntry);
-  if (!stamp || (status.lastSuccessAt !== null && stamp.at <= status.lastSuccessAt)) return status;
-  return { ...status, lastSuccessAt: stamp.at, nextPollAt: stamp.nextAt };
+/** The status its poller last stored (`status.<gid>`): written when a field readers act on changed, its last success refreshed every few intervals. */
+export async function readStoredStatus(state: KV, gid: string): Promise<GatewayStatus | undefined> {
+  return parseEntry(GatewayStatusSchema, await getLive(state, KEYS.gatewayStatus(gid))) ?? undefined;
 }
+
+/**
+ * A gateway's status for `gateway get/ls`: its poller's live status, asked at its address on
+ * whichever worker polls it (last success and next check to the second); the stored one when
+ * nobody polls it now or its poller does not answer in time.
+ */
+export async function readGatewayStatus(nc: NatsConnection, s: Subjects, state: KV, gid: string): Promise<GatewayStatus | undefined> {
+  try {
+    return (await request(nc, s.poller.op(gid, "status"), {}, PollerStatusReplySchema, STATUS_ASK_MS)).status;
+  } catch {
+    return readStoredStatus(state, gid);
+  }
+}
+
+/** How long `gateway get/ls` waits for a poller's live status before it shows the stored one. */
+const STATUS_ASK_MS = 2_000;

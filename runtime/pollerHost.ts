@@ -19,13 +19,13 @@ import {
   type GatewayRecord,
 } from "../protocol/gateway.ts";
 import { PollerRequestSchema, type PollStamp, type PollerStatusReply } from "../protocol/poller.ts";
-import { KEYS, buckets, kvSubject } from "../protocol/subjects.ts";
+import { KEYS } from "../protocol/subjects.ts";
 import { isNoResponders, request, serve } from "./bus.ts";
 import { followEvents } from "./events.ts";
 import { followKv } from "./kvWatch.ts";
 import { PollConnections } from "./pollConnections.ts";
 import { startPollerOwnership, type PollerOwnership } from "./pollerOwnership.ts";
-import { readGatewayStatus, readStamp, reconcileCatalog, type GatewayConnector, type ProbeConnection } from "./pollerEffects.ts";
+import { readDiscoveryStamp, readStoredStatus, reconcileCatalog, type GatewayConnector, type ProbeConnection } from "./pollerEffects.ts";
 import { gatewayScrubber, scrubbedError } from "./secretScrubber.ts";
 import type { Hosted, WorkerContext } from "./worker.ts";
 
@@ -83,7 +83,6 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
   const connections = new PollConnections(connect, config.poller.maxStdio);
   const open = (sealed: string, gid: string) => box.open(sealed, gid);
   const jsm = await jetstreamManager(nc);
-  const stateBucket = buckets(config.prefix).state;
 
   /**
    * A gateway added or changed is discovered at once, up to 32 a second: beyond that (an import of
@@ -155,7 +154,7 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
     clock: { now: () => Date.now(), setTimeout: (fn, ms) => setTimeout(fn, ms), clearTimeout: (t) => clearTimeout(t as NodeJS.Timeout) },
     random: Math.random,
     effects: {
-      readStamp: (gid, kind) => readStamp(stores.state, gid, kind),
+      readDiscoveryStamp: (gid) => readDiscoveryStamp(stores.state, gid),
       classification: () => classification,
       checkHealth: (gid, signal) =>
         probe(
@@ -165,14 +164,7 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
           signal,
         ),
       discover: (gid, signal) => probe(gid, "discovery", discoverOver(gid, signal), signal),
-      recordPoll: (gid, kind, at, nextAt) => {
-        const stamp: PollStamp = { at, nextAt, worker: me };
-        if (kind === "discovery") return putJson(KEYS.pollDiscovery(gid), stamp, "a poll stamp");
-        // A health stamp is a record for readers (last success, next check), not a fence: a lost one
-        // costs at most one extra check by a successor. So it is published without waiting for the
-        // store's acknowledgement: one message instead of a request, its inbox and timer per check.
-        nc.publish(kvSubject(stateBucket, KEYS.pollHealth(gid)), encodeValue(stamp));
-      },
+      recordDiscovery: (gid, at, nextAt) => putJson(KEYS.pollDiscovery(gid), { at, nextAt, worker: me } satisfies PollStamp, "a poll stamp"),
       writeStatus: (gid, status) => putJson(KEYS.gatewayStatus(gid), status, "a gateway status"),
     },
   });
@@ -213,7 +205,7 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
     const [status, pushMissed] =
       freshness === "added"
         ? [undefined, false]
-        : await Promise.all([readGatewayStatus(stores.state, gid).catch(() => undefined), freshness ? false : missedPush(gid)]);
+        : await Promise.all([readStoredStatus(stores.state, gid).catch(() => undefined), freshness ? false : missedPush(gid)]);
     // the claim may have moved while the status was read
     if (stopped || running.has(gid) || !gateways.has(gid) || !ownership.hosts(gid)) return;
     fresh.delete(gid);

@@ -30,9 +30,9 @@ export type PollerSeats = {
 export type PollerOwnership = {
   /** whether this worker holds the gateway's claim (its poller runs, or is starting) */
   hosts(gid: string): boolean;
-  /** places every gateway now (the periodic reconcile does too) */
+  /** places every gateway now */
   reconcile(): Promise<void>;
-  /** places one gateway now (added or changed); the periodic reconcile places them all */
+  /** places one gateway now (added or changed) */
   placeOne(gid: string): Promise<void>;
   /** stops polling and gives the claim back (compare-and-swap: only while it is still ours) */
   release(gid: string): Promise<void>;
@@ -56,6 +56,14 @@ export async function startPollerOwnership(ctx: WorkerContext, seats: PollerSeat
   const claims = new Claims({ kv: stores.state, me, holderAlive: (_key: string, holder: string) => live.has(holder) });
   let lastHeartbeatOk = performance.now();
   let stopped = false;
+  /**
+   * The periodic pass is proportional to what changed, not to every gateway: it places all of them
+   * only when the live workers differ from those of the last full pass (a worker joined, died or
+   * this one stepped down), and otherwise only the gateways whose claim the watch reported or
+   * whose claim attempt failed since.
+   */
+  let placedAmong: string | null = null;
+  const dirty = new Set<string>();
 
   const stopHosting = (gid: string) => {
     hosting.delete(gid);
@@ -76,6 +84,7 @@ export async function startPollerOwnership(ctx: WorkerContext, seats: PollerSeat
       hosting.set(gid, Math.max(revision, hosting.get(gid) ?? 0));
       await seats.start(gid);
     } catch (err) {
+      dirty.add(gid);
       log.warn({ err, gid }, "could not claim a gateway");
     }
   };
@@ -103,7 +112,8 @@ export async function startPollerOwnership(ctx: WorkerContext, seats: PollerSeat
   };
 
   let reconciling = false;
-  const reconcile = async () => {
+  /** `all`: place every gateway; otherwise only what changed (see `placedAmong`) */
+  const reconcile = async (all = true) => {
     if (stopped || reconciling) return;
     reconciling = true;
     try {
@@ -113,12 +123,22 @@ export async function startPollerOwnership(ctx: WorkerContext, seats: PollerSeat
       if (mustStepDown(lastHeartbeatOk, now, ttl, live.size > 1)) {
         if (hosting.size > 0) log.warn({ gateways: hosting.size }, "heartbeat not renewed; stopping pollers");
         for (const gid of [...hosting.keys()]) stopHosting(gid);
+        placedAmong = null;
         return;
       }
+      const among = [...live].sort().join(" ");
       const mine = liveness.placedHere(now);
       const work: Promise<void>[] = [];
-      for (const gid of [...hosting.keys()]) place(gid, mine, work);
-      for (const gid of seats.gateways()) if (!hosting.has(gid)) place(gid, mine, work);
+      if (all || among !== placedAmong) {
+        placedAmong = among;
+        dirty.clear();
+        for (const gid of [...hosting.keys()]) place(gid, mine, work);
+        for (const gid of seats.gateways()) if (!hosting.has(gid)) place(gid, mine, work);
+      } else {
+        const changed = [...dirty];
+        dirty.clear();
+        for (const gid of changed) place(gid, mine, work);
+      }
       await Promise.all(work);
       // heartbeat keys of workers gone for a long time (CAS: unless they came back)
       for (const { worker, revision } of liveness.takeLongGone(performance.now())) {
@@ -142,6 +162,7 @@ export async function startPollerOwnership(ctx: WorkerContext, seats: PollerSeat
     const gid = e.key.slice(KEYS.pollOwnerPrefix.length);
     // this worker's own claim may be known before the watch delivers older entries
     const { holder, revision: latest } = claims.heard(e);
+    dirty.add(gid);
     // a deleted claim of a gateway this worker does not poll is nothing to keep (a create takes a deleted key too)
     if (holder === null && !seats.exists(gid)) claims.forget(e.key);
     // a takeover stops this worker's poller at once; anything else waits for the next reconcile
@@ -164,7 +185,7 @@ export async function startPollerOwnership(ctx: WorkerContext, seats: PollerSeat
     await followKv(stores.state, `${KEYS.pollOwnerPrefix}*`, onOwnerEntry, log, "poller owner watch"),
   ];
   const beat = setInterval(() => void heartbeat(), Math.max(100, Math.floor(ttl / 3)));
-  const tick = setInterval(() => void reconcile().catch((err) => log.error({ err }, "ownership reconcile failed")), Math.max(100, Math.floor(ttl / 6)));
+  const tick = setInterval(() => void reconcile(false).catch((err) => log.error({ err }, "ownership reconcile failed")), Math.max(100, Math.floor(ttl / 6)));
 
   const halt = () => {
     stopped = true;
@@ -181,7 +202,7 @@ export async function startPollerOwnership(ctx: WorkerContext, seats: PollerSeat
       claims.forget(KEYS.pollOwner(gid));
     },
     halt,
-    reconcile,
+    reconcile: () => reconcile(true),
     async stop() {
       halt();
       for (const w of watches) w.stop();

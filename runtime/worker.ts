@@ -72,7 +72,7 @@ export async function startWorker(config: Config, nc: NatsConnection, log: Logge
     publish: (subject, event) => publishEvent(stores.js, subject, event),
     seal: (plain, gid) => box.seal(plain, gid),
     open: (sealed, gid) => box.open(sealed, gid),
-    statusOf: (gid) => readGatewayStatus(stores.state, gid),
+    statusOf: (gid) => readGatewayStatus(nc, s, stores.state, gid),
   });
   const workerLog = log.child({ worker: config.workerId });
   const refusals = new Refusals();

@@ -1,10 +1,21 @@
-// The pollers' kept MCP connections with a fake connector: reuse, replacement, the stdio bound.
+// The pollers' kept MCP connections with a fake connector (reuse, replacement, the stdio bound), and
+// on a real upstream what a kept HTTP session holds.
 import assert from "node:assert/strict";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { describe, it } from "node:test";
+import { setFlagsFromString, writeHeapSnapshot } from "node:v8";
+import { runInNewContext } from "node:vm";
 import { ErrorCode, McpError } from "@modelcontextprotocol/sdk/types.js";
 import type { GatewayRecord } from "../protocol/gateway.ts";
+import { DEFAULT_OUTBOUND_POLICY } from "../actors/outboundPolicy.ts";
+import { holdings } from "../bench/heapSnapshot.ts";
+import { sharedUpstreamAgent } from "../runtime/mcpClient.ts";
 import { PollConnections } from "../runtime/pollConnections.ts";
-import type { GatewayConnector, ProbeConnection } from "../runtime/pollerEffects.ts";
+import { probeConnector, type GatewayConnector, type ProbeConnection } from "../runtime/pollerEffects.ts";
+import { startFixtureHttp } from "./fixtures/fixtureHttp.ts";
+import { gatewayRecord } from "./helpers/gateways.ts";
 
 type FakeConn = { n: number; gid: string; open: boolean; onClosed: () => void };
 
@@ -132,5 +143,38 @@ describe("PollConnections", () => {
     await h.use(a);
     await h.use(a, undefined, false);
     assert.equal(h.conns.length, 2);
+  });
+});
+
+describe("PollConnections on a real streamable-HTTP upstream", () => {
+  it("a kept session is data: after GC no SDK transport of the sessions that opened them is alive", async () => {
+    const fixture = await startFixtureHttp();
+    const agent = sharedUpstreamAgent(DEFAULT_OUTBOUND_POLICY);
+    const pool = new PollConnections(probeConnector((sealed) => sealed, DEFAULT_OUTBOUND_POLICY, agent), 2);
+    const N = 20;
+    const records = Array.from({ length: N }, (_, i) =>
+      gatewayRecord({ name: `kept${i}`, id: i.toString(16).padStart(16, "0"), transport: "streamable-http", url: fixture.url(`kept${i}`) }),
+    );
+    try {
+      for (const r of records) await pool.use(r, 20_000, (c) => c.check());
+      for (const r of records) await pool.use(r, 20_000, (c) => c.check());
+      assert.equal(pool.size.all, N);
+      assert.equal(records.reduce((n, r) => n + fixture.gateway(r.name).opened.length, 0), N, "one session each, kept");
+      setFlagsFromString("--expose-gc");
+      (runInNewContext("gc") as () => void)();
+      const dir = mkdtempSync(join(tmpdir(), "pollconn-"));
+      try {
+        const held = holdings(writeHeapSnapshot(join(dir, "kept.heapsnapshot")));
+        // the client side's transport class (the fixture's is StreamableHTTPServerTransport)
+        assert.equal(held.get("StreamableHttpTransport")?.count ?? 0, 0, "no SDK transport held by a kept session");
+        assert.ok((held.get("HttpPollSession")?.count ?? 0) >= N);
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
+    } finally {
+      await pool.closeAll();
+      await agent.close();
+      await fixture.close();
+    }
   });
 });

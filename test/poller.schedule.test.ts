@@ -2,7 +2,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { SimulatedClock } from "xstate";
-import { PollScheduler, type DiscoveryOutcome, type PollKind, type RefreshResponder } from "../actors/pollScheduler.ts";
+import { PollScheduler, STATUS_REFRESH_MS, type DiscoveryOutcome, type PollKind, type RefreshResponder } from "../actors/pollScheduler.ts";
 import { delayToSlot, phaseOf } from "../actors/discovery.ts";
 import type { GatewayStatus } from "../protocol/gateway.ts";
 
@@ -33,10 +33,10 @@ function harness(opts: Options = {}) {
     clock,
     random: () => 0,
     effects: {
-      readStamp: async (_gid, kind) => {
-        reads.push(kind);
+      readDiscoveryStamp: async () => {
+        reads.push("discovery");
         if (kv.readFails) throw new Error("state bucket unreachable");
-        return stamps.get(kind);
+        return stamps.get("discovery");
       },
       classification: () => kv.classification,
       checkHealth: async () => {
@@ -51,9 +51,9 @@ function harness(opts: Options = {}) {
         catalog.tools = tools;
         return { changed, hash: tools.join(), diff: { added: EMPTY, updated: EMPTY, removed: EMPTY }, counts: { tools: tools.length, prompts: 0, resources: 0 } };
       },
-      recordPoll: (_gid, kind, at, nextAt) => {
-        recorded.push({ kind, at });
-        stamps.set(kind, { at, nextAt, worker: "w1" });
+      recordDiscovery: (_gid, at, nextAt) => {
+        recorded.push({ kind: "discovery", at });
+        stamps.set("discovery", { at, nextAt, worker: "w1" });
       },
       writeStatus: (_gid, status) => {
         statuses.push(status);
@@ -236,18 +236,27 @@ describe("poller schedule", () => {
     h.actor.stop();
   });
 
-  it("skips its first health slot if another worker just checked it; after its own first check it reads no state before a check", async () => {
+  it("checks at its slots without reading or writing state; the status is written when it changes, and again every few intervals for its last success", async () => {
     const h = harness({ discoveryInterval: 100 * D });
-    // the predecessor checked a second before this poller's first slot
     const firstSlot = delayToSlot(0, H, phaseOf(GID));
-    h.stamps.set("health", { at: new Date(Math.max(0, firstSlot - S)).toISOString(), nextAt: null, worker: "w2" });
     await h.advance(firstSlot + S);
-    assert.equal(h.healthChecks.length, 0, "the predecessor's check of this slot counts");
-    assert.equal(h.reads.filter((k) => k === "health").length, 1);
+    assert.equal(h.healthChecks.length, 1, "a new poller checks at the gateway's slot");
+    const written = h.statuses.length;
     await h.advance(5 * H);
-    assert.equal(h.healthChecks.length, 5);
-    assert.equal(h.reads.filter((k) => k === "health").length, 2, "one read per slot until the first check, none after");
+    assert.equal(h.healthChecks.length, 6);
+    assert.equal(h.reads.length, 0, "a health check reads no state");
+    assert.equal(h.statuses.length, written, "checks that changed nothing write nothing");
+    assert.ok(h.recorded.every((r) => r.kind === "discovery"), "a health check writes no stamp");
     assertGaps(h.healthChecks, H, "health");
+    const stored = h.lastStatus()!.lastSuccessAt!;
+    await h.advance(STATUS_REFRESH_MS + H);
+    assert.equal(h.statuses.length, written + 1, "the status is written again once its last success is many intervals old");
+    assert.ok(Date.parse(h.lastStatus()!.lastSuccessAt!) - Date.parse(stored) >= STATUS_REFRESH_MS);
+    // a failure changes what readers act on: written at once
+    h.upstream.up = false;
+    await h.advance(H);
+    assert.equal(h.statuses.length, written + 2);
+    assert.equal(h.lastStatus()!.consecutiveFailures, 1);
     h.actor.stop();
   });
 
@@ -296,11 +305,11 @@ describe("poller schedule", () => {
       },
       random: Math.random,
       effects: {
-        readStamp: async () => undefined,
+        readDiscoveryStamp: async () => undefined,
         classification: () => undefined,
         checkHealth: async (gid) => void checks.get(gid)!.push(clock.now()),
         discover: async () => ({ changed: false, hash: "", diff: { added: EMPTY, updated: EMPTY, removed: EMPTY }, counts: { tools: 0, prompts: 0, resources: 0 } }),
-        recordPoll: () => {},
+        recordDiscovery: () => {},
         writeStatus: () => {},
       },
     });

@@ -1,15 +1,18 @@
-// 1,000 gateways on one fixture process and one worker: every gateway is polled, and every
-// poll plans the next one at the gateway's own slot of the interval. That those slots are
+// 1,000 gateways on one fixture process and one worker: every gateway is polled (the upstream
+// receives its ping), and every poller plans its next check at the gateway's own slot of the
+// interval (its live status, asked at its address). That those slots are
 // spread evenly is a property of the slot function (test/discovery.test.ts); how evenly the
 // polls actually run is measured in bench/pollSpread.bench.ts.
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { phaseOf } from "../actors/discovery.ts";
-import { PollStampSchema } from "../protocol/poller.ts";
+import { PollerStatusReplySchema } from "../protocol/poller.ts";
+import { subjects } from "../protocol/subjects.ts";
+import { request } from "../runtime/bus.ts";
 import { openStores } from "../runtime/nats.ts";
 import { startNats, type TestNats } from "./helpers/nats.ts";
 import { until } from "./helpers/wait.ts";
-import { startFixtureProcess } from "./fixtures/fixtureHttp.ts";
+import { drainPings, startFixtureProcess } from "./fixtures/fixtureHttp.ts";
 import { directRegistry, startTestWorker, type TestWorker } from "./helpers/worker.ts";
 
 const GATEWAYS = 1_000;
@@ -37,43 +40,47 @@ describe("poll spreading", () => {
     const nc = await nats.connect();
     const stores = await openStores(nc, "mcpgw");
     const registry = directRegistry(stores);
-    const gids: string[] = [];
+    const added: Array<{ id: string; name: string }> = [];
     for (let i = 0; i < GATEWAYS; i += 50) {
-      const added = await Promise.all(
-        Array.from({ length: Math.min(50, GATEWAYS - i) }, (_, j) =>
-          registry.add({ name: `g${i + j}`, transport: "streamable-http", url: fixture.url(`g${i + j}`) }),
-        ),
+      added.push(
+        ...(await Promise.all(
+          Array.from({ length: Math.min(50, GATEWAYS - i) }, (_, j) =>
+            registry.add({ name: `g${i + j}`, transport: "streamable-http", url: fixture.url(`g${i + j}`) }),
+          ),
+        )),
       );
-      gids.push(...added.map((g) => g.id));
     }
+    const gids = added.map((g) => g.id);
 
-    // every health stamp written from the start: one per successful health check
-    const stamps: Array<{ gid: string; at: number; nextAt: number; worker: string }> = [];
-    const watch = await stores.state.watch({ key: "poll.*.health" });
-    void (async () => {
-      for await (const e of watch) {
-        if (e.operation !== "PUT") continue;
-        const s = PollStampSchema.parse(e.json());
-        stamps.push({ gid: e.key.split(".")[1]!, at: Date.parse(s.at), nextAt: Date.parse(s.nextAt!), worker: s.worker });
-      }
-    })();
-    try {
-      worker = await startTestWorker(nats, { MCPGW_ALLOW_SHORT_INTERVALS: "1", MCPGW_HEALTH_INTERVAL: `${HEALTH_MS}ms`, MCPGW_DISCOVERY_INTERVAL: "1h" });
-      // the first interval (plus jitter) should see them all; the bound only stops a hang
-      await until("a health check of every gateway", () => new Set(stamps.map((s) => s.gid)).size === GATEWAYS, 180_000);
-    } finally {
-      watch.stop();
-    }
+    // every health check as the upstream saw it (a check writes nothing to KV)
+    const idOf = new Map(added.map((g) => [g.name, g.id] as const));
+    const checked = new Set<string>();
+    worker = await startTestWorker(nats, { MCPGW_ALLOW_SHORT_INTERVALS: "1", MCPGW_HEALTH_INTERVAL: `${HEALTH_MS}ms`, MCPGW_DISCOVERY_INTERVAL: "1h" });
+    // the first interval (plus jitter) should see them all; the bound only stops a hang
+    await until("a health check of every gateway", async () => {
+      for (const [name] of await drainPings(fixture.port)) checked.add(idOf.get(name)!);
+      return checked.size === GATEWAYS;
+    }, 180_000);
+    assert.deepEqual(checked, new Set(gids));
 
-    assert.deepEqual(new Set(stamps.map((s) => s.gid)), new Set(gids));
-    for (const s of stamps) {
-      assert.equal(s.worker, worker.id);
-      // never twice in one interval: the next check at least half an interval after this one ended
-      assert.ok(s.nextAt - s.at >= HEALTH_MS / 2, `${s.gid}: next check ${s.nextAt - s.at} ms after the last`);
+    // each poller's live status, at its own address: the next check planned at its slot
+    const s = subjects("mcpgw");
+    const ask = () => Promise.all(gids.map((gid) => request(worker!.nc, s.poller.op(gid, "status"), {}, PollerStatusReplySchema, 30_000)));
+    // a ping the upstream received may not be answered in the worker yet
+    const replies = await until("every poller's check answered", async () => {
+      const all = await ask();
+      return all.every((r) => r.status.lastSuccessAt !== null) ? all : null;
+    }, 60_000);
+    for (const r of replies) {
+      assert.equal(r.worker, worker.id);
+      const at = Date.parse(r.status.lastSuccessAt!);
+      const nextAt = Date.parse(r.status.nextPollAt!);
+      // never twice in one interval: the next check at least half an interval after the last one ended
+      assert.ok(nextAt - at >= HEALTH_MS / 2, `${r.gid}: next check ${nextAt - at} ms after the last`);
       // at the gateway's slot of the shared grid, plus its jitter
-      const slot = Math.floor(phaseOf(s.gid) * HEALTH_MS);
-      const pastSlot = (((s.nextAt - slot) % HEALTH_MS) + HEALTH_MS) % HEALTH_MS;
-      assert.ok(pastSlot < JITTER_MAX_MS, `${s.gid}: next check ${pastSlot} ms past its slot`);
+      const slot = Math.floor(phaseOf(r.gid) * HEALTH_MS);
+      const pastSlot = (((nextAt - slot) % HEALTH_MS) + HEALTH_MS) % HEALTH_MS;
+      assert.ok(pastSlot < JITTER_MAX_MS, `${r.gid}: next check ${pastSlot} ms past its slot`);
     }
   });
 });
