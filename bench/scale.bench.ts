@@ -118,10 +118,14 @@ async function classificationOnly() {
   ]);
 }
 
-/** Adds GATEWAYS gateways through `mcpgw.admin.gateway.add`, PARALLEL at once, at distinct fixture URLs. */
-async function addGateways(admin: NatsConnection, s: Subjects, enabled = true) {
+/**
+ * Adds GATEWAYS gateways through `mcpgw.admin.gateway.add`, PARALLEL at once, at distinct fixture URLs;
+ * with the CPU per add (ms) of the worker and the nats-server (/proc: user + system).
+ */
+async function addGateways(admin: NatsConnection, s: Subjects, pids: { worker: number; nats: number }, enabled = true) {
   const latencies: number[] = [];
   const failures: string[] = [];
+  const cpu0 = { worker: cpuSeconds(pids.worker), nats: cpuSeconds(pids.nats) };
   const started = Date.now();
   let next = 0;
   await Promise.all(
@@ -139,7 +143,9 @@ async function addGateways(admin: NatsConnection, s: Subjects, enabled = true) {
     }),
   );
   const ended = Date.now();
-  return { latencies, failures, started, ended, perSecond: latencies.length / ((ended - started) / 1000) };
+  const perAdd = (seconds: number) => (seconds * 1000) / Math.max(1, latencies.length);
+  const cpuPerAdd = { worker: perAdd(cpuSeconds(pids.worker) - cpu0.worker), nats: perAdd(cpuSeconds(pids.nats) - cpu0.nats) };
+  return { latencies, failures, started, ended, perSecond: latencies.length / ((ended - started) / 1000), cpuPerAdd };
 }
 
 /** The pid of the nats-server this process started (its child). */
@@ -188,10 +194,11 @@ async function addsOnly() {
   const tailMs = parseDuration(process.env.SCALE_ADDS_TAIL ?? "10s")!;
   const load = () => loadavg().map((l) => l.toFixed(1)).join(", ");
   const loadBefore = load();
-  const [w0, n0, b0] = [cpuSeconds(pid), cpuSeconds(natsPid), process.cpuUsage()];
   const enabled = process.env.SCALE_ADDS_ENABLED !== "false";
-  const adds = await addGateways(admin, s, enabled);
-  const [w1, n1, b1] = [cpuSeconds(pid), cpuSeconds(natsPid), process.cpuUsage(b0)];
+  const b0 = process.cpuUsage();
+  const adds = await addGateways(admin, s, { worker: pid, nats: natsPid }, enabled);
+  const b1 = process.cpuUsage(b0);
+  const w1 = cpuSeconds(pid);
   const loadAfter = load();
   await sleep(tailMs);
   const w2 = cpuSeconds(pid);
@@ -203,8 +210,8 @@ async function addsOnly() {
       `CPU from /proc (user + system). Target from issue 12 in brackets.`,
     [
       ["admin adds per second [≥ 500]", `${adds.perSecond.toFixed(0)} (latency p50 ${ms(a.p50)}, p95 ${ms(a.p95)}, max ${ms(a.max)}); failed ${adds.failures.length}${adds.failures[0] ? ` (${adds.failures[0]})` : ""}`],
-      ["CPU per add: worker, nats-server, this bench (the client)", `${perAdd(w1 - w0)}, ${perAdd(n1 - n0)}, ${perAdd((b1.user + b1.system) / 1e6)}`],
-      ["worker CPU during the adds (% of one core)", `${(((w1 - w0) / ((adds.ended - adds.started) / 1000)) * 100).toFixed(0)}%`],
+      ["CPU per add: worker, nats-server, this bench (the client)", `${adds.cpuPerAdd.worker.toFixed(2)} ms, ${adds.cpuPerAdd.nats.toFixed(2)} ms, ${perAdd((b1.user + b1.system) / 1e6)}`],
+      ["worker CPU during the adds (% of one core)", `${((adds.cpuPerAdd.worker * adds.perSecond) / 10).toFixed(0)}%`],
       [`worker CPU in the ${ms(tailMs)} after the last add`, `${(w2 - w1).toFixed(1)} s (${perAdd(w2 - w1)} per add)`],
       ["machine load average (1, 5, 15 min): before, after the adds", `${loadBefore}; ${loadAfter}`],
     ],
@@ -243,7 +250,8 @@ async function main() {
   // ---- adds ----
   const load = (): string => loadavg().map((l) => l.toFixed(1)).join(", ");
   const loadAtAdds = load();
-  const { latencies: addLatencies, failures: addFailures, started: addsStarted, ended: addsEnded, perSecond: addsPerSecond } = await addGateways(admin, s);
+  const adds = await addGateways(admin, s, { worker: pid, nats: natsServerPid() });
+  const { latencies: addLatencies, failures: addFailures, ended: addsEnded, perSecond: addsPerSecond } = adds;
   const rssAfterAdds = rssMb(pid);
 
   // ---- the first interval: every gateway checked once ----
@@ -318,7 +326,8 @@ async function main() {
     [
       [
         "admin adds per second [≥ 500]",
-        `${addsPerSecond.toFixed(0)} (latency p50 ${ms(add.p50)}, p95 ${ms(add.p95)}, max ${ms(add.max)}); failed ${addFailures.length}${addFailures[0] ? ` (${addFailures[0]})` : ""}`,
+        `${addsPerSecond.toFixed(0)} (latency p50 ${ms(add.p50)}, p95 ${ms(add.p95)}, max ${ms(add.max)}); failed ${addFailures.length}${addFailures[0] ? ` (${addFailures[0]})` : ""}; ` +
+          `CPU per add: worker ${adds.cpuPerAdd.worker.toFixed(2)} ms, nats-server ${adds.cpuPerAdd.nats.toFixed(2)} ms`,
       ],
       ["machine load average (1, 5, 15 min): at the adds, at the window, at the end", `${loadAtAdds}; ${loadAtWindow}; ${load()}`],
       ["worker RSS: idle, right after the adds", `${mb(rssIdle)}, ${mb(rssAfterAdds)}`],
