@@ -9,18 +9,21 @@
 // Run: node --import tsx bench/scale.bench.ts
 // SCALE_GATEWAYS (10000), SCALE_WINDOW (10m: the observation window after the first interval),
 // SCALE_FIXTURES (4); SCALE_ONLY=classification measures the classification alone (no worker);
+// SCALE_ONLY=adds the add phase alone, with CPU per add of the worker and the nats-server (SCALE_ADDS_TAIL, 10s;
+// SCALE_ADDS_ENABLED=false adds them disabled: the add path without pollers);
 // SCALE_NODE_ARGS (node flags of the worker, e.g. "--cpu-prof --heapsnapshot-signal=SIGUSR2"),
 // SCALE_WORKER_LOG (a file for the worker's output).
-import { readFileSync, writeFileSync } from "node:fs";
+import { readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { loadavg } from "node:os";
 import { jetstreamManager } from "@nats-io/jetstream";
+import type { NatsConnection } from "@nats-io/transport-node";
 import { createActor, toPromise, type AnyActorLogic, type InputFrom, type OutputFrom } from "xstate";
 import { parseEntry } from "../actors/kvStore.ts";
 import { UsageAggregate } from "../actors/usageAggregate.ts";
 import { ClassificationSchema } from "../protocol/classification.ts";
 import { GatewayListReplySchema, GatewayViewSchema } from "../protocol/gateway.ts";
-import { KEYS, subjects } from "../protocol/subjects.ts";
+import { KEYS, subjects, type Subjects } from "../protocol/subjects.ts";
 import { request } from "../runtime/bus.ts";
 import { parseDuration } from "../runtime/config.ts";
 import { createClassifierEffects, followRoster } from "../runtime/classifierHost.ts";
@@ -133,20 +136,56 @@ async function classificationOnly() {
   ]);
 }
 
-async function main() {
-  if (process.env.SCALE_ONLY === "classification") return classificationOnly();
-  nats = await startNats();
-  for (let i = 0; i < FIXTURES; i++) fixtures.push(await startFixtureProcess());
-  const nc = await nats.connect();
-  const admin = await nats.connect("admin");
-  const stores = await openStores(nc, "mcpgw");
-  const jsm = await jetstreamManager(nc);
-  const s = subjects("mcpgw");
+/**
+ * Adds GATEWAYS gateways through `mcpgw.admin.gateway.add`, PARALLEL at once, at distinct fixture URLs;
+ * with the CPU per add (ms) of the worker and the nats-server (/proc: user + system).
+ */
+async function addGateways(admin: NatsConnection, s: Subjects, pids: { worker: number; nats: number }, enabled = true) {
+  const latencies: number[] = [];
+  const failures: string[] = [];
+  const cpu0 = { worker: cpuSeconds(pids.worker), nats: cpuSeconds(pids.nats) };
+  const started = Date.now();
+  let next = 0;
+  await Promise.all(
+    Array.from({ length: PARALLEL }, async () => {
+      while (next < GATEWAYS) {
+        const i = next++;
+        const t0 = performance.now();
+        try {
+          await request(admin, s.admin.gateway("add"), { name: `g${i}`, transport: "streamable-http", url: fixtures[i % FIXTURES]!.url(`g${i}`), enabled }, GatewayViewSchema, 30_000);
+          latencies.push(performance.now() - t0);
+        } catch (err) {
+          failures.push(String(err));
+        }
+      }
+    }),
+  );
+  const ended = Date.now();
+  const perAdd = (seconds: number) => (seconds * 1000) / Math.max(1, latencies.length);
+  const cpuPerAdd = { worker: perAdd(cpuSeconds(pids.worker) - cpu0.worker), nats: perAdd(cpuSeconds(pids.nats) - cpu0.nats) };
+  return { latencies, failures, started, ended, perSecond: latencies.length / ((ended - started) / 1000), cpuPerAdd };
+}
 
+/** The pid of the nats-server this process started (its child). */
+function natsServerPid(): number {
+  for (const entry of readdirSync("/proc")) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = readFileSync(`/proc/${entry}/stat`, "utf8");
+      const ppid = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
+      if (ppid === process.pid && stat.includes("(nats-server)")) return Number(entry);
+    } catch {
+      // gone meanwhile
+    }
+  }
+  throw new Error("no nats-server child found");
+}
+
+/** Starts the worker against `nats` and waits until it answers admin requests; returns its pid. */
+async function startWorkerProcess(admin: NatsConnection, s: Subjects): Promise<{ pid: number; edgePort: number }> {
   const nodeArgs = (process.env.SCALE_NODE_ARGS ?? "").split(" ").filter(Boolean);
   const edgePort = await freePort();
-  worker = run(process.execPath, [...nodeArgs, "--import", "tsx", resolve(ROOT, "runtime/main.ts")], workerEnv(nats, TEST_SECRET_KEY, { MCPGW_LOG_LEVEL: "warn", MCPGW_EDGE_PORT: String(edgePort) }));
-  const pid = worker.child.pid!;
+  worker = run(process.execPath, [...nodeArgs, "--import", "tsx", resolve(ROOT, "runtime/main.ts")], workerEnv(nats!, TEST_SECRET_KEY, { MCPGW_LOG_LEVEL: "warn", MCPGW_EDGE_PORT: String(edgePort) }));
   await until("the worker serving admin requests", async () => {
     try {
       await request(admin, s.admin.gateway("list"), {}, GatewayListReplySchema, 2_000);
@@ -155,6 +194,63 @@ async function main() {
       return null;
     }
   }, 60_000);
+  return { pid: worker.child.pid!, edgePort };
+}
+
+/**
+ * SCALE_ONLY=adds: the add phase alone (pollers start as in the full run), with the CPU each add
+ * costs the worker and the nats-server, and the worker's CPU in the SCALE_ADDS_TAIL after the last
+ * add (work the adds left behind: first connects, discoveries). CPU per add is the figure to
+ * compare on a shared machine; adds/s is the scheduler's there.
+ */
+async function addsOnly() {
+  nats = await startNats();
+  for (let i = 0; i < FIXTURES; i++) fixtures.push(await startFixtureProcess());
+  const admin = await nats.connect("admin");
+  const s = subjects("mcpgw");
+  const { pid } = await startWorkerProcess(admin, s);
+  const natsPid = natsServerPid();
+  const tailMs = parseDuration(process.env.SCALE_ADDS_TAIL ?? "10s")!;
+  const load = () => loadavg().map((l) => l.toFixed(1)).join(", ");
+  const loadBefore = load();
+  const enabled = process.env.SCALE_ADDS_ENABLED !== "false";
+  const b0 = process.cpuUsage();
+  const adds = await addGateways(admin, s, { worker: pid, nats: natsPid }, enabled);
+  const b1 = process.cpuUsage(b0);
+  const w1 = cpuSeconds(pid);
+  const loadAfter = load();
+  await sleep(tailMs);
+  const w2 = cpuSeconds(pid);
+  const a = stats(adds.latencies);
+  const perAdd = (seconds: number) => `${((seconds * 1000) / adds.latencies.length).toFixed(2)} ms`;
+  report(
+    `Admin adds: ${GATEWAYS.toLocaleString("en")} gateways through one worker`,
+    `One worker process, one nats-server, ${FIXTURES} fixture processes; mcpgw.admin.gateway.add ${PARALLEL} in parallel, ${enabled ? "gateways enabled (their pollers start)" : "gateways disabled (SCALE_ADDS_ENABLED=false: the add path alone)"}. ` +
+      `CPU from /proc (user + system). Target from issue 12 in brackets.`,
+    [
+      ["admin adds per second [≥ 500]", `${adds.perSecond.toFixed(0)} (latency p50 ${ms(a.p50)}, p95 ${ms(a.p95)}, max ${ms(a.max)}); failed ${adds.failures.length}${adds.failures[0] ? ` (${adds.failures[0]})` : ""}`],
+      ["CPU per add: worker, nats-server, this bench (the client)", `${adds.cpuPerAdd.worker.toFixed(2)} ms, ${adds.cpuPerAdd.nats.toFixed(2)} ms, ${perAdd((b1.user + b1.system) / 1e6)}`],
+      ["worker CPU during the adds (% of one core)", `${((adds.cpuPerAdd.worker * adds.perSecond) / 10).toFixed(0)}%`],
+      [`worker CPU in the ${ms(tailMs)} after the last add`, `${(w2 - w1).toFixed(1)} s (${perAdd(w2 - w1)} per add)`],
+      ["machine load average (1, 5, 15 min): before, after the adds", `${loadBefore}; ${loadAfter}`],
+    ],
+  );
+  await admin.close();
+  if (process.env.SCALE_WORKER_LOG) writeFileSync(process.env.SCALE_WORKER_LOG, worker!.output());
+}
+
+async function main() {
+  if (process.env.SCALE_ONLY === "classification") return classificationOnly();
+  if (process.env.SCALE_ONLY === "adds") return addsOnly();
+  nats = await startNats();
+  for (let i = 0; i < FIXTURES; i++) fixtures.push(await startFixtureProcess());
+  const nc = await nats.connect();
+  const admin = await nats.connect("admin");
+  const stores = await openStores(nc, "mcpgw");
+  const jsm = await jetstreamManager(nc);
+  const s = subjects("mcpgw");
+
+  const { pid, edgePort } = await startWorkerProcess(admin, s);
   const rssIdle = rssMb(pid);
 
   // health checks as the upstreams saw them (a ping each, by gateway name): a check writes nothing to KV
@@ -174,28 +270,10 @@ async function main() {
   })();
 
   // ---- adds ----
-  const addLatencies: number[] = [];
-  const addFailures: string[] = [];
   const load = (): string => loadavg().map((l) => l.toFixed(1)).join(", ");
   const loadAtAdds = load();
-  const addsStarted = Date.now();
-  let next = 0;
-  await Promise.all(
-    Array.from({ length: PARALLEL }, async () => {
-      while (next < GATEWAYS) {
-        const i = next++;
-        const t0 = performance.now();
-        try {
-          await request(admin, s.admin.gateway("add"), { name: `g${i}`, transport: "streamable-http", url: fixtures[i % FIXTURES]!.url(`g${i}`) }, GatewayViewSchema, 30_000);
-          addLatencies.push(performance.now() - t0);
-        } catch (err) {
-          addFailures.push(String(err));
-        }
-      }
-    }),
-  );
-  const addsEnded = Date.now();
-  const addsPerSecond = addLatencies.length / ((addsEnded - addsStarted) / 1000);
+  const adds = await addGateways(admin, s, { worker: pid, nats: natsServerPid() });
+  const { latencies: addLatencies, failures: addFailures, ended: addsEnded, perSecond: addsPerSecond } = adds;
   const rssAfterAdds = rssMb(pid);
 
   // ---- the first interval: every gateway checked once ----
@@ -273,7 +351,8 @@ async function main() {
     [
       [
         "admin adds per second [≥ 500]",
-        `${addsPerSecond.toFixed(0)} (latency p50 ${ms(add.p50)}, p95 ${ms(add.p95)}, max ${ms(add.max)}); failed ${addFailures.length}${addFailures[0] ? ` (${addFailures[0]})` : ""}`,
+        `${addsPerSecond.toFixed(0)} (latency p50 ${ms(add.p50)}, p95 ${ms(add.p95)}, max ${ms(add.max)}); failed ${addFailures.length}${addFailures[0] ? ` (${addFailures[0]})` : ""}; ` +
+          `CPU per add: worker ${adds.cpuPerAdd.worker.toFixed(2)} ms, nats-server ${adds.cpuPerAdd.nats.toFixed(2)} ms`,
       ],
       ["machine load average (1, 5, 15 min): at the adds, at the window, at the end", `${loadAtAdds}; ${loadAtWindow}; ${load()}`],
       ["worker RSS: idle, right after the adds", `${mb(rssIdle)}, ${mb(rssAfterAdds)}`],

@@ -156,6 +156,8 @@ export function subjects(prefix: string = DEFAULT_PREFIX) {
       all: `${p}.evt.>`,
       gateway: (gid: string, kind: GatewayEventKind) => `${p}.evt.gateway.${token(gid, "gateway id")}.${kind}`,
       gatewayAll: `${p}.evt.gateway.>`,
+      /** every gateway's events of one kind: a follower that needs only removals is not sent every add */
+      gatewayKind: (kind: GatewayEventKind) => `${p}.evt.gateway.*.${kind}`,
       catalogChanged: (gid: string) => `${p}.evt.catalog.${token(gid, "gateway id")}.changed`,
       catalogAll: `${p}.evt.catalog.>`,
       sessionClosed: (sid: string) => `${p}.evt.session.${token(sid, "session id")}.closed`,

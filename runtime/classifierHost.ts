@@ -297,7 +297,8 @@ export async function startClassifierHost(ctx: WorkerContext): Promise<Classifie
   const events = await followEvents(
     ctx.stores.js,
     ctx.stores.streamName,
-    [s.evt.gatewayAll],
+    // removals only: an import of thousands then sends this follower nothing
+    [s.evt.gatewayKind("removed")],
     (subject, payload) => {
       const ev = GatewayEventSchema.safeParse(payload);
       if (!ev.success) return void log.warn({ subject }, "ignoring a malformed gateway event");

@@ -69,7 +69,7 @@ describe("mcpgw CLI", () => {
     writeFileSync(file, JSON.stringify(specs));
     const r = await cli("gateway", "import", file, "--parallel", "8");
     assert.equal(r.code, 1);
-    assert.match(r.out, /imported 58 of 60 gateways; 2 failed:/);
+    assert.match(r.out, /imported 58 of 60 gateways in \d+\.\d s \(\d+ adds\/s\); 2 failed:/);
     assert.match(r.out, /#10 imp-3: conflict: a gateway named imp-3 already exists/);
     assert.match(r.out, /#20 Bad_Name: invalid_request: /);
     const listed = (await worker.registry.list({})).gateways.filter((g) => g.name.startsWith("imp-"));

@@ -238,9 +238,11 @@ export function gatewayCommands(run: Run): Command {
           }),
         );
         bar.stop();
+        const seconds = (performance.now() - startedAt) / 1000;
         failed.sort((x, y) => x.index - y.index);
         const lines = failed.map((f) => `#${f.index} ${typeof f.name === "string" ? f.name : "(no name)"}: ${f.error}`);
-        print([`imported ${added} of ${specs.length} gateways${failed.length ? `; ${failed.length} failed:` : ""}`, ...lines].join("\n"), { added, failed });
+        const rate = `in ${seconds.toFixed(1)} s (${Math.round(specs.length / Math.max(seconds, 0.001))} adds/s)`;
+        print([`imported ${added} of ${specs.length} gateways ${rate}${failed.length ? `; ${failed.length} failed:` : ""}`, ...lines].join("\n"), { added, failed, seconds });
         if (failed.length > 0) process.exitCode = 1;
       }),
     );

@@ -311,7 +311,8 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
     const replies = await fanOut(s.upstream.evict, { all: true, reason: req.reason ? `drain: ${req.reason}` : "drain" }, WorkerEvictReplySchema);
     return { evicted: replies.reduce((n, r) => n + r.evicted, 0), workers: replies.map((r) => r.worker).sort() };
   });
-  const events = await followEvents(stores.js, stores.streamName, [s.evt.gatewayAll, s.evt.sessionAll], onEvent, opts);
+  // the events that can evict a session: an add or a list_changed never does, so they are not sent here
+  const events = await followEvents(stores.js, stores.streamName, [s.evt.gatewayKind("updated"), s.evt.gatewayKind("removed"), s.evt.sessionAll], onEvent, opts);
 
   function drain(): void {
     stopping = true;
