@@ -181,7 +181,7 @@ function natsServerPid(): number {
   throw new Error("no nats-server child found");
 }
 
-/** Starts the worker against `nats` and waits until it answers admin requests; returns its pid. */
+/** Starts the worker against `nats` and waits until it answers admin requests; returns its pid and edge port (for /metrics). */
 async function startWorkerProcess(admin: NatsConnection, s: Subjects): Promise<{ pid: number; edgePort: number }> {
   const nodeArgs = (process.env.SCALE_NODE_ARGS ?? "").split(" ").filter(Boolean);
   const edgePort = await freePort();
