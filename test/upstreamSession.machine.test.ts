@@ -320,7 +320,7 @@ describe("upstream session machine: claiming, cancellation, draining", () => {
     h.actor.send(call("running"));
     h.actor.send({ type: "CANCEL", requestId: "req-running", reason: "cancelled by the client" });
     assert.deepEqual(h.log.aborted, ["running: cancelled by the client"]);
-    assert.deepEqual(Object.keys(h.actor.getSnapshot().context.inflight), ["running"], "in flight until it ends");
+    assert.deepEqual([...h.actor.getSnapshot().context.calls.inflight.keys()], ["running"], "in flight until it ends");
   });
 
   it("drain: calls in flight finish, new ones are refused, then it closes", async () => {

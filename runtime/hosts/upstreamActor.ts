@@ -4,7 +4,7 @@
 import type { Subscription } from "@nats-io/transport-node";
 import { ErrorCode, type Notification } from "@modelcontextprotocol/sdk/types.js";
 import { createActor, type Actor } from "xstate";
-import { stateName, upstreamSessionMachine, type ProbeMethod, type ProbeOutcome, type UpstreamSessionEffects, type UpstreamSessionMachine } from "../../actors/upstreamSession/machine.ts";
+import { endsCallAtOnce, stateName, takesCallAtOnce, upstreamSessionMachine, type ProbeMethod, type ProbeOutcome, type UpstreamSessionEffects, type UpstreamSessionMachine } from "../../actors/upstreamSession/machine.ts";
 import type { LoggingLevel } from "../../protocol/edge.ts";
 import { fail, ok, parseRequest, type Envelope } from "../../protocol/envelope.ts";
 import type { GatewayRecord } from "../../protocol/gateway.ts";
@@ -124,7 +124,11 @@ export function createUpstreamActor(
     scrub,
     channel,
     connection: () => conn,
-    onDone: (callId, transportFailed) => actor.send({ type: "CALL_DONE", callId, transportFailed }),
+    onDone: (callId, transportFailed) => {
+      const snap = actor.getSnapshot();
+      if (endsCallAtOnce(snap, transportFailed)) snap.context.calls.inflight.delete(callId);
+      else actor.send({ type: "CALL_DONE", callId, transportFailed });
+    },
   });
 
   /** One way in for every call, from the bus or from this worker's edge. */
@@ -133,7 +137,12 @@ export function createUpstreamActor(
     lastUsedAt = Date.now();
     latestHeaders = req.headers;
     deps.onUse(gid);
-    actor.send({ type: "CALL", call: calls.receive(target, req, trace) });
+    const call = calls.receive(target, req, trace);
+    const snap = actor.getSnapshot();
+    // a ready session's call is a table update: the machine's transitions are for its lifecycle
+    if (!takesCallAtOnce(snap)) return actor.send({ type: "CALL", call });
+    snap.context.calls.admit([call], snap.context.now());
+    void calls.run(call);
   }
 
   /** A call from this worker's edge: the request as built (validated where it crosses a worker), the answer as an object. */
@@ -142,11 +151,15 @@ export function createUpstreamActor(
       new Promise((resolve) => {
         // as on the bus: a call that finds the actor closing never reached the upstream
         if (!self.serving()) return resolve(fail("unavailable", `gateway ${label}: ${closeReason()}`));
-        const answer = (env: Envelope<UpstreamCallReply>) => {
+        const handOver = (env: Envelope<UpstreamCallReply>) => {
           resolve(env);
           // the edge writes the answer before it yields: kept on the stream unless its response delivers it
           return !delivery || !delivery.streamOpen() || delivery.delivered.then((delivered) => !delivered);
         };
+        // Its progress travels over NATS to the edge holding the stream (on this connection): a
+        // round trip to the server brings it in first, so the answer does not overtake it.
+        const answer = (env: Envelope<UpstreamCallReply>, _data: Uint8Array, afterEvents: boolean) =>
+          afterEvents ? nc.flush().then(() => handOver(env), () => handOver(env)) : handOver(env);
         receiveCall({ answer }, req.headers ? (req as CallRequest) : { ...req, headers: {} }, trace);
       }),
     cancel: (requestId) => actor.send({ type: "CANCEL", requestId, reason: "cancelled by the client" }),

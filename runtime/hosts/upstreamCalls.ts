@@ -22,9 +22,10 @@ export type CallRequest = z.infer<typeof UpstreamCallRequestSchema>;
 /**
  * Where a call's answer goes. `answer` gets it once, with its JSON (size-checked), and says
  * whether the client may still need it on the call's stream to resume: true (publish it now),
- * false (the client has it), or later (a promise: publish it then if true).
+ * false (the client has it), or later (a promise: publish it then if true). `afterEvents`: the
+ * call published stream events (progress) over NATS, which its answer must not overtake.
  */
-export type CallReplyTarget = { answer(env: Envelope<UpstreamCallReply>, data: Uint8Array): boolean | Promise<boolean> };
+export type CallReplyTarget = { answer(env: Envelope<UpstreamCallReply>, data: Uint8Array, afterEvents: boolean): boolean | Promise<boolean> };
 
 /** The requester's NATS inbox (another worker, or a caller on the bus): the actor cannot know what its client got. */
 export function natsReplyTarget(nc: WorkerContext["nc"], reply: string | undefined): CallReplyTarget {
@@ -46,6 +47,8 @@ type Call = {
   span: Span;
   /** in the call's log lines (a child logger per call would cost every call one) */
   traceId: string;
+  /** progress of this call went out on its stream */
+  streamEvents: boolean;
 };
 
 let callSeq = 0;
@@ -88,7 +91,7 @@ export function upstreamCalls(deps: {
       env = fail("too_large", `gateway ${label} answered ${call.req.method} with ${data.length} bytes, over the limit of ${answerLimit} bytes`);
       data = encodeJson(env);
     }
-    const needed = call.target.answer(env, data);
+    const needed = call.target.answer(env, data, call.streamEvents);
     // then on the call's stream, for a client that lost it and resumes
     const { stream, requestId } = call.req;
     if (!stream) return;
@@ -117,7 +120,13 @@ export function upstreamCalls(deps: {
             trace: traceHeadersOf(upstreamSpan),
             signal: call.abort.signal,
             related: call.req,
-            onprogress: progressToken === undefined ? undefined : (p) => channel.notify(stream, { method: "notifications/progress", params: { ...p, progressToken } }),
+            onprogress:
+              progressToken === undefined
+                ? undefined
+                : (p) => {
+                    call.streamEvents = true;
+                    channel.notify(stream, { method: "notifications/progress", params: { ...p, progressToken } });
+                  },
           },
         );
         // the code only: the message may echo a secret (the client's copy is scrubbed below)
@@ -157,7 +166,7 @@ export function upstreamCalls(deps: {
       parent: trace,
       attributes: { "mcp.method.name": req.method, "mcpgw.gateway": record.name },
     });
-    const call: Call = { req, target, abort: new AbortController(), settled: false, span, traceId: traceIdOf(span), timer: undefined as never };
+    const call: Call = { req, target, abort: new AbortController(), settled: false, span, traceId: traceIdOf(span), streamEvents: false, timer: undefined as never };
     // Every call is answered by its deadline, whatever the upstream does, and its upstream
     // request is released then (the SDK forgets it and tells the upstream; its HTTP request ends).
     call.timer = setTimeout(() => {
