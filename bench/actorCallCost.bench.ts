@@ -1,5 +1,6 @@
 // What the upstream session actor's side of one tools/call costs in CPU, piece by piece, in this
-// process (no NATS, no upstream): the machine's transitions of a call, the call request's parse,
+// process (no NATS, no upstream): the machine's transitions of a call (and the host's direct update
+// of the call table that replaces them in a ready session), the call request's parse,
 // the caller's parse of the reply, and the call's instrumentation without an exporter. CPU time
 // (process.cpuUsage) per operation, after a warm-up: a loaded machine inflates it less than
 // wall time, and the pieces compare with each other and with the same run before a change.
@@ -7,7 +8,7 @@
 import { headers as natsHeaders } from "@nats-io/transport-node";
 import { SpanKind } from "@opentelemetry/api";
 import { createActor } from "xstate";
-import { upstreamSessionMachine } from "../actors/upstreamSession/machine.ts";
+import { endsCallAtOnce, takesCallAtOnce, upstreamSessionMachine } from "../actors/upstreamSession/machine.ts";
 import { parseRequest } from "../protocol/envelope.ts";
 import { UpstreamCallReplySchema, UpstreamCallRequestSchema } from "../protocol/upstream.ts";
 import { decodeJson, encodeJson, unwrapReply } from "../runtime/bus.ts";
@@ -72,6 +73,17 @@ const rows: Array<[string, number]> = [
     cpuPerOp((i) => {
       actor.send({ type: "CALL", call: { id: String(i), requestId: "r" } });
       actor.send({ type: "CALL_DONE", callId: String(i), transportFailed: false });
+    }),
+  ],
+  [
+    "a call in a ready session as the host takes it now: the call table, no transition",
+    cpuPerOp((i) => {
+      const call = { id: String(i), requestId: "r" };
+      const snap = actor.getSnapshot();
+      if (!takesCallAtOnce(snap)) throw new Error("the session is not ready");
+      snap.context.calls.admit([call], snap.context.now());
+      const after = actor.getSnapshot();
+      if (endsCallAtOnce(after, false)) after.context.calls.inflight.delete(call.id);
     }),
   ],
   ["the call request: JSON and schema (actor)", cpuPerOp(() => parseRequest(UpstreamCallRequestSchema, decodeJson(request), "upstream call"))],

@@ -3,7 +3,7 @@
 // asked again within the call's budget). A call that timed out has an unknown outcome, so it
 // is reported, never retried.
 import { headers as natsHeaders, type NatsConnection } from "@nats-io/transport-node";
-import { ProtocolError } from "../protocol/envelope.ts";
+import { ProtocolError, type Envelope } from "../protocol/envelope.ts";
 import { SpawnReplySchema, UpstreamCallReplySchema, type UpstreamCallReply, type UpstreamCallRequest } from "../protocol/upstream.ts";
 import type { Subjects } from "../protocol/subjects.ts";
 import { DEFAULT_MAX_BODY_BYTES } from "./config.ts";
@@ -13,9 +13,38 @@ import { callMessageLimit, requestWhole } from "./largeMessages.ts";
 import type { Logger } from "./logger.ts";
 import type { TraceHeaders } from "./tracing.ts";
 
+/**
+ * How the caller's client gets a call's answer when the caller writes it to a client stream it
+ * holds: `streamOpen()` when the answer is handed over (the caller writes it before it yields to
+ * I/O), `delivered` true once that response finished with all it wrote handed to the OS, false
+ * when it closed before. An in-process actor keeps the answer off the stream log when delivered.
+ */
+export type AnswerDelivery = { streamOpen(): boolean; delivered: Promise<boolean> };
+
+/** An actor hosted by this worker, holding its claim: a call handed to it in process. */
+export type LocalActor = {
+  /** the actor's envelope, as its NATS reply would carry it */
+  call(req: UpstreamCallRequest, trace: TraceHeaders, delivery: AnswerDelivery | undefined): Promise<Envelope<UpstreamCallReply>>;
+  /** the client cancelled `requestId` (the actor aborts its upstream request) */
+  cancel(requestId: string): void;
+};
+
+/** What a spawn brings the new actor: the downstream request's headers, a stateless client's capabilities. */
+export type Spawn = { headers: Record<string, string>; clientCapabilities?: Record<string, unknown> | undefined };
+
+/** This worker's upstream host, as a caller on the same worker sees it. */
+export type LocalUpstreams = {
+  actor(sid: string, gid: string): LocalActor | undefined;
+  /** hosts the actor here unless it lives elsewhere (the claim decides); null when this worker takes no spawns now */
+  activate(sid: string, gid: string, spawn: Spawn, trace: TraceHeaders): Promise<{ worker: string; created: boolean }> | null;
+};
+
 export type UpstreamCaller = {
-  /** `trace`: the caller's span as W3C trace context, carried in the NATS headers of its call and spawn requests */
-  call(sid: string, gid: string, req: UpstreamCallRequest, signal?: AbortSignal, trace?: TraceHeaders): Promise<UpstreamCallReply>;
+  /**
+   * `trace`: the caller's span as W3C trace context, carried in the NATS headers of its call and
+   * spawn requests; `delivery`: how the answer reaches the client (absent: the answer is kept on its stream)
+   */
+  call(sid: string, gid: string, req: UpstreamCallRequest, signal?: AbortSignal, trace?: TraceHeaders, delivery?: AnswerDelivery): Promise<UpstreamCallReply>;
   /** forwards a client's cancellation of `requestId` to the actor (which aborts the upstream request) */
   notify(sid: string, gid: string, requestId: string, reason?: string): Promise<void>;
 };
@@ -38,13 +67,18 @@ export const SPAWN_ATTEMPT_MS = 2_000;
 export function createUpstreamCaller(
   nc: NatsConnection,
   s: Subjects,
-  opts: { callTimeoutMs: number; maxBodyBytes?: number; log: Logger; spawnAttemptMs?: number },
+  opts: { callTimeoutMs: number; maxBodyBytes?: number; log: Logger; spawnAttemptMs?: number; local?: LocalUpstreams },
 ): UpstreamCaller {
+  const { local } = opts;
   const spawnAttemptMs = opts.spawnAttemptMs ?? SPAWN_ATTEMPT_MS;
   const messageLimit = callMessageLimit(opts.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES);
   /** Asks a worker to host the actor; it answers once the actor is connected, or with why it could not connect. */
   async function spawn(sid: string, gid: string, req: UpstreamCallRequest, timeoutMs: number, trace: TraceHeaders): Promise<void> {
-    const body = encodeJson({ sid, gid, headers: req.headers ?? {}, ...(req.clientCapabilities ? { clientCapabilities: req.clientCapabilities } : {}) });
+    const what: Spawn = { headers: req.headers ?? {}, ...(req.clientCapabilities ? { clientCapabilities: req.clientCapabilities } : {}) };
+    // placed here when this worker takes spawns: its first call then stays in this process
+    const placing = local?.activate(sid, gid, what, trace);
+    if (placing) return void (await withinBudget(placing, timeoutMs, () => new ProtocolError("timeout", `no worker started a session for gateway ${gid} in time`)));
+    const body = encodeJson({ sid, gid, ...what });
     const traceContext = natsHeaders();
     for (const [k, v] of Object.entries(trace)) traceContext.set(k, v);
     const deadline = performance.now() + timeoutMs;
@@ -67,6 +101,8 @@ export function createUpstreamCaller(
   }
 
   async function notify(sid: string, gid: string, requestId: string, reason?: string): Promise<void> {
+    const here = local?.actor(sid, gid);
+    if (here) return here.cancel(requestId);
     const body = { method: "notifications/cancelled", params: reason === undefined ? { requestId } : { requestId, reason } };
     try {
       await nc.request(s.upstream.op(sid, gid, "notify"), encodeJson(body), { timeout: NOTIFY_TIMEOUT_MS });
@@ -78,7 +114,7 @@ export function createUpstreamCaller(
 
   // The request is built by the caller (typed) and validated where it arrives (the actor, a
   // boundary between workers): validating it here as well cost every call ~7 µs of CPU.
-  async function call(sid: string, gid: string, req: UpstreamCallRequest, signal?: AbortSignal, trace: TraceHeaders = {}): Promise<UpstreamCallReply> {
+  async function call(sid: string, gid: string, req: UpstreamCallRequest, signal?: AbortSignal, trace: TraceHeaders = {}, delivery?: AnswerDelivery): Promise<UpstreamCallReply> {
     const subject = s.upstream.op(sid, gid, "call");
     // one budget for the whole call: connecting a new session spends from it
     const budgetMs = req.timeoutMs ?? opts.callTimeoutMs;
@@ -92,6 +128,14 @@ export function createUpstreamCaller(
         let data: Uint8Array;
         const leftMs = deadline - Date.now();
         if (leftMs <= 0) throw new ProtocolError("timeout", `gateway ${gid} did not answer ${req.method} within ${budgetMs} ms`);
+        const here = local?.actor(sid, gid);
+        if (here) {
+          // the actor answers by the deadline itself, as it does over the bus; a worker cannot be lost in between
+          const pending = here.call(sent, trace, delivery);
+          const env = await (signal ? raceAbort(pending, signal) : pending);
+          if (!env.ok) throw new ProtocolError(env.error.code, env.error.message, env.error.issues);
+          return env.data;
+        }
         try {
           // requests and answers over the server's max_payload travel in parts
           const pending = requestWhole(nc, subject, encodeJson(sent), { timeoutMs: leftMs + REPLY_MARGIN_MS, limit: messageLimit, headers: trace });
@@ -116,6 +160,12 @@ export function createUpstreamCaller(
   }
 
   return { call, notify };
+}
+
+function withinBudget<T>(p: Promise<T>, ms: number, timedOut: () => Error): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const expiry = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(timedOut()), ms)));
+  return Promise.race([p, expiry]).finally(() => clearTimeout(timer));
 }
 
 function raceAbort<T>(p: Promise<T>, signal: AbortSignal): Promise<T> {

@@ -98,10 +98,11 @@ export async function startWorker(config: Config, nc: NatsConnection, log: Logge
   serveStatus(ctx);
   // Each actor kind's host is started here, in dependency order.
   hosted.push(await startPollerHost(ctx, probeConnector((sealed, gid) => box.open(sealed, gid), config.outbound, upstreamAgent)));
-  const edge = await startEdge(ctx, createUpstreamCaller(nc, s, { callTimeoutMs: config.intervals.callTimeout, maxBodyBytes: config.edge.maxBodyBytes, log: ctx.log }));
+  // the edge calls this worker's actors in process, and places new sessions here
+  const upstream = await startUpstreamHost(ctx);
+  const edge = await startEdge(ctx, createUpstreamCaller(nc, s, { callTimeoutMs: config.intervals.callTimeout, maxBodyBytes: config.edge.maxBodyBytes, log: ctx.log, local: upstream.local }));
   // stopped after the upstream sessions: a call in flight then still hears why it ended
   hosted.push(edge);
-  const upstream = await startUpstreamHost(ctx);
   hosted.push(upstream);
   // last to start, first to stop: a clean shutdown hands the lease over before slower closes
   hosted.push(await startClassifierHost(ctx));

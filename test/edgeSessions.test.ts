@@ -100,11 +100,17 @@ describe("edge: a client session belongs to the credential that created it", () 
     const b = await connectClient(w.edge.url, { token: TOKEN_B });
     clientIds.push(b.transport.sessionId!);
     await b.client.callTool({ name: "counter__increment", arguments: {} });
+    // a call at the worker hosting the actor stays in process: one through a second worker crosses the bus
+    const w2 = await startTestWorker(nats, { MCPGW_WORKER_ID: "owner-w2", MCPGW_EDGE_AUTH: "token", MCPGW_EDGE_TOKENS: `${TOKEN_A},${TOKEN_B}` });
     const actors = tap("mcpgw.upstream.>");
     await spy.flush();
     await b.client.callTool({ name: "counter__increment", arguments: {} });
+    const headersB = { authorization: `Bearer ${TOKEN_B}`, "mcp-session-id": b.transport.sessionId!, "mcp-protocol-version": b.transport.protocolVersion ?? "2025-06-18" };
+    const getCount = JSON.stringify({ jsonrpc: "2.0", id: 99, method: "tools/call", params: { name: "counter__get_count", arguments: {} } });
+    await until("a call through the second worker", async () => /"text":"2"/.test((await raw(w2.edge.port, { headers: headersB, body: getCount })).body), 20_000);
     actors.unsubscribe();
     await spy.flush();
+    await w2.stop();
 
     const kv: string[] = [];
     for (const bucket of [w.stores.state, w.stores.gateways, w.stores.catalog, w.stores.sessions]) {
@@ -124,6 +130,7 @@ describe("edge: a client session belongs to the credential that created it", () 
       const onBus = bus.find((m) => m.subject.includes(secret) || m.data.includes(secret));
       assert.equal(onBus, undefined, `bus message on ${onBus?.subject}`);
       assert.equal(w.lines.find((l) => l.includes(secret)), undefined);
+      assert.equal(w2.lines.find((l) => l.includes(secret)), undefined);
     }
     await b.client.close();
   });

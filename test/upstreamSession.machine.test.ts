@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { createActor, SimulatedClock } from "xstate";
-import { stateName, upstreamSessionMachine, type ProbeMethod, type ProbeOutcome, type UpstreamSessionEffects } from "../actors/upstreamSession/machine.ts";
+import { endsCallAtOnce, stateName, takesCallAtOnce, upstreamSessionMachine, type ProbeMethod, type ProbeOutcome, type UpstreamSessionEffects } from "../actors/upstreamSession/machine.ts";
 
 const IDLE_VALIDATION = 60_000;
 const IDLE_TTL = 30 * 60_000;
@@ -86,6 +86,43 @@ describe("upstream session machine", () => {
     assert.deepEqual(h.log.started, ["c1", "c2"]);
     assert.deepEqual(h.log.probes, []);
     assert.equal(h.log.connects, 1);
+  });
+
+  it("a ready, fresh session takes calls without a transition (the host's call table), exactly where the machine's CALL would only start them", async () => {
+    const h = harness();
+    /** what the host does with a call: the table when the policy allows, else the event */
+    const take = (id: string) => {
+      const snap = h.actor.getSnapshot();
+      if (!takesCallAtOnce(snap)) return h.actor.send(call(id));
+      snap.context.calls.admit([{ id, requestId: `req-${id}` }], snap.context.now());
+      h.log.started.push(id);
+    };
+    const end = (id: string, transportFailed = false) => {
+      const snap = h.actor.getSnapshot();
+      if (endsCallAtOnce(snap, transportFailed)) snap.context.calls.inflight.delete(id);
+      else h.actor.send({ type: "CALL_DONE", callId: id, transportFailed });
+    };
+    take("queued");
+    assert.equal(h.state(), "connecting", "not ready: the machine queues it");
+    await settle();
+    take("direct");
+    assert.deepEqual(h.log.started, ["queued", "direct"]);
+    assert.deepEqual([...h.actor.getSnapshot().context.calls.inflight.keys()], ["queued", "direct"]);
+    end("queued");
+    assert.deepEqual([...h.actor.getSnapshot().context.calls.inflight.keys()], ["direct"]);
+    // a direct call counts as activity: not stale idleValidation after the session became ready
+    h.clock.increment(IDLE_VALIDATION - 1);
+    take("later");
+    h.clock.increment(IDLE_VALIDATION - 1);
+    assert.equal(takesCallAtOnce(h.actor.getSnapshot()), true, "fresh: the last call came within idleValidation");
+    h.clock.increment(1);
+    assert.equal(takesCallAtOnce(h.actor.getSnapshot()), false, "stale: the next call goes through the machine, which probes");
+    take("probed");
+    assert.equal(h.state(), "validating");
+    // a transport failure is the machine's: it closes the session
+    end("direct", true);
+    assert.equal(h.state(), "closing");
+    assert.equal(endsCallAtOnce(h.actor.getSnapshot(), false), false);
   });
 
   it("goes stale exactly idleValidation after its last call, and expires sessionIdleTtl after it, though calls restart no timer", async () => {
@@ -320,7 +357,7 @@ describe("upstream session machine: claiming, cancellation, draining", () => {
     h.actor.send(call("running"));
     h.actor.send({ type: "CANCEL", requestId: "req-running", reason: "cancelled by the client" });
     assert.deepEqual(h.log.aborted, ["running: cancelled by the client"]);
-    assert.deepEqual(Object.keys(h.actor.getSnapshot().context.inflight), ["running"], "in flight until it ends");
+    assert.deepEqual([...h.actor.getSnapshot().context.calls.inflight.keys()], ["running"], "in flight until it ends");
   });
 
   it("drain: calls in flight finish, new ones are refused, then it closes", async () => {

@@ -4,7 +4,9 @@
 // or in flight. The runtime gives each actor its effects (connect, probe, close, the calls it
 // is told to start) in its input: the machine is built once per process and shared by every
 // actor (a `provide` per actor would copy its whole state tree for each session).
-import { assign, emit, fromPromise, setup } from "xstate";
+// A ready session's calls need no transition: the host admits them to the call table directly
+// when `takesCallAtOnce` / `endsCallAtOnce` say the machine would do only that.
+import { assign, emit, fromPromise, setup, type SnapshotFrom } from "xstate";
 import { shortErrorText } from "../errorText.ts";
 
 /** Idle probe order; "method not found" moves to the next step, the end of the list means alive. */
@@ -44,14 +46,29 @@ export type UpstreamSessionEvent =
   /** the worker stops: calls in flight may finish within shutdownTimeout, then close */
   | { type: "DRAIN" };
 
+/**
+ * The calls in flight and when the session was last used: one mutable table per actor (the
+ * context keeps the same one), so a call of a ready session is a table update, not a transition.
+ */
+export class CallTable {
+  readonly inflight = new Map<string, SessionCall>();
+  /** when the session last became ready or received a call (by the actor's `now`) */
+  lastActiveAt = 0;
+
+  admit(calls: SessionCall[], now: number): void {
+    for (const c of calls) this.inflight.set(c.id, c);
+    this.lastActiveAt = now;
+  }
+}
+
 /** What the actor tells its host: serving, or closing (a spawn waiting for it answers with the reason). */
 export type UpstreamSessionEmitted = { type: "ready" } | { type: "closing"; reason: string };
 
 export type UpstreamSessionContext = {
   /** calls waiting for the claim, the connection or a probe */
   queued: SessionCall[];
-  /** started calls by id */
-  inflight: Record<string, SessionCall>;
+  /** started calls, and the last activity */
+  calls: CallTable;
   probeStep: number;
   closeReason: string;
   closeCause: CloseCause | null;
@@ -59,8 +76,6 @@ export type UpstreamSessionContext = {
   drainRequested: boolean;
   /** the actor's clock (monotonic ms): idleness is measured from the last call, not by restarting timers on every call */
   now: () => number;
-  /** when the session last became ready or received a call (by `now`) */
-  lastActiveAt: number;
   idleValidationMs: number;
   sessionIdleTtlMs: number;
   probeTimeoutMs: number;
@@ -106,7 +121,7 @@ export type UpstreamSessionInput = {
 };
 
 const performanceNow = () => performance.now();
-const idleFor = (c: UpstreamSessionContext) => c.now() - c.lastActiveAt;
+const idleFor = (c: UpstreamSessionContext) => c.now() - c.calls.lastActiveAt;
 
 export const upstreamSessionMachine = setup({
   types: {
@@ -123,13 +138,12 @@ export const upstreamSessionMachine = setup({
   },
   actions: {
     recordClose: assign((_, params: { reason: string; cause: CloseCause }) => ({ closeReason: params.reason, closeCause: params.cause })),
-    forgetDoneCall: assign({
-      inflight: ({ context, event }) => {
-        if (event.type !== "CALL_DONE") return context.inflight;
-        const { [event.callId]: _done, ...rest } = context.inflight;
-        return rest;
-      },
-    }),
+    forgetDoneCall: ({ context, event }) => {
+      if (event.type === "CALL_DONE") context.calls.inflight.delete(event.callId);
+    },
+    /** started calls enter the table; the session counts as used now */
+    admitCalls: ({ context }, params: { calls: SessionCall[] }) => context.calls.admit(params.calls, context.now()),
+    forgetAllCalls: ({ context }) => context.calls.inflight.clear(),
     startCalls: ({ context }, params: { calls: SessionCall[] }) => context.effects.startCalls(params.calls),
     failCalls: ({ context }, params: { calls: SessionCall[]; reason: string }) => context.effects.failCalls(params.calls, params.reason),
     abortCalls: ({ context }, params: { calls: SessionCall[]; reason: string }) => context.effects.abortCalls(params.calls, params.reason),
@@ -139,15 +153,15 @@ export const upstreamSessionMachine = setup({
   },
   guards: {
     transportFailed: ({ event }) => event.type === "CALL_DONE" && event.transportFailed,
-    hasCallsInFlight: ({ context }) => Object.keys(context.inflight).length > 0,
-    noCallsInFlight: ({ context }) => Object.keys(context.inflight).length === 0,
+    hasCallsInFlight: ({ context }) => context.calls.inflight.size > 0,
+    noCallsInFlight: ({ context }) => context.calls.inflight.size === 0,
     closeRequested: ({ context }) => context.closeCause !== null,
     hasQueuedCalls: ({ context }) => context.queued.length > 0,
     drainRequested: ({ context }) => context.drainRequested,
     /** a call came within idleValidation of now: not stale yet */
     usedWithinIdleValidation: ({ context }) => idleFor(context) < context.idleValidationMs,
     /** a call is in flight, or came within sessionIdleTtl of now */
-    notIdleExpired: ({ context }) => Object.keys(context.inflight).length > 0 || idleFor(context) < context.sessionIdleTtlMs,
+    notIdleExpired: ({ context }) => context.calls.inflight.size > 0 || idleFor(context) < context.sessionIdleTtlMs,
     methodNotFoundWithStepsLeft: ({ context, event }) =>
       (event as { output?: ProbeOutcome }).output === "method_not_found" && context.probeStep < PROBE_METHODS.length - 1,
   },
@@ -155,9 +169,9 @@ export const upstreamSessionMachine = setup({
     // Timers are not restarted per call (a re-entered state costs every call its timers): at
     // expiry a session used since is re-armed for what is left, so it goes stale exactly
     // idleValidation after its last call, and expires sessionIdleTtl after it.
-    untilStale: ({ context }) => Math.max(0, context.lastActiveAt + context.idleValidationMs - context.now()),
+    untilStale: ({ context }) => Math.max(0, context.calls.lastActiveAt + context.idleValidationMs - context.now()),
     untilIdleExpiry: ({ context }) => {
-      const left = context.lastActiveAt + context.sessionIdleTtlMs - context.now();
+      const left = context.calls.lastActiveAt + context.sessionIdleTtlMs - context.now();
       // still busy past the TTL (a long call): look again a TTL later
       return left > 0 ? left : context.sessionIdleTtlMs;
     },
@@ -169,13 +183,12 @@ export const upstreamSessionMachine = setup({
   initial: "claiming",
   context: ({ input }) => ({
     queued: [],
-    inflight: {},
+    calls: new CallTable(),
     probeStep: 0,
     closeReason: "",
     closeCause: null,
     drainRequested: false,
     now: input.now ?? performanceNow,
-    lastActiveAt: 0,
     idleValidationMs: input.idleValidationMs ?? 60_000,
     sessionIdleTtlMs: input.sessionIdleTtlMs ?? 30 * 60_000,
     probeTimeoutMs: input.probeTimeoutMs ?? 5_000,
@@ -193,7 +206,7 @@ export const upstreamSessionMachine = setup({
         assign({ queued: ({ context, event }) => context.queued.filter((c) => c.requestId !== event.requestId) }),
         {
           type: "abortCalls",
-          params: ({ context, event }) => ({ calls: Object.values(context.inflight).filter((c) => c.requestId === event.requestId), reason: event.reason }),
+          params: ({ context, event }) => ({ calls: [...context.calls.inflight.values()].filter((c) => c.requestId === event.requestId), reason: event.reason }),
         },
       ],
     },
@@ -245,11 +258,8 @@ export const upstreamSessionMachine = setup({
         ready: {
           entry: [
             { type: "startCalls", params: ({ context }) => ({ calls: context.queued }) },
-            assign({
-              inflight: ({ context }) => ({ ...context.inflight, ...Object.fromEntries(context.queued.map((c) => [c.id, c])) }),
-              queued: [],
-              lastActiveAt: ({ context }) => context.now(),
-            }),
+            { type: "admitCalls", params: ({ context }) => ({ calls: context.queued }) },
+            assign({ queued: [] }),
             emit({ type: "ready" }),
           ],
           // a drain asked while connecting or probing: the calls that waited have just started
@@ -258,7 +268,7 @@ export const upstreamSessionMachine = setup({
             target: "#upstreamSession.draining",
             actions: { type: "recordClose", params: { reason: "worker shutting down", cause: "shutdown" } },
           },
-          // Only incoming calls count as activity (each sets lastActiveAt; the hot path is one transition).
+          // Only incoming calls count as activity (each sets the table's lastActiveAt; the host takes them without a transition).
           type: "parallel",
           states: {
             expiry: {
@@ -280,13 +290,11 @@ export const upstreamSessionMachine = setup({
                 fresh: {
                   after: { untilStale: [{ guard: "usedWithinIdleValidation", target: "fresh", reenter: true }, { target: "stale" }] },
                   on: {
+                    // what `takesCallAtOnce` lets the host do without this event
                     CALL: {
                       actions: [
                         { type: "startCalls", params: ({ event }) => ({ calls: [event.call] }) },
-                        assign({
-                          inflight: ({ context, event }) => ({ ...context.inflight, [event.call.id]: event.call }),
-                          lastActiveAt: ({ context }) => context.now(),
-                        }),
+                        { type: "admitCalls", params: ({ event }) => ({ calls: [event.call] }) },
                       ],
                     },
                   },
@@ -350,8 +358,9 @@ export const upstreamSessionMachine = setup({
         "stopAccepting",
         emit(({ context }) => ({ type: "closing" as const, reason: context.closeReason })),
         { type: "failCalls", params: ({ context }) => ({ calls: context.queued, reason: context.closeReason }) },
-        { type: "abortCalls", params: ({ context }) => ({ calls: Object.values(context.inflight), reason: context.closeReason }) },
-        assign({ queued: [], inflight: {} }),
+        { type: "abortCalls", params: ({ context }) => ({ calls: [...context.calls.inflight.values()], reason: context.closeReason }) },
+        "forgetAllCalls",
+        assign({ queued: [] }),
       ],
       on: { CALL: { actions: { type: "failCalls", params: ({ event }) => ({ calls: [event.call], reason: "the session is closing" }) } } },
       invoke: { src: "closeGracefully", input: ({ context }) => context.effects, onDone: "closed", onError: "forcing" },
@@ -373,6 +382,20 @@ export const upstreamSessionMachine = setup({
 });
 
 export type UpstreamSessionMachine = typeof upstreamSessionMachine;
+type Snapshot = SnapshotFrom<UpstreamSessionMachine>;
+
+/**
+ * True when the machine's CALL would only start the call and admit it to the table (ready and
+ * fresh): the host does that itself, without a transition.
+ */
+export function takesCallAtOnce(snap: Snapshot): boolean {
+  return snap.status === "active" && snap.matches({ open: { ready: { validity: "fresh" } } });
+}
+
+/** True when the machine's CALL_DONE would only forget the call (open, no transport failure): the host does that itself. */
+export function endsCallAtOnce(snap: Snapshot, transportFailed: boolean): boolean {
+  return !transportFailed && snap.status === "active" && snap.matches("open");
+}
 
 /** The short state name shown by snapshots: claiming, connecting, ready, validating, draining, closing, forcing, closed. */
 export function stateName(value: unknown): string {

@@ -35,7 +35,7 @@ import { passthroughHeaders } from "../mcpClient.ts";
 import type { CallOutcome, Metrics } from "../metrics.ts";
 import type { SessionStore } from "../sessionStore.ts";
 import { endSpan, traceHeadersOf, traceIdOf, type Tracing } from "../tracing.ts";
-import type { UpstreamCaller } from "../upstreamClient.ts";
+import type { AnswerDelivery, UpstreamCaller } from "../upstreamClient.ts";
 import type { CatalogCache } from "./catalogCache.ts";
 
 /** A JSON-RPC error whose code, message and data reach the client exactly as given. */
@@ -84,6 +84,8 @@ export type RequestContext = {
   requestId: string;
   /** the client stream the answer goes out on (absent: a JSON answer) */
   streamId?: string;
+  /** how that stream's response delivers the answer (an actor of this worker keeps a delivered answer off the stream log) */
+  delivery?: AnswerDelivery;
   /** a stateless client's capabilities, which an upstream session this request starts declares (a session's come from `ds.<sid>`) */
   spawnCapabilities?: Record<string, unknown>;
   signal: AbortSignal;
@@ -181,6 +183,7 @@ export function clientMethods(deps: ClientMethodDeps): ClientMethods {
           { method, params, requestId, headers: passthroughHeaders(cache.passthroughHeaders(route.gid), ctx.headers), timeoutMs: deps.callTimeoutMs, ...(ctx.streamId ? { stream: ctx.streamId } : {}), ...(ctx.spawnCapabilities ? { clientCapabilities: ctx.spawnCapabilities } : {}) },
           ctx.signal,
           traceHeadersOf(span),
+          ctx.delivery,
         );
         outcome = "rpcError" in reply ? "upstream_error" : reply.result.isError === true ? "tool_error" : "ok";
         return settle(reply);

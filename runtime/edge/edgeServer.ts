@@ -465,9 +465,10 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
       settled(lifecycle);
     });
     sse.write(streamEventId(streamId, PRIMING_UID));
+    const delivery = { streamOpen: () => !sse.closed, get delivered() { return sse.delivered; } };
     await Promise.all(
       requests.map(async (r) => {
-        const answer = await run(r, { ...base, streamId });
+        const answer = await run(r, { ...base, streamId, delivery });
         const verdict = lifecycle.answer(wireKey(r.id));
         if (verdict === "drop") return;
         const last = answer ? { id: streamEventId(streamId, `a${answered++}`), message: answer } : undefined;

@@ -166,6 +166,17 @@ export class SseStream {
     this.res.on("close", f);
   }
 
+  /** true once the response finished with everything written handed to the OS; false when it closed before */
+  get delivered(): Promise<boolean> {
+    this.#delivered ??= new Promise((resolve) => {
+      if (this.res.writableFinished || this.res.destroyed) return resolve(this.res.writableFinished);
+      this.res.once("finish", () => resolve(true));
+      this.res.once("close", () => resolve(this.res.writableFinished));
+    });
+    return this.#delivered;
+  }
+  #delivered: Promise<boolean> | undefined;
+
   #send(text: string): void {
     if (this.closed) return;
     this.#written = true;

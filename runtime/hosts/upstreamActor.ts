@@ -4,7 +4,7 @@
 import type { Subscription } from "@nats-io/transport-node";
 import { ErrorCode, type Notification } from "@modelcontextprotocol/sdk/types.js";
 import { createActor, type Actor } from "xstate";
-import { stateName, upstreamSessionMachine, type ProbeMethod, type ProbeOutcome, type UpstreamSessionEffects, type UpstreamSessionMachine } from "../../actors/upstreamSession/machine.ts";
+import { endsCallAtOnce, stateName, takesCallAtOnce, upstreamSessionMachine, type ProbeMethod, type ProbeOutcome, type UpstreamSessionEffects, type UpstreamSessionMachine } from "../../actors/upstreamSession/machine.ts";
 import type { LoggingLevel } from "../../protocol/edge.ts";
 import { fail, ok, parseRequest, type Envelope } from "../../protocol/envelope.ts";
 import type { GatewayRecord } from "../../protocol/gateway.ts";
@@ -13,10 +13,13 @@ import {
   UpstreamAnswerRequestSchema,
   UpstreamCallRequestSchema,
   UpstreamNotifyRequestSchema,
+  type UpstreamCallReply,
   type UpstreamSessionInfo,
 } from "../../protocol/upstream.ts";
 import { decodeJson, encodeJson, errorReply, listen } from "../bus.ts";
 import { callMessageLimit, publishWhole, wholeRequests, type WholeRequest } from "../largeMessages.ts";
+import { natsTraceHeaders, type TraceHeaders } from "../tracing.ts";
+import type { LocalActor } from "../upstreamClient.ts";
 import type { Logger } from "../logger.ts";
 import { closeWithin, type UpstreamConnection } from "../mcpClient.ts";
 import { connectEitherEra, knownEra, type EraConnection } from "../revision2026Upstream.ts";
@@ -24,7 +27,7 @@ import { gatewayScrubber, scrubbedError, type Scrubber } from "../secretScrubber
 import type { LoadedSession, SessionStore } from "../sessionStore.ts";
 import type { WorkerContext } from "../worker.ts";
 import { clientChannel } from "./clientChannel.ts";
-import { upstreamCalls, type CallRequest } from "./upstreamCalls.ts";
+import { natsReplyTarget, upstreamCalls, type CallReplyTarget, type CallRequest } from "./upstreamCalls.ts";
 
 export type UpstreamActor = {
   sid: string;
@@ -42,6 +45,8 @@ export type UpstreamActor = {
   sessionWide(data: Uint8Array): void;
   /** claiming or open: it serves (or will serve) calls */
   serving(): boolean;
+  /** its calls from this worker's own edge, in process */
+  local: LocalActor;
   closeReason(): string;
 };
 
@@ -119,16 +124,46 @@ export function createUpstreamActor(
     scrub,
     channel,
     connection: () => conn,
-    onDone: (callId, transportFailed) => actor.send({ type: "CALL_DONE", callId, transportFailed }),
+    onDone: (callId, transportFailed) => {
+      const snap = actor.getSnapshot();
+      if (endsCallAtOnce(snap, transportFailed)) snap.context.calls.inflight.delete(callId);
+      else actor.send({ type: "CALL_DONE", callId, transportFailed });
+    },
   });
 
-  function receiveCall(msg: WholeRequest, req: CallRequest): void {
+  /** One way in for every call, from the bus or from this worker's edge. */
+  function receiveCall(target: CallReplyTarget, req: CallRequest, trace: TraceHeaders): void {
     useCount += 1;
     lastUsedAt = Date.now();
     latestHeaders = req.headers;
     deps.onUse(gid);
-    actor.send({ type: "CALL", call: calls.receive(msg, req) });
+    const call = calls.receive(target, req, trace);
+    const snap = actor.getSnapshot();
+    // a ready session's call is a table update: the machine's transitions are for its lifecycle
+    if (!takesCallAtOnce(snap)) return actor.send({ type: "CALL", call });
+    snap.context.calls.admit([call], snap.context.now());
+    void calls.run(call);
   }
+
+  /** A call from this worker's edge: the request as built (validated where it crosses a worker), the answer as an object. */
+  const local: LocalActor = {
+    call: (req, trace, delivery) =>
+      new Promise((resolve) => {
+        // as on the bus: a call that finds the actor closing never reached the upstream
+        if (!self.serving()) return resolve(fail("unavailable", `gateway ${label}: ${closeReason()}`));
+        const handOver = (env: Envelope<UpstreamCallReply>) => {
+          resolve(env);
+          // the edge writes the answer before it yields: kept on the stream unless its response delivers it
+          return !delivery || !delivery.streamOpen() || delivery.delivered.then((delivered) => !delivered);
+        };
+        // Its progress travels over NATS to the edge holding the stream (on this connection): a
+        // round trip to the server brings it in first, so the answer does not overtake it.
+        const answer = (env: Envelope<UpstreamCallReply>, _data: Uint8Array, afterEvents: boolean) =>
+          afterEvents ? nc.flush().then(() => handOver(env), () => handOver(env)) : handOver(env);
+        receiveCall({ answer }, req.headers ? (req as CallRequest) : { ...req, headers: {} }, trace);
+      }),
+    cancel: (requestId) => actor.send({ type: "CANCEL", requestId, reason: "cancelled by the client" }),
+  };
 
   // ---- what the upstream says to its client ----
 
@@ -278,7 +313,7 @@ export function createUpstreamActor(
         // Sent before the address went away: answered here, or it would wait out its timeout.
         // It never reached the upstream, so the caller may try again.
         if (!self.serving()) return respond(msg, fail("unavailable", `gateway ${label}: ${closeReason()}`));
-        return receiveCall(msg, parseRequest(UpstreamCallRequestSchema, payload, "upstream call"));
+        return receiveCall(natsReplyTarget(nc, msg.reply), parseRequest(UpstreamCallRequestSchema, payload, "upstream call"), natsTraceHeaders(msg.headers));
       }
       if (op === "answer") {
         const a = parseRequest(UpstreamAnswerRequestSchema, payload, "answer");
@@ -359,6 +394,7 @@ export function createUpstreamActor(
     info,
     closeReason,
     sessionWide: onSessionWide,
+    local,
     serving: () => {
       const snap = actor.getSnapshot();
       return snap.status === "active" && (snap.matches("claiming") || snap.matches("open"));

@@ -1,6 +1,7 @@
 // The calls of one upstream session actor: each is answered exactly once, by its deadline,
 // whatever the upstream does (its result or JSON-RPC error as it came, masked of the gateway's
-// secrets; mcpgw's own failures naming the gateway), and its answer is also put on its stream.
+// secrets; mcpgw's own failures naming the gateway), to its reply target (a NATS inbox, or a
+// caller in this process), and on its stream when a client may need it there to resume.
 import { SpanKind, type Span } from "@opentelemetry/api";
 import type { z } from "zod";
 import type { SessionCall } from "../../actors/upstreamSession/machine.ts";
@@ -8,26 +9,46 @@ import { fail, ok, type Envelope } from "../../protocol/envelope.ts";
 import type { GatewayRecord } from "../../protocol/gateway.ts";
 import type { UpstreamCallReply, UpstreamCallRequestSchema } from "../../protocol/upstream.ts";
 import { encodeJson } from "../bus.ts";
-import { publishWhole, type WholeRequest } from "../largeMessages.ts";
+import { publishWhole } from "../largeMessages.ts";
 import type { Logger } from "../logger.ts";
 import { AnswerTooLargeError, UpstreamRequestError, type UpstreamConnection } from "../mcpClient.ts";
 import { scrubbedError, type Scrubber } from "../secretScrubber.ts";
-import { endSpan, natsTraceHeaders, traceHeadersOf, traceIdOf } from "../tracing.ts";
+import { endSpan, traceHeadersOf, traceIdOf, type TraceHeaders } from "../tracing.ts";
 import type { WorkerContext } from "../worker.ts";
 import type { ClientChannel } from "./clientChannel.ts";
 
 export type CallRequest = z.infer<typeof UpstreamCallRequestSchema>;
 
-/** A call's own effects: its reply address, deadline, abort and span. */
+/**
+ * Where a call's answer goes. `answer` gets it once, with its JSON (size-checked), and says
+ * whether the client may still need it on the call's stream to resume: true (publish it now),
+ * false (the client has it), or later (a promise: publish it then if true). `afterEvents`: the
+ * call published stream events (progress) over NATS, which its answer must not overtake.
+ */
+export type CallReplyTarget = { answer(env: Envelope<UpstreamCallReply>, data: Uint8Array, afterEvents: boolean): boolean | Promise<boolean> };
+
+/** The requester's NATS inbox (another worker, or a caller on the bus): the actor cannot know what its client got. */
+export function natsReplyTarget(nc: WorkerContext["nc"], reply: string | undefined): CallReplyTarget {
+  return {
+    answer: (_env, data) => {
+      if (reply) publishWhole(nc, reply, data);
+      return true;
+    },
+  };
+}
+
+/** A call's own effects: its reply target, deadline, abort and span. */
 type Call = {
   req: CallRequest;
-  msg: WholeRequest;
+  target: CallReplyTarget;
   abort: AbortController;
   timer: NodeJS.Timeout;
   settled: boolean;
   span: Span;
   /** in the call's log lines (a child logger per call would cost every call one) */
   traceId: string;
+  /** progress of this call went out on its stream */
+  streamEvents: boolean;
 };
 
 let callSeq = 0;
@@ -45,7 +66,7 @@ export function upstreamCalls(deps: {
   onDone: (callId: string, transportFailed: boolean) => void;
 }) {
   const { ctx, log, sid, gid, record, scrub, channel } = deps;
-  const { nc, config } = ctx;
+  const { config } = ctx;
   const label = `${record.name} (${record.id})`;
   /** an upstream's answer is held to the edge's body limit */
   const answerLimit = config.edge.maxBodyBytes;
@@ -70,9 +91,13 @@ export function upstreamCalls(deps: {
       env = fail("too_large", `gateway ${label} answered ${call.req.method} with ${data.length} bytes, over the limit of ${answerLimit} bytes`);
       data = encodeJson(env);
     }
-    if (call.msg.reply) publishWhole(nc, call.msg.reply, data);
+    const needed = call.target.answer(env, data, call.streamEvents);
     // then on the call's stream, for a client that lost it and resumes
-    if (call.req.stream) channel.reply(call.req.stream, call.req.requestId, env);
+    const { stream, requestId } = call.req;
+    if (!stream) return;
+    const answer = env;
+    if (needed === true) channel.reply(stream, requestId, answer);
+    else if (needed !== false) void needed.then((yes) => yes && channel.reply(stream, requestId, answer));
   }
 
   /** Sends a started call upstream and answers it, whatever happens; `onDone` when it is over. */
@@ -95,7 +120,13 @@ export function upstreamCalls(deps: {
             trace: traceHeadersOf(upstreamSpan),
             signal: call.abort.signal,
             related: call.req,
-            onprogress: progressToken === undefined ? undefined : (p) => channel.notify(stream, { method: "notifications/progress", params: { ...p, progressToken } }),
+            onprogress:
+              progressToken === undefined
+                ? undefined
+                : (p) => {
+                    call.streamEvents = true;
+                    channel.notify(stream, { method: "notifications/progress", params: { ...p, progressToken } });
+                  },
           },
         );
         // the code only: the message may echo a secret (the client's copy is scrubbed below)
@@ -127,15 +158,15 @@ export function upstreamCalls(deps: {
     }
   }
 
-  /** A call as it arrives: its deadline runs from now. */
-  function receive(msg: WholeRequest, req: CallRequest): SessionCall {
+  /** A call as it arrives (`trace`: its caller's span): its deadline runs from now. */
+  function receive(target: CallReplyTarget, req: CallRequest, trace: TraceHeaders): SessionCall {
     const timeoutMs = req.timeoutMs ?? config.intervals.callTimeout;
     const span = ctx.tracing.startSpan(`session ${req.method}`, {
       kind: SpanKind.SERVER,
-      parent: natsTraceHeaders(msg.headers),
+      parent: trace,
       attributes: { "mcp.method.name": req.method, "mcpgw.gateway": record.name },
     });
-    const call: Call = { req, msg, abort: new AbortController(), settled: false, span, traceId: traceIdOf(span), timer: undefined as never };
+    const call: Call = { req, target, abort: new AbortController(), settled: false, span, traceId: traceIdOf(span), streamEvents: false, timer: undefined as never };
     // Every call is answered by its deadline, whatever the upstream does, and its upstream
     // request is released then (the SDK forgets it and tells the upstream; its HTTP request ends).
     call.timer = setTimeout(() => {

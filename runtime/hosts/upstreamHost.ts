@@ -1,8 +1,9 @@
 // Hosts upstream session actors on this worker: each actor is the address
-// `<p>.upstream.<sid>.<gid>.*`, activated on request (spawn, queue group), owned through a
+// `<p>.upstream.<sid>.<gid>.*`, activated on request (by this worker's own edge for a session
+// nobody hosts, else a spawn through the queue group), owned through a
 // claim in the sessions bucket (upstreamClaims.ts), evicted on events and admin requests on
 // every worker (actors/upstreamSession/eviction.ts), drained and closed when the worker stops.
-import type { MsgHdrs, Subscription } from "@nats-io/transport-node";
+import { headers as natsHeaders, type Subscription } from "@nats-io/transport-node";
 import { SpanKind } from "@opentelemetry/api";
 import type { z } from "zod";
 import { evicts, evictionOnGatewayEvent, evictionOnRequest, evictionOnSessionClosed, needsEnabledCheck, type Eviction } from "../../actors/upstreamSession/eviction.ts";
@@ -29,6 +30,7 @@ import { followEvents, publishCore } from "../events.ts";
 import type { Logger } from "../logger.ts";
 import { SessionStore, type LoadedSession } from "../sessionStore.ts";
 import { endSpan, natsTraceHeaders, traceIdOf, type TraceHeaders } from "../tracing.ts";
+import type { LocalUpstreams, Spawn } from "../upstreamClient.ts";
 import type { Hosted, WorkerContext } from "../worker.ts";
 import { listChangedEvents } from "./listChangedEvents.ts";
 import { upstreamClaims } from "./upstreamClaims.ts";
@@ -40,10 +42,9 @@ const FANOUT_MAX_MS = 3_000;
 /** How often each worker looks for claims left by dead workers (at a random phase). */
 const CLAIM_SWEEP_MS = 10 * 60_000;
 
-/** What the spawn of an actor brings it: the downstream request's headers, and a stateless client's capabilities. */
-type Spawn = { headers: Record<string, string>; clientCapabilities?: Record<string, unknown> | undefined };
-
 export type UpstreamHost = Hosted & {
+  /** the actors of this worker as its own callers see them (in-process calls, local placement) */
+  local: LocalUpstreams;
   /** live and closing actors of this worker */
   sessions(): UpstreamSessionInfo[];
   /** deletes claims no actor answers for (left by workers that died); how many */
@@ -265,14 +266,16 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
         // this worker began stopping under the activation (its drain closed the actor before a
         // call reached it): another worker hosts it; this one no longer takes spawns
         if (!stopping) throw err;
-        return handOver(req, msg.headers);
+        return handOver(req, natsTraceHeaders(msg.headers));
       }
     },
     { ...opts, queue: QUEUE.spawn },
   );
-  async function handOver(req: z.infer<typeof SpawnRequestSchema>, headers: MsgHdrs | undefined): Promise<{ worker: string; created: boolean }> {
+  async function handOver(req: z.infer<typeof SpawnRequestSchema>, trace: TraceHeaders): Promise<{ worker: string; created: boolean }> {
+    const headers = natsHeaders();
+    for (const [k, v] of Object.entries(trace)) headers.set(k, v);
     try {
-      const reply = await nc.request(s.upstream.spawn, encodeJson(req), { timeout: config.intervals.callTimeout, ...(headers ? { headers } : {}) });
+      const reply = await nc.request(s.upstream.spawn, encodeJson(req), { timeout: config.intervals.callTimeout, headers });
       return unwrapReply(reply.data, SpawnReplySchema);
     } catch (err) {
       if (isNoResponders(err)) throw new ProtocolError("unavailable", `worker ${me} is shutting down and no other worker can host a session for gateway ${req.gid}`);
@@ -314,6 +317,25 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
   // the events that can evict a session: an add or a list_changed never does, so they are not sent here
   const events = await followEvents(stores.js, stores.streamName, [s.evt.gatewayKind("updated"), s.evt.gatewayKind("removed"), s.evt.sessionAll], onEvent, opts);
 
+  /**
+   * For this worker's own edge: an actor that holds its claim here takes calls in process; a
+   * session nobody hosts is placed here while this worker takes spawns (the same activation
+   * and claim as a spawn: a key hosted elsewhere is served there).
+   */
+  const local: LocalUpstreams = {
+    actor(sid, gid) {
+      const a = actors.get(keyOf(sid, gid));
+      return a && a.claimRevision > 0 && a.serving() ? a.local : undefined;
+    },
+    activate(sid, gid, spawn, trace) {
+      if (stopping) return null;
+      return activate(sid, gid, spawn, trace).catch((err: unknown) => {
+        if (!stopping) throw err;
+        return handOver({ sid, gid, ...spawn }, trace);
+      });
+    },
+  };
+
   function drain(): void {
     stopping = true;
     // the queue group sends new sessions to the other workers
@@ -322,6 +344,7 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
   }
 
   return {
+    local,
     sessions: () => snapshot({}),
     sweepStaleClaims,
     drain,
