@@ -251,8 +251,9 @@ async function sdkPhase(admin: NatsConnection, edges: Record<string, string>) {
   if (/Fetching marketplace/.test(hub.output())) throw new Error("mcp-hub went to the internet for its marketplace: its cache was not found");
 
   // ---- the paths ----
-  // An mcpgw session is opened at w1; its first call places its actor on either worker (the
-  // spawn's queue group picks). Later calls go to the hosting worker, or to the other one.
+  // An mcpgw session is opened at w1; its first call places its actor there (a session nobody
+  // hosts is activated by the worker its first call reaches). Later calls go to the hosting
+  // worker, or to the other one.
   const openMcpgw = async (): Promise<RoutedSession> => {
     const via = { to: "w1" };
     const x = await streamableSession(() => edges[via.to]!, "up__echo");
@@ -298,8 +299,8 @@ async function sdkPhase(admin: NatsConnection, edges: Record<string, string>) {
       const one = single.get(p.name)!;
       for (let i = 0; i < CALLS; i++) f.seq.push(await timed(() => one.call()));
       await load(many.get(p.name)!, LOAD_MS, f);
-      // new sessions: connect (initialize, initialized) and the first call; mcpgw's are
-      // told apart afterwards by where the spawn placed their actor
+      // new sessions: connect (initialize, initialized) and the first call; mcpgw's are told
+      // apart afterwards by where their actor is (the first call's worker: so none is "2nd worker")
       if (p.name === "mcpgw, 2nd worker") continue;
       const fresh: Array<{ ms: number; session: Session }> = [];
       for (let i = 0; i < NEW_SESSIONS; i++) {
@@ -421,7 +422,7 @@ function reportSdk(sdk: Awaited<ReturnType<typeof sdkPhase>>, lean: Awaited<Retu
     `tools/call of \`echo\` with the MCP SDK client (${ROUNDS} alternating rounds; per path and round ${CALLS} sequential calls, ${SESSIONS} sessions calling back to back for ${LOAD_MS / 1000} s, ` +
       `${NEW_SESSIONS} new sessions). Upstream: the SDK fixture server (streamable HTTP, own process); mcp-hub 4.2.1 speaks SSE to clients and shares one upstream connection; ` +
       `mcpgw: two worker processes and one nats-server, one upstream session per client session; "2nd worker": the call arrives at the worker that does not host the session's actor ` +
-      `(its new sessions: those whose actor the spawn placed on the other worker). In brackets: ratio to direct / to mcp-hub (calls/s: higher is better). CPU per call: CPU time of the gateway's processes (both workers) and of the upstream during the ${SESSIONS}-session load, ÷ calls; ` +
+      `(a new session's actor is placed at the worker its first call reaches, so that path has no connect + first call figure). In brackets: ratio to direct / to mcp-hub (calls/s: higher is better). CPU per call: CPU time of the gateway's processes (both workers) and of the upstream during the ${SESSIONS}-session load, ÷ calls; ` +
       `a loaded machine inflates it too (caches shared by many runnable processes), but processes of one run compare. ` +
       `2 shared cores; load average at each round ${loads.join(", ")} (other engineers' tests run on this machine).`,
     ["path", "p50, concurrency 1", "p99, concurrency 1", `calls/s, ${SESSIONS} sessions`, `p99, ${SESSIONS} sessions`, "new session: connect + first call, p50 (n)", "CPU per call: gateway", "CPU per call: upstream"],

@@ -151,11 +151,24 @@ describe("edge: calls through upstream session actors", () => {
     await until("the hdr gateway's tools", async () => (await client.listTools()).tools.some((t) => t.name === "hdr__echo"));
     // the first call places the actor (a subscriber of its subject before that would hide "no responders")
     assert.equal(text(await client.callTool({ name: "hdr__echo", arguments: { text: "first" } })), "first");
-    // what the next call's message on the bus carries, seen by a second subscriber of the actor's call subject
+    // what the next call's message on the bus carries, seen by a second subscriber of the actor's call subject;
+    // it is sent through the second worker's edge (a call at the hosting worker stays in process)
     const seen: Array<{ headers?: Record<string, string> }> = [];
-    const sub = w2.nc.subscribe(subjects("mcpgw").upstream.op(sessionKey(transport.sessionId!), gw.id, "call"), { callback: (_e, m) => void seen.push(decodeJson(m.data) as { headers?: Record<string, string> }) });
-    await w2.nc.flush();
-    assert.equal(text(await client.callTool({ name: "hdr__echo", arguments: { text: "h" } })), "h");
+    const sub = w1.nc.subscribe(subjects("mcpgw").upstream.op(sessionKey(transport.sessionId!), gw.id, "call"), { callback: (_e, m) => void seen.push(decodeJson(m.data) as { headers?: Record<string, string> }) });
+    await w1.nc.flush();
+    const viaW2 = await fetch(w2.edge.url, {
+      method: "POST",
+      headers: {
+        "content-type": "application/json",
+        accept: "application/json, text/event-stream",
+        "mcp-session-id": transport.sessionId!,
+        "mcp-protocol-version": transport.protocolVersion ?? "2025-06-18",
+        "x-tenant": "t1",
+        "x-other": "no",
+      },
+      body: JSON.stringify({ jsonrpc: "2.0", id: 7, method: "tools/call", params: { name: "hdr__echo", arguments: { text: "h" } } }),
+    });
+    assert.match(await viaW2.text(), /"text":"h"/);
     sub.unsubscribe();
     assert.ok(seen.length > 0, "the call crossed the bus");
     for (const m of seen) assert.deepEqual(m.headers, { "x-tenant": "t1" });
