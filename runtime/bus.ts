@@ -1,5 +1,5 @@
 import type { Msg, MsgHdrs, NatsConnection, Subscription } from "@nats-io/transport-node";
-import { errors } from "@nats-io/transport-node";
+import { errors, headers } from "@nats-io/transport-node";
 import type { z } from "zod";
 import { AnyEnvelopeSchema, ProtocolError, fail, ok, type Envelope } from "../protocol/envelope.ts";
 import { isInbox } from "../protocol/subjects.ts";
@@ -20,6 +20,13 @@ export function decodeJson(data: Uint8Array): unknown {
   } catch {
     throw new ProtocolError("invalid_request", "request body is not valid JSON");
   }
+}
+
+/** NATS message headers holding `entries` (a call's trace context, for one). */
+export function natsHeadersOf(entries: Record<string, string>): MsgHdrs {
+  const h = headers();
+  for (const [k, v] of Object.entries(entries)) h.set(k, v);
+  return h;
 }
 
 export type Handler = (payload: unknown, msg: Msg) => Promise<unknown> | unknown;

@@ -3,9 +3,9 @@
 // (request) or to the requester's own inbox (reply), and is reassembled on the other side,
 // bounded by a limit that is checked on the first part. Nothing is stored: a JetStream
 // object store would let the `viewer` user read tool results.
-import { createInbox, errors, headers, type Msg, type MsgHdrs, type NatsConnection, type Subscription } from "@nats-io/transport-node";
+import { createInbox, errors, type Msg, type MsgHdrs, type NatsConnection, type Subscription } from "@nats-io/transport-node";
 import { ProtocolError, fail } from "../protocol/envelope.ts";
-import { encodeJson } from "./bus.ts";
+import { encodeJson, natsHeadersOf } from "./bus.ts";
 
 const PARTS = "Mcpgw-Parts";
 const PART = "Mcpgw-Part";
@@ -38,15 +38,10 @@ const sizeText = (what: string, size: number, limit: number) => `${what} of ${si
  */
 export function publishWhole(nc: NatsConnection, subject: string, data: Uint8Array, reply?: string, extra: Record<string, string> = {}): void {
   const max = (nc.info?.max_payload ?? 1024 * 1024) - HEADER_ROOM;
-  const withExtra = () => {
-    const h = headers();
-    for (const [k, v] of Object.entries(extra)) h.set(k, v);
-    return h;
-  };
-  if (data.length <= max) return nc.publish(subject, data, { ...(reply && { reply }), ...(Object.keys(extra).length > 0 && { headers: withExtra() }) });
+  if (data.length <= max) return nc.publish(subject, data, { ...(reply && { reply }), ...(Object.keys(extra).length > 0 && { headers: natsHeadersOf(extra) }) });
   const count = Math.ceil(data.length / max);
   for (let index = 0; index < count; index++) {
-    const h = withExtra();
+    const h = natsHeadersOf(extra);
     h.set(PARTS, String(count));
     h.set(PART, String(index));
     h.set(SIZE, String(data.length));

@@ -2,12 +2,12 @@
 // means nobody hosts it: ask a worker to, then retry (a spawn nobody received or answered is
 // asked again within the call's budget). A call that timed out has an unknown outcome, so it
 // is reported, never retried.
-import { headers as natsHeaders, type NatsConnection } from "@nats-io/transport-node";
+import type { NatsConnection } from "@nats-io/transport-node";
 import { ProtocolError, type Envelope } from "../protocol/envelope.ts";
 import { SpawnReplySchema, UpstreamCallReplySchema, type UpstreamCallReply, type UpstreamCallRequest } from "../protocol/upstream.ts";
 import type { Subjects } from "../protocol/subjects.ts";
 import { DEFAULT_MAX_BODY_BYTES } from "./config.ts";
-import { encodeJson, isNoResponders, isTimeout, unwrapReply } from "./bus.ts";
+import { encodeJson, isNoResponders, isTimeout, natsHeadersOf, unwrapReply } from "./bus.ts";
 import { DEFAULT_RETRY, retryTransient } from "./jetstreamRetry.ts";
 import { callMessageLimit, requestWhole } from "./largeMessages.ts";
 import type { Logger } from "./logger.ts";
@@ -79,8 +79,7 @@ export function createUpstreamCaller(
     const placing = local?.activate(sid, gid, what, trace);
     if (placing) return void (await withinBudget(placing, timeoutMs, () => new ProtocolError("timeout", `no worker started a session for gateway ${gid} in time`)));
     const body = encodeJson({ sid, gid, ...what });
-    const traceContext = natsHeaders();
-    for (const [k, v] of Object.entries(trace)) traceContext.set(k, v);
+    const traceContext = natsHeadersOf(trace);
     const deadline = performance.now() + timeoutMs;
     // No responders: no worker is subscribed right now, as in the instant every worker is
     // moving off a lost NATS node; no answer within SPAWN_ATTEMPT_MS: the request may have been

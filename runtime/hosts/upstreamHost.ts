@@ -3,7 +3,7 @@
 // nobody hosts, else a spawn through the queue group), owned through a
 // claim in the sessions bucket (upstreamClaims.ts), evicted on events and admin requests on
 // every worker (actors/upstreamSession/eviction.ts), drained and closed when the worker stops.
-import { headers as natsHeaders, type Subscription } from "@nats-io/transport-node";
+import type { Subscription } from "@nats-io/transport-node";
 import { SpanKind } from "@opentelemetry/api";
 import type { z } from "zod";
 import { evicts, evictionOnGatewayEvent, evictionOnRequest, evictionOnSessionClosed, needsEnabledCheck, type Eviction } from "../../actors/upstreamSession/eviction.ts";
@@ -25,7 +25,7 @@ import {
   type UpstreamSessionInfo,
 } from "../../protocol/upstream.ts";
 import type { GatewayUsage, UsageReport } from "../../protocol/usage.ts";
-import { encodeJson, gather, isNoResponders, listen, serve, unwrapReply } from "../bus.ts";
+import { encodeJson, gather, isNoResponders, listen, natsHeadersOf, serve, unwrapReply } from "../bus.ts";
 import { followEvents, publishCore } from "../events.ts";
 import type { Logger } from "../logger.ts";
 import { SessionStore, type LoadedSession } from "../sessionStore.ts";
@@ -260,22 +260,23 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
     s.upstream.spawn,
     async (p, msg) => {
       const req = parseRequest(SpawnRequestSchema, p, "spawn request");
-      try {
-        return await activate(req.sid, req.gid, { headers: req.headers ?? {}, clientCapabilities: req.clientCapabilities }, natsTraceHeaders(msg.headers));
-      } catch (err) {
-        // this worker began stopping under the activation (its drain closed the actor before a
-        // call reached it): another worker hosts it; this one no longer takes spawns
-        if (!stopping) throw err;
-        return handOver(req, natsTraceHeaders(msg.headers));
-      }
+      return activateOrHandOver(req.sid, req.gid, { headers: req.headers ?? {}, clientCapabilities: req.clientCapabilities }, natsTraceHeaders(msg.headers));
     },
     { ...opts, queue: QUEUE.spawn },
   );
-  async function handOver(req: z.infer<typeof SpawnRequestSchema>, trace: TraceHeaders): Promise<{ worker: string; created: boolean }> {
-    const headers = natsHeaders();
-    for (const [k, v] of Object.entries(trace)) headers.set(k, v);
+  async function activateOrHandOver(sid: string, gid: string, spawn: Spawn, trace: TraceHeaders): Promise<{ worker: string; created: boolean }> {
     try {
-      const reply = await nc.request(s.upstream.spawn, encodeJson(req), { timeout: config.intervals.callTimeout, headers });
+      return await activate(sid, gid, spawn, trace);
+    } catch (err) {
+      // this worker began stopping under the activation (its drain closed the actor before a
+      // call reached it): another worker hosts it; this one no longer takes spawns
+      if (!stopping) throw err;
+      return handOver({ sid, gid, ...spawn }, trace);
+    }
+  }
+  async function handOver(req: z.infer<typeof SpawnRequestSchema>, trace: TraceHeaders): Promise<{ worker: string; created: boolean }> {
+    try {
+      const reply = await nc.request(s.upstream.spawn, encodeJson(req), { timeout: config.intervals.callTimeout, headers: natsHeadersOf(trace) });
       return unwrapReply(reply.data, SpawnReplySchema);
     } catch (err) {
       if (isNoResponders(err)) throw new ProtocolError("unavailable", `worker ${me} is shutting down and no other worker can host a session for gateway ${req.gid}`);
@@ -327,13 +328,7 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
       const a = actors.get(keyOf(sid, gid));
       return a && a.claimRevision > 0 && a.serving() ? a.local : undefined;
     },
-    activate(sid, gid, spawn, trace) {
-      if (stopping) return null;
-      return activate(sid, gid, spawn, trace).catch((err: unknown) => {
-        if (!stopping) throw err;
-        return handOver({ sid, gid, ...spawn }, trace);
-      });
-    },
+    activate: (sid, gid, spawn, trace) => (stopping ? null : activateOrHandOver(sid, gid, spawn, trace)),
   };
 
   function drain(): void {
