@@ -126,7 +126,16 @@ describe("edge: a session the idle sweep ended is not served from memory", () =>
   it("answers 404 at the worker that served the session once a sweep ended it", async () => {
     const { sid, headers } = await sys.open();
     assert.equal((await sys.increment(sys.b, headers)).status, 200);
+    // The sweep deletes the record, then publishes `closed`: a call between the two is served (it
+    // came before the end). Wait for the event, then flush B's connection: the server queued the
+    // event to B before its PONG, so B has forgotten the session when the flush resolves.
+    const spy = await sys.nats.connect("runtime");
+    const closed = spy.subscribe(subjects("mcpgw").evt.sessionClosed(sid), { max: 1 });
+    await spy.flush();
     await until("a sweep ended the idle session", async () => (await sys.a.stores.sessions.get(KEYS.downstreamSession(sid)).then((e) => e?.operation)) !== "PUT", BOUND_MS);
+    for await (const _ of closed) break;
+    await spy.close();
+    await sys.b.nc.flush();
     const call = await sys.increment(sys.b, headers);
     assert.equal(call.status, 404, call.body);
   });
