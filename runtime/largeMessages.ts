@@ -119,14 +119,19 @@ type Waiting = { limit: number; subject: string; assembly: Assembly | null; reso
  * One reply subscription per connection (`<inbox>.*`), as `nc.request` keeps its own: a request
  * costs no `SUB` and `UNSUB` of an inbox of its own (a socket write and server work each).
  * Each request's reply subject is unique (`<inbox>.<n>`), which responders key parts by.
+ * It also hears the server's "no responders" for replies this connection published
+ * (`watchedReply`).
  */
 class ReplyInbox {
   readonly #prefix: string;
   readonly #waiting = new Map<string, Waiting>();
   #n = 0;
   readonly #sub: Subscription;
+  /** watched replies published since the last PING went out: the next PING's PONG clears them */
+  #unconfirmed: Array<(undelivered: boolean) => void> = [];
+  #pinging = false;
 
-  constructor(nc: NatsConnection) {
+  constructor(readonly nc: NatsConnection) {
     // the connection's own inbox prefix, as nc.request would use (not on the public interface)
     this.#prefix = createInbox((nc as { options?: { inboxPrefix?: string } }).options?.inboxPrefix);
     this.#sub = nc.subscribe(`${this.#prefix}.*`, { callback: (err, msg) => this.#deliver(err, msg) });
@@ -145,8 +150,50 @@ class ReplyInbox {
     return { reply: `${this.#prefix}.${token}`, done: () => this.#waiting.delete(token) };
   }
 
+  /**
+   * Publishes one message to `subject` carrying a reply subject of this inbox, to which the
+   * server answers "no responders" at once when no subscription took the message. The server
+   * handles a connection's commands in order, so a PONG for a PING sent after it means it was
+   * taken: one PING per batch of watched replies (the first after a PONG goes at once; those
+   * published meanwhile wait for the next), written with them in the same gathered write.
+   */
+  watchedReply(subject: string, data: Uint8Array): Promise<boolean> {
+    return new Promise<boolean>((resolve) => {
+      const token = String(++this.#n);
+      let settled = false;
+      const settle = (undelivered: boolean) => {
+        if (settled) return;
+        settled = true;
+        this.#waiting.delete(token);
+        resolve(undelivered);
+      };
+      // no responders, or the connection closed under it: nobody is known to have taken it
+      this.#waiting.set(token, { limit: 0, subject, assembly: null, resolve: () => settle(false), reject: () => settle(true) });
+      try {
+        this.nc.publish(subject, data, { reply: `${this.#prefix}.${token}` });
+      } catch {
+        return settle(true);
+      }
+      this.#unconfirmed.push(settle);
+      if (!this.#pinging) this.#ping();
+    });
+  }
+
+  #ping(): void {
+    const batch = this.#unconfirmed;
+    this.#unconfirmed = [];
+    this.#pinging = true;
+    this.nc.flush().then(
+      () => batch.forEach((settle) => settle(false)),
+      () => batch.forEach((settle) => settle(true)),
+    ).finally(() => {
+      this.#pinging = false;
+      if (this.#unconfirmed.length > 0) this.#ping();
+    });
+  }
+
   #failAll(err: unknown): void {
-    for (const w of this.#waiting.values()) w.reject(err);
+    for (const w of [...this.#waiting.values()]) w.reject(err);
     this.#waiting.clear();
   }
 
@@ -175,6 +222,15 @@ function replyInboxOf(nc: NatsConnection): ReplyInbox {
   let inbox = replyInboxes.get(nc);
   if (!inbox || inbox.closed) replyInboxes.set(nc, (inbox = new ReplyInbox(nc)));
   return inbox;
+}
+
+/**
+ * Publishes a reply (one message, within the server's max_payload) to a requester's inbox and
+ * tells whether nobody took it: true when no subscription matched (the requester's connection
+ * is gone, or was away) or this connection closed first; false once the server has passed it on.
+ */
+export function publishReplyNoticingLoss(nc: NatsConnection, inbox: string, data: Uint8Array): Promise<boolean> {
+  return replyInboxOf(nc).watchedReply(inbox, data);
 }
 
 /**
