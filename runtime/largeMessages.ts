@@ -112,6 +112,13 @@ export function wholeRequests(nc: NatsConnection, limit: number, onRequest: (req
   };
 }
 
+/**
+ * How long a watched reply waits for the PING that confirms it was taken: replies published in
+ * that time share one PING (a PONG read per call would cost more than the copy it saves); what
+ * a watched reply holds (the answer, for its copy) is kept that long, plus a round trip.
+ */
+const CONFIRM_MS = 50;
+
 /** A request waiting on the connection's reply subscription: its parts, by its reply token. */
 type Waiting = { limit: number; subject: string; assembly: Assembly | null; resolve(data: Uint8Array): void; reject(err: unknown): void };
 
@@ -129,6 +136,8 @@ class ReplyInbox {
   readonly #sub: Subscription;
   /** watched replies published since the last PING went out: the next PING's PONG clears them */
   #unconfirmed: Array<(undelivered: boolean) => void> = [];
+  /** a PING is due (`#pingTimer`) or on its way: at most one of each */
+  #pingTimer: NodeJS.Timeout | undefined;
   #pinging = false;
 
   constructor(readonly nc: NatsConnection) {
@@ -154,8 +163,7 @@ class ReplyInbox {
    * Publishes one message to `subject` carrying a reply subject of this inbox, to which the
    * server answers "no responders" at once when no subscription took the message. The server
    * handles a connection's commands in order, so a PONG for a PING sent after it means it was
-   * taken: one PING per batch of watched replies (the first after a PONG goes at once; those
-   * published meanwhile wait for the next), written with them in the same gathered write.
+   * taken: one PING per CONFIRM_MS at most confirms every watched reply published before it.
    */
   watchedReply(subject: string, data: Uint8Array): Promise<boolean> {
     return new Promise<boolean>((resolve) => {
@@ -175,21 +183,32 @@ class ReplyInbox {
         return settle(true);
       }
       this.#unconfirmed.push(settle);
-      if (!this.#pinging) this.#ping();
+      this.#pingSoon();
     });
+  }
+
+  #pingSoon(): void {
+    if (this.#pingTimer || this.#pinging) return;
+    this.#pingTimer = setTimeout(() => {
+      this.#pingTimer = undefined;
+      this.#ping();
+    }, CONFIRM_MS);
   }
 
   #ping(): void {
     const batch = this.#unconfirmed;
     this.#unconfirmed = [];
     this.#pinging = true;
-    this.nc.flush().then(
-      () => batch.forEach((settle) => settle(false)),
-      () => batch.forEach((settle) => settle(true)),
-    ).finally(() => {
-      this.#pinging = false;
-      if (this.#unconfirmed.length > 0) this.#ping();
-    });
+    this.nc
+      .flush()
+      .then(
+        () => batch.forEach((settle) => settle(false)),
+        () => batch.forEach((settle) => settle(true)),
+      )
+      .finally(() => {
+        this.#pinging = false;
+        if (this.#unconfirmed.length > 0) this.#pingSoon();
+      });
   }
 
   #failAll(err: unknown): void {
