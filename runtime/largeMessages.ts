@@ -113,9 +113,10 @@ export function wholeRequests(nc: NatsConnection, limit: number, onRequest: (req
 }
 
 /**
- * How long a watched reply waits for the PING that confirms it was taken: replies published in
- * that time share one PING (a PONG read per call would cost more than the copy it saves); what
- * a watched reply holds (the answer, for its copy) is kept that long, plus a round trip.
+ * At most one PING per this time confirms watched replies: one calling in at a time sends its
+ * PING in its reply's own socket write; many share one (a write and a PONG read each would cost
+ * the worker more than the copy saves the server). A watched reply holds its answer (for the
+ * copy) that long at most, plus a round trip.
  */
 const CONFIRM_MS = 50;
 
@@ -139,6 +140,7 @@ class ReplyInbox {
   /** a PING is due (`#pingTimer`) or on its way: at most one of each */
   #pingTimer: NodeJS.Timeout | undefined;
   #pinging = false;
+  #lastPingAt = -Infinity;
 
   constructor(readonly nc: NatsConnection) {
     // the connection's own inbox prefix, as nc.request would use (not on the public interface)
@@ -163,7 +165,7 @@ class ReplyInbox {
    * Publishes one message to `subject` carrying a reply subject of this inbox, to which the
    * server answers "no responders" at once when no subscription took the message. The server
    * handles a connection's commands in order, so a PONG for a PING sent after it means it was
-   * taken: one PING per CONFIRM_MS at most confirms every watched reply published before it.
+   * taken: a PING (at most one per CONFIRM_MS) confirms every watched reply published before it.
    */
   watchedReply(subject: string, data: Uint8Array): Promise<boolean> {
     return new Promise<boolean>((resolve) => {
@@ -187,18 +189,22 @@ class ReplyInbox {
     });
   }
 
+  /** at once (the PING then leaves in the reply's own gathered write) unless one went out within CONFIRM_MS */
   #pingSoon(): void {
     if (this.#pingTimer || this.#pinging) return;
+    const wait = this.#lastPingAt + CONFIRM_MS - performance.now();
+    if (wait <= 0) return this.#ping();
     this.#pingTimer = setTimeout(() => {
       this.#pingTimer = undefined;
       this.#ping();
-    }, CONFIRM_MS);
+    }, wait);
   }
 
   #ping(): void {
     const batch = this.#unconfirmed;
     this.#unconfirmed = [];
     this.#pinging = true;
+    this.#lastPingAt = performance.now();
     this.nc
       .flush()
       .then(
