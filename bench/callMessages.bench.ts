@@ -3,8 +3,9 @@
 // message it is delivered, every socket write). Two in-process workers on one nats-server, the SDK
 // fixture upstream in its own process, one client session; calls through the worker that hosts
 // the session's upstream actor, then through the other one. Counts per call, averaged over
-// CALLMSG_CALLS (200) after a warm-up; and this process's CPU time per call. Counts, not time: the load of the machine does not change them.
-// Run: node --import tsx bench/callMessages.bench.ts
+// CALLMSG_CALLS (200) after a warm-up; and the CPU time per call of this process and of
+// nats-server. Counts, not time: the load of the machine does not change them.
+// Run: node --import tsx bench/callMessages.bench.ts (CALLMSG_ONLY=host|other: one path only)
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
 import type { NatsConnection } from "@nats-io/transport-node";
@@ -12,13 +13,16 @@ import { sessionKey } from "../protocol/edge.ts";
 import { GatewayViewSchema } from "../protocol/gateway.ts";
 import { subjects } from "../protocol/subjects.ts";
 import { request } from "../runtime/bus.ts";
+import { readFileSync } from "node:fs";
 import { startFixtureProcess } from "../test/fixtures/fixtureHttp.ts";
+import { processTree } from "../test/helpers/processes.ts";
 import { startNats } from "../test/helpers/nats.ts";
 import { until } from "../test/helpers/wait.ts";
 import { startTestWorker, type TestWorker } from "../test/helpers/worker.ts";
-import { loadAverage, table } from "./report.ts";
+import { cpuSecondsOf, loadAverage, table } from "./report.ts";
 
 const CALLS = Number(process.env.CALLMSG_CALLS ?? 200);
+const ONLY = process.env.CALLMSG_ONLY;
 const OPS = ["PUB", "HPUB", "SUB", "UNSUB", "PING", "MSG", "HMSG", "writes"] as const;
 type Op = (typeof OPS)[number];
 type Counts = Record<Op, number>;
@@ -55,6 +59,13 @@ function counted(nc: NatsConnection): Counts {
 }
 
 const nats = await startNats();
+const natsPid = processTree(process.pid).find((pid) => {
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, "utf8").includes("nats-server");
+  } catch {
+    return false;
+  }
+})!;
 const upstream = await startFixtureProcess();
 const workers: TestWorker[] = [];
 try {
@@ -82,18 +93,22 @@ try {
   const other = host === a ? b : a;
 
   const rows: string[][] = [];
-  for (const [label, via] of [
-    ["through the hosting worker", host],
-    ["through the other worker", other],
-  ] as const) {
+  for (const [label, via] of (
+    [
+      ["through the hosting worker", host],
+      ["through the other worker", other],
+    ] as const
+  ).filter(([, w]) => !ONLY || (ONLY === "host") === (w === host))) {
     target = via.edge.url;
     for (let i = 0; i < 3; i++) await call();
     await new Promise((r) => setTimeout(r, 300));
     const before = new Map([...counts].map(([w, c]) => [w, { ...c }]));
     const cpu0 = process.cpuUsage();
+    const natsCpu0 = cpuSecondsOf(natsPid);
     for (let i = 0; i < CALLS; i++) await call();
     const cpu = process.cpuUsage(cpu0);
     const cpuPerCall = ((cpu.user + cpu.system) / 1000 / CALLS).toFixed(2);
+    const natsPerCall = (((cpuSecondsOf(natsPid) - natsCpu0) * 1000) / CALLS).toFixed(3);
     // trailing operations of the last call (an UNSUB after its answer)
     await new Promise((r) => setTimeout(r, 300));
     for (const [who, w] of [
@@ -103,10 +118,10 @@ try {
       const n = (op: Op) => (counts.get(w)![op] - before.get(w)![op]) / CALLS;
       const sent = n("PUB") + n("HPUB") + n("SUB") + n("UNSUB") + n("PING");
       const received = n("MSG") + n("HMSG");
-      rows.push([label, who, ...OPS.map((op) => n(op).toFixed(2)), sent.toFixed(2), received.toFixed(2), who === "hosting worker" ? `${cpuPerCall} ms` : ""]);
+      rows.push([label, who, ...OPS.map((op) => n(op).toFixed(2)), sent.toFixed(2), received.toFixed(2), who === "hosting worker" ? `${cpuPerCall} ms` : "", who === "hosting worker" ? `${natsPerCall} ms` : ""]);
     }
   }
-  table("NATS operations per call", `tools/call of echo, ${CALLS} sequential calls of one session after a warm-up, counted on each worker\'s NATS connection, per call; "writes": socket writes of that connection. CPU per call: this process (the SDK client and both workers; the upstream runs in its own), load average ${loadAverage()}.`, ["calls", "connection", ...OPS, "sent", "received", "CPU per call"], rows);
+  table("NATS operations per call", `tools/call of echo, ${CALLS} sequential calls of one session after a warm-up, counted on each worker\'s NATS connection, per call; "writes": socket writes of that connection. CPU per call: this process (the SDK client and both workers; the upstream runs in its own) and nats-server (/proc, 10 ms ticks), load average ${loadAverage()}.`, ["calls", "connection", ...OPS, "sent", "received", "CPU per call", "nats-server"], rows);
   await transport.terminateSession().catch(() => {});
   await client.close();
 } finally {

@@ -13,8 +13,10 @@
 // Run: node --import tsx bench/callPath.bench.ts
 // CALLPATH_ROUNDS (5), CALLPATH_CALLS (200 sequential calls per path and round), CALLPATH_SESSIONS (64),
 // CALLPATH_LOAD_SECONDS (3 per path and round), CALLPATH_NEW_SESSIONS (10 per path and round),
-// CALLPATH_LEAN_SECONDS (10), CALLPATH_LEAN_MAX_CALLS (200,000 per path), CALLPATH_ONLY=lean (the lean phase alone), CALLPATH_CHART (docs/callpath-latency.svg; "" for none),
-// CALLPATH_CPU_PROF (a directory: the hosting worker runs with --cpu-prof and writes its profile there),
+// CALLPATH_LEAN_SECONDS (10), CALLPATH_LEAN_MAX_CALLS (200,000 per path), CALLPATH_ONLY=lean (the lean phase alone),
+// CALLPATH_ONLY=hop (mcpgw through the hosting worker and through the other one, alternating, with each worker's and
+// nats-server's CPU per call: the second-worker figure alone), CALLPATH_CHART (docs/callpath-latency.svg; "" for none),
+// CALLPATH_CPU_PROF (a directory: both workers run with --cpu-prof and write their profiles there as they exit),
 // CALLPATH_LOG_LEVEL (the workers' MCPGW_LOG_LEVEL, default info as in production).
 import { spawn } from "node:child_process";
 import { once } from "node:events";
@@ -49,7 +51,7 @@ const NEW_SESSIONS = num("CALLPATH_NEW_SESSIONS", 10);
 const LEAN_MS = num("CALLPATH_LEAN_SECONDS", 10) * 1000;
 const LEAN_MAX_CALLS = num("CALLPATH_LEAN_MAX_CALLS", 200_000);
 const LEAN_IDLE_MS = 5_000;
-/** "lean": only the lean phase (one worker, the lean upstream, the lean generator) */
+/** "lean": only the lean phase (one worker, the lean upstream, the lean generator); "hop": only mcpgw's two paths (the second-worker figure) */
 const ONLY = process.env.CALLPATH_ONLY;
 const CHART = process.env.CALLPATH_CHART ?? "docs/callpath-latency.svg";
 const CPU_PROF = process.env.CALLPATH_CPU_PROF;
@@ -106,10 +108,13 @@ async function sseSession(url: string, tool: string): Promise<Session> {
 }
 
 /** The processes on the paths, by role; their CPU time is what a call costs, whatever else loads the machine. */
-type Role = "workers" | "nats" | "hub" | "upstream";
-type Figures = { seq: number[]; load: number[]; loadCalls: number; loadMs: number; fresh: number[]; cpu: Record<Role, number> };
-const newFigures = (): Figures => ({ seq: [], load: [], loadCalls: 0, loadMs: 0, fresh: [], cpu: { workers: 0, nats: 0, hub: 0, upstream: 0 } });
-const pids: Record<Role, number[]> = { workers: [], nats: [], hub: [], upstream: [] };
+/** "workers": both workers; "w1" (where every benchmarked session's actor lives) and "w2" (the second worker) apart */
+type Role = "workers" | "w1" | "w2" | "nats" | "hub" | "upstream";
+const noCpu = (): Record<Role, number> => ({ workers: 0, w1: 0, w2: 0, nats: 0, hub: 0, upstream: 0 });
+/** `cpu`: during the sessions' load; `seqCpu`: during the sequential calls */
+type Figures = { seq: number[]; load: number[]; loadCalls: number; loadMs: number; fresh: number[]; cpu: Record<Role, number>; seqCpu: Record<Role, number> };
+const newFigures = (): Figures => ({ seq: [], load: [], loadCalls: 0, loadMs: 0, fresh: [], cpu: noCpu(), seqCpu: noCpu() });
+const pids: Record<Role, number[]> = { workers: [], w1: [], w2: [], nats: [], hub: [], upstream: [] };
 /** CPU seconds used so far by each role's processes (an exited one counts nothing more). */
 const cpuByRole = () =>
   Object.fromEntries(
@@ -199,16 +204,45 @@ async function main() {
   const admin = await nats.connect("admin");
   // mcpgw: two workers (one for the lean phase alone)
   const w1 = startWorker(nats, "w1", CPU_PROF);
-  const w2 = ONLY === "lean" ? undefined : startWorker(nats, "w2");
+  const w2 = ONLY === "lean" ? undefined : startWorker(nats, "w2", CPU_PROF);
   procs.push(w1, ...(w2 ? [w2] : []));
   const edges: Record<string, string> = { w1: await edgeUrlOf(w1), ...(w2 ? { w2: await edgeUrlOf(w2) } : {}) };
   pids.workers = [w1.child.pid!, ...(w2 ? [w2.child.pid!] : [])];
+  pids.w1 = [w1.child.pid!];
+  pids.w2 = w2 ? [w2.child.pid!] : [];
   pids.nats = descendants(/nats-server/);
   const sdk = ONLY === "lean" ? undefined : await sdkPhase(admin, edges);
+  if (ONLY === "hop") return reportHop(sdk!);
   await stopProc(w2);
   const lean = await leanPhase(admin, edges.w1!);
   if (sdk) reportSdk(sdk, lean);
   await admin.close();
+}
+
+/** mcp-hub in front of the upstream: its URL and its name of the upstream's echo tool. */
+async function startHubPath(upstreamUrl: string): Promise<{ url: string; tool: string }> {
+  const hubPort = await freePort();
+  const hub = startHub(hubPort, upstreamUrl, home);
+  procs.push(hub);
+  const url = `http://127.0.0.1:${hubPort}/mcp`;
+  const tool = await until(
+    "mcp-hub serving the upstream's tools",
+    async () => {
+      try {
+        const c = sdkClient("probe");
+        await c.connect(new SSEClientTransport(new URL(url)));
+        const name = (await c.listTools()).tools.map((t) => t.name).find((n) => /echo$/.test(n));
+        await c.close();
+        return name;
+      } catch {
+        return undefined;
+      }
+    },
+    WAIT_MS,
+  );
+  pids.hub = [hub.child.pid!];
+  if (/Fetching marketplace/.test(hub.output())) throw new Error("mcp-hub went to the internet for its marketplace: its cache was not found");
+  return { url, tool };
 }
 
 /** The SDK client's paths: direct, mcp-hub, mcpgw through the hosting worker and through the other one. */
@@ -226,30 +260,8 @@ async function sdkPhase(admin: NatsConnection, edges: Record<string, string>) {
     return new Map(reply.sessions.map((x) => [x.sid, x.worker]));
   };
 
-  // ---- mcp-hub ----
-  const hubPort = await freePort();
-  const hub = startHub(hubPort, upstream.url("hub"), home);
-  procs.push(hub);
-  const hubUrl = `http://127.0.0.1:${hubPort}/mcp`;
-  const hubTool = await until(
-    "mcp-hub serving the upstream's tools",
-    async () => {
-      try {
-        const c = sdkClient("probe");
-        await c.connect(new SSEClientTransport(new URL(hubUrl)));
-        const name = (await c.listTools()).tools.map((t) => t.name).find((n) => /echo$/.test(n));
-        await c.close();
-        return name;
-      } catch {
-        return undefined;
-      }
-    },
-    WAIT_MS,
-  );
-  pids.hub = [hub.child.pid!];
   pids.upstream = descendants(/fixtureHttpProcess/);
-  if (/Fetching marketplace/.test(hub.output())) throw new Error("mcp-hub went to the internet for its marketplace: its cache was not found");
-
+  const hub = ONLY === "hop" ? null : await startHubPath(upstream.url("hub"));
   // ---- the paths ----
   // An mcpgw session is opened at w1; its first call places its actor there (a session nobody
   // hosts is activated by the worker its first call reaches). Later calls go to the hosting
@@ -269,8 +281,12 @@ async function sdkPhase(admin: NatsConnection, edges: Record<string, string>) {
     }
   };
   const paths: Path[] = [
-    { name: "direct", open: () => streamableSession(() => upstream.url("direct"), "echo") },
-    { name: "mcp-hub", open: () => sseSession(hubUrl, hubTool) },
+    ...(ONLY === "hop"
+      ? []
+      : [
+          { name: "direct", open: () => streamableSession(() => upstream.url("direct"), "echo") },
+          { name: "mcp-hub", open: () => sseSession(hub!.url, hub!.tool) },
+        ]),
     { name: "mcpgw", open: openMcpgw },
     { name: "mcpgw, 2nd worker", open: openMcpgw },
   ];
@@ -297,11 +313,14 @@ async function sdkPhase(admin: NatsConnection, edges: Record<string, string>) {
     for (const p of order) {
       const f = figures.get(p.name)!;
       const one = single.get(p.name)!;
+      const seqCpu0 = cpuByRole();
       for (let i = 0; i < CALLS; i++) f.seq.push(await timed(() => one.call()));
+      const seqCpu1 = cpuByRole();
+      for (const r of Object.keys(pids) as Role[]) f.seqCpu[r] += seqCpu1[r] - seqCpu0[r];
       await load(many.get(p.name)!, LOAD_MS, f);
       // new sessions: connect (initialize, initialized) and the first call; mcpgw's are told
       // apart afterwards by where their actor is (the first call's worker: so none is "2nd worker")
-      if (p.name === "mcpgw, 2nd worker") continue;
+      if (p.name === "mcpgw, 2nd worker" || ONLY === "hop") continue;
       const fresh: Array<{ ms: number; session: Session }> = [];
       for (let i = 0; i < NEW_SESSIONS; i++) {
         const t0 = performance.now();
@@ -322,7 +341,7 @@ async function sdkPhase(admin: NatsConnection, edges: Record<string, string>) {
 }
 
 type LeanFigures = { latencies: number[]; calls: number; failures: number; firstFailure?: string | undefined; ms: number; generator: number; cpu: Record<Role, number> };
-const newLeanFigures = (): LeanFigures => ({ latencies: [], calls: 0, failures: 0, ms: 0, generator: 0, cpu: { workers: 0, nats: 0, hub: 0, upstream: 0 } });
+const newLeanFigures = (): LeanFigures => ({ latencies: [], calls: 0, failures: 0, ms: 0, generator: 0, cpu: noCpu() });
 
 /** mcpgw's own ceiling: the lean upstream through one worker, with the lean generator; direct to it as the reference. */
 async function leanPhase(admin: NatsConnection, edgeUrl: string) {
@@ -392,6 +411,38 @@ async function leanPhase(admin: NatsConnection, edgeUrl: string) {
   );
 
   return { figures: leanFigures, loads: leanLoads, rate: leanRate, perCall: leanPerCall, workerIdlePerSecond };
+}
+
+/**
+ * The second-worker figure: mcpgw through the worker hosting each session's actor (w1) and through
+ * the other one (w2), in alternating rounds; each worker's and nats-server's CPU per call, sequential
+ * calls and the sessions' load apart.
+ */
+function reportHop(sdk: Awaited<ReturnType<typeof sdkPhase>>) {
+  const { figures, loads } = sdk;
+  const gw = figures.get("mcpgw")!;
+  const gw2 = figures.get("mcpgw, 2nd worker")!;
+  const cpuCells = (cpu: Record<Role, number>, calls: number) => {
+    const per = (r: Role) => msFine((cpu[r] * 1000) / calls);
+    return [per("w1"), per("w2"), per("nats")];
+  };
+  const rows = [
+    ["through the hosting worker (w1)", gw],
+    ["through the other worker (w2 → w1)", gw2],
+  ].map(([name, f]) => {
+    const x = f as Figures;
+    const seq = stats(x.seq);
+    return [name as string, msFine(seq.p50), msFine(seq.p99), ...cpuCells(x.seqCpu, x.seq.length), (x.loadCalls / (x.loadMs / 1000)).toFixed(0), ...cpuCells(x.cpu, x.loadCalls)];
+  });
+  const d = stats(gw2.seq).p50 - stats(gw.seq).p50;
+  table(
+    "Call path: through a second worker",
+    `tools/call of \`echo\` with the MCP SDK client, mcpgw only: two worker processes and one nats-server; every session's actor lives at w1; ${ROUNDS} alternating rounds of ${CALLS} sequential calls ` +
+      `and ${SESSIONS} sessions calling back to back for ${LOAD_MS / 1000} s per path. CPU per call: each process's CPU time during that phase ÷ calls (/proc, 10 ms ticks). ` +
+      `2nd worker − hosting worker at p50: ${d >= 0 ? "+" : "−"}${msFine(Math.abs(d))} (target ≤ 0.3 ms). 2 shared cores; load average at each round ${loads.join(", ")}.`,
+    ["path", "p50, conc. 1", "p99, conc. 1", "CPU/call conc. 1: w1", "w2", "nats-server", `calls/s, ${SESSIONS} sessions`, `CPU/call ${SESSIONS} sessions: w1`, "w2", "nats-server"],
+    rows,
+  );
 }
 
 function reportSdk(sdk: Awaited<ReturnType<typeof sdkPhase>>, lean: Awaited<ReturnType<typeof leanPhase>>) {

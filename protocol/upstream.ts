@@ -65,6 +65,13 @@ export const UpstreamCallRequestSchema = z
      * session declares if this call has to start one (carried into the spawn); absent: `ds.<sid>`'s
      */
     clientCapabilities: z.record(z.string(), z.unknown()).optional(),
+    /**
+     * who keeps the final answer on `stream` for a client that lost it. Absent: the actor
+     * publishes it there. "caller": the caller, which has the answer in hand, publishes it when
+     * its client did not receive it; the actor publishes it only when its reply reaches no one
+     * (the caller's connection is gone)
+     */
+    answerCopy: z.literal("caller").optional(),
   })
   .strict();
 export type UpstreamCallRequest = z.input<typeof UpstreamCallRequestSchema>;
@@ -85,6 +92,8 @@ export const UpstreamCallReplySchema = z.union([
   z.object({ rpcError: JsonRpcErrorSchema }).strict(),
 ]);
 export type UpstreamCallReply = z.infer<typeof UpstreamCallReplySchema>;
+/** The `call` reply envelope: checked in one parse where it crosses a worker, and kept as a call's answer on its stream. */
+export const UpstreamCallEnvelopeSchema = envelopeSchema(UpstreamCallReplySchema);
 
 /**
  * A request from an upstream to its client (sampling, elicitation, roots) carries an id that
@@ -147,7 +156,7 @@ export const StreamEventSchema = z.union([
       /** the downstream request id (`wireKey`) this answers */
       requestId: z.string().min(1).max(128),
       /** the call's final answer, the `call` reply envelope: the POST stream ends with it */
-      reply: envelopeSchema(UpstreamCallReplySchema),
+      reply: UpstreamCallEnvelopeSchema,
     })
     .strict(),
 ]);

@@ -112,6 +112,14 @@ export function wholeRequests(nc: NatsConnection, limit: number, onRequest: (req
   };
 }
 
+/**
+ * At most one PING per this time confirms watched replies: one calling in at a time sends its
+ * PING in its reply's own socket write; many share one (a write and a PONG read each would cost
+ * the worker more than the copy saves the server). A watched reply holds its answer (for the
+ * copy) that long at most, plus a round trip.
+ */
+const CONFIRM_MS = 50;
+
 /** A request waiting on the connection's reply subscription: its parts, by its reply token. */
 type Waiting = { limit: number; subject: string; assembly: Assembly | null; resolve(data: Uint8Array): void; reject(err: unknown): void };
 
@@ -119,14 +127,22 @@ type Waiting = { limit: number; subject: string; assembly: Assembly | null; reso
  * One reply subscription per connection (`<inbox>.*`), as `nc.request` keeps its own: a request
  * costs no `SUB` and `UNSUB` of an inbox of its own (a socket write and server work each).
  * Each request's reply subject is unique (`<inbox>.<n>`), which responders key parts by.
+ * It also hears the server's "no responders" for replies this connection published
+ * (`watchedReply`).
  */
 class ReplyInbox {
   readonly #prefix: string;
   readonly #waiting = new Map<string, Waiting>();
   #n = 0;
   readonly #sub: Subscription;
+  /** watched replies published since the last PING went out: the next PING's PONG clears them */
+  #unconfirmed: Array<(undelivered: boolean) => void> = [];
+  /** a PING is due (`#pingTimer`) or on its way: at most one of each */
+  #pingTimer: NodeJS.Timeout | undefined;
+  #pinging = false;
+  #lastPingAt = -Infinity;
 
-  constructor(nc: NatsConnection) {
+  constructor(readonly nc: NatsConnection) {
     // the connection's own inbox prefix, as nc.request would use (not on the public interface)
     this.#prefix = createInbox((nc as { options?: { inboxPrefix?: string } }).options?.inboxPrefix);
     this.#sub = nc.subscribe(`${this.#prefix}.*`, { callback: (err, msg) => this.#deliver(err, msg) });
@@ -145,8 +161,64 @@ class ReplyInbox {
     return { reply: `${this.#prefix}.${token}`, done: () => this.#waiting.delete(token) };
   }
 
+  /**
+   * Publishes one message to `subject` carrying a reply subject of this inbox, to which the
+   * server answers "no responders" at once when no subscription took the message. The server
+   * handles a connection's commands in order, so a PONG for a PING sent after it means it was
+   * taken: a PING (at most one per CONFIRM_MS) confirms every watched reply published before it.
+   */
+  watchedReply(subject: string, data: Uint8Array): Promise<boolean> {
+    return new Promise<boolean>((resolve) => {
+      const token = String(++this.#n);
+      let settled = false;
+      const settle = (undelivered: boolean) => {
+        if (settled) return;
+        settled = true;
+        this.#waiting.delete(token);
+        resolve(undelivered);
+      };
+      // no responders, or the connection closed under it: nobody is known to have taken it
+      this.#waiting.set(token, { limit: 0, subject, assembly: null, resolve: () => settle(false), reject: () => settle(true) });
+      try {
+        this.nc.publish(subject, data, { reply: `${this.#prefix}.${token}` });
+      } catch {
+        return settle(true);
+      }
+      this.#unconfirmed.push(settle);
+      this.#pingSoon();
+    });
+  }
+
+  /** at once (the PING then leaves in the reply's own gathered write) unless one went out within CONFIRM_MS */
+  #pingSoon(): void {
+    if (this.#pingTimer || this.#pinging) return;
+    const wait = this.#lastPingAt + CONFIRM_MS - performance.now();
+    if (wait <= 0) return this.#ping();
+    this.#pingTimer = setTimeout(() => {
+      this.#pingTimer = undefined;
+      this.#ping();
+    }, wait);
+  }
+
+  #ping(): void {
+    const batch = this.#unconfirmed;
+    this.#unconfirmed = [];
+    this.#pinging = true;
+    this.#lastPingAt = performance.now();
+    this.nc
+      .flush()
+      .then(
+        () => batch.forEach((settle) => settle(false)),
+        () => batch.forEach((settle) => settle(true)),
+      )
+      .finally(() => {
+        this.#pinging = false;
+        if (this.#unconfirmed.length > 0) this.#pingSoon();
+      });
+  }
+
   #failAll(err: unknown): void {
-    for (const w of this.#waiting.values()) w.reject(err);
+    for (const w of [...this.#waiting.values()]) w.reject(err);
     this.#waiting.clear();
   }
 
@@ -175,6 +247,15 @@ function replyInboxOf(nc: NatsConnection): ReplyInbox {
   let inbox = replyInboxes.get(nc);
   if (!inbox || inbox.closed) replyInboxes.set(nc, (inbox = new ReplyInbox(nc)));
   return inbox;
+}
+
+/**
+ * Publishes a reply (one message, within the server's max_payload) to a requester's inbox and
+ * tells whether nobody took it: true when no subscription matched (the requester's connection
+ * is gone, or was away) or this connection closed first; false once the server has passed it on.
+ */
+export function publishReplyNoticingLoss(nc: NatsConnection, inbox: string, data: Uint8Array): Promise<boolean> {
+  return replyInboxOf(nc).watchedReply(inbox, data);
 }
 
 /**

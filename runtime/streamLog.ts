@@ -6,7 +6,7 @@ import { decodeJson, encodeJson, type Guard } from "./bus.ts";
 
 /**
  * Publishes one event of a client stream, the one way every publisher does (the upstream
- * session actors, the edge's change notices): core NATS, no acknowledgement (the stream log
+ * session actors, the edge's change notices, a caller's copy of an answer it could not deliver): core NATS, no acknowledgement (the stream log
  * stores it on its way; a test that needs it stored waits for the store). Its `Nats-Msg-Id`
  * names the stream and the uid, which the log's replay requires (`storedStreamEvent`).
  * Messages go where the edges holding the stream listen; a call's final answer only to the log.

@@ -2,15 +2,17 @@
 // means nobody hosts it: ask a worker to, then retry (a spawn nobody received or answered is
 // asked again within the call's budget). A call that timed out has an unknown outcome, so it
 // is reported, never retried.
+import { randomBytes } from "node:crypto";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { ProtocolError, type Envelope } from "../protocol/envelope.ts";
-import { SpawnReplySchema, UpstreamCallReplySchema, type UpstreamCallReply, type UpstreamCallRequest } from "../protocol/upstream.ts";
+import { SpawnReplySchema, UpstreamCallEnvelopeSchema, type UpstreamCallReply, type UpstreamCallRequest } from "../protocol/upstream.ts";
 import type { Subjects } from "../protocol/subjects.ts";
 import { DEFAULT_MAX_BODY_BYTES } from "./config.ts";
-import { encodeJson, isNoResponders, isTimeout, natsHeadersOf, unwrapReply } from "./bus.ts";
+import { decodeJson, encodeJson, isNoResponders, isTimeout, natsHeadersOf, unwrapReply } from "./bus.ts";
 import { DEFAULT_RETRY, retryTransient } from "./jetstreamRetry.ts";
 import { callMessageLimit, requestWhole } from "./largeMessages.ts";
 import type { Logger } from "./logger.ts";
+import { publishStreamEvent } from "./streamLog.ts";
 import type { TraceHeaders } from "./tracing.ts";
 
 /**
@@ -111,6 +113,26 @@ export function createUpstreamCaller(
     }
   }
 
+  /** tells this caller's copies of answers on a stream from the actors' (`<nonce>-<n>`) */
+  const nonce = randomBytes(9).toString("base64url");
+  let copies = 0;
+  /**
+   * A call answered over the bus whose client may not have received it: kept on its stream for
+   * resumption, as the actor keeps an in-process call's (checked when the answer is handed over:
+   * the caller writes it before it yields to I/O).
+   */
+  function keepUnlessDelivered(sid: string, gid: string, stream: string, requestId: string, env: Envelope<UpstreamCallReply>, delivery: AnswerDelivery): void {
+    const keep = () => {
+      try {
+        if (!publishStreamEvent(nc, s, sid, stream, { uid: `${nonce}-${++copies}`, gid, requestId, reply: env })) opts.log.debug({ sid, gid, requestId }, "call answer over max_payload: not kept on its stream");
+      } catch (err) {
+        opts.log.warn({ sid, gid, requestId, err: (err as Error).message }, "call answer not published on its stream");
+      }
+    };
+    if (!delivery.streamOpen()) return keep();
+    void delivery.delivered.then((delivered) => delivered || keep());
+  }
+
   // The request is built by the caller (typed) and validated where it arrives (the actor, a
   // boundary between workers): validating it here as well cost every call ~7 µs of CPU.
   async function call(sid: string, gid: string, req: UpstreamCallRequest, signal?: AbortSignal, trace: TraceHeaders = {}, delivery?: AnswerDelivery): Promise<UpstreamCallReply> {
@@ -121,6 +143,8 @@ export function createUpstreamCaller(
     signal?.throwIfAborted();
     const onAbort = () => void notify(sid, gid, req.requestId, String(signal?.reason ?? "cancelled"));
     signal?.addEventListener("abort", onAbort, { once: true });
+    // over the bus, the answer's copy on the stream is this caller's to keep when it writes the answer to its client
+    const keeps = delivery !== undefined && req.stream !== undefined;
     try {
       let sent = req;
       for (let attempt = 1; ; attempt++) {
@@ -137,7 +161,7 @@ export function createUpstreamCaller(
         }
         try {
           // requests and answers over the server's max_payload travel in parts
-          const pending = requestWhole(nc, subject, encodeJson(sent), { timeoutMs: leftMs + REPLY_MARGIN_MS, limit: messageLimit, headers: trace });
+          const pending = requestWhole(nc, subject, encodeJson(keeps ? { ...sent, answerCopy: "caller" } : sent), { timeoutMs: leftMs + REPLY_MARGIN_MS, limit: messageLimit, headers: trace });
           data = await (signal ? raceAbort(pending, signal) : pending);
         } catch (err) {
           if (isNoResponders(err) && attempt < MAX_ATTEMPTS) {
@@ -151,7 +175,10 @@ export function createUpstreamCaller(
           if (isTimeout(err)) throw new ProtocolError("timeout", `gateway ${gid} did not answer ${req.method} within ${budgetMs} ms`);
           throw err;
         }
-        return unwrapReply(data, UpstreamCallReplySchema);
+        const env = UpstreamCallEnvelopeSchema.parse(decodeJson(data));
+        if (keeps) keepUnlessDelivered(sid, gid, req.stream!, req.requestId, env, delivery!);
+        if (!env.ok) throw new ProtocolError(env.error.code, env.error.message, env.error.issues);
+        return env.data;
       }
     } finally {
       signal?.removeEventListener("abort", onAbort);

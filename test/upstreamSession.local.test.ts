@@ -1,8 +1,10 @@
 // Local placement and in-process calls (issue 11): two in-process workers on one nats-server,
 // the HTTP fixture upstream. A client's first call places its upstream session actor at the
 // worker that received it; calls there are handed to the actor in process (no call request,
-// reply or answer copy on the bus) while calls through the other worker reach it over NATS;
-// an answer the client's stream lost before it was delivered stays resumable from the stream log.
+// reply or answer copy on the bus) while calls through the other worker reach it over NATS
+// (request and reply; no answer copy when the answer was delivered); an answer the client's
+// stream lost before it was delivered stays resumable from the stream log, in process and
+// through the other worker, and so does one whose reply found the other worker's connection gone.
 import assert from "node:assert/strict";
 import { request as httpRequest } from "node:http";
 import { after, before, describe, it } from "node:test";
@@ -85,51 +87,65 @@ describe("upstream sessions: local placement and in-process calls", () => {
     await viaB.client.close();
   });
 
-  it("calls through the hosting worker put nothing of the call on the bus; through the other worker, the request and the answer's copy", async () => {
+  it("calls through the hosting worker put nothing of the call on the bus; through the other worker, the request and its reply (a delivered answer is not kept)", async () => {
     const c = await client(a);
     await c.client.callTool({ name: "counter__increment", arguments: {} });
     const sid = c.sid();
     assert.ok(hosts(a, sid));
     let busCalls = 0;
+    let answerCopies = 0;
     const sub = observer.subscribe(s.upstream.op(sid, gid, "call"), { callback: () => void busCalls++ });
+    // every answer copy published for this session, whoever publishes it
+    const copies = observer.subscribe(s.stream.session(sid), { callback: (_e, m) => void (m.subject.endsWith(".answer") && answerCopies++) });
     await observer.flush();
-    const storedBefore = await storedAnswers(sid);
 
     for (let i = 0; i < 5; i++) await c.client.callTool({ name: "counter__increment", arguments: {} });
+    await a.nc.flush();
+    await observer.flush();
     assert.equal(busCalls, 0, "no call request on the bus");
-    assert.equal(await storedAnswers(sid), storedBefore, "no answer kept: each was delivered on its open stream");
+    assert.equal(answerCopies, 0, "no answer kept: each was delivered on its open stream");
 
     c.target.url = b.edge.url;
     for (let i = 0; i < 3; i++) await c.client.callTool({ name: "counter__increment", arguments: {} });
     assert.equal(busCalls, 3, "each call through B is a request to the actor's address");
-    await until("the answers of B's calls kept for resumption", async () => (await storedAnswers(sid)) === storedBefore + 3, BOUND_MS);
     assert.equal(text(await c.client.callTool({ name: "counter__increment", arguments: {} })), "10");
+    // a round trip of each worker to the server after its answers' writes, then of the observer:
+    // a copy either worker published is delivered to the observer by then
+    await b.nc.flush();
+    await a.nc.flush();
+    await observer.flush();
+    assert.equal(answerCopies, 0, "no answer kept: B delivered each on its open stream");
     sub.unsubscribe();
+    copies.unsubscribe();
     await c.client.close();
   });
 
-  it("an in-process call whose client stream closed before its answer: the answer is kept, and a resumption gets it", async () => {
-    const init = await raw(a.edge.port, { body: INIT });
+  /** An initialized raw session, its first call sent to `first` (which places its actor there). */
+  async function rawSession(first: TestWorker) {
+    const init = await raw(first.edge.port, { body: INIT });
     const id = String(init.headers["mcp-session-id"]);
     const headers = { "mcp-session-id": id, "mcp-protocol-version": "2025-06-18" };
-    const sid = sessionKey(id);
-    await raw(a.edge.port, { headers, body: JSON.stringify({ jsonrpc: "2.0", method: "notifications/initialized" }) });
-    // placed at A, which the rest of the test calls
-    const first = await raw(a.edge.port, { headers, body: JSON.stringify({ jsonrpc: "2.0", id: 2, method: "tools/call", params: { name: "counter__increment", arguments: {} } }) });
-    assert.match(first.body, /"text":"1"/);
-    assert.ok(hosts(a, sid));
-    const stored = await storedAnswers(sid);
+    await raw(first.edge.port, { headers, body: JSON.stringify({ jsonrpc: "2.0", method: "notifications/initialized" }) });
+    const placed = await raw(first.edge.port, { headers, body: JSON.stringify({ jsonrpc: "2.0", id: 2, method: "tools/call", params: { name: "counter__increment", arguments: {} } }) });
+    assert.match(placed.body, /"text":"1"/);
+    return { headers, sid: sessionKey(id) };
+  }
 
-    // the call's stream is opened, then dropped by the client after its priming event
-    const streamId = await new Promise<string>((resolve, reject) => {
+  /**
+   * Opens a call's POST stream at `via` (a 1 s sleep, JSON-RPC id 3), and once its priming event
+   * is in: with `drop`, the client drops the stream; then `after` runs. Resolves with the stream's id.
+   */
+  function sleepCall(via: TestWorker, headers: Record<string, string>, then: { drop: boolean; after?: () => void }): Promise<string> {
+    return new Promise<string>((resolve, reject) => {
       const req = httpRequest(
-        { host: "127.0.0.1", port: a.edge.port, method: "POST", path: "/mcp", headers: { "content-type": "application/json", accept: "application/json, text/event-stream", ...headers } },
+        { host: "127.0.0.1", port: via.edge.port, method: "POST", path: "/mcp", headers: { "content-type": "application/json", accept: "application/json, text/event-stream", ...headers } },
         (res) => {
           res.setEncoding("utf8");
           res.on("data", (chunk: string) => {
             const m = /id: ([A-Za-z0-9_-]+)\.0\n/.exec(chunk);
             if (m) {
-              req.destroy();
+              if (then.drop) req.destroy();
+              then.after?.();
               resolve(m[1]!);
             }
           });
@@ -139,9 +155,50 @@ describe("upstream sessions: local placement and in-process calls", () => {
       req.setTimeout(BOUND_MS, () => reject(new Error("no priming event")));
       req.end(JSON.stringify({ jsonrpc: "2.0", id: 3, method: "tools/call", params: { name: "counter__sleep", arguments: { ms: 1000 } } }));
     });
+  }
+
+  /** The answer of id 3 on `streamId`, resumed at `at` from the stream log. */
+  async function resumed(at: TestWorker, headers: Record<string, string>, streamId: string): Promise<string> {
+    const r = await raw(at.edge.port, { method: "GET", headers: { ...headers, accept: "text/event-stream", "last-event-id": `${streamId}.0` }, timeoutMs: BOUND_MS });
+    return r.body;
+  }
+
+  it("an in-process call whose client stream closed before its answer: the answer is kept, and a resumption gets it", async () => {
+    const { headers, sid } = await rawSession(a);
+    assert.ok(hosts(a, sid));
+    const stored = await storedAnswers(sid);
+    const streamId = await sleepCall(a, headers, { drop: true });
     await until("the lost answer kept on its stream", async () => (await storedAnswers(sid)) === stored + 1, BOUND_MS);
-    const resumed = await raw(a.edge.port, { method: "GET", headers: { ...headers, accept: "text/event-stream", "last-event-id": `${streamId}.0` }, timeoutMs: BOUND_MS });
-    assert.match(resumed.body, /"id":3/);
-    assert.match(resumed.body, /slept 1000/);
+    const body = await resumed(a, headers, streamId);
+    assert.match(body, /"id":3/);
+    assert.match(body, /slept 1000/);
+  });
+
+  it("a call through the other worker whose client stream closed before its answer: that worker keeps the answer, and a resumption gets it", async () => {
+    const { headers, sid } = await rawSession(a);
+    assert.ok(hosts(a, sid) && !hosts(b, sid));
+    const stored = await storedAnswers(sid);
+    const streamId = await sleepCall(b, headers, { drop: true });
+    await until("the lost answer kept on its stream", async () => (await storedAnswers(sid)) === stored + 1, BOUND_MS);
+    // resumed at the hosting worker: the copy is in the log, wherever it was published from
+    const body = await resumed(a, headers, streamId);
+    assert.match(body, /"id":3/);
+    assert.match(body, /slept 1000/);
+  });
+
+  it("a call through a worker whose NATS connection is gone when the answer comes: the hosting actor keeps the answer, and a resumption gets it", async () => {
+    const c = await startTestWorker(nats);
+    try {
+      const { headers, sid } = await rawSession(a);
+      const stored = await storedAnswers(sid);
+      // C loses its connection (its inbox with it) while the upstream still sleeps
+      const streamId = await sleepCall(c, headers, { drop: false, after: () => void c.nc.close() });
+      await until("the answer nobody took kept on its stream", async () => (await storedAnswers(sid)) === stored + 1, BOUND_MS);
+      const body = await resumed(a, headers, streamId);
+      assert.match(body, /"id":3/);
+      assert.match(body, /slept 1000/);
+    } finally {
+      await c.stop().catch(() => {});
+    }
   });
 });

@@ -313,7 +313,8 @@ export function createUpstreamActor(
         // Sent before the address went away: answered here, or it would wait out its timeout.
         // It never reached the upstream, so the caller may try again.
         if (!self.serving()) return respond(msg, fail("unavailable", `gateway ${label}: ${closeReason()}`));
-        return receiveCall(natsReplyTarget(nc, msg.reply), parseRequest(UpstreamCallRequestSchema, payload, "upstream call"), natsTraceHeaders(msg.headers));
+        const req = parseRequest(UpstreamCallRequestSchema, payload, "upstream call");
+        return receiveCall(natsReplyTarget(nc, msg.reply, req.answerCopy), req, natsTraceHeaders(msg.headers));
       }
       if (op === "answer") {
         const a = parseRequest(UpstreamAnswerRequestSchema, payload, "answer");

@@ -9,7 +9,7 @@ import { fail, ok, type Envelope } from "../../protocol/envelope.ts";
 import type { GatewayRecord } from "../../protocol/gateway.ts";
 import type { UpstreamCallReply, UpstreamCallRequestSchema } from "../../protocol/upstream.ts";
 import { encodeJson } from "../bus.ts";
-import { publishWhole } from "../largeMessages.ts";
+import { publishReplyNoticingLoss, publishWhole } from "../largeMessages.ts";
 import type { Logger } from "../logger.ts";
 import { AnswerTooLargeError, UpstreamRequestError, type UpstreamConnection } from "../mcpClient.ts";
 import { scrubbedError, type Scrubber } from "../secretScrubber.ts";
@@ -27,11 +27,19 @@ export type CallRequest = z.infer<typeof UpstreamCallRequestSchema>;
  */
 export type CallReplyTarget = { answer(env: Envelope<UpstreamCallReply>, data: Uint8Array, afterEvents: boolean): boolean | Promise<boolean> };
 
-/** The requester's NATS inbox (another worker, or a caller on the bus): the actor cannot know what its client got. */
-export function natsReplyTarget(nc: WorkerContext["nc"], reply: string | undefined): CallReplyTarget {
+/**
+ * The requester's NATS inbox (another worker, or a caller on the bus). The actor cannot know
+ * what the requester's client got: the requester keeps the answer on the stream itself when it
+ * said so (`answerCopy: "caller"`), and the actor then only when the reply reached no one (its
+ * connection is gone); otherwise the actor keeps it there.
+ */
+export function natsReplyTarget(nc: WorkerContext["nc"], reply: string | undefined, answerCopy: "caller" | undefined): CallReplyTarget {
   return {
     answer: (_env, data) => {
-      if (reply) publishWhole(nc, reply, data);
+      if (!reply) return true;
+      // an answer in parts is never kept on the stream (over max_payload), so it needs no watching
+      if (answerCopy === "caller" && data.length <= (nc.info?.max_payload ?? 0)) return publishReplyNoticingLoss(nc, reply, data);
+      publishWhole(nc, reply, data);
       return true;
     },
   };
