@@ -12,8 +12,9 @@
 // SCALE_ONLY=adds the add phase alone, with CPU per add of the worker and the nats-server (SCALE_ADDS_TAIL, 10s;
 // SCALE_ADDS_ENABLED=false adds them disabled: the add path without pollers);
 // SCALE_NODE_ARGS (node flags of the worker, e.g. "--cpu-prof --heapsnapshot-signal=SIGUSR2"),
-// SCALE_WORKER_LOG (a file for the worker's output).
-import { readdirSync, readFileSync, writeFileSync } from "node:fs";
+// SCALE_WORKER_LOG (a file for the worker's output), SCALE_HEAP_SNAPSHOT=true (a heap snapshot of the
+// worker once the window's figures are taken: a snapshot inflates RSS afterwards; sum it with bench/heapSnapshot.ts).
+import { readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { loadavg } from "node:os";
 import { jetstreamManager } from "@nats-io/jetstream";
@@ -73,10 +74,19 @@ const freePort = () =>
  */
 const workerMemory = async (port: number) => {
   const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
-  const metric = (name: string) => Number(new RegExp(`^${name} (\\S+)`, "m").exec(text)?.[1] ?? NaN) / 2 ** 20;
-  return { heapTotal: metric("nodejs_heap_size_total_bytes"), heapUsed: metric("nodejs_heap_size_used_bytes"), external: metric("nodejs_external_memory_bytes") };
+  const metric = (name: string) => Number(new RegExp(`^${name.replace(/[{}]/g, "\\$&")} (\\S+)`, "m").exec(text)?.[1] ?? NaN) / 2 ** 20;
+  return {
+    heapTotal: metric("nodejs_heap_size_total_bytes"),
+    heapUsed: metric("nodejs_heap_size_used_bytes"),
+    external: metric("nodejs_external_memory_bytes"),
+    // the young generation's reservation (semi-spaces): V8 grows it to --max-semi-space-size under allocation
+    newSpace: metric('nodejs_heap_space_size_total_bytes{space="new"}'),
+    oldUsed: metric('nodejs_heap_space_size_used_bytes{space="old"}'),
+    oldTotal: metric('nodejs_heap_space_size_total_bytes{space="old"}'),
+  };
 };
-const memText = (m: Awaited<ReturnType<typeof workerMemory>>) => `heap ${mb(m.heapUsed)} used of ${mb(m.heapTotal)}, external ${mb(m.external)}`;
+const memText = (m: Awaited<ReturnType<typeof workerMemory>>) =>
+  `heap ${mb(m.heapUsed)} used of ${mb(m.heapTotal)} (old space ${mb(m.oldUsed)} of ${mb(m.oldTotal)}, new space ${mb(m.newSpace)}), external ${mb(m.external)}`;
 const sleep = (t: number) => new Promise((r) => setTimeout(r, t));
 
 /**
@@ -181,9 +191,31 @@ function natsServerPid(): number {
   throw new Error("no nats-server child found");
 }
 
+/** Asks the worker (started with --heapsnapshot-signal=SIGUSR2) for a heap snapshot; resolves with its file once written. */
+async function heapSnapshotOf(pid: number): Promise<string> {
+  const mine = () => readdirSync(ROOT).filter((f) => f.endsWith(".heapsnapshot") && f.includes(`.${pid}.`));
+  const before = new Set(mine());
+  process.kill(pid, "SIGUSR2");
+  let file: string | undefined;
+  let size = -1;
+  const end = Date.now() + 600_000;
+  // written by the worker's main thread as it goes: done when the size stops changing for a second
+  for (;;) {
+    if (Date.now() > end) throw new Error("no heap snapshot of the worker within 10 minutes");
+    await sleep(1_000);
+    file ??= mine().find((f) => !before.has(f));
+    if (!file) continue;
+    const now = statSync(resolve(ROOT, file)).size;
+    if (now > 0 && now === size) break;
+    size = now;
+  }
+  return resolve(ROOT, file!);
+}
+
 /** Starts the worker against `nats` and waits until it answers admin requests; returns its pid and edge port (for /metrics). */
 async function startWorkerProcess(admin: NatsConnection, s: Subjects): Promise<{ pid: number; edgePort: number }> {
   const nodeArgs = (process.env.SCALE_NODE_ARGS ?? "").split(" ").filter(Boolean);
+  if (process.env.SCALE_HEAP_SNAPSHOT === "true") nodeArgs.push("--heapsnapshot-signal=SIGUSR2");
   const edgePort = await freePort();
   worker = run(process.execPath, [...nodeArgs, "--import", "tsx", resolve(ROOT, "runtime/main.ts")], workerEnv(nats!, TEST_SECRET_KEY, { MCPGW_LOG_LEVEL: "warn", MCPGW_EDGE_PORT: String(edgePort) }));
   await until("the worker serving admin requests", async () => {
@@ -306,6 +338,7 @@ async function main() {
   const windowEnd = Date.now();
   const mem1 = await workerMemory(edgePort).catch(() => null);
   const cpuMean = ((cpuSeconds(pid) - cpu0) / ((windowEnd - windowStart) / 1000)) * 100;
+  const snapshot = process.env.SCALE_HEAP_SNAPSHOT === "true" ? await heapSnapshotOf(pid) : null;
   const up1 = await fixtureStats();
   const seq1 = await Promise.all(["KV_mcpgw_state", "KV_mcpgw_catalog"].map(async (n) => (await jsm.streams.info(n)).state.last_seq));
   following = false;
@@ -383,6 +416,7 @@ async function main() {
         `first of a term ${classification.first.kvReads}, ${classification.first.kvWrites} (loads the usage kept); then ${classification.steady.kvReads}, ${classification.steady.kvWrites}`,
       ],
       ["10,000 live client sessions: memory each, call p99 [≤ 100 KB]", "bench/sessions.bench.ts"],
+      ...(snapshot ? [["the worker's heap snapshot after the window", snapshot] as [string, string]] : []),
     ],
   );
   await admin.close();
