@@ -11,9 +11,11 @@
 // SCALE_FIXTURES (4); SCALE_ONLY=classification measures the classification alone (no worker);
 // SCALE_ONLY=adds the add phase alone, with CPU per add of the worker and the nats-server (SCALE_ADDS_TAIL, 10s;
 // SCALE_ADDS_ENABLED=false adds them disabled: the add path without pollers);
-// SCALE_NODE_ARGS (node flags of the worker, e.g. "--cpu-prof --heapsnapshot-signal=SIGUSR2"),
+// The worker runs as `npm start` runs it (the bundle, with the start script's node flags);
+// SCALE_NODE_ARGS (more node flags of the worker, e.g. "--cpu-prof --heapsnapshot-signal=SIGUSR2"),
 // SCALE_WORKER_LOG (a file for the worker's output), SCALE_HEAP_SNAPSHOT=true (a heap snapshot of the
 // worker once the window's figures are taken: a snapshot inflates RSS afterwards; sum it with bench/heapSnapshot.ts).
+import { execFileSync } from "node:child_process";
 import { readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { loadavg } from "node:os";
@@ -212,12 +214,24 @@ async function heapSnapshotOf(pid: number): Promise<string> {
   return resolve(ROOT, file!);
 }
 
+/**
+ * The worker's command line as `npm start` runs it (package.json's start script: the bundle,
+ * built here first, and its node flags), so the bench measures what an operator runs.
+ */
+function npmStartArgs(): string[] {
+  execFileSync("npm", ["run", "--silent", "build"], { cwd: ROOT, stdio: "inherit" });
+  const start = (JSON.parse(readFileSync(resolve(ROOT, "package.json"), "utf8")) as { scripts: { start: string } }).scripts.start;
+  const args = /^exec node (.+)$/.exec(start)?.[1]?.split(" ");
+  if (!args) throw new Error(`package.json's start script is not "exec node <args>": ${start}`);
+  return args.map((a) => (a.startsWith("-") ? a : resolve(ROOT, a)));
+}
+
 /** Starts the worker against `nats` and waits until it answers admin requests; returns its pid and edge port (for /metrics). */
 async function startWorkerProcess(admin: NatsConnection, s: Subjects): Promise<{ pid: number; edgePort: number }> {
   const nodeArgs = (process.env.SCALE_NODE_ARGS ?? "").split(" ").filter(Boolean);
   if (process.env.SCALE_HEAP_SNAPSHOT === "true") nodeArgs.push("--heapsnapshot-signal=SIGUSR2");
   const edgePort = await freePort();
-  worker = run(process.execPath, [...nodeArgs, "--import", "tsx", resolve(ROOT, "runtime/main.ts")], workerEnv(nats!, TEST_SECRET_KEY, { MCPGW_LOG_LEVEL: "warn", MCPGW_EDGE_PORT: String(edgePort) }));
+  worker = run(process.execPath, [...nodeArgs, ...npmStartArgs()], workerEnv(nats!, TEST_SECRET_KEY, { MCPGW_LOG_LEVEL: "warn", MCPGW_EDGE_PORT: String(edgePort) }));
   await until("the worker serving admin requests", async () => {
     try {
       await request(admin, s.admin.gateway("list"), {}, GatewayListReplySchema, 2_000);
