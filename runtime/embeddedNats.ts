@@ -1,11 +1,11 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
-import { dirname, join, resolve } from "node:path";
-import { fileURLToPath } from "node:url";
+import { join, resolve } from "node:path";
+import { PACKAGE_ROOT } from "./packageRoot.ts";
 
 /** nats.conf at the repository root. */
-export const NATS_CONF = resolve(dirname(fileURLToPath(import.meta.url)), "..", "nats.conf");
+export const NATS_CONF = join(PACKAGE_ROOT, "nats.conf");
 
 export const NATS_USERS = ["runtime", "admin", "viewer"] as const;
 export type NatsUser = (typeof NATS_USERS)[number];

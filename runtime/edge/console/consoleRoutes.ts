@@ -1,15 +1,15 @@
 import { readFileSync } from "node:fs";
 import type { IncomingMessage, ServerResponse } from "node:http";
-import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
+import { join } from "node:path";
 import type { Subscription } from "@nats-io/transport-node";
 import { ADMIN_GATEWAY_OPS } from "../../../protocol/subjects.ts";
 import { isNoResponders, isTimeout, listen } from "../../bus.ts";
 import { isRuntimeEvent } from "../../events.ts";
+import { PACKAGE_ROOT } from "../../packageRoot.ts";
 import type { WorkerContext } from "../../worker.ts";
 import { bearerToken, tokenMatches } from "../security.ts";
 
-const STATIC_DIR = join(dirname(fileURLToPath(import.meta.url)), "static");
+const STATIC_DIR = join(PACKAGE_ROOT, "runtime", "edge", "console", "static");
 const ASSETS: Record<string, { file: string; type: string }> = {
   "/console": { file: "index.html", type: "text/html; charset=utf-8" },
   "/console/": { file: "index.html", type: "text/html; charset=utf-8" },
