@@ -302,6 +302,7 @@ async function main() {
 
   // ---- the observation window ----
   const windowStart = Date.now();
+  const windowStartUs = process.hrtime.bigint() / 1000n;
   const loadAtWindow = load();
   const cpu0 = cpuSeconds(pid);
   const up0 = await fixtureStats();
@@ -318,6 +319,7 @@ async function main() {
     lastCpu = c;
   }
   const windowEnd = Date.now();
+  const windowEndUs = process.hrtime.bigint() / 1000n;
   const mem1 = await workerMemory(edgePort).catch(() => null);
   const cpuMean = ((cpuSeconds(pid) - cpu0) / ((windowEnd - windowStart) / 1000)) * 100;
   const up1 = await fixtureStats();
@@ -400,6 +402,7 @@ async function main() {
         `first of a term ${classification.first.kvReads}, ${classification.first.kvWrites} (loads the usage kept); then ${classification.steady.kvReads}, ${classification.steady.kvWrites}`,
       ],
       ["10,000 live client sessions: memory each, call p99 [≤ 100 KB]", "bench/sessions.bench.ts"],
+      ["the window on the monotonic clock, µs (the worker's --cpu-prof over it: bench/cpuProfile.ts <file> 40 <from-to>)", `${windowStartUs}-${windowEndUs}`],
     ],
   );
   await admin.close();

@@ -25,7 +25,7 @@ import { followEvents } from "./events.ts";
 import { followKv } from "./kvWatch.ts";
 import { PollConnections } from "./pollConnections.ts";
 import { startPollerOwnership, type PollerOwnership } from "./pollerOwnership.ts";
-import { readDiscoveryStamp, readStoredStatus, reconcileCatalog, type GatewayConnector, type ProbeConnection } from "./pollerEffects.ts";
+import { discoverOn, readDiscoveryStamp, readStoredStatus, type GatewayConnector, type ProbeConnection } from "./pollerEffects.ts";
 import { gatewayScrubber, scrubbedError } from "./secretScrubber.ts";
 import type { Hosted, WorkerContext } from "./worker.ts";
 
@@ -135,10 +135,7 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
 
   const catalogStore = { catalog: stores.catalog, js: stores.js, s, now: () => new Date() };
   /** a discovery over a probe connection: list the upstream's catalog, reconcile it into KV */
-  const discoverOver =
-    (gid: string, signal?: AbortSignal) =>
-    async (conn: ProbeConnection): Promise<DiscoveryOutcome> =>
-      reconcileCatalog(catalogStore, gid, await conn.list(signal), conn.era);
+  const discoverOver = (gid: string, signal?: AbortSignal) => (conn: ProbeConnection) => discoverOn(catalogStore, gid, conn, signal);
 
   const putJson = (key: string, value: unknown, what: string) =>
     void stores.state.put(key, encodeValue(value)).catch((err) => log.warn({ err, key }, `could not write ${what}`));
