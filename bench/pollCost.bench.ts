@@ -32,6 +32,7 @@ const records = Array.from({ length: GATEWAYS }, (_, i) =>
   gatewayRecord({ name: `g${i}`, id: i.toString(16).padStart(16, "0"), transport: "streamable-http", url: fixture.url(`g${i}`) }),
 );
 const signal = new AbortController().signal;
+const connectsSoFar = async () => ((await (await fetch(`http://127.0.0.1:${fixture.port}/stats`)).json()) as { connections: number }).connections;
 
 /** CPU µs of this process per operation, `n` operations CONCURRENCY at a time, round robin over the gateways */
 async function cpuPer(n: number, op: (i: number) => Promise<unknown>): Promise<number> {
@@ -76,8 +77,11 @@ try {
     await profiler.post("Profiler.start");
   }
   const load0 = loadAverage();
+  const connects0 = await connectsSoFar();
   const checkUs = await cpuPer(CHECKS, check);
+  const connects1 = await connectsSoFar();
   const discoveryUs = await cpuPer(DISCOVERIES, discover);
+  const connects2 = await connectsSoFar();
   if (profiler) {
     const { profile } = await profiler.post("Profiler.stop");
     const file = join(process.env.POLLCOST_CPU_PROF!, `pollcost-${Date.now()}.cpuprofile`);
@@ -91,6 +95,7 @@ try {
     [
       ["machine load average (1 min): before, after", `${load0}; ${loadAverage()}`],
       [`CPU per health check (${CHECKS})`, `${checkUs.toFixed(0)} µs`],
+      ["TCP connections the upstream accepted during the checks; during the discoveries", `${connects1 - connects0}; ${connects2 - connects1}`],
       [`CPU per discovery that found no change (${DISCOVERIES}: tools, prompts, resources, templates listed)`, `${discoveryUs.toFixed(0)} µs`],
       ["the two at 10,000 gateways (one discovery per five checks), per check", `${(checkUs + discoveryUs / 5).toFixed(0)} µs`],
     ],
