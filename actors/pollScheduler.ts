@@ -41,8 +41,13 @@ export type PollEffects = {
   readDiscoveryStamp(gid: string): Promise<unknown>;
   /** the classification as the worker last saw it (raw) */
   classification(): unknown;
-  /** a ping on the gateway's connection; rejects when the gateway does not answer */
-  checkHealth(gid: string, signal: AbortSignal): Promise<void>;
+  /**
+   * A ping on the gateway's connection; rejects when the gateway does not answer. No signal: a
+   * check is one request bounded by the poll timeout, so one in flight when its poller stops runs
+   * out and its outcome is dropped (an AbortController and its listener per check cost more than
+   * the ping's own work); `isPolling` tells a check still waiting for a poll slot not to start.
+   */
+  checkHealth(gid: string): Promise<void>;
   /** list everything, reconcile into the catalog, publish the change */
   discover(gid: string, signal: AbortSignal): Promise<DiscoveryOutcome>;
   /** records a successful discovery (`poll.<gid>.discovery`); a health check records nothing (see #publish) */
@@ -86,17 +91,18 @@ type Poll = {
   pushPending: boolean;
   refreshWaiting: RefreshResponder[] | null;
   refreshInFlight: RefreshResponder[] | null;
-  /** the in-flight polls, aborted when the poller stops */
+  /** the discovery in flight, aborted when the poller stops */
   polling: AbortController | null;
   /** last status handed to writeStatus; a new one is written only when it differs in a field readers act on */
   published: GatewayStatus | null;
+  /** that status's last success (ms), to tell when it is STATUS_REFRESH_MS old */
+  publishedSuccessAt: number | null;
 };
 
 const iso = (ms: number | null) => (ms === null ? null : new Date(ms).toISOString());
 
 /** Fields a reader acts on; the timestamps alone are not worth a write (the poller's address answers them live). */
 const STATUS_FIELDS = ["health", "lastError", "consecutiveFailures", "tools", "prompts", "resources", "tier"] as const;
-const statusDiffers = (a: GatewayStatus | null, b: GatewayStatus) => !a || STATUS_FIELDS.some((k) => a[k] !== b[k]);
 
 /**
  * After how long a stored status whose fields did not change is written again, so its
@@ -153,6 +159,7 @@ export class PollScheduler {
       refreshInFlight: null,
       polling: null,
       published: s ?? null,
+      publishedSuccessAt: s?.lastSuccessAt ? Date.parse(s.lastSuccessAt) : null,
     };
     this.#polls.set(gid, p);
     // a new poller (start, takeover) waits for the gateway's slot, so polls stay spread
@@ -285,7 +292,7 @@ export class PollScheduler {
    */
   #healthDue(p: Poll): void {
     p.healthStep = "checking";
-    this.#o.effects.checkHealth(p.gid, this.#signal(p)).then(
+    this.#o.effects.checkHealth(p.gid).then(
       () => {
         if (p.stopped) return;
         this.#succeed(p);
@@ -382,7 +389,7 @@ export class PollScheduler {
 
   // ---- shared ----
 
-  /** one abort controller per poller while it polls (health and discovery may overlap) */
+  /** one abort controller per poller while it discovers (a discovery is several requests, and may be long) */
   #signal(p: Poll): AbortSignal {
     p.polling ??= new AbortController();
     return p.polling.signal;
@@ -403,15 +410,17 @@ export class PollScheduler {
     this.#idle(p);
   }
 
-  /** drops the abort controller once neither loop is polling */
+  /** drops the abort controller once no discovery is running */
   #idle(p: Poll): void {
-    if (p.healthStep !== "checking" || p.discoveryStep !== "discovering") p.polling = null;
+    if (p.discoveryStep !== "discovering") p.polling = null;
   }
 
-  #stale(stored: GatewayStatus, now: GatewayStatus): boolean {
-    if (now.lastSuccessAt === null) return false;
-    if (stored.lastSuccessAt === null) return true;
-    return Date.parse(now.lastSuccessAt) - Date.parse(stored.lastSuccessAt) >= STATUS_REFRESH_MS;
+  /** whether the status last handed to writeStatus differs from the poller's in a field readers act on, or its last success is STATUS_REFRESH_MS old */
+  #outdated(p: Poll): boolean {
+    const a = p.published;
+    if (!a || STATUS_FIELDS.some((k) => a[k] !== p[k])) return true;
+    if (p.lastSuccessAt === null) return false;
+    return p.publishedSuccessAt === null || p.lastSuccessAt - p.publishedSuccessAt >= STATUS_REFRESH_MS;
   }
 
   #statusOf(p: Poll): GatewayStatus {
@@ -430,9 +439,10 @@ export class PollScheduler {
 
   /** hands the status to `writeStatus` when a field readers act on changed, or the stored one's last success is many intervals old */
   #publish(p: Poll): void {
+    if (!this.#outdated(p)) return;
     const status = this.#statusOf(p);
-    if (!statusDiffers(p.published, status) && !this.#stale(p.published!, status)) return;
     p.published = status;
+    p.publishedSuccessAt = p.lastSuccessAt;
     this.#o.effects.writeStatus(p.gid, status);
   }
 }

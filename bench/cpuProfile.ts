@@ -2,7 +2,9 @@
 // says a process spent its time on: self time by area (a package, a file of ours, Node's
 // internals, the garbage collector) and by function, and inclusive time by function (the
 // function or anything it called), each as a share of the busy (non-idle) time.
-// Run: node --import tsx bench/cpuProfile.ts <file.cpuprofile> [top=25]
+// Run: node --import tsx bench/cpuProfile.ts <file.cpuprofile> [top=25] [from-to]
+// `from-to`: only the samples in that span of the monotonic clock, in µs (a bench prints its
+// window that way: V8 stamps samples with CLOCK_MONOTONIC, as process.hrtime does).
 import { readFileSync } from "node:fs";
 
 type Frame = { functionName: string; url: string; lineNumber: number };
@@ -21,7 +23,7 @@ export function areaOf(url: string, functionName: string): string {
 
 export type Share = { name: string; ms: number; share: number };
 
-export function summarise(p: Profile, top = 25): { busyMs: number; idleMs: number; byArea: Share[]; selfByFunction: Share[]; inclusiveByFunction: Share[] } {
+export function summarise(p: Profile, top = 25, span?: { fromUs: number; toUs: number }): { busyMs: number; idleMs: number; byArea: Share[]; selfByFunction: Share[]; inclusiveByFunction: Share[] } {
   const byId = new Map(p.nodes.map((n) => [n.id, n]));
   const parent = new Map<number, number>();
   for (const n of p.nodes) for (const c of n.children ?? []) parent.set(c, n.id);
@@ -32,7 +34,10 @@ export function summarise(p: Profile, top = 25): { busyMs: number; idleMs: numbe
   let idle = 0;
   let busy = 0;
   const add = (m: Map<string, number>, k: string, v: number) => m.set(k, (m.get(k) ?? 0) + v);
+  let at = p.startTime;
   for (let i = 0; i < p.samples.length; i++) {
+    at += p.timeDeltas[i] ?? 0;
+    if (span && (at < span.fromUs || at >= span.toUs)) continue;
     // a sample's time is the delta to the next sample
     const dt = (p.timeDeltas[i + 1] ?? 0) / 1000;
     const n = byId.get(p.samples[i]!)!;
@@ -62,10 +67,12 @@ export function summarise(p: Profile, top = 25): { busyMs: number; idleMs: numbe
 if (process.argv[1]?.endsWith("cpuProfile.ts")) {
   const file = process.argv[2];
   if (!file) {
-    console.error("usage: node --import tsx bench/cpuProfile.ts <file.cpuprofile> [top]");
+    console.error("usage: node --import tsx bench/cpuProfile.ts <file.cpuprofile> [top] [fromUs-toUs]");
     process.exit(2);
   }
-  const r = summarise(JSON.parse(readFileSync(file, "utf8")) as Profile, Number(process.argv[3] ?? 25));
+  const [fromUs, toUs] = (process.argv[4] ?? "").split("-").map(Number);
+  const span = fromUs && toUs ? { fromUs, toUs } : undefined;
+  const r = summarise(JSON.parse(readFileSync(file, "utf8")) as Profile, Number(process.argv[3] ?? 25), span);
   const pct = (x: number) => `${(x * 100).toFixed(1)}%`;
   console.log(`busy ${(r.busyMs / 1000).toFixed(1)} s, idle ${(r.idleMs / 1000).toFixed(1)} s`);
   for (const [title, list] of [

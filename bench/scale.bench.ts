@@ -8,7 +8,7 @@
 // and its KV round trips. Live client sessions are bench/sessions.bench.ts's.
 // Run: node --import tsx bench/scale.bench.ts
 // SCALE_GATEWAYS (10000), SCALE_WINDOW (10m: the observation window after the first interval),
-// SCALE_FIXTURES (4); SCALE_ONLY=classification measures the classification alone (no worker);
+// SCALE_FIXTURES (4), SCALE_WINDOW_AFTER (65s: from the last add to the window); SCALE_ONLY=classification measures the classification alone (no worker);
 // SCALE_ONLY=adds the add phase alone, with CPU per add of the worker and the nats-server (SCALE_ADDS_TAIL, 10s;
 // SCALE_ADDS_ENABLED=false adds them disabled: the add path without pollers);
 // The worker runs as `npm start` runs it (the bundle, with the start script's node flags);
@@ -42,6 +42,8 @@ import { ms, ratio, report, stats } from "./report.ts";
 const GATEWAYS = Number(process.env.SCALE_GATEWAYS ?? 10_000);
 const WINDOW_MS = parseDuration(process.env.SCALE_WINDOW ?? "10m")!;
 const FIXTURES = Number(process.env.SCALE_FIXTURES ?? 4);
+/** from the last add to the window's start: one health interval; past the discovery interval (SCALE_WINDOW_AFTER=6m) the first discoveries are out of the window */
+const WINDOW_AFTER_MS = parseDuration(process.env.SCALE_WINDOW_AFTER ?? "65s")!;
 const HEALTH_MS = 60_000;
 const PARALLEL = 32;
 const SAMPLE_MS = 5_000;
@@ -57,10 +59,22 @@ const cpuSeconds = (pid: number) => {
   const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
   return (Number(fields[11]) + Number(fields[12])) / CLK_TCK;
 };
-const fixtureStats = async () => {
-  const all = await Promise.all(fixtures.map((f) => fetch(`http://127.0.0.1:${f.port}/stats`).then((r) => r.json() as Promise<{ initializeRequests: number; sessions: number }>)));
-  return { initializeRequests: all.reduce((a, s) => a + s.initializeRequests, 0), sessions: all.reduce((a, s) => a + s.sessions, 0) };
+type FixtureTotals = { initializeRequests: number; sessions: number; connections: number; requests: Record<string, number> };
+const fixtureStats = async (): Promise<FixtureTotals> => {
+  const all = await Promise.all(fixtures.map((f) => fetch(`http://127.0.0.1:${f.port}/stats`).then((r) => r.json() as Promise<FixtureTotals>)));
+  const requests: Record<string, number> = {};
+  for (const s of all) for (const [k, n] of Object.entries(s.requests)) requests[k] = (requests[k] ?? 0) + n;
+  const sum = (k: "initializeRequests" | "sessions" | "connections") => all.reduce((a, s) => a + s[k], 0);
+  return { initializeRequests: sum("initializeRequests"), sessions: sum("sessions"), connections: sum("connections"), requests };
 };
+/** requests the upstreams received between two readings, per health check, by kind (`POST ping`, `POST tools/list`, `DELETE`) */
+const requestsPerCheck = (a: FixtureTotals, b: FixtureTotals, checks: number) =>
+  Object.entries(b.requests)
+    .map(([k, n]) => [k, (n - (a.requests[k] ?? 0)) / checks] as const)
+    .filter(([, n]) => n > 0)
+    .sort(([, x], [, y]) => y - x)
+    .map(([k, n]) => `${k} ${n.toFixed(3)}`)
+    .join(", ");
 const mb = (x: number) => `${Math.round(x)} MB`;
 const freePort = () =>
   new Promise<number>((done) => {
@@ -330,10 +344,11 @@ async function main() {
     else await sleep(250);
   }
   const checkedByThen = firstCheck.size;
-  await sleep(Math.max(0, addsEnded + HEALTH_MS + 5_000 - Date.now()));
+  await sleep(Math.max(0, addsEnded + WINDOW_AFTER_MS - Date.now()));
 
   // ---- the observation window ----
   const windowStart = Date.now();
+  const windowStartUs = process.hrtime.bigint() / 1000n;
   const loadAtWindow = load();
   const cpu0 = cpuSeconds(pid);
   const up0 = await fixtureStats();
@@ -350,6 +365,7 @@ async function main() {
     lastCpu = c;
   }
   const windowEnd = Date.now();
+  const windowEndUs = process.hrtime.bigint() / 1000n;
   const mem1 = await workerMemory(edgePort).catch(() => null);
   const cpuMean = ((cpuSeconds(pid) - cpu0) / ((windowEnd - windowStart) / 1000)) * 100;
   const up1 = await fixtureStats();
@@ -394,7 +410,7 @@ async function main() {
     `Scale: ${GATEWAYS.toLocaleString("en")} gateways on one worker`,
     `One worker process and one nats-server on this machine (2 cores, shared), ${GATEWAYS} gateways at distinct URLs of ${FIXTURES} fixture processes ` +
       `(streamable HTTP), added through mcpgw.admin.gateway.add ${PARALLEL} in parallel; default intervals (health ${ms(HEALTH_MS)}, discovery 300 s). ` +
-      `Observation window ${ms(windowEnd - windowStart)}, starting one interval after the last add. Targets from issue 12 in brackets.`,
+      `Observation window ${ms(windowEnd - windowStart)}, starting ${ms(WINDOW_AFTER_MS)} after the last add. Targets from issue 12 in brackets.`,
     [
       [
         "admin adds per second [≥ 500]",
@@ -406,6 +422,9 @@ async function main() {
       ["worker RSS over the window [≤ 300 MB, flat]", `start ${mb(rss[0]!)}, end ${mb(rss.at(-1)!)}, min ${mb(Math.min(...rss))}, max ${mb(Math.max(...rss))}`],
       ["worker memory (process.memoryUsage): window start; end", `${mem0 ? memText(mem0) : "unread"}; ${mem1 ? memText(mem1) : "unread"}`],
       ["worker CPU over the window [≤ 20% of one core]", `mean ${cpuMean.toFixed(1)}%, busiest ${SAMPLE_MS / 1000} s ${Math.max(...cpuSamples).toFixed(1)}%`],
+      ["worker CPU per health check in the window (discoveries and writes included)", `${((cpuMean * 10) / meanPerSecond).toFixed(2)} ms`],
+      ["upstream requests per health check in the window; TCP connects in the window", `${requestsPerCheck(up0, up1, inWindow.length)}; ${up1.connections - up0.connections}`],
+      ["KV writes per health check in the window (state, catalog)", `${((seq1[0]! - seq0[0]!) / inWindow.length).toFixed(3)}, ${((seq1[1]! - seq0[1]!) / inWindow.length).toFixed(3)}`],
       [
         "last add → every gateway checked once",
         everyChecked === null
@@ -434,6 +453,7 @@ async function main() {
           : `first of a term ${classification.first.kvReads}, ${classification.first.kvWrites} (loads the usage kept); then ${classification.steady.kvReads}, ${classification.steady.kvWrites}`,
       ],
       ["10,000 live client sessions: memory each, call p99 [≤ 100 KB]", "bench/sessions.bench.ts"],
+      ["the window on the monotonic clock, µs (the worker's --cpu-prof over it: bench/cpuProfile.ts <file> 40 <from-to>)", `${windowStartUs}-${windowEndUs}`],
     ],
   );
   // last, once every figure is printed: writing a snapshot of a large heap takes minutes on a loaded machine

@@ -3,7 +3,8 @@
 import type { KV } from "@nats-io/kv";
 import type { JetStreamClient } from "@nats-io/jetstream";
 import type { Dispatcher } from "undici";
-import { reconcile, type CatalogLists } from "../actors/discovery.ts";
+import { createHash } from "node:crypto";
+import { EMPTY_DIFF, reconcile, type CatalogLists } from "../actors/discovery.ts";
 import { encodeValue, entryJson, getLive, isCasConflict, parseEntry } from "../actors/kvStore.ts";
 import type { OutboundPolicy } from "../actors/outboundPolicy.ts";
 import type { DiscoveryOutcome, PollKind } from "../actors/pollScheduler.ts";
@@ -29,6 +30,8 @@ export type ProbeConnection = {
   check(signal?: AbortSignal): Promise<void>;
   list(signal?: AbortSignal): Promise<CatalogLists>;
   close(): Promise<void>;
+  /** what the last discovery on this connection found (a fingerprint of its lists) and what reconciling it gave: see discoverOn */
+  reconciled?: { fingerprint: string; outcome: DiscoveryOutcome } | undefined;
 };
 /** `onClosed`: the upstream ended the connection by itself */
 export type GatewayConnector = (record: GatewayRecord, timeoutMs: number, onClosed: () => void) => Promise<ProbeConnection>;
@@ -198,6 +201,22 @@ export async function reconcileCatalog(store: CatalogStore, gid: string, found: 
     await publishEvent(store.js, store.s.evt.catalogChanged(gid), { gid, hash: r.catalog.hash, at, diff: r.diff });
     return { changed: true, hash: r.catalog.hash, diff: r.diff, counts };
   }
+}
+
+/**
+ * A discovery on a poller's connection: lists the upstream's catalog and reconciles it into KV.
+ * Lists identical to those this connection last reconciled are no change, and cost no hash and no
+ * KV read: the poller that holds the connection wrote or read the catalog then, and nobody else
+ * writes it while the poller runs (a manual refresh is its; a discovery outside any poller runs
+ * only where none answers; the connection is dropped when the poller stops or moves).
+ */
+export async function discoverOn(store: CatalogStore, gid: string, conn: ProbeConnection, signal?: AbortSignal): Promise<DiscoveryOutcome> {
+  const found = await conn.list(signal);
+  const fingerprint = createHash("sha256").update(JSON.stringify(found)).digest("base64");
+  if (conn.reconciled?.fingerprint === fingerprint) return conn.reconciled.outcome;
+  const outcome = await reconcileCatalog(store, gid, found, conn.era);
+  conn.reconciled = { fingerprint, outcome: outcome.changed ? { ...outcome, changed: false, diff: EMPTY_DIFF } : outcome };
+  return outcome;
 }
 
 /** The discovery stamp (raw: the scheduler decides what it means). */

@@ -25,7 +25,7 @@ import { followEvents } from "./events.ts";
 import { followKv } from "./kvWatch.ts";
 import { PollConnections } from "./pollConnections.ts";
 import { startPollerOwnership, type PollerOwnership } from "./pollerOwnership.ts";
-import { readDiscoveryStamp, readStoredStatus, reconcileCatalog, type GatewayConnector, type ProbeConnection } from "./pollerEffects.ts";
+import { discoverOn, readDiscoveryStamp, readStoredStatus, type GatewayConnector, type ProbeConnection } from "./pollerEffects.ts";
 import { gatewayScrubber, scrubbedError } from "./secretScrubber.ts";
 import type { Hosted, WorkerContext } from "./worker.ts";
 
@@ -101,22 +101,16 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
   // ---- one poller ----
 
   /**
-   * `signal`: the poller stopped (gateway moved, removed or changed); a poll still waiting for a
-   * slot never starts. `keep`: the poll is its poller's, on the gateway's kept connection.
+   * `wanted`: false once the poller stopped (gateway moved, removed or changed): a poll still
+   * waiting for a slot never starts. `keep`: the poll is its poller's, on the gateway's kept connection.
    */
-  const probe = async <T>(
-    gid: string,
-    kind: PollKind,
-    fn: (conn: ProbeConnection) => Promise<T>,
-    signal?: AbortSignal,
-    keep = true,
-  ): Promise<T> => {
+  const probe = async <T>(gid: string, kind: PollKind, fn: (conn: ProbeConnection) => Promise<T>, wanted: () => boolean, keep = true): Promise<T> => {
     const record = gateways.get(gid);
     if (!record) throw new Error("gateway is no longer registered");
     // logged when due, before the concurrency cap may hold it back
     log.debug({ gid, kind }, "poll");
     return slots.run(kind, async () => {
-      if (signal?.aborted) throw new Error("poll cancelled: the poller stopped");
+      if (!wanted()) throw new Error("poll cancelled: the poller stopped");
       const started = performance.now();
       let outcome: "ok" | "error" = "error";
       try {
@@ -135,15 +129,12 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
 
   const catalogStore = { catalog: stores.catalog, js: stores.js, s, now: () => new Date() };
   /** a discovery over a probe connection: list the upstream's catalog, reconcile it into KV */
-  const discoverOver =
-    (gid: string, signal?: AbortSignal) =>
-    async (conn: ProbeConnection): Promise<DiscoveryOutcome> =>
-      reconcileCatalog(catalogStore, gid, await conn.list(signal), conn.era);
+  const discoverOver = (gid: string, signal?: AbortSignal) => (conn: ProbeConnection) => discoverOn(catalogStore, gid, conn, signal);
 
   const putJson = (key: string, value: unknown, what: string) =>
     void stores.state.put(key, encodeValue(value)).catch((err) => log.warn({ err, key }, `could not write ${what}`));
 
-  const pollers = new PollScheduler({
+  const pollers: PollScheduler = new PollScheduler({
     timings: {
       health: config.intervals.health,
       discovery: config.intervals.discovery,
@@ -156,14 +147,8 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
     effects: {
       readDiscoveryStamp: (gid) => readDiscoveryStamp(stores.state, gid),
       classification: () => classification,
-      checkHealth: (gid, signal) =>
-        probe(
-          gid,
-          "health",
-          (conn) => conn.check(signal),
-          signal,
-        ),
-      discover: (gid, signal) => probe(gid, "discovery", discoverOver(gid, signal), signal),
+      checkHealth: (gid) => probe(gid, "health", (conn) => conn.check(), () => pollers.has(gid)),
+      discover: (gid, signal) => probe(gid, "discovery", discoverOver(gid, signal), () => !signal.aborted),
       recordDiscovery: (gid, at, nextAt) => putJson(KEYS.pollDiscovery(gid), { at, nextAt, worker: me } satisfies PollStamp, "a poll stamp"),
       writeStatus: (gid, status) => putJson(KEYS.gatewayStatus(gid), status, "a gateway status"),
     },
@@ -278,7 +263,7 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
     });
 
   /** A discovery outside any poller (nobody polls the gateway right now); reconciles all the same. */
-  const refreshOnce = (gid: string): Promise<DiscoveryOutcome> => probe(gid, "discovery", discoverOver(gid), undefined, false);
+  const refreshOnce = (gid: string): Promise<DiscoveryOutcome> => probe(gid, "discovery", discoverOver(gid), () => true, false);
 
   const reply = (gid: string, o: DiscoveryOutcome) => ({ gid, changed: o.changed, hash: o.hash, diff: o.diff });
   const asUnavailable = (err: unknown): never => {

@@ -13,7 +13,9 @@ import { DEFAULT_OUTBOUND_POLICY } from "../actors/outboundPolicy.ts";
 import { holdings } from "../bench/heapSnapshot.ts";
 import { sharedUpstreamAgent } from "../runtime/mcpClient.ts";
 import { PollConnections } from "../runtime/pollConnections.ts";
-import { probeConnector, type GatewayConnector, type ProbeConnection } from "../runtime/pollerEffects.ts";
+import { discoverOn, probeConnector, type CatalogStore, type GatewayConnector, type ProbeConnection } from "../runtime/pollerEffects.ts";
+import { CatalogSchema } from "../protocol/catalog.ts";
+import { KEYS, subjects } from "../protocol/subjects.ts";
 import { startFixtureHttp } from "./fixtures/fixtureHttp.ts";
 import { gatewayRecord } from "./helpers/gateways.ts";
 
@@ -171,6 +173,58 @@ describe("PollConnections on a real streamable-HTTP upstream", () => {
       } finally {
         rmSync(dir, { recursive: true, force: true });
       }
+    } finally {
+      await pool.closeAll();
+      await agent.close();
+      await fixture.close();
+    }
+  });
+
+  it("a discovery that finds the lists its connection last reconciled reads and writes no catalog; a change is reconciled", async () => {
+    const fixture = await startFixtureHttp();
+    const agent = sharedUpstreamAgent(DEFAULT_OUTBOUND_POLICY);
+    const pool = new PollConnections(probeConnector((sealed) => sealed, DEFAULT_OUTBOUND_POLICY, agent), 2);
+    const record = gatewayRecord({ name: "lists", transport: "streamable-http", url: fixture.url("lists") });
+    // the catalog bucket as KV holds it, its reads and writes counted (KV itself is poller.test.ts')
+    const held = new Map<string, { revision: number; value: string }>();
+    const ops = { get: 0, write: 0, events: 0 };
+    const store = {
+      catalog: {
+        get: async (key: string) => {
+          ops.get++;
+          const v = held.get(key);
+          return v ? { operation: "PUT", revision: v.revision, json: () => JSON.parse(v.value) } : null;
+        },
+        create: async (key: string, value: string) => (ops.write++, held.set(key, { revision: 1, value }), 1),
+        update: async (key: string, value: string, revision: number) => (ops.write++, held.set(key, { revision: revision + 1, value }), revision + 1),
+      },
+      js: { publish: async () => void ops.events++ },
+      s: subjects("mcpgw"),
+      now: () => new Date(),
+    } as unknown as CatalogStore;
+    const discover = () => pool.use(record, 20_000, (c) => discoverOn(store, record.id, c));
+    try {
+      const first = await discover();
+      assert.equal(first.changed, true);
+      assert.deepEqual(ops, { get: 1, write: 1, events: 1 });
+      const again = await discover();
+      assert.equal(again.changed, false);
+      assert.equal(again.hash, first.hash);
+      assert.deepEqual(again.counts, first.counts);
+      assert.deepEqual(ops, { get: 1, write: 1, events: 1 }, "unchanged lists: no catalog read, no write, no event");
+      fixture.gateway("lists").toolbox.add("added_tool");
+      const changed = await discover();
+      assert.equal(changed.changed, true);
+      assert.deepEqual(changed.diff.added.tools, ["added_tool"]);
+      assert.deepEqual(ops, { get: 2, write: 2, events: 2 });
+      const parsed = CatalogSchema.parse(JSON.parse(held.get(KEYS.catalog(record.id))!.value));
+      assert.ok(parsed.tools.some((t) => t.name === "added_tool"));
+      assert.equal((await discover()).changed, false);
+      assert.equal(ops.get, 2);
+      // a new connection (the kept one dropped) reads the catalog again before it trusts its lists
+      pool.drop(record.id);
+      assert.equal((await discover()).changed, false);
+      assert.deepEqual(ops, { get: 3, write: 2, events: 2 });
     } finally {
       await pool.closeAll();
       await agent.close();
