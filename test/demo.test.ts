@@ -32,8 +32,8 @@ describe("npm run demo", () => {
     const env = { MCPGW_DATA_DIR: dataDir, MCPGW_NATS_PORT: String(await freePort()), MCPGW_EDGE_PORT: String(await freePort()), MCPGW_LOG_LEVEL: "warn" };
     demo = runTs("runtime/demo.ts", [], env);
     await demo.waitFor(/^mcpgw demo: gateway everything is registered and discovered/, START_MS);
-    await demo.waitFor(/^Client configuration:/, 30_000);
-    await new Promise((r) => setTimeout(r, 100)); // the rest of the printed block
+    await demo.waitFor(/^Client configuration:/, START_MS);
+    await demo.waitFor(/^\}$/, START_MS); // the printed block's last line
     const config = printedConfig(demo.output());
     assert.equal(config.type, "http");
     assert.match(config.headers!.Authorization!, /^Bearer \S{16,}$/, "the placeholder names the file with the token");
