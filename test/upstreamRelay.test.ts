@@ -189,7 +189,9 @@ describe("server → client requests", () => {
 
   it("a request the client does not answer in time: the upstream gets an error, the client notifications/cancelled", async () => {
     const ts = subjects("relayto");
-    const tw = await startTestWorker(nats, { MCPGW_SUBJECT_PREFIX: "relayto", MCPGW_WORKER_ID: "to1", MCPGW_CALL_TIMEOUT: "1s" });
+    // the wait for the client's answer (the call itself has 20 s); it also bounds the upstream
+    // session's connect, which took more than 1 s at load 50
+    const tw = await startTestWorker(nats, { MCPGW_SUBJECT_PREFIX: "relayto", MCPGW_WORKER_ID: "to1", MCPGW_CALL_TIMEOUT: "10s" });
     try {
       const gid = await addGateway({ name: "patient", url: fixture.url("patient") }, ts);
       const sid = await clientSession({}, CLIENT_CAPS, tw);
