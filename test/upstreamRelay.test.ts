@@ -25,6 +25,8 @@ const STDIO_FIXTURE = ["--import", "tsx", "test/fixtures/stdioFixture.ts"];
 const EVERYTHING = createRequire(import.meta.url).resolve("@modelcontextprotocol/server-everything/dist/index.js");
 const CLIENT_CAPS = { sampling: {}, elicitation: { form: {}, url: {} }, roots: { listChanged: true } };
 const REQUEST_MS = 20_000;
+/** a call's hang bound: it includes spawning a stdio upstream through tsx, which took over 17 s at load 50 */
+const CALL_MS = 60_000;
 
 let nats: TestNats;
 let fixture: FixtureHttp;
@@ -38,9 +40,9 @@ const waitFor = (what: string, check: () => Promise<boolean> | boolean, ms = 20_
 before(async () => {
   nats = await startNats();
   fixture = await startFixtureHttp();
-  w = await startTestWorker(nats, { MCPGW_WORKER_ID: "relay1", MCPGW_CALL_TIMEOUT: "20s", MCPGW_SHUTDOWN_TIMEOUT: "500ms" });
+  w = await startTestWorker(nats, { MCPGW_WORKER_ID: "relay1", MCPGW_CALL_TIMEOUT: `${CALL_MS}ms`, MCPGW_SHUTDOWN_TIMEOUT: "500ms" });
   nc = await nats.connect("runtime");
-  caller = createUpstreamCaller(nc, s, { callTimeoutMs: 20_000, log: memoryLogger().log });
+  caller = createUpstreamCaller(nc, s, { callTimeoutMs: CALL_MS, log: memoryLogger().log });
 });
 
 after(async () => {
