@@ -16,7 +16,8 @@ function held(r: ScenarioResult): void {
   assert.deepEqual(failed, [], `${r.scenario}: ${failed.map((c) => `${c.what} ${c.detail ?? ""}`).join("; ")}`);
 }
 
-describe("chaos (fast parts)", { timeout: 600_000 }, () => {
+// a hang bound: 53 s in a quiet CI run, over 600 s at load 60-70 (the first four scenarios took 9 min)
+describe("chaos (fast parts)", { timeout: 1_800_000 }, () => {
   it("fuzzed admin input: envelopes only, nothing changed by a refused request, worker alive", async () => held(await fuzzAdmin({ runs: 300 })));
   it("fuzzed edge input: no 5xx, worker alive, another session unharmed", async () => held(await fuzzEdge({ runs: 300 })));
   it("upstream faults: hang, garbage, cut, 500 and crash give clear errors; the session goes on", async () => held(await upstreamFaults({ callTimeoutMs: 2_000 })));

@@ -13,7 +13,7 @@ import { getLive } from "../actors/kvStore.ts";
 import { encodeJson, request } from "../runtime/bus.ts";
 import { createClassifierEffects, followRoster } from "../runtime/classifierHost.ts";
 import { openStores } from "../runtime/nats.ts";
-import { runCli, runTs, workerEnv, type Proc } from "./helpers/processes.ts";
+import { runCli, runTs, START_MS, workerEnv, type Proc } from "./helpers/processes.ts";
 import { startNats, type TestNats } from "./helpers/nats.ts";
 import { until } from "./helpers/wait.ts";
 import { directRegistry, recordKeyWrites, TEST_SECRET_KEY, memoryLogger, testConfig, type KeyWrite } from "./helpers/worker.ts";
@@ -217,7 +217,7 @@ describe("classifier across three worker processes", () => {
     // every write of the two keys, in stream order
     seen = (await recordKeyWrites(state, [KEYS.leaderClassifier, KEYS.classification])).writes;
     for (const id of ["w1", "w2", "w3"]) startChild(id);
-    await until("three workers started", () => [...children.values()].every((c) => logged(c, "worker started")), 60_000);
+    await until("three workers started", () => [...children.values()].every((c) => logged(c, "worker started")), START_MS);
     for (let i = 0; i < 10; i++) {
       const g = await request(nc, s.admin.gateway("add"), { name: `gw${i}`, transport: "streamable-http", url: "http://127.0.0.1:9/mcp" }, GatewayViewSchema, REQUEST_MS);
       gids.push(g.id);

@@ -6,7 +6,7 @@ import { after, describe, it } from "node:test";
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
 import { freePort } from "./helpers/nats.ts";
-import { ROOT, runTs, type Proc } from "./helpers/processes.ts";
+import { ROOT, runTs, START_MS, type Proc } from "./helpers/processes.ts";
 
 type ServerConfig = { type: string; url: string; headers?: Record<string, string> };
 
@@ -31,9 +31,9 @@ describe("npm run demo", () => {
   it("serves the official SDK client, configured from the configuration it prints, with server-everything's tools", async () => {
     const env = { MCPGW_DATA_DIR: dataDir, MCPGW_NATS_PORT: String(await freePort()), MCPGW_EDGE_PORT: String(await freePort()), MCPGW_LOG_LEVEL: "warn" };
     demo = runTs("runtime/demo.ts", [], env);
-    await demo.waitFor(/^mcpgw demo: gateway everything is registered and discovered/, 90_000);
-    await demo.waitFor(/^Client configuration:/, 30_000);
-    await new Promise((r) => setTimeout(r, 100)); // the rest of the printed block
+    await demo.waitFor(/^mcpgw demo: gateway everything is registered and discovered/, START_MS);
+    await demo.waitFor(/^Client configuration:/, START_MS);
+    await demo.waitFor(/^\}$/, START_MS); // the printed block's last line
     const config = printedConfig(demo.output());
     assert.equal(config.type, "http");
     assert.match(config.headers!.Authorization!, /^Bearer \S{16,}$/, "the placeholder names the file with the token");

@@ -29,6 +29,8 @@ async function discover(w: TestWorker, gid: string, transport: Transport): Promi
   await putCatalog(w, gid, lists);
 }
 
+/** a hang bound, never reached by a working call */
+const CALL_TIMEOUT = "30s";
 const text = (r: unknown) => ((r as { content: Array<{ text?: string }> }).content[0]?.text ?? "");
 
 describe("edge: calls through upstream session actors", () => {
@@ -40,8 +42,10 @@ describe("edge: calls through upstream session actors", () => {
   before(async () => {
     nats = await startNats();
     fixture = await startFixtureHttp();
-    w1 = await startTestWorker(nats, { MCPGW_WORKER_ID: "up-w1", MCPGW_CALL_TIMEOUT: "5s", MCPGW_LIST_CHANGED_DEBOUNCE: "100ms" });
-    w2 = await startTestWorker(nats, { MCPGW_WORKER_ID: "up-w2", MCPGW_CALL_TIMEOUT: "5s" });
+    // the call timeout also bounds an upstream session's connect: server-everything over stdio
+    // (a node process importing the SDK) takes more than 5 s to start on a loaded machine
+    w1 = await startTestWorker(nats, { MCPGW_WORKER_ID: "up-w1", MCPGW_CALL_TIMEOUT: CALL_TIMEOUT, MCPGW_LIST_CHANGED_DEBOUNCE: "100ms" });
+    w2 = await startTestWorker(nats, { MCPGW_WORKER_ID: "up-w2", MCPGW_CALL_TIMEOUT: CALL_TIMEOUT });
     const counter = await w1.registry.add({ name: "counter", transport: "streamable-http", url: fixture.url("counter") });
     await discover(w1, counter.id, new StreamableHTTPClientTransport(new URL(fixture.url("counter"))));
     const everything = await w1.registry.add({ name: "everything", transport: "stdio", stdio: { command: process.execPath, args: [EVERYTHING, "stdio"] } });
@@ -82,7 +86,7 @@ describe("edge: calls through upstream session actors", () => {
   });
 
   it("serves one session from two workers alternately, and goes on at one when the other is gone", async () => {
-    const w3 = await startTestWorker(nats, { MCPGW_WORKER_ID: "up-w3", MCPGW_CALL_TIMEOUT: "5s" });
+    const w3 = await startTestWorker(nats, { MCPGW_WORKER_ID: "up-w3", MCPGW_CALL_TIMEOUT: CALL_TIMEOUT });
     const ports = [w3.edge.port, w2.edge.port];
     const hits = new Map<number, number>();
     let n = 0;

@@ -5,7 +5,7 @@ import { join } from "node:path";
 import { after, describe, it } from "node:test";
 import { until } from "./helpers/wait.ts";
 import { freePort } from "./helpers/nats.ts";
-import { isRunning, processTree, run, runTs, type Proc } from "./helpers/processes.ts";
+import { isRunning, processTree, run, runTs, START_MS, type Proc } from "./helpers/processes.ts";
 
 describe("embedded default (npm start)", () => {
   const dataDir = mkdtempSync(join(tmpdir(), "mcpgw-embedded-"));
@@ -22,7 +22,7 @@ describe("embedded default (npm start)", () => {
     const env = { MCPGW_DATA_DIR: dataDir, MCPGW_NATS_PORT: String(await freePort()), MCPGW_EDGE_PORT: String(await freePort()), MCPGW_LOG_LEVEL: "info" };
     const worker = runTs("runtime/main.ts", [], env);
     procs.push(worker);
-    await worker.waitFor(/worker started/, 60_000); // start-up bound: tsx and an embedded nats-server
+    await worker.waitFor(/worker started/, START_MS);
     assert.match(worker.output(), /nats context save/, "tells the operator how to use the nats CLI");
 
     const secrets = join(dataDir, "secrets");
@@ -50,7 +50,7 @@ describe("embedded default (npm start)", () => {
     // a second start keeps its state and its secrets
     const again = runTs("runtime/main.ts", [], env);
     procs.push(again);
-    await again.waitFor(/worker started/, 60_000);
+    await again.waitFor(/worker started/, START_MS);
     const ls = runTs("runtime/cli/main.ts", ["gateway", "ls"], env);
     assert.equal((await ls.exited).code, 0, ls.output());
     assert.match(ls.output(), /^first\s+[0-9a-f]{16}\s+streamable-http/m);
@@ -75,7 +75,7 @@ describe("embedded default (npm start)", () => {
       };
       const npm = run("npm", ["start"], env, { detached: true });
       procs.push(npm);
-      await npm.waitFor(/worker started/, 60_000);
+      await npm.waitFor(/worker started/, START_MS);
       const tree = processTree(npm.child.pid!);
       seen.push(...tree);
       const natsPid = Number(readFileSync(join(dataDir, "nats-server.pid"), "utf8"));

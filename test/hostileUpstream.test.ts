@@ -134,6 +134,9 @@ describe("the call path against a hostile upstream", () => {
 
   it("releases the upstream request of every timed-out call", async (t) => {
     const N = 20;
+    // the short timeout bounds the upstream session's connect too: open it first (a connect that
+    // missed 1.5 s on a loaded machine is tried again), so the calls below time out, not the connect
+    await until("the short worker's upstream session open", () => shortClient.callTool({ name: "plain__whoami", arguments: {} }).then(() => true, () => false), 60_000);
     const before = await up.openConnections();
     const results = await Promise.allSettled(Array.from({ length: N }, () => shortClient.callTool({ name: "plain__hang", arguments: {} }, undefined, { timeout: 60_000 })));
     for (const r of results) {

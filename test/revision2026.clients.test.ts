@@ -9,7 +9,7 @@ import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/
 import { listCatalog } from "../runtime/pollerEffects.ts";
 import { putCatalog } from "./helpers/edge.ts";
 import { freePort, keepUntilExit, startNats, type TestNats } from "./helpers/nats.ts";
-import { run, type Proc } from "./helpers/processes.ts";
+import { run, START_MS, type Proc } from "./helpers/processes.ts";
 import { callText, pythonSkip, runPythonClients, startPythonStatelessServer, type PythonClientReport, type PythonClientRun } from "./helpers/python.ts";
 import { startTestWorker, type TestWorker } from "./helpers/worker.ts";
 
@@ -22,7 +22,7 @@ async function startEverythingHttp(): Promise<{ url: string; proc: Proc }> {
   const port = await freePort();
   const proc = run(process.execPath, [EVERYTHING, "streamableHttp"], { PORT: String(port) });
   keepUntilExit(proc.child);
-  await proc.waitFor(/listening on port/, 30_000);
+  await proc.waitFor(/listening on port/, START_MS);
   return { url: `http://127.0.0.1:${port}/mcp`, proc };
 }
 

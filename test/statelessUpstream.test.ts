@@ -17,6 +17,7 @@ import { connectStatelessUpstream } from "../runtime/revision2026Upstream.ts";
 import { connectClient, until } from "./helpers/edge.ts";
 import { startEverythingHttp } from "./helpers/fidelity.ts";
 import { startNats, type TestNats } from "./helpers/nats.ts";
+import { START_MS } from "./helpers/processes.ts";
 import { callText, pythonSkip, runPythonClients, startPythonStatelessServer } from "./helpers/python.ts";
 import { startTestWorker, type TestWorker } from "./helpers/worker.ts";
 
@@ -64,10 +65,10 @@ describe("an upstream that speaks only 2026-07-28, beside a session-era one", { 
       const e = await w.stores.catalog.get(KEYS.catalog(gid));
       return e?.operation === "PUT" ? CatalogSchema.parse(e.json()) : null;
     };
-    const stateless = await until("the stateless gateway's discovery", () => catalogOf(gids.pystateless!), 60_000);
+    const stateless = await until("the stateless gateway's discovery", () => catalogOf(gids.pystateless!), START_MS);
     assert.equal(stateless.era, "stateless");
     assert.deepEqual(stateless.tools.map((t) => t.name).sort(), ["counter_add", "counter_new", "echo", "fail", "greet", "progress"]);
-    const sessionEra = await until("server-everything's discovery", () => catalogOf(gids.everything!), 60_000);
+    const sessionEra = await until("server-everything's discovery", () => catalogOf(gids.everything!), START_MS);
     assert.equal(sessionEra.era, "session");
     assert.ok(sessionEra.tools.some((t) => t.name === "echo"));
     for (const name of ["pystateless", "everything"]) {

@@ -25,6 +25,8 @@ const STDIO_FIXTURE = ["--import", "tsx", "test/fixtures/stdioFixture.ts"];
 const EVERYTHING = createRequire(import.meta.url).resolve("@modelcontextprotocol/server-everything/dist/index.js");
 const CLIENT_CAPS = { sampling: {}, elicitation: { form: {}, url: {} }, roots: { listChanged: true } };
 const REQUEST_MS = 20_000;
+/** a call's hang bound: it includes spawning a stdio upstream through tsx, which took over 17 s at load 50 */
+const CALL_MS = 60_000;
 
 let nats: TestNats;
 let fixture: FixtureHttp;
@@ -38,9 +40,9 @@ const waitFor = (what: string, check: () => Promise<boolean> | boolean, ms = 20_
 before(async () => {
   nats = await startNats();
   fixture = await startFixtureHttp();
-  w = await startTestWorker(nats, { MCPGW_WORKER_ID: "relay1", MCPGW_CALL_TIMEOUT: "20s", MCPGW_SHUTDOWN_TIMEOUT: "500ms" });
+  w = await startTestWorker(nats, { MCPGW_WORKER_ID: "relay1", MCPGW_CALL_TIMEOUT: `${CALL_MS}ms`, MCPGW_SHUTDOWN_TIMEOUT: "500ms" });
   nc = await nats.connect("runtime");
-  caller = createUpstreamCaller(nc, s, { callTimeoutMs: 20_000, log: memoryLogger().log });
+  caller = createUpstreamCaller(nc, s, { callTimeoutMs: CALL_MS, log: memoryLogger().log });
 });
 
 after(async () => {
@@ -189,7 +191,9 @@ describe("server → client requests", () => {
 
   it("a request the client does not answer in time: the upstream gets an error, the client notifications/cancelled", async () => {
     const ts = subjects("relayto");
-    const tw = await startTestWorker(nats, { MCPGW_SUBJECT_PREFIX: "relayto", MCPGW_WORKER_ID: "to1", MCPGW_CALL_TIMEOUT: "1s" });
+    // the wait for the client's answer (the call itself has 20 s); it also bounds the upstream
+    // session's connect, which took more than 1 s at load 50
+    const tw = await startTestWorker(nats, { MCPGW_SUBJECT_PREFIX: "relayto", MCPGW_WORKER_ID: "to1", MCPGW_CALL_TIMEOUT: "10s" });
     try {
       const gid = await addGateway({ name: "patient", url: fixture.url("patient") }, ts);
       const sid = await clientSession({}, CLIENT_CAPS, tw);

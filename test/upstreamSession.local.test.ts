@@ -107,6 +107,8 @@ describe("upstream sessions: local placement and in-process calls", () => {
 
     c.target.url = b.edge.url;
     for (let i = 0; i < 3; i++) await c.client.callTool({ name: "counter__increment", arguments: {} });
+    // the server queues each call to the observer before the actor gets it: all are here after a flush
+    await observer.flush();
     assert.equal(busCalls, 3, "each call through B is a request to the actor's address");
     assert.equal(text(await c.client.callTool({ name: "counter__increment", arguments: {} })), "10");
     // a round trip of each worker to the server after its answers' writes, then of the observer:

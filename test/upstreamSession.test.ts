@@ -24,7 +24,9 @@ import { memoryLogger, startTestWorker, type TestWorker } from "./helpers/worker
 
 const s = subjects();
 const SHUTDOWN_MS = 500;
-const WORKER_ENV = { MCPGW_SHUTDOWN_TIMEOUT: `${SHUTDOWN_MS}ms`, MCPGW_CALL_TIMEOUT: "10s", MCPGW_USAGE_REPORT_INTERVAL: "200ms" };
+/** a call's hang bound (no test here waits it out): it includes spawning a stdio upstream through tsx, over 17 s at load 50 */
+const CALL_MS = 60_000;
+const WORKER_ENV = { MCPGW_SHUTDOWN_TIMEOUT: `${SHUTDOWN_MS}ms`, MCPGW_CALL_TIMEOUT: `${CALL_MS}ms`, MCPGW_USAGE_REPORT_INTERVAL: "200ms" };
 const STDIO_FIXTURE = ["--import", "tsx", "test/fixtures/stdioFixture.ts"];
 const EVERYTHING = createRequire(import.meta.url).resolve("@modelcontextprotocol/server-everything/dist/index.js");
 
@@ -87,7 +89,7 @@ before(async () => {
   w1 = await startTestWorker(nats, { ...WORKER_ENV, MCPGW_WORKER_ID: "w1" });
   w2 = await startTestWorker(nats, { ...WORKER_ENV, MCPGW_WORKER_ID: "w2" });
   nc = await nats.connect("runtime");
-  caller = createUpstreamCaller(nc, s, { callTimeoutMs: 10_000, log: memoryLogger().log });
+  caller = createUpstreamCaller(nc, s, { callTimeoutMs: CALL_MS, log: memoryLogger().log });
 });
 
 after(async () => {
@@ -391,7 +393,7 @@ describe("upstream sessions: idle validation against a real upstream", () => {
 
   before(async () => {
     iw = await startTestWorker(nats, { ...WORKER_ENV, MCPGW_SUBJECT_PREFIX: "itest", MCPGW_WORKER_ID: "i1", MCPGW_IDLE_VALIDATION: "300ms", MCPGW_PROBE_TIMEOUT: "500ms" });
-    icaller = createUpstreamCaller(nc, is, { callTimeoutMs: 10_000, log: memoryLogger().log });
+    icaller = createUpstreamCaller(nc, is, { callTimeoutMs: CALL_MS, log: memoryLogger().log });
   });
   after(async () => {
     await iw?.stop();

@@ -8,6 +8,7 @@ import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
 import { GATEWAY, startEverythingHttp } from "../helpers/fidelity.ts";
 import { startNats } from "../helpers/nats.ts";
+import { START_MS } from "../helpers/processes.ts";
 import { until } from "../helpers/wait.ts";
 import { startTestWorker } from "../helpers/worker.ts";
 
@@ -38,7 +39,7 @@ try {
   // the poller's first discovery
   const probe = new Client({ name: "probe", version: "1" });
   await probe.connect(new StreamableHTTPClientTransport(new URL(url)));
-  await until("the discovery of server-everything", async () => (await probe.listTools()).tools.some((t) => t.name === "echo"), 60_000);
+  await until("the discovery of server-everything", async () => (await probe.listTools()).tools.some((t) => t.name === "echo"), START_MS);
   await probe.close();
 
   const direct = await runSuite("directly", upstream.url);

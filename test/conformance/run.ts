@@ -12,6 +12,7 @@ import { StreamableHTTPServerTransport } from "@modelcontextprotocol/sdk/server/
 import { createConformanceServer } from "../fixtures/conformanceFixture.ts";
 import { putCatalog } from "../helpers/edge.ts";
 import { startNats } from "../helpers/nats.ts";
+import { until } from "../helpers/wait.ts";
 import { startTestWorker } from "../helpers/worker.ts";
 
 async function body(req: IncomingMessage): Promise<unknown> {
@@ -55,14 +56,16 @@ try {
   // one-shot discovery into the catalog bucket
   const client = new Client({ name: "discovery", version: "1" });
   await client.connect(new StreamableHTTPClientTransport(new URL(upstream.url)));
+  const tools = (await client.listTools()).tools;
   await putCatalog(worker, gw.id, {
-    tools: (await client.listTools()).tools,
+    tools,
     prompts: (await client.listPrompts()).prompts,
     resources: (await client.listResources()).resources,
     resourceTemplates: (await client.listResourceTemplates()).resourceTemplates,
   } as never);
   await client.close();
-  await new Promise((r) => setTimeout(r, 200));
+  // the edge learns the catalog from its KV watch: the suite starts once the edge lists it
+  await until("the catalog at the edge", () => worker.edge.cache.gatewayByName("conformance") === gw.id && worker.edge.cache.view(gw.id).tools.length === tools.length, 30_000);
 
   const url = worker.edge.url.replace("/mcp", "/gateways/conformance/mcp");
   const expected = fileURLToPath(new URL("./expected-failures.yaml", import.meta.url));

@@ -21,6 +21,7 @@ import {
   type ServerNotification,
 } from "@modelcontextprotocol/sdk/types.js";
 import { freePort, keepUntilExit, startNats, type TestNats } from "./nats.ts";
+import { START_MS } from "./processes.ts";
 import { until } from "./wait.ts";
 import { startTestWorker, type TestWorker } from "./worker.ts";
 
@@ -159,8 +160,8 @@ export async function startEverythingHttp(): Promise<{ url: string; stop(): Prom
     await exited;
   };
   try {
-    // start-up bound: importing express and the SDK takes long on a loaded machine
-    await until(`server-everything listening on ${port}`, () => err.includes("listening on port") || child.exitCode !== null, 60_000);
+    // importing express and the SDK takes long on a loaded machine
+    await until(`server-everything listening on ${port}`, () => err.includes("listening on port") || child.exitCode !== null, START_MS);
     if (child.exitCode !== null) throw new Error(`server-everything exited: ${err}`);
   } catch (e) {
     await stop();
@@ -182,7 +183,7 @@ async function startSystem(spec: Record<string, unknown>): Promise<System> {
     sys.edges.push(...sys.workers.map((w) => w.edge.url));
     // the pollers' first discovery: the tools are listed once it is in the catalog
     const probe = await connectWith(new StreamableHTTPClientTransport(new URL(sys.edges[0]!)));
-    await until(`discovery of ${JSON.stringify(spec.transport)} server-everything`, async () => (await probe.client.listTools()).tools.some((t) => t.name === `${GATEWAY}__echo`), 60_000);
+    await until(`discovery of ${JSON.stringify(spec.transport)} server-everything`, async () => (await probe.client.listTools()).tools.some((t) => t.name === `${GATEWAY}__echo`), START_MS);
     await probe.close();
     return sys;
   } catch (err) {

@@ -71,8 +71,21 @@ export async function startNats(): Promise<TestNats> {
     port: await freePort(),
     storeDir: join(dir, "jetstream"),
     passwords,
+    // a hang bound: on a machine shared by several test runs, a process may wait seconds for a core
+    readyTimeoutMs: 60_000,
   };
-  let server = await startEmbeddedNats(options);
+  const firstStart = async () => {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await startEmbeddedNats(options);
+      } catch (err) {
+        // the free port was taken by another process between freePort() and nats-server's bind
+        if (attempt >= 5 || !/address already in use/i.test(String(err))) throw err;
+        options.port = await freePort();
+      }
+    }
+  };
+  let server = await firstStart();
   keepUntilExit(server.process);
   const conns: NatsConnection[] = [];
   return {

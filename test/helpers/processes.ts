@@ -5,6 +5,12 @@ import { fileURLToPath } from "node:url";
 
 export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..");
 
+/**
+ * Hang bound of a process coming up (tsx transpiling, node_modules loading, a server or an
+ * upstream's first discovery): at load 50 a worker process took more than 60 s to serve.
+ */
+export const START_MS = 180_000;
+
 export type Proc = {
   child: ChildProcess;
   output(): string;
@@ -67,9 +73,9 @@ export function run(command: string, args: string[], env: NodeJS.ProcessEnv, opt
   };
 }
 
-/** The MCP endpoint a worker process prints once it serves (hang bound 60 s: start-up includes tsx). */
+/** The MCP endpoint a worker process prints once it serves. */
 export async function edgeUrlOf(worker: Proc): Promise<string> {
-  const line = await worker.waitFor(/MCP endpoint (\S+)/, 60_000);
+  const line = await worker.waitFor(/MCP endpoint (\S+)/, START_MS);
   return /MCP endpoint (\S+)/.exec(line)![1]!;
 }
 
