@@ -19,6 +19,8 @@ export type RetryPolicy = {
   /** first pause; each next one doubles, up to `maxDelayMs` */
   firstDelayMs: number;
   maxDelayMs: number;
+  /** no attempt begins with less of the budget left than this (it could only time out, leaving the outcome unknown) */
+  minAttemptMs?: number;
 };
 
 /**
@@ -77,7 +79,7 @@ export async function retryTransient<T>(
       ambiguous ||= kind === "outcome-unknown";
       // jittered (half to all of the backoff): the requests a node loss held up do not come back in step
       const delay = Math.min(policy.maxDelayMs, policy.firstDelayMs * 2 ** attempt) * (0.5 + Math.random() / 2);
-      if (performance.now() - start + delay > policy.budgetMs) {
+      if (performance.now() - start + delay + (policy.minAttemptMs ?? 0) > policy.budgetMs) {
         throw new ProtocolError("unavailable", `NATS is unavailable (${what}); try again`, undefined, { cause: err });
       }
       await new Promise((r) => setTimeout(r, delay));
@@ -219,7 +221,9 @@ export async function requestThroughNodeLoss<T extends z.ZodType>(
     }
   };
   try {
-    return await retryTransient(`request ${subject}`, attempt, { ...DEFAULT_RETRY, budgetMs: opts.timeoutMs });
+    // a last attempt with a few ms left would time out and turn "nobody answers" into "it may have been done"
+    const minAttemptMs = Math.min(DEFAULT_RETRY.maxDelayMs, opts.timeoutMs / 4);
+    return await retryTransient(`request ${subject}`, attempt, { ...DEFAULT_RETRY, budgetMs: opts.timeoutMs, minAttemptMs });
   } catch (err) {
     if (err instanceof ProtocolError && err.code === "unavailable" && transience(err.cause) === "nobody-answered") {
       throw new ProtocolError("unavailable", `nobody answers ${subject}: no worker is connected to NATS`);
