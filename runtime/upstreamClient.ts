@@ -21,7 +21,12 @@ import type { TraceHeaders } from "./tracing.ts";
  * I/O), `delivered` true once that response finished with all it wrote handed to the OS, false
  * when it closed before. An in-process actor keeps the answer off the stream log when delivered.
  */
-export type AnswerDelivery = { streamOpen(): boolean; delivered: Promise<boolean> };
+export type AnswerDelivery = {
+  streamOpen(): boolean;
+  delivered: Promise<boolean>;
+  /** the call goes to another worker over NATS: its answer may outlive this one, so the client needs a point to resume from now */
+  overBus(): void;
+};
 
 /** An actor hosted by this worker, holding its claim: a call handed to it in process. */
 export type LocalActor = {
@@ -159,6 +164,7 @@ export function createUpstreamCaller(
           if (!env.ok) throw new ProtocolError(env.error.code, env.error.message, env.error.issues);
           return env.data;
         }
+        delivery?.overBus();
         try {
           // requests and answers over the server's max_payload travel in parts
           const pending = requestWhole(nc, subject, encodeJson(keeps ? { ...sent, answerCopy: "caller" } : sent), { timeoutMs: leftMs + REPLY_MARGIN_MS, limit: messageLimit, headers: trace });

@@ -32,14 +32,14 @@ import { followConnection } from "../nats.ts";
 import { SessionStore, type LoadedSession } from "../sessionStore.ts";
 import { answerStateless, type StatelessDeps } from "../statelessRequests.ts";
 import { publishStreamEvent, resumeStream } from "../streamLog.ts";
-import type { UpstreamCaller } from "../upstreamClient.ts";
+import type { AnswerDelivery, UpstreamCaller } from "../upstreamClient.ts";
 import type { Hosted, WorkerContext } from "../worker.ts";
 import { CatalogCache } from "./catalogCache.ts";
 import { capabilities, clientMethods, federatedTaskResult, initializeResult, RpcError, rpcErrorOf, serverInfo, settle, type RequestContext } from "./clientMethods.ts";
 import { consoleRoutes } from "./console/consoleRoutes.ts";
 import { bearerToken, HostGuard, isLoopbackAddress, SessionOwners, tokenDigests, tokenMatches } from "./security.ts";
 import { SessionLinks, parseWireId, wireKey } from "./sessionLinks.ts";
-import { accepts, HttpError, isAnswer, isJsonContent, isNotification, isRequest, parseJson, parseMessages, readBody, rpcErrorBody, sendJson, SseStream } from "./streamableHttp.ts";
+import { accepts, HttpError, isAnswer, isJsonContent, isNotification, isRequest, parseJson, parseMessages, PostResponse, PrimingClock, readBody, rpcErrorBody, sendJson, SseStream } from "./streamableHttp.ts";
 
 export type Edge = Hosted & {
   /** takes no new connections; requests in flight go on until `drain` or `stop` */
@@ -66,6 +66,13 @@ const sessionNotFound = () => new HttpError(404, -32001, "Session not found");
 
 /** How often a quiet stateless SSE answer gets a comment line (as the Python SDK's server does). */
 const SSE_KEEPALIVE_MS = 15_000;
+
+/**
+ * How long a POST's answer may be held unwritten before its SSE stream starts with the priming
+ * event (it starts between one and two delays). A faster call is answered as JSON in one write;
+ * a slower one is resumable from then on, at any worker.
+ */
+const PRIMING_DELAY_MS = 1_000;
 
 /** How long the edge waits for NATS to take a client's answer to a server request. */
 const ANSWER_TIMEOUT_MS = 5_000;
@@ -209,6 +216,7 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
       }
     }
   });
+  const priming = new PrimingClock(PRIMING_DELAY_MS);
   /** POST streams with requests in flight here: a stopping worker waits for them */
   const inFlight = new Set<ClientStreamLifecycle>();
   let draining: (() => void) | undefined;
@@ -268,7 +276,7 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
    * its `serverRequestId`), a call's final answer as the JSON-RPC answer the live path gives.
    * A stream's last answer goes to `end`, which writes it with the stream's end.
    */
-  const writeEvent = (sse: SseStream, streamId: string, scope: string | null, event: StreamEvent, lifecycle: ClientStreamLifecycle | undefined, end: (last: { id: string; message: unknown }) => void): void => {
+  const writeEvent = (sse: { write(id: string, message: unknown): void }, streamId: string, scope: string | null, event: StreamEvent, lifecycle: ClientStreamLifecycle | undefined, end: (last: { id: string; message: unknown }) => void): void => {
     const id = streamEventId(streamId, event.uid);
     if ("message" in event) return sse.write(id, event.message);
     const verdict = lifecycle ? lifecycle.answer(event.requestId) : "write-and-end";
@@ -443,39 +451,37 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
       return sendJson(res, 200, messages.length === 1 && answers.length === 1 ? answers[0] : answers, headers);
     }
 
-    // an SSE stream: priming event first, so the client can resume it at any worker
+    // JSON when the answers come first, else an SSE stream that starts with its priming event (PostResponse)
     const streamId = nextId();
     const lifecycle = new ClientStreamLifecycle("post", requests.map((r) => wireKey(r.id)));
-    const sse = new SseStream(res, headers);
+    const post = new PostResponse(res, headers, streamEventId(streamId, PRIMING_UID), messages.length > 1, priming);
     inFlight.add(lifecycle);
     let answered = 0;
     const finish = (last?: { id: string; message: unknown }) => {
       lifecycle.end();
       settled(lifecycle);
-      sse.end(last);
+      post.end(last);
     };
     const release = await links.hold(sid, streamId, {
       scope,
-      deliver: (event) => writeEvent(sse, streamId, scope, event, lifecycle, finish),
+      deliver: (event) => writeEvent(post, streamId, scope, event, lifecycle, finish),
       close: finish,
     });
-    sse.onClose(() => {
+    post.onClose(() => {
       // a client that left may resume: its calls go on, and their answers wait in the stream log
       release();
       settled(lifecycle);
     });
-    sse.write(streamEventId(streamId, PRIMING_UID));
-    const delivery = { streamOpen: () => !sse.closed, get delivered() { return sse.delivered; } };
-    await Promise.all(
-      requests.map(async (r) => {
-        const answer = await run(r, { ...base, streamId, delivery });
-        const verdict = lifecycle.answer(wireKey(r.id));
-        if (verdict === "drop") return;
-        const last = answer ? { id: streamEventId(streamId, `a${answered++}`), message: answer } : undefined;
-        if (verdict === "write-and-end") finish(last);
-        else if (last) sse.write(last.id, last.message);
-      }),
-    );
+    const delivery: AnswerDelivery = { streamOpen: () => !post.closed, get delivered() { return post.delivered; }, overBus: () => post.stream() };
+    const answerOne = async (r: JSONRPCRequest) => {
+      const answer = await run(r, { ...base, streamId, delivery });
+      const verdict = lifecycle.answer(wireKey(r.id));
+      if (verdict === "drop") return;
+      const last = answer ? { id: streamEventId(streamId, `a${answered++}`), message: answer } : undefined;
+      if (verdict === "write-and-end") finish(last);
+      else if (last) post.write(last.id, last.message);
+    };
+    await (requests.length === 1 ? answerOne(requests[0]!) : Promise.all(requests.map(answerOne)));
     release();
   };
 
@@ -508,6 +514,7 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
       release();
     });
     if (resumeAt === null) return sse.write(streamEventId(streamId, PRIMING_UID));
+    sse.flushSoon();
     try {
       replay = await resumeStream(ctx.stores.js, ctx.stores.streamLogName, ctx.s, { sid, streamId, afterUid: resumeAt.uid }, (event) => writeEvent(sse, streamId, scope, event, lifecycle, close), guardOpts);
       if (sse.closed) replay.stop();
@@ -625,6 +632,7 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
     },
     async stop() {
       stopNotices();
+      priming.stop();
       webConsole.stop();
       links.stop();
       sessions.stop();
