@@ -247,7 +247,8 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
     const clientSessionId = req.headers["mcp-session-id"];
     if (typeof clientSessionId !== "string" || clientSessionId === "") throw new HttpError(400, ErrorCode.ConnectionClosed, "Bad Request: Mcp-Session-Id header is required");
     if (!SessionIdSchema.safeParse(clientSessionId).success) throw sessionNotFound();
-    const s = await (fresh ? sessions.load(sessionKey(clientSessionId)) : sessions.recall(sessionKey(clientSessionId)));
+    const key = sessionKey(clientSessionId);
+    const s = (fresh ? undefined : sessions.recall(key)) ?? (await sessions.load(key));
     if (!s || s.record.gid !== scope || !owners.owns(s.record.owner, credential)) throw sessionNotFound();
     const version = req.headers["mcp-protocol-version"];
     if (typeof version === "string" && !SUPPORTED_PROTOCOL_VERSIONS.includes(version)) {
@@ -437,9 +438,11 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
     }
     const s = await loadSession(req, scope, credential, requests.some((r) => methods.readsViews(r)));
     const sid = s.record.sid;
-    await sessions.touch(s);
+    const touching = sessions.touch(s);
+    if (touching) await touching;
     handleNotifications(sid, messages);
-    await handleResponses(sid, messages.filter(isAnswer));
+    const responses = messages.filter(isAnswer);
+    if (responses.length > 0) await handleResponses(sid, responses);
     const headers = sessionHeaders(s.clientSessionId, s.record);
     if (requests.length === 0) return void res.writeHead(202, headers).end();
 
@@ -566,7 +569,9 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
   };
 
   const handle = async (req: IncomingMessage, res: ServerResponse) => {
-    const path = new URL(req.url ?? "/", "http://edge").pathname;
+    const url = req.url ?? "/";
+    // a plain path (no query, dot segment, escape or absolute form) is its own pathname: no URL parse
+    const path = PLAIN_PATH.test(url) ? url : new URL(url, "http://edge").pathname;
     if (path === "/healthz") return void res.writeHead(200, { "content-type": "application/json" }).end('{"status":"ok"}');
     if (path === "/readyz") {
       const ok = await ready();
@@ -575,7 +580,7 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
     const refusal = guard.refusal(req);
     if (refusal) throw new HttpError(403, ErrorCode.InvalidRequest, refusal);
     if (path === "/metrics") return serveMetrics(req, res);
-    if (await webConsole.handle(req, res, path)) return;
+    if (path.startsWith("/console") && (await webConsole.handle(req, res, path))) return;
     // the credential owns the sessions it creates; without client auth everyone is one anonymous owner
     const credential = edge.auth === "none" ? "" : bearerToken(req.headers.authorization);
     if (credential === null || (edge.auth === "token" && !tokenMatches(credential, tokens))) {
@@ -585,7 +590,7 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
     if (scope === undefined) throw new HttpError(404, ErrorCode.InvalidRequest, `no MCP endpoint at ${path.slice(0, 256)}`);
     // a worker moving to another NATS node is back within a second or two: a request that
     // comes meanwhile waits for it rather than failing; NATS down for longer is a 503
-    if (!(await nats.reconnected(RECONNECT_GRACE_MS))) throw unavailable();
+    if (!nats.connected() && !(await nats.reconnected(RECONNECT_GRACE_MS))) throw unavailable();
     await handleMcp(req, res, scope, credential);
   };
 
@@ -642,6 +647,8 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
     },
   };
 }
+
+const PLAIN_PATH = /^\/[A-Za-z0-9_\/-]*$/;
 
 const DROPPED_HEADERS = new Set(["authorization", "proxy-authorization", "cookie", "mcp-session-id", "last-event-id"]);
 
