@@ -39,7 +39,8 @@ export function readBody(req: IncomingMessage, max: number): Promise<Buffer> {
       req.pause();
       reject(tooLarge());
     });
-    req.on("end", () => resolve(Buffer.concat(chunks)));
+    // a small body is one chunk: no copy
+    req.on("end", () => resolve(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks)));
     req.on("error", reject);
   });
 }
