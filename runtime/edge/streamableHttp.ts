@@ -173,13 +173,6 @@ export class SseStream {
     this.res.on("close", f);
   }
 
-  /** true once the response finished with everything written handed to the OS; false when it closed before */
-  get delivered(): Promise<boolean> {
-    this.#delivered ??= deliveredOf(this.res);
-    return this.#delivered;
-  }
-  #delivered: Promise<boolean> | undefined;
-
   #send(text: string): void {
     if (this.closed) return;
     this.#written = true;
@@ -226,11 +219,6 @@ export class PostResponse {
     clock.hold(this);
   }
 
-  /** Nothing written and the response still open. */
-  get held(): boolean {
-    return this.#sse === undefined && !this.closed;
-  }
-
   get closed(): boolean {
     return this.#ended || this.res.destroyed || this.res.writableEnded;
   }
@@ -269,6 +257,7 @@ export class PostResponse {
     });
   }
 
+  /** true once the response finished with everything written handed to the OS; false when it closed before */
   get delivered(): Promise<boolean> {
     this.#delivered ??= deliveredOf(this.res);
     return this.#delivered;
