@@ -108,13 +108,14 @@ export class SessionStore {
 
   /**
    * The session as far as a request needs what never changes after its initialize (owner,
-   * gateway, protocol version, capabilities) and that it exists: from memory when this worker
-   * has it (see `followEnds`), else read. What another worker or an actor changes (`views`,
-   * `logLevel`, `subscriptions`, `lastSeenAt`) may be older here than in KV: read it with `load`.
+   * gateway, protocol version, capabilities) and that it exists, from memory when this worker
+   * has it (see `followEnds`); undefined when it does not (read it with `load` then). What another
+   * worker or an actor changes (`views`, `logLevel`, `subscriptions`, `lastSeenAt`) may be older
+   * here than in KV: read it with `load`.
    */
-  async recall(sid: string): Promise<LoadedSession | null> {
+  recall(sid: string): LoadedSession | undefined {
     const known = this.#known.get(sid);
-    if (!known) return this.load(sid);
+    if (!known) return undefined;
     this.#known.delete(sid);
     this.#known.set(sid, known);
     return known;
@@ -162,10 +163,17 @@ export class SessionStore {
     return e && record ? { record, revision: e.revision } : null;
   }
 
-  /** Records use, at most every tenth of the idle TTL (a write per request would be wasted). */
-  async touch(s: LoadedSession): Promise<void> {
+  /**
+   * Records use, at most every tenth of the idle TTL (a write per request would be wasted):
+   * undefined when it was recorded recently enough, else the write under way.
+   */
+  touch(s: LoadedSession): Promise<void> | undefined {
     const now = this.#now();
-    if (now.getTime() - Date.parse(s.record.lastSeenAt) < this.deps.idleTtlMs / 10) return;
+    if (now.getTime() - Date.parse(s.record.lastSeenAt) < this.deps.idleTtlMs / 10) return undefined;
+    return this.#recordUse(s, now);
+  }
+
+  async #recordUse(s: LoadedSession, now: Date): Promise<void> {
     const record = { ...s.record, lastSeenAt: now.toISOString() };
     const sid = s.record.sid;
     try {

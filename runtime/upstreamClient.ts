@@ -21,7 +21,12 @@ import type { TraceHeaders } from "./tracing.ts";
  * I/O), `delivered` true once that response finished with all it wrote handed to the OS, false
  * when it closed before. An in-process actor keeps the answer off the stream log when delivered.
  */
-export type AnswerDelivery = { streamOpen(): boolean; delivered: Promise<boolean> };
+export type AnswerDelivery = {
+  streamOpen(): boolean;
+  delivered: Promise<boolean>;
+  /** the call goes to another worker over NATS: its answer may outlive this one, so the client needs a point to resume from now */
+  overBus(): void;
+};
 
 /** An actor hosted by this worker, holding its claim: a call handed to it in process. */
 export type LocalActor = {
@@ -141,8 +146,9 @@ export function createUpstreamCaller(
     const budgetMs = req.timeoutMs ?? opts.callTimeoutMs;
     const deadline = Date.now() + budgetMs;
     signal?.throwIfAborted();
+    // a call over the bus tells the actor of a cancellation by its address (an in-process one, in `callHere`)
+    let listening = false;
     const onAbort = () => void notify(sid, gid, req.requestId, String(signal?.reason ?? "cancelled"));
-    signal?.addEventListener("abort", onAbort, { once: true });
     // over the bus, the answer's copy on the stream is this caller's to keep when it writes the answer to its client
     const keeps = delivery !== undefined && req.stream !== undefined;
     try {
@@ -152,13 +158,12 @@ export function createUpstreamCaller(
         const leftMs = deadline - Date.now();
         if (leftMs <= 0) throw new ProtocolError("timeout", `gateway ${gid} did not answer ${req.method} within ${budgetMs} ms`);
         const here = local?.actor(sid, gid);
-        if (here) {
-          // the actor answers by the deadline itself, as it does over the bus; a worker cannot be lost in between
-          const pending = here.call(sent, trace, delivery);
-          const env = await (signal ? raceAbort(pending, signal) : pending);
-          if (!env.ok) throw new ProtocolError(env.error.code, env.error.message, env.error.issues);
-          return env.data;
+        if (here) return await callHere(here, sent, trace, delivery, listening ? undefined : signal);
+        if (signal && !listening) {
+          signal.addEventListener("abort", onAbort, { once: true });
+          listening = true;
         }
+        delivery?.overBus();
         try {
           // requests and answers over the server's max_payload travel in parts
           const pending = requestWhole(nc, subject, encodeJson(keeps ? { ...sent, answerCopy: "caller" } : sent), { timeoutMs: leftMs + REPLY_MARGIN_MS, limit: messageLimit, headers: trace });
@@ -181,12 +186,51 @@ export function createUpstreamCaller(
         return env.data;
       }
     } finally {
-      signal?.removeEventListener("abort", onAbort);
+      if (listening) signal?.removeEventListener("abort", onAbort);
     }
   }
 
   return { call, notify };
 }
+
+/**
+ * A call handed to an actor of this worker. The actor answers by the deadline itself, as it does
+ * over the bus (a worker cannot be lost in between). `signal`: a cancellation goes to the actor
+ * and the caller stops waiting, both from one listener (a signal's listeners cost more than the rest
+ * of the hand-over).
+ */
+function callHere(here: LocalActor, req: UpstreamCallRequest, trace: TraceHeaders, delivery: AnswerDelivery | undefined, signal: AbortSignal | undefined): Promise<UpstreamCallReply> {
+  const answered = (env: Envelope<UpstreamCallReply>) => {
+    if (!env.ok) throw new ProtocolError(env.error.code, env.error.message, env.error.issues);
+    return env.data;
+  };
+  const pending = here.call(req, trace, delivery);
+  if (!signal) return pending.then(answered);
+  return new Promise<UpstreamCallReply>((resolve, reject) => {
+    const onAbort = () => {
+      here.cancel(req.requestId);
+      reject(abortError(signal));
+    };
+    if (signal.aborted) return onAbort();
+    signal.addEventListener("abort", onAbort, { once: true });
+    pending.then(
+      (env) => {
+        signal.removeEventListener("abort", onAbort);
+        try {
+          resolve(answered(env));
+        } catch (err) {
+          reject(err);
+        }
+      },
+      (err) => {
+        signal.removeEventListener("abort", onAbort);
+        reject(err);
+      },
+    );
+  });
+}
+
+const abortError = (signal: AbortSignal) => (signal.reason instanceof Error ? signal.reason : new DOMException(String(signal.reason ?? "aborted"), "AbortError"));
 
 function withinBudget<T>(p: Promise<T>, ms: number, timedOut: () => Error): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
@@ -196,7 +240,7 @@ function withinBudget<T>(p: Promise<T>, ms: number, timedOut: () => Error): Prom
 
 function raceAbort<T>(p: Promise<T>, signal: AbortSignal): Promise<T> {
   return new Promise<T>((resolve, reject) => {
-    const onAbort = () => reject(signal.reason instanceof Error ? signal.reason : new DOMException(String(signal.reason ?? "aborted"), "AbortError"));
+    const onAbort = () => reject(abortError(signal));
     if (signal.aborted) return onAbort();
     signal.addEventListener("abort", onAbort, { once: true });
     p.then(resolve, reject).finally(() => signal.removeEventListener("abort", onAbort));

@@ -68,19 +68,37 @@ describe("edge streams: SSE ids, stream events, resumption at any worker, sessio
     await nats?.stop();
   });
 
-  it("answers a call on an SSE stream that starts with a priming event, every event with an id <streamId>.<uid>; a list as plain JSON", async () => {
+  it("answers a call as JSON in one response when its answer comes first; as an SSE stream that starts with a priming event, every event with an id <streamId>.<uid>, when something comes before it or the call crosses NATS; a list as plain JSON", async () => {
     const { headers } = await open(a);
-    const call = await raw(a.edge.port, { path, headers, body: JSON.stringify({ jsonrpc: "2.0", id: 7, method: "tools/call", params: { name: "echo", arguments: { text: "hi" } } }) });
+    const body = (id: number, name: string, args: Record<string, unknown>, meta?: Record<string, unknown>) =>
+      JSON.stringify({ jsonrpc: "2.0", id, method: "tools/call", params: { name, arguments: args, ...(meta ? { _meta: meta } : {}) } });
+    // the first call places the session's actor at A (its edge)
+    assert.match((await raw(a.edge.port, { path, headers, body: body(6, "echo", { text: "placed" }) })).body, /placed/);
+
+    // in process, nothing before the answer: JSON, its length given
+    const call = await raw(a.edge.port, { path, headers, body: body(7, "echo", { text: "hi" }) });
     assert.equal(call.status, 200);
-    assert.match(String(call.headers["content-type"]), /^text\/event-stream/);
-    const events = sseEvents(call.body);
-    assert.ok(events.length >= 2, call.body);
-    const [priming, ...rest] = events;
-    assert.match(priming!.id!, /^[A-Za-z0-9_-]+\.0$/);
-    assert.equal(priming!.data.trim(), "");
-    const streamId = priming!.id!.split(".")[0];
-    for (const e of rest) assert.equal(e.id!.split(".")[0], streamId);
-    assert.deepEqual(JSON.parse(rest.at(-1)!.data), { jsonrpc: "2.0", id: 7, result: { content: [{ type: "text", text: "hi" }] } });
+    assert.match(String(call.headers["content-type"]), /^application\/json/);
+    assert.equal(Number(call.headers["content-length"]), Buffer.byteLength(call.body));
+    assert.equal(call.headers["mcp-session-id"], headers["mcp-session-id"]);
+    assert.deepEqual(JSON.parse(call.body), { jsonrpc: "2.0", id: 7, result: { content: [{ type: "text", text: "hi" }] } });
+
+    const streamed = (r: Awaited<ReturnType<typeof raw>>) => {
+      assert.equal(r.status, 200);
+      assert.match(String(r.headers["content-type"]), /^text\/event-stream/);
+      const [priming, ...rest] = sseEvents(r.body);
+      assert.match(priming!.id!, /^[A-Za-z0-9_-]+\.0$/);
+      assert.equal(priming!.data.trim(), "");
+      const streamId = priming!.id!.split(".")[0];
+      for (const e of rest) assert.equal(e.id!.split(".")[0], streamId);
+      return rest.map((e) => JSON.parse(e.data) as { id?: number; method?: string; result?: unknown });
+    };
+    // progress before the answer: the stream starts with its priming event
+    const progress = streamed(await raw(a.edge.port, { path, headers, body: body(12, "progress", { steps: 2 }, { progressToken: "p" }) }));
+    assert.deepEqual(progress.map((m) => m.method ?? m.id), ["notifications/progress", "notifications/progress", 12]);
+    // through B, the call crosses NATS to the actor at A: its answer may outlive B, so B streams at once
+    const viaB = streamed(await raw(b.edge.port, { path, headers, body: body(13, "echo", { text: "via B" }) }));
+    assert.deepEqual(viaB.at(-1), { jsonrpc: "2.0", id: 13, result: { content: [{ type: "text", text: "via B" }] } });
 
     const list = await raw(a.edge.port, { path, headers, body: JSON.stringify({ jsonrpc: "2.0", id: 8, method: "tools/list" }) });
     assert.match(String(list.headers["content-type"]), /^application\/json/);
@@ -91,7 +109,9 @@ describe("edge streams: SSE ids, stream events, resumption at any worker, sessio
     const unknown = await raw(a.edge.port, { path, headers, body: JSON.stringify({ jsonrpc: "2.0", id: 10, method: "no/such" }) });
     assert.equal(JSON.parse(unknown.body).error.code, -32601);
     const badParams = await raw(a.edge.port, { path, headers, body: JSON.stringify({ jsonrpc: "2.0", id: 11, method: "tools/call", params: { arguments: 3 } }) });
-    assert.equal(sseEvents(badParams.body).length > 0 ? JSON.parse(sseEvents(badParams.body).at(-1)!.data).error.code : JSON.parse(badParams.body).error.code, -32602);
+    // refused before any upstream: an answer with nothing before it, so JSON
+    assert.match(String(badParams.headers["content-type"]), /^application\/json/);
+    assert.equal(JSON.parse(badParams.body).error.code, -32602);
   });
 
   it("resumes a POST stream at another worker from the stream log: the events after Last-Event-ID, the final answer as the live path gives it, then the end", async () => {

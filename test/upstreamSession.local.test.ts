@@ -134,8 +134,8 @@ describe("upstream sessions: local placement and in-process calls", () => {
   }
 
   /**
-   * Opens a call's POST stream at `via` (a 1 s sleep, JSON-RPC id 3), and once its priming event
-   * is in: with `drop`, the client drops the stream; then `after` runs. Resolves with the stream's id.
+   * Opens a call's POST stream at `via` (a 3 s sleep, JSON-RPC id 3: slower than the priming delay
+   * of 1-2 s, so an in-process call streams too), and once its priming event is in: with `drop`, the client drops the stream; then `after` runs. Resolves with the stream's id.
    */
   function sleepCall(via: TestWorker, headers: Record<string, string>, then: { drop: boolean; after?: () => void }): Promise<string> {
     return new Promise<string>((resolve, reject) => {
@@ -155,7 +155,7 @@ describe("upstream sessions: local placement and in-process calls", () => {
       );
       req.on("error", () => {});
       req.setTimeout(BOUND_MS, () => reject(new Error("no priming event")));
-      req.end(JSON.stringify({ jsonrpc: "2.0", id: 3, method: "tools/call", params: { name: "counter__sleep", arguments: { ms: 1000 } } }));
+      req.end(JSON.stringify({ jsonrpc: "2.0", id: 3, method: "tools/call", params: { name: "counter__sleep", arguments: { ms: 3000 } } }));
     });
   }
 
@@ -173,7 +173,7 @@ describe("upstream sessions: local placement and in-process calls", () => {
     await until("the lost answer kept on its stream", async () => (await storedAnswers(sid)) === stored + 1, BOUND_MS);
     const body = await resumed(a, headers, streamId);
     assert.match(body, /"id":3/);
-    assert.match(body, /slept 1000/);
+    assert.match(body, /slept 3000/);
   });
 
   it("a call through the other worker whose client stream closed before its answer: that worker keeps the answer, and a resumption gets it", async () => {
@@ -185,7 +185,7 @@ describe("upstream sessions: local placement and in-process calls", () => {
     // resumed at the hosting worker: the copy is in the log, wherever it was published from
     const body = await resumed(a, headers, streamId);
     assert.match(body, /"id":3/);
-    assert.match(body, /slept 1000/);
+    assert.match(body, /slept 3000/);
   });
 
   it("a call through a worker whose NATS connection is gone when the answer comes: the hosting actor keeps the answer, and a resumption gets it", async () => {
@@ -198,7 +198,7 @@ describe("upstream sessions: local placement and in-process calls", () => {
       await until("the answer nobody took kept on its stream", async () => (await storedAnswers(sid)) === stored + 1, BOUND_MS);
       const body = await resumed(a, headers, streamId);
       assert.match(body, /"id":3/);
-      assert.match(body, /slept 1000/);
+      assert.match(body, /slept 3000/);
     } finally {
       await c.stop().catch(() => {});
     }

@@ -176,11 +176,12 @@ export function clientMethods(deps: ClientMethodDeps): ClientMethods {
         throw new RpcError(ErrorCode.ConnectionClosed, `gateway ${route.gatewayName} unavailable (unhealthy)`, { gateway: route.gatewayName });
       }
       try {
+        const passthrough = cache.passthroughHeaders(route.gid);
         const reply = await deps.caller.call(
           ctx.sid,
           route.gid,
           // only the headers the gateway lets through travel (the actor filters by the same list)
-          { method, params, requestId, headers: passthroughHeaders(cache.passthroughHeaders(route.gid), ctx.headers), timeoutMs: deps.callTimeoutMs, ...(ctx.streamId ? { stream: ctx.streamId } : {}), ...(ctx.spawnCapabilities ? { clientCapabilities: ctx.spawnCapabilities } : {}) },
+          { method, params, requestId, headers: passthrough.length === 0 ? {} : passthroughHeaders(passthrough, ctx.headers), timeoutMs: deps.callTimeoutMs, ...(ctx.streamId ? { stream: ctx.streamId } : {}), ...(ctx.spawnCapabilities ? { clientCapabilities: ctx.spawnCapabilities } : {}) },
           ctx.signal,
           traceHeadersOf(span),
           ctx.delivery,

@@ -32,14 +32,14 @@ import { followConnection } from "../nats.ts";
 import { SessionStore, type LoadedSession } from "../sessionStore.ts";
 import { answerStateless, type StatelessDeps } from "../statelessRequests.ts";
 import { publishStreamEvent, resumeStream } from "../streamLog.ts";
-import type { UpstreamCaller } from "../upstreamClient.ts";
+import type { AnswerDelivery, UpstreamCaller } from "../upstreamClient.ts";
 import type { Hosted, WorkerContext } from "../worker.ts";
 import { CatalogCache } from "./catalogCache.ts";
 import { capabilities, clientMethods, federatedTaskResult, initializeResult, RpcError, rpcErrorOf, serverInfo, settle, type RequestContext } from "./clientMethods.ts";
 import { consoleRoutes } from "./console/consoleRoutes.ts";
 import { bearerToken, HostGuard, isLoopbackAddress, SessionOwners, tokenDigests, tokenMatches } from "./security.ts";
 import { SessionLinks, parseWireId, wireKey } from "./sessionLinks.ts";
-import { accepts, HttpError, isAnswer, isJsonContent, isNotification, isRequest, parseJson, parseMessages, readBody, rpcErrorBody, sendJson, SseStream } from "./streamableHttp.ts";
+import { accepts, HttpError, isAnswer, isJsonContent, isNotification, isRequest, parseJson, parseMessages, PostResponse, PrimingClock, readBody, rpcErrorBody, sendJson, SseStream } from "./streamableHttp.ts";
 
 export type Edge = Hosted & {
   /** takes no new connections; requests in flight go on until `drain` or `stop` */
@@ -66,6 +66,13 @@ const sessionNotFound = () => new HttpError(404, -32001, "Session not found");
 
 /** How often a quiet stateless SSE answer gets a comment line (as the Python SDK's server does). */
 const SSE_KEEPALIVE_MS = 15_000;
+
+/**
+ * How long a POST's answer may be held unwritten before its SSE stream starts with the priming
+ * event (it starts between one and two delays). A faster call is answered as JSON in one write;
+ * a slower one is resumable from then on, at any worker.
+ */
+const PRIMING_DELAY_MS = 1_000;
 
 /** How long the edge waits for NATS to take a client's answer to a server request. */
 const ANSWER_TIMEOUT_MS = 5_000;
@@ -209,6 +216,7 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
       }
     }
   });
+  const priming = new PrimingClock(PRIMING_DELAY_MS);
   /** POST streams with requests in flight here: a stopping worker waits for them */
   const inFlight = new Set<ClientStreamLifecycle>();
   let draining: (() => void) | undefined;
@@ -239,7 +247,8 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
     const clientSessionId = req.headers["mcp-session-id"];
     if (typeof clientSessionId !== "string" || clientSessionId === "") throw new HttpError(400, ErrorCode.ConnectionClosed, "Bad Request: Mcp-Session-Id header is required");
     if (!SessionIdSchema.safeParse(clientSessionId).success) throw sessionNotFound();
-    const s = await (fresh ? sessions.load(sessionKey(clientSessionId)) : sessions.recall(sessionKey(clientSessionId)));
+    const key = sessionKey(clientSessionId);
+    const s = (fresh ? undefined : sessions.recall(key)) ?? (await sessions.load(key));
     if (!s || s.record.gid !== scope || !owners.owns(s.record.owner, credential)) throw sessionNotFound();
     const version = req.headers["mcp-protocol-version"];
     if (typeof version === "string" && !SUPPORTED_PROTOCOL_VERSIONS.includes(version)) {
@@ -268,7 +277,7 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
    * its `serverRequestId`), a call's final answer as the JSON-RPC answer the live path gives.
    * A stream's last answer goes to `end`, which writes it with the stream's end.
    */
-  const writeEvent = (sse: SseStream, streamId: string, scope: string | null, event: StreamEvent, lifecycle: ClientStreamLifecycle | undefined, end: (last: { id: string; message: unknown }) => void): void => {
+  const writeEvent = (sse: { write(id: string, message: unknown): void }, streamId: string, scope: string | null, event: StreamEvent, lifecycle: ClientStreamLifecycle | undefined, end: (last: { id: string; message: unknown }) => void): void => {
     const id = streamEventId(streamId, event.uid);
     if ("message" in event) return sse.write(id, event.message);
     const verdict = lifecycle ? lifecycle.answer(event.requestId) : "write-and-end";
@@ -429,9 +438,11 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
     }
     const s = await loadSession(req, scope, credential, requests.some((r) => methods.readsViews(r)));
     const sid = s.record.sid;
-    await sessions.touch(s);
+    const touching = sessions.touch(s);
+    if (touching) await touching;
     handleNotifications(sid, messages);
-    await handleResponses(sid, messages.filter(isAnswer));
+    const responses = messages.filter(isAnswer);
+    if (responses.length > 0) await handleResponses(sid, responses);
     const headers = sessionHeaders(s.clientSessionId, s.record);
     if (requests.length === 0) return void res.writeHead(202, headers).end();
 
@@ -443,39 +454,37 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
       return sendJson(res, 200, messages.length === 1 && answers.length === 1 ? answers[0] : answers, headers);
     }
 
-    // an SSE stream: priming event first, so the client can resume it at any worker
+    // JSON when the answers come first, else an SSE stream that starts with its priming event (PostResponse)
     const streamId = nextId();
     const lifecycle = new ClientStreamLifecycle("post", requests.map((r) => wireKey(r.id)));
-    const sse = new SseStream(res, headers);
+    const post = new PostResponse(res, headers, streamEventId(streamId, PRIMING_UID), messages.length > 1, priming);
     inFlight.add(lifecycle);
     let answered = 0;
     const finish = (last?: { id: string; message: unknown }) => {
       lifecycle.end();
       settled(lifecycle);
-      sse.end(last);
+      post.end(last);
     };
     const release = await links.hold(sid, streamId, {
       scope,
-      deliver: (event) => writeEvent(sse, streamId, scope, event, lifecycle, finish),
+      deliver: (event) => writeEvent(post, streamId, scope, event, lifecycle, finish),
       close: finish,
     });
-    sse.onClose(() => {
+    post.onClose(() => {
       // a client that left may resume: its calls go on, and their answers wait in the stream log
       release();
       settled(lifecycle);
     });
-    sse.write(streamEventId(streamId, PRIMING_UID));
-    const delivery = { streamOpen: () => !sse.closed, get delivered() { return sse.delivered; } };
-    await Promise.all(
-      requests.map(async (r) => {
-        const answer = await run(r, { ...base, streamId, delivery });
-        const verdict = lifecycle.answer(wireKey(r.id));
-        if (verdict === "drop") return;
-        const last = answer ? { id: streamEventId(streamId, `a${answered++}`), message: answer } : undefined;
-        if (verdict === "write-and-end") finish(last);
-        else if (last) sse.write(last.id, last.message);
-      }),
-    );
+    const delivery: AnswerDelivery = { streamOpen: () => !post.closed, get delivered() { return post.delivered; }, overBus: () => post.stream() };
+    const answerOne = async (r: JSONRPCRequest) => {
+      const answer = await run(r, { ...base, streamId, delivery });
+      const verdict = lifecycle.answer(wireKey(r.id));
+      if (verdict === "drop") return;
+      const last = answer ? { id: streamEventId(streamId, `a${answered++}`), message: answer } : undefined;
+      if (verdict === "write-and-end") finish(last);
+      else if (last) post.write(last.id, last.message);
+    };
+    await (requests.length === 1 ? answerOne(requests[0]!) : Promise.all(requests.map(answerOne)));
     release();
   };
 
@@ -508,6 +517,7 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
       release();
     });
     if (resumeAt === null) return sse.write(streamEventId(streamId, PRIMING_UID));
+    sse.flushSoon();
     try {
       replay = await resumeStream(ctx.stores.js, ctx.stores.streamLogName, ctx.s, { sid, streamId, afterUid: resumeAt.uid }, (event) => writeEvent(sse, streamId, scope, event, lifecycle, close), guardOpts);
       if (sse.closed) replay.stop();
@@ -559,7 +569,9 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
   };
 
   const handle = async (req: IncomingMessage, res: ServerResponse) => {
-    const path = new URL(req.url ?? "/", "http://edge").pathname;
+    const url = req.url ?? "/";
+    // a plain path (no query, dot segment, escape or absolute form) is its own pathname: no URL parse
+    const path = PLAIN_PATH.test(url) ? url : new URL(url, "http://edge").pathname;
     if (path === "/healthz") return void res.writeHead(200, { "content-type": "application/json" }).end('{"status":"ok"}');
     if (path === "/readyz") {
       const ok = await ready();
@@ -568,7 +580,7 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
     const refusal = guard.refusal(req);
     if (refusal) throw new HttpError(403, ErrorCode.InvalidRequest, refusal);
     if (path === "/metrics") return serveMetrics(req, res);
-    if (await webConsole.handle(req, res, path)) return;
+    if (path.startsWith("/console") && (await webConsole.handle(req, res, path))) return;
     // the credential owns the sessions it creates; without client auth everyone is one anonymous owner
     const credential = edge.auth === "none" ? "" : bearerToken(req.headers.authorization);
     if (credential === null || (edge.auth === "token" && !tokenMatches(credential, tokens))) {
@@ -578,7 +590,7 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
     if (scope === undefined) throw new HttpError(404, ErrorCode.InvalidRequest, `no MCP endpoint at ${path.slice(0, 256)}`);
     // a worker moving to another NATS node is back within a second or two: a request that
     // comes meanwhile waits for it rather than failing; NATS down for longer is a 503
-    if (!(await nats.reconnected(RECONNECT_GRACE_MS))) throw unavailable();
+    if (!nats.connected() && !(await nats.reconnected(RECONNECT_GRACE_MS))) throw unavailable();
     await handleMcp(req, res, scope, credential);
   };
 
@@ -625,6 +637,7 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
     },
     async stop() {
       stopNotices();
+      priming.stop();
       webConsole.stop();
       links.stop();
       sessions.stop();
@@ -634,6 +647,8 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
     },
   };
 }
+
+const PLAIN_PATH = /^\/[A-Za-z0-9_\/-]*$/;
 
 const DROPPED_HEADERS = new Set(["authorization", "proxy-authorization", "cookie", "mcp-session-id", "last-event-id"]);
 

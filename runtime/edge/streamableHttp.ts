@@ -39,7 +39,8 @@ export function readBody(req: IncomingMessage, max: number): Promise<Buffer> {
       req.pause();
       reject(tooLarge());
     });
-    req.on("end", () => resolve(Buffer.concat(chunks)));
+    // a small body is one chunk: no copy
+    req.on("end", () => resolve(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks)));
     req.on("error", reject);
   });
 }
@@ -104,8 +105,10 @@ export function isJsonContent(req: IncomingMessage): boolean {
   return /^application\/json\s*(;|$)/i.test(req.headers["content-type"] ?? "");
 }
 
+/** A JSON answer in one write: headers and body together, its length given (no chunked framing). */
 export function sendJson(res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
-  res.writeHead(status, { "content-type": "application/json", ...headers }).end(JSON.stringify(body));
+  const text = JSON.stringify(body);
+  res.writeHead(status, { "content-type": "application/json", "content-length": String(Buffer.byteLength(text)), ...headers }).end(text);
 }
 
 export function rpcErrorBody(code: number, message: string, id: string | number | null = null, data?: unknown) {
@@ -126,12 +129,16 @@ export class SseStream {
     private readonly res: ServerResponse,
     headers: Record<string, string>,
   ) {
+    // the headers go out with the first event (or the end)
     res.writeHead(200, { "content-type": "text/event-stream", "cache-control": "no-cache, no-transform", connection: "keep-alive", "x-accel-buffering": "no", ...headers });
-    // a stream with nothing to send at once still shows the client it is open, on the next turn
-    setImmediate(() => {
-      if (!this.#written && !this.closed) res.flushHeaders();
-    });
     res.on("close", () => (this.#closed = true));
+  }
+
+  /** A stream that may have nothing to send at once still shows the client it is open, on the next turn. */
+  flushSoon(): void {
+    setImmediate(() => {
+      if (!this.#written && !this.closed) this.res.flushHeaders();
+    });
   }
 
   get closed(): boolean {
@@ -166,17 +173,6 @@ export class SseStream {
     this.res.on("close", f);
   }
 
-  /** true once the response finished with everything written handed to the OS; false when it closed before */
-  get delivered(): Promise<boolean> {
-    this.#delivered ??= new Promise((resolve) => {
-      if (this.res.writableFinished || this.res.destroyed) return resolve(this.res.writableFinished);
-      this.res.once("finish", () => resolve(true));
-      this.res.once("close", () => resolve(this.res.writableFinished));
-    });
-    return this.#delivered;
-  }
-  #delivered: Promise<boolean> | undefined;
-
   #send(text: string): void {
     if (this.closed) return;
     this.#written = true;
@@ -188,4 +184,118 @@ export class SseStream {
 function sseEvent(id: string | undefined, message: unknown): string {
   const head = id === undefined ? "" : `id: ${id}\n`;
   return message === undefined ? `${head}data: \n\n` : `${head}event: message\ndata: ${JSON.stringify(message)}\n\n`;
+}
+
+/** true once `res` finished with everything written handed to the OS; false when it closed before (a response emits `close` after `finish` too) */
+function deliveredOf(res: ServerResponse): Promise<boolean> {
+  if (res.writableFinished || res.destroyed) return Promise.resolve(res.writableFinished);
+  return new Promise((resolve) => res.once("close", () => resolve(res.writableFinished)));
+}
+
+/**
+ * The response to a POST whose requests need an upstream. Nothing is written until there is
+ * something to say, and socket writes are most of what a call costs here:
+ * - the answers come first (a call answered in process, with nothing before its answer): one
+ *   JSON response, headers, body and end in one write;
+ * - otherwise an SSE stream whose first event is the priming event (`primingId`), the client's
+ *   point to resume from at any worker: once an event comes first (progress, a server request),
+ *   once a call leaves this process (`stream()`: its answer may outlive this worker), or once the
+ *   answer is slow in coming (`stream()` again, by the edge's priming clock).
+ * A JSON answer has no event id: a client whose connection breaks before it gets no resumption,
+ * it gets an error (its request failed); a call slower than the priming delay streams and resumes.
+ */
+export class PostResponse {
+  #sse: SseStream | undefined;
+  #ended = false;
+
+  constructor(
+    private readonly res: ServerResponse,
+    private readonly headers: Record<string, string>,
+    private readonly primingId: string,
+    /** the POST carried several messages: a JSON answer is an array */
+    private readonly batch: boolean,
+    private readonly clock: PrimingClock,
+  ) {
+    clock.hold(this);
+  }
+
+  get closed(): boolean {
+    return this.#ended || this.res.destroyed || this.res.writableEnded;
+  }
+
+  /** Starts the SSE stream (its headers and priming event, in one write) unless it started or the response is over. */
+  stream(): void {
+    if (this.#sse || this.closed) return;
+    this.clock.release(this);
+    this.#sse = new SseStream(this.res, this.headers);
+    this.#sse.write(this.primingId);
+  }
+
+  /** An event: the stream starts first. */
+  write(id: string, message: unknown): void {
+    this.stream();
+    this.#sse?.write(id, message);
+  }
+
+  /** Ends the response after its last answer: as JSON when nothing was written yet, else its stream's last event. */
+  end(last?: { id: string; message: unknown }): void {
+    if (this.closed) return;
+    if (!this.#sse && last) {
+      this.#ended = true;
+      this.clock.release(this);
+      return sendJson(this.res, 200, this.batch ? [last.message] : last.message, this.headers);
+    }
+    this.stream();
+    this.#ended = true;
+    this.#sse?.end(last);
+  }
+
+  onClose(f: () => void): void {
+    this.res.on("close", () => {
+      this.clock.release(this);
+      f();
+    });
+  }
+
+  /** true once the response finished with everything written handed to the OS; false when it closed before */
+  get delivered(): Promise<boolean> {
+    this.#delivered ??= deliveredOf(this.res);
+    return this.#delivered;
+  }
+  #delivered: Promise<boolean> | undefined;
+}
+
+/**
+ * Streams the POST responses still held once they waited long enough: two generations, each
+ * tick streams the older and ages the younger, so a response streams between one and two
+ * delays after it began. One timer per edge, not one per request.
+ */
+export class PrimingClock {
+  #young = new Set<PostResponse>();
+  #old = new Set<PostResponse>();
+  readonly #timer: NodeJS.Timeout;
+
+  constructor(delayMs: number) {
+    this.#timer = setInterval(() => this.#tick(), delayMs);
+    this.#timer.unref();
+  }
+
+  hold(r: PostResponse): void {
+    this.#young.add(r);
+  }
+
+  release(r: PostResponse): void {
+    if (!this.#young.delete(r)) this.#old.delete(r);
+  }
+
+  #tick(): void {
+    const due = this.#old;
+    this.#old = this.#young;
+    this.#young = new Set();
+    for (const r of due) r.stream();
+  }
+
+  stop(): void {
+    clearInterval(this.#timer);
+  }
 }
