@@ -38,11 +38,13 @@ export type RegistryDeps = {
   /** opens a sealed secret; used only to compare an update with what is stored, never returned */
   open: (sealed: string, gid: string) => string;
   statusOf?: (gid: string) => Promise<GatewayStatus | undefined>;
+  /** every record as this worker holds them, caught up with the bucket; without it, each is read from KV */
+  records?: () => Promise<Stored[]>;
   now?: () => Date;
   newId?: () => string;
 };
 
-type Stored = { record: GatewayRecord; revision: number };
+export type Stored = { record: GatewayRecord; revision: number };
 
 const CAS_RETRIES = 5;
 
@@ -70,6 +72,11 @@ export function diffSpecs(before: GatewaySpec, after: GatewaySpec): { changedFie
   const keys = new Set([...Object.keys(before), ...Object.keys(after)]) as Set<keyof GatewaySpec>;
   const changedFields = [...keys].filter((k) => !isDeepStrictEqual(before[k], after[k])).sort();
   return { changedFields, connectChanged: changedFields.some((f) => (CONNECT_FIELDS as readonly string[]).includes(f)) };
+}
+
+/** Whether a field that affects the upstream connection differs between two versions of a gateway (sealed secrets compare as stored: an unchanged one keeps its sealed form). */
+export function connectChanged(before: Pick<GatewaySpec, (typeof CONNECT_FIELDS)[number]>, after: Pick<GatewaySpec, (typeof CONNECT_FIELDS)[number]>): boolean {
+  return CONNECT_FIELDS.some((f) => !isDeepStrictEqual(before[f], after[f]));
 }
 
 /**
@@ -122,6 +129,7 @@ export class Registry {
 
   /** Every gateway record, secrets still sealed (for other actors of this worker). */
   async records(): Promise<Stored[]> {
+    if (this.#d.records) return this.#d.records();
     const keys = await listKeys(this.#d.gateways, `${KEYS.gatewayPrefix}*`);
     const loaded = await Promise.all(keys.map((k) => this.#read(k)));
     return loaded.filter((s): s is Stored => s !== null);

@@ -30,6 +30,7 @@ import { KEYS, subjects, type Subjects } from "../protocol/subjects.ts";
 import { request } from "../runtime/bus.ts";
 import { parseDuration } from "../runtime/config.ts";
 import { createClassifierEffects, followRoster } from "../runtime/classifierHost.ts";
+import { followGatewayRecords } from "../runtime/gatewayRecords.ts";
 import { openStores, type Stores } from "../runtime/nats.ts";
 import { drainPings, startFixtureProcess } from "../test/fixtures/fixtureHttp.ts";
 import { startNats, type TestNats } from "../test/helpers/nats.ts";
@@ -112,8 +113,8 @@ const sleep = (t: number) => new Promise((r) => setTimeout(r, t));
  */
 async function measureClassification(stores: Stores, scratch: Stores) {
   const { log } = memoryLogger();
-  const roster = await followRoster(stores.gateways, log);
-  await roster.loaded;
+  const records = await followGatewayRecords(stores.gateways, log);
+  const roster = followRoster(records.records);
   const enabled = roster.roster.enabledIds();
   const usage = new UsageAggregate(60_000);
   const used = enabled.filter((_, i) => i % 5 === 0);
@@ -137,6 +138,7 @@ async function measureClassification(stores: Stores, scratch: Stores) {
   }
   await run(c.actors.release, { revision: held });
   roster.stop();
+  records.stop();
   return { gateways: enabled.length, used: used.length, ms: stats(times), cpu: stats(cpu), first: duties[0]!, steady: duties.at(-1)! };
 }
 

@@ -6,6 +6,7 @@ import { subjects, type Subjects } from "../protocol/subjects.ts";
 import { startClassifierHost } from "./classifierHost.ts";
 import type { Config } from "./config.ts";
 import { publishEvent } from "./events.ts";
+import { followGatewayRecords, type GatewayRecords } from "./gatewayRecords.ts";
 import type { Logger } from "./logger.ts";
 import { Refusals } from "./bus.ts";
 import { countReconnects, createMetrics, type Metrics } from "./metrics.ts";
@@ -30,6 +31,8 @@ export type WorkerContext = {
   stores: Stores;
   box: SecretBox;
   registry: Registry;
+  /** the gateway records as this worker's one watch of them holds them (runtime/gatewayRecords.ts) */
+  gatewayRecords: GatewayRecords;
   /** this worker's admin micro service: hosts serve their `mcpgw.admin.*` subjects as its endpoints */
   admin: AdminService;
   /** deliveries this worker refused to act on (runtime/bus.ts `refusal`) */
@@ -64,6 +67,9 @@ export async function startWorker(config: Config, nc: NatsConnection, log: Logge
   const s = subjects(config.prefix);
   const stores = await openStores(nc, config.prefix, config.jsReplicas, config.streamRetention);
   const box = new SecretBox(config.secretKey);
+  const workerLog = log.child({ worker: config.workerId });
+  // one watch of the gateway records per worker, shared by every host that needs them
+  const { records: gatewayRecords, stop: stopRecords } = await followGatewayRecords(stores.gateways, workerLog);
   const registry = new Registry({
     gateways: stores.gateways,
     catalog: stores.catalog,
@@ -73,18 +79,21 @@ export async function startWorker(config: Config, nc: NatsConnection, log: Logge
     seal: (plain, gid) => box.seal(plain, gid),
     open: (sealed, gid) => box.open(sealed, gid),
     statusOf: (gid) => readGatewayStatus(nc, s, stores.state, gid),
+    records: async () => {
+      await gatewayRecords.caughtUp();
+      return [...gatewayRecords.all()];
+    },
   });
-  const workerLog = log.child({ worker: config.workerId });
   const refusals = new Refusals();
   const admin = await startAdminService(nc, s, config.workerId, { log: workerLog, refusals });
   const metrics = createMetrics();
   const tracing = createTracing({ otlpEndpoint: config.otlpEndpoint, workerId: config.workerId });
   const upstreamAgent = sharedUpstreamAgent(config.outbound);
-  const ctx: WorkerContext = { config, nc, log: workerLog, s, stores, box, registry, admin, refusals, metrics, tracing, upstreamAgent };
+  const ctx: WorkerContext = { config, nc, log: workerLog, s, stores, box, registry, gatewayRecords, admin, refusals, metrics, tracing, upstreamAgent };
   countReconnects(nc, metrics);
 
   // first to start, last to stop: spans of everything stopping are still exported
-  const hosted: Hosted[] = [{ stop: () => tracing.shutdown() }];
+  const hosted: Hosted[] = [{ stop: () => tracing.shutdown() }, { stop: async () => stopRecords() }];
   // closed after every upstream session and poller stopped (bounded: a request an upstream never ends is cut)
   hosted.push({
     stop: async () => {
