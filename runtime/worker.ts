@@ -5,7 +5,7 @@ import { startAdminService, type AdminService } from "./adminService.ts";
 import { subjects, type Subjects } from "../protocol/subjects.ts";
 import { startClassifierHost } from "./classifierHost.ts";
 import type { Config } from "./config.ts";
-import { publishEvent } from "./events.ts";
+import { AckedPublisher, ackedEvents, ackedKv } from "./jetstreamAcks.ts";
 import { followGatewayRecords, type GatewayRecords } from "./gatewayRecords.ts";
 import type { Logger } from "./logger.ts";
 import { Refusals } from "./bus.ts";
@@ -70,12 +70,14 @@ export async function startWorker(config: Config, nc: NatsConnection, log: Logge
   const workerLog = log.child({ worker: config.workerId });
   // one watch of the gateway records per worker, shared by every host that needs them
   const { records: gatewayRecords, stop: stopRecords } = await followGatewayRecords(stores.gateways, workerLog);
+  // the registry's writes are acknowledged on one subscription, not a request each
+  const acks = new AckedPublisher(nc);
   const registry = new Registry({
-    gateways: stores.gateways,
+    gateways: ackedKv(stores.gateways, stores.names.gateways, acks),
     catalog: stores.catalog,
     state: stores.state,
     subjects: s,
-    publish: (subject, event) => publishEvent(stores.js, subject, event),
+    publish: ackedEvents(acks),
     seal: (plain, gid) => box.seal(plain, gid),
     open: (sealed, gid) => box.open(sealed, gid),
     statusOf: (gid) => readGatewayStatus(nc, s, stores.state, gid),
@@ -93,7 +95,7 @@ export async function startWorker(config: Config, nc: NatsConnection, log: Logge
   countReconnects(nc, metrics);
 
   // first to start, last to stop: spans of everything stopping are still exported
-  const hosted: Hosted[] = [{ stop: () => tracing.shutdown() }, { stop: async () => stopRecords() }];
+  const hosted: Hosted[] = [{ stop: () => tracing.shutdown() }, { stop: async () => (stopRecords(), acks.stop()) }];
   // closed after every upstream session and poller stopped (bounded: a request an upstream never ends is cut)
   hosted.push({
     stop: async () => {
