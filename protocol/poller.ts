@@ -31,3 +31,4 @@ export type PollerStatusReply = z.infer<typeof PollerStatusReplySchema>;
 export const PollerStatusesRequestSchema = z.object({ gids: z.array(GatewayIdSchema).max(GATEWAY_LIST_MAX) }).strict();
 /** One worker's answer: the statuses of the asked gateways it polls. */
 export const PollerStatusesReplySchema = z.object({ worker: z.string(), statuses: z.record(GatewayIdSchema, GatewayStatusSchema) });
+export type PollerStatusesReply = z.infer<typeof PollerStatusesReplySchema>;
