@@ -16,9 +16,10 @@ import { connectChanged } from "../actors/registry.ts";
 import {
   GatewayListChangedEventSchema,
   GatewayRefreshRequestSchema,
+  type GatewayStatus,
   type GatewayRecord,
 } from "../protocol/gateway.ts";
-import { PollerRequestSchema, type PollStamp, type PollerStatusReply } from "../protocol/poller.ts";
+import { PollerRequestSchema, PollerStatusesRequestSchema, type PollStamp, type PollerStatusesReply, type PollerStatusReply } from "../protocol/poller.ts";
 import { KEYS } from "../protocol/subjects.ts";
 import { isNoResponders, request, serve } from "./bus.ts";
 import { followEvents } from "./events.ts";
@@ -302,6 +303,21 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
   for (const { record } of ctx.gatewayRecords.all()) if (record.enabled) gateways.set(record.id, record);
 
   ctx.admin.endpoint(s.admin.gateway("refresh"), refresh);
+  // a list's page of statuses: every worker answers for the pollers it runs (one request per worker, not one per gateway)
+  const statusesSub = serve(
+    nc,
+    s.poller.statuses,
+    (payload) => {
+      const { gids } = parseRequest(PollerStatusesRequestSchema, payload, "poller statuses request");
+      const statuses: Record<string, GatewayStatus> = {};
+      for (const gid of gids) {
+        const status = running.has(gid) ? pollers.status(gid) : undefined;
+        if (status) statuses[gid] = status;
+      }
+      return { worker: me, statuses } satisfies PollerStatusesReply;
+    },
+    guard,
+  );
   await ownership.reconcile();
 
   // a worker that lost its NATS connection for good stops polling: it can record nothing
@@ -319,6 +335,7 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
       stopped = true;
       slots.close();
       stopFollowing();
+      statusesSub.unsubscribe();
       await events.stop();
       for (const w of watches) w.stop();
       await ownership.stop();

@@ -16,7 +16,7 @@ import { probeConnector, readGatewayStatus } from "./pollerEffects.ts";
 import { startPollerHost } from "./pollerHost.ts";
 import { serveRegistry } from "./registryService.ts";
 import { SecretBox } from "./secretBox.ts";
-import { serveStatus } from "./statusService.ts";
+import { gatewayStatuses, serveStatus } from "./statusService.ts";
 import { startUpstreamHost, type UpstreamHost } from "./hosts/upstreamHost.ts";
 import { startEdge, type Edge } from "./edge/edgeServer.ts";
 import { createTracing, type Tracing } from "./tracing.ts";
@@ -81,6 +81,7 @@ export async function startWorker(config: Config, nc: NatsConnection, log: Logge
     seal: (plain, gid) => box.seal(plain, gid),
     open: (sealed, gid) => box.open(sealed, gid),
     statusOf: (gid) => readGatewayStatus(nc, s, stores.state, gid),
+    statusesOf: (gids) => gatewayStatuses({ nc, s, stores }, gids),
     records: async () => {
       await gatewayRecords.caughtUp();
       return [...gatewayRecords.all()];
