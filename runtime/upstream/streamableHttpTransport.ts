@@ -5,7 +5,7 @@
 // each incoming message belongs to (the POST whose response stream carried it), which is
 // how a server→client request finds its call without async context tracking.
 import type { Transport, TransportSendOptions } from "@modelcontextprotocol/sdk/shared/transport.js";
-import { isInitializedNotification, isJSONRPCRequest, JSONRPCMessageSchema, type JSONRPCMessage, type RequestId } from "@modelcontextprotocol/sdk/types.js";
+import { isInitializedNotification, JSONRPCMessageSchema, type JSONRPCMessage, type RequestId } from "@modelcontextprotocol/sdk/types.js";
 import type { Dispatcher } from "undici";
 import { bounded, eventMessage, exchange, header, jsonMessages, mediaType, sseReader, type BodySink, type HttpResponse, type InFlight } from "./jsonRpcPost.ts";
 
@@ -88,7 +88,8 @@ export class StreamableHttpTransport implements Transport {
 
   async send(message: JSONRPCMessage, _options?: TransportSendOptions): Promise<void> {
     try {
-      const isRequest = isJSONRPCRequest(message);
+      // built by our client or the SDK's: its fields say what it is
+      const isRequest = "method" in message && "id" in message;
       const scope = isRequest ? this.#o.scopeOf(message.id) : undefined;
       const headers = this.#headers(scope);
       headers["content-type"] = "application/json";
@@ -244,20 +245,29 @@ export class StreamableHttpTransport implements Transport {
     };
   }
 
-  /** Validates one incoming message and hands it on, saying which request's stream carried it. */
+  /**
+   * Validates one incoming message and hands it on, saying which request's stream carried it.
+   * The answer to that request is checked by its fields (what the schema checks of an answer), not
+   * parsed: the gateway relays it as it came, and the SDK parses the answers to its own requests.
+   */
   #deliver(raw: unknown, origin: RequestId | undefined): JSONRPCMessage | undefined {
-    const parsed = JSONRPCMessageSchema.safeParse(raw);
-    if (!parsed.success) {
-      this.onerror?.(parsed.error);
-      return undefined;
+    let m: JSONRPCMessage;
+    if (origin !== undefined && isAnswerTo(raw, origin)) m = raw;
+    else {
+      const parsed = JSONRPCMessageSchema.safeParse(raw);
+      if (!parsed.success) {
+        this.onerror?.(parsed.error);
+        return undefined;
+      }
+      m = parsed.data;
     }
     this.deliveringFor = origin;
     try {
-      this.onmessage?.(parsed.data);
+      this.onmessage?.(m);
     } finally {
       this.deliveringFor = undefined;
     }
-    return parsed.data;
+    return m;
   }
 
   /** Picks up a request's stream where it broke off (the upstream replays after `lastEventId`). */
@@ -303,3 +313,19 @@ export class StreamableHttpTransport implements Transport {
     );
   }
 }
+
+/**
+ * A well-formed JSON-RPC answer to `id` by the schema's rules (exactly `jsonrpc`, `id` and an object
+ * `result` whose `_meta`, if any, is an object, or `error` with an integer code and a string
+ * message); anything else goes to the schema.
+ */
+function isAnswerTo(raw: unknown, id: RequestId): raw is JSONRPCMessage {
+  if (typeof raw !== "object" || raw === null) return false;
+  const m = raw as { jsonrpc?: unknown; id?: unknown; result?: unknown; error?: { code?: unknown; message?: unknown } | null };
+  if (m.jsonrpc !== "2.0" || m.id !== id || Object.keys(m).length !== 3) return false;
+  if (m.result !== undefined) return isObject(m.result) && ((m.result as { _meta?: unknown })._meta === undefined || isObject((m.result as { _meta?: unknown })._meta));
+  const e = m.error;
+  return typeof e === "object" && e !== null && Number.isInteger(e.code) && typeof e.message === "string";
+}
+
+const isObject = (v: unknown) => typeof v === "object" && v !== null && !Array.isArray(v);
