@@ -38,21 +38,6 @@ export const CLIENT_INFO = { name: "mcpgw", version: "0.1.0" } as const;
  */
 const AGENT_CLOSE_GRACE_MS = 1_000;
 
-/**
- * One relayed request (a downstream call's, or the probe's), from when it goes out until it is
- * settled: by its answer, its caller's signal, its answer's bound, a lost stream, or the close.
- */
-type RelayedRequest = RequestScope & {
-  /** the caller's progress handler, called as each progress notice comes off the wire */
-  onprogress?: ((p: Progress) => void) | undefined;
-  /** the caller's tag for what the upstream sends about this request (`ServerRequestContext.related`) */
-  related?: unknown;
-  /** its answer, as the upstream sent it */
-  answer(m: JSONRPCResultResponse | JSONRPCErrorResponse): void;
-  /** the connection closed under it */
-  closed(err: Error): void;
-};
-
 export type CallOutcome = { result: Record<string, unknown> } | { rpcError: JsonRpcError };
 
 /** An answer that grew past the connection's `maxAnswerBytes`: the request was ended where it was. */
@@ -74,6 +59,75 @@ export class UpstreamRequestError extends Error {
   ) {
     super(cause instanceof Error ? cause.message : String(cause), { cause });
     this.name = "UpstreamRequestError";
+  }
+}
+
+/** What a relayed request needs of its connection. */
+type RelayingConnection = {
+  awaiting: Map<RequestId, RelayedRequest>;
+  /** tells the upstream, as the SDK does, of a request its client no longer waits for */
+  cancelled(id: string, reason: unknown): void;
+};
+
+/**
+ * One relayed request (a downstream call's, or the probe's), from when it goes out until it is
+ * settled: by its answer, its caller's signal, its answer's bound, a lost stream, or the close.
+ * A class rather than closures: one is made per call.
+ */
+class RelayedRequest implements RequestScope {
+  #settled = false;
+  constructor(
+    readonly id: string,
+    readonly conn: RelayingConnection,
+    readonly headers: Record<string, string>,
+    readonly trace: Record<string, string> | undefined,
+    /** its HTTP request and response stream end with the caller's signal */
+    readonly signal: AbortSignal,
+    readonly maxBytes: number | undefined,
+    /** the caller's progress handler, called as each progress notice comes off the wire */
+    readonly onprogress: ((p: Progress) => void) | undefined,
+    /** the caller's tag for what the upstream sends about this request (`ServerRequestContext.related`) */
+    readonly related: unknown,
+    readonly resolve: (outcome: CallOutcome) => void,
+    readonly reject: (err: unknown) => void,
+  ) {
+    signal.addEventListener("abort", this, { once: true });
+    conn.awaiting.set(id, this);
+  }
+
+  /** true the first time only: the request leaves the table, its caller's signal is let go */
+  #settle(): boolean {
+    if (this.#settled) return false;
+    this.#settled = true;
+    this.conn.awaiting.delete(this.id);
+    this.signal.removeEventListener("abort", this);
+    return true;
+  }
+
+  /** its answer, as the upstream sent it */
+  answer(m: JSONRPCResultResponse | JSONRPCErrorResponse): void {
+    if (!this.#settle()) return;
+    if (!("error" in m)) return this.resolve({ result: m.result });
+    const { code, message, data } = m.error;
+    this.resolve({ rpcError: data === undefined ? { code, message } : { code, message, data } });
+  }
+
+  /** the caller's signal aborted (the listener object: no closure per call) */
+  handleEvent(): void {
+    if (!this.#settle()) return;
+    this.conn.cancelled(this.id, this.signal.reason);
+    this.reject(this.signal.reason);
+  }
+
+  cut(bytesRead: number): void {
+    if (!this.#settle()) return;
+    this.conn.cancelled(this.id, "answer too large");
+    this.reject(new AnswerTooLargeError(bytesRead, this.maxBytes!));
+  }
+
+  /** its stream was lost, it could not be sent, or the connection closed under it */
+  lost(err: unknown): void {
+    if (this.#settle()) this.reject(new UpstreamRequestError(true, err));
   }
 }
 
@@ -381,66 +435,32 @@ export async function connectUpstream(opts: ConnectOptions): Promise<UpstreamCon
   const sdkOnClose = transport.onclose;
   transport.onclose = () => {
     const closed = new McpError(ErrorCode.ConnectionClosed, "Connection closed");
-    for (const call of [...awaiting.values()]) call.closed(closed);
+    for (const call of [...awaiting.values()]) call.lost(closed);
     sdkOnClose?.();
   };
   /** relayed requests' ids: strings, so they never meet the SDK's numbers (its own requests) */
   let relayed = 0;
+  const relaying: RelayingConnection = {
+    awaiting,
+    cancelled: (id, reason) =>
+      void transport
+        .send({ jsonrpc: "2.0", method: "notifications/cancelled", params: { requestId: id, reason: String(reason) } })
+        .catch((err: unknown) => opts.onError(new Error(`Failed to send cancellation: ${String(err)}`))),
+  };
 
   return {
     client,
     request(req, { headers, trace, signal, onprogress, related }) {
       if (signal.aborted) return Promise.reject(signal.reason);
       const id = `mcpgw-${++relayed}`;
+      const passed = passthroughHeaders(record.passthroughHeaders, headers);
+      latestHeaders = passed;
+      // the SDK puts a progress token on a request only for a handler: so does this, its own id
+      const params = onprogress ? { ...req.params, _meta: { ...(req.params?._meta as object | undefined), progressToken: id } } : req.params;
       return new Promise<CallOutcome>((resolve, reject) => {
-        let settled = false;
-        /** true the first time only: the request leaves the table, its caller's signal is let go */
-        const settle = () => {
-          if (settled) return false;
-          settled = true;
-          awaiting.delete(id);
-          signal.removeEventListener("abort", onAbort);
-          return true;
-        };
-        // the upstream is told, as the SDK tells it, of a request its client no longer waits for
-        const cancelled = (reason: unknown) =>
-          void transport
-            .send({ jsonrpc: "2.0", method: "notifications/cancelled", params: { requestId: id, reason: String(reason) } })
-            .catch((err: unknown) => opts.onError(new Error(`Failed to send cancellation: ${String(err)}`)));
-        const onAbort = () => {
-          if (!settle()) return;
-          cancelled(signal.reason);
-          reject(signal.reason);
-        };
-        const call: RelayedRequest = {
-          headers: passthroughHeaders(record.passthroughHeaders, headers),
-          trace,
-          // its HTTP request and response stream end with the caller's signal
-          signal,
-          maxBytes: opts.maxAnswerBytes,
-          onprogress,
-          related,
-          answer: (m) => {
-            if (!settle()) return;
-            if (!("error" in m)) return resolve({ result: m.result });
-            const { code, message, data } = m.error;
-            resolve({ rpcError: data === undefined ? { code, message } : { code, message, data } });
-          },
-          cut: (bytes) => {
-            if (!settle()) return;
-            cancelled("answer too large");
-            reject(new AnswerTooLargeError(bytes, opts.maxAnswerBytes!));
-          },
-          lost: (err) => settle() && reject(new UpstreamRequestError(true, err)),
-          closed: (err) => settle() && reject(new UpstreamRequestError(true, err)),
-        };
-        signal.addEventListener("abort", onAbort, { once: true });
-        awaiting.set(id, call);
-        latestHeaders = call.headers;
-        // the SDK puts a progress token on a request only for a handler: so does this, its own id
-        const params = onprogress ? { ...req.params, _meta: { ...(req.params?._meta as object | undefined), progressToken: id } } : req.params;
+        const call = new RelayedRequest(id, relaying, passed, trace, signal, opts.maxAnswerBytes, onprogress, related, resolve, reject);
         // not sent (HTTP error status, refused connection, closed pipe): the connection failed
-        transport.send({ jsonrpc: "2.0", id, method: req.method, ...(params ? { params } : {}) }).catch((err: unknown) => settle() && reject(new UpstreamRequestError(true, err)));
+        transport.send({ jsonrpc: "2.0", id, method: req.method, ...(params ? { params } : {}) }).catch(call.lost.bind(call));
       });
     },
     async close() {
