@@ -51,6 +51,59 @@ export class StreamableHttpError extends Error {
   }
 }
 
+type SinkHost = {
+  deliver(raw: unknown, origin: RequestId): JSONRPCMessage | undefined;
+  closed(): boolean;
+  onerror(err: Error): void;
+};
+
+/**
+ * A JSON response to a request: read whole (counted against its scope's bound: past it, the
+ * request is ended where it is), then its messages delivered; it must carry the request's answer.
+ * A class rather than closures: one is made per call.
+ */
+class JsonResponseSink implements BodySink {
+  readonly #chunks: Buffer[] = [];
+  #bytes = 0;
+
+  constructor(
+    readonly host: SinkHost,
+    readonly origin: RequestId,
+    readonly scope: RequestScope | undefined,
+  ) {}
+
+  onData(chunk: Buffer): void {
+    this.#bytes += chunk.length;
+    const limit = this.scope?.maxBytes;
+    if (limit !== undefined && this.#bytes > limit) {
+      this.scope!.cut?.(this.#bytes);
+      throw new Error(`answer over ${limit} bytes`);
+    }
+    this.#chunks.push(chunk);
+  }
+
+  onEnd(): void {
+    let messages: unknown[];
+    try {
+      messages = jsonMessages(this.#chunks);
+    } catch (err) {
+      this.host.onerror(err as Error);
+      return this.onError(err as Error);
+    }
+    let answered = false;
+    for (const raw of messages) {
+      const m = this.host.deliver(raw, this.origin);
+      if (m && "id" in m && m.id === this.origin && !("method" in m)) answered = true;
+    }
+    if (!answered) this.onError(new Error("the upstream's response carried no answer"));
+  }
+
+  /** its stream was lost (unless this end aborted it) */
+  onError(err: Error): void {
+    if (!this.host.closed() && !this.scope?.signal?.aborted) this.scope?.lost?.(err);
+  }
+}
+
 /** the SDK's reconnection schedule for the standalone stream */
 const RECONNECT = { initialMs: 1_000, maxMs: 30_000, factor: 1.5, maxRetries: 2 };
 
@@ -177,31 +230,15 @@ export class StreamableHttpTransport implements Transport {
   }
 
   #jsonSink(origin: RequestId, scope: RequestScope | undefined): BodySink {
-    const chunks: Buffer[] = [];
-    const read = this.#counted(scope, (c) => chunks.push(c));
-    const lost = (err: Error) => {
-      if (!this.#closed && !scope?.signal?.aborted) scope?.lost?.(err);
-    };
-    return {
-      onData: read,
-      onEnd: () => {
-        let messages: unknown[];
-        try {
-          messages = jsonMessages(chunks);
-        } catch (err) {
-          this.onerror?.(err as Error);
-          return lost(err as Error);
-        }
-        let answered = false;
-        for (const raw of messages) {
-          const m = this.#deliver(raw, origin);
-          if (m && "id" in m && m.id === origin && !("method" in m)) answered = true;
-        }
-        if (!answered) lost(new Error("the upstream's response carried no answer"));
-      },
-      onError: lost,
-    };
+    return new JsonResponseSink(this.#sinkHost, origin, scope);
   }
+
+  /** what a response's sink needs of this transport: one for the transport, not one per response */
+  readonly #sinkHost: SinkHost = {
+    deliver: (raw, origin) => this.#deliver(raw, origin),
+    closed: () => this.#closed,
+    onerror: (err) => this.onerror?.(err),
+  };
 
   /**
    * An SSE response stream. `origin`: the request it answers (undefined: the standalone stream).
