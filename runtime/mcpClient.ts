@@ -11,16 +11,15 @@ import type { FetchLike, Transport } from "@modelcontextprotocol/sdk/shared/tran
 import type { JsonSchemaValidator, jsonSchemaValidator } from "@modelcontextprotocol/sdk/validation/types.js";
 import {
   ErrorCode,
-  isJSONRPCErrorResponse,
-  isJSONRPCNotification,
-  isJSONRPCRequest,
-  isJSONRPCResultResponse,
   McpError,
-  ResultSchema,
   type ClientCapabilities,
+  type JSONRPCErrorResponse,
+  type JSONRPCMessage,
+  type JSONRPCResultResponse,
   type ServerCapabilities,
   type Notification,
   type Request,
+  type RequestId,
 } from "@modelcontextprotocol/sdk/types.js";
 import { Agent, fetch as undiciFetch, Response as UndiciResponse, type Dispatcher } from "undici";
 import { StreamableHttpTransport, type RequestScope } from "./upstream/streamableHttpTransport.ts";
@@ -38,29 +37,6 @@ export const CLIENT_INFO = { name: "mcpgw", version: "0.1.0" } as const;
  * client's own close has already ended every request; past this the sockets are destroyed.
  */
 const AGENT_CLOSE_GRACE_MS = 1_000;
-
-/**
- * Past any call's own timeout: the caller's signal times each request, so the SDK's timer
- * never fires (the largest delay a Node timer takes; a larger one would fire at once).
- */
-const SDK_TIMEOUT_OFF_MS = 2 ** 31 - 1;
-
-/** One downstream call's upstream request, as the connection's transport sees it go out and come back. */
-type CallScope = RequestScope & {
-  /** aborts its HTTP request and response stream, and the SDK's request with it */
-  abort: AbortController;
-  /** the JSON-RPC id the SDK gave it on the wire */
-  wireId?: string | number;
-  /** the error response the upstream sent for it, exactly as it came */
-  wireError?: JsonRpcError;
-  /** the transport could not send it (HTTP error status, refused connection, closed pipe), or lost its answer's stream */
-  sendFailed?: boolean;
-  cutAt?: number;
-  /** the caller's progress handler, called as each progress notice comes off the wire */
-  onprogress?: ((p: Progress) => void) | undefined;
-  /** the caller's tag for what the upstream sends about this request (`ServerRequestContext.related`) */
-  related?: unknown;
-};
 
 export type CallOutcome = { result: Record<string, unknown> } | { rpcError: JsonRpcError };
 
@@ -83,6 +59,75 @@ export class UpstreamRequestError extends Error {
   ) {
     super(cause instanceof Error ? cause.message : String(cause), { cause });
     this.name = "UpstreamRequestError";
+  }
+}
+
+/** What a relayed request needs of its connection. */
+type RelayingConnection = {
+  awaiting: Map<RequestId, RelayedRequest>;
+  /** tells the upstream, as the SDK does, of a request its client no longer waits for */
+  cancelled(id: string, reason: unknown): void;
+};
+
+/**
+ * One relayed request (a downstream call's, or the probe's), from when it goes out until it is
+ * settled: by its answer, its caller's signal, its answer's bound, a lost stream, or the close.
+ * A class rather than closures: one is made per call.
+ */
+class RelayedRequest implements RequestScope {
+  #settled = false;
+  constructor(
+    readonly id: string,
+    readonly conn: RelayingConnection,
+    readonly headers: Record<string, string>,
+    readonly trace: Record<string, string> | undefined,
+    /** its HTTP request and response stream end with the caller's signal */
+    readonly signal: AbortSignal,
+    readonly maxBytes: number | undefined,
+    /** the caller's progress handler, called as each progress notice comes off the wire */
+    readonly onprogress: ((p: Progress) => void) | undefined,
+    /** the caller's tag for what the upstream sends about this request (`ServerRequestContext.related`) */
+    readonly related: unknown,
+    readonly resolve: (outcome: CallOutcome) => void,
+    readonly reject: (err: unknown) => void,
+  ) {
+    signal.addEventListener("abort", this, { once: true });
+    conn.awaiting.set(id, this);
+  }
+
+  /** true the first time only: the request leaves the table, its caller's signal is let go */
+  #settle(): boolean {
+    if (this.#settled) return false;
+    this.#settled = true;
+    this.conn.awaiting.delete(this.id);
+    this.signal.removeEventListener("abort", this);
+    return true;
+  }
+
+  /** its answer, as the upstream sent it */
+  answer(m: JSONRPCResultResponse | JSONRPCErrorResponse): void {
+    if (!this.#settle()) return;
+    if (!("error" in m)) return this.resolve({ result: m.result });
+    const { code, message, data } = m.error;
+    this.resolve({ rpcError: data === undefined ? { code, message } : { code, message, data } });
+  }
+
+  /** the caller's signal aborted (the listener object: no closure per call) */
+  handleEvent(): void {
+    if (!this.#settle()) return;
+    this.conn.cancelled(this.id, this.signal.reason);
+    this.reject(this.signal.reason);
+  }
+
+  cut(bytesRead: number): void {
+    if (!this.#settle()) return;
+    this.conn.cancelled(this.id, "answer too large");
+    this.reject(new AnswerTooLargeError(bytesRead, this.maxBytes!));
+  }
+
+  /** its stream was lost, it could not be sent, or the connection closed under it */
+  lost(err: unknown): void {
+    if (this.#settle()) this.reject(new UpstreamRequestError(true, err));
   }
 }
 
@@ -238,10 +283,8 @@ export async function connectUpstream(opts: ConnectOptions): Promise<UpstreamCon
   let latestHeaders: Record<string, string> | null = null;
   const fallbackHeaders = () =>
     latestHeaders ?? passthroughHeaders(record.passthroughHeaders, typeof opts.initialHeaders === "function" ? opts.initialHeaders() : opts.initialHeaders);
-  /** each call's request by its JSON-RPC id, from when it goes out until its answer is in */
-  const awaiting = new Map<string | number, CallScope>();
-  /** the call whose request the SDK is about to send (it sends synchronously within `client.request`) */
-  let sending: CallScope | null = null;
+  /** each relayed request by its JSON-RPC id, from when it goes out until it is settled */
+  const awaiting = new Map<RequestId, RelayedRequest>();
   /** over streamable HTTP: the transport says which request's stream carried each message */
   let streamable: StreamableHttpTransport | null = null;
 
@@ -309,58 +352,25 @@ export async function connectUpstream(opts: ConnectOptions): Promise<UpstreamCon
     };
   }
 
-  // The SDK turns an upstream's error response into the same McpError as its own failures
-  // (ConnectionClosed -32000, RequestTimeout -32001), so the wire says which it was: each
-  // call's request is seen going out (its id) and its error response coming back. The SDK
-  // keeps a handler set before connect and calls it before its own.
-  //
-  // Notifications are taken here too, in wire order: the SDK hands them to handlers a
-  // microtask later, after it has already settled a response read in the same chunk, so a
-  // progress notice just before a result would reach nobody.
+  // Notifications and server requests are taken here, in wire order: the SDK keeps a handler set
+  // before connect and calls it before its own, and it hands notifications to handlers a
+  // microtask later, after it has already settled a response read in the same chunk. Every
+  // message has been checked by the transport (the SDK's schemas, or our transport's field check
+  // of an answer), so its fields tell its kind.
   /** the call a server→client request relates to, by the request's id, until its handler runs */
   const relatedOf = new Map<string | number, unknown>();
   const oneStream = record.transport !== "streamable-http";
   transport.onmessage = (m) => {
-    if (isJSONRPCNotification(m)) {
+    if (!("method" in m)) return;
+    if (!("id" in m)) {
       if (m.method === "notifications/cancelled") return;
-      const token = m.params?.progressToken;
-      const call = m.method === "notifications/progress" && (typeof token === "number" || typeof token === "string") ? awaiting.get(token) : undefined;
-      if (call?.onprogress) {
-        const { progressToken: _sdkToken, _meta: _m, ...progress } = m.params as Record<string, unknown>;
-        return call.onprogress(progress as Progress);
-      }
       return opts.onNotification({ method: m.method, ...(m.params ? { params: m.params } : {}) } as Notification);
     }
-    if (isJSONRPCRequest(m)) {
-      // over streamable HTTP the response stream it came on names its call; stdio and SSE carry
-      // everything on one stream, so only a lone call tells (the SDK answers ping itself)
-      if (!opts.onRequest || m.method === "ping") return;
-      const origin = streamable ? streamable.deliveringFor : oneStream && awaiting.size === 1 ? [...awaiting.keys()][0] : undefined;
-      relatedOf.set(m.id, origin === undefined ? undefined : awaiting.get(origin)?.related);
-      return;
-    }
-    if (!isJSONRPCResultResponse(m) && !isJSONRPCErrorResponse(m)) return;
-    const call = m.id === undefined ? undefined : awaiting.get(m.id);
-    if (!call) return;
-    awaiting.delete(m.id!);
-    if (isJSONRPCErrorResponse(m)) {
-      const { code, message, data } = m.error;
-      call.wireError = data === undefined ? { code, message } : { code, message, data };
-    }
-  };
-  const send = transport.send.bind(transport);
-  transport.send = (m, sendOpts) => {
-    const call = sending;
-    if (call && isJSONRPCRequest(m)) {
-      sending = null;
-      call.wireId = m.id;
-      awaiting.set(m.id, call);
-      return send(m, sendOpts).catch((err: unknown) => {
-        call.sendFailed = true;
-        throw err;
-      });
-    }
-    return send(m, sendOpts);
+    // over streamable HTTP the response stream it came on names its call; stdio and SSE carry
+    // everything on one stream, so only a lone call tells (the SDK answers ping itself)
+    if (!opts.onRequest || m.method === "ping") return;
+    const origin = streamable ? streamable.deliveringFor : oneStream && awaiting.size === 1 ? [...awaiting.keys()][0] : undefined;
+    relatedOf.set(m.id, origin === undefined ? undefined : awaiting.get(origin)?.related);
   };
 
   const onRequest = opts.onRequest;
@@ -404,51 +414,54 @@ export async function connectUpstream(opts: ConnectOptions): Promise<UpstreamCon
     throw err;
   }
 
+  // From here on, a relayed request's answer and progress end at its caller: the SDK never sent
+  // those requests and never sees what belongs to them (it would parse each answer against a schema).
+  const toSdk = transport.onmessage!;
+  transport.onmessage = (m: JSONRPCMessage, extra) => {
+    if (!("method" in m)) {
+      const call = m.id === undefined ? undefined : awaiting.get(m.id);
+      if (call) return call.answer(m as JSONRPCResultResponse | JSONRPCErrorResponse);
+    } else if (m.method === "notifications/progress" && !("id" in m)) {
+      const token = m.params?.progressToken;
+      const call = typeof token === "string" ? awaiting.get(token) : undefined;
+      if (call?.onprogress) {
+        const { progressToken: _ours, _meta: _m, ...progress } = m.params as Record<string, unknown>;
+        return call.onprogress(progress as Progress);
+      }
+    }
+    toSdk(m, extra);
+  };
+  // the SDK fails its own requests when the transport closes; the relayed ones fail here
+  const sdkOnClose = transport.onclose;
+  transport.onclose = () => {
+    const closed = new McpError(ErrorCode.ConnectionClosed, "Connection closed");
+    for (const call of [...awaiting.values()]) call.lost(closed);
+    sdkOnClose?.();
+  };
+  /** relayed requests' ids: strings, so they never meet the SDK's numbers (its own requests) */
+  let relayed = 0;
+  const relaying: RelayingConnection = {
+    awaiting,
+    cancelled: (id, reason) =>
+      void transport
+        .send({ jsonrpc: "2.0", method: "notifications/cancelled", params: { requestId: id, reason: String(reason) } })
+        .catch((err: unknown) => opts.onError(new Error(`Failed to send cancellation: ${String(err)}`))),
+  };
+
   return {
     client,
-    async request(req, { headers, trace, signal: callerSignal, onprogress, related }) {
-      callerSignal.throwIfAborted();
-      const abort = new AbortController();
-      const call: CallScope = {
-        headers: passthroughHeaders(record.passthroughHeaders, headers),
-        trace,
-        abort,
-        signal: abort.signal,
-        maxBytes: opts.maxAnswerBytes,
-        cut: (bytes) => {
-          call.cutAt = bytes;
-          abort.abort("answer too large");
-        },
-        lost: (err) => {
-          call.sendFailed = true;
-          abort.abort(err);
-        },
-        onprogress,
-        related,
-      };
-      const onCallerAbort = () => abort.abort(callerSignal.reason);
-      callerSignal.addEventListener("abort", onCallerAbort, { once: true });
-      latestHeaders = call.headers;
-      try {
-        sending = call;
-        // the SDK puts a progress token on the request only for a handler; progress itself is taken off the wire above
-        const pending = client.request(req as never, ResultSchema, { signal: abort.signal, timeout: SDK_TIMEOUT_OFF_MS, onprogress: onprogress && (() => {}) });
-        sending = null;
-        return { result: await pending };
-      } catch (err) {
-        if (callerSignal.aborted) throw err;
-        if (call.cutAt !== undefined) throw new AnswerTooLargeError(call.cutAt, opts.maxAnswerBytes!);
-        if (call.wireError) return { rpcError: call.wireError };
-        // not sent, or the transport closed under it (the SDK's own ConnectionClosed: the upstream's is on the wire)
-        const transportFailed = call.sendFailed === true || client.transport === undefined || (err instanceof McpError && err.code === ErrorCode.ConnectionClosed);
-        // a lost response stream aborted the request: its reason says more than the SDK's wrap of it
-        const why = abort.signal.aborted && abort.signal.reason instanceof Error ? abort.signal.reason : err;
-        throw new UpstreamRequestError(transportFailed, why);
-      } finally {
-        sending = null;
-        callerSignal.removeEventListener("abort", onCallerAbort);
-        if (call.wireId !== undefined) awaiting.delete(call.wireId);
-      }
+    request(req, { headers, trace, signal, onprogress, related }) {
+      if (signal.aborted) return Promise.reject(signal.reason);
+      const id = `mcpgw-${++relayed}`;
+      const passed = passthroughHeaders(record.passthroughHeaders, headers);
+      latestHeaders = passed;
+      // the SDK puts a progress token on a request only for a handler: so does this, its own id
+      const params = onprogress ? { ...req.params, _meta: { ...(req.params?._meta as object | undefined), progressToken: id } } : req.params;
+      return new Promise<CallOutcome>((resolve, reject) => {
+        const call = new RelayedRequest(id, relaying, passed, trace, signal, opts.maxAnswerBytes, onprogress, related, resolve, reject);
+        // not sent (HTTP error status, refused connection, closed pipe): the connection failed
+        transport.send({ jsonrpc: "2.0", id, method: req.method, ...(params ? { params } : {}) }).catch(call.lost.bind(call));
+      });
     },
     async close() {
       closing = true;
@@ -474,7 +487,7 @@ export async function connectUpstream(opts: ConnectOptions): Promise<UpstreamCon
 function legacySseFetch(
   agent: Dispatcher,
   headers: Record<string, string>,
-  awaiting: Map<string | number, CallScope>,
+  awaiting: Map<RequestId, RequestScope>,
   fallbackHeaders: () => Record<string, string>,
 ): FetchLike {
   return (input, init) => {

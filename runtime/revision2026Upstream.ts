@@ -18,6 +18,7 @@ import {
   isStatelessVersion,
   META,
   NAME_BEARING_METHODS,
+  RESULT_TYPE,
   REVISION_ERROR,
   STATELESS_PROTOCOL_VERSIONS,
   UnsupportedVersionDataSchema,
@@ -208,9 +209,11 @@ export async function connectStatelessUpstream(opts: StatelessConnectOptions): P
         for (let round = 1; ; round++) {
           const answer = await post(req.method, params, version, call);
           if (answer.kind === "error") return { rpcError: answer.error };
-          const asked = InputRequiredResultSchema.safeParse(answer.result);
           const onRequest = opts.onRequest;
-          if (!asked.success || !onRequest) return { result: answer.result };
+          // a complete result (nearly every one) is relayed as it came, not parsed
+          if (answer.result.resultType !== RESULT_TYPE.inputRequired || !onRequest) return { result: answer.result };
+          const asked = InputRequiredResultSchema.safeParse(answer.result);
+          if (!asked.success) return { result: answer.result };
           if (round > MAX_INPUT_ROUNDS) throw new UpstreamRequestError(false, new Error(`the upstream asked for input more than ${MAX_INPUT_ROUNDS} times in one ${req.method}`));
           // the revision's server requests, asked the client as a session's are; answered in the repeated request
           let responses: Record<string, Record<string, unknown>>;

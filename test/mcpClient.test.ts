@@ -2,6 +2,8 @@
 // what a shared keep-alive agent keeps apart, what each call carries, when a session opens
 // its standalone stream, and how an answer that grows too large or breaks off ends.
 import assert from "node:assert/strict";
+import { createServer } from "node:http";
+import type { AddressInfo } from "node:net";
 import { after, before, describe, it } from "node:test";
 import { DEFAULT_OUTBOUND_POLICY } from "../actors/outboundPolicy.ts";
 import type { GatewayRecord } from "../protocol/gateway.ts";
@@ -179,5 +181,62 @@ describe("answers that grow too large or break off", () => {
       (err: unknown) => err instanceof UpstreamRequestError && err.transport,
     );
     await conn.close();
+  });
+});
+
+describe("relayed requests", () => {
+  // an upstream whose tools/call answers are whatever the test says, and which records the ids it saw
+  const ANSWERS: Record<string, unknown> = {
+    // fields no schema of the SDK knows, a _meta of a vendor: relayed as they came
+    odd: { content: [{ type: "text", text: "odd" }], structuredContent: { n: [1, "two", null] }, vendorField: { deep: { deeper: true } }, _meta: { "vendor.example/x": 1 } },
+    // not a result: no schema accepts it
+    notAResult: "just a string",
+  };
+  const ids: unknown[] = [];
+  const server = createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on("data", (c: Buffer) => chunks.push(c)).on("end", () => {
+      if (req.method !== "POST") return void res.writeHead(405).end();
+      const m = JSON.parse(Buffer.concat(chunks).toString("utf8")) as { id?: string | number; method: string; params?: { name?: string } };
+      if (m.id === undefined) return void res.writeHead(202).end();
+      ids.push(m.id);
+      const answer = (body: unknown) => void res.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify({ jsonrpc: "2.0", id: m.id, ...body as object }));
+      if (m.method === "initialize") return answer({ result: { protocolVersion: "2025-06-18", capabilities: { tools: {} }, serverInfo: { name: "odd", version: "1" } } });
+      if (m.method === "tools/list") return answer({ result: { tools: [] } });
+      if (m.method === "tools/call" && m.params?.name === "hang") return; // answered never
+      answer({ result: ANSWERS[m.params?.name ?? ""] });
+    });
+  });
+  before(() => new Promise<void>((r) => server.listen(0, "127.0.0.1", r)));
+  after(() => server.close());
+  const url = () => `http://127.0.0.1:${(server.address() as AddressInfo).port}/mcp`;
+
+  it("an answer reaches the caller as the upstream sent it, under an id that is not one of the SDK's; the SDK's own requests go on", async () => {
+    const conn = await connect(url());
+    ids.length = 0;
+    const outcome = await conn.request({ method: "tools/call", params: { name: "odd" } }, { headers: {}, signal: never() });
+    assert.deepEqual(outcome, { result: ANSWERS.odd });
+    // the SDK's own request after it: its ids and ours never meet
+    assert.deepEqual((await conn.client.listTools()).tools, []);
+    assert.equal(typeof ids[0], "string");
+    assert.equal(typeof ids[1], "number");
+    await conn.close();
+  });
+
+  it("an answer that is not a result fails its call as a transport error at once", async () => {
+    const conn = await connect(url());
+    await assert.rejects(
+      conn.request({ method: "tools/call", params: { name: "notAResult" } }, { headers: {}, signal: never() }),
+      (err: unknown) => err instanceof UpstreamRequestError && err.transport,
+    );
+    await conn.close();
+  });
+
+  it("a request in flight when the connection closes fails as a transport error", async () => {
+    const conn = await connect(url());
+    const pending = conn.request({ method: "tools/call", params: { name: "hang" } }, { headers: {}, signal: never() });
+    await until("the call reached the upstream", () => ids.length > 0 && typeof ids.at(-1) === "string");
+    conn.forceClose();
+    await assert.rejects(pending, (err: unknown) => err instanceof UpstreamRequestError && err.transport);
   });
 });

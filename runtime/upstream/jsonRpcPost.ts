@@ -68,98 +68,131 @@ export const mediaType = (value: string | undefined) => value?.split(";")[0]!.tr
  */
 export function exchange(req: ExchangeRequest, handler: ExchangeHandler, hops = 0): Promise<HttpResponse & { error?: string }> {
   return new Promise((resolve, reject) => {
-    const { signal, track } = req;
-    if (signal?.aborted) return reject(signal.reason);
-    let controller: Dispatcher.DispatchController | null = null;
-    let abortedWith: Error | null = null;
-    let res: HttpResponse | null = null;
-    let sink: BodySink | undefined;
-    let errorText: Buffer[] | null = null;
-    let errorBytes = 0;
-    let redirect: URL | null = null;
-    let settled = false;
-    const settle = (err: Error | null, value?: HttpResponse & { error?: string }) => {
-      if (settled) return;
-      settled = true;
-      if (err) reject(err);
-      else resolve(value!);
-    };
-    /** the exchange is over: no more bytes, no more aborts */
-    const over = (err: Error | null) => {
-      clearTimeout(timer);
-      track?.delete(entry);
-      signal?.removeEventListener("abort", onAbort);
-      if (err) sink?.onError(err);
-      settle(err);
-    };
-    const entry: InFlight = {
-      abort: (reason) => {
-        if (abortedWith) return;
-        abortedWith = reason;
-        if (controller) controller.abort(reason);
-        else over(reason);
-      },
-    };
-    const onAbort = () => entry.abort(signal!.reason instanceof Error ? signal!.reason : new Error(String(signal!.reason)));
-    signal?.addEventListener("abort", onAbort, { once: true });
-    const timer = req.deadlineMs === undefined ? undefined : setTimeout(() => entry.abort(new DeadlineError(`no end within ${req.deadlineMs} ms`)), req.deadlineMs);
-    track?.add(entry);
+    if (req.signal?.aborted) return reject(req.signal.reason);
+    new Exchange(req, handler, hops, resolve, reject).start();
+  });
+}
+
+/**
+ * An exchange in flight: undici's dispatch handler, the caller's signal's listener, and what
+ * `track` holds to abort it. A class rather than closures: one is made per HTTP request.
+ */
+class Exchange implements InFlight, Dispatcher.DispatchHandler {
+  #controller: Dispatcher.DispatchController | null = null;
+  #abortedWith: Error | null = null;
+  #res: HttpResponse | null = null;
+  #sink: BodySink | undefined;
+  #errorText: Buffer[] | null = null;
+  #errorBytes = 0;
+  #redirect: URL | null = null;
+  #settled = false;
+  #timer: NodeJS.Timeout | undefined;
+
+  constructor(
+    readonly req: ExchangeRequest,
+    readonly handler: ExchangeHandler,
+    readonly hops: number,
+    readonly resolve: (r: HttpResponse & { error?: string }) => void,
+    readonly reject: (err: Error) => void,
+  ) {}
+
+  start(): void {
+    const { req } = this;
+    req.signal?.addEventListener("abort", this, { once: true });
+    if (req.deadlineMs !== undefined) this.#timer = setTimeout(() => this.abort(new DeadlineError(`no end within ${req.deadlineMs} ms`)), req.deadlineMs);
+    req.track?.add(this);
     req.dispatcher.dispatch(
       { origin: req.url.origin, path: req.url.pathname + req.url.search, method: req.method, headers: req.headers, body: req.body, ...(req.quiet ? { bodyTimeout: 0 } : {}) },
-      {
-        onRequestStart: (c) => {
-          controller = c;
-          if (abortedWith) c.abort(abortedWith);
-        },
-        onResponseStart: (_c, status, hdrs) => {
-          res = { status, headers: hdrs as HttpResponse["headers"] };
-          handler.onHeaders?.(res);
-          if (status >= 300 && status < 400) {
-            redirect = redirectTarget(res, req.method, req.url, hops);
-            if (redirect) return;
-          }
-          try {
-            sink = handler.body(res);
-          } catch (err) {
-            settle(err as Error);
-            return entry.abort(err as Error);
-          }
-          if (sink) settle(null, res);
-          else if (status < 200 || status >= 300) errorText = [];
-        },
-        onResponseData: (_c, chunk) => {
-          if (sink) {
-            try {
-              sink.onData(chunk);
-            } catch (err) {
-              entry.abort(err as Error);
-            }
-          } else if (errorText && errorBytes < ERROR_BODY_BYTES) {
-            errorText.push(chunk);
-            errorBytes += chunk.length;
-          }
-        },
-        onResponseEnd: () => {
-          const r = res!;
-          if (redirect) {
-            over(null);
-            exchange({ ...req, url: redirect }, handler, hops + 1).then(
-              (v) => settle(null, v),
-              (e: Error) => settle(e),
-            );
-            return;
-          }
-          if (errorText) {
-            const text = Buffer.concat(errorText).toString("utf8").slice(0, ERROR_BODY_BYTES);
-            settle(null, { ...r, error: unfollowed(r, req.url) ?? text });
-          } else settle(null, r);
-          sink?.onEnd();
-          over(null);
-        },
-        onResponseError: (_c, err) => over(abortedWith ?? err),
-      },
+      this,
     );
-  });
+  }
+
+  #settle(err: Error | null, value?: HttpResponse & { error?: string }): void {
+    if (this.#settled) return;
+    this.#settled = true;
+    if (err) this.reject(err);
+    else this.resolve(value!);
+  }
+
+  /** the exchange is over: no more bytes, no more aborts */
+  #over(err: Error | null): void {
+    clearTimeout(this.#timer);
+    this.req.track?.delete(this);
+    this.req.signal?.removeEventListener("abort", this);
+    if (err) this.#sink?.onError(err);
+    this.#settle(err);
+  }
+
+  abort(reason: Error): void {
+    if (this.#abortedWith) return;
+    this.#abortedWith = reason;
+    if (this.#controller) this.#controller.abort(reason);
+    else this.#over(reason);
+  }
+
+  /** the caller's signal aborted */
+  handleEvent(): void {
+    const reason: unknown = this.req.signal!.reason;
+    this.abort(reason instanceof Error ? reason : new Error(String(reason)));
+  }
+
+  onRequestStart(c: Dispatcher.DispatchController): void {
+    this.#controller = c;
+    if (this.#abortedWith) c.abort(this.#abortedWith);
+  }
+
+  onResponseStart(_c: Dispatcher.DispatchController, status: number, hdrs: Record<string, string | string[]>): void {
+    const res: HttpResponse = { status, headers: hdrs as HttpResponse["headers"] };
+    this.#res = res;
+    this.handler.onHeaders?.(res);
+    if (status >= 300 && status < 400) {
+      this.#redirect = redirectTarget(res, this.req.method, this.req.url, this.hops);
+      if (this.#redirect) return;
+    }
+    try {
+      this.#sink = this.handler.body(res);
+    } catch (err) {
+      this.#settle(err as Error);
+      return this.abort(err as Error);
+    }
+    if (this.#sink) this.#settle(null, res);
+    else if (status < 200 || status >= 300) this.#errorText = [];
+  }
+
+  onResponseData(_c: Dispatcher.DispatchController, chunk: Buffer): void {
+    if (this.#sink) {
+      try {
+        this.#sink.onData(chunk);
+      } catch (err) {
+        this.abort(err as Error);
+      }
+    } else if (this.#errorText && this.#errorBytes < ERROR_BODY_BYTES) {
+      this.#errorText.push(chunk);
+      this.#errorBytes += chunk.length;
+    }
+  }
+
+  onResponseEnd(): void {
+    const r = this.#res!;
+    if (this.#redirect) {
+      this.#over(null);
+      exchange({ ...this.req, url: this.#redirect }, this.handler, this.hops + 1).then(
+        (v) => this.#settle(null, v),
+        (e: Error) => this.#settle(e),
+      );
+      return;
+    }
+    if (this.#errorText) {
+      const text = Buffer.concat(this.#errorText).toString("utf8").slice(0, ERROR_BODY_BYTES);
+      this.#settle(null, { ...r, error: unfollowed(r, this.req.url) ?? text });
+    } else this.#settle(null, r);
+    this.#sink?.onEnd();
+    this.#over(null);
+  }
+
+  onResponseError(_c: Dispatcher.DispatchController, err: Error): void {
+    this.#over(this.#abortedWith ?? err);
+  }
 }
 
 /** A redirect the SDK's transport would follow: 307/308 (or any for GET), within the origin, at most 5 hops. */

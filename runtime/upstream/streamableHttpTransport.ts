@@ -5,7 +5,7 @@
 // each incoming message belongs to (the POST whose response stream carried it), which is
 // how a server→client request finds its call without async context tracking.
 import type { Transport, TransportSendOptions } from "@modelcontextprotocol/sdk/shared/transport.js";
-import { isInitializedNotification, isJSONRPCRequest, JSONRPCMessageSchema, type JSONRPCMessage, type RequestId } from "@modelcontextprotocol/sdk/types.js";
+import { isInitializedNotification, JSONRPCMessageSchema, type JSONRPCMessage, type RequestId } from "@modelcontextprotocol/sdk/types.js";
 import type { Dispatcher } from "undici";
 import { bounded, eventMessage, exchange, header, jsonMessages, mediaType, sseReader, type BodySink, type HttpResponse, type InFlight } from "./jsonRpcPost.ts";
 
@@ -51,6 +51,59 @@ export class StreamableHttpError extends Error {
   }
 }
 
+type SinkHost = {
+  deliver(raw: unknown, origin: RequestId): JSONRPCMessage | undefined;
+  closed(): boolean;
+  onerror(err: Error): void;
+};
+
+/**
+ * A JSON response to a request: read whole (counted against its scope's bound: past it, the
+ * request is ended where it is), then its messages delivered; it must carry the request's answer.
+ * A class rather than closures: one is made per call.
+ */
+class JsonResponseSink implements BodySink {
+  readonly #chunks: Buffer[] = [];
+  #bytes = 0;
+
+  constructor(
+    readonly host: SinkHost,
+    readonly origin: RequestId,
+    readonly scope: RequestScope | undefined,
+  ) {}
+
+  onData(chunk: Buffer): void {
+    this.#bytes += chunk.length;
+    const limit = this.scope?.maxBytes;
+    if (limit !== undefined && this.#bytes > limit) {
+      this.scope!.cut?.(this.#bytes);
+      throw new Error(`answer over ${limit} bytes`);
+    }
+    this.#chunks.push(chunk);
+  }
+
+  onEnd(): void {
+    let messages: unknown[];
+    try {
+      messages = jsonMessages(this.#chunks);
+    } catch (err) {
+      this.host.onerror(err as Error);
+      return this.onError(err as Error);
+    }
+    let answered = false;
+    for (const raw of messages) {
+      const m = this.host.deliver(raw, this.origin);
+      if (m && "id" in m && m.id === this.origin && !("method" in m)) answered = true;
+    }
+    if (!answered) this.onError(new Error("the upstream's response carried no answer"));
+  }
+
+  /** its stream was lost (unless this end aborted it) */
+  onError(err: Error): void {
+    if (!this.host.closed() && !this.scope?.signal?.aborted) this.scope?.lost?.(err);
+  }
+}
+
 /** the SDK's reconnection schedule for the standalone stream */
 const RECONNECT = { initialMs: 1_000, maxMs: 30_000, factor: 1.5, maxRetries: 2 };
 
@@ -88,7 +141,8 @@ export class StreamableHttpTransport implements Transport {
 
   async send(message: JSONRPCMessage, _options?: TransportSendOptions): Promise<void> {
     try {
-      const isRequest = isJSONRPCRequest(message);
+      // built by our client or the SDK's: its fields say what it is
+      const isRequest = "method" in message && "id" in message;
       const scope = isRequest ? this.#o.scopeOf(message.id) : undefined;
       const headers = this.#headers(scope);
       headers["content-type"] = "application/json";
@@ -176,31 +230,15 @@ export class StreamableHttpTransport implements Transport {
   }
 
   #jsonSink(origin: RequestId, scope: RequestScope | undefined): BodySink {
-    const chunks: Buffer[] = [];
-    const read = this.#counted(scope, (c) => chunks.push(c));
-    const lost = (err: Error) => {
-      if (!this.#closed && !scope?.signal?.aborted) scope?.lost?.(err);
-    };
-    return {
-      onData: read,
-      onEnd: () => {
-        let messages: unknown[];
-        try {
-          messages = jsonMessages(chunks);
-        } catch (err) {
-          this.onerror?.(err as Error);
-          return lost(err as Error);
-        }
-        let answered = false;
-        for (const raw of messages) {
-          const m = this.#deliver(raw, origin);
-          if (m && "id" in m && m.id === origin && !("method" in m)) answered = true;
-        }
-        if (!answered) lost(new Error("the upstream's response carried no answer"));
-      },
-      onError: lost,
-    };
+    return new JsonResponseSink(this.#sinkHost, origin, scope);
   }
+
+  /** what a response's sink needs of this transport: one for the transport, not one per response */
+  readonly #sinkHost: SinkHost = {
+    deliver: (raw, origin) => this.#deliver(raw, origin),
+    closed: () => this.#closed,
+    onerror: (err) => this.onerror?.(err),
+  };
 
   /**
    * An SSE response stream. `origin`: the request it answers (undefined: the standalone stream).
@@ -244,20 +282,29 @@ export class StreamableHttpTransport implements Transport {
     };
   }
 
-  /** Validates one incoming message and hands it on, saying which request's stream carried it. */
+  /**
+   * Validates one incoming message and hands it on, saying which request's stream carried it.
+   * The answer to that request is checked by its fields (what the schema checks of an answer), not
+   * parsed: the gateway relays it as it came, and the SDK parses the answers to its own requests.
+   */
   #deliver(raw: unknown, origin: RequestId | undefined): JSONRPCMessage | undefined {
-    const parsed = JSONRPCMessageSchema.safeParse(raw);
-    if (!parsed.success) {
-      this.onerror?.(parsed.error);
-      return undefined;
+    let m: JSONRPCMessage;
+    if (origin !== undefined && isAnswerTo(raw, origin)) m = raw;
+    else {
+      const parsed = JSONRPCMessageSchema.safeParse(raw);
+      if (!parsed.success) {
+        this.onerror?.(parsed.error);
+        return undefined;
+      }
+      m = parsed.data;
     }
     this.deliveringFor = origin;
     try {
-      this.onmessage?.(parsed.data);
+      this.onmessage?.(m);
     } finally {
       this.deliveringFor = undefined;
     }
-    return parsed.data;
+    return m;
   }
 
   /** Picks up a request's stream where it broke off (the upstream replays after `lastEventId`). */
@@ -303,3 +350,19 @@ export class StreamableHttpTransport implements Transport {
     );
   }
 }
+
+/**
+ * A well-formed JSON-RPC answer to `id` by the schema's rules (exactly `jsonrpc`, `id` and an object
+ * `result` whose `_meta`, if any, is an object, or `error` with an integer code and a string
+ * message); anything else goes to the schema.
+ */
+function isAnswerTo(raw: unknown, id: RequestId): raw is JSONRPCMessage {
+  if (typeof raw !== "object" || raw === null) return false;
+  const m = raw as { jsonrpc?: unknown; id?: unknown; result?: unknown; error?: { code?: unknown; message?: unknown } | null };
+  if (m.jsonrpc !== "2.0" || m.id !== id || Object.keys(m).length !== 3) return false;
+  if (m.result !== undefined) return isObject(m.result) && ((m.result as { _meta?: unknown })._meta === undefined || isObject((m.result as { _meta?: unknown })._meta));
+  const e = m.error;
+  return typeof e === "object" && e !== null && Number.isInteger(e.code) && typeof e.message === "string";
+}
+
+const isObject = (v: unknown) => typeof v === "object" && v !== null && !Array.isArray(v);
