@@ -132,7 +132,14 @@ export async function answerRequest<M extends RequestMsg>(
   } catch (err) {
     reply = errorReply(err, guard.log, msg.subject);
   }
-  msg.respond(encodeJson(reply));
+  try {
+    msg.respond(encodeJson(reply));
+  } catch (err) {
+    // a reply past the connection's max_payload: the caller hears why instead of waiting out its timeout
+    guard.log.warn({ err, subject: msg.subject }, "reply could not be sent");
+    reply = fail("too_large", "the reply is larger than NATS carries in one message");
+    msg.respond(encodeJson(reply));
+  }
   return reply;
 }
 
