@@ -387,8 +387,9 @@ export function createUpstreamActor(
 
   const done = new Promise<"closed" | "abandoned">((resolve) => {
     const end = () => {
+      // an upstream session opened for a claim this actor lost (or a close before its connect):
+      // its handshake ends (bounded by the connect's timeout), then a polite close ends it upstream too
       if (early) {
-        earlyAbort.abort();
         void early.then((o) => closeWithin(o.opened.conn, shutdownMs), () => {});
         early = undefined;
       }
