@@ -45,8 +45,6 @@ export type LocalUpstreams = {
   actor(sid: string, gid: string): LocalActor | undefined;
   /** hosts the actor here unless it lives elsewhere (the claim decides); null when this worker takes no spawns now */
   activate(sid: string, gid: string, spawn: Spawn, trace: TraceHeaders): Promise<{ worker: string; created: boolean }> | null;
-  /** an activation of (sid, gid) is under way here: a call joins it (`activate`) rather than reach the claiming actor over NATS */
-  activating(sid: string, gid: string): boolean;
   /**
    * A client session just created here that will almost surely call `gid`: its upstream session
    * is opened now (the same activation and claim), best effort; the session's record as created.

@@ -1,7 +1,8 @@
 // A new session's connect and first call (issue 11): on a gateway's own endpoint the upstream
 // session opens at the client's initialize, and the first call, even one that arrives while that
 // handshake is still under way, is served by it in process (one upstream session, nothing on the
-// bus); on the federated endpoint nothing opens before a call. The upstream handshake runs while
+// bus: an actor that holds its claim takes calls while it connects); on the federated endpoint
+// nothing opens before a call. The upstream handshake runs while
 // the claim is made: a claim held by a live actor elsewhere closes the connection opened for it,
 // unused. In-process workers on a real nats-server, the HTTP fixture upstream.
 import assert from "node:assert/strict";
@@ -125,7 +126,7 @@ describe("a new session's connect and first call", () => {
     await client.close();
   });
 
-  it("a first call that arrives while the handshake begun at initialize is under way joins it: one upstream session, in process", async () => {
+  it("a first call that arrives while the handshake begun at initialize is under way waits for it in process: one upstream session", async () => {
     gate.hold();
     const opened = fixture.gateway("gated").opened.length;
     const port = a.edge.port;
@@ -160,7 +161,7 @@ describe("a new session's connect and first call", () => {
     const body = await answer;
     assert.match(body, /"text":"1"/, body);
     await observer.flush();
-    assert.equal(calls.count() + spawns.count(), 0, "the call waited for the activation in process, not at the claiming actor's address");
+    assert.equal(calls.count() + spawns.count(), 0, "the call waited for the handshake in process");
     assert.equal(actorOf(a, sid, gatedGid)?.useCount, 1);
     assert.equal(fixture.gateway("gated").opened.length, opened + 1, "one upstream session opened");
     calls.stop();

@@ -343,7 +343,6 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
       return a && a.claimRevision > 0 && a.serving() ? a.local : undefined;
     },
     activate: (sid, gid, spawn, trace) => (stopping ? null : activateOrHandOver(sid, gid, spawn, trace)),
-    activating: (sid, gid) => activating.has(keyOf(sid, gid)),
     prepare(session, gid, spawn, trace) {
       const sid = session.record.sid;
       if (stopping || actors.has(keyOf(sid, gid))) return;
