@@ -73,7 +73,7 @@ export type ActorDeps = {
 const LIST_CHANGED = /^notifications\/(tools|prompts|resources)\/list_changed$/;
 
 /** What the host has already begun reading for a new actor's first connect, and the activation's span (its parent). */
-export type ActorStart = { session?: Promise<LoadedSession | null>; era?: Promise<UpstreamEra | undefined>; span?: Span };
+export type ActorStart = { session?: Promise<LoadedSession | null>; era?: Promise<UpstreamEra | undefined>; span?: Span; connectEarly?: boolean };
 
 /**
  * `start.capabilities`: what a stateless client declared (it has no `ds.<sid>`; a session's record
@@ -111,6 +111,8 @@ export function createUpstreamActor(
   let conn: EraConnection["conn"] | null = null;
   let preloaded = start.session;
   let preloadedEra = start.era;
+  /** the activation's span: the first connect's handshake is part of it */
+  let firstSpan = start.span;
   /** the first connection, opened while the host claims the key (see the end of this function) */
   let early: Promise<Opened> | undefined;
   const earlyAbort = new AbortController();
@@ -289,7 +291,8 @@ export function createUpstreamActor(
         const onAbort = () => earlyAbort.abort();
         signal.addEventListener("abort", onAbort, { once: true });
         o = await pending.finally(() => signal.removeEventListener("abort", onAbort));
-      } else o = await openConnection(signal, undefined);
+      } else o = await openConnection(signal, firstSpan);
+      firstSpan = undefined;
       if (signal.aborted) {
         o.opened.conn.forceClose();
         throw new Error("closed while connecting");
@@ -454,11 +457,14 @@ export function createUpstreamActor(
       }),
   };
   actor.start();
-  // The first connection is opened at once, while the host claims the key (the claim's round
-  // trip and the upstream's handshake at the same time); the connect effect takes it once the
-  // claim is won. A lost claim, or a close before the connect, closes it unused: no call was sent on it.
-  early = openConnection(earlyAbort.signal, start.span);
-  early.catch(() => {});
+  // With connectEarly the first connection is opened at once, while the host claims the key (the
+  // claim's round trip and the upstream's handshake at the same time); the connect effect takes it
+  // once the claim is won. A lost claim, or a close before the connect, closes it unused: no call was sent on it.
+  if (start.connectEarly) {
+    early = openConnection(earlyAbort.signal, firstSpan);
+    early.catch(() => {});
+    firstSpan = undefined;
+  }
   return self;
 }
 

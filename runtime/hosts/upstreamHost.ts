@@ -139,15 +139,18 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
   /**
    * Hosts the actor for (sid, gid) here unless it is alive somewhere; exactly one wins.
    * `session`: the client session record when the caller has it in hand (it was just created).
+   * `connectEarly`: the upstream handshake runs while the claim is made; for this worker's own
+   * edge, whose activation almost never loses its claim (a spawn over the bus may be a retry, or
+   * race another worker's: a lost claim would cost the upstream a session opened for nothing).
    */
-  function activate(sid: string, gid: string, spawn: Spawn, trace: TraceHeaders = {}, session?: LoadedSession): Promise<{ worker: string; created: boolean }> {
+  function activate(sid: string, gid: string, spawn: Spawn, trace: TraceHeaders = {}, opts: { session?: LoadedSession; connectEarly?: boolean } = {}): Promise<{ worker: string; created: boolean }> {
     const key = keyOf(sid, gid);
     if (actors.get(key)?.actor.getSnapshot().matches("open")) return Promise.resolve({ worker: me, created: false });
     const pending = activating.get(key);
     if (pending) return pending;
     // in the trace of the call that needs the actor: claiming and connecting are part of it
     const span = ctx.tracing.startSpan("session activate", { kind: SpanKind.SERVER, parent: trace });
-    const p = claimAndStart(sid, gid, spawn, span, log.child({ traceId: traceIdOf(span) }), session)
+    const p = claimAndStart(sid, gid, spawn, span, log.child({ traceId: traceIdOf(span) }), opts)
       .then(
         (r) => (endSpan(span), r),
         (err: unknown) => {
@@ -160,19 +163,19 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
     return p;
   }
 
-  async function claimAndStart(sid: string, gid: string, spawn: Spawn, span: Span, log: Logger, loaded?: LoadedSession): Promise<{ worker: string; created: boolean }> {
+  async function claimAndStart(sid: string, gid: string, spawn: Spawn, span: Span, log: Logger, opts: { session?: LoadedSession; connectEarly?: boolean }): Promise<{ worker: string; created: boolean }> {
     if (stopping) throw new ProtocolError("unavailable", `worker ${me} is shutting down`);
     // read at once, side by side: the client session record (capabilities, log level,
     // subscriptions), the era discovery found, and the gateway's record
-    const session = loaded ? Promise.resolve(loaded) : sessions.load(sid);
+    const session = opts.session ? Promise.resolve(opts.session) : sessions.load(sid);
     session.catch(() => {});
     const transport = gateways.get(gid)?.gateway.record.transport;
     const era = transport === undefined || transport === "streamable-http" ? knownEra(stores.catalog, gid) : undefined;
     era?.catch(() => {});
     const gateway = await loadGateway(gid);
     const { record } = gateway;
-    // the actor opens its upstream connection while the claim is made (a lost claim closes it unused)
-    const start = { session, span, ...(era ? { era } : {}) };
+    // with connectEarly the actor opens its upstream connection while the claim is made (a lost claim closes it unused)
+    const start = { session, span, connectEarly: opts.connectEarly === true, ...(era ? { era } : {}) };
     let a = host(sid, gid, gateway, spawn, start);
     const claimSpan = ctx.tracing.startSpan("session claim", { kind: SpanKind.INTERNAL, parent: span });
     let revision = await claims.create(sid, gid).then(
@@ -274,13 +277,13 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
     s.upstream.spawn,
     async (p, msg) => {
       const req = parseRequest(SpawnRequestSchema, p, "spawn request");
-      return activateOrHandOver(req.sid, req.gid, { headers: req.headers ?? {}, clientCapabilities: req.clientCapabilities }, natsTraceHeaders(msg.headers));
+      return activateOrHandOver(req.sid, req.gid, { headers: req.headers ?? {}, clientCapabilities: req.clientCapabilities }, natsTraceHeaders(msg.headers), {});
     },
     { ...opts, queue: QUEUE.spawn },
   );
-  async function activateOrHandOver(sid: string, gid: string, spawn: Spawn, trace: TraceHeaders): Promise<{ worker: string; created: boolean }> {
+  async function activateOrHandOver(sid: string, gid: string, spawn: Spawn, trace: TraceHeaders, opts: { connectEarly?: boolean }): Promise<{ worker: string; created: boolean }> {
     try {
-      return await activate(sid, gid, spawn, trace);
+      return await activate(sid, gid, spawn, trace, opts);
     } catch (err) {
       // this worker began stopping under the activation (its drain closed the actor before a
       // call reached it): another worker hosts it; this one no longer takes spawns
@@ -342,12 +345,12 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
       const a = actors.get(keyOf(sid, gid));
       return a && a.claimRevision > 0 && a.serving() ? a.local : undefined;
     },
-    activate: (sid, gid, spawn, trace) => (stopping ? null : activateOrHandOver(sid, gid, spawn, trace)),
+    activate: (sid, gid, spawn, trace) => (stopping ? null : activateOrHandOver(sid, gid, spawn, trace, { connectEarly: true })),
     prepare(session, gid, spawn, trace) {
       const sid = session.record.sid;
       if (stopping || actors.has(keyOf(sid, gid))) return;
       // best effort: should it fail, the first call activates the session again and reports why
-      activate(sid, gid, spawn, trace, session).catch((err: unknown) => log.debug({ sid, gid, err: err instanceof Error ? err.message : String(err) }, "upstream session not opened early"));
+      activate(sid, gid, spawn, trace, { session, connectEarly: true }).catch((err: unknown) => log.debug({ sid, gid, err: err instanceof Error ? err.message : String(err) }, "upstream session not opened early"));
     },
   };
 
