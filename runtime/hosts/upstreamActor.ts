@@ -77,8 +77,10 @@ export type ActorStart = { session?: Promise<LoadedSession | null>; era?: Promis
 
 /**
  * `start.capabilities`: what a stateless client declared (it has no `ds.<sid>`; a session's record
- * wins). `start.session`: the client session record, already being read (the host reads it while
- * it claims, so the first connect does not wait for one more KV round trip); a reconnect reads it again.
+ * wins). `start.session` and `start.era`: the client session record and the era discovery found,
+ * already being read (the host reads them with the gateway's record, so the first connect waits for
+ * no more KV round trips); a reconnect reads them again. `start.connectEarly`: the first connect
+ * begins now, while the host claims the key.
  */
 export function createUpstreamActor(
   deps: ActorDeps,
