@@ -50,9 +50,10 @@ export class SessionStore {
     return this.deps.now?.() ?? new Date();
   }
 
-  async create(record: DownstreamSession): Promise<void> {
+  async create(record: DownstreamSession): Promise<LoadedSession> {
     const revision = await this.deps.kv.create(KEYS.downstreamSession(record.sid), JSON.stringify(record));
     this.#remember(record.sid, { record, revision });
+    return { record, revision };
   }
 
   /**

@@ -12,6 +12,7 @@ import { decodeJson, encodeJson, isNoResponders, isTimeout, natsHeadersOf, unwra
 import { DEFAULT_RETRY, retryTransient } from "./jetstreamRetry.ts";
 import { callMessageLimit, requestWhole } from "./largeMessages.ts";
 import type { Logger } from "./logger.ts";
+import type { LoadedSession } from "./sessionStore.ts";
 import { publishStreamEvent } from "./streamLog.ts";
 import type { TraceHeaders } from "./tracing.ts";
 
@@ -44,6 +45,11 @@ export type LocalUpstreams = {
   actor(sid: string, gid: string): LocalActor | undefined;
   /** hosts the actor here unless it lives elsewhere (the claim decides); null when this worker takes no spawns now */
   activate(sid: string, gid: string, spawn: Spawn, trace: TraceHeaders): Promise<{ worker: string; created: boolean }> | null;
+  /**
+   * A client session just created here that will almost surely call `gid`: its upstream session
+   * is opened now (the same activation and claim), best effort; the session's record as created.
+   */
+  prepare(session: LoadedSession, gid: string, spawn: Spawn, trace: TraceHeaders): void;
 };
 
 export type UpstreamCaller = {
@@ -54,6 +60,8 @@ export type UpstreamCaller = {
   call(sid: string, gid: string, req: UpstreamCallRequest, signal?: AbortSignal, trace?: TraceHeaders, delivery?: AnswerDelivery): Promise<UpstreamCallReply>;
   /** forwards a client's cancellation of `requestId` to the actor (which aborts the upstream request) */
   notify(sid: string, gid: string, requestId: string, reason?: string): Promise<void>;
+  /** opens the upstream session of a client session just created, ahead of its first call, on this worker (`LocalUpstreams.prepare`); no-op without one */
+  prepare(session: LoadedSession, gid: string, spawn: Spawn, trace: TraceHeaders): void;
 };
 
 /** Spawn-and-retry rounds before giving up (each round is a no-responders answer, well under a millisecond). */
@@ -190,7 +198,7 @@ export function createUpstreamCaller(
     }
   }
 
-  return { call, notify };
+  return { call, notify, prepare: (session, gid, spawn, trace) => local?.prepare(session, gid, spawn, trace) };
 }
 
 /**

@@ -87,6 +87,11 @@ export class CatalogCache {
     return { gid, gatewayName: g.value.name, original, healthy: this.#health.get(gid)?.value !== "unhealthy" };
   }
 
+  /** Whether a call to this gateway would be sent (enabled, and not found unhealthy). */
+  callable(gid: string): boolean {
+    return this.#gateways.get(gid)?.value.enabled === true && this.#health.get(gid)?.value !== "unhealthy";
+  }
+
   /** The gateways an endpoint serves lists of: its own, or on `/mcp` every enabled, healthy one. */
   gatewaysIn(scope: string | null): string[] {
     if (scope !== null) return [scope];

@@ -29,6 +29,7 @@ import {
 import { z } from "zod";
 import { decodeJson, encodeJson, isNatsUnavailable, isNoResponders, listen, unwrapReply } from "../bus.ts";
 import { followConnection } from "../nats.ts";
+import { passthroughHeaders } from "../mcpClient.ts";
 import { SessionStore, type LoadedSession } from "../sessionStore.ts";
 import { answerStateless, type StatelessDeps } from "../statelessRequests.ts";
 import { publishStreamEvent, resumeStream } from "../streamLog.ts";
@@ -349,7 +350,7 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
     }
   };
 
-  const handleInitialize = async (res: ServerResponse, init: JSONRPCRequest, scope: string | null, credential: string) => {
+  const handleInitialize = async (res: ServerResponse, init: JSONRPCRequest, scope: string | null, credential: string, headers: Record<string, string>) => {
     const parsed = InitializeRequestSchema.safeParse(init);
     if (!parsed.success) return sendJson(res, 200, rpcErrorBody(ErrorCode.InvalidParams, "Invalid params for initialize", init.id));
     const params = parsed.data.params;
@@ -365,7 +366,10 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
       createdAt: now,
       lastSeenAt: now,
     };
-    await sessions.create(record);
+    const created = await sessions.create(record);
+    // a client of one gateway's endpoint will almost surely call it: its upstream session opens
+    // here now, while the client reads this answer and sends `initialized` (on /mcp, one of many gateways: none)
+    if (scope !== null && cache.callable(scope)) caller.prepare(created, scope, { headers: passthroughHeaders(cache.passthroughHeaders(scope), headers) }, headers);
     log.info({ sid, scope, client: record.clientInfo.name.slice(0, 256), protocolVersion: record.protocolVersion }, "downstream session started");
     const gatewayName = scope === null ? undefined : cache.gatewayName(scope);
     sendJson(res, 200, { jsonrpc: "2.0", id: init.id, result: initializeResult(record.protocolVersion, gatewayName) }, sessionHeaders(clientSessionId, record));
@@ -434,7 +438,7 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
     const init = requests.find((m) => m.method === "initialize");
     if (init) {
       if (messages.length > 1) throw new HttpError(400, ErrorCode.InvalidRequest, "Invalid Request: initialize must be sent alone");
-      return handleInitialize(res, init, scope, credential);
+      return handleInitialize(res, init, scope, credential, forwardableHeaders(req.headers));
     }
     const s = await loadSession(req, scope, credential, requests.some((r) => methods.readsViews(r)));
     const sid = s.record.sid;

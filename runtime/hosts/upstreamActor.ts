@@ -3,6 +3,7 @@
 // relay of what its upstream says to the client (clientChannel.ts); its calls: upstreamCalls.ts.
 import type { Subscription } from "@nats-io/transport-node";
 import { ErrorCode, type Notification } from "@modelcontextprotocol/sdk/types.js";
+import { SpanKind, type Span } from "@opentelemetry/api";
 import { createActor, type Actor } from "xstate";
 import { endsCallAtOnce, stateName, takesCallAtOnce, upstreamSessionMachine, type ProbeMethod, type ProbeOutcome, type UpstreamSessionEffects, type UpstreamSessionMachine } from "../../actors/upstreamSession/machine.ts";
 import type { LoggingLevel } from "../../protocol/edge.ts";
@@ -18,11 +19,12 @@ import {
 } from "../../protocol/upstream.ts";
 import { decodeJson, encodeJson, errorReply, listen } from "../bus.ts";
 import { callMessageLimit, publishWhole, wholeRequests, type WholeRequest } from "../largeMessages.ts";
-import { natsTraceHeaders, type TraceHeaders } from "../tracing.ts";
+import { endSpan, natsTraceHeaders, type TraceHeaders } from "../tracing.ts";
 import type { LocalActor } from "../upstreamClient.ts";
 import type { Logger } from "../logger.ts";
 import { closeWithin, type UpstreamConnection } from "../mcpClient.ts";
 import { connectEitherEra, knownEra, type EraConnection } from "../revision2026Upstream.ts";
+import type { UpstreamEra } from "../../protocol/catalog.ts";
 import { gatewayScrubber, scrubbedError, type Scrubber } from "../secretScrubber.ts";
 import type { LoadedSession, SessionStore } from "../sessionStore.ts";
 import type { WorkerContext } from "../worker.ts";
@@ -70,10 +72,15 @@ export type ActorDeps = {
 
 const LIST_CHANGED = /^notifications\/(tools|prompts|resources)\/list_changed$/;
 
+/** What the host has already begun reading for a new actor's first connect, and the activation's span (its parent). */
+export type ActorStart = { session?: Promise<LoadedSession | null>; era?: Promise<UpstreamEra | undefined>; span?: Span; connectEarly?: boolean };
+
 /**
  * `start.capabilities`: what a stateless client declared (it has no `ds.<sid>`; a session's record
- * wins). `start.session`: the client session record, already being read (the host reads it while
- * it claims, so the first connect does not wait for one more KV round trip); a reconnect reads it again.
+ * wins). `start.session` and `start.era`: the client session record and the era discovery found,
+ * already being read (the host reads them with the gateway's record, so the first connect waits for
+ * no more KV round trips); a reconnect reads them again. `start.connectEarly`: the first connect
+ * begins now, while the host claims the key.
  */
 export function createUpstreamActor(
   deps: ActorDeps,
@@ -81,7 +88,7 @@ export function createUpstreamActor(
   gid: string,
   gateway: HostedGateway,
   headers: Record<string, string>,
-  start: { capabilities?: Record<string, unknown>; session?: Promise<LoadedSession | null> } = {},
+  start: ActorStart & { capabilities?: Record<string, unknown> } = {},
 ): UpstreamActor {
   const { ctx, log } = deps;
   const { nc, s, config } = ctx;
@@ -105,6 +112,12 @@ export function createUpstreamActor(
   let latestHeaders = headers;
   let conn: EraConnection["conn"] | null = null;
   let preloaded = start.session;
+  let preloadedEra = start.era;
+  /** the activation's span: the first connect's handshake is part of it */
+  let firstSpan = start.span;
+  /** the first connection, opened while the host claims the key (see the end of this function) */
+  let early: Promise<Opened> | undefined;
+  const earlyAbort = new AbortController();
   /** a level the client set after this actor read its session record */
   let levelSet: LoggingLevel | undefined;
   let clientCanListRoots = false;
@@ -213,6 +226,57 @@ export function createUpstreamActor(
     for (const uri of uris) await c.client.subscribeResource({ uri }, { timeout: config.intervals.probeTimeout }).catch(failed("resource subscription"));
   }
 
+  type Opened = { opened: EraConnection; session: LoadedSession | null; lost(): boolean };
+
+  /**
+   * Opens an upstream connection with what the client session declared: not yet the actor's
+   * (`conn`) until the connect effect takes it. `lost()`: the upstream closed it before then.
+   */
+  async function openConnection(signal: AbortSignal, span: Span | undefined): Promise<Opened> {
+    // the era discovery found: a session connect then probes server/discover only while it is unknown
+    const [session, era] = await Promise.all([
+      (preloaded ?? deps.sessions.load(sid)).catch(() => null),
+      record.transport !== "streamable-http" ? undefined : (preloadedEra ?? knownEra(ctx.stores.catalog, gid)).catch(() => undefined),
+    ]);
+    preloaded = undefined;
+    preloadedEra = undefined;
+    const capabilities = session?.record.capabilities ?? start.capabilities ?? {};
+    clientCanListRoots = Boolean((capabilities.roots as { listChanged?: boolean } | undefined)?.listChanged);
+    // declared before the connect: the transport may report a close while it is still connecting
+    let opened: EraConnection | null = null;
+    let lost = false;
+    const connectSpan = span && ctx.tracing.startSpan("upstream connect", { kind: SpanKind.CLIENT, parent: span });
+    opened = await connectEitherEra({
+      record,
+      open: (sealed, id) => ctx.box.open(sealed, id),
+      initialHeaders: () => latestHeaders,
+      timeoutMs: config.intervals.callTimeout,
+      outbound: config.outbound,
+      dispatcher: ctx.upstreamAgent,
+      // the raw answer (SSE framing, JSON-RPC envelope) may be a little larger than the result it carries
+      maxAnswerBytes: requestLimit,
+      signal,
+      // exactly what the client declared: the upstream offers through mcpgw what it offers the client directly
+      capabilities,
+      onNotification: onUpstreamNotification,
+      onRequest: (req, { related, signal }) => channel.ask(channel.streamOf(related as CallRequest | undefined), req, signal),
+      onClosed: () => {
+        if (opened !== null && conn === opened.conn) actor.send({ type: "CLOSE", reason: "the upstream closed the connection", cause: "upstream_closed" });
+        else lost = true;
+      },
+      onError: (err) => log.debug({ gid, err: scrub.text(err.message) }, "upstream transport reported an error"),
+    }, era).then(
+      (c) => (connectSpan && endSpan(connectSpan), c),
+      (err: unknown) => {
+        // its text becomes the close reason, which the spawner answers with
+        const scrubbed = scrubbedError(err, scrub);
+        if (connectSpan) endSpan(connectSpan, scrubbed.message);
+        throw scrubbed;
+      },
+    );
+    return { opened, session, lost: () => lost };
+  }
+
   // ---- the machine ----
 
   const effects: UpstreamSessionEffects = {
@@ -221,46 +285,25 @@ export function createUpstreamActor(
       conn = null;
       // grace, then force, for a connection replaced after a failed probe
       if (previous) void closeWithin(previous, shutdownMs);
-      // the era discovery found: a session connect then probes server/discover only while it is unknown
-      const [session, era] = await Promise.all([
-        (preloaded ?? deps.sessions.load(sid)).catch(() => null),
-        record.transport === "streamable-http" ? knownEra(ctx.stores.catalog, gid).catch(() => undefined) : undefined,
-      ]);
-      preloaded = undefined;
-      const capabilities = session?.record.capabilities ?? start.capabilities ?? {};
-      clientCanListRoots = Boolean((capabilities.roots as { listChanged?: boolean } | undefined)?.listChanged);
-      // declared before the connect: the transport may report a close while it is still connecting
-      let opened: EraConnection | null = null;
-      opened = await connectEitherEra({
-        record,
-        open: (sealed, id) => ctx.box.open(sealed, id),
-        initialHeaders: () => latestHeaders,
-        timeoutMs: config.intervals.callTimeout,
-        outbound: config.outbound,
-        dispatcher: ctx.upstreamAgent,
-        // the raw answer (SSE framing, JSON-RPC envelope) may be a little larger than the result it carries
-        maxAnswerBytes: requestLimit,
-        signal,
-        // exactly what the client declared: the upstream offers through mcpgw what it offers the client directly
-        capabilities,
-        onNotification: onUpstreamNotification,
-        onRequest: (req, { related, signal }) => channel.ask(channel.streamOf(related as CallRequest | undefined), req, signal),
-        onClosed: () => {
-          if (opened !== null && conn === opened.conn) actor.send({ type: "CLOSE", reason: "the upstream closed the connection", cause: "upstream_closed" });
-        },
-        onError: (err) => log.debug({ gid, err: scrub.text(err.message) }, "upstream transport reported an error"),
-      }, era).catch((err: unknown) => {
-        // its text becomes the close reason, which the spawner answers with
-        throw scrubbedError(err, scrub);
-      });
+      const pending = early;
+      early = undefined;
+      let o: Opened;
+      if (pending) {
+        // the connection opened while the host claimed the key: closing meanwhile aborts it too
+        const onAbort = () => earlyAbort.abort();
+        signal.addEventListener("abort", onAbort, { once: true });
+        o = await pending.finally(() => signal.removeEventListener("abort", onAbort));
+      } else o = await openConnection(signal, firstSpan);
+      firstSpan = undefined;
       if (signal.aborted) {
-        opened.conn.forceClose();
+        o.opened.conn.forceClose();
         throw new Error("closed while connecting");
       }
+      if (o.lost()) throw new Error("the upstream closed the connection");
       // a stateless upstream keeps nothing between requests: no level or subscription to restore
-      if (opened.era === "session") await restoreSessionState(opened.conn, session?.record.logLevel, session?.record.subscriptions?.[gid] ?? []);
-      conn = opened.conn;
-      log.debug({ sid, gid, era: opened.era }, "upstream session connected");
+      if (o.opened.era === "session") await restoreSessionState(o.opened.conn, o.session?.record.logLevel, o.session?.record.subscriptions?.[gid] ?? []);
+      conn = o.opened.conn;
+      log.debug({ sid, gid, era: o.opened.era }, "upstream session connected");
     },
     async probe(method: ProbeMethod): Promise<ProbeOutcome> {
       // the revision removed ping: the probe goes on to its next method without asking
@@ -349,6 +392,12 @@ export function createUpstreamActor(
 
   const done = new Promise<"closed" | "abandoned">((resolve) => {
     const end = () => {
+      // an upstream session opened for a claim this actor lost (or a close before its connect):
+      // its handshake ends (bounded by the connect's timeout), then a polite close ends it upstream too
+      if (early) {
+        void early.then((o) => closeWithin(o.opened.conn, shutdownMs), () => {});
+        early = undefined;
+      }
       address.unsubscribe();
       extra?.unsubscribe();
       accepting = false;
@@ -410,6 +459,14 @@ export function createUpstreamActor(
       }),
   };
   actor.start();
+  // With connectEarly the first connection is opened at once, while the host claims the key (the
+  // claim's round trip and the upstream's handshake at the same time); the connect effect takes it
+  // once the claim is won. A lost claim, or a close before the connect, closes it unused: no call was sent on it.
+  if (start.connectEarly) {
+    early = openConnection(earlyAbort.signal, firstSpan);
+    early.catch(() => {});
+    firstSpan = undefined;
+  }
   return self;
 }
 

@@ -4,7 +4,7 @@
 // claim in the sessions bucket (upstreamClaims.ts), evicted on events and admin requests on
 // every worker (actors/upstreamSession/eviction.ts), drained and closed when the worker stops.
 import type { Subscription } from "@nats-io/transport-node";
-import { SpanKind } from "@opentelemetry/api";
+import { SpanKind, type Span } from "@opentelemetry/api";
 import type { z } from "zod";
 import { evicts, evictionOnGatewayEvent, evictionOnRequest, evictionOnSessionClosed, needsEnabledCheck, type Eviction } from "../../actors/upstreamSession/eviction.ts";
 import { getLive, parseEntry } from "../../actors/kvStore.ts";
@@ -34,7 +34,8 @@ import type { LocalUpstreams, Spawn } from "../upstreamClient.ts";
 import type { Hosted, WorkerContext } from "../worker.ts";
 import { listChangedEvents } from "./listChangedEvents.ts";
 import { upstreamClaims } from "./upstreamClaims.ts";
-import { createUpstreamActor, hostedGateway, type HostedGateway, type UpstreamActor } from "./upstreamActor.ts";
+import { knownEra } from "../revision2026Upstream.ts";
+import { createUpstreamActor, hostedGateway, type ActorStart, type HostedGateway, type UpstreamActor } from "./upstreamActor.ts";
 
 /** How long a fan-out (session list, evict, drain) waits for one more worker to answer. */
 const FANOUT_STALL_MS = 300;
@@ -108,9 +109,9 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
    * claim is written by a request on this same connection after the SUB, and a server handles
    * a connection's messages in order, so no flush (a round trip) is needed between them.
    */
-  function host(sid: string, gid: string, gateway: HostedGateway, spawn: Spawn, session?: Promise<LoadedSession | null>): UpstreamActor {
+  function host(sid: string, gid: string, gateway: HostedGateway, spawn: Spawn, start: ActorStart): UpstreamActor {
     const { record } = gateway;
-    const a = createUpstreamActor(deps, sid, gid, gateway, spawn.headers, { ...(spawn.clientCapabilities ? { capabilities: spawn.clientCapabilities } : {}), ...(session ? { session } : {}) });
+    const a = createUpstreamActor(deps, sid, gid, gateway, spawn.headers, { ...(spawn.clientCapabilities ? { capabilities: spawn.clientCapabilities } : {}), ...start });
     actors.set(keyOf(sid, gid), a);
     bySession.set(sid, [...(bySession.get(sid) ?? []), a]);
     void a.done.then(async (how) => {
@@ -135,15 +136,21 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
     return a;
   }
 
-  /** Hosts the actor for (sid, gid) here unless it is alive somewhere; exactly one wins. */
-  function activate(sid: string, gid: string, spawn: Spawn, trace: TraceHeaders = {}): Promise<{ worker: string; created: boolean }> {
+  /**
+   * Hosts the actor for (sid, gid) here unless it is alive somewhere; exactly one wins.
+   * `session`: the client session record when the caller has it in hand (it was just created).
+   * `connectEarly`: the upstream handshake runs while the claim is made; for this worker's own
+   * edge, whose activation almost never loses its claim (a spawn over the bus may be a retry, or
+   * race another worker's: a lost claim would cost the upstream a session opened for nothing).
+   */
+  function activate(sid: string, gid: string, spawn: Spawn, trace: TraceHeaders = {}, opts: { session?: LoadedSession; connectEarly?: boolean } = {}): Promise<{ worker: string; created: boolean }> {
     const key = keyOf(sid, gid);
     if (actors.get(key)?.actor.getSnapshot().matches("open")) return Promise.resolve({ worker: me, created: false });
     const pending = activating.get(key);
     if (pending) return pending;
     // in the trace of the call that needs the actor: claiming and connecting are part of it
     const span = ctx.tracing.startSpan("session activate", { kind: SpanKind.SERVER, parent: trace });
-    const p = claimAndStart(sid, gid, spawn, log.child({ traceId: traceIdOf(span) }))
+    const p = claimAndStart(sid, gid, spawn, span, log.child({ traceId: traceIdOf(span) }), opts)
       .then(
         (r) => (endSpan(span), r),
         (err: unknown) => {
@@ -156,15 +163,25 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
     return p;
   }
 
-  async function claimAndStart(sid: string, gid: string, spawn: Spawn, log: Logger): Promise<{ worker: string; created: boolean }> {
+  async function claimAndStart(sid: string, gid: string, spawn: Spawn, span: Span, log: Logger, opts: { session?: LoadedSession; connectEarly?: boolean }): Promise<{ worker: string; created: boolean }> {
     if (stopping) throw new ProtocolError("unavailable", `worker ${me} is shutting down`);
-    // the client session record (capabilities, log level, subscriptions) is read while the gateway is and the claim is made
-    const session = sessions.load(sid);
+    // read at once, side by side: the client session record (capabilities, log level,
+    // subscriptions), the era discovery found, and the gateway's record
+    const session = opts.session ? Promise.resolve(opts.session) : sessions.load(sid);
     session.catch(() => {});
+    const transport = gateways.get(gid)?.gateway.record.transport;
+    const era = transport === undefined || transport === "streamable-http" ? knownEra(stores.catalog, gid) : undefined;
+    era?.catch(() => {});
     const gateway = await loadGateway(gid);
     const { record } = gateway;
-    let a = host(sid, gid, gateway, spawn, session);
-    let revision = await claims.create(sid, gid).catch((err: unknown) => (a.actor.send({ type: "CLAIM_LOST" }), Promise.reject(err)));
+    // with connectEarly the actor opens its upstream connection while the claim is made (a lost claim closes it unused)
+    const start = { session, span, connectEarly: opts.connectEarly === true, ...(era ? { era } : {}) };
+    let a = host(sid, gid, gateway, spawn, start);
+    const claimSpan = ctx.tracing.startSpan("session claim", { kind: SpanKind.INTERNAL, parent: span });
+    let revision = await claims.create(sid, gid).then(
+      (r) => (endSpan(claimSpan), r),
+      (err: unknown) => (endSpan(claimSpan, String(err)), a.actor.send({ type: "CLAIM_LOST" }), Promise.reject(err)),
+    );
     if (revision === null) {
       // the loser drops its address and what it got (the holder got the same messages)
       const { closeReason, closeCause } = a.actor.getSnapshot().context;
@@ -172,7 +189,7 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
       await a.done;
       const holder = await claims.holder(sid, gid);
       if (!holder.takeOver) return { worker: holder.worker ?? "unknown", created: false };
-      a = host(sid, gid, gateway, spawn, session);
+      a = host(sid, gid, gateway, spawn, start);
       if (closeCause) a.actor.send({ type: "CLOSE", reason: closeReason, cause: closeCause });
       revision = await holder.takeOver().catch((err: unknown) => (a.actor.send({ type: "CLAIM_LOST" }), Promise.reject(err)));
       if (revision === null) {
@@ -260,13 +277,13 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
     s.upstream.spawn,
     async (p, msg) => {
       const req = parseRequest(SpawnRequestSchema, p, "spawn request");
-      return activateOrHandOver(req.sid, req.gid, { headers: req.headers ?? {}, clientCapabilities: req.clientCapabilities }, natsTraceHeaders(msg.headers));
+      return activateOrHandOver(req.sid, req.gid, { headers: req.headers ?? {}, clientCapabilities: req.clientCapabilities }, natsTraceHeaders(msg.headers), {});
     },
     { ...opts, queue: QUEUE.spawn },
   );
-  async function activateOrHandOver(sid: string, gid: string, spawn: Spawn, trace: TraceHeaders): Promise<{ worker: string; created: boolean }> {
+  async function activateOrHandOver(sid: string, gid: string, spawn: Spawn, trace: TraceHeaders, opts: { connectEarly?: boolean }): Promise<{ worker: string; created: boolean }> {
     try {
-      return await activate(sid, gid, spawn, trace);
+      return await activate(sid, gid, spawn, trace, opts);
     } catch (err) {
       // this worker began stopping under the activation (its drain closed the actor before a
       // call reached it): another worker hosts it; this one no longer takes spawns
@@ -328,7 +345,13 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
       const a = actors.get(keyOf(sid, gid));
       return a && a.claimRevision > 0 && a.serving() ? a.local : undefined;
     },
-    activate: (sid, gid, spawn, trace) => (stopping ? null : activateOrHandOver(sid, gid, spawn, trace)),
+    activate: (sid, gid, spawn, trace) => (stopping ? null : activateOrHandOver(sid, gid, spawn, trace, { connectEarly: true })),
+    prepare(session, gid, spawn, trace) {
+      const sid = session.record.sid;
+      if (stopping || actors.has(keyOf(sid, gid))) return;
+      // best effort: should it fail, the first call activates the session again and reports why
+      activate(sid, gid, spawn, trace, { session, connectEarly: true }).catch((err: unknown) => log.debug({ sid, gid, err: err instanceof Error ? err.message : String(err) }, "upstream session not opened early"));
+    },
   };
 
   function drain(): void {
