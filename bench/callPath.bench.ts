@@ -34,7 +34,7 @@ import { SessionListReplySchema } from "../protocol/upstream.ts";
 import { request } from "../runtime/bus.ts";
 import { startFixtureProcess } from "../test/fixtures/fixtureHttp.ts";
 import { freePort, startNats, type TestNats } from "../test/helpers/nats.ts";
-import { edgeUrlOf, processTree, ROOT, run, workerEnv, type Proc } from "../test/helpers/processes.ts";
+import { edgeUrlOf, processTree, ROOT, run, workerEnv, stopProc, type Proc } from "../test/helpers/processes.ts";
 import { until } from "../test/helpers/wait.ts";
 import type { NatsConnection } from "@nats-io/nats-core";
 import { TEST_SECRET_KEY } from "../test/helpers/worker.ts";
@@ -185,13 +185,6 @@ function startHub(port: number, upstreamUrl: string, home: string): Proc {
 function startWorker(nats: TestNats, id: string, cpuProf?: string): Proc {
   const nodeArgs = cpuProf ? ["--cpu-prof", "--cpu-prof-dir", cpuProf] : [];
   return run(process.execPath, [...nodeArgs, "--import", "tsx", resolve(ROOT, "runtime/main.ts")], workerEnv(nats, TEST_SECRET_KEY, { MCPGW_WORKER_ID: id, MCPGW_LOG_LEVEL: LOG_LEVEL }));
-}
-
-async function stopProc(p: Proc | undefined): Promise<void> {
-  if (!p || p.child.exitCode !== null || p.child.signalCode !== null) return;
-  p.child.kill("SIGTERM");
-  await Promise.race([p.exited, sleep(30_000)]);
-  if (p.child.exitCode === null && p.child.signalCode === null) p.child.kill("SIGKILL");
 }
 
 const procs: Proc[] = [];
@@ -541,7 +534,7 @@ try {
   process.exitCode = 1;
 } finally {
   // the profiled worker writes its profile as it exits: SIGTERM, a clean exit
-  await Promise.all(procs.map(stopProc));
+  await Promise.all(procs.map((p) => stopProc(p)));
   await Promise.all(fixtures.map((f) => f.stop().catch(() => {})));
   await nats?.stop();
   rmSync(home, { recursive: true, force: true });

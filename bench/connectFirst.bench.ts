@@ -26,7 +26,7 @@ import { SessionListReplySchema } from "../protocol/upstream.ts";
 import { request } from "../runtime/bus.ts";
 import { startFixtureProcess } from "../test/fixtures/fixtureHttp.ts";
 import { startNats, type TestNats } from "../test/helpers/nats.ts";
-import { edgeUrlOf, ROOT, run, workerEnv, type Proc } from "../test/helpers/processes.ts";
+import { edgeUrlOf, ROOT, run, workerEnv, stopProc, type Proc } from "../test/helpers/processes.ts";
 import { until } from "../test/helpers/wait.ts";
 import { TEST_SECRET_KEY } from "../test/helpers/worker.ts";
 import { cpuSecondsOf, loadAverage, msFine, stats, table } from "./report.ts";
@@ -252,13 +252,6 @@ async function main() {
   );
 }
 
-async function stopProc(p: Proc): Promise<void> {
-  if (p.child.exitCode !== null || p.child.signalCode !== null) return;
-  p.child.kill("SIGTERM");
-  await Promise.race([p.exited, sleep(30_000)]);
-  if (p.child.exitCode === null && p.child.signalCode === null) p.child.kill("SIGKILL");
-}
-
 try {
   await main();
 } catch (err) {
@@ -266,7 +259,7 @@ try {
   for (const p of procs) console.error("process output:\n", p.output().slice(-2000));
   process.exitCode = 1;
 } finally {
-  await Promise.all(procs.map(stopProc));
+  await Promise.all(procs.map((p) => stopProc(p)));
   await stopFixture?.().catch(() => {});
   await collector?.close();
   await nats?.stop();

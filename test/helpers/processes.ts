@@ -131,3 +131,13 @@ export function processTree(pid: number): number[] {
   }
   return tree;
 }
+
+/** SIGTERM, then SIGKILL if it has not exited within `graceMs` (a bench's or test's cleanup). */
+export async function stopProc(p: Proc | undefined, graceMs = 30_000): Promise<void> {
+  if (!p || p.child.exitCode !== null || p.child.signalCode !== null) return;
+  p.child.kill("SIGTERM");
+  let timer: NodeJS.Timeout | undefined;
+  await Promise.race([p.exited, new Promise((r) => (timer = setTimeout(r, graceMs)))]);
+  clearTimeout(timer);
+  if (p.child.exitCode === null && p.child.signalCode === null) p.child.kill("SIGKILL");
+}
