@@ -287,13 +287,7 @@ export function gatewayCommands(run: Run): Command {
     .option("--tag <tag>", "only gateways with this tag")
     .action((o: { tag?: string }) =>
       run(async (a, print) => {
-        // page by page: a reply carries at most 1,000 (fewer when they would not fit in one NATS message)
-        const r: { gateways: GatewayView[] } = { gateways: [] };
-        for (let after: string | undefined; ; ) {
-          const page = await a.call(a.s.admin.gateway("list"), { ...(o.tag && { tag: o.tag }), ...(after && { after }) }, GatewayListReplySchema);
-          r.gateways.push(...page.gateways);
-          if (!(after = page.next)) break;
-        }
+        const r = await a.call(a.s.admin.gateway("list"), o.tag ? { tag: o.tag } : {}, GatewayListReplySchema);
         const rows = r.gateways.map((g) => [
           g.name,
           g.id,
