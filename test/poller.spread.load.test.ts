@@ -66,10 +66,18 @@ describe("poll spreading", () => {
     // each poller's live status, at its own address: the next check planned at its slot
     const s = subjects("mcpgw");
     const ask = () => Promise.all(gids.map((gid) => request(worker!.nc, s.poller.op(gid, "status"), {}, PollerStatusReplySchema, 30_000)));
-    // a ping the upstream received may not be answered in the worker yet
-    const replies = await until("every poller's check answered", async () => {
+    // a ping the upstream received may not be answered in the worker yet; and a poller's first
+    // discovery (at its start) also sets lastSuccessAt, possibly after its first check was planned:
+    // judge the plan from a check after every first discovery ended, one interval on
+    await until("every poller's first discovery and check answered", async () => {
       const all = await ask();
       return all.every((r) => r.status.lastSuccessAt !== null) ? all : null;
+    }, 60_000);
+    const settledAt = Date.now();
+    await new Promise((r) => setTimeout(r, HEALTH_MS + JITTER_MAX_MS));
+    const replies = await until("every poller checked again after its discovery", async () => {
+      const all = await ask();
+      return all.every((r) => Date.parse(r.status.lastSuccessAt!) > settledAt) ? all : null;
     }, 60_000);
     for (const r of replies) {
       assert.equal(r.worker, worker.id);
