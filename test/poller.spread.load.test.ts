@@ -66,29 +66,29 @@ describe("poll spreading", () => {
     // each poller's live status, at its own address: the next check planned at its slot
     const s = subjects("mcpgw");
     const ask = () => Promise.all(gids.map((gid) => request(worker!.nc, s.poller.op(gid, "status"), {}, PollerStatusReplySchema, 30_000)));
-    // a ping the upstream received may not be answered in the worker yet; and a poller's first
-    // discovery (at its start) also sets lastSuccessAt, possibly after its first check was planned:
-    // judge the plan from a check after every first discovery ended, one interval on
-    await until("every poller's first discovery and check answered", async () => {
+    // a ping the upstream received may not be answered in the worker yet
+    const replies = await until("every poller's check answered", async () => {
       const all = await ask();
       return all.every((r) => r.status.lastSuccessAt !== null) ? all : null;
     }, 60_000);
-    const settledAt = Date.now();
-    await new Promise((r) => setTimeout(r, HEALTH_MS + JITTER_MAX_MS));
-    const replies = await until("every poller checked again after its discovery", async () => {
-      const all = await ask();
-      return all.every((r) => Date.parse(r.status.lastSuccessAt!) > settledAt) ? all : null;
-    }, 60_000);
+    // A first discovery falls at the gateway's slot of the (1 h) discovery interval and also sets
+    // lastSuccessAt, so for the few gateways discovered during the test (tools counted) the last
+    // success may not be a health check: their gap says nothing about the health plan; their slot does.
+    let judged = 0;
     for (const r of replies) {
       assert.equal(r.worker, worker.id);
       const at = Date.parse(r.status.lastSuccessAt!);
       const nextAt = Date.parse(r.status.nextPollAt!);
       // never twice in one interval: the next check at least half an interval after the last one ended
-      assert.ok(nextAt - at >= HEALTH_MS / 2, `${r.gid}: next check ${nextAt - at} ms after the last`);
+      if (r.status.tools === 0) {
+        judged++;
+        assert.ok(nextAt - at >= HEALTH_MS / 2, `${r.gid}: next check ${nextAt - at} ms after the last`);
+      }
       // at the gateway's slot of the shared grid, plus its jitter
       const slot = Math.floor(phaseOf(r.gid) * HEALTH_MS);
       const pastSlot = (((nextAt - slot) % HEALTH_MS) + HEALTH_MS) % HEALTH_MS;
       assert.ok(pastSlot < JITTER_MAX_MS, `${r.gid}: next check ${pastSlot} ms past its slot`);
     }
+    assert.ok(judged >= GATEWAYS * 0.9, `the gap judged on ${judged} of ${GATEWAYS} gateways (the rest were discovered during the test)`);
   });
 });
