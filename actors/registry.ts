@@ -4,6 +4,7 @@ import type { z } from "zod";
 import { ProtocolError, parseRequest } from "../protocol/envelope.ts";
 import {
   CONNECT_FIELDS,
+  GATEWAY_LIST_MAX,
   GatewayAddRequestSchema,
   GatewayGetRequestSchema,
   GatewayListRequestSchema,
@@ -38,13 +39,19 @@ export type RegistryDeps = {
   /** opens a sealed secret; used only to compare an update with what is stored, never returned */
   open: (sealed: string, gid: string) => string;
   statusOf?: (gid: string) => Promise<GatewayStatus | undefined>;
+  /** the statuses of many gateways at once (a list's page); without it, `statusOf` each */
+  statusesOf?: (gids: string[]) => Promise<Map<string, GatewayStatus>>;
+  /** every record as this worker holds them, caught up with the bucket; without it, each is read from KV */
+  records?: () => Promise<Stored[]>;
   now?: () => Date;
   newId?: () => string;
 };
 
-type Stored = { record: GatewayRecord; revision: number };
+export type Stored = { record: GatewayRecord; revision: number };
 
 const CAS_RETRIES = 5;
+/** A list reply's views stop at about this many bytes: well within NATS's default max_payload (1 MB), headers and envelope included. */
+const LIST_REPLY_BYTES = 512 * 1024;
 
 /**
  * A URL whose host is a literal address that is never contacted (metadata, link-local, …) is
@@ -70,6 +77,11 @@ export function diffSpecs(before: GatewaySpec, after: GatewaySpec): { changedFie
   const keys = new Set([...Object.keys(before), ...Object.keys(after)]) as Set<keyof GatewaySpec>;
   const changedFields = [...keys].filter((k) => !isDeepStrictEqual(before[k], after[k])).sort();
   return { changedFields, connectChanged: changedFields.some((f) => (CONNECT_FIELDS as readonly string[]).includes(f)) };
+}
+
+/** Whether a field that affects the upstream connection differs between two versions of a gateway (sealed secrets compare as stored: an unchanged one keeps its sealed form). */
+export function connectChanged(before: Pick<GatewaySpec, (typeof CONNECT_FIELDS)[number]>, after: Pick<GatewaySpec, (typeof CONNECT_FIELDS)[number]>): boolean {
+  return CONNECT_FIELDS.some((f) => !isDeepStrictEqual(before[f], after[f]));
 }
 
 /**
@@ -110,18 +122,49 @@ export class Registry {
     return viewOf(record, revision, await this.#d.statusOf?.(record.id));
   }
 
-  async list(input: unknown): Promise<{ gateways: GatewayView[] }> {
+  /**
+   * One page of gateways in name order: up to `limit` (1,000), fewer when their views would not
+   * fit in one NATS message; `next` when there are more. The page's live statuses are asked at once.
+   */
+  async list(input: unknown): Promise<{ gateways: GatewayView[]; next?: string }> {
     const filter = parseRequest(GatewayListRequestSchema, input ?? {}, "list filter");
     const stored = await this.records();
-    const picked = stored.filter(
-      ({ record }) => (filter.tag === undefined || record.tags.includes(filter.tag)) && (filter.enabled === undefined || record.enabled === filter.enabled),
+    const picked = stored
+      .filter(
+        ({ record }) =>
+          (filter.tag === undefined || record.tags.includes(filter.tag)) &&
+          (filter.enabled === undefined || record.enabled === filter.enabled) &&
+          (filter.after === undefined || record.name.localeCompare(filter.after) > 0),
+      )
+      .sort((a, b) => a.record.name.localeCompare(b.record.name));
+    const page = picked.slice(0, filter.limit ?? GATEWAY_LIST_MAX);
+    const statuses = await this.#statusesOf(page.map(({ record }) => record.id));
+    const gateways: GatewayView[] = [];
+    let bytes = 0;
+    for (const { record, revision } of page) {
+      const view = viewOf(record, revision, statuses.get(record.id));
+      bytes += JSON.stringify(view).length;
+      if (gateways.length > 0 && bytes > LIST_REPLY_BYTES) break;
+      gateways.push(view);
+    }
+    return gateways.length < picked.length ? { gateways, next: gateways.at(-1)!.name } : { gateways };
+  }
+
+  async #statusesOf(gids: string[]): Promise<Map<string, GatewayStatus>> {
+    if (this.#d.statusesOf) return this.#d.statusesOf(gids);
+    const out = new Map<string, GatewayStatus>();
+    await Promise.all(
+      gids.map(async (gid) => {
+        const status = await this.#d.statusOf?.(gid);
+        if (status) out.set(gid, status);
+      }),
     );
-    const views = await Promise.all(picked.map(async ({ record, revision }) => viewOf(record, revision, await this.#d.statusOf?.(record.id))));
-    return { gateways: views.sort((a, b) => a.name.localeCompare(b.name)) };
+    return out;
   }
 
   /** Every gateway record, secrets still sealed (for other actors of this worker). */
   async records(): Promise<Stored[]> {
+    if (this.#d.records) return this.#d.records();
     const keys = await listKeys(this.#d.gateways, `${KEYS.gatewayPrefix}*`);
     const loaded = await Promise.all(keys.map((k) => this.#read(k)));
     return loaded.filter((s): s is Stored => s !== null);

@@ -9,7 +9,7 @@
 // Run: node --import tsx bench/scale.bench.ts
 // SCALE_GATEWAYS (10000), SCALE_WINDOW (10m: the observation window after the first interval),
 // SCALE_FIXTURES (4), SCALE_WINDOW_AFTER (65s: from the last add to the window); SCALE_ONLY=classification measures the classification alone (no worker);
-// SCALE_ONLY=adds the add phase alone, with CPU per add of the worker and the nats-server (SCALE_ADDS_TAIL, 10s;
+// SCALE_ONLY=adds the add phase alone, with CPU per add of the worker and the nats-server, then a `gateway ls` of them all (SCALE_ADDS_TAIL, 10s;
 // SCALE_ADDS_ENABLED=false adds them disabled: the add path without pollers);
 // The worker runs as `npm start` runs it (the bundle, with the start script's node flags);
 // SCALE_NODE_ARGS (more node flags of the worker, e.g. "--cpu-prof --heapsnapshot-signal=SIGUSR2"),
@@ -30,6 +30,7 @@ import { KEYS, subjects, type Subjects } from "../protocol/subjects.ts";
 import { request } from "../runtime/bus.ts";
 import { parseDuration } from "../runtime/config.ts";
 import { createClassifierEffects, followRoster } from "../runtime/classifierHost.ts";
+import { followGatewayRecords } from "../runtime/gatewayRecords.ts";
 import { openStores, type Stores } from "../runtime/nats.ts";
 import { drainPings, startFixtureProcess } from "../test/fixtures/fixtureHttp.ts";
 import { startNats, type TestNats } from "../test/helpers/nats.ts";
@@ -112,8 +113,8 @@ const sleep = (t: number) => new Promise((r) => setTimeout(r, t));
  */
 async function measureClassification(stores: Stores, scratch: Stores) {
   const { log } = memoryLogger();
-  const roster = await followRoster(stores.gateways, log);
-  await roster.loaded;
+  const records = await followGatewayRecords(stores.gateways, log);
+  const roster = followRoster(records.records);
   const enabled = roster.roster.enabledIds();
   const usage = new UsageAggregate(60_000);
   const used = enabled.filter((_, i) => i % 5 === 0);
@@ -137,6 +138,7 @@ async function measureClassification(stores: Stores, scratch: Stores) {
   }
   await run(c.actors.release, { revision: held });
   roster.stop();
+  records.stop();
   return { gateways: enabled.length, used: used.length, ms: stats(times), cpu: stats(cpu), first: duties[0]!, steady: duties.at(-1)! };
 }
 
@@ -190,6 +192,24 @@ async function addGateways(admin: NatsConnection, s: Subjects, pids: { worker: n
   const perAdd = (seconds: number) => (seconds * 1000) / Math.max(1, latencies.length);
   const cpuPerAdd = { worker: perAdd(cpuSeconds(pids.worker) - cpu0.worker), nats: perAdd(cpuSeconds(pids.nats) - cpu0.nats) };
   return { latencies, failures, started, ended, perSecond: latencies.length / ((ended - started) / 1000), cpuPerAdd };
+}
+
+/** `mcpgw gateway ls`'s requests (page after page, 60 s each at most): the time, pages and gateways listed, or the failure. */
+async function listAll(admin: NatsConnection, s: Subjects): Promise<string> {
+  const t0 = performance.now();
+  let pages = 0;
+  let count = 0;
+  try {
+    for (let after: string | undefined; ; ) {
+      const page = await request(admin, s.admin.gateway("list"), after ? { after } : {}, GatewayListReplySchema, 60_000);
+      pages++;
+      count += page.gateways.length;
+      if (!(after = page.next)) break;
+    }
+    return `${ms(performance.now() - t0)} (${pages} pages, ${count.toLocaleString("en")} gateways)`;
+  } catch (err) {
+    return `failed after ${ms(performance.now() - t0)}: ${String(err)}`;
+  }
 }
 
 /** The pid of the nats-server this process started (its child). */
@@ -281,6 +301,7 @@ async function addsOnly() {
   const loadAfter = load();
   await sleep(tailMs);
   const w2 = cpuSeconds(pid);
+  const listed = await listAll(admin, s);
   const a = stats(adds.latencies);
   const perAdd = (seconds: number) => `${((seconds * 1000) / adds.latencies.length).toFixed(2)} ms`;
   report(
@@ -293,6 +314,7 @@ async function addsOnly() {
       ["worker CPU during the adds (% of one core)", `${((adds.cpuPerAdd.worker * adds.perSecond) / 10).toFixed(0)}%`],
       [`worker CPU in the ${ms(tailMs)} after the last add`, `${(w2 - w1).toFixed(1)} s (${perAdd(w2 - w1)} per add)`],
       ["machine load average (1, 5, 15 min): before, after the adds", `${loadBefore}; ${loadAfter}`],
+      ["`gateway ls` of every gateway after the adds (pages as the CLI asks them)", listed],
     ],
   );
   await admin.close();

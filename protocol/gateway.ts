@@ -244,15 +244,24 @@ export const GatewayUpdateRequestSchema = z
   .strict()
   .superRefine(oneRef);
 export const GatewayRemoveRequestSchema = z.object({ ...ref, expectedRevision }).strict().superRefine(oneRef);
+/** Most gateways one list reply carries (fewer when their views would not fit in one NATS message). */
+export const GATEWAY_LIST_MAX = 1_000;
 export const GatewayListRequestSchema = z
-  .object({ tag: z.string().max(64).optional(), enabled: z.boolean().optional() })
+  .object({
+    tag: z.string().max(64).optional(),
+    enabled: z.boolean().optional(),
+    /** the page after this name (a reply's `next`); gateways come in name order */
+    after: GatewayNameSchema.optional(),
+    limit: z.number().int().min(1).max(GATEWAY_LIST_MAX).optional(),
+  })
   .strict()
   .default({});
 export const GatewayRefreshRequestSchema = GatewayGetRequestSchema;
 
 export type GatewayRef = z.infer<typeof GatewayGetRequestSchema>;
 
-export const GatewayListReplySchema = z.object({ gateways: z.array(GatewayViewSchema) });
+/** `next`: there are more; ask again with it as `after`. */
+export const GatewayListReplySchema = z.object({ gateways: z.array(GatewayViewSchema), next: GatewayNameSchema.optional() });
 export const GatewayRemoveReplySchema = z.object({ id: GatewayIdSchema, name: GatewayNameSchema, removed: z.literal(true) });
 
 // ---- events ----

@@ -1,6 +1,6 @@
 import { z } from "zod";
 import { ClaimSchema } from "./placement.ts";
-import { GatewayIdSchema, GatewayStatusSchema } from "./gateway.ts";
+import { GATEWAY_LIST_MAX, GatewayIdSchema, GatewayStatusSchema } from "./gateway.ts";
 
 /** Value of `poll.<gid>.health` / `poll.<gid>.discovery`: written only after a poll succeeded. */
 export const PollStampSchema = z.object({
@@ -26,3 +26,9 @@ export const PollerRequestSchema = z.object({}).strict();
 /** Reply of `mcpgw.poller.<gid>.status`: which worker polls the gateway and the poller's live status. */
 export const PollerStatusReplySchema = z.object({ gid: GatewayIdSchema, worker: z.string(), status: GatewayStatusSchema });
 export type PollerStatusReply = z.infer<typeof PollerStatusReplySchema>;
+
+/** `mcpgw.internal.poller.statuses`, asked of every worker at once: the live statuses of these gateways, from whoever polls them. */
+export const PollerStatusesRequestSchema = z.object({ gids: z.array(GatewayIdSchema).max(GATEWAY_LIST_MAX) }).strict();
+/** One worker's answer: the statuses of the asked gateways it polls. */
+export const PollerStatusesReplySchema = z.object({ worker: z.string(), statuses: z.record(GatewayIdSchema, GatewayStatusSchema) });
+export type PollerStatusesReply = z.infer<typeof PollerStatusesReplySchema>;

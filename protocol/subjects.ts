@@ -151,6 +151,8 @@ export function subjects(prefix: string = DEFAULT_PREFIX) {
       /** the address of a gateway's poller, on whichever worker polls it ("no responders": nobody polls it now) */
       op: (gid: string, op: PollerOp) => `${p}.poller.${token(gid, "gateway id")}.${op}`,
       actor: (gid: string) => `${p}.poller.${token(gid, "gateway id")}.*`,
+      /** per-worker fan-out: the live statuses of the pollers each worker runs, for a list of gateways (one request per worker, not per gateway) */
+      statuses: `${p}.internal.poller.statuses`,
     },
     evt: {
       all: `${p}.evt.>`,

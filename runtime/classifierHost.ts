@@ -3,13 +3,12 @@
 // `admin.classification.get` (answered from KV by any worker).
 import { performance } from "node:perf_hooks";
 import { createActor, fromCallback, fromPromise, waitFor } from "xstate";
-import type { KV, KvWatchEntry } from "@nats-io/kv";
+import type { KV } from "@nats-io/kv";
 import { classify, GatewayRoster, type ClassificationResult } from "../actors/classification.ts";
 import { encodeValue, getLive, isCasConflict, listKeys, parseEntry } from "../actors/kvStore.ts";
 import { leaderLeaseMachine, type LeaseEvent } from "../actors/leaderLease.machine.ts";
 import { UsageAggregate } from "../actors/usageAggregate.ts";
 import { parseRequest } from "../protocol/envelope.ts";
-import { GatewayEventSchema, GatewayRecordSchema } from "../protocol/gateway.ts";
 import {
   ClassificationGetRequestSchema,
   ClassificationSchema,
@@ -22,7 +21,7 @@ import {
 import { KEYS } from "../protocol/subjects.ts";
 import { StoredUsageSchema, UsageReportSchema, type StoredUsage } from "../protocol/usage.ts";
 import { decodeJson, listen } from "./bus.ts";
-import { followEvents } from "./events.ts";
+import type { GatewayRecords } from "./gatewayRecords.ts";
 import { followKv, type KvFollower } from "./kvWatch.ts";
 import type { Logger } from "./logger.ts";
 import type { Stores } from "./nats.ts";
@@ -294,19 +293,7 @@ export async function startClassifierHost(ctx: WorkerContext): Promise<Classifie
     { log, refusals: ctx.refusals, expect: "message" },
   );
   // every worker forgets a removed gateway's totals, so whoever leads next does not carry them
-  const events = await followEvents(
-    ctx.stores.js,
-    ctx.stores.streamName,
-    // removals only: an import of thousands then sends this follower nothing
-    [s.evt.gatewayKind("removed")],
-    (subject, payload) => {
-      const ev = GatewayEventSchema.safeParse(payload);
-      if (!ev.success) return void log.warn({ subject }, "ignoring a malformed gateway event");
-      if (ev.data.type === "removed") usage.forget(ev.data.gid);
-    },
-    { log, refusals: ctx.refusals },
-  );
-  const gateways = await followRoster(ctx.stores.gateways, log);
+  const gateways = followRoster(ctx.gatewayRecords, (gid) => usage.forget(gid));
   const effects = createClassifierEffects({ ...ctx, gateways }, usage);
   const stats = effects.stats;
   const machine = leaderLeaseMachine.provide({ actors: effects.actors });
@@ -347,7 +334,6 @@ export async function startClassifierHost(ctx: WorkerContext): Promise<Classifie
     async stop() {
       usageSub.unsubscribe();
       gateways.stop();
-      await events.stop();
       actor.send({ type: "STOP" });
       await waitFor(actor, (snap) => snap.status === "done", { timeout: config.intervals.shutdownTimeout }).catch((err) =>
         log.warn({ err }, "classifier did not release its lease in time"),
@@ -360,35 +346,18 @@ export async function startClassifierHost(ctx: WorkerContext): Promise<Classifie
 }
 
 /**
- * The roster of registered gateways, kept from a watch of their records (every worker keeps
- * it, so a new leader has it at once; the watch is opened again if it ends, and repeats each
- * record then). `loaded` resolves once the watch has delivered every record there was.
+ * The roster of registered gateways, kept from the worker's gateway records (every worker keeps
+ * it, so a new leader has it at once); complete from the start, as the records are. `onRemoved`
+ * hears of each gateway whose record was deleted.
  */
-export async function followRoster(kv: KV, log: Logger): Promise<RosterSource & { stop(): void }> {
+export function followRoster(records: GatewayRecords, onRemoved: (gid: string) => void = () => {}): RosterSource & { stop(): void } {
   const roster = new GatewayRoster();
-  let markLoaded!: () => void;
-  const loaded = new Promise<void>((r) => (markLoaded = r));
-  const follower = await followKv(
-    kv,
-    `${KEYS.gatewayPrefix}*`,
-    (e) => {
-      const gid = e.key.slice(KEYS.gatewayPrefix.length);
-      const record = e.operation === "PUT" ? parseEntry(GatewayRecordSchema, e) : null;
-      if (record) roster.set(gid, record.enabled);
-      else roster.remove(gid);
-      // the last of the records there were when the watch opened, or anything after them
-      if ((e as KvWatchEntry).isUpdate || e.delta === 0) markLoaded();
-    },
-    log,
-    "gateway roster watch",
-  );
-  // a watch delivers nothing when there is no record: then the roster is complete as it is
-  const keys = await kv.keys(`${KEYS.gatewayPrefix}*`);
-  let any = false;
-  for await (const _ of keys) {
-    any = true;
-    break;
-  }
-  if (!any) markLoaded();
-  return { roster, loaded, stop: () => follower.stop() };
+  // the records held now, and every change after them (same turn: nothing in between)
+  const stop = records.onChange(({ gid, record }) => {
+    if (record) return roster.set(gid, record.enabled);
+    roster.remove(gid);
+    onRemoved(gid);
+  });
+  for (const { record } of records.all()) roster.set(record.id, record.enabled);
+  return { roster, loaded: Promise.resolve(), stop };
 }

@@ -9,9 +9,12 @@ import { encodeJson, type Guard } from "./bus.ts";
  * window spans its whole retention (runtime/nats.ts), so no copy of a stored event is
  * ever stored again, and nothing but the runtime publishes a message that carries one.
  */
-export async function publishEvent(js: JetStreamClient, subject: string, event: unknown): Promise<void> {
-  await js.publish(subject, encodeJson(event), { msgID: randomUUID() });
+export async function publishEvent(js: StreamPublisher, subject: string, event: unknown, msgID = randomUUID()): Promise<void> {
+  await js.publish(subject, encodeJson(event), { msgID });
 }
+
+/** What publishes into a stream and waits for its acknowledgement: the JetStream client, or jetstreamAcks.ts's publisher. */
+export type StreamPublisher = { publish(subject: string, data: Uint8Array, opts: { msgID: string }): Promise<unknown> };
 
 /**
  * True when the runtime published `m`. nats-server delivers (and the stream stores) whatever

@@ -7,21 +7,23 @@ import type { KvEntry } from "@nats-io/kv";
 import type { Subscription } from "@nats-io/transport-node";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { shortErrorText } from "../actors/errorText.ts";
-import { encodeValue, entryJson, getLive, parseEntry } from "../actors/kvStore.ts";
+import { encodeValue, entryJson, getLive } from "../actors/kvStore.ts";
 import { tierOf } from "../actors/discovery.ts";
 import { PollScheduler, type DiscoveryOutcome, type PollKind } from "../actors/pollScheduler.ts";
 import { RefreshReplySchema } from "../protocol/catalog.ts";
 import { ProtocolError, parseRequest } from "../protocol/envelope.ts";
+import { connectChanged } from "../actors/registry.ts";
 import {
-  GatewayEventSchema,
-  GatewayRecordSchema,
+  GatewayListChangedEventSchema,
   GatewayRefreshRequestSchema,
+  type GatewayStatus,
   type GatewayRecord,
 } from "../protocol/gateway.ts";
-import { PollerRequestSchema, type PollStamp, type PollerStatusReply } from "../protocol/poller.ts";
+import { PollerRequestSchema, PollerStatusesRequestSchema, type PollStamp, type PollerStatusesReply, type PollerStatusReply } from "../protocol/poller.ts";
 import { KEYS } from "../protocol/subjects.ts";
 import { isNoResponders, request, serve } from "./bus.ts";
 import { followEvents } from "./events.ts";
+import type { GatewayChange } from "./gatewayRecords.ts";
 import { followKv } from "./kvWatch.ts";
 import { PollConnections } from "./pollConnections.ts";
 import { startPollerOwnership, type PollerOwnership } from "./pollerOwnership.ts";
@@ -219,40 +221,38 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
 
   // ---- gateways ----
 
-  const loadGateway = async (gid: string) => {
-    const e = await getLive(stores.gateways, KEYS.gateway(gid));
-    const record = parseEntry(GatewayRecordSchema, e);
-    if (record?.enabled) gateways.set(gid, record);
-    else gateways.delete(gid);
+  const removed = async (gid: string) => {
+    gateways.delete(gid);
+    ownership.forget(gid);
+    fresh.delete(gid);
+    if (ownership.hosts(gid)) {
+      await ownership.release(gid);
+      await stores.state.delete(KEYS.gatewayStatus(gid)).catch(() => {});
+    }
   };
 
-  const onGatewayEvent = async (subject: string, payload: unknown) => {
-    const parsed = GatewayEventSchema.safeParse(payload);
-    if (!parsed.success) return void log.warn({ subject }, "ignoring a malformed gateway event");
-    const ev = parsed.data;
-    if (ev.type === "list_changed") return void pollers.listChanged(ev.gid);
-    if (ev.type === "removed") {
-      gateways.delete(ev.gid);
-      ownership.forget(ev.gid);
-      fresh.delete(ev.gid);
-      if (ownership.hosts(ev.gid)) {
-        await ownership.release(ev.gid);
-        await stores.state.delete(KEYS.gatewayStatus(ev.gid)).catch(() => {});
-      }
-      return;
-    }
-    await loadGateway(ev.gid);
-    const reconnect = ev.type === "added" || ev.connectChanged || ev.changedFields.includes("enabled");
-    if (reconnect && gateways.has(ev.gid)) {
-      fresh.set(ev.gid, ev.type === "added" ? "added" : "changed");
+  /** A record added, changed or removed, as the worker's one watch of the records delivered it (no read of its own). */
+  const onGatewayChange = async ({ gid, record, previous }: GatewayChange) => {
+    if (!record) return removed(gid);
+    if (record.enabled) gateways.set(gid, record);
+    else gateways.delete(gid);
+    const reconnect = !previous || !previous.enabled || connectChanged(previous, record);
+    if (reconnect && record.enabled) {
+      fresh.set(gid, previous ? "changed" : "added");
       // restart with the new connection settings, keeping the claim
-      if (running.has(ev.gid)) {
-        stopPoller(ev.gid);
-        await startPoller(ev.gid);
+      if (running.has(gid)) {
+        stopPoller(gid);
+        await startPoller(gid);
       }
     }
     // one gateway, not all of them: an import of 10,000 would otherwise place 10,000 × 10,000 times
-    await ownership.placeOne(ev.gid);
+    await ownership.placeOne(gid);
+  };
+
+  const onListChanged = (subject: string, payload: unknown) => {
+    const parsed = GatewayListChangedEventSchema.safeParse(payload);
+    if (!parsed.success) return void log.warn({ subject }, "ignoring a malformed gateway event");
+    pollers.listChanged(parsed.data.gid);
   };
 
   // ---- manual refresh ----
@@ -282,7 +282,11 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
     } catch (err) {
       if (!isNoResponders(err)) throw err;
     }
-    if (!gateways.has(gid)) await loadGateway(gid);
+    // a disabled gateway is not kept; the view above was read from KV just now
+    if (!gateways.has(gid)) {
+      const held = ctx.gatewayRecords.get(gid);
+      if (held?.record.enabled) gateways.set(gid, held.record);
+    }
     return reply(gid, await refreshOnce(gid).catch(asUnavailable));
   };
 
@@ -292,11 +296,28 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
   const watches = [
     await followKv(stores.state, KEYS.classification, onClassificationEntry, log, "classification watch", { loadFirst: true }),
   ];
-  // follow events before listing, so a gateway added in between is not missed
-  const events = await followEvents(stores.js, stores.streamName, [s.evt.gatewayAll], onGatewayEvent, guard);
-  for (const { record } of await ctx.registry.records()) if (record.enabled) gateways.set(record.id, record);
+  // list_changed notices only: adds, changes and removals come with their records from the worker's watch
+  const events = await followEvents(stores.js, stores.streamName, [s.evt.gatewayKind("list_changed")], onListChanged, guard);
+  // the records held now, and every change after them (nothing comes in between: same turn)
+  const stopFollowing = ctx.gatewayRecords.onChange((change) => void onGatewayChange(change).catch((err) => log.error({ err, gid: change.gid }, "gateway change failed")));
+  for (const { record } of ctx.gatewayRecords.all()) if (record.enabled) gateways.set(record.id, record);
 
   ctx.admin.endpoint(s.admin.gateway("refresh"), refresh);
+  // a list's page of statuses: every worker answers for the pollers it runs (one request per worker, not one per gateway)
+  const statusesSub = serve(
+    nc,
+    s.poller.statuses,
+    (payload) => {
+      const { gids } = parseRequest(PollerStatusesRequestSchema, payload, "poller statuses request");
+      const statuses: Record<string, GatewayStatus> = {};
+      for (const gid of gids) {
+        const status = running.has(gid) ? pollers.status(gid) : undefined;
+        if (status) statuses[gid] = status;
+      }
+      return { worker: me, statuses } satisfies PollerStatusesReply;
+    },
+    guard,
+  );
   await ownership.reconcile();
 
   // a worker that lost its NATS connection for good stops polling: it can record nothing
@@ -313,6 +334,8 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
     async stop() {
       stopped = true;
       slots.close();
+      stopFollowing();
+      statusesSub.unsubscribe();
       await events.stop();
       for (const w of watches) w.stop();
       await ownership.stop();

@@ -1,12 +1,13 @@
 import { getLive, listKeys, parseEntry } from "../actors/kvStore.ts";
 import { ClassificationSchema, isClassificationValid, LeaderLeaseSchema } from "../protocol/classification.ts";
 import { parseRequest } from "../protocol/envelope.ts";
-import { GatewayStatusSchema } from "../protocol/gateway.ts";
-import { PollOwnerSchema } from "../protocol/poller.ts";
+import { GatewayStatusSchema, type GatewayStatus } from "../protocol/gateway.ts";
+import { PollerStatusesReplySchema, PollOwnerSchema } from "../protocol/poller.ts";
 import { StatusRequestSchema, type StatusReply } from "../protocol/status.ts";
 import { KEYS } from "../protocol/subjects.ts";
 import { WorkerSnapshotReplySchema } from "../protocol/upstream.ts";
 import { gather } from "./bus.ts";
+import { readStoredStatus } from "./pollerEffects.ts";
 import type { WorkerContext } from "./worker.ts";
 
 /**
@@ -50,6 +51,27 @@ export async function clusterStatus(ctx: Pick<WorkerContext, "nc" | "s" | "store
       ? { valid: isClassificationValid(classification, Date.now()), hot: classification.hot.length, cold: classification.cold.length, computedAt: classification.computedAt }
       : null,
   };
+}
+
+/**
+ * The statuses of a list of gateways (a `gateway list` page): asked of every worker at once, each
+ * answering for the pollers it runs; the stored status of the others (disabled, moving, or their
+ * worker did not answer in time).
+ */
+export async function gatewayStatuses(ctx: Pick<WorkerContext, "nc" | "s" | "stores">, gids: string[]): Promise<Map<string, GatewayStatus>> {
+  const out = new Map<string, GatewayStatus>();
+  if (gids.length === 0) return out;
+  for (const reply of await gather(ctx.nc, ctx.s.poller.statuses, { gids }, PollerStatusesReplySchema)) {
+    for (const [gid, status] of Object.entries(reply.statuses)) out.set(gid, status);
+  }
+  const missing = gids.filter((gid) => !out.has(gid));
+  await Promise.all(
+    missing.map(async (gid) => {
+      const status = await readStoredStatus(ctx.stores.state, gid).catch(() => undefined);
+      if (status) out.set(gid, status);
+    }),
+  );
+  return out;
 }
 
 export function serveStatus(ctx: WorkerContext): void {

@@ -5,7 +5,8 @@ import { startAdminService, type AdminService } from "./adminService.ts";
 import { subjects, type Subjects } from "../protocol/subjects.ts";
 import { startClassifierHost } from "./classifierHost.ts";
 import type { Config } from "./config.ts";
-import { publishEvent } from "./events.ts";
+import { AckedPublisher, ackedEvents, ackedKv } from "./jetstreamAcks.ts";
+import { followGatewayRecords, type GatewayRecords } from "./gatewayRecords.ts";
 import type { Logger } from "./logger.ts";
 import { Refusals } from "./bus.ts";
 import { countReconnects, createMetrics, type Metrics } from "./metrics.ts";
@@ -15,7 +16,7 @@ import { probeConnector, readGatewayStatus } from "./pollerEffects.ts";
 import { startPollerHost } from "./pollerHost.ts";
 import { serveRegistry } from "./registryService.ts";
 import { SecretBox } from "./secretBox.ts";
-import { serveStatus } from "./statusService.ts";
+import { gatewayStatuses, serveStatus } from "./statusService.ts";
 import { startUpstreamHost, type UpstreamHost } from "./hosts/upstreamHost.ts";
 import { startEdge, type Edge } from "./edge/edgeServer.ts";
 import { createTracing, type Tracing } from "./tracing.ts";
@@ -30,6 +31,8 @@ export type WorkerContext = {
   stores: Stores;
   box: SecretBox;
   registry: Registry;
+  /** the gateway records as this worker's one watch of them holds them (runtime/gatewayRecords.ts) */
+  gatewayRecords: GatewayRecords;
   /** this worker's admin micro service: hosts serve their `mcpgw.admin.*` subjects as its endpoints */
   admin: AdminService;
   /** deliveries this worker refused to act on (runtime/bus.ts `refusal`) */
@@ -64,27 +67,36 @@ export async function startWorker(config: Config, nc: NatsConnection, log: Logge
   const s = subjects(config.prefix);
   const stores = await openStores(nc, config.prefix, config.jsReplicas, config.streamRetention);
   const box = new SecretBox(config.secretKey);
+  const workerLog = log.child({ worker: config.workerId });
+  // one watch of the gateway records per worker, shared by every host that needs them
+  const { records: gatewayRecords, stop: stopRecords } = await followGatewayRecords(stores.gateways, workerLog);
+  // the registry's writes are acknowledged on one subscription, not a request each
+  const acks = new AckedPublisher(nc);
   const registry = new Registry({
-    gateways: stores.gateways,
+    gateways: ackedKv(stores.gateways, stores.names.gateways, acks),
     catalog: stores.catalog,
     state: stores.state,
     subjects: s,
-    publish: (subject, event) => publishEvent(stores.js, subject, event),
+    publish: ackedEvents(acks),
     seal: (plain, gid) => box.seal(plain, gid),
     open: (sealed, gid) => box.open(sealed, gid),
     statusOf: (gid) => readGatewayStatus(nc, s, stores.state, gid),
+    statusesOf: (gids) => gatewayStatuses({ nc, s, stores }, gids),
+    records: async () => {
+      await gatewayRecords.caughtUp();
+      return [...gatewayRecords.all()];
+    },
   });
-  const workerLog = log.child({ worker: config.workerId });
   const refusals = new Refusals();
   const admin = await startAdminService(nc, s, config.workerId, { log: workerLog, refusals });
   const metrics = createMetrics();
   const tracing = createTracing({ otlpEndpoint: config.otlpEndpoint, workerId: config.workerId });
   const upstreamAgent = sharedUpstreamAgent(config.outbound);
-  const ctx: WorkerContext = { config, nc, log: workerLog, s, stores, box, registry, admin, refusals, metrics, tracing, upstreamAgent };
+  const ctx: WorkerContext = { config, nc, log: workerLog, s, stores, box, registry, gatewayRecords, admin, refusals, metrics, tracing, upstreamAgent };
   countReconnects(nc, metrics);
 
   // first to start, last to stop: spans of everything stopping are still exported
-  const hosted: Hosted[] = [{ stop: () => tracing.shutdown() }];
+  const hosted: Hosted[] = [{ stop: () => tracing.shutdown() }, { stop: async () => (stopRecords(), acks.stop()) }];
   // closed after every upstream session and poller stopped (bounded: a request an upstream never ends is cut)
   hosted.push({
     stop: async () => {

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { CatalogCache } from "../runtime/edge/catalogCache.ts";
+import { followGatewayRecords } from "../runtime/gatewayRecords.ts";
 import { openStores, type Stores } from "../runtime/nats.ts";
 import { putCatalog } from "./helpers/edge.ts";
 import { startNats, watched, type TestNats } from "./helpers/nats.ts";
@@ -21,7 +22,8 @@ describe("edge catalog cache", () => {
     const gw = await registry.add({ name: "alpha", transport: "streamable-http", url: "http://127.0.0.1:1/mcp" });
     const catalogWatches: Array<{ stop(): void }> = [];
     const { log, lines } = memoryLogger();
-    const cache = new CatalogCache({ gateways: stores.gateways, catalog: watched(stores.catalog, catalogWatches), state: stores.state }, "__", log);
+    const records = await followGatewayRecords(stores.gateways, log);
+    const cache = new CatalogCache({ records: records.records, catalog: watched(stores.catalog, catalogWatches), state: stores.state }, "__", log);
     await cache.start();
     try {
       const w = { stores } as never;
@@ -38,6 +40,7 @@ describe("edge catalog cache", () => {
       assert.ok(lines.some((l) => l.includes("catalog watch ended; watching again")));
     } finally {
       cache.stop();
+      records.stop();
     }
   });
 });

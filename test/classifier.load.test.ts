@@ -12,6 +12,7 @@ import { StoredUsageSchema, type UsageReport } from "../protocol/usage.ts";
 import { getLive } from "../actors/kvStore.ts";
 import { encodeJson, request } from "../runtime/bus.ts";
 import { createClassifierEffects, followRoster } from "../runtime/classifierHost.ts";
+import { followGatewayRecords } from "../runtime/gatewayRecords.ts";
 import { openStores } from "../runtime/nats.ts";
 import { runCli, runTs, START_MS, workerEnv, type Proc } from "./helpers/processes.ts";
 import { startNats, type TestNats } from "./helpers/nats.ts";
@@ -120,8 +121,8 @@ describe("classification fence (two workers' effects interleaved on a real serve
     const nc = await nats.connect("runtime");
     const stores = await openStores(nc, "roster");
     const { log } = memoryLogger();
-    const empty = await followRoster(stores.gateways, log);
-    await empty.loaded; // an empty bucket: complete at once
+    const empty = await followGatewayRecords(stores.gateways, log); // an empty bucket: complete at once
+    assert.equal(empty.records.size, 0);
     empty.stop();
 
     const registry = directRegistry(stores, "roster");
@@ -130,13 +131,15 @@ describe("classification fence (two workers' effects interleaved on a real serve
       const batch = Array.from({ length: 30 }, (_, j) => registry.add({ name: `r${i + j}`, transport: "streamable-http", url: "http://127.0.0.1:9/mcp", enabled: (i + j) % 10 !== 0 }));
       ids.push(...(await Promise.all(batch)).map((g) => g.id));
     }
-    const source = await followRoster(stores.gateways, log);
-    await source.loaded;
+    const records = await followGatewayRecords(stores.gateways, log);
+    const removed: string[] = [];
+    const source = followRoster(records.records, (gid) => removed.push(gid));
     assert.equal(source.roster.enabledIds().length, 270, "every record there was, enabled ones apart");
     await registry.update({ name: "r1", patch: { enabled: false } });
     await registry.remove({ name: "r2" });
     await registry.update({ name: "r10", patch: { enabled: true } });
     await until("the roster to follow an update and a removal", () => source.roster.enabledIds().length === 269 && !source.roster.has(ids[2]!), WAIT_MS);
+    assert.deepEqual(removed, [ids[2]], "the removal is told (the classifier forgets its usage)");
 
     const c = createClassifierEffects({ config: testConfig({ MCPGW_WORKER_ID: "r" }), log, stores, gateways: source }, new UsageAggregate(60_000));
     let held = (await run(c.actors.acquire, { revision: 0 }))!;
@@ -151,6 +154,7 @@ describe("classification fence (two workers' effects interleaved on a real serve
       assert.deepEqual({ ...c.stats.lastDuty, computeMs: 0, cpuMs: 0 }, { computeMs: 0, cpuMs: 0, kvReads: round === 1 ? 2 : 1, kvWrites: 1 }, `duty ${round}`);
     }
     source.stop();
+    records.stop();
   });
 
   it("a fence on a lease that moved does nothing", async () => {

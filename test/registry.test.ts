@@ -5,7 +5,8 @@ import { Kvm } from "@nats-io/kv";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { AnyEnvelopeSchema, type Envelope } from "../protocol/envelope.ts";
 import { buckets, eventStream, INBOX_PREFIX, KEYS, subjects, type AdminGatewayOp } from "../protocol/subjects.ts";
-import { decodeJson, encodeJson } from "../runtime/bus.ts";
+import { PollerStatusesReplySchema } from "../protocol/poller.ts";
+import { decodeJson, encodeJson, gather } from "../runtime/bus.ts";
 import { startNats, type TestNats } from "./helpers/nats.ts";
 import { until } from "./helpers/wait.ts";
 import { startTestWorker, type TestWorker } from "./helpers/worker.ts";
@@ -102,6 +103,35 @@ describe("gateway registry", () => {
     assert.equal(!gone.ok && gone.error.code, "not_found");
     // the name is free again
     data(await admin(nc, "add", { ...HTTP_GATEWAY, name: "crud2" }));
+  });
+
+  it("lists in pages, in name order, each page's live statuses asked of every worker at once", async () => {
+    const names = ["page-a", "page-b", "page-c", "page-d", "page-e"];
+    const ids = await Promise.all(names.map(async (name) => data(await admin(nc, "add", { ...HTTP_GATEWAY, name, tags: ["paged"] })).id as string));
+    // every worker answers for the pollers it runs: together, each gateway once
+    const statusesOf = async () => {
+      const replies = await gather(w1.nc, s.poller.statuses, { gids: ids }, PollerStatusesReplySchema, { stallMs: 1_000, maxMs: 10_000 });
+      return replies.flatMap((r) => Object.keys(r.statuses).map((gid) => [gid, r.worker]));
+    };
+    await until("every poller started", async () => ((await statusesOf()).length === ids.length ? true : null), 30_000);
+    const answered = await statusesOf();
+    assert.deepEqual(answered.map(([gid]) => gid).sort(), [...ids].sort(), "each gateway's status from exactly one worker");
+
+    const pages: string[][] = [];
+    for (let after: string | undefined; ; ) {
+      const page = data(await admin(nc, "list", { tag: "paged", limit: 2, ...(after && { after }) }));
+      pages.push(page.gateways.map((g: any) => g.name));
+      assert.ok(page.gateways.every((g: any) => g.status), "each with its status");
+      if (!(after = page.next)) break;
+      assert.equal(after, page.gateways.at(-1).name);
+    }
+    assert.deepEqual(pages, [["page-a", "page-b"], ["page-c", "page-d"], ["page-e"]]);
+    assert.equal(data(await admin(nc, "list", { tag: "paged" })).next, undefined, "all in one page when they fit");
+
+    for (const bad of [{ limit: 0 }, { limit: 1001 }, { after: "Not A Name" }]) {
+      const refused = await admin(nc, "list", bad);
+      assert.equal(!refused.ok && refused.error.code, "invalid_request", JSON.stringify(bad));
+    }
   });
 
   it("refuses a duplicate name, also when adds race", async () => {

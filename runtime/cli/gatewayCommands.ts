@@ -287,7 +287,13 @@ export function gatewayCommands(run: Run): Command {
     .option("--tag <tag>", "only gateways with this tag")
     .action((o: { tag?: string }) =>
       run(async (a, print) => {
-        const r = await a.call(a.s.admin.gateway("list"), o.tag ? { tag: o.tag } : {}, GatewayListReplySchema);
+        // page by page: a reply carries at most 1,000 (fewer when they would not fit in one NATS message)
+        const r: { gateways: GatewayView[] } = { gateways: [] };
+        for (let after: string | undefined; ; ) {
+          const page = await a.call(a.s.admin.gateway("list"), { ...(o.tag && { tag: o.tag }), ...(after && { after }) }, GatewayListReplySchema);
+          r.gateways.push(...page.gateways);
+          if (!(after = page.next)) break;
+        }
         const rows = r.gateways.map((g) => [
           g.name,
           g.id,

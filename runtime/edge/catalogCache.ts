@@ -1,8 +1,9 @@
 import type { KV, KvEntry } from "@nats-io/kv";
 import { buildView, changedLists, type CatalogView, type GatewayFacts, type Route, type ViewList } from "../../actors/catalogView.ts";
 import { CatalogSchema, type Catalog } from "../../protocol/catalog.ts";
-import { GatewayRecordSchema, GatewayStatusSchema, type GatewayStatus } from "../../protocol/gateway.ts";
+import { GatewayStatusSchema, type GatewayStatus } from "../../protocol/gateway.ts";
 import { KEYS } from "../../protocol/subjects.ts";
+import type { GatewayChange, GatewayRecords } from "../gatewayRecords.ts";
 import { followKv } from "../kvWatch.ts";
 import type { Logger } from "../logger.ts";
 import type { GatewaySummary } from "../metrics.ts";
@@ -13,8 +14,8 @@ type Watched<T> = { value: T; revision: number };
 export type ViewChange = { scope: string | null; lists: ViewList[] };
 
 /**
- * This worker's copy of what clients can see: gateway records, catalogs and poller health,
- * kept current by watching the three KV buckets. Views are built on demand per scope and
+ * This worker's copy of what clients can see: gateway records (from the worker's records), catalogs
+ * and poller health (watched here), kept current. Views are built on demand per scope and
  * rebuilt after any change; `onChange` hears which scopes' lists differ.
  */
 export class CatalogCache {
@@ -29,16 +30,20 @@ export class CatalogCache {
   #stopping = false;
   #dirty: NodeJS.Immediate | undefined;
 
+  /** `records`: the worker's gateway records (one watch per worker, runtime/gatewayRecords.ts); catalogs and health are watched here */
   constructor(
-    private readonly kv: { gateways: KV; catalog: KV; state: KV },
+    private readonly kv: { records: GatewayRecords; catalog: KV; state: KV },
     readonly separator: string,
     private readonly log: Logger,
   ) {}
 
   /** Loads the current values, then follows changes. */
   async start(): Promise<void> {
+    const records = this.kv.records;
+    // the records held now, and every change after them (same turn: nothing in between)
+    this.#watches.add({ stop: records.onChange((c) => this.#applyGateway(c) && this.#changed()) });
+    for (const { record, revision } of records.all()) this.#applyGateway({ gid: record.id, record, revision });
     await Promise.all([
-      this.#follow(this.kv.gateways, `${KEYS.gatewayPrefix}>`, (e) => this.#applyGateway(e)),
       this.#follow(this.kv.catalog, `${KEYS.catalogPrefix}>`, (e) => this.#applyCatalog(e)),
       this.#follow(this.kv.state, `${KEYS.gatewayStatusPrefix}>`, (e) => this.#applyStatus(e)),
     ]);
@@ -147,12 +152,10 @@ export class CatalogCache {
     return true;
   }
 
-  #applyGateway(e: KvEntry): boolean {
-    const gid = e.key.slice(KEYS.gatewayPrefix.length);
-    return this.#put(this.#gateways, gid, e, () => {
-      const r = GatewayRecordSchema.safeParse(e.json());
-      return r.success ? { name: r.data.name, enabled: r.data.enabled, passthroughHeaders: r.data.passthroughHeaders } : undefined;
-    });
+  #applyGateway({ gid, record, revision }: Pick<GatewayChange, "gid" | "record" | "revision">): boolean {
+    if (!record) return this.#gateways.delete(gid);
+    this.#gateways.set(gid, { value: { name: record.name, enabled: record.enabled, passthroughHeaders: record.passthroughHeaders }, revision });
+    return true;
   }
 
   #applyCatalog(e: KvEntry): boolean {

@@ -122,7 +122,7 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
   const metricsTokens = tokenDigests(config.metricsTokens);
   const guardOpts = { log, refusals: ctx.refusals };
 
-  const cache = new CatalogCache(ctx.stores, edge.toolSeparator, log);
+  const cache = new CatalogCache({ records: ctx.gatewayRecords, catalog: ctx.stores.catalog, state: ctx.stores.state }, edge.toolSeparator, log);
   await cache.start();
   ctx.metrics.readGatewaysFrom(() => cache.summaries());
   const sessions = new SessionStore({

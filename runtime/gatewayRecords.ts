@@ -1,0 +1,114 @@
+// Every worker's one copy of the gateway records, kept by one watch of the gateways bucket and
+// shared by whoever needs them (the poller host, the classifier's roster, the edge's catalog
+// cache, the registry's list): an add or change is parsed once per worker and nobody reads the
+// record again. The watch covers the whole bucket (the name index too), so the highest
+// revision it has delivered can be compared with the bucket's last one: `caughtUp` waits for
+// every write there was when it was called (a list answered right after an add shows it).
+import type { KV, KvEntry } from "@nats-io/kv";
+import { parseEntry } from "../actors/kvStore.ts";
+import { GatewayRecordSchema, type GatewayRecord } from "../protocol/gateway.ts";
+import { KEYS } from "../protocol/subjects.ts";
+import { followKv } from "./kvWatch.ts";
+import type { Logger } from "./logger.ts";
+
+export type HeldGateway = { record: GatewayRecord; revision: number };
+
+/** One record's change as the watch delivered it: `record` null when it was removed (or no longer parses). */
+export type GatewayChange = { gid: string; record: GatewayRecord | null; previous: GatewayRecord | null; revision: number };
+
+/** How long `caughtUp` waits for the watch before it answers with what is held. */
+const CATCH_UP_MS = 5_000;
+
+export class GatewayRecords {
+  readonly #held = new Map<string, HeldGateway>();
+  readonly #listeners = new Set<(change: GatewayChange) => void>();
+  /** the bucket's highest revision the watch has delivered */
+  #seen = 0;
+  #waiters: Array<{ revision: number; done: () => void }> = [];
+
+  constructor(
+    private readonly kv: Pick<KV, "status">,
+    private readonly log: Logger,
+  ) {}
+
+  get(gid: string): HeldGateway | undefined {
+    return this.#held.get(gid);
+  }
+
+  /** every record held, secrets still sealed */
+  all(): IterableIterator<HeldGateway> {
+    return this.#held.values();
+  }
+
+  get size(): number {
+    return this.#held.size;
+  }
+
+  /**
+   * Calls `listener` on every change from now on, in the watch's order; it must not throw. Take
+   * `all()` in the same turn to start from: nothing can come in between.
+   */
+  onChange(listener: (change: GatewayChange) => void): () => void {
+    this.#listeners.add(listener);
+    return () => void this.#listeners.delete(listener);
+  }
+
+  /** Resolves once the watch has delivered every write the bucket had when called (or after a bound: then with false). */
+  async caughtUp(withinMs = CATCH_UP_MS): Promise<boolean> {
+    const revision = (await this.kv.status()).streamInfo.state.last_seq;
+    if (this.#seen >= revision) return true;
+    let timer: NodeJS.Timeout | undefined;
+    const reached = await new Promise<boolean>((resolve) => {
+      const waiter = { revision, done: () => resolve(true) };
+      this.#waiters.push(waiter);
+      timer = setTimeout(() => {
+        this.#waiters = this.#waiters.filter((w) => w !== waiter);
+        resolve(false);
+      }, withinMs);
+    });
+    clearTimeout(timer);
+    if (!reached) this.log.warn({ revision, seen: this.#seen }, "gateway records: the watch is behind the bucket; answering with what is held");
+    return reached;
+  }
+
+  /** The watch's entry: one key of the bucket (a record, or the name index, which only moves `#seen`). */
+  apply(e: KvEntry): void {
+    if (e.key.startsWith(KEYS.gatewayPrefix)) this.#applyRecord(e);
+    if (e.revision > this.#seen) {
+      this.#seen = e.revision;
+      if (this.#waiters.length > 0) {
+        const ready = this.#waiters.filter((w) => w.revision <= e.revision);
+        this.#waiters = this.#waiters.filter((w) => w.revision > e.revision);
+        for (const w of ready) w.done();
+      }
+    }
+  }
+
+  #applyRecord(e: KvEntry): void {
+    const gid = e.key.slice(KEYS.gatewayPrefix.length);
+    const held = this.#held.get(gid);
+    // a watch opened again repeats each key's latest entry
+    if (held && held.revision >= e.revision) return;
+    const record = e.operation === "PUT" ? parseEntry(GatewayRecordSchema, e) : null;
+    if (e.operation === "PUT" && !record) this.log.warn({ key: e.key }, "ignoring a gateway record that does not match the schema");
+    if (record) this.#held.set(gid, { record, revision: e.revision });
+    else if (held) this.#held.delete(gid);
+    else return;
+    const change: GatewayChange = { gid, record, previous: held?.record ?? null, revision: e.revision };
+    for (const l of this.#listeners) {
+      try {
+        l(change);
+      } catch (err) {
+        this.log.error({ err, gid }, "a gateway records listener failed");
+      }
+    }
+  }
+}
+
+/** Follows the gateways bucket from its current records on; resolves once they are all held. */
+export async function followGatewayRecords(kv: KV, log: Logger): Promise<{ records: GatewayRecords; stop(): void }> {
+  const records = new GatewayRecords(kv, log);
+  const follower = await followKv(kv, ">", (e) => records.apply(e), log, "gateway records watch");
+  await records.caughtUp(60_000);
+  return { records, stop: () => follower.stop() };
+}
