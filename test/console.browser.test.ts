@@ -97,10 +97,13 @@ describe("web console in headless Chromium", () => {
     assert.deepEqual([edited.description, edited.tags, edited.url], ["edited in the console", ["demo", "browser"], fixture.url("fx")]);
 
     await row("fx").getByRole("button", { name: "Disable" }).click();
+    await page.locator("#message", { hasText: /^disable fx: done$/ }).waitFor({ timeout: WAIT });
     await row("fx").locator(".enabled", { hasText: "no" }).waitFor({ timeout: WAIT });
     assert.equal((await worker.registry.get({ name: "fx" })).enabled, false);
     await row("fx").getByRole("button", { name: "Enable" }).click();
+    await page.locator("#message", { hasText: /^enable fx: done$/ }).waitFor({ timeout: WAIT });
     await row("fx").locator(".enabled", { hasText: "yes" }).waitFor({ timeout: WAIT });
+    assert.equal((await worker.registry.get({ name: "fx" })).enabled, true);
 
     await row("fx").getByRole("button", { name: "Refresh" }).click();
     await page.locator("#message", { hasText: /^refresh fx: (no change|the catalog changed)$/ }).waitFor({ timeout: WAIT });

@@ -10,6 +10,13 @@ const $ = (id) => document.getElementById(id);
 
 let token = sessionStorage.getItem(TOKEN_KEY);
 let refreshTimer = null;
+/**
+ * Refreshes overlap (the timer, an event, an action's own): each is numbered when it starts, and
+ * one that finishes after a later one has been shown is dropped, so an older view never replaces a
+ * newer one (a stale row's button would act on what it no longer is).
+ */
+let refreshesStarted = 0;
+let refreshShown = 0;
 let eventsAbort = null;
 /** the gateway the form edits; null when it adds one */
 let editing = null;
@@ -150,15 +157,20 @@ function renderSessions(list) {
 async function refresh() {
   clearTimeout(refreshTimer);
   if (!token) return;
+  const generation = ++refreshesStarted;
   try {
     const [gateways, status, sessions] = await Promise.all([call("gateway.list"), call("status"), call("session.list")]);
-    renderGateways(gateways.gateways);
-    renderWorkers(status);
-    renderSessions(sessions);
+    if (generation > refreshShown) {
+      refreshShown = generation;
+      renderGateways(gateways.gateways);
+      renderWorkers(status);
+      renderSessions(sessions);
+    }
   } catch (err) {
-    if (token) say(`refresh failed: ${err.message}`, true);
+    if (token && generation > refreshShown) say(`refresh failed: ${err.message}`, true);
   }
-  if (token) refreshTimer = setTimeout(refresh, REFRESH_MS);
+  // only the newest refresh plans the next: one timer, however many overlapped
+  if (token && generation === refreshesStarted) refreshTimer = setTimeout(refresh, REFRESH_MS);
 }
 
 function describeEvent(subject, e) {
