@@ -227,7 +227,9 @@ describe("server → client requests", () => {
       const reply = await caller.call(sid, gid, tool("trigger-sampling-request", { prompt: "p", maxTokens: 5 }, { stream: "post-e" }));
       assert.ok("result" in reply);
       assert.match(JSON.stringify(reply.result), /from the client/);
-      assert.equal(client.messages("post-e")[0]!.method, "sampling/createMessage");
+      // server-everything also asks for the roots after its handshake: on a loaded machine that
+      // request can still be on its way when the call starts, and reach the same stream before it
+      assert.ok(client.messages("post-e").some((m) => m.method === "sampling/createMessage"), "the sampling request reached the call's stream");
     } finally {
       client.stop();
     }
