@@ -25,8 +25,6 @@ import type { TraceHeaders } from "./tracing.ts";
 export type AnswerDelivery = {
   streamOpen(): boolean;
   delivered: Promise<boolean>;
-  /** the call goes to another worker over NATS: its answer may outlive this one, so the client needs a point to resume from now */
-  overBus(): void;
 };
 
 /** An actor hosted by this worker, holding its claim: a call handed to it in process. */
@@ -171,7 +169,6 @@ export function createUpstreamCaller(
           signal.addEventListener("abort", onAbort, { once: true });
           listening = true;
         }
-        delivery?.overBus();
         try {
           // requests and answers over the server's max_payload travel in parts
           const pending = requestWhole(nc, subject, encodeJson(keeps ? { ...sent, answerCopy: "caller" } : sent), { timeoutMs: leftMs + REPLY_MARGIN_MS, limit: messageLimit, headers: trace });

@@ -1,6 +1,6 @@
 // A POST's response at the edge (runtime/edge/streamableHttp.ts): JSON in one write when the
 // answer comes first; an SSE stream starting with its priming event when an event comes first,
-// when told the call left the process, or when the priming clock finds it still unanswered.
+// when its stream is started (the priming clock finds it still unanswered).
 import assert from "node:assert/strict";
 import { createServer, request, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
@@ -50,7 +50,7 @@ describe("PostResponse", () => {
     assert.deepEqual(JSON.parse((await post()).body), [answer]);
   });
 
-  it("streams, priming event first, when an event comes before the answer or the call leaves the process", async () => {
+  it("streams, priming event first, when an event comes before the answer or the stream is started", async () => {
     respond = (res) => {
       const p = new PostResponse(res, {}, "st.0", false, clock);
       p.write("st.u1", { jsonrpc: "2.0", method: "notifications/progress", params: { progressToken: 1, progress: 1 } });
@@ -64,12 +64,12 @@ describe("PostResponse", () => {
     );
     respond = (res) => {
       const p = new PostResponse(res, {}, "st.0", false, clock);
-      p.stream(); // the call went over NATS
+      p.stream(); // as the priming clock does
       setTimeout(() => p.end({ id: "st.a0", message: answer }), 10);
     };
-    const overBus = await post();
-    assert.match(overBus.type, /^text\/event-stream/);
-    assert.match(overBus.body, /^id: st\.0\ndata: \n\n/);
+    const started = await post();
+    assert.match(started.type, /^text\/event-stream/);
+    assert.match(started.body, /^id: st\.0\ndata: \n\n/);
   });
 
   it("streams once the answer is slower than the priming delay; a stream ended without an answer still has its priming event", async () => {

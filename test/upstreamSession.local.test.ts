@@ -165,6 +165,21 @@ describe("upstream sessions: local placement and in-process calls", () => {
     return r.body;
   }
 
+  it("a quick call through the other worker is answered as one JSON response, as in process; a slow one streams, priming event first", async () => {
+    const { headers, sid } = await rawSession(a);
+    assert.ok(hosts(a, sid) && !hosts(b, sid));
+    const quick = await raw(b.edge.port, { headers, body: JSON.stringify({ jsonrpc: "2.0", id: 4, method: "tools/call", params: { name: "counter__increment", arguments: {} } }) });
+    assert.equal(quick.status, 200);
+    assert.match(String(quick.headers["content-type"]), /^application\/json/);
+    assert.equal(Number(quick.headers["content-length"]), Buffer.byteLength(quick.body));
+    assert.match(quick.body, /"text":"2"/);
+    // slower than the priming delay (1-2 s): resumable from the priming event on, at any worker
+    const slow = await raw(b.edge.port, { headers, body: JSON.stringify({ jsonrpc: "2.0", id: 5, method: "tools/call", params: { name: "counter__sleep", arguments: { ms: 2500 } } }), timeoutMs: BOUND_MS });
+    assert.match(String(slow.headers["content-type"]), /^text\/event-stream/);
+    assert.match(slow.body, /^id: [A-Za-z0-9_-]+\.0\ndata: \n\n/);
+    assert.match(slow.body, /slept 2500/);
+  });
+
   it("an in-process call whose client stream closed before its answer: the answer is kept, and a resumption gets it", async () => {
     const { headers, sid } = await rawSession(a);
     assert.ok(hosts(a, sid));

@@ -479,7 +479,7 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
       release();
       settled(lifecycle);
     });
-    const delivery: AnswerDelivery = { streamOpen: () => !post.closed, get delivered() { return post.delivered; }, overBus: () => post.stream() };
+    const delivery: AnswerDelivery = { streamOpen: () => !post.closed, get delivered() { return post.delivered; } };
     const answerOne = async (r: JSONRPCRequest) => {
       const answer = await run(r, { ...base, streamId, delivery });
       const verdict = lifecycle.answer(wireKey(r.id));

@@ -195,12 +195,11 @@ function deliveredOf(res: ServerResponse): Promise<boolean> {
 /**
  * The response to a POST whose requests need an upstream. Nothing is written until there is
  * something to say, and socket writes are most of what a call costs here:
- * - the answers come first (a call answered in process, with nothing before its answer): one
- *   JSON response, headers, body and end in one write;
+ * - the answers come first (a call answered in process or over the bus, with nothing before its
+ *   answer): one JSON response, headers, body and end in one write;
  * - otherwise an SSE stream whose first event is the priming event (`primingId`), the client's
  *   point to resume from at any worker: once an event comes first (progress, a server request),
- *   once a call leaves this process (`stream()`: its answer may outlive this worker), or once the
- *   answer is slow in coming (`stream()` again, by the edge's priming clock).
+ *   or once the answer is slow in coming (`stream()`, by the edge's priming clock).
  * A JSON answer has no event id: a client whose connection breaks before it gets no resumption,
  * it gets an error (its request failed); a call slower than the priming delay streams and resumes.
  */
