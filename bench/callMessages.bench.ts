@@ -5,7 +5,8 @@
 // the session's upstream actor, then through the other one. Counts per call, averaged over
 // CALLMSG_CALLS (200) after a warm-up; and the CPU time per call of this process and of
 // nats-server. Counts, not time: the load of the machine does not change them.
-// Run: node --import tsx bench/callMessages.bench.ts (CALLMSG_ONLY=host|other: one path only)
+// Run: node --import tsx bench/callMessages.bench.ts (CALLMSG_ONLY=host|other: one path only); with
+// node --cpu-prof, the printed windows cut the profile to the calls (bench/cpuProfile.ts <file> [top] <from-to>).
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
 import type { NatsConnection } from "@nats-io/transport-node";
@@ -93,6 +94,7 @@ try {
   const other = host === a ? b : a;
 
   const rows: string[][] = [];
+  const windows: string[] = [];
   for (const [label, via] of (
     [
       ["through the hosting worker", host],
@@ -105,8 +107,11 @@ try {
     const before = new Map([...counts].map(([w, c]) => [w, { ...c }]));
     const cpu0 = process.cpuUsage();
     const natsCpu0 = cpuSecondsOf(natsPid);
+    const fromUs = process.hrtime.bigint() / 1000n;
     for (let i = 0; i < CALLS; i++) await call();
     const cpu = process.cpuUsage(cpu0);
+    // the calls' span on V8's profile clock: bench/cpuProfile.ts <profile> [top] <from-to> sums only it
+    windows.push(`${label}: ${fromUs}-${process.hrtime.bigint() / 1000n}`);
     const cpuPerCall = ((cpu.user + cpu.system) / 1000 / CALLS).toFixed(2);
     const natsPerCall = (((cpuSecondsOf(natsPid) - natsCpu0) * 1000) / CALLS).toFixed(3);
     // trailing operations of the last call (an UNSUB after its answer)
@@ -122,6 +127,7 @@ try {
     }
   }
   table("NATS operations per call", `tools/call of echo, ${CALLS} sequential calls of one session after a warm-up, counted on each worker\'s NATS connection, per call; "writes": socket writes of that connection. CPU per call: this process (the SDK client and both workers; the upstream runs in its own) and nats-server (/proc, 10 ms ticks), load average ${loadAverage()}.`, ["calls", "connection", ...OPS, "sent", "received", "CPU per call", "nats-server"], rows);
+  console.log(`profile windows (µs, for --cpu-prof): ${windows.join("; ")}`);
   await transport.terminateSession().catch(() => {});
   await client.close();
 } finally {
