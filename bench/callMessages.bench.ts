@@ -78,10 +78,14 @@ try {
   await request(admin, subjects("mcpgw").admin.gateway("add"), { name: "up", transport: "streamable-http", url: upstream.url("gw") }, GatewayViewSchema, 60_000);
 
   let target = a.edge.url;
-  const routed: typeof fetch = (input, init) => {
+  /** how the edge answered the client's POSTs: one JSON response, or an SSE stream (priming event, then the answer) */
+  const answers = { json: 0, sse: 0 };
+  const routed: typeof fetch = async (input, init) => {
     const u = new URL(input instanceof Request ? input.url : String(input));
     u.host = new URL(target).host;
-    return fetch(u, init);
+    const res = await fetch(u, init);
+    if (init?.method === "POST") answers[/^text\/event-stream/.test(res.headers.get("content-type") ?? "") ? "sse" : "json"]++;
+    return res;
   };
   const transport = new StreamableHTTPClientTransport(new URL(a.edge.url), { fetch: routed });
   const client = new Client({ name: "callmsg", version: "1.0.0" });
@@ -105,6 +109,7 @@ try {
     for (let i = 0; i < 3; i++) await call();
     await new Promise((r) => setTimeout(r, 300));
     const before = new Map([...counts].map(([w, c]) => [w, { ...c }]));
+    const answers0 = { ...answers };
     const cpu0 = process.cpuUsage();
     const natsCpu0 = cpuSecondsOf(natsPid);
     const fromUs = process.hrtime.bigint() / 1000n;
@@ -123,10 +128,11 @@ try {
       const n = (op: Op) => (counts.get(w)![op] - before.get(w)![op]) / CALLS;
       const sent = n("PUB") + n("HPUB") + n("SUB") + n("UNSUB") + n("PING");
       const received = n("MSG") + n("HMSG");
-      rows.push([label, who, ...OPS.map((op) => n(op).toFixed(2)), sent.toFixed(2), received.toFixed(2), who === "hosting worker" ? `${cpuPerCall} ms` : "", who === "hosting worker" ? `${natsPerCall} ms` : ""]);
+      const answered = who === "hosting worker" ? `${((answers.json - answers0.json) / CALLS).toFixed(2)} / ${((answers.sse - answers0.sse) / CALLS).toFixed(2)}` : "";
+      rows.push([label, who, ...OPS.map((op) => n(op).toFixed(2)), sent.toFixed(2), received.toFixed(2), answered, who === "hosting worker" ? `${cpuPerCall} ms` : "", who === "hosting worker" ? `${natsPerCall} ms` : ""]);
     }
   }
-  table("NATS operations per call", `tools/call of echo, ${CALLS} sequential calls of one session after a warm-up, counted on each worker\'s NATS connection, per call; "writes": socket writes of that connection. CPU per call: this process (the SDK client and both workers; the upstream runs in its own) and nats-server (/proc, 10 ms ticks), load average ${loadAverage()}.`, ["calls", "connection", ...OPS, "sent", "received", "CPU per call", "nats-server"], rows);
+  table("NATS operations per call", `tools/call of echo, ${CALLS} sequential calls of one session after a warm-up, counted on each worker\'s NATS connection, per call; "writes": socket writes of that connection. answers JSON / SSE: how the edge answered the client's POSTs, per call. CPU per call: this process (the SDK client and both workers; the upstream runs in its own) and nats-server (/proc, 10 ms ticks), load average ${loadAverage()}.`, ["calls", "connection", ...OPS, "sent", "received", "answers JSON / SSE", "CPU per call", "nats-server"], rows);
   console.log(`profile windows (µs, for --cpu-prof): ${windows.join("; ")}`);
   await transport.terminateSession().catch(() => {});
   await client.close();
