@@ -371,8 +371,11 @@ async function leanPhase(admin: NatsConnection, edgeUrl: string) {
     leanLoads.push(loadAverage());
     for (const name of ["direct", "mcpgw"] as const) {
       const cpu0 = cpuByRole();
+      const fromUs = process.hrtime.bigint() / 1000n;
       const r = await leanPaths[name].run(name === "direct" ? LEAN_MS / 4 : LEAN_MS / 2, LEAN_MAX_CALLS / 2);
       const cpu1 = cpuByRole();
+      // the window of a profile that is this load alone (bench/cpuProfile.ts takes it as `from-to`)
+      if (CPU_PROF && name === "mcpgw") console.error(`lean mcpgw half ${half + 1}: profile window ${fromUs}-${process.hrtime.bigint() / 1000n}`);
       const f = leanFigures[name];
       f.latencies.push(...r.latencies);
       f.calls += r.calls;
