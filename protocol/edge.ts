@@ -1,4 +1,4 @@
-import { createHash } from "node:crypto";
+import { hash } from "node:crypto";
 import { z } from "zod";
 import { GatewayIdSchema } from "./gateway.ts";
 
@@ -9,7 +9,8 @@ import { GatewayIdSchema } from "./gateway.ts";
  * calls that key `sid`: the first 128 bits of the id's SHA-256, in hex.
  */
 export function sessionKey(clientSessionId: string): string {
-  return createHash("sha256").update(clientSessionId).digest("hex").slice(0, 32);
+  // the one-shot hash: no Hash object per request (every request of a session computes its key)
+  return hash("sha256", clientSessionId, "hex").slice(0, 32);
 }
 
 /** MCP logging levels (RFC 5424 severities), least severe first. */
