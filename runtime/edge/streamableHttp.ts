@@ -10,6 +10,7 @@ import {
   type JSONRPCRequest,
   type JSONRPCResultResponse,
 } from "@modelcontextprotocol/sdk/types.js";
+import { answerJson } from "../resultText.ts";
 
 export class HttpError extends Error {
   constructor(
@@ -107,7 +108,7 @@ export function isJsonContent(req: IncomingMessage): boolean {
 
 /** A JSON answer in one write: headers and body together, its length given (no chunked framing). */
 export function sendJson(res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
-  const text = JSON.stringify(body);
+  const text = answerJson(body);
   res.writeHead(status, { "content-type": "application/json", "content-length": String(Buffer.byteLength(text)), ...headers }).end(text);
 }
 
@@ -183,7 +184,7 @@ export class SseStream {
 /** One SSE event's text: with an id or without, a JSON-RPC message or no data (a priming event). */
 function sseEvent(id: string | undefined, message: unknown): string {
   const head = id === undefined ? "" : `id: ${id}\n`;
-  return message === undefined ? `${head}data: \n\n` : `${head}event: message\ndata: ${JSON.stringify(message)}\n\n`;
+  return message === undefined ? `${head}data: \n\n` : `${head}event: message\ndata: ${answerJson(message)}\n\n`;
 }
 
 /** true once `res` finished with everything written handed to the OS; false when it closed before (a response emits `close` after `finish` too) */

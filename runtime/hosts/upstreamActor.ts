@@ -171,7 +171,7 @@ export function createUpstreamActor(
         };
         // Its progress travels over NATS to the edge holding the stream (on this connection): a
         // round trip to the server brings it in first, so the answer does not overtake it.
-        const answer = (env: Envelope<UpstreamCallReply>, _data: Uint8Array, afterEvents: boolean) =>
+        const answer = (env: Envelope<UpstreamCallReply>, _json: unknown, afterEvents: boolean) =>
           afterEvents ? nc.flush().then(() => handOver(env), () => handOver(env)) : handOver(env);
         receiveCall({ answer }, req.headers ? (req as CallRequest) : { ...req, headers: {} }, trace);
       }),

@@ -12,6 +12,7 @@ import { encodeJson } from "../bus.ts";
 import { publishReplyNoticingLoss, publishWhole } from "../largeMessages.ts";
 import type { Logger } from "../logger.ts";
 import { AnswerTooLargeError, UpstreamRequestError, type UpstreamConnection } from "../mcpClient.ts";
+import { resultTextOf } from "../resultText.ts";
 import { scrubbedError, type Scrubber } from "../secretScrubber.ts";
 import { endSpan, traceHeadersOf, traceIdOf, type TraceHeaders } from "../tracing.ts";
 import type { WorkerContext } from "../worker.ts";
@@ -25,7 +26,25 @@ export type CallRequest = z.infer<typeof UpstreamCallRequestSchema>;
  * false (the client has it), or later (a promise: publish it then if true). `afterEvents`: the
  * call published stream events (progress) over NATS, which its answer must not overtake.
  */
-export type CallReplyTarget = { answer(env: Envelope<UpstreamCallReply>, data: Uint8Array, afterEvents: boolean): boolean | Promise<boolean> };
+export type CallReplyTarget = { answer(env: Envelope<UpstreamCallReply>, json: EncodedAnswer, afterEvents: boolean): boolean | Promise<boolean> };
+
+/** An envelope's JSON as a reply target needs it: its size now (the answer limit), its bytes only for a target that sends them. */
+export type EncodedAnswer = { bytes: number; data(): Uint8Array };
+
+const utf8 = new TextEncoder();
+/** `{"ok":true,"data":{"result":` … `}}` around a result's text */
+const RESULT_ENVELOPE_BYTES = '{"ok":true,"data":{"result":}}'.length;
+
+/**
+ * `encodeJson(env)`, with a result the upstream's text when it came as one (runtime/resultText.ts):
+ * then nothing is encoded unless the target sends bytes (an answer to this worker's edge is an object).
+ */
+function encodedAnswer(env: Envelope<UpstreamCallReply>): EncodedAnswer {
+  const raw = env.ok && "result" in env.data && Object.keys(env.data).length === 1 ? resultTextOf(env.data.result) : undefined;
+  if (raw) return { bytes: raw.bytes + RESULT_ENVELOPE_BYTES, data: () => utf8.encode(`{"ok":true,"data":{"result":${raw.text}}}`) };
+  const data = encodeJson(env);
+  return { bytes: data.length, data: () => data };
+}
 
 /**
  * The requester's NATS inbox (another worker, or a caller on the bus). The actor cannot know
@@ -35,11 +54,11 @@ export type CallReplyTarget = { answer(env: Envelope<UpstreamCallReply>, data: U
  */
 export function natsReplyTarget(nc: WorkerContext["nc"], reply: string | undefined, answerCopy: "caller" | undefined): CallReplyTarget {
   return {
-    answer: (_env, data) => {
+    answer: (_env, json) => {
       if (!reply) return true;
       // an answer in parts is never kept on the stream (over max_payload), so it needs no watching
-      if (answerCopy === "caller" && data.length <= (nc.info?.max_payload ?? 0)) return publishReplyNoticingLoss(nc, reply, data);
-      publishWhole(nc, reply, data);
+      if (answerCopy === "caller" && json.bytes <= (nc.info?.max_payload ?? 0)) return publishReplyNoticingLoss(nc, reply, json.data());
+      publishWhole(nc, reply, json.data());
       return true;
     },
   };
@@ -87,19 +106,19 @@ export function upstreamCalls(deps: {
     const outcome = !env.ok ? env.error.code : "rpcError" in env.data ? "upstream_error" : "ok";
     endSpan(call.span, !env.ok ? env.error.message : "rpcError" in env.data ? env.data.rpcError.message : undefined);
     log.debug({ traceId: call.traceId, sid, gid, method: call.req.method, outcome }, "upstream call answered");
-    let data: Uint8Array;
+    let json: EncodedAnswer;
     try {
-      data = encodeJson(env);
+      json = encodedAnswer(env);
     } catch (err) {
       // a value JSON cannot write (nested past the stack): the upstream's, not ours
       env = fail("unavailable", `gateway ${label} answered ${call.req.method} with a value that cannot be forwarded: ${(err as Error).message}`);
-      data = encodeJson(env);
+      json = encodedAnswer(env);
     }
-    if (data.length > answerLimit) {
-      env = fail("too_large", `gateway ${label} answered ${call.req.method} with ${data.length} bytes, over the limit of ${answerLimit} bytes`);
-      data = encodeJson(env);
+    if (json.bytes > answerLimit) {
+      env = fail("too_large", `gateway ${label} answered ${call.req.method} with ${json.bytes} bytes, over the limit of ${answerLimit} bytes`);
+      json = encodedAnswer(env);
     }
-    const needed = call.target.answer(env, data, call.streamEvents);
+    const needed = call.target.answer(env, json, call.streamEvents);
     // then on the call's stream, for a client that lost it and resumes
     const { stream, requestId } = call.req;
     if (!stream) return;

@@ -8,6 +8,7 @@
 import { isWithinOrigin } from "@modelcontextprotocol/sdk/shared/transport.js";
 import { createParser, type EventSourceMessage } from "eventsource-parser";
 import type { Dispatcher } from "undici";
+import { parseMessage } from "../resultText.ts";
 
 export type HttpResponse = { status: number; headers: Record<string, string | string[] | undefined> };
 
@@ -243,15 +244,19 @@ export function sseReader(onEvent: (event: EventSourceMessage) => void, onRetry?
   return (chunk) => parser.feed(decoder.decode(chunk, { stream: true }));
 }
 
-/** The JSON-RPC messages of an SSE event (`message` events only), or undefined for none. */
-export function eventMessage(event: EventSourceMessage): unknown {
+/**
+ * The JSON-RPC messages of an SSE event (`message` events only), or undefined for none.
+ * `answerTo`: the id of the request the stream answers (its result's text is kept: resultText.ts).
+ */
+export function eventMessage(event: EventSourceMessage, answerTo?: string | number): unknown {
   if (!event.data || (event.event && event.event !== "message")) return undefined;
-  return JSON.parse(event.data);
+  return answerTo === undefined ? JSON.parse(event.data) : parseMessage(event.data, Buffer.byteLength(event.data), answerTo);
 }
 
-/** The messages of a whole JSON body: one, or a batch. Throws when it is not JSON. */
-export function jsonMessages(chunks: Buffer[]): unknown[] {
-  const data: unknown = JSON.parse(Buffer.concat(chunks).toString("utf8"));
+/** The messages of a whole JSON body: one, or a batch. Throws when it is not JSON. `answerTo`: as for `eventMessage`. */
+export function jsonMessages(chunks: Buffer[], answerTo?: string | number): unknown[] {
+  const body = chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks);
+  const data: unknown = parseMessage(body.toString("utf8"), body.length, answerTo);
   return Array.isArray(data) ? data : [data];
 }
 
@@ -319,7 +324,7 @@ export function postJsonRpc(req: JsonRpcPostRequest): Promise<JsonRpcReply> {
           if (answered) return; // read on only to reuse the socket
           let m: unknown;
           try {
-            m = eventMessage(event);
+            m = eventMessage(event, req.id);
           } catch {
             return; // an event that is not JSON is no answer; the stream goes on
           }
@@ -340,7 +345,7 @@ export function postJsonRpc(req: JsonRpcPostRequest): Promise<JsonRpcReply> {
           if (!isJson) return reply(undefined);
           let messages: unknown[];
           try {
-            messages = jsonMessages(chunks);
+            messages = jsonMessages(chunks, req.id);
           } catch {
             return reply(undefined);
           }

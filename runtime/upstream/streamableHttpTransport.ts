@@ -85,7 +85,7 @@ class JsonResponseSink implements BodySink {
   onEnd(): void {
     let messages: unknown[];
     try {
-      messages = jsonMessages(this.#chunks);
+      messages = jsonMessages(this.#chunks, this.origin);
     } catch (err) {
       this.host.onerror(err as Error);
       return this.onError(err as Error);
@@ -253,7 +253,7 @@ export class StreamableHttpTransport implements Transport {
         if (event.id) lastEventId = event.id;
         let raw: unknown;
         try {
-          raw = eventMessage(event);
+          raw = eventMessage(event, origin);
         } catch (err) {
           return this.onerror?.(err as Error);
         }
