@@ -60,7 +60,12 @@ export type UpstreamCaller = {
   notify(sid: string, gid: string, requestId: string, reason?: string): Promise<void>;
   /** opens the upstream session of a client session just created, ahead of its first call, on this worker (`LocalUpstreams.prepare`); no-op without one */
   prepare(session: LoadedSession, gid: string, spawn: Spawn, trace: TraceHeaders): void;
+  /** `sid` was just created by this worker's edge: no actor of it lives anywhere yet (see `call`) */
+  created(sid: string): void;
 };
+
+/** How many sessions created here `call` remembers (the oldest go first). */
+const RECENTLY_CREATED = 4_096;
 
 /** Spawn-and-retry rounds before giving up (each round is a no-responders answer, well under a millisecond). */
 const MAX_ATTEMPTS = 5;
@@ -159,6 +164,14 @@ export function createUpstreamCaller(
     const keeps = delivery !== undefined && req.stream !== undefined;
     try {
       let sent = req;
+      // A session this worker created moments ago has no actor anywhere yet: it is placed here at
+      // once, without first asking the bus for one (a round trip that finds no responders). The
+      // claim still decides: an actor another worker started meanwhile is found and called there.
+      if (local && recentlyCreated.has(sid) && !local.actor(sid, gid)) {
+        const spawning = spawn(sid, gid, req, budgetMs, trace);
+        await (signal ? raceAbort(spawning, signal) : spawning);
+        sent = { ...req, timeoutMs: Math.max(1, deadline - Date.now()) };
+      }
       for (let attempt = 1; ; attempt++) {
         let data: Uint8Array;
         const leftMs = deadline - Date.now();
@@ -195,7 +208,14 @@ export function createUpstreamCaller(
     }
   }
 
-  return { call, notify, prepare: (session, gid, spawn, trace) => local?.prepare(session, gid, spawn, trace) };
+  const recentlyCreated = new Set<string>();
+  const created = (sid: string) => {
+    if (!local) return;
+    recentlyCreated.add(sid);
+    if (recentlyCreated.size > RECENTLY_CREATED) recentlyCreated.delete(recentlyCreated.values().next().value!);
+  };
+
+  return { call, notify, prepare: (session, gid, spawn, trace) => local?.prepare(session, gid, spawn, trace), created };
 }
 
 /**

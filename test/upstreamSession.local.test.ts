@@ -87,6 +87,24 @@ describe("upstream sessions: local placement and in-process calls", () => {
     await viaB.client.close();
   });
 
+  it("the first call of a session created at this worker looks for no actor on the bus: it is placed here at once", async () => {
+    const c = await client(a);
+    const sid = c.sid();
+    assert.ok(!hosts(a, sid) && !hosts(b, sid));
+    // a listener at the actor's address that never answers: a look on the bus would wait on it
+    let busCalls = 0;
+    const sub = observer.subscribe(s.upstream.op(sid, gid, "call"), { callback: () => void busCalls++ });
+    await observer.flush();
+    const first = c.client.callTool({ name: "counter__increment", arguments: {} }, undefined, { timeout: BOUND_MS });
+    assert.equal(text(await first), "1");
+    await a.nc.flush();
+    await observer.flush();
+    assert.equal(busCalls, 0, "no call request on the bus");
+    assert.ok(hosts(a, sid) && !hosts(b, sid), "the actor is at the worker that created the session");
+    sub.unsubscribe();
+    await c.client.close();
+  });
+
   it("calls through the hosting worker put nothing of the call on the bus; through the other worker, the request and its reply (a delivered answer is not kept)", async () => {
     const c = await client(a);
     await c.client.callTool({ name: "counter__increment", arguments: {} });

@@ -367,6 +367,7 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
       lastSeenAt: now,
     };
     const created = await sessions.create(record);
+    caller.created(sid);
     // a client of one gateway's endpoint will almost surely call it: its upstream session opens
     // here now, while the client reads this answer and sends `initialized` (on /mcp, one of many gateways: none)
     if (scope !== null && cache.callable(scope)) caller.prepare(created, scope, { headers: passthroughHeaders(cache.passthroughHeaders(scope), headers) }, headers);
