@@ -256,9 +256,19 @@ export function httpTarget(record: GatewayRecord, open: (sealed: string, gid: st
   return { url, headers };
 }
 
+/**
+ * Idle keep-alive sockets are dropped after 1 s, or the server's `Keep-Alive: timeout` hint less
+ * 4 s (Node says 5 s; uvicorn closes after 5 s and gunicorn after 2 s, with no hint). A request
+ * written to a socket its server is closing fails ("other side closed") and is never retried: from
+ * here, a server that closed an idle socket and one that read the request and died look the same,
+ * and a tools/call must not run twice. Only an event loop stalled for longer than the margin meets
+ * that race (docs/RELIABILITY.md).
+ */
+export const UPSTREAM_KEEP_ALIVE = { keepAliveTimeout: 1_000, keepAliveTimeoutThreshold: 4_000 } as const;
+
 /** A keep-alive HTTP agent for many connections to share (`dispatcher`), guarded as each connection's own agent is. */
 export function sharedUpstreamAgent(outbound: OutboundPolicy): Agent {
-  return new Agent({ connect: guardedConnector(outbound, {}) });
+  return new Agent({ ...UPSTREAM_KEEP_ALIVE, connect: guardedConnector(outbound, {}) });
 }
 
 /** Whether a server may send messages outside any request (on the standalone GET stream). */
@@ -315,6 +325,7 @@ export async function connectUpstream(opts: ConnectOptions): Promise<UpstreamCon
     const agent =
       shared ??
       new Agent({
+        ...UPSTREAM_KEEP_ALIVE,
         connect: guardedConnector(
           opts.outbound,
           tls ? { ca: tls.ca, cert: tls.cert, key: tls.key, rejectUnauthorized: tls.rejectUnauthorized ?? true } : {},
