@@ -25,24 +25,43 @@ export class HttpError extends Error {
 /** Like the SDK server: a batch longer than this is refused whole. */
 const MAX_BATCH = 100;
 
-/** Reads a body of at most `max` bytes; a larger one is a 413 that closes the connection (ends the upload). */
+/**
+ * Reads a body of at most `max` bytes; a larger one is a 413. The rest of a refused body is read
+ * and dropped (up to `max` more bytes; past that the connection is cut): a server that closes a
+ * socket with unread bytes sends a reset, which can destroy its answer at the client before it
+ * is read, so the client would see "connection reset" instead of the 413.
+ */
 export function readBody(req: IncomingMessage, max: number): Promise<Buffer> {
-  const tooLarge = () => new HttpError(413, ErrorCode.InvalidRequest, `request body larger than ${max} bytes`, { connection: "close" });
-  if (Number(req.headers["content-length"] ?? 0) > max) return Promise.reject(tooLarge());
+  const tooLarge = () => new HttpError(413, ErrorCode.InvalidRequest, `request body larger than ${max} bytes`);
+  if (Number(req.headers["content-length"] ?? 0) > max) {
+    drain(req, max);
+    return Promise.reject(tooLarge());
+  }
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
     let size = 0;
-    req.on("data", (c: Buffer) => {
+    const onData = (c: Buffer) => {
       size += c.length;
       if (size <= max) return void chunks.push(c);
-      req.removeAllListeners("data");
-      req.pause();
+      req.off("data", onData);
+      drain(req, max);
       reject(tooLarge());
-    });
+    };
+    req.on("data", onData);
     // a small body is one chunk: no copy
     req.on("end", () => resolve(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks)));
     req.on("error", reject);
   });
+}
+
+/** Reads a refused body on, dropping it, so the connection stays usable; past `limit` more bytes it is cut. */
+function drain(req: IncomingMessage, limit: number): void {
+  let dropped = 0;
+  req.on("data", (c: Buffer) => {
+    dropped += c.length;
+    if (dropped > limit) req.socket.destroy();
+  });
+  req.resume();
 }
 
 /** A body as JSON; a 400 parse error when it is not. */
