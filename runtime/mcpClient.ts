@@ -167,6 +167,7 @@ export type ConnectOptions = {
    * background requests (a function: read when the first request goes out)
    */
   initialHeaders: Record<string, string> | (() => Record<string, string>);
+  /** bound of the connect and MCP handshake (the calls are bounded by their callers) */
   timeoutMs: number;
   /** which addresses HTTP connections may reach (each redirect hop included) */
   outbound: OutboundPolicy;
@@ -393,6 +394,7 @@ export async function connectUpstream(opts: ConnectOptions): Promise<UpstreamCon
     };
   }
 
+  const handshakeTimeout = () => new McpError(ErrorCode.RequestTimeout, `MCP handshake not done within ${opts.timeoutMs} ms`);
   let closing = false;
   client.onclose = () => {
     if (!closing) opts.onClosed();
@@ -408,7 +410,7 @@ export async function connectUpstream(opts: ConnectOptions): Promise<UpstreamCon
     await Promise.race([
       handshake,
       new Promise<never>((_, reject) => {
-        timer = setTimeout(() => reject(new McpError(ErrorCode.RequestTimeout, `MCP handshake not done within ${opts.timeoutMs} ms`)), opts.timeoutMs);
+        timer = setTimeout(() => reject(handshakeTimeout()), opts.timeoutMs);
         onAbort = () => reject(opts.signal?.reason instanceof Error ? opts.signal.reason : new Error("connect aborted"));
         if (opts.signal?.aborted) onAbort();
         else opts.signal?.addEventListener("abort", onAbort, { once: true });
@@ -422,7 +424,8 @@ export async function connectUpstream(opts: ConnectOptions): Promise<UpstreamCon
     closing = true;
     forceClose();
     await Promise.race([client.close().catch(() => {}), new Promise((r) => setTimeout(r, 100).unref())]);
-    throw err;
+    // the SDK's own bound of initialize ("Request timed out") says the same, in words of its own
+    throw err instanceof McpError && err.code === ErrorCode.RequestTimeout && !opts.signal?.aborted ? handshakeTimeout() : err;
   }
 
   // From here on, a relayed request's answer and progress end at its caller: the SDK never sent
