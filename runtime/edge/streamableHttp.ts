@@ -25,16 +25,19 @@ export class HttpError extends Error {
 /** Like the SDK server: a batch longer than this is refused whole. */
 const MAX_BATCH = 100;
 
+/** A refused body is read to its end and dropped when it is at most this much over the limit. */
+const DRAIN_BYTES = 16 * 1024 * 1024;
+
 /**
  * Reads a body of at most `max` bytes; a larger one is a 413. The rest of a refused body is read
- * and dropped (up to `max` more bytes; past that the connection is cut): a server that closes a
- * socket with unread bytes sends a reset, which can destroy its answer at the client before it
- * is read, so the client would see "connection reset" instead of the 413.
+ * and dropped, so the connection stays usable: a server that closes a socket with unread bytes
+ * sends a reset, which can destroy its answer at the client before it is read (the client sees
+ * "connection reset", not the 413). Past the drain bound the connection is cut, once `res` is sent.
  */
-export function readBody(req: IncomingMessage, max: number): Promise<Buffer> {
+export function readBody(req: IncomingMessage, res: ServerResponse, max: number): Promise<Buffer> {
   const tooLarge = () => new HttpError(413, ErrorCode.InvalidRequest, `request body larger than ${max} bytes`);
   if (Number(req.headers["content-length"] ?? 0) > max) {
-    drain(req, max);
+    drain(req, res, max + DRAIN_BYTES);
     return Promise.reject(tooLarge());
   }
   return new Promise((resolve, reject) => {
@@ -44,7 +47,7 @@ export function readBody(req: IncomingMessage, max: number): Promise<Buffer> {
       size += c.length;
       if (size <= max) return void chunks.push(c);
       req.off("data", onData);
-      drain(req, max);
+      drain(req, res, max + DRAIN_BYTES, size);
       reject(tooLarge());
     };
     req.on("data", onData);
@@ -54,13 +57,18 @@ export function readBody(req: IncomingMessage, max: number): Promise<Buffer> {
   });
 }
 
-/** Reads a refused body on, dropping it, so the connection stays usable; past `limit` more bytes it is cut. */
-function drain(req: IncomingMessage, limit: number): void {
-  let dropped = 0;
-  req.on("data", (c: Buffer) => {
+/** Reads a refused body on, dropping it; past `limit` bytes in all it stops, and the connection is cut once `res` is sent. */
+function drain(req: IncomingMessage, res: ServerResponse, limit: number, read = 0): void {
+  let dropped = read;
+  const onData = (c: Buffer) => {
     dropped += c.length;
-    if (dropped > limit) req.socket.destroy();
-  });
+    if (dropped <= limit) return;
+    req.off("data", onData);
+    req.pause();
+    if (res.writableFinished) req.socket.destroy();
+    else res.once("finish", () => req.socket.destroy());
+  };
+  req.on("data", onData);
   req.resume();
 }
 
