@@ -275,6 +275,28 @@ describe("edge: federated catalog, sessions and HTTP hardening", () => {
     }
   });
 
+  it("answers an upload more than 16 MB over the limit with its 413 first, then cuts the connection", async () => {
+    // w's limit is 64 KB; the client streams on, past the bound of what is read and dropped
+    const chunk = Buffer.alloc(64 * 1024, 0x20);
+    let closed!: Promise<unknown>;
+    const answer = await new Promise<{ status: number; body: string }>((resolve, reject) => {
+      const req = httpRequest({ host: "127.0.0.1", port: w.edge.port, path: "/mcp", method: "POST", headers: { "content-type": "application/json", accept: "application/json, text/event-stream", "transfer-encoding": "chunked" } }, (res) => {
+        let text = "";
+        res.setEncoding("utf8").on("data", (c: string) => (text += c));
+        res.on("end", () => resolve({ status: res.statusCode!, body: text }));
+      });
+      req.on("socket", (socket) => (closed = once(socket, "close")));
+      req.on("error", reject); // only before the answer: the cut comes after it
+      void (async () => {
+        for (let sent = 0; sent < 64 * 1024 * 1024 && !req.destroyed; sent += chunk.length) if (!req.write(chunk)) await Promise.race([once(req, "drain"), once(req, "close")]);
+      })().catch(() => {});
+    });
+    assert.deepEqual([answer.status, JSON.parse(answer.body).error], [413, { code: -32600, message: "request body larger than 65536 bytes" }]);
+    let bound: NodeJS.Timeout | undefined;
+    await Promise.race([closed, new Promise((_, reject) => (bound = setTimeout(() => reject(new Error("the connection was not cut")), 30_000)))]);
+    clearTimeout(bound);
+  });
+
   it("answers /healthz and /readyz", async () => {
     assert.equal((await raw(w.edge.port, { method: "GET", path: "/healthz" })).status, 200);
     const ready = await raw(secured.edge.port, { method: "GET", path: "/readyz" });
