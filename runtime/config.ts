@@ -80,6 +80,7 @@ export const EnvSchema = z.object({
   MCPGW_SESSION_IDLE_TTL: z.preprocess(blankIsUnset, duration("30m")),
   MCPGW_SHUTDOWN_TIMEOUT: z.preprocess(blankIsUnset, duration("5s", 10)),
   MCPGW_CALL_TIMEOUT: z.preprocess(blankIsUnset, duration("60s", 10)),
+  MCPGW_CONNECT_TIMEOUT: z.preprocess(blankIsUnset, duration("15s", 10)),
   MCPGW_USAGE_REPORT_INTERVAL: z.preprocess(blankIsUnset, duration("5s", 100)),
   MCPGW_MAX_CONCURRENT_POLLS: z.preprocess(blankIsUnset, int(16, 1, 10_000)),
   MCPGW_LIST_CHANGED_DEBOUNCE: z.preprocess(blankIsUnset, duration("2s", 0)),
@@ -146,6 +147,8 @@ export type Config = {
     sessionIdleTtl: number;
     shutdownTimeout: number;
     callTimeout: number;
+    /** a new upstream session's connect and MCP handshake (initialize), on its own bound: an upstream that never answers fails the session's first call this soon, not at the call timeout */
+    connectTimeout: number;
     usageReport: number;
   };
   maxConcurrentPolls: number;
@@ -227,6 +230,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       sessionIdleTtl: e.MCPGW_SESSION_IDLE_TTL,
       shutdownTimeout: e.MCPGW_SHUTDOWN_TIMEOUT,
       callTimeout: e.MCPGW_CALL_TIMEOUT,
+      connectTimeout: e.MCPGW_CONNECT_TIMEOUT,
       usageReport: e.MCPGW_USAGE_REPORT_INTERVAL,
     },
     maxConcurrentPolls: e.MCPGW_MAX_CONCURRENT_POLLS,

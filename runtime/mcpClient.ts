@@ -167,6 +167,7 @@ export type ConnectOptions = {
    * background requests (a function: read when the first request goes out)
    */
   initialHeaders: Record<string, string> | (() => Record<string, string>);
+  /** bound of the connect and MCP handshake (the calls are bounded by their callers) */
   timeoutMs: number;
   /** which addresses HTTP connections may reach (each redirect hop included) */
   outbound: OutboundPolicy;
@@ -256,9 +257,19 @@ export function httpTarget(record: GatewayRecord, open: (sealed: string, gid: st
   return { url, headers };
 }
 
+/**
+ * Idle keep-alive sockets are dropped after 1 s, or the server's `Keep-Alive: timeout` hint less
+ * 4 s (Node says 5 s; uvicorn closes after 5 s and gunicorn after 2 s, with no hint). A request
+ * written to a socket its server is closing fails ("other side closed") and is never retried: from
+ * here, a server that closed an idle socket and one that read the request and died look the same,
+ * and a tools/call must not run twice. Only an event loop stalled for longer than the margin meets
+ * that race (docs/RELIABILITY.md).
+ */
+export const UPSTREAM_KEEP_ALIVE = { keepAliveTimeout: 1_000, keepAliveTimeoutThreshold: 4_000 } as const;
+
 /** A keep-alive HTTP agent for many connections to share (`dispatcher`), guarded as each connection's own agent is. */
 export function sharedUpstreamAgent(outbound: OutboundPolicy): Agent {
-  return new Agent({ connect: guardedConnector(outbound, {}) });
+  return new Agent({ ...UPSTREAM_KEEP_ALIVE, connect: guardedConnector(outbound, {}) });
 }
 
 /** Whether a server may send messages outside any request (on the standalone GET stream). */
@@ -315,6 +326,7 @@ export async function connectUpstream(opts: ConnectOptions): Promise<UpstreamCon
     const agent =
       shared ??
       new Agent({
+        ...UPSTREAM_KEEP_ALIVE,
         connect: guardedConnector(
           opts.outbound,
           tls ? { ca: tls.ca, cert: tls.cert, key: tls.key, rejectUnauthorized: tls.rejectUnauthorized ?? true } : {},
@@ -382,6 +394,7 @@ export async function connectUpstream(opts: ConnectOptions): Promise<UpstreamCon
     };
   }
 
+  const handshakeTimeout = () => new McpError(ErrorCode.RequestTimeout, `MCP handshake not done within ${opts.timeoutMs} ms`);
   let closing = false;
   client.onclose = () => {
     if (!closing) opts.onClosed();
@@ -397,7 +410,7 @@ export async function connectUpstream(opts: ConnectOptions): Promise<UpstreamCon
     await Promise.race([
       handshake,
       new Promise<never>((_, reject) => {
-        timer = setTimeout(() => reject(new McpError(ErrorCode.RequestTimeout, `MCP handshake not done within ${opts.timeoutMs} ms`)), opts.timeoutMs);
+        timer = setTimeout(() => reject(handshakeTimeout()), opts.timeoutMs);
         onAbort = () => reject(opts.signal?.reason instanceof Error ? opts.signal.reason : new Error("connect aborted"));
         if (opts.signal?.aborted) onAbort();
         else opts.signal?.addEventListener("abort", onAbort, { once: true });
@@ -411,7 +424,8 @@ export async function connectUpstream(opts: ConnectOptions): Promise<UpstreamCon
     closing = true;
     forceClose();
     await Promise.race([client.close().catch(() => {}), new Promise((r) => setTimeout(r, 100).unref())]);
-    throw err;
+    // the SDK's own bound of initialize ("Request timed out") says the same, in words of its own
+    throw err instanceof McpError && err.code === ErrorCode.RequestTimeout && !opts.signal?.aborted ? handshakeTimeout() : err;
   }
 
   // From here on, a relayed request's answer and progress end at its caller: the SDK never sent

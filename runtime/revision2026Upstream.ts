@@ -26,7 +26,7 @@ import {
 } from "../protocol/revision2026.ts";
 import { KEYS } from "../protocol/subjects.ts";
 import type { JsonRpcError } from "../protocol/upstream.ts";
-import { AnswerTooLargeError, CLIENT_INFO, connectUpstream, httpTarget, passthroughHeaders, UpstreamRequestError, type CallOutcome, type ConnectOptions, type UpstreamConnection } from "./mcpClient.ts";
+import { AnswerTooLargeError, CLIENT_INFO, connectUpstream, httpTarget, passthroughHeaders, UPSTREAM_KEEP_ALIVE, UpstreamRequestError, type CallOutcome, type ConnectOptions, type UpstreamConnection } from "./mcpClient.ts";
 import { guardedConnector, outboundRefusalOf } from "./outboundConnector.ts";
 import { DeadlineError, postJsonRpc, type JsonRpcReply } from "./upstream/jsonRpcPost.ts";
 
@@ -104,7 +104,7 @@ export async function connectStatelessUpstream(opts: StatelessConnectOptions): P
   const own =
     opts.dispatcher && !tls
       ? undefined
-      : new Agent({ connect: guardedConnector(opts.outbound, tls ? { ca: tls.ca, cert: tls.cert, key: tls.key, rejectUnauthorized: tls.rejectUnauthorized ?? true } : {}) });
+      : new Agent({ ...UPSTREAM_KEEP_ALIVE, connect: guardedConnector(opts.outbound, tls ? { ca: tls.ca, cert: tls.cert, key: tls.key, rejectUnauthorized: tls.rejectUnauthorized ?? true } : {}) });
   const agent = own ?? opts.dispatcher!;
   let nextId = 1;
 

@@ -30,6 +30,7 @@ describe("configuration", () => {
       sessionIdleTtl: 1_800_000,
       shutdownTimeout: 5_000,
       callTimeout: 60_000,
+      connectTimeout: 15_000,
     });
     assert.equal(c.edge.listTtl, 60_000);
     assert.equal(loadConfig({ MCPGW_LIST_TTL: "5m" }).edge.listTtl, 300_000);

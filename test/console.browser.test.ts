@@ -138,6 +138,37 @@ describe("web console in headless Chromium", () => {
     await page.locator("#events li", { hasText: "gateway removed fx" }).waitFor({ timeout: WAIT });
   });
 
+  it("pages through more gateways than one page shows, and acts on one past the first page", async () => {
+    // disabled, so nothing polls them; names sort as numbered
+    const names = Array.from({ length: 150 }, (_, i) => `pg-${String(i).padStart(3, "0")}`);
+    for (const name of names) await worker.registry.add({ name, transport: "streamable-http", url: "http://127.0.0.1:9/mcp", enabled: false });
+    await page.goto(`${base}/console`);
+    await row("pg-000").waitFor({ timeout: WAIT });
+    const firstPage = await page.locator("#gateways tr[data-gateway]").evaluateAll((rows) => rows.map((r) => r.getAttribute("data-gateway")));
+    assert.ok(firstPage.length < names.length && firstPage.length > 0, `the first page shows ${firstPage.length} of ${names.length}`);
+    assert.deepEqual(firstPage, names.slice(0, firstPage.length), "the first page is the first names in order");
+    assert.equal(await page.locator("#gateway-prev").isDisabled(), true);
+
+    await page.click("#gateway-next");
+    await row("pg-149").waitFor({ timeout: WAIT });
+    await row("pg-000").waitFor({ state: "detached", timeout: WAIT });
+    const secondPage = await page.locator("#gateways tr[data-gateway]").evaluateAll((rows) => rows.map((r) => r.getAttribute("data-gateway")));
+    assert.deepEqual([...firstPage, ...secondPage], names, "the two pages show every gateway once");
+    await page.locator("#gateway-range", { hasText: `of ${names.length}` }).waitFor({ timeout: WAIT });
+    assert.equal(await page.locator("#gateway-next").isDisabled(), true);
+
+    // the view stays on this page across refreshes, and its buttons act on its gateways
+    await row("pg-149").getByRole("button", { name: "Enable" }).click();
+    await page.locator("#message", { hasText: /^enable pg-149: done$/ }).waitFor({ timeout: WAIT });
+    await row("pg-149").locator(".enabled", { hasText: "yes" }).waitFor({ timeout: WAIT });
+    assert.equal((await worker.registry.get({ name: "pg-149" })).enabled, true);
+
+    await page.click("#gateway-prev");
+    await row("pg-000").waitFor({ timeout: WAIT });
+    assert.equal(await row("pg-149").count(), 0);
+    for (const name of names) await worker.registry.remove({ name });
+  });
+
   it("cannot be framed by another site, nor driven by its requests (CSRF)", async () => {
     const evil = await browser.newPage();
     const origin = `http://127.0.0.1:${(attacker.address() as AddressInfo).port}`;

@@ -1,4 +1,6 @@
 import assert from "node:assert/strict";
+import { once } from "node:events";
+import { Agent as HttpAgent, request as httpRequest } from "node:http";
 import { after, before, describe, it } from "node:test";
 import { ToolListChangedNotificationSchema, type Tool } from "@modelcontextprotocol/sdk/types.js";
 import { sessionKey } from "../protocol/edge.ts";
@@ -227,6 +229,72 @@ describe("edge: federated catalog, sessions and HTTP hardening", () => {
     // still serving after all that
     const ok = await raw(w.edge.port, { body: INIT });
     assert.equal(ok.status, 200);
+  });
+
+  it("answers a 17 MB upload with a clean 413 and its JSON-RPC error, and the connection serves on", async () => {
+    const MB = 1024 * 1024;
+    const refusal = { jsonrpc: "2.0", id: null, error: { code: -32600, message: `request body larger than ${16 * MB} bytes` } };
+    const headers = { authorization: `Bearer ${TOKEN}`, "content-type": "application/json", accept: "application/json, text/event-stream" };
+    const body = Buffer.alloc(17 * MB, 0x20);
+    // undici's fetch (as the SDK's client sends): Content-Length known, refused before a byte is read
+    for (let i = 0; i < 3; i++) {
+      const res = await fetch(secured.edge.url, { method: "POST", headers, body });
+      assert.equal(res.status, 413);
+      assert.deepEqual(await res.json(), refusal);
+    }
+    // streamed in chunks (no Content-Length): refused part way through, with no reset of the
+    // connection (EPIPE, ECONNRESET) at any time; the same socket then serves an initialize
+    const agent = new HttpAgent({ keepAlive: true, maxSockets: 1 });
+    const socketErrors: string[] = [];
+    try {
+      const streamed = await new Promise<{ status: number; body: string }>((resolve, reject) => {
+        const req = httpRequest({ host: "127.0.0.1", port: secured.edge.port, path: "/mcp", method: "POST", agent, headers: { ...headers, "transfer-encoding": "chunked" } }, (res) => {
+          let text = "";
+          res.setEncoding("utf8").on("data", (c: string) => (text += c));
+          res.on("end", () => resolve({ status: res.statusCode!, body: text }));
+        });
+        req.on("error", reject);
+        req.on("socket", (socket) => socket.on("error", (err: NodeJS.ErrnoException) => socketErrors.push(err.code ?? err.message)));
+        void (async () => {
+          for (let sent = 0; sent < body.length; sent += 64 * 1024) if (!req.write(body.subarray(sent, sent + 64 * 1024))) await once(req, "drain");
+          req.end();
+        })().catch(reject);
+      });
+      assert.deepEqual([streamed.status, JSON.parse(streamed.body)], [413, refusal]);
+      const next = await new Promise<{ status: number; reused: boolean }>((resolve, reject) => {
+        const req = httpRequest({ host: "127.0.0.1", port: secured.edge.port, path: "/mcp", method: "POST", agent, headers }, (res) => {
+          res.resume().on("end", () => resolve({ status: res.statusCode!, reused: req.reusedSocket }));
+        });
+        req.on("error", reject);
+        req.end(INIT);
+      });
+      assert.deepEqual(next, { status: 200, reused: true });
+      assert.deepEqual(socketErrors, []);
+    } finally {
+      agent.destroy();
+    }
+  });
+
+  it("answers an upload more than 16 MB over the limit with its 413 first, then cuts the connection", async () => {
+    // w's limit is 64 KB; the client streams on, past the bound of what is read and dropped
+    const chunk = Buffer.alloc(64 * 1024, 0x20);
+    let closed!: Promise<unknown>;
+    const answer = await new Promise<{ status: number; body: string }>((resolve, reject) => {
+      const req = httpRequest({ host: "127.0.0.1", port: w.edge.port, path: "/mcp", method: "POST", headers: { "content-type": "application/json", accept: "application/json, text/event-stream", "transfer-encoding": "chunked" } }, (res) => {
+        let text = "";
+        res.setEncoding("utf8").on("data", (c: string) => (text += c));
+        res.on("end", () => resolve({ status: res.statusCode!, body: text }));
+      });
+      req.on("socket", (socket) => (closed = once(socket, "close")));
+      req.on("error", reject); // only before the answer: the cut comes after it
+      void (async () => {
+        for (let sent = 0; sent < 64 * 1024 * 1024 && !req.destroyed; sent += chunk.length) if (!req.write(chunk)) await Promise.race([once(req, "drain"), once(req, "close")]);
+      })().catch(() => {});
+    });
+    assert.deepEqual([answer.status, JSON.parse(answer.body).error], [413, { code: -32600, message: "request body larger than 65536 bytes" }]);
+    let bound: NodeJS.Timeout | undefined;
+    await Promise.race([closed, new Promise((_, reject) => (bound = setTimeout(() => reject(new Error("the connection was not cut")), 30_000)))]);
+    clearTimeout(bound);
   });
 
   it("answers /healthz and /readyz", async () => {

@@ -428,7 +428,7 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
       throw new HttpError(406, ErrorCode.ConnectionClosed, "Not Acceptable: Client must accept both application/json and text/event-stream");
     }
     if (!isJsonContent(req)) throw new HttpError(415, ErrorCode.InvalidRequest, "Unsupported Media Type: Content-Type must be application/json");
-    const json = parseJson(await readBody(req, edge.maxBodyBytes));
+    const json = parseJson(await readBody(req, res, edge.maxBodyBytes));
     const versionHeader = req.headers[HEADER.protocolVersion];
     const sessionId = req.headers["mcp-session-id"];
     if (eraOf({ versionHeader: typeof versionHeader === "string" ? versionHeader : undefined, sessionId: typeof sessionId === "string" ? sessionId : undefined, body: json }) === "stateless") {

@@ -26,24 +26,51 @@ export class HttpError extends Error {
 /** Like the SDK server: a batch longer than this is refused whole. */
 const MAX_BATCH = 100;
 
-/** Reads a body of at most `max` bytes; a larger one is a 413 that closes the connection (ends the upload). */
-export function readBody(req: IncomingMessage, max: number): Promise<Buffer> {
-  const tooLarge = () => new HttpError(413, ErrorCode.InvalidRequest, `request body larger than ${max} bytes`, { connection: "close" });
-  if (Number(req.headers["content-length"] ?? 0) > max) return Promise.reject(tooLarge());
+/** A refused body is read to its end and dropped when it is at most this much over the limit. */
+const DRAIN_BYTES = 16 * 1024 * 1024;
+
+/**
+ * Reads a body of at most `max` bytes; a larger one is a 413. The rest of a refused body is read
+ * and dropped, so the connection stays usable: a server that closes a socket with unread bytes
+ * sends a reset, which can destroy its answer at the client before it is read (the client sees
+ * "connection reset", not the 413). Past the drain bound the connection is cut, once `res` is sent.
+ */
+export function readBody(req: IncomingMessage, res: ServerResponse, max: number): Promise<Buffer> {
+  const tooLarge = () => new HttpError(413, ErrorCode.InvalidRequest, `request body larger than ${max} bytes`);
+  if (Number(req.headers["content-length"] ?? 0) > max) {
+    drain(req, res, max + DRAIN_BYTES);
+    return Promise.reject(tooLarge());
+  }
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
     let size = 0;
-    req.on("data", (c: Buffer) => {
+    const onData = (c: Buffer) => {
       size += c.length;
       if (size <= max) return void chunks.push(c);
-      req.removeAllListeners("data");
-      req.pause();
+      req.off("data", onData);
+      drain(req, res, max + DRAIN_BYTES, size);
       reject(tooLarge());
-    });
+    };
+    req.on("data", onData);
     // a small body is one chunk: no copy
     req.on("end", () => resolve(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks)));
     req.on("error", reject);
   });
+}
+
+/** Reads a refused body on, dropping it; past `limit` bytes in all it stops, and the connection is cut once `res` is sent. */
+function drain(req: IncomingMessage, res: ServerResponse, limit: number, read = 0): void {
+  let dropped = read;
+  const onData = (c: Buffer) => {
+    dropped += c.length;
+    if (dropped <= limit) return;
+    req.off("data", onData);
+    req.pause();
+    if (res.writableFinished) req.socket.destroy();
+    else res.once("finish", () => req.socket.destroy());
+  };
+  req.on("data", onData);
+  req.resume();
 }
 
 /** A body as JSON; a 400 parse error when it is not. */

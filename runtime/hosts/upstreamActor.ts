@@ -250,7 +250,7 @@ export function createUpstreamActor(
       record,
       open: (sealed, id) => ctx.box.open(sealed, id),
       initialHeaders: () => latestHeaders,
-      timeoutMs: config.intervals.callTimeout,
+      timeoutMs: config.intervals.connectTimeout,
       outbound: config.outbound,
       dispatcher: ctx.upstreamAgent,
       // the raw answer (SSE framing, JSON-RPC envelope) may be a little larger than the result it carries

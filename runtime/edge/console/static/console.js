@@ -6,6 +6,11 @@
 const TOKEN_KEY = "mcpgw-console-token";
 const REFRESH_MS = 2000;
 const MAX_EVENTS = 50;
+/**
+ * Gateways are shown a page at a time, in name order: each page is one gateway.list call (its
+ * `after` the name before the page), so a refresh costs the same with 10,000 gateways as with 100.
+ */
+const GATEWAY_PAGE = 100;
 const $ = (id) => document.getElementById(id);
 
 let token = sessionStorage.getItem(TOKEN_KEY);
@@ -20,8 +25,10 @@ let refreshShown = 0;
 let eventsAbort = null;
 /** the gateway the form edits; null when it adds one */
 let editing = null;
-/** gateway names by id, from the last list: catalog events carry only the id */
+/** gateway names by id, from the pages seen: catalog events carry only the id */
 const gatewayNames = new Map();
+/** the `after` of each page up to the one shown (the first page's is undefined) */
+const pageStarts = [undefined];
 
 class ApiError extends Error {
   constructor(status, error) {
@@ -87,6 +94,25 @@ async function act(what, f) {
 
 function fill(tbody, rows, empty) {
   tbody.replaceChildren(...(rows.length ? rows : [el("tr", {}, el("td", { colspan: "10", class: "sub" }, empty))]));
+}
+
+/** The page's place in the list, and whether there is one before and after it. */
+function renderPager(shown, next) {
+  const page = pageStarts.length;
+  const first = (page - 1) * GATEWAY_PAGE + 1;
+  $("gateway-range").textContent = shown ? `gateways ${first}–${first + shown - 1}${next ? "" : ` of ${first + shown - 1}`} · page ${page}` : "";
+  $("gateway-prev").disabled = page === 1;
+  $("gateway-next").disabled = !next;
+  $("gateway-next").dataset.after = next ?? "";
+}
+
+function turnPage(forward) {
+  if (forward) {
+    const after = $("gateway-next").dataset.after;
+    if (!after) return;
+    pageStarts.push(after);
+  } else if (pageStarts.length > 1) pageStarts.pop();
+  void refresh();
 }
 
 function renderGateways(gateways) {
@@ -159,10 +185,18 @@ async function refresh() {
   if (!token) return;
   const generation = ++refreshesStarted;
   try {
-    const [gateways, status, sessions] = await Promise.all([call("gateway.list"), call("status"), call("session.list")]);
+    const after = pageStarts.at(-1);
+    const [gateways, status, sessions] = await Promise.all([call("gateway.list", { limit: GATEWAY_PAGE, ...(after ? { after } : {}) }), call("status"), call("session.list")]);
     if (generation > refreshShown) {
       refreshShown = generation;
+      // a page emptied by removals: show the one before it
+      if (gateways.gateways.length === 0 && pageStarts.length > 1) {
+        pageStarts.pop();
+        refreshTimer = setTimeout(refresh, 0);
+        return;
+      }
       renderGateways(gateways.gateways);
+      renderPager(gateways.gateways.length, gateways.next);
       renderWorkers(status);
       renderSessions(sessions);
     }
@@ -293,6 +327,7 @@ function showApp(on) {
 
 function logout(reason) {
   token = null;
+  pageStarts.length = 1;
   sessionStorage.removeItem(TOKEN_KEY);
   clearTimeout(refreshTimer);
   eventsAbort?.abort();
@@ -326,6 +361,8 @@ document.addEventListener("DOMContentLoaded", () => {
   $("logout").addEventListener("click", () => logout());
   $("gateway-form").addEventListener("submit", submitGateway);
   $("gw-cancel").addEventListener("click", resetForm);
+  $("gateway-prev").addEventListener("click", () => turnPage(false));
+  $("gateway-next").addEventListener("click", () => turnPage(true));
   $("gw-transport").addEventListener("change", () => $("gateway-form").classList.toggle("stdio", $("gw-transport").value === "stdio"));
   if (token) void login(token);
 });
