@@ -91,7 +91,7 @@ type Poll = {
   pushPending: boolean;
   refreshWaiting: RefreshResponder[] | null;
   refreshInFlight: RefreshResponder[] | null;
-  /** the discovery in flight, aborted when the poller stops */
+  /** the controller of the discovery in flight (null between discoveries), aborted when the poller stops */
   polling: AbortController | null;
   /** last status handed to writeStatus; a new one is written only when it differs in a field readers act on */
   published: GatewayStatus | null;
@@ -347,9 +347,12 @@ export class PollScheduler {
     p.refreshInFlight = p.refreshWaiting;
     p.refreshWaiting = null;
     p.pushPending = false;
-    this.#o.effects.discover(p.gid, this.#signal(p)).then(
+    // the discovery's own controller, dropped when it ends: nothing per poller is held between discoveries
+    const polling = (p.polling = new AbortController());
+    this.#o.effects.discover(p.gid, polling.signal).then(
       (outcome) => {
         if (p.stopped) return;
+        p.polling = null;
         const now = this.#o.clock.now();
         p.discoveryEndedAt = now;
         p.discoveredAt = now;
@@ -365,6 +368,7 @@ export class PollScheduler {
       },
       (err: unknown) => {
         if (p.stopped) return;
+        p.polling = null;
         p.discoveryEndedAt = this.#o.clock.now();
         this.#fail(p, err);
         this.#scheduleDiscovery(p);
@@ -389,30 +393,17 @@ export class PollScheduler {
 
   // ---- shared ----
 
-  /** one abort controller per poller while it discovers (a discovery is several requests, and may be long) */
-  #signal(p: Poll): AbortSignal {
-    p.polling ??= new AbortController();
-    return p.polling.signal;
-  }
-
   #succeed(p: Poll): void {
     p.health = "healthy";
     p.consecutiveFailures = 0;
     p.lastError = null;
     p.lastSuccessAt = this.#o.clock.now();
-    this.#idle(p);
   }
 
   #fail(p: Poll, err: unknown): void {
     p.consecutiveFailures++;
     p.lastError = shortErrorText(err);
     if (p.consecutiveFailures >= this.#o.unhealthyThreshold) p.health = "unhealthy";
-    this.#idle(p);
-  }
-
-  /** drops the abort controller once no discovery is running */
-  #idle(p: Poll): void {
-    if (p.discoveryStep !== "discovering") p.polling = null;
   }
 
   /** whether the status last handed to writeStatus differs from the poller's in a field readers act on, or its last success is STATUS_REFRESH_MS old */

@@ -17,7 +17,11 @@ type Options = { classification?: unknown; discoverNow?: boolean; discoveryInter
 /** One poller with an in-memory upstream (a tool set) and in-memory KV (stamps, catalog, status). */
 function harness(opts: Options = {}) {
   const clock = new SimulatedClock();
-  const upstream = { tools: new Set(["echo"]), up: true, discoveryFails: false };
+  /** `holdDiscoveries`: a discovery waits until the test calls the `release` it left in `held` */
+  const upstream = { tools: new Set(["echo"]), up: true, discoveryFails: false, holdDiscoveries: false };
+  const held: Array<() => void> = [];
+  /** the abort signal each discovery was given, in order */
+  const signals: AbortSignal[] = [];
   /** the classification the worker's watch holds, and whether the stamps can be read; tests change them while the poller runs */
   const kv = { classification: opts.classification, readFails: false };
   const stamps = new Map<PollKind, { at: string; nextAt: string | null; worker: string }>();
@@ -43,8 +47,10 @@ function harness(opts: Options = {}) {
         healthChecks.push(clock.now());
         if (!upstream.up) throw new Error("connect ECONNREFUSED");
       },
-      discover: async () => {
+      discover: async (_gid, signal) => {
         discoveries.push(clock.now());
+        signals.push(signal);
+        if (upstream.holdDiscoveries) await new Promise<void>((release) => held.push(release));
         if (!upstream.up || upstream.discoveryFails) throw new Error("tools/list failed");
         const tools = [...upstream.tools].sort();
         const changed = tools.join() !== catalog.tools.join();
@@ -75,7 +81,7 @@ function harness(opts: Options = {}) {
     }
   };
   const lastStatus = () => statuses.at(-1);
-  return { clock, actor, upstream, kv, stamps, catalog, healthChecks, discoveries, recorded, statuses, lastStatus, advance, reads };
+  return { clock, actor, upstream, kv, stamps, catalog, healthChecks, discoveries, recorded, statuses, lastStatus, advance, reads, held, signals };
 }
 
 const gaps = (times: number[]) => times.slice(1).map((t, i) => t - times[i]!);
@@ -333,6 +339,39 @@ describe("poller schedule", () => {
     assert.ok(Math.max(...perSecond) <= 2 * mean, `busiest second ${Math.max(...perSecond)}, mean ${mean}`);
     pollers.stopAll();
     assert.equal(timers.live, 0);
+  });
+
+  it("stopping a poller aborts its discovery in flight, even after a health check ended meanwhile, and no discovery that already ended", async () => {
+    const h = harness();
+    await h.advance(D); // the first discovery, at the gateway's slot
+    assert.equal(h.signals.length, 1);
+    h.upstream.holdDiscoveries = true;
+    h.actor.send({ type: "LIST_CHANGED" });
+    await h.advance(H + S); // a health check starts and ends while that discovery runs
+    assert.equal(h.signals.length, 2);
+    assert.equal(h.held.length, 1, "the discovery is still running");
+    const checks = h.healthChecks.length;
+    assert.ok(checks >= 1 && h.healthChecks.at(-1)! > h.discoveries.at(-1)!, "a check ended during the discovery");
+    // the discovery ends; the next one (a notice) is held again, and the poller stops during it
+    h.held.shift()!();
+    await h.advance(3 * S);
+    h.actor.send({ type: "LIST_CHANGED" });
+    await h.advance(S);
+    assert.equal(h.signals.length, 3);
+    h.actor.stop();
+    assert.equal(h.signals[2]!.aborted, true, "the discovery in flight is aborted");
+    assert.equal(h.signals[1]!.aborted, false, "a discovery that ended holds no controller the stop could reach");
+    assert.equal(h.signals[0]!.aborted, false);
+    assert.notEqual(h.signals[1], h.signals[2], "each discovery has its own signal");
+  });
+
+  it("holds no abort controller between discoveries: a stop right after one ended aborts nothing", async () => {
+    const h = harness({ discoverNow: true });
+    await h.advance(S);
+    assert.equal(h.signals.length, 1);
+    assert.equal(h.healthChecks.length, 0, "no check ended since the discovery (the first check waits for its slot)");
+    h.actor.stop();
+    assert.equal(h.signals[0]!.aborted, false);
   });
 
   it("writes the status only when a field readers act on changes", async () => {
