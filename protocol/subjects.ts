@@ -191,6 +191,11 @@ export function subjects(prefix: string = DEFAULT_PREFIX) {
       const kind = parts[4] as StreamEventKind;
       return STREAM_EVENT_KINDS.includes(kind) ? { sid: parts[2]!, streamId: parts[3]!, kind } : null;
     },
+    /** parse `<p>.poller.<gid>.<op>`; `op` as sent (an unknown one is the poller's to refuse) */
+    parsePoller(subject: string): { gid: string; op: string } | null {
+      const parts = subject.split(".");
+      return parts.length === 4 && parts[0] === p && parts[1] === "poller" ? { gid: parts[2]!, op: parts[3]! } : null;
+    },
     /** parse `<p>.upstream.<sid>.<gid>.<op>` */
     parseUpstream(subject: string): { sid: string; gid: string; op: UpstreamOp } | null {
       const parts = subject.split(".");
