@@ -4,7 +4,7 @@
 // themselves are records of one schedule (actors/pollScheduler.ts), not an actor each.
 import { performance } from "node:perf_hooks";
 import type { KvEntry } from "@nats-io/kv";
-import type { Subscription } from "@nats-io/transport-node";
+import type { Msg, Subscription } from "@nats-io/transport-node";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { shortErrorText } from "../actors/errorText.ts";
 import { encodeValue, entryJson, getLive } from "../actors/kvStore.ts";
@@ -21,7 +21,7 @@ import {
 } from "../protocol/gateway.ts";
 import { PollerRequestSchema, PollerStatusesRequestSchema, type PollStamp, type PollerStatusesReply, type PollerStatusReply } from "../protocol/poller.ts";
 import { KEYS } from "../protocol/subjects.ts";
-import { isNoResponders, request, serve } from "./bus.ts";
+import { answerRequest, isNoResponders, request, serve } from "./bus.ts";
 import { followEvents } from "./events.ts";
 import type { GatewayChange } from "./gatewayRecords.ts";
 import { followKv } from "./kvWatch.ts";
@@ -30,9 +30,6 @@ import { startPollerOwnership, type PollerOwnership } from "./pollerOwnership.ts
 import { discoverOn, readDiscoveryStamp, readStoredStatus, type GatewayConnector, type ProbeConnection } from "./pollerEffects.ts";
 import { gatewayScrubber, scrubbedError } from "./secretScrubber.ts";
 import type { Hosted, WorkerContext } from "./worker.ts";
-
-/** a poller this worker runs: its address subscription */
-type Owned = { address: Subscription };
 
 /**
  * At most `limit` polls at once on this worker; the rest wait their turn, health checks ahead of
@@ -92,10 +89,18 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
    * behind thousands of connects at once.
    */
   const immediateDiscoveries = new PerSecondBudget(32);
-  const gateways = new Map<string, GatewayRecord>();
+  /** the enabled gateways are the worker's one copy of the records (gatewayRecords.ts), not a map of this host's */
+  const enabledRecord = (gid: string): GatewayRecord | undefined => {
+    const record = ctx.gatewayRecords.get(gid)?.record;
+    return record?.enabled ? record : undefined;
+  };
+  function* enabledIds(): Iterable<string> {
+    for (const { record } of ctx.gatewayRecords.all()) if (record.enabled) yield record.id;
+  }
   /** gateways added or reconnected since this worker saw them: whoever claims them discovers at once (an added one has no state to read) */
   const fresh = new Map<string, "added" | "changed">();
-  const running = new Map<string, Owned>();
+  /** the pollers this worker runs: each one's address subscription */
+  const running = new Map<string, Subscription>();
   /** the classification as last seen by this worker's watch (raw JSON; undefined when absent) */
   let classification: unknown;
   let stopped = false;
@@ -107,7 +112,7 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
    * waiting for a slot never starts. `keep`: the poll is its poller's, on the gateway's kept connection.
    */
   const probe = async <T>(gid: string, kind: PollKind, fn: (conn: ProbeConnection) => Promise<T>, wanted: () => boolean, keep = true): Promise<T> => {
-    const record = gateways.get(gid);
+    const record = enabledRecord(gid);
     if (!record) throw new Error("gateway is no longer registered");
     // logged when due, before the concurrency cap may hold it back
     log.debug({ gid, kind }, "poll");
@@ -169,22 +174,23 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
     return notice !== null && (stamp === null || notice.time > stamp.created);
   };
 
+  /** A request at a poller's address: the gateway and the operation are the subject's. */
+  const answerAtAddress = async (payload: unknown, msg: { subject: string }) => {
+    const { gid, op } = s.parsePoller(msg.subject) ?? { gid: "", op: "" };
+    parseRequest(PollerRequestSchema, payload, `poller ${op} request`);
+    const status = pollers.status(gid);
+    if (!status) throw new ProtocolError("unavailable", "the gateway's poller stopped (gateway changed, removed or moved); try again");
+    if (op === "status") return { gid, worker: me, status } satisfies PollerStatusReply;
+    if (op === "refresh") return reply(gid, await refreshHere(gid).catch(asUnavailable));
+    throw new ProtocolError("invalid_request", `unknown poller operation ${JSON.stringify(op)}`);
+  };
+  /** one callback for every poller address of this worker: a subscription per gateway holds no closure of its own */
+  const onAddressMessage = (err: Error | null, msg: Msg) => {
+    if (err) return void log.error({ err }, "a poller address subscription failed");
+    void answerRequest(msg, answerAtAddress, guard);
+  };
   /** The poller's own address, `mcpgw.poller.<gid>.<op>`: whoever asks reaches it on whichever worker polls the gateway. */
-  const serveAddress = (gid: string) =>
-    serve(
-      nc,
-      s.poller.actor(gid),
-      async (payload, msg) => {
-        const op = msg.subject.slice(msg.subject.lastIndexOf(".") + 1);
-        parseRequest(PollerRequestSchema, payload, `poller ${op} request`);
-        const status = pollers.status(gid);
-        if (!status) throw new ProtocolError("unavailable", "the gateway's poller stopped (gateway changed, removed or moved); try again");
-        if (op === "status") return { gid, worker: me, status } satisfies PollerStatusReply;
-        if (op === "refresh") return reply(gid, await refreshHere(gid).catch(asUnavailable));
-        throw new ProtocolError("invalid_request", `unknown poller operation ${JSON.stringify(op)}`);
-      },
-      guard,
-    );
+  const serveAddress = (gid: string) => nc.subscribe(s.poller.actor(gid), { callback: onAddressMessage });
 
   const startPoller = async (gid: string) => {
     const freshness = fresh.get(gid);
@@ -194,19 +200,19 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
         ? [undefined, false]
         : await Promise.all([readStoredStatus(stores.state, gid).catch(() => undefined), freshness ? false : missedPush(gid)]);
     // the claim may have moved while the status was read
-    if (stopped || running.has(gid) || !gateways.has(gid) || !ownership.hosts(gid)) return;
+    if (stopped || running.has(gid) || !enabledRecord(gid) || !ownership.hosts(gid)) return;
     fresh.delete(gid);
-    running.set(gid, { address: serveAddress(gid) });
+    running.set(gid, serveAddress(gid));
     pollers.start(gid, { status, discoverNow: (freshness !== undefined || pushMissed) && immediateDiscoveries.take() });
     log.info({ gid }, "polling gateway");
   };
 
   /** Stops a poller; manual refreshes it had not answered yet are told so rather than left waiting. */
   const stopPoller = (gid: string) => {
-    const owned = running.get(gid);
-    if (!owned) return;
+    const address = running.get(gid);
+    if (!address) return;
     running.delete(gid);
-    owned.address.unsubscribe();
+    address.unsubscribe();
     const unanswered = pollers.stop(gid);
     connections.drop(gid);
     const gone = new ProtocolError("unavailable", "the gateway's poller stopped during the refresh (gateway changed, removed or moved); try again");
@@ -215,14 +221,13 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
 
   const ownership: PollerOwnership = await startPollerOwnership(
     ctx,
-    { gateways: () => gateways.keys(), exists: (gid) => gateways.has(gid), start: startPoller, stop: stopPoller },
+    { gateways: enabledIds, exists: (gid) => enabledRecord(gid) !== undefined, start: startPoller, stop: stopPoller },
     log,
   );
 
   // ---- gateways ----
 
   const removed = async (gid: string) => {
-    gateways.delete(gid);
     ownership.forget(gid);
     fresh.delete(gid);
     if (ownership.hosts(gid)) {
@@ -234,8 +239,6 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
   /** A record added, changed or removed, as the worker's one watch of the records delivered it (no read of its own). */
   const onGatewayChange = async ({ gid, record, previous }: GatewayChange) => {
     if (!record) return removed(gid);
-    if (record.enabled) gateways.set(gid, record);
-    else gateways.delete(gid);
     const reconnect = !previous || !previous.enabled || connectChanged(previous, record);
     if (reconnect && record.enabled) {
       fresh.set(gid, previous ? "changed" : "added");
@@ -282,11 +285,6 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
     } catch (err) {
       if (!isNoResponders(err)) throw err;
     }
-    // a disabled gateway is not kept; the view above was read from KV just now
-    if (!gateways.has(gid)) {
-      const held = ctx.gatewayRecords.get(gid);
-      if (held?.record.enabled) gateways.set(gid, held.record);
-    }
     return reply(gid, await refreshOnce(gid).catch(asUnavailable));
   };
 
@@ -300,7 +298,6 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
   const events = await followEvents(stores.js, stores.streamName, [s.evt.gatewayKind("list_changed")], onListChanged, guard);
   // the records held now, and every change after them (nothing comes in between: same turn)
   const stopFollowing = ctx.gatewayRecords.onChange((change) => void onGatewayChange(change).catch((err) => log.error({ err, gid: change.gid }, "gateway change failed")));
-  for (const { record } of ctx.gatewayRecords.all()) if (record.enabled) gateways.set(record.id, record);
 
   ctx.admin.endpoint(s.admin.gateway("refresh"), refresh);
   // a list's page of statuses: every worker answers for the pollers it runs (one request per worker, not one per gateway)
