@@ -9,7 +9,7 @@ import { errors, type Msg } from "@nats-io/transport-node";
 import { z } from "zod";
 import { ProtocolError } from "../protocol/envelope.ts";
 import { encodeJson } from "../runtime/bus.ts";
-import { openHedged, READ_ATTEMPT_MS, requestThroughNodeLoss, retryingKv, retryTransient, transience, type RetryPolicy } from "../runtime/jetstreamRetry.ts";
+import { openHedged, READ_ATTEMPT_MS, readHedged, requestThroughNodeLoss, retryingKv, retryTransient, transience, type RetryPolicy } from "../runtime/jetstreamRetry.ts";
 import { startNats, type TestNats } from "./helpers/nats.ts";
 
 const quick: RetryPolicy = { budgetMs: 300, firstDelayMs: 1, maxDelayMs: 20 };
@@ -83,6 +83,26 @@ describe("retryingKv", () => {
 
   it("a create repeated after a timeout that finds another value is a conflict", async () => {
     await assert.rejects(bucket('{"worker":"w2"}').create("k", '{"worker":"w1"}'), (err) => err instanceof JetStreamApiError && err.code === 10071);
+  });
+});
+
+describe("readHedged (a read of a stream whose followers still believe in a dead leader: silence)", () => {
+  it("asks a read nobody answers again, and uses the first answer", async () => {
+    let asked = 0;
+    const read = () => (++asked < 3 ? new Promise<number>(() => {}) : Promise.resolve(7));
+    assert.equal(await readHedged(read, 5), 7);
+    assert.equal(asked, 3);
+  });
+
+  it("asks no copy of a read that answers", async () => {
+    let asked = 0;
+    assert.equal(await readHedged(async () => ++asked, 50), 1);
+    await new Promise((r) => setTimeout(r, 150));
+    assert.equal(asked, 1);
+  });
+
+  it("a refusal of every copy asked (no leader yet) is the answer, for retryTransient to judge", async () => {
+    await assert.rejects(readHedged(() => Promise.reject(noResponders()), 5), (err) => transience(err) === "nobody-answered");
   });
 });
 

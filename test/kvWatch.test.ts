@@ -17,7 +17,7 @@ describe("followKv", () => {
   });
   after(async () => nats?.stop());
 
-  it("opens the watch again when it ends, repeating the latest entry, until stopped", async () => {
+  it("opens the watch again when it ends, resuming after the last entry, until stopped", async () => {
     const watches: Array<{ stop(): void }> = [];
     const seen: KvEntry[] = [];
     const { log, lines } = memoryLogger();
@@ -30,7 +30,7 @@ describe("followKv", () => {
     await until("an entry written after the watch ended", () => seen.some((e) => e.revision === second), 30_000);
     assert.equal(watches.length, 2, "a new watch");
     assert.ok(lines.some((l) => l.includes("test watch ended; watching again")));
-    assert.ok(seen.filter((e) => e.revision === first).length >= 1, "the new watch repeats latest entries; handlers take them again");
+    assert.equal(seen.filter((e) => e.revision === first).length, 1, "the new watch resumes after the last revision it had: nothing repeated");
 
     follower.stop();
     const count = watches.length;
@@ -55,6 +55,21 @@ describe("followKv", () => {
     assert.deepEqual(seen.map((e) => [e.key, e.revision]), [["l.a", written]]);
     const later = await kv.put("l.c", "3");
     await until("an update through the watch", () => seen.some((e) => e.revision === later));
+    follower.stop();
+  });
+
+  it("replaces the watch at once when the connection comes back (its consumer may have died with the server), resuming after the last entry", async () => {
+    const watches: Array<{ stop(): void }> = [];
+    const seen: KvEntry[] = [];
+    const follower = await followKv(watched(kv, watches), "r.*", (e) => void seen.push(e), memoryLogger().log, "reconnecting watch");
+    const first = await kv.put("r.a", "1");
+    await until("the first entry", () => seen.some((e) => e.revision === first));
+    await nats.stopServer();
+    await nats.restartServer();
+    await until("a replacement watch", () => watches.length === 2, 30_000);
+    const second = await kv.put("r.b", "2");
+    await until("an entry written after the restart", () => seen.some((e) => e.revision === second), 30_000);
+    assert.deepEqual(seen.map((e) => e.revision), [first, second], "nothing repeated, nothing missed");
     follower.stop();
   });
 
