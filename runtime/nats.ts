@@ -5,6 +5,7 @@ import { DiscardPolicy, jetstream, jetstreamManager, JetStreamApiError, StorageT
 import { Kvm, type KV } from "@nats-io/kv";
 import { buckets, eventStream, inboxPrefixOf, STREAM_LEADER_ELECTED_ADVISORIES, streamLog, type Buckets } from "../protocol/subjects.ts";
 import { retryingJs, retryingKv, retryTransient } from "./jetstreamRetry.ts";
+import { refusal } from "./bus.ts";
 import { GatheringTransport } from "./natsTransport.ts";
 
 /** `inboxPrefix` defaults to the user's own (nats.conf lets admin and viewer read no other). */
@@ -64,6 +65,9 @@ export function followConnection(nc: NatsConnection): ConnectionFollower {
   return follower;
 }
 
+/** at most one node-loss signal from advisories per this long */
+const ADVISORY_QUIET_MS = 1_000;
+
 function newFollower(nc: NatsConnection): ConnectionFollower {
   let connected = true;
   const listeners = new Set<(change: ConnectionChange) => void>();
@@ -88,11 +92,28 @@ function newFollower(nc: NatsConnection): ConnectionFollower {
   const nodeLost = () => {
     for (const f of lossListeners) f();
   };
+  // A node loss elects several leaders within seconds: one signal per ADVISORY_QUIET_MS (the last
+  // one honoured), so a burst, or a flood into the subject, costs each watch one replacement a second.
+  let quietUntil = 0;
+  let trailing: NodeJS.Timeout | null = null;
+  const advised = () => {
+    const now = performance.now();
+    if (now >= quietUntil) {
+      quietUntil = now + ADVISORY_QUIET_MS;
+      return nodeLost();
+    }
+    trailing ??= setTimeout(() => {
+      trailing = null;
+      quietUntil = performance.now() + ADVISORY_QUIET_MS;
+      nodeLost();
+    }, quietUntil - now).unref();
+  };
   let advisories: { unsubscribe(): void } | null = null;
   const onNodeLoss = (f: () => void) => {
     const listener = () => f();
     lossListeners.add(listener);
-    if (!advisories && !nc.isClosed()) advisories = nc.subscribe(STREAM_LEADER_ELECTED_ADVISORIES, { callback: () => nodeLost() });
+    // the server publishes its advisories itself: a consumer's delivery into the subject (anyone may make one) is refused
+    if (!advisories && !nc.isClosed()) advisories = nc.subscribe(STREAM_LEADER_ELECTED_ADVISORIES, { callback: (err, msg) => void (!err && !refusal(msg, "message") && advised()) });
     const stop = onChange((change) => change === "reconnect" && listener());
     return () => {
       stop();
@@ -100,6 +121,8 @@ function newFollower(nc: NatsConnection): ConnectionFollower {
       if (lossListeners.size === 0) {
         advisories?.unsubscribe();
         advisories = null;
+        if (trailing) clearTimeout(trailing);
+        trailing = null;
       }
     };
   };
