@@ -108,6 +108,23 @@ const HEDGED_READS = new Set(["get", "status"]);
 export const READ_HEDGE_MS = 750;
 const READ_COPIES = 6;
 
+/**
+ * A write a stream's new leader takes in the moment it is elected may be dropped without an answer
+ * (nats-server 2.9 `processClusteredInboundMsg`: not yet leader, no reply); asked once, it would wait
+ * out the client's 5 s timeout (measured: a new session's first call 4.9 s after its stream's new
+ * leader). An attempt of a write ends after WRITE_ATTEMPT_MS as timed out (outcome unknown), and
+ * the retry's own rules make a repeat safe: a compare-and-swap that meets its own value counts as
+ * done, an event carries a message id, a put or delete repeated leaves what one would.
+ */
+export const WRITE_ATTEMPT_MS = 2_000;
+/** The KV methods that write (each is one request). */
+const WRITES = new Set(["create", "update", "put", "delete", "purge"]);
+
+/** `op`, or a timeout (outcome unknown) when it has not answered within `ms`; a late answer is dropped. */
+export function bounded<T>(op: () => Promise<T>, ms = WRITE_ATTEMPT_MS): Promise<T> {
+  return hedged(op, { hedgeMs: ms, ms, copies: 1 });
+}
+
 /** Runs a read, asking again every READ_HEDGE_MS while none has answered; the first answer is used. */
 export function readHedged<T>(read: () => Promise<T>, hedgeMs = READ_HEDGE_MS): Promise<T> {
   return hedged(read, { hedgeMs, ms: hedgeMs * READ_COPIES + CONSUMER_OPEN_MS, copies: READ_COPIES });
@@ -196,7 +213,9 @@ export function retryingKv(kv: KV, bucket: string, policy: RetryPolicy = DEFAULT
         ? (args: unknown[]) => openHedged(() => v.apply(target, args) as Promise<{ stop(): void }>)
         : HEDGED_READS.has(prop)
           ? (args: unknown[]) => readHedged(() => v.apply(target, args) as Promise<unknown>)
-          : (args: unknown[]) => v.apply(target, args) as Promise<unknown>;
+          : WRITES.has(prop)
+            ? (args: unknown[]) => bounded(() => v.apply(target, args) as Promise<unknown>)
+            : (args: unknown[]) => v.apply(target, args) as Promise<unknown>;
       return (...args: unknown[]) => retryTransient(`${prop} ${bucket}`, () => attempt(args), policy, landed(prop, args));
     },
   });
@@ -209,7 +228,7 @@ export function retryingKv(kv: KV, bucket: string, policy: RetryPolicy = DEFAULT
 export function retryingJs(js: JetStreamClient, policy: RetryPolicy = DEFAULT_RETRY): JetStreamClient {
   const publish: JetStreamClient["publish"] = (subject, data, opts) => {
     const withId = { ...opts, msgID: opts?.msgID ?? randomUUID() };
-    return retryTransient(`publish ${subject}`, () => js.publish(subject, data, withId), policy);
+    return retryTransient(`publish ${subject}`, () => bounded(() => js.publish(subject, data, withId)), policy);
   };
   return new Proxy(js, {
     get(target, prop) {
