@@ -241,6 +241,9 @@ export type Buckets = ReturnType<typeof buckets>;
 /** The subject a KV put of `key` in `bucket` is a message on (a plain publish there stores it, unacknowledged). */
 export const kvSubject = (bucket: string, key: string) => `$KV.${bucket}.${key}`;
 
+/** nats-server's advisories that a stream (its name is the last token) elected a leader; published in the stream's account */
+export const STREAM_LEADER_ELECTED_ADVISORIES = "$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.*";
+
 export const KEYS = {
   gateway: (gid: string) => `gw.${token(gid, "gateway id")}`,
   gatewayPrefix: "gw.",

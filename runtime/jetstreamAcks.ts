@@ -11,7 +11,7 @@ import type { KV } from "@nats-io/kv";
 import { isCasConflict, type KvStore } from "../actors/kvStore.ts";
 import { kvSubject } from "../protocol/subjects.ts";
 import { publishEvent } from "./events.ts";
-import { DEFAULT_RETRY, retryTransient } from "./jetstreamRetry.ts";
+import { DEFAULT_RETRY, retryTransient, WRITE_ATTEMPT_MS } from "./jetstreamRetry.ts";
 
 type Pending = { resolve: (ack: PubAck) => void; reject: (err: Error) => void; deadline: number; subject: string };
 
@@ -29,7 +29,8 @@ export class AckedPublisher {
 
   constructor(
     private readonly nc: NatsConnection,
-    private readonly timeoutMs = 5_000,
+    /** each publish waits this long for its acknowledgement (jetstreamRetry.ts: a new leader may drop one unanswered) */
+    private readonly timeoutMs = WRITE_ATTEMPT_MS,
   ) {
     // under the connection's own inbox prefix: the one its user may subscribe to (nats.conf)
     this.#prefix = `${createInbox((nc as NatsConnectionImpl).options.inboxPrefix)}.`;

@@ -95,6 +95,40 @@ const sameBytes = (a: Uint8Array, b: Uint8Array) => a.length === b.length && a.e
 const RETRIED = new Set(["get", "history", "watch", "status", "keys", "create", "update", "put", "delete", "purge"]);
 /** The ones that open a consumer (reads: safe to repeat). */
 const OPENS_CONSUMER = new Set(["watch", "keys", "history"]);
+/** The reads nats-server may leave unanswered through a node loss (`status`: stream info; `get`: a direct get a dead replica took). */
+const HEDGED_READS = new Set(["get", "status"]);
+
+/**
+ * A read of a stream whose leader died is met with silence, not an error, until its followers'
+ * raft election timer fires (nats-server 2.9: 4-9 s after the leader's last heartbeat; then a
+ * leaderless follower answers a stream info itself): asked once, it would wait out the client's
+ * whole 5 s timeout. A copy is asked every READ_HEDGE_MS while none has answered, so a read
+ * answers within that of the first moment anyone can answer it. Reads change nothing: copies are safe.
+ */
+export const READ_HEDGE_MS = 750;
+const READ_COPIES = 6;
+
+/**
+ * A write a stream's new leader takes in the moment it is elected may be dropped without an answer
+ * (nats-server 2.9 `processClusteredInboundMsg`: not yet leader, no reply); asked once, it would wait
+ * out the client's 5 s timeout (measured: a new session's first call 4.9 s after its stream's new
+ * leader). An attempt of a write ends after WRITE_ATTEMPT_MS as timed out (outcome unknown), and
+ * the retry's own rules make a repeat safe: a compare-and-swap that meets its own value counts as
+ * done, an event carries a message id, a put or delete repeated leaves what one would.
+ */
+export const WRITE_ATTEMPT_MS = 2_000;
+/** The KV methods that write (each is one request). */
+const WRITES = new Set(["create", "update", "put", "delete", "purge"]);
+
+/** `op`, or a timeout (outcome unknown) when it has not answered within `ms`; a late answer is dropped. */
+export function bounded<T>(op: () => Promise<T>, ms = WRITE_ATTEMPT_MS): Promise<T> {
+  return hedged(op, { hedgeMs: ms, ms, copies: 1 });
+}
+
+/** Runs a read, asking again every READ_HEDGE_MS while none has answered; the first answer is used. */
+export function readHedged<T>(read: () => Promise<T>, hedgeMs = READ_HEDGE_MS): Promise<T> {
+  return hedged(read, { hedgeMs, ms: hedgeMs * READ_COPIES + CONSUMER_OPEN_MS, copies: READ_COPIES });
+}
 
 /**
  * nats-server 2.9 may place a new consumer on a replica whose node is dead; that creation is
@@ -118,7 +152,8 @@ export function openHedged<T extends { stop(): void }>(open: () => Promise<T>, h
  * None answered within `ms`: a timeout (outcome unknown, for retryTransient to repeat).
  */
 async function hedged<T>(op: () => Promise<T>, o: { hedgeMs: number; ms: number; copies: number; discard?: (late: T) => void }): Promise<T> {
-  const timers: NodeJS.Timeout[] = [];
+  // one timer at a time (the next copy's, else the deadline's): a read on the hot path pays for one
+  let timer: NodeJS.Timeout | undefined;
   try {
     return await new Promise<T>((resolve, reject) => {
       let settled = false;
@@ -139,12 +174,20 @@ async function hedged<T>(op: () => Promise<T>, o: { hedgeMs: number; ms: number;
           (err: unknown) => void (++failed === started && settle(() => reject(err))),
         );
       };
+      const next = (k: number) => {
+        const copy = k < o.copies && k * o.hedgeMs < o.ms;
+        timer = setTimeout(() => {
+          if (settled) return;
+          if (!copy) return void settle(() => reject(new errors.TimeoutError()));
+          attempt();
+          next(k + 1);
+        }, (copy ? o.hedgeMs : o.ms - (k - 1) * o.hedgeMs));
+      };
       attempt();
-      for (let k = 1; k < o.copies && k * o.hedgeMs < o.ms; k++) timers.push(setTimeout(() => !settled && attempt(), k * o.hedgeMs));
-      timers.push(setTimeout(() => settle(() => reject(new errors.TimeoutError())), o.ms));
+      next(1);
     });
   } finally {
-    for (const t of timers) clearTimeout(t);
+    clearTimeout(timer);
   }
 }
 
@@ -168,7 +211,11 @@ export function retryingKv(kv: KV, bucket: string, policy: RetryPolicy = DEFAULT
       if (typeof prop !== "string" || !RETRIED.has(prop)) return v.bind(target);
       const attempt = OPENS_CONSUMER.has(prop)
         ? (args: unknown[]) => openHedged(() => v.apply(target, args) as Promise<{ stop(): void }>)
-        : (args: unknown[]) => v.apply(target, args) as Promise<unknown>;
+        : HEDGED_READS.has(prop)
+          ? (args: unknown[]) => readHedged(() => v.apply(target, args) as Promise<unknown>)
+          : WRITES.has(prop)
+            ? (args: unknown[]) => bounded(() => v.apply(target, args) as Promise<unknown>)
+            : (args: unknown[]) => v.apply(target, args) as Promise<unknown>;
       return (...args: unknown[]) => retryTransient(`${prop} ${bucket}`, () => attempt(args), policy, landed(prop, args));
     },
   });
@@ -181,7 +228,7 @@ export function retryingKv(kv: KV, bucket: string, policy: RetryPolicy = DEFAULT
 export function retryingJs(js: JetStreamClient, policy: RetryPolicy = DEFAULT_RETRY): JetStreamClient {
   const publish: JetStreamClient["publish"] = (subject, data, opts) => {
     const withId = { ...opts, msgID: opts?.msgID ?? randomUUID() };
-    return retryTransient(`publish ${subject}`, () => js.publish(subject, data, withId), policy);
+    return retryTransient(`publish ${subject}`, () => bounded(() => js.publish(subject, data, withId)), policy);
   };
   return new Proxy(js, {
     get(target, prop) {

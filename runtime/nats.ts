@@ -3,8 +3,9 @@ import { credsAuthenticator, NatsConnectionImpl, setTransportFactory, type NatsC
 import { nodeResolveHost } from "@nats-io/transport-node/lib/node_transport.js";
 import { DiscardPolicy, jetstream, jetstreamManager, JetStreamApiError, StorageType, type JetStreamClient, type JetStreamManager, type StreamConfig } from "@nats-io/jetstream";
 import { Kvm, type KV } from "@nats-io/kv";
-import { buckets, eventStream, inboxPrefixOf, streamLog, type Buckets } from "../protocol/subjects.ts";
+import { buckets, eventStream, inboxPrefixOf, STREAM_LEADER_ELECTED_ADVISORIES, streamLog, type Buckets } from "../protocol/subjects.ts";
 import { retryingJs, retryingKv, retryTransient } from "./jetstreamRetry.ts";
+import { refusal } from "./bus.ts";
 import { GatheringTransport } from "./natsTransport.ts";
 
 /** `inboxPrefix` defaults to the user's own (nats.conf lets admin and viewer read no other). */
@@ -43,6 +44,12 @@ export type ConnectionFollower = {
   reconnected(withinMs: number): Promise<boolean>;
   /** calls `f` (which must not throw) at every disconnect and reconnect, until the connection closes or the returned function is called */
   onChange(f: (change: ConnectionChange) => void): () => void;
+  /**
+   * calls `f` (which must not throw) whenever a JetStream consumer this connection reads may have
+   * been lost with a NATS node: at every reconnect, and when a stream elects a new leader (the
+   * server's advisory), until the returned function is called
+   */
+  onNodeLoss(f: () => void): () => void;
 };
 
 const followers = new WeakMap<NatsConnection, ConnectionFollower>();
@@ -57,6 +64,9 @@ export function followConnection(nc: NatsConnection): ConnectionFollower {
   if (!follower) followers.set(nc, (follower = newFollower(nc)));
   return follower;
 }
+
+/** at most one node-loss signal from advisories per this long */
+const ADVISORY_QUIET_MS = 1_000;
 
 function newFollower(nc: NatsConnection): ConnectionFollower {
   let connected = true;
@@ -75,9 +85,51 @@ function newFollower(nc: NatsConnection): ConnectionFollower {
     listeners.add(listener);
     return () => void listeners.delete(listener);
   };
+  // A consumer nats-server 2.9 placed on a node that died is silent, not closed: its client learns
+  // of it only after two missed 5 s heartbeats. A new stream leader (the node's loss, 3-9 s after it)
+  // and a reconnect are the signs available sooner.
+  const lossListeners = new Set<() => void>();
+  const nodeLost = () => {
+    for (const f of lossListeners) f();
+  };
+  // A node loss elects several leaders within seconds: one signal per ADVISORY_QUIET_MS (the last
+  // one honoured), so a burst, or a flood into the subject, costs each watch one replacement a second.
+  let quietUntil = 0;
+  let trailing: NodeJS.Timeout | null = null;
+  const advised = () => {
+    const now = performance.now();
+    if (now >= quietUntil) {
+      quietUntil = now + ADVISORY_QUIET_MS;
+      return nodeLost();
+    }
+    trailing ??= setTimeout(() => {
+      trailing = null;
+      quietUntil = performance.now() + ADVISORY_QUIET_MS;
+      nodeLost();
+    }, quietUntil - now).unref();
+  };
+  let advisories: { unsubscribe(): void } | null = null;
+  const onNodeLoss = (f: () => void) => {
+    const listener = () => f();
+    lossListeners.add(listener);
+    // the server publishes its advisories itself: a consumer's delivery into the subject (anyone may make one) is refused
+    if (!advisories && !nc.isClosed()) advisories = nc.subscribe(STREAM_LEADER_ELECTED_ADVISORIES, { callback: (err, msg) => void (!err && !refusal(msg, "message") && advised()) });
+    const stop = onChange((change) => change === "reconnect" && listener());
+    return () => {
+      stop();
+      lossListeners.delete(listener);
+      if (lossListeners.size === 0) {
+        advisories?.unsubscribe();
+        advisories = null;
+        if (trailing) clearTimeout(trailing);
+        trailing = null;
+      }
+    };
+  };
   return {
     connected: isConnected,
     onChange,
+    onNodeLoss,
     reconnected(withinMs) {
       if (isConnected()) return Promise.resolve(true);
       return new Promise<boolean>((resolve) => {

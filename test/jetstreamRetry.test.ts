@@ -9,7 +9,7 @@ import { errors, type Msg } from "@nats-io/transport-node";
 import { z } from "zod";
 import { ProtocolError } from "../protocol/envelope.ts";
 import { encodeJson } from "../runtime/bus.ts";
-import { openHedged, READ_ATTEMPT_MS, requestThroughNodeLoss, retryingKv, retryTransient, transience, type RetryPolicy } from "../runtime/jetstreamRetry.ts";
+import { bounded, openHedged, READ_ATTEMPT_MS, readHedged, requestThroughNodeLoss, retryingKv, retryTransient, transience, type RetryPolicy } from "../runtime/jetstreamRetry.ts";
 import { startNats, type TestNats } from "./helpers/nats.ts";
 
 const quick: RetryPolicy = { budgetMs: 300, firstDelayMs: 1, maxDelayMs: 20 };
@@ -83,6 +83,47 @@ describe("retryingKv", () => {
 
   it("a create repeated after a timeout that finds another value is a conflict", async () => {
     await assert.rejects(bucket('{"worker":"w2"}').create("k", '{"worker":"w1"}'), (err) => err instanceof JetStreamApiError && err.code === 10071);
+  });
+});
+
+describe("readHedged (a read of a stream whose followers still believe in a dead leader: silence)", () => {
+  it("asks a read nobody answers again, and uses the first answer", async () => {
+    let asked = 0;
+    const read = () => (++asked < 3 ? new Promise<number>(() => {}) : Promise.resolve(7));
+    assert.equal(await readHedged(read, 5), 7);
+    assert.equal(asked, 3);
+  });
+
+  it("asks no copy of a read that answers", async () => {
+    let asked = 0;
+    assert.equal(await readHedged(async () => ++asked, 50), 1);
+    await new Promise((r) => setTimeout(r, 150));
+    assert.equal(asked, 1);
+  });
+
+  it("a refusal of every copy asked (no leader yet) is the answer, for retryTransient to judge", async () => {
+    await assert.rejects(readHedged(() => Promise.reject(noResponders()), 5), (err) => transience(err) === "nobody-answered");
+  });
+});
+
+describe("a write a new leader dropped unanswered", () => {
+  it("is repeated after its attempt's bound, and a compare-and-swap that meets its own value counts as done", async () => {
+    let creates = 0;
+    const stored = "mine";
+    const kv = {
+      create() {
+        creates++;
+        // the first is taken but never answered; the repeat meets it
+        return creates === 1 ? new Promise(() => {}) : Promise.reject(conflict());
+      },
+      async get() {
+        return { key: "k", revision: 12, operation: "PUT", value: new TextEncoder().encode(stored) } as unknown as KvEntry;
+      },
+    } as unknown as KV;
+    assert.equal(await bounded(() => Promise.resolve(3), 50), 3);
+    await assert.rejects(bounded(() => new Promise(() => {}), 5), (err) => transience(err) === "outcome-unknown");
+    assert.equal(await retryingKv(kv, "b", { ...quick, budgetMs: 30_000 }).create("k", stored), 12);
+    assert.equal(creates, 2);
   });
 });
 

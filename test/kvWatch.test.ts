@@ -2,6 +2,8 @@
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { KvWatchInclude, type KV, type KvEntry } from "@nats-io/kv";
+import { AckPolicy, jetstreamManager } from "@nats-io/jetstream";
+import { STREAM_LEADER_ELECTED_ADVISORIES } from "../protocol/subjects.ts";
 import { followKv } from "../runtime/kvWatch.ts";
 import { openStores } from "../runtime/nats.ts";
 import { startNats, watched, type TestNats } from "./helpers/nats.ts";
@@ -17,7 +19,7 @@ describe("followKv", () => {
   });
   after(async () => nats?.stop());
 
-  it("opens the watch again when it ends, repeating the latest entry, until stopped", async () => {
+  it("opens the watch again when it ends, resuming after the last entry, until stopped", async () => {
     const watches: Array<{ stop(): void }> = [];
     const seen: KvEntry[] = [];
     const { log, lines } = memoryLogger();
@@ -30,7 +32,7 @@ describe("followKv", () => {
     await until("an entry written after the watch ended", () => seen.some((e) => e.revision === second), 30_000);
     assert.equal(watches.length, 2, "a new watch");
     assert.ok(lines.some((l) => l.includes("test watch ended; watching again")));
-    assert.ok(seen.filter((e) => e.revision === first).length >= 1, "the new watch repeats latest entries; handlers take them again");
+    assert.equal(seen.filter((e) => e.revision === first).length, 1, "the new watch resumes after the last revision it had: nothing repeated");
 
     follower.stop();
     const count = watches.length;
@@ -55,6 +57,48 @@ describe("followKv", () => {
     assert.deepEqual(seen.map((e) => [e.key, e.revision]), [["l.a", written]]);
     const later = await kv.put("l.c", "3");
     await until("an update through the watch", () => seen.some((e) => e.revision === later));
+    follower.stop();
+  });
+
+  it("replaces the watch at once when the connection comes back (its consumer may have died with the server), resuming after the last entry", async () => {
+    const watches: Array<{ stop(): void }> = [];
+    const seen: KvEntry[] = [];
+    const follower = await followKv(watched(kv, watches), "r.*", (e) => void seen.push(e), memoryLogger().log, "reconnecting watch");
+    const first = await kv.put("r.a", "1");
+    await until("the first entry", () => seen.some((e) => e.revision === first));
+    await nats.stopServer();
+    await nats.restartServer();
+    await until("a replacement watch", () => watches.length === 2, 30_000);
+    const second = await kv.put("r.b", "2");
+    await until("an entry written after the restart", () => seen.some((e) => e.revision === second), 30_000);
+    assert.deepEqual(seen.map((e) => e.revision), [first, second], "nothing repeated, nothing missed");
+    follower.stop();
+  });
+
+  it("a consumer delivering into the leader-election advisory subject (a viewer can make one) replaces no watch; a plain message there does, at most once a second", async () => {
+    const watches: Array<{ stop(): void }> = [];
+    const follower = await followKv(watched(kv, watches), "v.*", () => {}, memoryLogger().log, "advised watch");
+    const viewer = await nats.connect("viewer");
+    const jsm = await jetstreamManager(viewer);
+    const advisory = `${STREAM_LEADER_ELECTED_ADVISORIES.slice(0, -1)}KV_kw_state`;
+    const attack = await jsm.consumers.add("KV_kw_state", { deliver_subject: advisory, filter_subject: "$KV.kw_state.v.>", ack_policy: AckPolicy.None });
+    const runtime = await nats.connect();
+    // a subscriber of our own sees the deliveries arrive, so their refusal is not a lost race
+    let delivered = 0;
+    runtime.subscribe(advisory, { callback: () => void delivered++ });
+    await runtime.flush();
+    for (let i = 0; i < 5; i++) await kv.put(`v.${i}`, String(i));
+    await until("the consumer's deliveries", () => delivered >= 5);
+    await kv.get("v.0"); // a round trip on the watched connection after the deliveries reached it
+    assert.equal(watches.length, 1, "no replacement for deliveries");
+    await jsm.consumers.delete("KV_kw_state", attack.name).catch(() => {});
+
+    // the control: what the server would publish (no reply, no headers) replaces the watch, once for a burst
+    for (let i = 0; i < 5; i++) runtime.publish(advisory);
+    await until("a replacement", () => watches.length >= 2);
+    await until("one more for the rest of the burst, a second later", () => watches.length >= 3);
+    await new Promise((r) => setTimeout(r, 1_500));
+    assert.equal(watches.length, 3, "a burst costs two replacements, not five");
     follower.stop();
   });
 

@@ -35,6 +35,10 @@ export type ClusterNode = {
   running(): boolean;
   /** how many routes to other nodes this node has now (its monitoring endpoint's /routez) */
   routes(): Promise<number>;
+  /** the JetStream meta group's leader as this node sees it (its /jsz), "" when it knows none */
+  metaLeader(): Promise<string>;
+  /** this node's client connections named `name…`: when each began (server clock, ms since the epoch) */
+  connectionsSince(name: string): Promise<Array<{ name: string; startMs: number }>>;
   /** SIGKILL: no goodbye to routes or clients */
   kill(): Promise<void>;
   /** starts the node again on its ports with its store (it catches up from the others) */
@@ -76,6 +80,11 @@ export async function startNatsCluster(size = 3): Promise<TestNatsCluster> {
       url: `nats://127.0.0.1:${p.client}`,
       running: () => alive,
       routes: async () => ((await (await fetch(`http://127.0.0.1:${p.monitor}/routez`)).json()) as { num_routes: number }).num_routes,
+      metaLeader: async () => ((await (await fetch(`http://127.0.0.1:${p.monitor}/jsz`)).json()) as { meta_cluster?: { leader?: string } }).meta_cluster?.leader ?? "",
+      async connectionsSince(prefix) {
+        const { connections } = (await (await fetch(`http://127.0.0.1:${p.monitor}/connz?limit=1024`)).json()) as { connections?: Array<{ name?: string; start: string }> };
+        return (connections ?? []).filter((c) => c.name?.startsWith(prefix)).map((c) => ({ name: c.name!, startMs: Date.parse(c.start) }));
+      },
       start,
       async kill() {
         if (!server || !alive) return;
