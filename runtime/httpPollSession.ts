@@ -50,9 +50,23 @@ export type HttpPollSessionOptions = {
 export class HttpPollSession implements PollClient {
   readonly #o: HttpPollSessionOptions;
   #nextId = 0;
+  /**
+   * Where every request of the session goes and with which headers, built once per kept session
+   * (the record's secrets opened, its URL parsed) rather than on every poll: the session is
+   * dropped when the gateway's connection fields change.
+   */
+  #target: { url: URL; headers: Record<string, string> } | undefined;
 
   constructor(options: HttpPollSessionOptions) {
     this.#o = options;
+  }
+
+  get #prepared(): { url: URL; headers: Record<string, string> } {
+    if (!this.#target) {
+      const { url, headers } = httpTarget(this.#o.record, this.#o.open);
+      this.#target = { url, headers: this.#sessionHeaders(headers) };
+    }
+    return this.#target;
   }
 
   getServerCapabilities(): ServerCapabilities | undefined {
@@ -82,9 +96,9 @@ export class HttpPollSession implements PollClient {
   /** Ends the upstream session (HTTP DELETE), bounded; a server that keeps none answers 405, which is fine. */
   async close(): Promise<void> {
     if (this.#o.sessionId === undefined) return;
-    const { url, headers } = httpTarget(this.#o.record, this.#o.open);
+    const { url, headers } = this.#prepared;
     // the session ends on the upstream's own expiry if this fails
-    await exchange({ dispatcher: this.#o.dispatcher, url, method: "DELETE", headers: this.#sessionHeaders(headers), deadlineMs: 2_000 }, { body: () => undefined }).catch(() => {});
+    await exchange({ dispatcher: this.#o.dispatcher, url, method: "DELETE", headers, deadlineMs: 2_000 }, { body: () => undefined }).catch(() => {});
   }
 
   #sessionHeaders(headers: Record<string, string>): Record<string, string> {
@@ -97,13 +111,13 @@ export class HttpPollSession implements PollClient {
   /** One JSON-RPC request on the session: its result, or the upstream's error as an McpError with its code. */
   async request(method: string, params: Record<string, unknown> | undefined, opts: RequestOptions): Promise<Record<string, unknown>> {
     const id = ++this.#nextId;
-    const { url, headers } = httpTarget(this.#o.record, this.#o.open);
+    const { url, headers } = this.#prepared;
     let reply;
     try {
       reply = await postJsonRpc({
         dispatcher: this.#o.dispatcher,
         url,
-        headers: this.#sessionHeaders(headers),
+        headers,
         body: JSON.stringify({ jsonrpc: "2.0", id, method, ...(params ? { params } : {}) }),
         id,
         maxBytes: MAX_POLL_ANSWER_BYTES,
