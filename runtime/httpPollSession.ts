@@ -2,7 +2,7 @@
 // version and the server's capabilities, a few hundred bytes instead of an SDK client with its
 // transport, maps and closures (≈ 9 KB) per gateway. The session is opened by the SDK client
 // (initialize and everything it checks); a health check is then one JSON-RPC `ping` POST and a
-// discovery its lists, each a JSON-RPC POST of ./upstream/jsonRpcPost.ts on the worker's shared
+// discovery its list pages (read raw: runtime/pollerEffects.ts parses them only when they changed), each a JSON-RPC POST of ./upstream/jsonRpcPost.ts on the worker's shared
 // keep-alive agent, answered as JSON or as an SSE stream. Errors are the SDK's: the upstream's JSON-RPC error as
 // an McpError with its code, a lost session or broken transport as ConnectionClosed, a timeout as
 // RequestTimeout, so the caller tells them apart as it does for an SDK client.
@@ -22,10 +22,10 @@ import { httpTarget } from "./mcpClient.ts";
 import { outboundRefusalOf } from "./outboundConnector.ts";
 import { DeadlineError, exchange, postJsonRpc } from "./upstream/jsonRpcPost.ts";
 
-type RequestOptions = { timeout: number; signal?: AbortSignal | undefined };
+export type RequestOptions = { timeout: number; signal?: AbortSignal | undefined };
 type Cursor = { cursor?: string | undefined };
 
-/** What a poll needs of an MCP client: the SDK `Client` has it, and so has a kept HTTP poll session. */
+/** What a discovery needs of an SDK `Client` (a kept HTTP poll session is listed raw instead: pollerEffects.ts). */
 export interface PollClient {
   getServerCapabilities(): ServerCapabilities | undefined;
   ping(opts: RequestOptions): Promise<unknown>;
@@ -47,12 +47,26 @@ export type HttpPollSessionOptions = {
   capabilities: ServerCapabilities | undefined;
 };
 
-export class HttpPollSession implements PollClient {
+export class HttpPollSession {
   readonly #o: HttpPollSessionOptions;
   #nextId = 0;
+  /**
+   * Where every request of the session goes and with which headers, built once per kept session
+   * (the record's secrets opened, its URL parsed) rather than on every poll: the session is
+   * dropped when the gateway's connection fields change.
+   */
+  #target: { url: URL; headers: Record<string, string> } | undefined;
 
   constructor(options: HttpPollSessionOptions) {
     this.#o = options;
+  }
+
+  get #prepared(): { url: URL; headers: Record<string, string> } {
+    if (!this.#target) {
+      const { url, headers } = httpTarget(this.#o.record, this.#o.open);
+      this.#target = { url, headers: this.#sessionHeaders(headers) };
+    }
+    return this.#target;
   }
 
   getServerCapabilities(): ServerCapabilities | undefined {
@@ -63,28 +77,12 @@ export class HttpPollSession implements PollClient {
     return this.request("ping", undefined, opts);
   }
 
-  listTools(params: Cursor, opts: RequestOptions) {
-    return this.request("tools/list", params, opts).then((r) => ListToolsResultSchema.parse(r));
-  }
-
-  listPrompts(params: Cursor, opts: RequestOptions) {
-    return this.request("prompts/list", params, opts).then((r) => ListPromptsResultSchema.parse(r));
-  }
-
-  listResources(params: Cursor, opts: RequestOptions) {
-    return this.request("resources/list", params, opts).then((r) => ListResourcesResultSchema.parse(r));
-  }
-
-  listResourceTemplates(params: Cursor, opts: RequestOptions) {
-    return this.request("resources/templates/list", params, opts).then((r) => ListResourceTemplatesResultSchema.parse(r));
-  }
-
   /** Ends the upstream session (HTTP DELETE), bounded; a server that keeps none answers 405, which is fine. */
   async close(): Promise<void> {
     if (this.#o.sessionId === undefined) return;
-    const { url, headers } = httpTarget(this.#o.record, this.#o.open);
+    const { url, headers } = this.#prepared;
     // the session ends on the upstream's own expiry if this fails
-    await exchange({ dispatcher: this.#o.dispatcher, url, method: "DELETE", headers: this.#sessionHeaders(headers), deadlineMs: 2_000 }, { body: () => undefined }).catch(() => {});
+    await exchange({ dispatcher: this.#o.dispatcher, url, method: "DELETE", headers, deadlineMs: 2_000 }, { body: () => undefined }).catch(() => {});
   }
 
   #sessionHeaders(headers: Record<string, string>): Record<string, string> {
@@ -97,13 +95,13 @@ export class HttpPollSession implements PollClient {
   /** One JSON-RPC request on the session: its result, or the upstream's error as an McpError with its code. */
   async request(method: string, params: Record<string, unknown> | undefined, opts: RequestOptions): Promise<Record<string, unknown>> {
     const id = ++this.#nextId;
-    const { url, headers } = httpTarget(this.#o.record, this.#o.open);
+    const { url, headers } = this.#prepared;
     let reply;
     try {
       reply = await postJsonRpc({
         dispatcher: this.#o.dispatcher,
         url,
-        headers: this.#sessionHeaders(headers),
+        headers,
         body: JSON.stringify({ jsonrpc: "2.0", id, method, ...(params ? { params } : {}) }),
         id,
         maxBytes: MAX_POLL_ANSWER_BYTES,

@@ -15,7 +15,14 @@ import { KEYS, type Subjects } from "../protocol/subjects.ts";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { request } from "./bus.ts";
 import { publishEvent } from "./events.ts";
-import { McpError, type ServerCapabilities } from "@modelcontextprotocol/sdk/types.js";
+import {
+  ListPromptsResultSchema,
+  ListResourcesResultSchema,
+  ListResourceTemplatesResultSchema,
+  ListToolsResultSchema,
+  McpError,
+  type ServerCapabilities,
+} from "@modelcontextprotocol/sdk/types.js";
 import { HttpPollSession, type PollClient } from "./httpPollSession.ts";
 import { closeWithin, isMethodNotFound, type UpstreamConnection } from "./mcpClient.ts";
 import { checkStatelessUpstream, connectEitherEra, type StatelessUpstream } from "./revision2026Upstream.ts";
@@ -28,11 +35,27 @@ import { checkStatelessUpstream, connectEitherEra, type StatelessUpstream } from
 export type ProbeConnection = {
   era: UpstreamEra;
   check(signal?: AbortSignal): Promise<void>;
-  list(signal?: AbortSignal): Promise<CatalogLists>;
+  /** the catalog's lists and their fingerprint; `lists` null when the fingerprint is `known` (nothing changed: not parsed) */
+  list(signal?: AbortSignal, known?: string): Promise<Listed>;
   close(): Promise<void>;
   /** what the last discovery on this connection found (a fingerprint of its lists) and what reconciling it gave: see discoverOn */
   reconciled?: { fingerprint: string; outcome: DiscoveryOutcome } | undefined;
 };
+
+/**
+ * What a discovery listed: a fingerprint of the lists as the upstream sent them (sha256 of their
+ * JSON; comparable between two listings of one connection only), and the lists, or null when
+ * the fingerprint was the one the caller knew.
+ */
+export type Listed = { fingerprint: string; lists: CatalogLists | null };
+
+const fingerprintOf = (lists: unknown) => createHash("sha256").update(JSON.stringify(lists)).digest("base64");
+
+/** Listed lists of a client whose lists come parsed (an SDK client, a stateless upstream). */
+function listedOf(lists: CatalogLists, known: string | undefined): Listed {
+  const fingerprint = fingerprintOf(lists);
+  return { fingerprint, lists: fingerprint === known ? null : lists };
+}
 /** `onClosed`: the upstream ended the connection by itself */
 export type GatewayConnector = (record: GatewayRecord, timeoutMs: number, onClosed: () => void) => Promise<ProbeConnection>;
 
@@ -84,7 +107,7 @@ function sessionProbe(session: HttpPollSession, timeoutMs: number): ProbeConnect
     era: "session",
     close: () => session.close(),
     check: async (signal) => void (await session.ping({ timeout: timeoutMs, signal })),
-    list: (signal) => listCatalog(session, timeoutMs, signal),
+    list: (signal, known) => listSessionCatalog(session, timeoutMs, signal, known),
   };
 }
 
@@ -94,7 +117,7 @@ function statelessProbe(conn: StatelessUpstream, timeoutMs: number): ProbeConnec
     // bounded: an upstream that ignores the polite close is forced
     close: () => closeWithin(conn, 2_000),
     check: (signal) => checkStatelessUpstream(conn, timeoutMs, signal),
-    list: (signal) => listStatelessCatalog(conn, timeoutMs, signal),
+    list: async (signal, known) => listedOf(await listStatelessCatalog(conn, timeoutMs, signal), known),
   };
 }
 
@@ -104,7 +127,7 @@ function clientProbe(conn: UpstreamConnection, timeoutMs: number): ProbeConnecti
     era: "session",
     close: () => closeWithin(conn, 2_000),
     check: async (signal) => void (await client.ping({ timeout: timeoutMs, signal })),
-    list: (signal) => listCatalog(client, timeoutMs, signal),
+    list: async (signal, known) => listedOf(await listCatalog(client, timeoutMs, signal), known),
   };
 }
 
@@ -146,6 +169,42 @@ export async function listCatalog(client: PollClient, timeoutMs: number, signal?
       : [],
   ]);
   return { tools, prompts, resources, resourceTemplates } as CatalogLists;
+}
+
+/** The four lists of a session: their method, the capability that announces them, the SDK's schema of a page. */
+const SESSION_LISTS = [
+  { list: "tools", method: "tools/list", capability: "tools", schema: ListToolsResultSchema },
+  { list: "prompts", method: "prompts/list", capability: "prompts", schema: ListPromptsResultSchema },
+  { list: "resources", method: "resources/list", capability: "resources", schema: ListResourcesResultSchema },
+  { list: "resourceTemplates", method: "resources/templates/list", capability: "resources", schema: ListResourceTemplatesResultSchema },
+] as const;
+
+/**
+ * A kept HTTP session's catalog (what listCatalog does with an SDK client), fingerprinted as the
+ * upstream sent it and parsed with the SDK's schemas only when the fingerprint is not `known`:
+ * most discoveries find nothing changed, and parsing every tool's schema was most of their cost.
+ */
+export async function listSessionCatalog(session: HttpPollSession, timeoutMs: number, signal?: AbortSignal, known?: string): Promise<Listed> {
+  const caps = session.getServerCapabilities() ?? {};
+  const opts = { timeout: timeoutMs, signal };
+  const raw = await Promise.all(
+    SESSION_LISTS.map(({ list, method, capability, schema }) =>
+      caps[capability]
+        ? listAll(async (cursor?: string) => {
+            const page = await session.request(method, { cursor }, opts);
+            const items = page[list];
+            const next = page.nextCursor;
+            // a page not of the list's shape fails as the schema says
+            if (!Array.isArray(items) || (next !== undefined && typeof next !== "string")) throw schema.safeParse(page).error ?? new Error(`${method}: malformed page`);
+            return { items: items as unknown[], nextCursor: next };
+          })
+        : [],
+    ),
+  );
+  const fingerprint = fingerprintOf(raw);
+  if (fingerprint === known) return { fingerprint, lists: null };
+  const lists = Object.fromEntries(SESSION_LISTS.map(({ list, schema }, i) => [list, (schema.parse({ [list]: raw[i] }) as Record<string, unknown>)[list]]));
+  return { fingerprint, lists: lists as CatalogLists };
 }
 
 /**
@@ -211,10 +270,9 @@ export async function reconcileCatalog(store: CatalogStore, gid: string, found: 
  * only where none answers; the connection is dropped when the poller stops or moves).
  */
 export async function discoverOn(store: CatalogStore, gid: string, conn: ProbeConnection, signal?: AbortSignal): Promise<DiscoveryOutcome> {
-  const found = await conn.list(signal);
-  const fingerprint = createHash("sha256").update(JSON.stringify(found)).digest("base64");
-  if (conn.reconciled?.fingerprint === fingerprint) return conn.reconciled.outcome;
-  const outcome = await reconcileCatalog(store, gid, found, conn.era);
+  const { fingerprint, lists } = await conn.list(signal, conn.reconciled?.fingerprint);
+  if (!lists) return conn.reconciled!.outcome;
+  const outcome = await reconcileCatalog(store, gid, lists, conn.era);
   conn.reconciled = { fingerprint, outcome: outcome.changed ? { ...outcome, changed: false, diff: EMPTY_DIFF } : outcome };
   return outcome;
 }

@@ -33,8 +33,13 @@ describe("HTTP poll session", () => {
   it("pings and lists on the one session it opened: one initialize for every poll", async () => {
     const conn = await connect(record("kept"), 5_000, () => {});
     for (let i = 0; i < 5; i++) await conn.check();
+    const before = await conn.list();
+    assert.ok(before.lists, "no fingerprint known: the lists are parsed");
+    assert.deepEqual(await conn.list(undefined, before.fingerprint), { fingerprint: before.fingerprint, lists: null }, "the same lists again: not parsed");
     fixture.gateway("kept").toolbox.add("new_tool");
-    const lists = await conn.list();
+    const { lists, fingerprint } = await conn.list(undefined, before.fingerprint);
+    assert.notEqual(fingerprint, before.fingerprint);
+    assert.ok(lists, "a list changed: parsed");
     assert.ok(lists.tools.some((t) => t.name === "echo") && lists.tools.some((t) => t.name === "new_tool"));
     assert.ok(lists.prompts.length > 0 && lists.resources.length > 0);
     assert.equal(fixture.gateway("kept").stats.initializes, 1);

@@ -29,7 +29,7 @@ function harness(maxStdio = 2) {
     const conn: ProbeConnection & { fake: FakeConn } = {
       era: "session",
       check: async () => {},
-      list: async () => ({ tools: [], prompts: [], resources: [], resourceTemplates: [] }),
+      list: async () => ({ fingerprint: "", lists: { tools: [], prompts: [], resources: [], resourceTemplates: [] } }),
       close: async () => {
         c.open = false;
       },

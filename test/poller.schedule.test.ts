@@ -2,7 +2,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { SimulatedClock } from "xstate";
-import { PollScheduler, STATUS_REFRESH_MS, type DiscoveryOutcome, type PollKind, type RefreshResponder } from "../actors/pollScheduler.ts";
+import { TICK_MS, PollScheduler, STATUS_REFRESH_MS, type DiscoveryOutcome, type PollKind, type RefreshResponder } from "../actors/pollScheduler.ts";
 import { delayToSlot, phaseOf } from "../actors/discovery.ts";
 import type { GatewayStatus } from "../protocol/gateway.ts";
 
@@ -297,16 +297,20 @@ describe("poller schedule", () => {
     h.actor.stop();
   });
 
-  it("spreads 10,000 gateways' checks over the interval with one timer: each checked once per interval, busiest second ≤ 2× mean", async () => {
+  it("spreads 10,000 gateways' checks over the interval with one timer: each checked once per interval, busiest second ≤ 2× mean, one wake-up a tick", async () => {
     const clock = new SimulatedClock();
     const checks = new Map<string, number[]>();
-    const timers = { live: 0 };
+    const timers = { live: 0, fired: 0, offGrid: 0 };
     const pollers = new PollScheduler({
       timings: { health: H, discovery: 100 * D, listChangedDebounce: 2 * S, backoffMax: 10 * H },
       unhealthyThreshold: 3,
       clock: {
         now: () => clock.now(),
-        setTimeout: (fn, ms) => (timers.live++, clock.setTimeout(() => (timers.live--, fn()), ms)),
+        setTimeout: (fn, ms) => {
+          if ((clock.now() + ms) % TICK_MS !== 0) timers.offGrid++;
+          timers.live++;
+          return clock.setTimeout(() => (timers.live--, timers.fired++, fn()), ms);
+        },
         clearTimeout: (id) => (timers.live--, clock.clearTimeout(id as never)),
       },
       random: Math.random,
@@ -337,6 +341,9 @@ describe("poller schedule", () => {
     const mean = perSecond.reduce((a, b) => a + b, 0) / 60;
     assert.ok(Math.abs(mean - 10_000 / 60) < 1, `mean ${mean} checks per second`);
     assert.ok(Math.max(...perSecond) <= 2 * mean, `busiest second ${Math.max(...perSecond)}, mean ${mean}`);
+    // polls due within one tick start together: the timer is armed on the tick grid only, so it wakes the worker at most once a tick
+    assert.equal(timers.offGrid, 0, "the timer armed off the tick grid");
+    assert.ok(TICK_MS >= 100 && timers.fired <= (3 * H) / TICK_MS + 1, `${timers.fired} wake-ups in ${3 * H} ms`);
     pollers.stopAll();
     assert.equal(timers.live, 0);
   });
