@@ -43,6 +43,8 @@ export type RegistryDeps = {
   statusesOf?: (gids: string[]) => Promise<Map<string, GatewayStatus>>;
   /** every record as this worker holds them, caught up with the bucket; without it, each is read from KV */
   records?: () => Promise<Stored[]>;
+  /** told of each record written (validated, secrets sealed) with its revision, so this worker's watch need not parse it again */
+  wrote?: (stored: Stored) => void;
   now?: () => Date;
   newId?: () => string;
 };
@@ -112,6 +114,7 @@ export class Registry {
       await this.#releaseName(spec.name, id);
       throw err;
     }
+    this.#d.wrote?.({ record, revision });
     await this.#emit(id, { type: "added", gid: id, name: spec.name, at, revision });
     return viewOf(record, revision);
   }
@@ -195,6 +198,7 @@ export class Registry {
         if (isCasConflict(err)) throw new ProtocolError("conflict", `gateway ${current.record.name} changed while it was being updated; retry`);
         throw err;
       }
+      this.#d.wrote?.({ record, revision });
       if (renamed) await this.#releaseName(current.record.name, record.id);
       await this.#emit(record.id, { type: "updated", gid: record.id, name: record.name, at, revision, connectChanged, changedFields });
       return viewOf(record, revision);
