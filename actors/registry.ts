@@ -86,6 +86,17 @@ export function connectChanged(before: Pick<GatewaySpec, (typeof CONNECT_FIELDS)
   return CONNECT_FIELDS.some((f) => !isDeepStrictEqual(before[f], after[f]));
 }
 
+/** Gateway ids, 16 random hex digits each, cut from one random buffer at a time: one call into the RNG per 512 adds, not one per add. */
+function randomIds(): () => string {
+  let pool = Buffer.alloc(0);
+  let at = 0;
+  return () => {
+    if (at === pool.length) [pool, at] = [randomBytes(8 * 512), 0];
+    at += 8;
+    return pool.toString("hex", at - 8, at);
+  };
+}
+
 /**
  * The gateway registry: CRUD over `mcpgw_gateways` with a race-free unique-name index,
  * compare-and-swap writes, sealed secrets and a durable event per mutation.
@@ -98,7 +109,7 @@ export class Registry {
   constructor(deps: RegistryDeps) {
     this.#d = deps;
     this.#now = deps.now ?? (() => new Date());
-    this.#newId = deps.newId ?? (() => randomBytes(8).toString("hex"));
+    this.#newId = deps.newId ?? randomIds();
   }
 
   async add(input: unknown): Promise<GatewayView> {
