@@ -211,11 +211,15 @@ describe("gateway registry", () => {
     const spec = { ...HTTP_GATEWAY, name: "held", tags: ["x"], headers: { "x-team": "a" }, auth: { type: "bearer", token: "held-token" }, passthroughHeaders: ["x-trace"] };
     const added = data(await admin(nc, "add", spec));
     const updated = data(await admin(nc, "update", { id: added.id, patch: { description: "changed", auth: { type: "headers", headers: { "x-key": "k" } } } }));
+    // a stdio gateway (disabled: nothing is spawned) with a sealed environment and TLS-less fields left out
+    const stdio = data(await admin(nc, "add", { name: "held-stdio", transport: "stdio", stdio: { command: "node", args: ["x.js"], env: { API_KEY: "held-env" } }, enabled: false }));
     const kv = await new Kvm(nc).open(B.gateways);
-    const stored = GatewayRecordSchema.parse((await kv.get(KEYS.gateway(added.id)))!.json());
-    for (const w of [w1, w2]) {
-      await until(`${w.id} holding revision ${updated.revision}`, () => (w.ctx.gatewayRecords.get(added.id)?.revision === updated.revision ? true : null), 20_000);
-      assert.deepEqual(w.ctx.gatewayRecords.get(added.id)!.record, stored, `${w.id} holds what is stored`);
+    for (const { id, revision } of [updated, stdio]) {
+      const stored = GatewayRecordSchema.parse((await kv.get(KEYS.gateway(id)))!.json());
+      for (const w of [w1, w2]) {
+        await until(`${w.id} holding revision ${revision}`, () => (w.ctx.gatewayRecords.get(id)?.revision === revision ? true : null), 20_000);
+        assert.deepEqual(w.ctx.gatewayRecords.get(id)!.record, stored, `${w.id} holds what is stored`);
+      }
     }
   });
 
