@@ -27,7 +27,7 @@ import { parseEntry } from "../actors/kvStore.ts";
 import { UsageAggregate } from "../actors/usageAggregate.ts";
 import { ClassificationSchema } from "../protocol/classification.ts";
 import { GatewayListReplySchema, GatewayViewSchema } from "../protocol/gateway.ts";
-import { KEYS, subjects, type Subjects } from "../protocol/subjects.ts";
+import { buckets, eventStream, KEYS, subjects, type Subjects } from "../protocol/subjects.ts";
 import { request } from "../runtime/bus.ts";
 import { parseDuration } from "../runtime/config.ts";
 import { createClassifierEffects, followRoster } from "../runtime/classifierHost.ts";
@@ -227,6 +227,22 @@ async function addGateways(admin: NatsConnection, s: Subjects, pids: { worker: n
   return { latencies, failures, started, ended, perSecond: latencies.length / ((ended - started) / 1000), cpuPerAdd };
 }
 
+/** The last sequence of each bucket's stream and of the event stream: their differences count the JetStream writes made meanwhile. */
+async function streamSequences(nc: NatsConnection): Promise<Record<string, number>> {
+  const jsm = await jetstreamManager(nc);
+  const b = buckets();
+  const names = { gateways: `KV_${b.gateways}`, state: `KV_${b.state}`, catalog: `KV_${b.catalog}`, events: eventStream().name };
+  const out: Record<string, number> = {};
+  for (const [what, stream] of Object.entries(names)) out[what] = (await jsm.streams.info(stream)).state.last_seq;
+  return out;
+}
+
+/** JetStream writes per add, by stream, between two `streamSequences`. */
+const writesPerAdd = (before: Record<string, number>, after: Record<string, number>, adds: number) =>
+  Object.keys(before)
+    .map((k) => `${k} ${((after[k]! - before[k]!) / Math.max(1, adds)).toFixed(2)}`)
+    .join(", ");
+
 /** `mcpgw gateway ls`'s requests (page after page, 60 s each at most): the time, pages and gateways listed, or the failure. */
 async function listAll(admin: NatsConnection, s: Subjects): Promise<string> {
   const t0 = performance.now();
@@ -327,12 +343,14 @@ async function addsOnly() {
   const load = () => loadavg().map((l) => l.toFixed(1)).join(", ");
   const loadBefore = load();
   const enabled = process.env.SCALE_ADDS_ENABLED !== "false";
+  const seq0 = await streamSequences(admin);
   const b0 = process.cpuUsage();
   if (process.env.SCALE_ADDS_VIA === "import") return importOnly(admin, s, { worker: pid, nats: natsPid }, enabled, loadBefore);
   const adds = await addGateways(admin, s, { worker: pid, nats: natsPid }, enabled);
   const b1 = process.cpuUsage(b0);
   const w1 = cpuSeconds(pid);
   const loadAfter = load();
+  const seq1 = await streamSequences(admin);
   await sleep(tailMs);
   const w2 = cpuSeconds(pid);
   const listed = await listAll(admin, s);
@@ -347,6 +365,7 @@ async function addsOnly() {
       ["CPU per add: worker, nats-server, this bench (the client)", `${adds.cpuPerAdd.worker.toFixed(2)} ms, ${adds.cpuPerAdd.nats.toFixed(2)} ms, ${perAdd((b1.user + b1.system) / 1e6)}`],
       ["worker CPU during the adds (% of one core)", `${((adds.cpuPerAdd.worker * adds.perSecond) / 10).toFixed(0)}%`],
       [`worker CPU in the ${ms(tailMs)} after the last add`, `${(w2 - w1).toFixed(1)} s (${perAdd(w2 - w1)} per add)`],
+      ["JetStream writes per add during the adds, by stream (gateways: name index and record; state: claims, statuses, stamps; catalog; events)", writesPerAdd(seq0, seq1, adds.latencies.length)],
       ["machine load average (1, 5, 15 min): before, after the adds", `${loadBefore}; ${loadAfter}`],
       ["`gateway ls` of every gateway after the adds (pages as the CLI asks them)", listed],
     ],
