@@ -164,7 +164,8 @@ export async function startPollerOwnership(ctx: WorkerContext, seats: PollerSeat
     const gid = e.key.slice(KEYS.pollOwnerPrefix.length);
     // this worker's own claim may be known before the watch delivers older entries
     const { holder, revision: latest } = claims.heard(e);
-    dirty.add(gid);
+    // this worker's own claim, at the revision it hosts the gateway under, is already placed (every add's poller claim)
+    if (!(holder === me && hosting.get(gid) === e.revision)) dirty.add(gid);
     // a deleted claim of a gateway this worker does not poll is nothing to keep (a create takes a deleted key too)
     if (holder === null && !seats.exists(gid)) claims.forget(e.key);
     // a takeover stops this worker's poller at once; anything else waits for the next reconcile
