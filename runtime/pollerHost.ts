@@ -101,7 +101,7 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
    * A gateway added or changed is discovered at once: a script's burst of up to 32, then 8 a second.
    * Beyond that (an import of thousands) at its slot, spread over the discovery interval: a first
    * discovery (connect, four lists, catalog, event, stamp, status) costs the worker several adds'
-   * worth of CPU, so at 32 a second it took a fifth of what 500 adds a second may cost.
+   * worth of CPU, and at 32 a second one would fall on every 16th add of an import at 500 a second.
    */
   const immediateDiscoveries = new TakeBudget(32, 8);
   const gateways = new Map<string, GatewayRecord>();
