@@ -43,6 +43,8 @@ export type RegistryDeps = {
   statusesOf?: (gids: string[]) => Promise<Map<string, GatewayStatus>>;
   /** every record as this worker holds them, caught up with the bucket; without it, each is read from KV */
   records?: () => Promise<Stored[]>;
+  /** told of each record written (validated, secrets sealed) with its revision, so this worker's watch need not parse it again */
+  wrote?: (stored: Stored) => void;
   now?: () => Date;
   newId?: () => string;
 };
@@ -84,6 +86,17 @@ export function connectChanged(before: Pick<GatewaySpec, (typeof CONNECT_FIELDS)
   return CONNECT_FIELDS.some((f) => !isDeepStrictEqual(before[f], after[f]));
 }
 
+/** Gateway ids, 16 random hex digits each, cut from one random buffer at a time: one call into the RNG per 512 adds, not one per add. */
+function randomIds(): () => string {
+  let pool = Buffer.alloc(0);
+  let at = 0;
+  return () => {
+    if (at === pool.length) [pool, at] = [randomBytes(8 * 512), 0];
+    at += 8;
+    return pool.toString("hex", at - 8, at);
+  };
+}
+
 /**
  * The gateway registry: CRUD over `mcpgw_gateways` with a race-free unique-name index,
  * compare-and-swap writes, sealed secrets and a durable event per mutation.
@@ -96,7 +109,7 @@ export class Registry {
   constructor(deps: RegistryDeps) {
     this.#d = deps;
     this.#now = deps.now ?? (() => new Date());
-    this.#newId = deps.newId ?? (() => randomBytes(8).toString("hex"));
+    this.#newId = deps.newId ?? randomIds();
   }
 
   async add(input: unknown): Promise<GatewayView> {
@@ -112,6 +125,7 @@ export class Registry {
       await this.#releaseName(spec.name, id);
       throw err;
     }
+    this.#d.wrote?.({ record, revision });
     await this.#emit(id, { type: "added", gid: id, name: spec.name, at, revision });
     return viewOf(record, revision);
   }
@@ -195,6 +209,7 @@ export class Registry {
         if (isCasConflict(err)) throw new ProtocolError("conflict", `gateway ${current.record.name} changed while it was being updated; retry`);
         throw err;
       }
+      this.#d.wrote?.({ record, revision });
       if (renamed) await this.#releaseName(current.record.name, record.id);
       await this.#emit(record.id, { type: "updated", gid: record.id, name: record.name, at, revision, connectChanged, changedFields });
       return viewOf(record, revision);

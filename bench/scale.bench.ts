@@ -10,7 +10,8 @@
 // SCALE_GATEWAYS (10000), SCALE_WINDOW (10m: the observation window after the first interval),
 // SCALE_FIXTURES (4), SCALE_WINDOW_AFTER (65s: from the last add to the window); SCALE_ONLY=classification measures the classification alone (no worker);
 // SCALE_ONLY=adds the add phase alone, with CPU per add of the worker and the nats-server, then a `gateway ls` of them all (SCALE_ADDS_TAIL, 10s;
-// SCALE_ADDS_ENABLED=false adds them disabled: the add path without pollers);
+// SCALE_ADDS_ENABLED=false adds them disabled: the add path without pollers; SCALE_ADDS_VIA=import adds them with
+// `mcpgw gateway import` of a JSON file, the CLI as its own process, and reports its rate and CPU per add too);
 // The worker runs as `npm start` runs it (the bundle, with the start script's node flags);
 // SCALE_NODE_ARGS (more node flags of the worker, e.g. "--cpu-prof --heapsnapshot-signal=SIGUSR2"),
 // SCALE_WORKER_LOG (a file for the worker's output), SCALE_HEAP_SNAPSHOT=true (a heap snapshot of the
@@ -26,7 +27,7 @@ import { parseEntry } from "../actors/kvStore.ts";
 import { UsageAggregate } from "../actors/usageAggregate.ts";
 import { ClassificationSchema } from "../protocol/classification.ts";
 import { GatewayListReplySchema, GatewayViewSchema } from "../protocol/gateway.ts";
-import { KEYS, subjects, type Subjects } from "../protocol/subjects.ts";
+import { buckets, eventStream, KEYS, subjects, type Subjects } from "../protocol/subjects.ts";
 import { request } from "../runtime/bus.ts";
 import { parseDuration } from "../runtime/config.ts";
 import { createClassifierEffects, followRoster } from "../runtime/classifierHost.ts";
@@ -34,7 +35,7 @@ import { followGatewayRecords } from "../runtime/gatewayRecords.ts";
 import { openStores, type Stores } from "../runtime/nats.ts";
 import { drainPings, startFixtureProcess } from "../test/fixtures/fixtureHttp.ts";
 import { startNats, type TestNats } from "../test/helpers/nats.ts";
-import { ROOT, run, workerEnv, type Proc } from "../test/helpers/processes.ts";
+import { ROOT, run, runCli, workerEnv, type Proc } from "../test/helpers/processes.ts";
 import { resolve } from "node:path";
 import { until } from "../test/helpers/wait.ts";
 import { directRegistry, memoryLogger, TEST_SECRET_KEY, testConfig } from "../test/helpers/worker.ts";
@@ -55,6 +56,11 @@ let worker: Proc | undefined;
 const fixtures: Array<Awaited<ReturnType<typeof startFixtureProcess>>> = [];
 
 const rssMb = (pid: number) => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))![1]) / 1024;
+/** user + system CPU seconds of this process's children that exited and were waited for (the CLI of an import, once it exited) */
+const reapedChildrenCpuSeconds = () => {
+  const fields = readFileSync("/proc/self/stat", "utf8").split(") ")[1]!.split(" ");
+  return (Number(fields[13]) + Number(fields[14])) / CLK_TCK;
+};
 /** user + system CPU seconds of a process so far */
 const cpuSeconds = (pid: number) => {
   const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
@@ -168,6 +174,33 @@ async function classificationOnly() {
  * Adds GATEWAYS gateways through `mcpgw.admin.gateway.add`, PARALLEL at once, at distinct fixture URLs;
  * with the CPU per add (ms) of the worker and the nats-server (/proc: user + system).
  */
+const specOf = (i: number, enabled: boolean) => ({ name: `g${i}`, transport: "streamable-http", url: fixtures[i % FIXTURES]!.url(`g${i}`), enabled });
+
+/**
+ * The adds as an operator makes them: `mcpgw gateway import` of a JSON file of every spec (32 at
+ * once, its default), the CLI a process of its own. Its own report gives the adds and failures.
+ */
+async function importGateways(pids: { worker: number; nats: number }, enabled: boolean) {
+  const file = resolve(nats!.dir, "import.json");
+  writeFileSync(file, JSON.stringify(Array.from({ length: GATEWAYS }, (_, i) => specOf(i, enabled))));
+  const cpu0 = { worker: cpuSeconds(pids.worker), nats: cpuSeconds(pids.nats), children: reapedChildrenCpuSeconds() };
+  const started = Date.now();
+  const cli = runCli(nats!, ["--json", "gateway", "import", file]);
+  const { code } = await cli.exited;
+  const ended = Date.now();
+  const out = cli.output();
+  const report = JSON.parse(out.slice(out.indexOf("{"), out.lastIndexOf("}") + 1)) as { added: number; failed: Array<{ error: string }>; seconds: number };
+  const perAdd = (seconds: number) => (seconds * 1000) / Math.max(1, report.added);
+  return {
+    code,
+    added: report.added,
+    failures: report.failed.map((f) => f.error),
+    perSecond: report.added / report.seconds,
+    wallSeconds: (ended - started) / 1000,
+    cpuPerAdd: { worker: perAdd(cpuSeconds(pids.worker) - cpu0.worker), nats: perAdd(cpuSeconds(pids.nats) - cpu0.nats), cli: perAdd(reapedChildrenCpuSeconds() - cpu0.children) },
+  };
+}
+
 async function addGateways(admin: NatsConnection, s: Subjects, pids: { worker: number; nats: number }, enabled = true) {
   const latencies: number[] = [];
   const failures: string[] = [];
@@ -180,7 +213,7 @@ async function addGateways(admin: NatsConnection, s: Subjects, pids: { worker: n
         const i = next++;
         const t0 = performance.now();
         try {
-          await request(admin, s.admin.gateway("add"), { name: `g${i}`, transport: "streamable-http", url: fixtures[i % FIXTURES]!.url(`g${i}`), enabled }, GatewayViewSchema, 30_000);
+          await request(admin, s.admin.gateway("add"), specOf(i, enabled), GatewayViewSchema, 30_000);
           latencies.push(performance.now() - t0);
         } catch (err) {
           failures.push(String(err));
@@ -193,6 +226,22 @@ async function addGateways(admin: NatsConnection, s: Subjects, pids: { worker: n
   const cpuPerAdd = { worker: perAdd(cpuSeconds(pids.worker) - cpu0.worker), nats: perAdd(cpuSeconds(pids.nats) - cpu0.nats) };
   return { latencies, failures, started, ended, perSecond: latencies.length / ((ended - started) / 1000), cpuPerAdd };
 }
+
+/** The last sequence of each bucket's stream and of the event stream: their differences count the JetStream writes made meanwhile. */
+async function streamSequences(nc: NatsConnection): Promise<Record<string, number>> {
+  const jsm = await jetstreamManager(nc);
+  const b = buckets();
+  const names = { gateways: `KV_${b.gateways}`, state: `KV_${b.state}`, catalog: `KV_${b.catalog}`, events: eventStream().name };
+  const out: Record<string, number> = {};
+  for (const [what, stream] of Object.entries(names)) out[what] = (await jsm.streams.info(stream)).state.last_seq;
+  return out;
+}
+
+/** JetStream writes per add, by stream, between two `streamSequences`. */
+const writesPerAdd = (before: Record<string, number>, after: Record<string, number>, adds: number) =>
+  Object.keys(before)
+    .map((k) => `${k} ${((after[k]! - before[k]!) / Math.max(1, adds)).toFixed(2)}`)
+    .join(", ");
 
 /** `mcpgw gateway ls`'s requests (page after page, 60 s each at most): the time, pages and gateways listed, or the failure. */
 async function listAll(admin: NatsConnection, s: Subjects): Promise<string> {
@@ -294,11 +343,14 @@ async function addsOnly() {
   const load = () => loadavg().map((l) => l.toFixed(1)).join(", ");
   const loadBefore = load();
   const enabled = process.env.SCALE_ADDS_ENABLED !== "false";
+  const seq0 = await streamSequences(admin);
   const b0 = process.cpuUsage();
+  if (process.env.SCALE_ADDS_VIA === "import") return importOnly(admin, s, { worker: pid, nats: natsPid }, enabled, loadBefore);
   const adds = await addGateways(admin, s, { worker: pid, nats: natsPid }, enabled);
   const b1 = process.cpuUsage(b0);
   const w1 = cpuSeconds(pid);
   const loadAfter = load();
+  const seq1 = await streamSequences(admin);
   await sleep(tailMs);
   const w2 = cpuSeconds(pid);
   const listed = await listAll(admin, s);
@@ -313,12 +365,32 @@ async function addsOnly() {
       ["CPU per add: worker, nats-server, this bench (the client)", `${adds.cpuPerAdd.worker.toFixed(2)} ms, ${adds.cpuPerAdd.nats.toFixed(2)} ms, ${perAdd((b1.user + b1.system) / 1e6)}`],
       ["worker CPU during the adds (% of one core)", `${((adds.cpuPerAdd.worker * adds.perSecond) / 10).toFixed(0)}%`],
       [`worker CPU in the ${ms(tailMs)} after the last add`, `${(w2 - w1).toFixed(1)} s (${perAdd(w2 - w1)} per add)`],
+      ["JetStream writes per add during the adds, by stream (gateways: name index and record; state: claims, statuses, stamps; catalog; events)", writesPerAdd(seq0, seq1, adds.latencies.length)],
       ["machine load average (1, 5, 15 min): before, after the adds", `${loadBefore}; ${loadAfter}`],
       ["`gateway ls` of every gateway after the adds (pages as the CLI asks them)", listed],
     ],
   );
   await admin.close();
   if (process.env.SCALE_WORKER_LOG) writeFileSync(process.env.SCALE_WORKER_LOG, worker!.output());
+}
+
+/** SCALE_ONLY=adds SCALE_ADDS_VIA=import: the adds through `mcpgw gateway import`. */
+async function importOnly(admin: NatsConnection, s: Subjects, pids: { worker: number; nats: number }, enabled: boolean, loadBefore: string) {
+  const load = () => loadavg().map((l) => l.toFixed(1)).join(", ");
+  const r = await importGateways(pids, enabled);
+  const loadAfter = load();
+  const listed = await listAll(admin, s);
+  report(
+    `Admin adds through \`mcpgw gateway import\`: ${GATEWAYS.toLocaleString("en")} gateways through one worker`,
+    `One worker process, one nats-server, ${FIXTURES} fixture processes; the CLI (its own process, 32 adds at once) imports a JSON file of every spec, ${enabled ? "gateways enabled (their pollers start)" : "gateways disabled"}. CPU from /proc.`,
+    [
+      ["adds per second, as the CLI reports them [≥ 500]", `${r.perSecond.toFixed(0)} (${r.added.toLocaleString("en")} added, ${r.failures.length} failed${r.failures[0] ? `: ${r.failures[0]}` : ""}; exit code ${r.code}; ${r.wallSeconds.toFixed(1)} s with the CLI's start)`],
+      ["CPU per add: worker, nats-server, the CLI (its start included)", `${r.cpuPerAdd.worker.toFixed(2)} ms, ${r.cpuPerAdd.nats.toFixed(2)} ms, ${r.cpuPerAdd.cli.toFixed(2)} ms`],
+      ["machine load average (1, 5, 15 min): before, after the import", `${loadBefore}; ${loadAfter}`],
+      ["`gateway ls` of every gateway after the import", listed],
+    ],
+  );
+  await admin.close();
 }
 
 async function main() {

@@ -7,8 +7,8 @@
 // its heartbeat, from the live set; upstream sessions: its address answers `status`), and
 // whether the host keeps the claims it sees up to date with a watch (pollers) or reads one
 // when it needs it (upstream sessions).
-import type { KV, KvEntry } from "@nats-io/kv";
-import { encodeValue, isCasConflict, parseEntry } from "../actors/kvStore.ts";
+import type { KvEntry } from "@nats-io/kv";
+import { encodeValue, isCasConflict, parseEntry, type KvStore } from "../actors/kvStore.ts";
 import { holderToJudge, placementStep, type ClaimSeen, type PlacementFacts, type PlacementStep } from "../actors/placement.ts";
 import { ClaimSchema } from "../protocol/placement.ts";
 
@@ -18,14 +18,17 @@ export type HolderAlive = (key: string, holder: string) => boolean | Promise<boo
 /** A step the placement policy decides, with `holderAlive` sync (pollers) or not (upstream sessions). */
 type Decided<A extends HolderAlive> = ReturnType<A> extends Promise<boolean> ? Promise<PlacementStep> : PlacementStep;
 
+/** The bucket a claim is kept in: the nats.js bucket, or its writes acknowledged on one subscription (jetstreamAcks.ts). */
+export type ClaimsKv = Pick<KvStore, "get" | "create" | "update" | "delete" | "keys">;
+
 export class Claims<A extends HolderAlive = HolderAlive> {
-  readonly #kv: KV;
+  readonly #kv: ClaimsKv;
   readonly #me: string;
   readonly #holderAlive: A;
   /** the latest claim seen per key (its own writes, reads, and a watch when the host follows one) */
   readonly #seen = new Map<string, ClaimSeen>();
 
-  constructor(opts: { kv: KV; me: string; holderAlive: A }) {
+  constructor(opts: { kv: ClaimsKv; me: string; holderAlive: A }) {
     this.#kv = opts.kv;
     this.#me = opts.me;
     this.#holderAlive = opts.holderAlive;

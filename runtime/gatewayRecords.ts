@@ -22,6 +22,8 @@ const CATCH_UP_MS = 5_000;
 export class GatewayRecords {
   readonly #held = new Map<string, HeldGateway>();
   readonly #listeners = new Set<(change: GatewayChange) => void>();
+  /** records this worker's registry wrote and the watch has not delivered yet, by gateway id: taken instead of parsing the entry again */
+  readonly #written = new Map<string, HeldGateway>();
   /** the bucket's highest revision the watch has delivered */
   #seen = 0;
   #waiters: Array<{ revision: number; done: () => void }> = [];
@@ -51,6 +53,15 @@ export class GatewayRecords {
   onChange(listener: (change: GatewayChange) => void): () => void {
     this.#listeners.add(listener);
     return () => void this.#listeners.delete(listener);
+  }
+
+  /**
+   * A record this worker's registry has just written at `revision` (validated there): when the
+   * watch delivers that revision, this object is held instead of the entry parsed a second time.
+   * The watch stays the one source of changes; any entry of the gateway drops what is kept here.
+   */
+  wrote(held: HeldGateway): void {
+    if (held.revision > this.#seen) this.#written.set(held.record.id, held);
   }
 
   /** Resolves once the watch has delivered every write the bucket had when called (or after a bound: then with false). */
@@ -89,7 +100,9 @@ export class GatewayRecords {
     const held = this.#held.get(gid);
     // a watch opened again repeats each key's latest entry
     if (held && held.revision >= e.revision) return;
-    const record = e.operation === "PUT" ? parseEntry(GatewayRecordSchema, e) : null;
+    const written = this.#written.get(gid);
+    if (written) this.#written.delete(gid);
+    const record = e.operation !== "PUT" ? null : written?.revision === e.revision ? written.record : parseEntry(GatewayRecordSchema, e);
     if (e.operation === "PUT" && !record) this.log.warn({ key: e.key }, "ignoring a gateway record that does not match the schema");
     if (record) this.#held.set(gid, { record, revision: e.revision });
     else if (held) this.#held.delete(gid);

@@ -61,15 +61,26 @@ class PollSlots {
   }
 }
 
-/** At most `limit` takes a second (by this worker's monotonic clock). */
-class PerSecondBudget {
-  #second = -1;
-  #taken = 0;
-  constructor(readonly limit: number) {}
+/**
+ * A token bucket on this worker's monotonic clock: up to `burst` takes at once, then `perSecond`
+ * a second; untaken tokens build up again to `burst`.
+ */
+class TakeBudget {
+  #tokens: number;
+  #at = performance.now();
+  constructor(
+    readonly burst: number,
+    readonly perSecond: number,
+  ) {
+    this.#tokens = burst;
+  }
   take(): boolean {
-    const second = Math.floor(performance.now() / 1000);
-    if (second !== this.#second) [this.#second, this.#taken] = [second, 0];
-    return this.#taken++ < this.limit;
+    const now = performance.now();
+    this.#tokens = Math.min(this.burst, this.#tokens + ((now - this.#at) / 1000) * this.perSecond);
+    this.#at = now;
+    if (this.#tokens < 1) return false;
+    this.#tokens--;
+    return true;
   }
 }
 
@@ -84,11 +95,12 @@ export async function startPollerHost(ctx: WorkerContext, connect: GatewayConnec
   const jsm = await jetstreamManager(nc);
 
   /**
-   * A gateway added or changed is discovered at once, up to 32 a second: beyond that (an import of
-   * thousands) at its slot, spread over the discovery interval, so the import's adds do not wait
-   * behind thousands of connects at once.
+   * A gateway added or changed is discovered at once: a script's burst of up to 32, then 8 a second.
+   * Beyond that (an import of thousands) at its slot, spread over the discovery interval: a first
+   * discovery (connect, four lists, catalog, event, stamp, status) costs the worker several adds'
+   * worth of CPU, and at 32 a second one would fall on every 16th add of an import at 500 a second.
    */
-  const immediateDiscoveries = new PerSecondBudget(32);
+  const immediateDiscoveries = new TakeBudget(32, 8);
   /** the enabled gateways are the worker's one copy of the records (gatewayRecords.ts), not a map of this host's */
   const enabledRecord = (gid: string): GatewayRecord | undefined => {
     const record = ctx.gatewayRecords.get(gid)?.record;

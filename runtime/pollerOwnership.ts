@@ -12,6 +12,7 @@ import { encodeValue } from "../actors/kvStore.ts";
 import { Liveness, mustStepDown } from "../actors/placement.ts";
 import { KEYS } from "../protocol/subjects.ts";
 import { Claims } from "./claims.ts";
+import { ackedKv } from "./jetstreamAcks.ts";
 import { followKv } from "./kvWatch.ts";
 import type { Logger } from "./logger.ts";
 import type { WorkerContext } from "./worker.ts";
@@ -53,7 +54,8 @@ export async function startPollerOwnership(ctx: WorkerContext, seats: PollerSeat
   const liveness = new Liveness(me, ttl);
   /** the live workers as of the current placement pass */
   let live = liveness.live(performance.now());
-  const claims = new Claims({ kv: stores.state, me, holderAlive: (_key: string, holder: string) => live.has(holder) });
+  // a claim per gateway added: its writes are acknowledged on the worker's one subscription, not a request each
+  const claims = new Claims({ kv: ackedKv(stores.state, stores.names.state, ctx.acks), me, holderAlive: (_key: string, holder: string) => live.has(holder) });
   let lastHeartbeatOk = performance.now();
   let stopped = false;
   /**
@@ -162,7 +164,8 @@ export async function startPollerOwnership(ctx: WorkerContext, seats: PollerSeat
     const gid = e.key.slice(KEYS.pollOwnerPrefix.length);
     // this worker's own claim may be known before the watch delivers older entries
     const { holder, revision: latest } = claims.heard(e);
-    dirty.add(gid);
+    // this worker's own claim, at the revision it hosts the gateway under, is already placed (every add's poller claim)
+    if (!(holder === me && hosting.get(gid) === e.revision)) dirty.add(gid);
     // a deleted claim of a gateway this worker does not poll is nothing to keep (a create takes a deleted key too)
     if (holder === null && !seats.exists(gid)) claims.forget(e.key);
     // a takeover stops this worker's poller at once; anything else waits for the next reconcile

@@ -33,6 +33,8 @@ export type WorkerContext = {
   registry: Registry;
   /** the gateway records as this worker's one watch of them holds them (runtime/gatewayRecords.ts) */
   gatewayRecords: GatewayRecords;
+  /** JetStream writes acknowledged on one subscription of this worker (runtime/jetstreamAcks.ts) */
+  acks: AckedPublisher;
   /** this worker's admin micro service: hosts serve their `mcpgw.admin.*` subjects as its endpoints */
   admin: AdminService;
   /** deliveries this worker refused to act on (runtime/bus.ts `refusal`) */
@@ -86,13 +88,14 @@ export async function startWorker(config: Config, nc: NatsConnection, log: Logge
       await gatewayRecords.caughtUp();
       return [...gatewayRecords.all()];
     },
+    wrote: (stored) => gatewayRecords.wrote(stored),
   });
   const refusals = new Refusals();
   const admin = await startAdminService(nc, s, config.workerId, { log: workerLog, refusals });
   const metrics = createMetrics();
   const tracing = createTracing({ otlpEndpoint: config.otlpEndpoint, workerId: config.workerId });
   const upstreamAgent = sharedUpstreamAgent(config.outbound);
-  const ctx: WorkerContext = { config, nc, log: workerLog, s, stores, box, registry, gatewayRecords, admin, refusals, metrics, tracing, upstreamAgent };
+  const ctx: WorkerContext = { config, nc, log: workerLog, s, stores, box, registry, gatewayRecords, acks, admin, refusals, metrics, tracing, upstreamAgent };
   countReconnects(nc, metrics);
 
   // first to start, last to stop: spans of everything stopping are still exported

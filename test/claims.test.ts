@@ -1,23 +1,30 @@
 // The claim store both keyed actor kinds use (runtime/claims.ts), on a real nats-server: two
 // workers' stores race for keys, a dead holder's claim is taken over, a stale release spares
-// the successor's claim, and a sweep deletes only the claims of holders that are gone.
+// the successor's claim, and a sweep deletes only the claims of holders that are gone. Each
+// case runs on the nats.js bucket and on its writes acknowledged on one subscription
+// (runtime/jetstreamAcks.ts), as the poller host claims gateways.
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
-import type { KV } from "@nats-io/kv";
-import { Claims } from "../runtime/claims.ts";
+import { Claims, type ClaimsKv } from "../runtime/claims.ts";
+import { AckedPublisher, ackedKv } from "../runtime/jetstreamAcks.ts";
 import { openStores } from "../runtime/nats.ts";
 import { startNats, type TestNats } from "./helpers/nats.ts";
 
 const WANTED = { exists: true, wanted: true, hosting: undefined };
 
-describe("claims (runtime/claims.ts) on a real nats-server", () => {
+for (const acked of [false, true]) describe(`claims (runtime/claims.ts) on a real nats-server, ${acked ? "writes acknowledged on one subscription" : "the nats.js bucket"}`, () => {
   let nats: TestNats;
-  let kv: KV;
+  let kv: ClaimsKv;
+  let acks: AckedPublisher | undefined;
   before(async () => {
     nats = await startNats();
-    kv = (await openStores(await nats.connect(), "claims")).sessions;
+    const nc = await nats.connect();
+    const stores = await openStores(nc, "claims");
+    acks = acked ? new AckedPublisher(nc) : undefined;
+    kv = acks ? ackedKv(stores.sessions, stores.names.sessions, acks) : stores.sessions;
   });
   after(async () => {
+    acks?.stop();
     await nats?.stop();
   });
 

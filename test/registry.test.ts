@@ -6,6 +6,7 @@ import { jetstreamManager } from "@nats-io/jetstream";
 import { AnyEnvelopeSchema, type Envelope } from "../protocol/envelope.ts";
 import { buckets, eventStream, INBOX_PREFIX, KEYS, subjects, type AdminGatewayOp } from "../protocol/subjects.ts";
 import { PollerStatusesReplySchema } from "../protocol/poller.ts";
+import { GatewayRecordSchema } from "../protocol/gateway.ts";
 import { decodeJson, encodeJson, gather } from "../runtime/bus.ts";
 import { startNats, type TestNats } from "./helpers/nats.ts";
 import { until } from "./helpers/wait.ts";
@@ -204,6 +205,22 @@ describe("gateway registry", () => {
     sub.unsubscribe();
     assert.equal(replies.length, 11);
     assert.equal(data(await admin(nc, "list", {})).gateways.filter((g: any) => g.name === "once").length, 1);
+  });
+
+  it("holds on every worker each added or updated gateway exactly as stored, also on the worker that wrote it (which holds its own copy rather than a second parse)", async () => {
+    const spec = { ...HTTP_GATEWAY, name: "held", tags: ["x"], headers: { "x-team": "a" }, auth: { type: "bearer", token: "held-token" }, passthroughHeaders: ["x-trace"] };
+    const added = data(await admin(nc, "add", spec));
+    const updated = data(await admin(nc, "update", { id: added.id, patch: { description: "changed", auth: { type: "headers", headers: { "x-key": "k" } } } }));
+    // a stdio gateway (disabled: nothing is spawned) with a sealed environment and TLS-less fields left out
+    const stdio = data(await admin(nc, "add", { name: "held-stdio", transport: "stdio", stdio: { command: "node", args: ["x.js"], env: { API_KEY: "held-env" } }, enabled: false }));
+    const kv = await new Kvm(nc).open(B.gateways);
+    for (const { id, revision } of [updated, stdio]) {
+      const stored = GatewayRecordSchema.parse((await kv.get(KEYS.gateway(id)))!.json());
+      for (const w of [w1, w2]) {
+        await until(`${w.id} holding revision ${revision}`, () => (w.ctx.gatewayRecords.get(id)?.revision === revision ? true : null), 20_000);
+        assert.deepEqual(w.ctx.gatewayRecords.get(id)!.record, stored, `${w.id} holds what is stored`);
+      }
+    }
   });
 
   it("publishes mutation events with a correct connectChanged", async () => {
