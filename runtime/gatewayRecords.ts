@@ -18,6 +18,12 @@ export type GatewayChange = { gid: string; record: GatewayRecord | null; previou
 
 /** How long `caughtUp` waits for the watch before it answers with what is held. */
 const CATCH_UP_MS = 5_000;
+/**
+ * How long `caughtUp` waits for the bucket's last revision. Only the stream's leader answers it, and
+ * after a node loss nats-server 2.9 takes 4-9 s to elect one; meanwhile the stream takes no write
+ * either, so what the watch holds is what there is to show.
+ */
+const LAST_REVISION_MS = 1_000;
 
 export class GatewayRecords {
   readonly #held = new Map<string, HeldGateway>();
@@ -65,10 +71,16 @@ export class GatewayRecords {
   }
 
   /** Resolves once the watch has delivered every write the bucket had when called (or after a bound: then with false). */
-  async caughtUp(withinMs = CATCH_UP_MS): Promise<boolean> {
-    const revision = (await this.kv.status()).streamInfo.state.last_seq;
-    if (this.#seen >= revision) return true;
+  async caughtUp(withinMs = CATCH_UP_MS, lastRevisionMs = LAST_REVISION_MS): Promise<boolean> {
     let timer: NodeJS.Timeout | undefined;
+    const last = this.kv.status().then((st) => st.streamInfo.state.last_seq);
+    last.catch(() => {}); // when the bound came first, its later failure is nobody's
+    const revision = await Promise.race([last, new Promise<undefined>((resolve) => (timer = setTimeout(() => resolve(undefined), lastRevisionMs)))]).finally(() => clearTimeout(timer));
+    if (revision === undefined) {
+      this.log.warn({ seen: this.#seen }, "gateway records: the bucket's last revision is not known (no stream leader?); answering with what is held");
+      return false;
+    }
+    if (this.#seen >= revision) return true;
     const reached = await new Promise<boolean>((resolve) => {
       const waiter = { revision, done: () => resolve(true) };
       this.#waiters.push(waiter);
@@ -122,6 +134,6 @@ export class GatewayRecords {
 export async function followGatewayRecords(kv: KV, log: Logger): Promise<{ records: GatewayRecords; stop(): void }> {
   const records = new GatewayRecords(kv, log);
   const follower = await followKv(kv, ">", (e) => records.apply(e), log, "gateway records watch");
-  await records.caughtUp(60_000);
+  await records.caughtUp(60_000, 60_000);
   return { records, stop: () => follower.stop() };
 }
