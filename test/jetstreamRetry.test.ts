@@ -129,17 +129,21 @@ describe("a write a new leader dropped unanswered", () => {
 
 describe("openHedged (a consumer creation nats-server 2.9 may never answer)", () => {
   type Opened = { id: number; stopped: boolean; stop(): void };
-  /** opens consumer `i` after `delays[i]` ms (never when null), counting the attempts */
+  /** opens consumer `i` after `delays[i]` ms (when null, once the test says `openNow(i)`), counting the attempts */
   function consumers(delays: Array<number | null>) {
     const made: Opened[] = [];
+    const opens: Array<() => void> = [];
     const open = () => {
       const id = made.length;
       const it: Opened = { id, stopped: false, stop: () => void (it.stopped = true) };
       made.push(it);
       const d = delays[id];
-      return new Promise<Opened>((resolve) => d != null && setTimeout(() => resolve(it), d));
+      return new Promise<Opened>((resolve) => {
+        opens[id] = () => resolve(it);
+        if (d != null) setTimeout(opens[id], d);
+      });
     };
-    return { open, made };
+    return { open, made, openNow: (i: number) => opens[i]!() };
   }
   const settle = () => new Promise((r) => setTimeout(r, 400));
 
@@ -153,9 +157,12 @@ describe("openHedged (a consumer creation nats-server 2.9 may never answer)", ()
   });
 
   it("asks for a second consumer when the first does not answer, uses it, and stops the first if it opens late", async () => {
-    const c = consumers([300, 0]);
+    // the first opens only after the second is in use: a fixed 300 ms could elapse, in a stalled
+    // loop, before the hedge timer's second consumer opened
+    const c = consumers([null, 0]);
     const it = await openHedged(c.open, 20, 2_000);
     assert.equal(it.id, 1);
+    c.openNow(0);
     await settle();
     // (copies asked after it, when a loaded machine ran the hedge timers late, never open)
     assert.deepEqual(c.made.slice(0, 2).map((x) => x.stopped), [true, false], "the late first one is stopped, the one in use is not");

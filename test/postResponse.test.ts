@@ -6,6 +6,7 @@ import { createServer, request, type Server, type ServerResponse } from "node:ht
 import type { AddressInfo } from "node:net";
 import { after, before, describe, it } from "node:test";
 import { PostResponse, PrimingClock } from "../runtime/edge/streamableHttp.ts";
+import { until } from "./helpers/wait.ts";
 
 type Got = { status: number; type: string; length: string | undefined; body: string };
 
@@ -75,8 +76,11 @@ describe("PostResponse", () => {
   it("streams once the answer is slower than the priming delay; a stream ended without an answer still has its priming event", async () => {
     respond = (res) => {
       const p = new PostResponse(res, {}, "st.0", false, clock);
-      // four ticks: the clock streams it after one or two
-      setTimeout(() => p.end({ id: "st.a0", message: answer }), 200);
+      // the answer comes once the clock has streamed it (a fixed wait is no bound: a loaded machine runs ticks late, together)
+      until("the clock to stream it", () => res.headersSent, 20_000).then(
+        () => p.end({ id: "st.a0", message: answer }),
+        (err: Error) => res.destroy(err),
+      );
     };
     const slow = await post();
     assert.match(slow.type, /^text\/event-stream/);

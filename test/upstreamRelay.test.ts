@@ -292,10 +292,13 @@ describe("session-wide state and notifications", () => {
       nc.publish(s.upstream.sessionWide(sid), encodeJson({ method: "logging/setLevel", params: { level: "error" } }));
       await nc.flush();
       // the level travels on its own subject: a call later may overtake it, so look until it applies
+      const emergencies = () => levelsSeen(client).filter((l) => l === "emergency").length;
       await waitFor("the level to apply", async () => {
         const before = levelsSeen(client).length;
+        const sent = emergencies();
         await caller.call(sid, gid, tool("log"));
-        await new Promise((r) => setTimeout(r, 200));
+        // its messages come on the upstream's GET stream, not with its answer: the emergency, the last and never filtered, says all are in
+        await waitFor("the call's last log message", () => emergencies() === sent + 1);
         return levelsSeen(client).length - before === 4;
       });
       assert.deepEqual(levelsSeen(client).slice(-4), ["error", "critical", "alert", "emergency"]);

@@ -73,7 +73,7 @@ const SSE_KEEPALIVE_MS = 15_000;
  * event (it starts between one and two delays). A faster call is answered as JSON in one write;
  * a slower one is resumable from then on, at any worker.
  */
-const PRIMING_DELAY_MS = 1_000;
+export const PRIMING_DELAY_MS = 1_000;
 
 /** How long the edge waits for NATS to take a client's answer to a server request. */
 const ANSWER_TIMEOUT_MS = 5_000;

@@ -1,3 +1,4 @@
+import assert from "node:assert/strict";
 import { request as httpRequest } from "node:http";
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
@@ -5,6 +6,7 @@ import { catalogHash } from "../../actors/discovery.ts";
 import type { Catalog, UpstreamEra } from "../../protocol/catalog.ts";
 import type { GatewayStatus } from "../../protocol/gateway.ts";
 import { KEYS } from "../../protocol/subjects.ts";
+import { PRIMING_DELAY_MS } from "../../runtime/edge/edgeServer.ts";
 import type { Worker } from "../../runtime/worker.ts";
 
 type Lists = Partial<Pick<Catalog, "tools" | "prompts" | "resources" | "resourceTemplates">>;
@@ -70,6 +72,51 @@ export function raw(port: number, opts: { method?: string; path?: string; header
     req.on("error", reject);
     req.end(opts.body);
   });
+}
+
+export type SseEvent = { id?: string; data: string };
+
+/** The events of an SSE body, in order. */
+export function sseEvents(body: string): SseEvent[] {
+  return body
+    .split("\n\n")
+    .filter((block) => block.trim() !== "")
+    .map((block) => {
+      const e: SseEvent = { data: "" };
+      for (const line of block.split("\n")) {
+        if (line.startsWith("id: ")) e.id = line.slice(4);
+        if (line.startsWith("data: ")) e.data += line.slice(6);
+      }
+      return e;
+    });
+}
+
+/**
+ * A POST of one request that needs an upstream and whose answer is the first thing to say,
+ * checked against the edge's rule (runtime/edge/streamableHttp.ts): one JSON response, its
+ * length given, when the answer comes before the priming clock streams it; an SSE stream of
+ * the priming event and then the answer alone only when the answer took longer than the
+ * priming delay, which a loaded machine can make of a quick call. Resolves with the answer
+ * and the response's headers.
+ */
+export async function soleAnswer(port: number, opts: Parameters<typeof raw>[1]): Promise<{ message: unknown; as: "json" | "sse"; headers: Raw["headers"] }> {
+  const start = performance.now();
+  const r = await raw(port, opts);
+  const held = performance.now() - start; // at least as long as the edge held it
+  assert.equal(r.status, 200, r.body);
+  if (/^application\/json/.test(String(r.headers["content-type"]))) {
+    assert.equal(Number(r.headers["content-length"]), Buffer.byteLength(r.body));
+    return { message: JSON.parse(r.body), as: "json", headers: r.headers };
+  }
+  assert.match(String(r.headers["content-type"]), /^text\/event-stream/);
+  // the clock streams a response a full delay after it began at the earliest (less a timer's millisecond rounding)
+  assert.ok(held >= PRIMING_DELAY_MS - 5, `streamed after ${Math.round(held)} ms, before the priming delay, with nothing to say before its answer`);
+  const [priming, answer, ...more] = sseEvents(r.body);
+  assert.match(priming!.id!, /^[A-Za-z0-9_-]+\.0$/);
+  assert.equal(priming!.data.trim(), "");
+  assert.equal(answer!.id!.split(".")[0], priming!.id!.split(".")[0], "the answer on the priming event's stream");
+  assert.deepEqual(more, [], "nothing after the answer");
+  return { message: JSON.parse(answer!.data), as: "sse", headers: r.headers };
 }
 
 export const INIT = JSON.stringify({
