@@ -21,9 +21,10 @@ const CATCH_UP_MS = 5_000;
 /**
  * How long `caughtUp` waits for the bucket's last revision. Only the stream's leader answers it, and
  * after a node loss nats-server 2.9 takes 4-9 s to elect one; meanwhile the stream takes no write
- * either, so what the watch holds is what there is to show.
+ * either, so what the watch holds is what there is to show. Not shorter: on a loaded machine a
+ * leader's answer can take a second or more, and a list right after an add must show it.
  */
-const LAST_REVISION_MS = 1_000;
+const LAST_REVISION_MS = 3_000;
 
 export class GatewayRecords {
   readonly #held = new Map<string, HeldGateway>();
