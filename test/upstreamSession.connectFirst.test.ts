@@ -38,7 +38,8 @@ async function gatedProxy(target: string) {
     if (/"method"\s*:\s*"initialize"/.test(body.toString("utf8"))) await gate;
     const url = new URL(target);
     const out = httpRequest({ host: url.hostname, port: url.port, path: url.pathname, method: req.method, headers: req.headers }, (up) => {
-      res.writeHead(up.statusCode ?? 502, up.headers);
+      // headers go on as they arrive, as a proxy's do: an SSE stream's come before any event
+      res.writeHead(up.statusCode ?? 502, up.headers).flushHeaders();
       up.pipe(res);
     });
     out.on("error", () => res.destroy());
