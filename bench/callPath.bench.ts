@@ -40,7 +40,7 @@ import type { NatsConnection } from "@nats-io/nats-core";
 import { TEST_SECRET_KEY } from "../test/helpers/worker.ts";
 import { latencyChart } from "./chart.ts";
 import { openLeanSessions } from "./leanLoad.ts";
-import { cpuSecondsOf, loadAverage, msFine, ratio, stats, table } from "./report.ts";
+import { cpuSecondsOf, loadAverage, msFine, ratio, runBench, stats, table } from "./report.ts";
 
 const num = (name: string, dflt: number) => Number(process.env[name] ?? dflt);
 const ROUNDS = num("CALLPATH_ROUNDS", 5);
@@ -529,17 +529,8 @@ function reportSdk(sdk: Awaited<ReturnType<typeof sdkPhase>>, lean: Awaited<Retu
   }
 }
 
-try {
-  await main();
-} catch (err) {
-  console.error(err);
-  for (const p of procs) console.error("process output:\n", p.output().slice(-2000));
-  process.exitCode = 1;
-} finally {
-  // the profiled worker writes its profile as it exits: SIGTERM, a clean exit
-  await Promise.all(procs.map((p) => stopProc(p)));
+await runBench(main, procs, async () => {
   await Promise.all(fixtures.map((f) => f.stop().catch(() => {})));
   await nats?.stop();
   rmSync(home, { recursive: true, force: true });
-}
-process.exit();
+});

@@ -29,7 +29,7 @@ import { startNats, type TestNats } from "../test/helpers/nats.ts";
 import { edgeUrlOf, ROOT, run, workerEnv, stopProc, type Proc } from "../test/helpers/processes.ts";
 import { until } from "../test/helpers/wait.ts";
 import { TEST_SECRET_KEY } from "../test/helpers/worker.ts";
-import { cpuSecondsOf, loadAverage, msFine, stats, table } from "./report.ts";
+import { cpuSecondsOf, loadAverage, msFine, runBench, stats, table } from "./report.ts";
 
 const num = (name: string, dflt: number) => Number(process.env[name] ?? dflt);
 const ROUNDS = num("CONNECT_ROUNDS", 5);
@@ -252,16 +252,8 @@ async function main() {
   );
 }
 
-try {
-  await main();
-} catch (err) {
-  console.error(err);
-  for (const p of procs) console.error("process output:\n", p.output().slice(-2000));
-  process.exitCode = 1;
-} finally {
-  await Promise.all(procs.map((p) => stopProc(p)));
+await runBench(main, procs, async () => {
   await stopFixture?.().catch(() => {});
   await collector?.close();
   await nats?.stop();
-}
-process.exit();
+});

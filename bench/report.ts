@@ -2,6 +2,7 @@
 // read them (the setup and, where one exists, the bound the figure is judged against).
 import { readFileSync } from "node:fs";
 import { loadavg } from "node:os";
+import { stopProc, type Proc } from "../test/helpers/processes.ts";
 
 export type Stats = { n: number; min: number; p50: number; p95: number; p99: number; max: number; mean: number };
 
@@ -56,3 +57,22 @@ export function cpuSecondsOf(pid: number): number {
 
 /** The machine's 1-minute load average: other work on the machine weighs on every figure. */
 export const loadAverage = () => loadavg()[0]!.toFixed(1);
+
+/**
+ * Runs a bench's `main`; on failure prints the error and the tail of each process's output and
+ * sets a failing exit code. Then stops the processes (SIGTERM: a profiled worker writes its
+ * profile as it exits), runs `cleanup`, and exits, whatever handles are left open.
+ */
+export async function runBench(main: () => Promise<void>, procs: Proc[], cleanup: () => Promise<void>): Promise<never> {
+  try {
+    await main();
+  } catch (err) {
+    console.error(err);
+    for (const p of procs) console.error("process output:\n", p.output().slice(-2000));
+    process.exitCode = 1;
+  } finally {
+    await Promise.all(procs.map((p) => stopProc(p)));
+    await cleanup();
+  }
+  process.exit();
+}
