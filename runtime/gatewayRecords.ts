@@ -5,9 +5,11 @@
 // revision it has delivered can be compared with the bucket's last one: `caughtUp` waits for
 // every write there was when it was called (a list answered right after an add shows it).
 import type { KV, KvEntry } from "@nats-io/kv";
+import { errors } from "@nats-io/transport-node";
 import { parseEntry } from "../actors/kvStore.ts";
 import { GatewayRecordSchema, type GatewayRecord } from "../protocol/gateway.ts";
 import { KEYS } from "../protocol/subjects.ts";
+import { bounded } from "./jetstreamRetry.ts";
 import { followKv } from "./kvWatch.ts";
 import type { Logger } from "./logger.ts";
 
@@ -73,15 +75,16 @@ export class GatewayRecords {
 
   /** Resolves once the watch has delivered every write the bucket had when called (or after a bound: then with false). */
   async caughtUp(withinMs = CATCH_UP_MS, lastRevisionMs = LAST_REVISION_MS): Promise<boolean> {
-    let timer: NodeJS.Timeout | undefined;
-    const last = this.kv.status().then((st) => st.streamInfo.state.last_seq);
-    last.catch(() => {}); // when the bound came first, its later failure is nobody's
-    const revision = await Promise.race([last, new Promise<undefined>((resolve) => (timer = setTimeout(() => resolve(undefined), lastRevisionMs)))]).finally(() => clearTimeout(timer));
-    if (revision === undefined) {
+    let revision: number;
+    try {
+      revision = (await bounded(() => this.kv.status(), lastRevisionMs)).streamInfo.state.last_seq;
+    } catch (err) {
+      if (!(err instanceof errors.TimeoutError)) throw err;
       this.log.warn({ seen: this.#seen }, "gateway records: the bucket's last revision is not known (no stream leader?); answering with what is held");
       return false;
     }
     if (this.#seen >= revision) return true;
+    let timer: NodeJS.Timeout | undefined;
     const reached = await new Promise<boolean>((resolve) => {
       const waiter = { revision, done: () => resolve(true) };
       this.#waiters.push(waiter);
