@@ -34,7 +34,7 @@ describe("edge: NATS unreachable", () => {
     sessionId = String(init.headers["mcp-session-id"]);
   });
   after(async () => {
-    nats?.freezeServer(false);
+    await nats?.freezeServer(false);
     await w?.stop();
     await nats?.stop();
   });
@@ -69,12 +69,12 @@ describe("edge: NATS unreachable", () => {
 
   it("answers 503, not 500, when NATS keeps the connection but stops answering (KV requests time out)", async () => {
     await until("ready", async () => (await probe("/readyz")).status === 200, 30_000);
-    nats.freezeServer(true);
+    await nats.freezeServer(true);
     try {
       assertUnavailable(await list(), "POST in a session");
       assert.equal((await probe("/readyz")).status, 503);
     } finally {
-      nats.freezeServer(false);
+      await nats.freezeServer(false);
     }
     await until("the session served again", async () => (await list()).status === 200, 30_000);
   });
@@ -94,11 +94,11 @@ describe("edge: NATS unreachable", () => {
     assert.equal(isNatsUnavailable(denied), false, `a permission refusal: ${String(denied)}`);
     assert.equal(isNatsUnavailable(new Error("a bug")), false);
 
-    nats.freezeServer(true);
+    await nats.freezeServer(true);
     try {
       assert.equal(isNatsUnavailable(await thrown(kv.get("k"))), true, "a KV request timing out");
     } finally {
-      nats.freezeServer(false);
+      await nats.freezeServer(false);
     }
   });
 });

@@ -1,5 +1,5 @@
 import { randomBytes } from "node:crypto";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -8,6 +8,24 @@ import type { NatsConnection } from "@nats-io/transport-node";
 import { startEmbeddedNats, type NatsUser } from "../../runtime/embeddedNats.ts";
 import { connectNats } from "../../runtime/nats.ts";
 import { locateNatsServer } from "../../runtime/natsServerBinary.ts";
+
+/**
+ * kill(SIGSTOP) returns once the signal is queued; the group stop then waits for one thread to be
+ * scheduled, and on a loaded machine nats-server's other threads can still answer requests meanwhile.
+ */
+async function allThreadsStopped(pid: number): Promise<void> {
+  const deadline = Date.now() + 10_000;
+  for (;;) {
+    const states = readdirSync(`/proc/${pid}/task`).map((tid) => {
+      // the state follows the ")" that closes the command name
+      const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, "utf8");
+      return stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3);
+    });
+    if (states.every((s) => s === "T" || s === "t")) return;
+    if (Date.now() > deadline) throw new Error(`nats-server ${pid} not stopped: thread states ${states.join("")}`);
+    await new Promise((r) => setTimeout(r, 2));
+  }
+}
 
 export async function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -52,7 +70,7 @@ export type TestNats = {
   /** the end of the outage: starts the server again on the same port and store */
   restartServer(): Promise<void>;
   /** an unresponsive server (SIGSTOP): connections stay open and nothing answers; `false` resumes it */
-  freezeServer(frozen: boolean): void;
+  freezeServer(frozen: boolean): Promise<void>;
   /** stops the server, closes every connection made through `connect`, removes the store */
   stop(): Promise<void>;
 };
@@ -104,8 +122,9 @@ export async function startNats(): Promise<TestNats> {
       server = await startEmbeddedNats(options);
       keepUntilExit(server.process);
     },
-    freezeServer(frozen) {
+    async freezeServer(frozen) {
       server.process.kill(frozen ? "SIGSTOP" : "SIGCONT");
+      if (frozen) await allThreadsStopped(server.process.pid!);
     },
     async stop() {
       await Promise.allSettled(conns.map((c) => c.close()));
