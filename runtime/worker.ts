@@ -21,6 +21,8 @@ import { startUpstreamHost, type UpstreamHost } from "./hosts/upstreamHost.ts";
 import { startEdge, type Edge } from "./edge/edgeServer.ts";
 import { createTracing, type Tracing } from "./tracing.ts";
 import { createUpstreamCaller } from "./upstreamClient.ts";
+import { CatalogCache } from "./edge/catalogCache.ts";
+import { SessionStore } from "./sessionStore.ts";
 
 /** What every host of an actor kind gets from the worker. */
 export type WorkerContext = {
@@ -33,6 +35,10 @@ export type WorkerContext = {
   registry: Registry;
   /** the gateway records as this worker's one watch of them holds them (runtime/gatewayRecords.ts) */
   gatewayRecords: GatewayRecords;
+  /** what clients can see (records, catalogs, health), as this worker holds it: the edge's lists, and the era an upstream connect needs */
+  catalogs: CatalogCache;
+  /** the client session records: one store per worker, so what the edge created or read is recalled by the actors it starts */
+  sessions: SessionStore;
   /** JetStream writes acknowledged on one subscription of this worker (runtime/jetstreamAcks.ts) */
   acks: AckedPublisher;
   /** this worker's admin micro service: hosts serve their `mcpgw.admin.*` subjects as its endpoints */
@@ -95,11 +101,22 @@ export async function startWorker(config: Config, nc: NatsConnection, log: Logge
   const metrics = createMetrics();
   const tracing = createTracing({ otlpEndpoint: config.otlpEndpoint, workerId: config.workerId });
   const upstreamAgent = sharedUpstreamAgent(config.outbound);
-  const ctx: WorkerContext = { config, nc, log: workerLog, s, stores, box, registry, gatewayRecords, acks, admin, refusals, metrics, tracing, upstreamAgent };
+  const catalogs = new CatalogCache({ records: gatewayRecords, catalog: stores.catalog, state: stores.state }, config.edge.toolSeparator, workerLog);
+  await catalogs.start();
+  metrics.readGatewaysFrom(() => catalogs.summaries());
+  const sessions = new SessionStore({
+    kv: stores.sessions,
+    js: stores.js,
+    s,
+    log: workerLog,
+    idleTtlMs: config.edge.sessionIdleTtl,
+    onSwept: (alive) => metrics.clientSessions.set(alive),
+  });
+  const ctx: WorkerContext = { config, nc, log: workerLog, s, stores, box, registry, gatewayRecords, catalogs, sessions, acks, admin, refusals, metrics, tracing, upstreamAgent };
   countReconnects(nc, metrics);
 
   // first to start, last to stop: spans of everything stopping are still exported
-  const hosted: Hosted[] = [{ stop: () => tracing.shutdown() }, { stop: async () => (stopRecords(), acks.stop()) }];
+  const hosted: Hosted[] = [{ stop: () => tracing.shutdown() }, { stop: async () => (stopRecords(), acks.stop(), catalogs.stop()) }];
   // closed after every upstream session and poller stopped (bounded: a request an upstream never ends is cut)
   hosted.push({
     stop: async () => {

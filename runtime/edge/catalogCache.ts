@@ -1,6 +1,6 @@
 import type { KV, KvEntry } from "@nats-io/kv";
 import { buildView, changedLists, type CatalogView, type GatewayFacts, type Route, type ViewList } from "../../actors/catalogView.ts";
-import { CatalogSchema, type Catalog } from "../../protocol/catalog.ts";
+import { CatalogSchema, type Catalog, type UpstreamEra } from "../../protocol/catalog.ts";
 import { GatewayStatusSchema, type GatewayStatus } from "../../protocol/gateway.ts";
 import { KEYS } from "../../protocol/subjects.ts";
 import type { GatewayChange, GatewayRecords } from "../gatewayRecords.ts";
@@ -85,6 +85,11 @@ export class CatalogCache {
     const g = gid === undefined ? undefined : this.#gateways.get(gid);
     if (gid === undefined || !g?.value.enabled || original === "") return undefined;
     return { gid, gatewayName: g.value.name, original, healthy: this.#health.get(gid)?.value !== "unhealthy" };
+  }
+
+  /** The era discovery recorded in the gateway's catalog; undefined when none is held or it names none. */
+  era(gid: string): UpstreamEra | undefined {
+    return this.#catalogs.get(gid)?.value.era;
   }
 
   /** Whether a call to this gateway would be sent (enabled, and not found unhealthy). */

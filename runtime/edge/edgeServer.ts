@@ -30,12 +30,12 @@ import { z } from "zod";
 import { decodeJson, encodeJson, isNatsUnavailable, isNoResponders, listen, unwrapReply } from "../bus.ts";
 import { followConnection } from "../nats.ts";
 import { passthroughHeaders } from "../mcpClient.ts";
-import { SessionStore, type LoadedSession } from "../sessionStore.ts";
+import type { LoadedSession, SessionStore } from "../sessionStore.ts";
 import { answerStateless, type StatelessDeps } from "../statelessRequests.ts";
 import { publishStreamEvent, resumeStream } from "../streamLog.ts";
 import type { AnswerDelivery, UpstreamCaller } from "../upstreamClient.ts";
 import type { Hosted, WorkerContext } from "../worker.ts";
-import { CatalogCache } from "./catalogCache.ts";
+import type { CatalogCache } from "./catalogCache.ts";
 import { capabilities, clientMethods, federatedTaskResult, initializeResult, RpcError, rpcErrorOf, serverInfo, settle, type RequestContext } from "./clientMethods.ts";
 import { consoleRoutes } from "./console/consoleRoutes.ts";
 import { bearerToken, HostGuard, isLoopbackAddress, SessionOwners, tokenDigests, tokenMatches } from "./security.ts";
@@ -122,17 +122,9 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
   const metricsTokens = tokenDigests(config.metricsTokens);
   const guardOpts = { log, refusals: ctx.refusals };
 
-  const cache = new CatalogCache({ records: ctx.gatewayRecords, catalog: ctx.stores.catalog, state: ctx.stores.state }, edge.toolSeparator, log);
-  await cache.start();
-  ctx.metrics.readGatewaysFrom(() => cache.summaries());
-  const sessions = new SessionStore({
-    kv: ctx.stores.sessions,
-    js: ctx.stores.js,
-    s: ctx.s,
-    log,
-    idleTtlMs: edge.sessionIdleTtl,
-    onSwept: (alive) => ctx.metrics.clientSessions.set(alive),
-  });
+  const cache = ctx.catalogs;
+  // the worker's one store: followed and swept by its edge
+  const sessions = ctx.sessions;
   const links = new SessionLinks(ctx.nc, ctx.s, guardOpts);
   await sessions.followEnds(ctx.nc, guardOpts, (sid) => links.ended(sid));
   sessions.startSweeping(() => links.streamSessionIds());
@@ -646,7 +638,6 @@ export async function startEdge(ctx: WorkerContext, caller: UpstreamCaller): Pro
       webConsole.stop();
       links.stop();
       sessions.stop();
-      cache.stop();
       http.closeAllConnections();
       await new Promise<void>((resolve) => http.close(() => resolve()));
     },

@@ -23,7 +23,7 @@ import { endSpan, natsTraceHeaders, type TraceHeaders } from "../tracing.ts";
 import type { LocalActor } from "../upstreamClient.ts";
 import type { Logger } from "../logger.ts";
 import { closeWithin, type UpstreamConnection } from "../mcpClient.ts";
-import { connectEitherEra, knownEra, type EraConnection } from "../revision2026Upstream.ts";
+import { connectEitherEra, type EraConnection } from "../revision2026Upstream.ts";
 import type { UpstreamEra } from "../../protocol/catalog.ts";
 import { gatewayScrubber, scrubbedError, type Scrubber } from "../secretScrubber.ts";
 import type { LoadedSession, SessionStore } from "../sessionStore.ts";
@@ -233,14 +233,17 @@ export function createUpstreamActor(
    * (`conn`) until the connect effect takes it. `lost()`: the upstream closed it before then.
    */
   async function openConnection(signal: AbortSignal, span: Span | undefined): Promise<Opened> {
+    // The client session record as KV has it now (its log level and subscriptions are restored
+    // after the handshake); its capabilities never change after initialize, so what this worker
+    // recalls of it (its edge created or read it) lets the handshake start without that read.
+    const reading = (preloaded ?? deps.sessions.load(sid)).catch(() => null);
     // the era discovery found: a session connect then probes server/discover only while it is unknown
-    const [session, era] = await Promise.all([
-      (preloaded ?? deps.sessions.load(sid)).catch(() => null),
-      record.transport !== "streamable-http" ? undefined : (preloadedEra ?? knownEra(ctx.stores.catalog, gid)).catch(() => undefined),
-    ]);
+    const eraRead = record.transport !== "streamable-http" ? undefined : (preloadedEra ?? Promise.resolve(ctx.catalogs.era(gid))).catch(() => undefined);
     preloaded = undefined;
     preloadedEra = undefined;
-    const capabilities = session?.record.capabilities ?? start.capabilities ?? {};
+    const recalled = deps.sessions.recall(sid)?.record.capabilities;
+    const capabilities = recalled ?? start.capabilities ?? (await reading)?.record.capabilities ?? {};
+    const era = await eraRead;
     clientCanListRoots = Boolean((capabilities.roots as { listChanged?: boolean } | undefined)?.listChanged);
     // declared before the connect: the transport may report a close while it is still connecting
     let opened: EraConnection | null = null;
@@ -274,7 +277,7 @@ export function createUpstreamActor(
         throw scrubbed;
       },
     );
-    return { opened, session, lost: () => lost };
+    return { opened, session: await reading, lost: () => lost };
   }
 
   // ---- the machine ----

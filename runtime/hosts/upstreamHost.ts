@@ -28,13 +28,12 @@ import type { GatewayUsage, UsageReport } from "../../protocol/usage.ts";
 import { encodeJson, gather, isNoResponders, listen, natsHeadersOf, serve, unwrapReply } from "../bus.ts";
 import { followEvents, publishCore } from "../events.ts";
 import type { Logger } from "../logger.ts";
-import { SessionStore, type LoadedSession } from "../sessionStore.ts";
+import type { LoadedSession } from "../sessionStore.ts";
 import { endSpan, natsTraceHeaders, traceIdOf, type TraceHeaders } from "../tracing.ts";
 import type { LocalUpstreams, Spawn } from "../upstreamClient.ts";
 import type { Hosted, WorkerContext } from "../worker.ts";
 import { listChangedEvents } from "./listChangedEvents.ts";
 import { upstreamClaims } from "./upstreamClaims.ts";
-import { knownEra } from "../revision2026Upstream.ts";
 import { createUpstreamActor, hostedGateway, type ActorStart, type HostedGateway, type UpstreamActor } from "./upstreamActor.ts";
 
 /** How long a fan-out (session list, evict, drain) waits for one more worker to answer. */
@@ -59,7 +58,7 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
   const log = ctx.log.child({ actor: "upstream" });
   const me = config.workerId;
   const claims = upstreamClaims({ nc, s, kv: stores.sessions, workerId: me });
-  const sessions = new SessionStore({ kv: stores.sessions, js: stores.js, s, log, idleTtlMs: config.edge.sessionIdleTtl });
+  const sessions = ctx.sessions;
   const listChanged = listChangedEvents(stores.js, s, log);
   /** every actor of this worker, by `<sid>.<gid>`: the serving one, and those still closing */
   const actors = new Map<string, UpstreamActor>();
@@ -84,24 +83,34 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
   };
 
   /**
-   * Each gateway's record as last read, by its KV revision: every session of a gateway shares
-   * one parsed record and one scrubber (read again at each spawn, parsed only when it changed).
+   * Each gateway's record by its KV revision: every session of a gateway shares one opened
+   * record and one scrubber (made again only when the record changed).
    */
   const gateways = new Map<string, { revision: number; gateway: HostedGateway }>();
 
+  /**
+   * The gateway as the worker's watch holds it (no KV read: a change the watch has not brought
+   * yet is the same race as one made just after the read, and its event evicts the session);
+   * read from KV only when the watch holds none, as just after an add at another worker.
+   */
   async function loadGateway(gid: string): Promise<HostedGateway> {
-    const entry = await getLive(stores.gateways, KEYS.gateway(gid));
+    const held = ctx.gatewayRecords.get(gid);
+    const entry = held ?? (await readGateway(gid));
     const known = gateways.get(gid);
     let gateway = entry && known?.revision === entry.revision ? known.gateway : null;
     if (!gateway) {
-      const record = parseEntry(GatewayRecordSchema, entry);
-      gateway = record && hostedGateway(record, (sealed, id) => ctx.box.open(sealed, id));
+      gateway = entry && hostedGateway(entry.record, (sealed, id) => ctx.box.open(sealed, id));
       if (entry && gateway) gateways.set(gid, { revision: entry.revision, gateway });
       else gateways.delete(gid);
     }
     if (!gateway) throw new ProtocolError("unavailable", `gateway ${gid} is not registered`);
     if (!gateway.record.enabled) throw new ProtocolError("unavailable", `gateway ${label(gateway.record)} is disabled`);
     return gateway;
+  }
+  async function readGateway(gid: string): Promise<{ record: GatewayRecord; revision: number } | null> {
+    const entry = await getLive(stores.gateways, KEYS.gateway(gid));
+    const record = parseEntry(GatewayRecordSchema, entry);
+    return entry && record ? { record, revision: entry.revision } : null;
   }
 
   /**
@@ -165,15 +174,13 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
 
   async function claimAndStart(sid: string, gid: string, spawn: Spawn, span: Span, log: Logger, opts: { session?: LoadedSession; connectEarly?: boolean }): Promise<{ worker: string; created: boolean }> {
     if (stopping) throw new ProtocolError("unavailable", `worker ${me} is shutting down`);
-    // read at once, side by side: the client session record (capabilities, log level,
-    // subscriptions), the era discovery found, and the gateway's record
+    // the client session record (log level, subscriptions) is read while the actor connects;
+    // the gateway's record and the era discovery found are in memory
     const session = opts.session ? Promise.resolve(opts.session) : sessions.load(sid);
     session.catch(() => {});
-    const transport = gateways.get(gid)?.gateway.record.transport;
-    const era = transport === undefined || transport === "streamable-http" ? knownEra(stores.catalog, gid) : undefined;
-    era?.catch(() => {});
     const gateway = await loadGateway(gid);
     const { record } = gateway;
+    const era = record.transport === "streamable-http" ? Promise.resolve(ctx.catalogs.era(gid)) : undefined;
     // with connectEarly the actor opens its upstream connection while the claim is made (a lost claim closes it unused)
     const start = { session, span, connectEarly: opts.connectEarly === true, ...(era ? { era } : {}) };
     let a = host(sid, gid, gateway, spawn, start);
