@@ -147,7 +147,7 @@ export class StreamableHttpTransport implements Transport {
       const headers = this.#headers(scope);
       headers["content-type"] = "application/json";
       headers.accept = "application/json, text/event-stream";
-      const res = await this.#request("POST", headers, JSON.stringify(message), scope?.signal, {
+      const posting = this.#request("POST", headers, JSON.stringify(message), scope?.signal, {
         onHeaders: (r) => {
           const sid = header(r, "mcp-session-id");
           if (sid) this.sessionId = sid;
@@ -161,12 +161,14 @@ export class StreamableHttpTransport implements Transport {
           throw new StreamableHttpError(-1, `Unexpected content type: ${header(r, "content-type")}`);
         },
       });
-      if (res.error) throw new StreamableHttpError(res.status, `Error POSTing to endpoint: ${res.error}`);
       // The session is ready only once its standalone stream is open (or refused): what the
-      // upstream says unprompted after the first call (a list_changed) must find it there.
-      if (res.status === 202 && isInitializedNotification(message) && this.#o.wantsStandaloneStream()) {
-        await new Promise<void>((opened) => this.#openStandalone(undefined, 0, opened));
-      }
+      // upstream says unprompted after the first call (a list_changed) must find it there. It is
+      // asked for beside `notifications/initialized` (its session exists since initialize's
+      // answer), not after it: one round trip fewer before the first call.
+      const standalone = isInitializedNotification(message) && this.#o.wantsStandaloneStream() ? new Promise<void>((opened) => this.#openStandalone(undefined, 0, opened)) : undefined;
+      const res = await posting;
+      if (res.error) throw new StreamableHttpError(res.status, `Error POSTing to endpoint: ${res.error}`);
+      await standalone;
     } catch (err) {
       this.onerror?.(err as Error);
       throw err;
