@@ -87,9 +87,14 @@ export class CatalogCache {
     return { gid, gatewayName: g.value.name, original, healthy: this.#health.get(gid)?.value !== "unhealthy" };
   }
 
+  /** The gateway's catalog as this worker holds it. */
+  catalog(gid: string): Catalog | undefined {
+    return this.#catalogs.get(gid)?.value;
+  }
+
   /** The era discovery recorded in the gateway's catalog; undefined when none is held or it names none. */
   era(gid: string): UpstreamEra | undefined {
-    return this.#catalogs.get(gid)?.value.era;
+    return this.catalog(gid)?.era;
   }
 
   /** Whether a call to this gateway would be sent (enabled, and not found unhealthy). */

@@ -8,6 +8,7 @@ import type { GatewayStatus } from "../../protocol/gateway.ts";
 import { KEYS } from "../../protocol/subjects.ts";
 import { PRIMING_DELAY_MS } from "../../runtime/edge/edgeServer.ts";
 import type { Worker } from "../../runtime/worker.ts";
+import { until } from "./wait.ts";
 
 type Lists = Partial<Pick<Catalog, "tools" | "prompts" | "resources" | "resourceTemplates">>;
 
@@ -20,6 +21,8 @@ export async function putCatalog(w: Worker, gid: string, lists: Lists, era: Upst
   const body = { tools: [], prompts: [], resources: [], resourceTemplates: [], ...lists };
   const catalog: Catalog = { gid, hash: catalogHash(body), discoveredAt: new Date().toISOString(), era, ...body };
   await w.stores.catalog.put(KEYS.catalog(gid), JSON.stringify(catalog));
+  // the worker acts on its own copy (routes, the era of an upstream connect): held before this returns
+  await until("the worker holds the catalog", () => { const held = w.ctx.catalogs.catalog(gid); return held?.discoveredAt === catalog.discoveredAt && held.hash === catalog.hash; }, 30_000);
 }
 
 export async function putHealth(w: Worker, gid: string, health: GatewayStatus["health"]): Promise<void> {
