@@ -106,6 +106,12 @@ class JsonResponseSink implements BodySink {
 
 /** the SDK's reconnection schedule for the standalone stream */
 const RECONNECT = { initialMs: 1_000, maxMs: 30_000, factor: 1.5, maxRetries: 2 };
+/**
+ * How long a new session waits for its standalone stream's headers before it takes calls anyway
+ * (the stream goes on opening): a proxy that buffers responses holds an SSE stream's headers
+ * until its first event, which may never come.
+ */
+export const STANDALONE_WAIT_MS = 2_000;
 
 export class StreamableHttpTransport implements Transport {
   onclose?: () => void;
@@ -168,7 +174,11 @@ export class StreamableHttpTransport implements Transport {
       const standalone = isInitializedNotification(message) && this.#o.wantsStandaloneStream() ? new Promise<void>((opened) => this.#openStandalone(undefined, 0, opened)) : undefined;
       const res = await posting;
       if (res.error) throw new StreamableHttpError(res.status, `Error POSTing to endpoint: ${res.error}`);
-      await standalone;
+      if (standalone) {
+        let timer: NodeJS.Timeout | undefined;
+        await Promise.race([standalone, new Promise<void>((r) => (timer = setTimeout(r, STANDALONE_WAIT_MS)))]);
+        clearTimeout(timer);
+      }
     } catch (err) {
       this.onerror?.(err as Error);
       throw err;
