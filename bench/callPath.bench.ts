@@ -58,6 +58,8 @@ const CPU_PROF = process.env.CALLPATH_CPU_PROF;
 const LOG_LEVEL = process.env.CALLPATH_LOG_LEVEL ?? "info";
 const WAIT_MS = 60_000;
 
+/** the floor's path: the least a gateway in Node adds (one HTTP hop, nothing else) */
+const PROXY = "pass-through proxy";
 const rel = (x: number, base: number, inverse = false) => `${ratio(inverse ? base / x : x / base)}×`;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const s = subjects("mcpgw");
@@ -109,12 +111,12 @@ async function sseSession(url: string, tool: string): Promise<Session> {
 
 /** The processes on the paths, by role; their CPU time is what a call costs, whatever else loads the machine. */
 /** "workers": both workers; "w1" (where every benchmarked session's actor lives) and "w2" (the second worker) apart */
-type Role = "workers" | "w1" | "w2" | "nats" | "hub" | "upstream";
-const noCpu = (): Record<Role, number> => ({ workers: 0, w1: 0, w2: 0, nats: 0, hub: 0, upstream: 0 });
+type Role = "workers" | "w1" | "w2" | "nats" | "hub" | "proxy" | "upstream";
+const noCpu = (): Record<Role, number> => ({ workers: 0, w1: 0, w2: 0, nats: 0, hub: 0, proxy: 0, upstream: 0 });
 /** `cpu`: during the sessions' load; `seqCpu`: during the sequential calls; `freshGateway`: mcpgw's new sessions on the gateway's own endpoint (its upstream session opens at initialize) */
 type Figures = { seq: number[]; load: number[]; loadCalls: number; loadMs: number; fresh: number[]; freshGateway: number[]; cpu: Record<Role, number>; seqCpu: Record<Role, number> };
 const newFigures = (): Figures => ({ seq: [], load: [], loadCalls: 0, loadMs: 0, fresh: [], freshGateway: [], cpu: noCpu(), seqCpu: noCpu() });
-const pids: Record<Role, number[]> = { workers: [], w1: [], w2: [], nats: [], hub: [], upstream: [] };
+const pids: Record<Role, number[]> = { workers: [], w1: [], w2: [], nats: [], hub: [], proxy: [], upstream: [] };
 /** CPU seconds used so far by each role's processes (an exited one counts nothing more). */
 const cpuByRole = () =>
   Object.fromEntries(
@@ -238,7 +240,16 @@ async function startHubPath(upstreamUrl: string): Promise<{ url: string; tool: s
   return { url, tool };
 }
 
-/** The SDK client's paths: direct, mcp-hub, mcpgw through the hosting worker and through the other one. */
+/** The floor: a bare reverse proxy in Node (bench/passThroughProxy.ts) in front of the upstream; its URL. */
+async function startProxyPath(upstreamUrl: string): Promise<string> {
+  const proxy = run(process.execPath, ["--import", "tsx", resolve(ROOT, "bench/passThroughProxy.ts"), upstreamUrl], {});
+  procs.push(proxy);
+  const line = await proxy.waitFor(/proxy listening (\S+)/, WAIT_MS);
+  pids.proxy = [proxy.child.pid!];
+  return /proxy listening (\S+)/.exec(line)![1]!;
+}
+
+/** The SDK client's paths: direct, mcp-hub, the pass-through proxy, mcpgw through the hosting worker and through the other one. */
 async function sdkPhase(admin: NatsConnection, edges: Record<string, string>) {
   const upstream = await startFixtureProcess();
   fixtures.push(upstream);
@@ -255,6 +266,7 @@ async function sdkPhase(admin: NatsConnection, edges: Record<string, string>) {
 
   pids.upstream = descendants(/fixtureHttpProcess/);
   const hub = ONLY === "hop" ? null : await startHubPath(upstream.url("hub"));
+  const proxy = ONLY === "hop" ? null : await startProxyPath(upstream.url("proxy"));
   // ---- the paths ----
   // An mcpgw session is opened at w1; its first call places its actor there (a session nobody
   // hosts is activated by the worker its first call reaches). Later calls go to the hosting
@@ -279,6 +291,7 @@ async function sdkPhase(admin: NatsConnection, edges: Record<string, string>) {
       : [
           { name: "direct", open: () => streamableSession(() => upstream.url("direct"), "echo") },
           { name: "mcp-hub", open: () => sseSession(hub!.url, hub!.tool) },
+          { name: PROXY, open: () => streamableSession(() => proxy!, "echo") },
         ]),
     { name: "mcpgw", open: openMcpgw },
     { name: "mcpgw, 2nd worker", open: openMcpgw },
@@ -356,8 +369,14 @@ async function leanPhase(admin: NatsConnection, edgeUrl: string) {
   await until("the lean gateway's tools", async () => (await leanProbe.client.listTools()).tools.some((t) => t.name === "lean__echo"), WAIT_MS);
   await leanProbe.close();
   // the lean generator (bench/leanLoad.ts): raw keep-alive POSTs on initialized sessions, each answer read and checked
-  const leanPaths = { direct: await openLeanSessions({ url: leanUrl, tool: "echo" }, SESSIONS), mcpgw: await openLeanSessions({ url: edgeUrl, tool: "lean__echo" }, SESSIONS) };
-  const leanFigures = { direct: newLeanFigures(), mcpgw: newLeanFigures() };
+  // the floor: the same bare proxy as in the SDK phase, in front of the lean upstream
+  const proxyUrl = await startProxyPath(leanUrl);
+  const leanPaths = {
+    direct: await openLeanSessions({ url: leanUrl, tool: "echo" }, SESSIONS),
+    proxy: await openLeanSessions({ url: proxyUrl, tool: "echo" }, SESSIONS),
+    mcpgw: await openLeanSessions({ url: edgeUrl, tool: "lean__echo" }, SESSIONS),
+  };
+  const leanFigures = { direct: newLeanFigures(), proxy: newLeanFigures(), mcpgw: newLeanFigures() };
   // one call each (the mcpgw sessions' actors are placed), then alternating halves
   for (const p of Object.values(leanPaths)) await p.run(WAIT_MS, SESSIONS);
   // what the worker spends with nothing to do (timers, KV watches, NATS pings): at a low call
@@ -369,10 +388,10 @@ async function leanPhase(admin: NatsConnection, edgeUrl: string) {
   const leanLoads: string[] = [];
   for (let half = 0; half < 2; half++) {
     leanLoads.push(loadAverage());
-    for (const name of ["direct", "mcpgw"] as const) {
+    for (const name of ["direct", "proxy", "mcpgw"] as const) {
       const cpu0 = cpuByRole();
       const fromUs = process.hrtime.bigint() / 1000n;
-      const r = await leanPaths[name].run(name === "direct" ? LEAN_MS / 4 : LEAN_MS / 2, LEAN_MAX_CALLS / 2);
+      const r = await leanPaths[name].run(name === "mcpgw" ? LEAN_MS / 2 : LEAN_MS / 4, LEAN_MAX_CALLS / 2);
       const cpu1 = cpuByRole();
       // the window of a profile that is this load alone (bench/cpuProfile.ts takes it as `from-to`)
       if (CPU_PROF && name === "mcpgw") console.error(`lean mcpgw half ${half + 1}: profile window ${fromUs}-${process.hrtime.bigint() / 1000n}`);
@@ -390,14 +409,18 @@ async function leanPhase(admin: NatsConnection, edgeUrl: string) {
   /** CPU ms per call of a role, or of the generator */
   const leanPerCall = (f: LeanFigures, cpuSeconds: number) => (cpuSeconds * 1000) / f.calls;
   const leanRate = (f: LeanFigures) => f.calls / (f.ms / 1000);
-  const leanRows = (["direct", "mcpgw"] as const).map((name) => {
+  const leanRows = (["direct", "proxy", "mcpgw"] as const).map((name) => {
     const f = leanFigures[name];
     const l = stats(f.latencies);
     return [
-      name === "direct" ? "direct to the lean upstream" : "mcpgw, one worker",
-      `${leanRate(f).toFixed(0)}${name === "mcpgw" ? ` (${rel(leanRate(f), leanRate(leanFigures.direct))})` : ""}`,
+      name === "direct" ? "direct to the lean upstream" : name === "proxy" ? PROXY : "mcpgw, one worker",
+      `${leanRate(f).toFixed(0)}${name !== "direct" ? ` (${rel(leanRate(f), leanRate(leanFigures.direct))})` : ""}`,
       `${msFine(l.p50)} / ${msFine(l.p99)}`,
-      name === "mcpgw" ? `${msFine(leanPerCall(f, f.cpu.workers))}; net of idle ${msFine(leanPerCall(f, f.cpu.workers - workerIdlePerSecond * (f.ms / 1000)))} (${((f.cpu.workers / (f.ms / 1000)) * 100).toFixed(0)}% of a core)` : "—",
+      name === "mcpgw"
+        ? `${msFine(leanPerCall(f, f.cpu.workers))}; net of idle ${msFine(leanPerCall(f, f.cpu.workers - workerIdlePerSecond * (f.ms / 1000)))} (${((f.cpu.workers / (f.ms / 1000)) * 100).toFixed(0)}% of a core)`
+        : name === "proxy"
+          ? `${msFine(leanPerCall(f, f.cpu.proxy))} (${((f.cpu.proxy / (f.ms / 1000)) * 100).toFixed(0)}% of a core)`
+          : "—",
       name === "mcpgw" ? msFine(leanPerCall(f, f.cpu.nats)) : "—",
       msFine(leanPerCall(f, f.cpu.upstream)),
       msFine(leanPerCall(f, f.generator)),
@@ -407,10 +430,10 @@ async function leanPhase(admin: NatsConnection, edgeUrl: string) {
   table(
     "Call path: mcpgw's own ceiling, the lean upstream",
     `tools/call of \`echo\` on test/fixtures/rawUpstream.ts (JSON-RPC over HTTP, no SDK, own process), ${SESSIONS} sessions calling back to back through one worker, and direct to the same upstream ` +
-      `as the reference, in alternating halves (direct ${LEAN_MS / 2000} s, mcpgw ${LEAN_MS / 1000} s, at most ${LEAN_MAX_CALLS} calls each). The client is the lean generator (bench/leanLoad.ts: ` +
+      `as the reference, and through the pass-through proxy (the floor: one bare HTTP hop in Node), in alternating halves (direct and the proxy ${LEAN_MS / 2000} s, mcpgw ${LEAN_MS / 1000} s, at most ${LEAN_MAX_CALLS} calls each). The client is the lean generator (bench/leanLoad.ts: ` +
       `initialized sessions, raw keep-alive POSTs, each answer read to its end and checked), so the figure is the server's, not the SDK client's. CPU per call: CPU time of each process during the load ÷ calls; ` +
       `"net of idle": less what the worker used at rest (${(workerIdlePerSecond * 1000).toFixed(0)} ms of CPU per second, measured over ${LEAN_IDLE_MS / 1000} s before the load). "3,000 calls/s through one worker" needs the worker at ≤ 0.33 ms. 2 shared cores; load average ${leanLoads.join(", ")}.`,
-    ["path", "calls/s", "p50 / p99", "CPU per call: worker", "nats-server", "upstream", "generator", "calls not answered with their result"],
+    ["path", "calls/s", "p50 / p99", "CPU per call: worker (proxy)", "nats-server", "upstream", "generator", "calls not answered with their result"],
     leanRows,
   );
 
@@ -468,14 +491,14 @@ function reportSdk(sdk: Awaited<ReturnType<typeof sdkPhase>>, lean: Awaited<Retu
       `${x.rate.toFixed(0)} (${vs(x.rate, direct.rate, hubS.rate)})`,
       `${msFine(x.load.p99)} (${vs(x.load.p99, direct.load.p99, hubS.load.p99)})`,
       x.fresh ? `${msFine(x.fresh.p50)} (${x.fresh.n}; ${direct.fresh ? rel(x.fresh.p50, direct.fresh.p50) : "-"} / ${hubS.fresh ? rel(x.fresh.p50, hubS.fresh.p50) : "-"})` : "—",
-      p.name === "direct" ? "—" : p.name === "mcp-hub" ? msFine(x.perCall("hub")) : `${msFine(x.perCall("workers"))} + nats-server ${msFine(x.perCall("nats"))}`,
+      p.name === "direct" ? "—" : p.name === "mcp-hub" ? msFine(x.perCall("hub")) : p.name === PROXY ? msFine(x.perCall("proxy")) : `${msFine(x.perCall("workers"))} + nats-server ${msFine(x.perCall("nats"))}`,
       msFine(x.perCall("upstream")),
     ];
   });
   table(
     "Call path: direct, mcp-hub, mcpgw",
     `tools/call of \`echo\` with the MCP SDK client (${ROUNDS} alternating rounds; per path and round ${CALLS} sequential calls, ${SESSIONS} sessions calling back to back for ${LOAD_MS / 1000} s, ` +
-      `${NEW_SESSIONS} new sessions, and for mcpgw ${NEW_SESSIONS} more on the gateway's own endpoint /gateways/up/mcp: see the targets). Upstream: the SDK fixture server (streamable HTTP, own process); mcp-hub 4.2.1 speaks SSE to clients and shares one upstream connection; ` +
+      `${NEW_SESSIONS} new sessions, and for mcpgw ${NEW_SESSIONS} more on the gateway's own endpoint /gateways/up/mcp: see the targets). Upstream: the SDK fixture server (streamable HTTP, own process); mcp-hub 4.2.1 speaks SSE to clients and shares one upstream connection; the pass-through proxy (bench/passThroughProxy.ts) is one bare HTTP hop in Node, the least any gateway in Node adds; ` +
       `mcpgw: two worker processes and one nats-server, one upstream session per client session; "2nd worker": the call arrives at the worker that does not host the session's actor ` +
       `(a new session's actor is placed at the worker its first call reaches, so that path has no connect + first call figure). In brackets: ratio to direct / to mcp-hub (calls/s: higher is better). CPU per call: CPU time of the gateway's processes (both workers) and of the upstream during the ${SESSIONS}-session load, ÷ calls; ` +
       `a loaded machine inflates it too (caches shared by many runnable processes), but processes of one run compare. ` +
@@ -485,6 +508,7 @@ function reportSdk(sdk: Awaited<ReturnType<typeof sdkPhase>>, lean: Awaited<Retu
   );
   const gw = st("mcpgw");
   const gw2 = st("mcpgw, 2nd worker");
+  const floor = st(PROXY);
   const gwFresh = figures.get("mcpgw")!.freshGateway.length ? stats(figures.get("mcpgw")!.freshGateway) : null;
   const lf = lean.figures.mcpgw;
   const lg = stats(lf.latencies);
@@ -495,9 +519,13 @@ function reportSdk(sdk: Awaited<ReturnType<typeof sdkPhase>>, lean: Awaited<Retu
     `The figures above against the targets; the lean upstream's figures are those of the table before (load average ${lean.loads.join(", ")}).`,
     ["target", "measured", ""],
     [
-      ["p50 ≤ 1.5× direct", `${rel(gw.seq.p50, direct.seq.p50)}`, target(gw.seq.p50 <= 1.5 * direct.seq.p50)],
-      [`calls/s at ${SESSIONS} sessions ≥ 0.8× direct`, `${rel(gw.rate, direct.rate)}`, target(gw.rate >= 0.8 * direct.rate)],
-      ["connect + first call ≤ 2× direct, on /mcp", gw.fresh && direct.fresh ? `${rel(gw.fresh.p50, direct.fresh.p50)} (${msFine(gw.fresh.p50)}; mcp-hub ${hubS.fresh ? msFine(hubS.fresh.p50) : "—"})` : "—", target(!!gw.fresh && !!direct.fresh && gw.fresh.p50 <= 2 * direct.fresh.p50)],
+      ["p50 ≤ 1.5× direct", `${rel(gw.seq.p50, direct.seq.p50)} (floor: the pass-through proxy ${rel(floor.seq.p50, direct.seq.p50)})`, target(gw.seq.p50 <= 1.5 * direct.seq.p50)],
+      [`calls/s at ${SESSIONS} sessions ≥ 0.8× direct`, `${rel(gw.rate, direct.rate)} (the pass-through proxy ${rel(floor.rate, direct.rate)})`, target(gw.rate >= 0.8 * direct.rate)],
+      [
+        "connect + first call ≤ 2× direct, on /mcp",
+        gw.fresh && direct.fresh ? `${rel(gw.fresh.p50, direct.fresh.p50)} (${msFine(gw.fresh.p50)}; mcp-hub ${hubS.fresh ? msFine(hubS.fresh.p50) : "—"}; the pass-through proxy ${floor.fresh ? rel(floor.fresh.p50, direct.fresh.p50) : "—"})` : "—",
+        target(!!gw.fresh && !!direct.fresh && gw.fresh.p50 <= 2 * direct.fresh.p50),
+      ],
       [
         "connect + first call ≤ 2× direct, on /gateways/up/mcp (upstream session opened at initialize)",
         gwFresh && direct.fresh ? `${rel(gwFresh.p50, direct.fresh.p50)} (${msFine(gwFresh.p50)}, n ${gwFresh.n})` : "—",
@@ -507,7 +535,7 @@ function reportSdk(sdk: Awaited<ReturnType<typeof sdkPhase>>, lean: Awaited<Retu
       ["2nd worker: ≤ 0.3 ms more at p50", `${gw2.seq.p50 >= gw.seq.p50 ? "+" : "−"}${msFine(Math.abs(gw2.seq.p50 - gw.seq.p50))}`, target(gw2.seq.p50 - gw.seq.p50 <= 0.3)],
       [
         "lean upstream: ≥ 3,000 calls/s through one worker",
-        `${lean.rate(lf).toFixed(0)} calls/s (p50 ${msFine(lg.p50)}, p99 ${msFine(lg.p99)}) with the lean generator; worker CPU per call ${msFine(leanWorkerMs)} (a core of its own would carry the worker to ${(1000 / leanWorkerMs).toFixed(0)} calls/s); direct to the same upstream ${lean.rate(lean.figures.direct).toFixed(0)} calls/s`,
+        `${lean.rate(lf).toFixed(0)} calls/s (p50 ${msFine(lg.p50)}, p99 ${msFine(lg.p99)}) with the lean generator; worker CPU per call ${msFine(leanWorkerMs)} (a core of its own would carry the worker to ${(1000 / leanWorkerMs).toFixed(0)} calls/s); direct to the same upstream ${lean.rate(lean.figures.direct).toFixed(0)} calls/s; the pass-through proxy ${lean.rate(lean.figures.proxy).toFixed(0)} calls/s at ${msFine(lean.perCall(lean.figures.proxy, lean.figures.proxy.cpu.proxy))} of CPU per call`,
         target(lean.rate(lf) >= 3000),
       ],
     ],
