@@ -26,7 +26,7 @@ describe("edge catalog cache", () => {
     const cache = new CatalogCache({ records: records.records, catalog: watched(stores.catalog, catalogWatches), state: stores.state }, "__", log);
     await cache.start();
     try {
-      const w = { stores } as never;
+      const w = { stores, ctx: { catalogs: cache } } as never;
       const tools = () => cache.view(null).tools.map((t) => t.name);
       await putCatalog(w, gw.id, { tools: [{ name: "one", inputSchema: { type: "object" } }] });
       await until("the first tool", () => tools().includes("alpha__one"));

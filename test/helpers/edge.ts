@@ -22,7 +22,7 @@ export async function putCatalog(w: Worker, gid: string, lists: Lists, era: Upst
   const catalog: Catalog = { gid, hash: catalogHash(body), discoveredAt: new Date().toISOString(), era, ...body };
   await w.stores.catalog.put(KEYS.catalog(gid), JSON.stringify(catalog));
   // the worker acts on its own copy (routes, the era of an upstream connect): held before this returns
-  await until("the worker holds the catalog", () => { const held = w.ctx.catalogs.catalog(gid); return held?.discoveredAt === catalog.discoveredAt && held.hash === catalog.hash; }, 30_000);
+  await until("the worker holds the catalog", () => { const held = w.ctx.catalogs.catalog(gid); return held?.discoveredAt === catalog.discoveredAt && held.hash === catalog.hash && held.era === catalog.era; }, 30_000);
 }
 
 export async function putHealth(w: Worker, gid: string, health: GatewayStatus["health"]): Promise<void> {
