@@ -153,7 +153,7 @@ export class StreamableHttpTransport implements Transport {
       const headers = this.#headers(scope);
       headers["content-type"] = "application/json";
       headers.accept = "application/json, text/event-stream";
-      const posting = this.#request("POST", headers, JSON.stringify(message), scope?.signal, {
+      const res = await this.#request("POST", headers, JSON.stringify(message), scope?.signal, {
         onHeaders: (r) => {
           const sid = header(r, "mcp-session-id");
           if (sid) this.sessionId = sid;
@@ -167,16 +167,14 @@ export class StreamableHttpTransport implements Transport {
           throw new StreamableHttpError(-1, `Unexpected content type: ${header(r, "content-type")}`);
         },
       });
-      // The session is ready only once its standalone stream is open (or refused): what the
-      // upstream says unprompted after the first call (a list_changed) must find it there. It is
-      // asked for beside `notifications/initialized` (its session exists since initialize's
-      // answer), not after it: one round trip fewer before the first call.
-      const standalone = isInitializedNotification(message) && this.#o.wantsStandaloneStream() ? new Promise<void>((opened) => this.#openStandalone(undefined, 0, opened)) : undefined;
-      const res = await posting;
       if (res.error) throw new StreamableHttpError(res.status, `Error POSTing to endpoint: ${res.error}`);
-      if (standalone) {
+      // The session is ready once its standalone stream is open (or refused): what the upstream
+      // says unprompted after the first call (a list_changed) must find it there. Asked for only
+      // after `notifications/initialized` is accepted, as the SDK's client does: some servers end
+      // a session whose GET comes first. The wait is bounded (STANDALONE_WAIT_MS).
+      if (res.status === 202 && isInitializedNotification(message) && this.#o.wantsStandaloneStream()) {
         let timer: NodeJS.Timeout | undefined;
-        await Promise.race([standalone, new Promise<void>((r) => (timer = setTimeout(r, STANDALONE_WAIT_MS)))]);
+        await Promise.race([new Promise<void>((opened) => this.#openStandalone(undefined, 0, opened)), new Promise<void>((r) => (timer = setTimeout(r, STANDALONE_WAIT_MS)))]);
         clearTimeout(timer);
       }
     } catch (err) {
