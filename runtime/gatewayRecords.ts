@@ -1,7 +1,7 @@
 // Every worker's one copy of the gateway records, kept by one watch of the gateways bucket and
-// shared by whoever needs them (the poller host, the classifier's roster, the edge's catalog
-// cache, the registry's list): an add or change is parsed once per worker and nobody reads the
-// record again. The watch covers the whole bucket (the name index too), so the highest
+// shared by whoever needs them (the poller host, the classifier's roster, the worker's catalog
+// cache, the registry's list, the upstream host's activations): an add or change is parsed once per
+// worker and nobody reads the record again. The watch covers the whole bucket (the name index too), so the highest
 // revision it has delivered can be compared with the bucket's last one: `caughtUp` waits for
 // every write there was when it was called (a list answered right after an add shows it).
 import type { KV, KvEntry } from "@nats-io/kv";

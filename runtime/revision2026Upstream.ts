@@ -6,10 +6,8 @@
 import { randomUUID } from "node:crypto";
 import { Agent, type Dispatcher } from "undici";
 import { ErrorCode, McpError } from "@modelcontextprotocol/sdk/types.js";
-import type { KV } from "@nats-io/kv";
-import { entryJson, getLive } from "../actors/kvStore.ts";
 import type { OutboundPolicy } from "../actors/outboundPolicy.ts";
-import { UpstreamEraSchema, type UpstreamEra } from "../protocol/catalog.ts";
+import type { UpstreamEra } from "../protocol/catalog.ts";
 import { mapGatewaySecrets, type GatewayRecord } from "../protocol/gateway.ts";
 import {
   DiscoverResultSchema,
@@ -24,7 +22,6 @@ import {
   UnsupportedVersionDataSchema,
   type DiscoverResult,
 } from "../protocol/revision2026.ts";
-import { KEYS } from "../protocol/subjects.ts";
 import type { JsonRpcError } from "../protocol/upstream.ts";
 import { AnswerTooLargeError, CLIENT_INFO, connectUpstream, httpTarget, passthroughHeaders, UPSTREAM_KEEP_ALIVE, UpstreamRequestError, type CallOutcome, type ConnectOptions, type UpstreamConnection } from "./mcpClient.ts";
 import { guardedConnector, outboundRefusalOf } from "./outboundConnector.ts";
@@ -313,12 +310,3 @@ function statelessOptions(opts: ConnectOptions): StatelessConnectOptions {
   };
 }
 
-/**
- * The era discovery recorded in the gateway's catalog (`cat.<gid>`); undefined when there is
- * none yet or it names none. Only the one field is read, not the lists checked.
- */
-export async function knownEra(catalog: Pick<KV, "get">, gid: string): Promise<UpstreamEra | undefined> {
-  const e = await getLive(catalog, KEYS.catalog(gid));
-  const era = UpstreamEraSchema.safeParse((e ? (entryJson(e) as { era?: unknown } | undefined) : undefined)?.era);
-  return era.success ? era.data : undefined;
-}

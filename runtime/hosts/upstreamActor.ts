@@ -24,7 +24,6 @@ import type { LocalActor } from "../upstreamClient.ts";
 import type { Logger } from "../logger.ts";
 import { closeWithin, type UpstreamConnection } from "../mcpClient.ts";
 import { connectEitherEra, type EraConnection } from "../revision2026Upstream.ts";
-import type { UpstreamEra } from "../../protocol/catalog.ts";
 import { gatewayScrubber, scrubbedError, type Scrubber } from "../secretScrubber.ts";
 import type { LoadedSession, SessionStore } from "../sessionStore.ts";
 import type { WorkerContext } from "../worker.ts";
@@ -72,15 +71,16 @@ export type ActorDeps = {
 
 const LIST_CHANGED = /^notifications\/(tools|prompts|resources)\/list_changed$/;
 
-/** What the host has already begun reading for a new actor's first connect, and the activation's span (its parent). */
-export type ActorStart = { session?: Promise<LoadedSession | null>; era?: Promise<UpstreamEra | undefined>; span?: Span; connectEarly?: boolean };
+/** The client session record the host has begun reading for a new actor's first connect, and the activation's span (its parent). */
+export type ActorStart = { session?: Promise<LoadedSession | null>; span?: Span; connectEarly?: boolean };
 
 /**
- * `start.capabilities`: what a stateless client declared (it has no `ds.<sid>`; a session's record
- * wins). `start.session` and `start.era`: the client session record and the era discovery found,
- * already being read (the host reads them with the gateway's record, so the first connect waits for
- * no more KV round trips); a reconnect reads them again. `start.connectEarly`: the first connect
- * begins now, while the host claims the key.
+ * `start.capabilities`: what a stateless client declared (it has no `ds.<sid>`; a session's
+ * record, as this worker recalls it, wins). `start.session`: the client session record, already
+ * being read; the first connect waits for it only when this worker recalls no capabilities of the
+ * session; a reconnect reads it again. The era discovery found and the gateway's record are the
+ * worker's in-memory copies. `start.connectEarly`: the first connect begins now, while the host
+ * claims the key.
  */
 export function createUpstreamActor(
   deps: ActorDeps,
@@ -112,7 +112,6 @@ export function createUpstreamActor(
   let latestHeaders = headers;
   let conn: EraConnection["conn"] | null = null;
   let preloaded = start.session;
-  let preloadedEra = start.era;
   /** the activation's span: the first connect's handshake is part of it */
   let firstSpan = start.span;
   /** the first connection, opened while the host claims the key (see the end of this function) */
@@ -238,12 +237,10 @@ export function createUpstreamActor(
     // recalls of it (its edge created or read it) lets the handshake start without that read.
     const reading = (preloaded ?? deps.sessions.load(sid)).catch(() => null);
     // the era discovery found: a session connect then probes server/discover only while it is unknown
-    const eraRead = record.transport !== "streamable-http" ? undefined : (preloadedEra ?? Promise.resolve(ctx.catalogs.era(gid))).catch(() => undefined);
+    const era = record.transport === "streamable-http" ? ctx.catalogs.era(gid) : undefined;
     preloaded = undefined;
-    preloadedEra = undefined;
     const recalled = deps.sessions.recall(sid)?.record.capabilities;
     const capabilities = recalled ?? start.capabilities ?? (await reading)?.record.capabilities ?? {};
-    const era = await eraRead;
     clientCanListRoots = Boolean((capabilities.roots as { listChanged?: boolean } | undefined)?.listChanged);
     // declared before the connect: the transport may report a close while it is still connecting
     let opened: EraConnection | null = null;

@@ -89,13 +89,25 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
   const gateways = new Map<string, { revision: number; gateway: HostedGateway }>();
 
   /**
-   * The gateway as the worker's watch holds it (no KV read: a change the watch has not brought
-   * yet is the same race as one made just after the read, and its event evicts the session);
-   * read from KV only when the watch holds none, as just after an add at another worker.
+   * The revision a gateway event announced before the worker's watch brought it (the events and
+   * the records are two streams, in no order between them): until the watch holds that revision,
+   * the record is read from KV. Infinity for a removal.
+   */
+  const announced = new Map<string, number>();
+  const stopCatchingUp = ctx.gatewayRecords.onChange((c) => {
+    const floor = announced.get(c.gid);
+    if (floor !== undefined && (c.record === null || c.revision >= floor)) announced.delete(c.gid);
+  });
+
+  /**
+   * The gateway as the worker's watch holds it, with no KV read; read from KV when the watch holds
+   * none (just after an add at another worker) or one older than an event announced (an actor
+   * built from it after that event would never be evicted).
    */
   async function loadGateway(gid: string): Promise<HostedGateway> {
     const held = ctx.gatewayRecords.get(gid);
-    const entry = held ?? (await readGateway(gid));
+    const floor = announced.get(gid);
+    const entry = held && (floor === undefined || held.revision >= floor) ? held : await readGateway(gid);
     const known = gateways.get(gid);
     let gateway = entry && known?.revision === entry.revision ? known.gateway : null;
     if (!gateway) {
@@ -180,9 +192,8 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
     session.catch(() => {});
     const gateway = await loadGateway(gid);
     const { record } = gateway;
-    const era = record.transport === "streamable-http" ? Promise.resolve(ctx.catalogs.era(gid)) : undefined;
     // with connectEarly the actor opens its upstream connection while the claim is made (a lost claim closes it unused)
-    const start = { session, span, connectEarly: opts.connectEarly === true, ...(era ? { era } : {}) };
+    const start = { session, span, connectEarly: opts.connectEarly === true };
     let a = host(sid, gid, gateway, spawn, start);
     const claimSpan = ctx.tracing.startSpan("session claim", { kind: SpanKind.INTERNAL, parent: span });
     let revision = await claims.create(sid, gid).then(
@@ -229,6 +240,11 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
       if (!e.success) return;
       // a removed gateway's opened secrets are not kept (an update is seen by its revision at the next spawn)
       if (e.data.type === "removed") gateways.delete(e.data.gid);
+      if (e.data.type === "removed" || e.data.type === "updated") {
+        const revision = e.data.type === "removed" ? Infinity : e.data.revision;
+        const held = ctx.gatewayRecords.get(e.data.gid);
+        if (held && held.revision < revision) announced.set(e.data.gid, Math.max(revision, announced.get(e.data.gid) ?? 0));
+      }
       const enabledNow = needsEnabledCheck(e.data) ? await loadGateway(e.data.gid).then(() => true, () => false) : undefined;
       const eviction = evictionOnGatewayEvent(e.data, enabledNow);
       if (eviction) evict(eviction);
@@ -375,6 +391,7 @@ export async function startUpstreamHost(ctx: WorkerContext): Promise<UpstreamHos
     drain,
     async stop() {
       stopping = true;
+      stopCatchingUp();
       subs.forEach((sub) => sub.unsubscribe());
       clearInterval(usageTimer);
       clearTimeout(sweepTimer);
