@@ -23,7 +23,6 @@ import { StoredUsageSchema, UsageReportSchema, type StoredUsage } from "../proto
 import { decodeJson, listen } from "./bus.ts";
 import type { GatewayRecords } from "./gatewayRecords.ts";
 import { followKv, type KvFollower } from "./kvWatch.ts";
-import type { Logger } from "./logger.ts";
 import type { Stores } from "./nats.ts";
 import type { Hosted, WorkerContext } from "./worker.ts";
 

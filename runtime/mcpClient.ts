@@ -21,7 +21,7 @@ import {
   type Request,
   type RequestId,
 } from "@modelcontextprotocol/sdk/types.js";
-import { Agent, fetch as undiciFetch, Response as UndiciResponse, type Dispatcher } from "undici";
+import { Agent, fetch as undiciFetch, type Dispatcher } from "undici";
 import { StreamableHttpTransport, type RequestScope } from "./upstream/streamableHttpTransport.ts";
 import { GATEWAY_INTERNAL_HEADERS, mapGatewaySecrets, type GatewayRecord } from "../protocol/gateway.ts";
 import type { JsonRpcError } from "../protocol/upstream.ts";

@@ -7,7 +7,7 @@ import { createHash } from "node:crypto";
 import { EMPTY_DIFF, reconcile, type CatalogLists } from "../actors/discovery.ts";
 import { encodeValue, entryJson, getLive, isCasConflict, parseEntry } from "../actors/kvStore.ts";
 import type { OutboundPolicy } from "../actors/outboundPolicy.ts";
-import type { DiscoveryOutcome, PollKind } from "../actors/pollScheduler.ts";
+import type { DiscoveryOutcome } from "../actors/pollScheduler.ts";
 import { CatalogSchema, type Catalog, type UpstreamEra } from "../protocol/catalog.ts";
 import { GatewayStatusSchema, type GatewayRecord, type GatewayStatus } from "../protocol/gateway.ts";
 import { PollerStatusReplySchema } from "../protocol/poller.ts";
