@@ -6,34 +6,14 @@
 // keep-alive agent, answered as JSON or as an SSE stream. Errors are the SDK's: the upstream's JSON-RPC error as
 // an McpError with its code, a lost session or broken transport as ConnectionClosed, a timeout as
 // RequestTimeout, so the caller tells them apart as it does for an SDK client.
-import {
-  ErrorCode,
-  ListPromptsResultSchema,
-  ListResourcesResultSchema,
-  ListResourceTemplatesResultSchema,
-  ListToolsResultSchema,
-  McpError,
-  type ServerCapabilities,
-} from "@modelcontextprotocol/sdk/types.js";
+import { ErrorCode, McpError, type ServerCapabilities } from "@modelcontextprotocol/sdk/types.js";
 import type { Dispatcher } from "undici";
-import type { z } from "zod";
 import type { GatewayRecord } from "../protocol/gateway.ts";
 import { httpTarget } from "./mcpClient.ts";
 import { outboundRefusalOf } from "./outboundConnector.ts";
 import { DeadlineError, exchange, postJsonRpc } from "./upstream/jsonRpcPost.ts";
 
-export type RequestOptions = { timeout: number; signal?: AbortSignal | undefined };
-type Cursor = { cursor?: string | undefined };
-
-/** What a discovery needs of an SDK `Client` (a kept HTTP poll session is listed raw instead: pollerEffects.ts). */
-export interface PollClient {
-  getServerCapabilities(): ServerCapabilities | undefined;
-  ping(opts: RequestOptions): Promise<unknown>;
-  listTools(params: Cursor, opts: RequestOptions): Promise<z.infer<typeof ListToolsResultSchema>>;
-  listPrompts(params: Cursor, opts: RequestOptions): Promise<z.infer<typeof ListPromptsResultSchema>>;
-  listResources(params: Cursor, opts: RequestOptions): Promise<z.infer<typeof ListResourcesResultSchema>>;
-  listResourceTemplates(params: Cursor, opts: RequestOptions): Promise<z.infer<typeof ListResourceTemplatesResultSchema>>;
-}
+type RequestOptions = { timeout: number; signal?: AbortSignal | undefined };
 
 /** Bytes of one answer a poll reads at most: a hostile upstream's endless answer must not fill the worker. */
 export const MAX_POLL_ANSWER_BYTES = 16 * 1024 * 1024;

@@ -23,7 +23,8 @@ import {
   McpError,
   type ServerCapabilities,
 } from "@modelcontextprotocol/sdk/types.js";
-import { HttpPollSession, type PollClient } from "./httpPollSession.ts";
+import type { Client } from "@modelcontextprotocol/sdk/client/index.js";
+import { HttpPollSession } from "./httpPollSession.ts";
 import { closeWithin, isMethodNotFound, type UpstreamConnection } from "./mcpClient.ts";
 import { checkStatelessUpstream, connectEitherEra, type StatelessUpstream } from "./revision2026Upstream.ts";
 
@@ -155,6 +156,9 @@ export async function listAll<T>(fetchPage: (cursor?: string) => Promise<{ items
   }
   return out;
 }
+
+/** What a discovery needs of an SDK `Client` (a kept HTTP poll session is listed raw instead: listSessionCatalog). */
+export type PollClient = Pick<Client, "getServerCapabilities" | "listTools" | "listPrompts" | "listResources" | "listResourceTemplates">;
 
 /** Every tool, prompt, resource and resource template the upstream offers, as it sent them. */
 export async function listCatalog(client: PollClient, timeoutMs: number, signal?: AbortSignal): Promise<CatalogLists> {
