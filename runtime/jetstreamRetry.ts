@@ -209,16 +209,18 @@ export function retryingKv(kv: KV, bucket: string, policy: RetryPolicy = DEFAULT
       const v = Reflect.get(target, prop);
       if (typeof v !== "function") return v;
       if (typeof prop !== "string" || !RETRIED.has(prop)) return v.bind(target);
-      const attempt = OPENS_CONSUMER.has(prop)
-        ? (args: unknown[]) => openHedged(() => v.apply(target, args) as Promise<{ stop(): void }>)
-        : HEDGED_READS.has(prop)
-          ? (args: unknown[]) => readHedged(() => v.apply(target, args) as Promise<unknown>)
-          : WRITES.has(prop)
-            ? (args: unknown[]) => bounded(() => v.apply(target, args) as Promise<unknown>)
-            : (args: unknown[]) => v.apply(target, args) as Promise<unknown>;
-      return (...args: unknown[]) => retryTransient(`${prop} ${bucket}`, () => attempt(args), policy, landed(prop, args));
+      const attempt = attemptOf(prop);
+      return (...args: unknown[]) => retryTransient(`${prop} ${bucket}`, () => attempt(() => v.apply(target, args) as Promise<unknown>), policy, landed(prop, args));
     },
   });
+}
+
+/** How one attempt of a retried KV method runs: a consumer opened hedged, a read asked again while silent, a write bounded. */
+function attemptOf(method: string): (op: () => Promise<unknown>) => Promise<unknown> {
+  if (OPENS_CONSUMER.has(method)) return (op) => openHedged(op as () => Promise<{ stop(): void }>);
+  if (HEDGED_READS.has(method)) return (op) => readHedged(op);
+  if (WRITES.has(method)) return (op) => bounded(op);
+  return (op) => op();
 }
 
 /**
